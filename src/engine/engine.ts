@@ -1,0 +1,304 @@
+/**
+ * The engine the HTTP layer talks to: one model, one tokenizer, one scheduler per isolate.
+ */
+import { AppError } from '../core/errors.ts'
+import { createRng, randomSeed } from '../core/rng.ts'
+import type { SamplingParams } from '../core/sampling.ts'
+import { StopMatcher } from '../core/stop.ts'
+import { LabelClassifier } from './classify.ts'
+import { generateTokens } from './generate.ts'
+import type { GenerationConfig, LoadedPackage } from './model-package.ts'
+import { QwenModel, type SessionOptions } from './model.ts'
+import { Scheduler } from './scheduler.ts'
+import { QwenTokenizer } from './tokenizer.ts'
+import type {
+  ChatEvent,
+  ChatMessage,
+  ChatRun,
+  ClassifyOptions,
+  ClassifyResult,
+  Engine,
+  EngineStats,
+  FinishReason,
+  GenerationOptions,
+  ModelInfo,
+} from './types.ts'
+
+export interface EngineOptions {
+  /** Tokens of prompt + reply one sequence may hold. Default: min(model's context, 4096). */
+  contextLength?: number
+  /** max_new_tokens when the caller gives none (still clamped to the context). */
+  defaultMaxNewTokens?: number
+  maxActive?: number
+  maxQueued?: number
+  /** Prompt tokens per prefill step; smaller means fairer interleaving, larger means faster. */
+  prefillChunk?: number
+  session?: SessionOptions
+}
+
+const ROLES = new Set(['system', 'user', 'assistant'])
+const MAX_MESSAGES = 256
+const MAX_STOPS = 8
+const MAX_STOP_LENGTH = 64
+
+export class QwenEngine implements Engine {
+  readonly info: ModelInfo
+  readonly scheduler: Scheduler
+  readonly classifier: LabelClassifier
+  private readonly eosIds: ReadonlySet<number>
+  private readonly defaults: SamplingParams
+  private readonly contextLength: number
+  private readonly defaultMaxNewTokens: number
+  private readonly prefillChunk: number
+
+  private constructor(
+    readonly model: QwenModel,
+    readonly tokenizer: QwenTokenizer,
+    pkg: LoadedPackage,
+    options: EngineOptions,
+    loadMs: number,
+  ) {
+    const gc = pkg.generationConfig
+    this.eosIds = eosIdsOf(pkg, tokenizer)
+    this.defaults = defaultSampling(gc)
+    this.contextLength = Math.min(
+      options.contextLength ?? 4096,
+      pkg.config.max_position_embeddings ?? Infinity,
+    )
+    this.defaultMaxNewTokens = options.defaultMaxNewTokens ?? gc.max_new_tokens ?? 512
+    this.prefillChunk = options.prefillChunk ?? 128
+    this.scheduler = new Scheduler({
+      maxActive: options.maxActive ?? 4,
+      maxQueued: options.maxQueued ?? 16,
+    })
+    const run = <T>(task: () => Promise<T>) => this.scheduler.step(task)
+    this.classifier = new LabelClassifier(model, tokenizer, run, {
+      prefillChunk: this.prefillChunk,
+      contextLength: this.contextLength,
+    })
+    this.info = {
+      id: pkg.id,
+      synthetic: pkg.config.qwen_edge_synthetic !== undefined,
+      contextLength: this.contextLength,
+      vocabSize: pkg.config.vocab_size,
+      loadMs,
+      defaults: {
+        temperature: this.defaults.temperature,
+        topP: this.defaults.topP,
+        topK: this.defaults.topK,
+        repetitionPenalty: this.defaults.repetitionPenalty,
+      },
+    }
+  }
+
+  /** Builds the tokenizer and the ORT session. Drop `pkg` afterwards: the session owns the weights. */
+  static async create(pkg: LoadedPackage, options: EngineOptions = {}): Promise<QwenEngine> {
+    const started = performance.now()
+    const tokenizer = new QwenTokenizer(pkg.tokenizerJson, pkg.tokenizerConfig)
+    const model = await QwenModel.load(pkg, options.session)
+    return new QwenEngine(model, tokenizer, pkg, options, Math.round(performance.now() - started))
+  }
+
+  stats(): EngineStats {
+    return { active: this.scheduler.active, queued: this.scheduler.queued }
+  }
+
+  /** The prompt token ids for `messages` (validated), as chat() would feed them. */
+  promptIds(messages: ChatMessage[]): number[] {
+    validateMessages(messages)
+    return this.tokenizer.encode(this.tokenizer.renderChat(messages))
+  }
+
+  async chat(messages: ChatMessage[], options: GenerationOptions = {}): Promise<ChatRun> {
+    const prompt = this.promptIds(messages)
+    const sampling = this.sampling(options)
+    const stops = validateStops(options.stop)
+    const room = this.contextLength - prompt.length
+    let maxNewTokens: number
+    if (options.maxNewTokens !== undefined) {
+      if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 1) {
+        throw new AppError('bad_request', 'max_tokens must be a positive integer')
+      }
+      maxNewTokens = options.maxNewTokens
+    } else {
+      maxNewTokens = Math.min(this.defaultMaxNewTokens, Math.max(room, 1))
+    }
+    if (prompt.length + maxNewTokens > this.contextLength) {
+      throw new AppError(
+        'context_length_exceeded',
+        `the prompt has ${prompt.length} tokens and max_tokens is ${maxNewTokens}: together more than the context of ${this.contextLength}`,
+        {
+          details: {
+            promptTokens: prompt.length,
+            maxTokens: maxNewTokens,
+            contextLength: this.contextLength,
+          },
+        },
+      )
+    }
+    this.scheduler.assertCapacity()
+    const seed = options.seed ?? randomSeed()
+    return {
+      promptTokens: prompt.length,
+      maxNewTokens,
+      events: this.run(prompt, { ...options, maxNewTokens }, sampling, stops, seed),
+    }
+  }
+
+  async classify(text: string, options: ClassifyOptions = {}): Promise<ClassifyResult> {
+    if (typeof text !== 'string') throw new AppError('bad_request', 'text must be a string')
+    return this.scheduler.track(() =>
+      this.classifier.classify(text, options.labels, { signal: options.signal }),
+    )
+  }
+
+  private async *run(
+    prompt: number[],
+    options: GenerationOptions & { maxNewTokens: number },
+    sampling: SamplingParams,
+    stops: string[],
+    seed: number,
+  ): AsyncGenerator<ChatEvent> {
+    const signal = options.signal
+    const usage = (completionTokens: number) => ({ promptTokens: prompt.length, completionTokens })
+    let slot
+    try {
+      slot = await this.scheduler.acquire(signal)
+    } catch (err) {
+      if (signal?.aborted) {
+        yield { type: 'end', finishReason: 'cancelled', usage: usage(0) }
+        return
+      }
+      throw err
+    }
+    const tokens = generateTokens(this.model, (t) => this.scheduler.step(t), prompt, {
+      maxNewTokens: options.maxNewTokens,
+      sampling,
+      rng: createRng(seed),
+      eosIds: this.eosIds,
+      signal,
+      prefillChunk: this.prefillChunk,
+    })
+    try {
+      const text = this.tokenizer.textStream()
+      const matcher = new StopMatcher(stops)
+      let completion = 0
+      let finish: FinishReason
+      for (;;) {
+        const r = await tokens.next()
+        if (r.done) {
+          finish = r.value
+          text.end()
+          const rest = matcher.flush()
+          if (rest) yield { type: 'text', text: rest }
+          break
+        }
+        completion++
+        const delta = text.push(r.value)
+        if (!delta) continue
+        const { text: safe, stopped } = matcher.push(delta)
+        if (safe) yield { type: 'text', text: safe }
+        if (stopped) {
+          finish = 'stop'
+          break
+        }
+      }
+      yield { type: 'end', finishReason: finish, usage: usage(completion) }
+    } finally {
+      await tokens.return('cancelled')
+      slot.release()
+    }
+  }
+
+  private sampling(o: GenerationOptions): SamplingParams {
+    const p: SamplingParams = {
+      temperature: o.temperature ?? this.defaults.temperature,
+      topP: o.topP ?? this.defaults.topP,
+      topK: o.topK ?? this.defaults.topK,
+      repetitionPenalty: o.repetitionPenalty ?? this.defaults.repetitionPenalty,
+    }
+    const bad = (field: string, rule: string) =>
+      new AppError('bad_request', `${field} must be ${rule}`)
+    if (!Number.isFinite(p.temperature) || p.temperature < 0 || p.temperature > 2)
+      throw bad('temperature', 'between 0 and 2')
+    if (!Number.isFinite(p.topP) || p.topP <= 0 || p.topP > 1) throw bad('top_p', 'in (0, 1]')
+    if (!Number.isInteger(p.topK) || p.topK < 0) throw bad('top_k', 'a non-negative integer')
+    if (
+      !Number.isFinite(p.repetitionPenalty) ||
+      p.repetitionPenalty <= 0 ||
+      p.repetitionPenalty > 10
+    )
+      throw bad('repetition_penalty', 'in (0, 10]')
+    return p
+  }
+}
+
+function validateMessages(messages: unknown): asserts messages is ChatMessage[] {
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new AppError('bad_request', 'messages must be a non-empty array')
+  }
+  if (messages.length > MAX_MESSAGES) {
+    throw new AppError('bad_request', `messages may hold at most ${MAX_MESSAGES} entries`)
+  }
+  messages.forEach((m, i) => {
+    if (typeof m !== 'object' || m === null) {
+      throw new AppError('bad_request', `messages[${i}] must be an object`)
+    }
+    const { role, content } = m as { role?: unknown; content?: unknown }
+    if (typeof role !== 'string' || !ROLES.has(role)) {
+      throw new AppError(
+        'bad_request',
+        `messages[${i}].role must be one of system, user, assistant`,
+      )
+    }
+    if (typeof content !== 'string') {
+      throw new AppError('bad_request', `messages[${i}].content must be a string`)
+    }
+  })
+  if (!messages.some((m) => (m as ChatMessage).content.trim().length > 0)) {
+    throw new AppError('bad_request', 'messages must contain some text')
+  }
+}
+
+function validateStops(stop: unknown): string[] {
+  if (stop === undefined) return []
+  if (!Array.isArray(stop) || stop.length > MAX_STOPS) {
+    throw new AppError('bad_request', `stop must be an array of at most ${MAX_STOPS} strings`)
+  }
+  for (const s of stop) {
+    if (typeof s !== 'string' || s.length === 0 || s.length > MAX_STOP_LENGTH) {
+      throw new AppError(
+        'bad_request',
+        `each stop string must have 1 to ${MAX_STOP_LENGTH} characters`,
+      )
+    }
+  }
+  return stop as string[]
+}
+
+/** Every id that ends a reply: config, generation_config, tokenizer's eos, and ChatML's <|im_end|>. */
+function eosIdsOf(pkg: LoadedPackage, tokenizer: QwenTokenizer): Set<number> {
+  const ids = new Set<number>()
+  const add = (v: unknown) => {
+    for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'number') ids.add(x)
+  }
+  add(pkg.config.eos_token_id)
+  add(pkg.generationConfig.eos_token_id)
+  const eos = pkg.tokenizerConfig.eos_token
+  const eosText = typeof eos === 'string' ? eos : (eos as { content?: string } | undefined)?.content
+  if (eosText) add(tokenizer.tokenId(eosText))
+  const template = String(pkg.tokenizerConfig.chat_template ?? '')
+  if (template.includes('<|im_end|>')) add(tokenizer.tokenId('<|im_end|>'))
+  if (ids.size === 0) throw new AppError('model_invalid', 'The model names no eos token')
+  return ids
+}
+
+function defaultSampling(gc: GenerationConfig): SamplingParams {
+  const sample = gc.do_sample ?? true
+  return {
+    temperature: sample ? (gc.temperature ?? 0.7) : 0,
+    topP: gc.top_p ?? 1,
+    topK: gc.top_k ?? 0,
+    repetitionPenalty: gc.repetition_penalty ?? 1,
+  }
+}

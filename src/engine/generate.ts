@@ -1,0 +1,74 @@
+/**
+ * The decode loop, at the level of token ids. It only coordinates: forward steps (model.ts,
+ * serialised by the scheduler), logits processing and sampling (core/sampling.ts); text,
+ * stop strings and events are the caller's job (engine.ts).
+ */
+import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../core/sampling.ts'
+import type { FinishReason } from './types.ts'
+import type { KvCache, QwenModel, StepResult } from './model.ts'
+
+/** Runs one forward step when it is this generation's turn (Scheduler.step). */
+export type StepRunner = <T>(task: () => Promise<T>) => Promise<T>
+
+export interface DecodeOptions {
+  maxNewTokens: number
+  sampling: SamplingParams
+  /** Draws the coin for each sampled token. */
+  rng: () => number
+  eosIds: ReadonlySet<number>
+  signal?: AbortSignal
+  /** Long prompts run in chunks of this many tokens so other streams get steps in between. */
+  prefillChunk: number
+}
+
+/**
+ * Feeds `ids` after `cache` in chunks; returns the last position's logits and the new cache.
+ * Returns undefined if `signal` aborted between chunks.
+ */
+export async function prefill(
+  model: QwenModel,
+  run: StepRunner,
+  ids: readonly number[],
+  cache: KvCache,
+  chunk: number,
+  signal?: AbortSignal,
+): Promise<StepResult | undefined> {
+  let result: StepResult | undefined
+  for (let i = 0; i < ids.length; i += chunk) {
+    if (signal?.aborted) return undefined
+    const part = ids.slice(i, i + chunk)
+    const from: KvCache = result?.cache ?? cache
+    result = await run(() => model.forward(part, from, 1))
+  }
+  return result
+}
+
+/**
+ * Yields generated token ids (eos excluded); returns why it ended. Abort is checked before
+ * every step, so a cancelled generation stops within one step.
+ */
+export async function* generateTokens(
+  model: QwenModel,
+  run: StepRunner,
+  prompt: readonly number[],
+  o: DecodeOptions,
+  start: KvCache = model.emptyCache(),
+): AsyncGenerator<number, FinishReason> {
+  if (o.maxNewTokens <= 0) return 'length'
+  const first = await prefill(model, run, prompt, start, o.prefillChunk, o.signal)
+  if (!first) return 'cancelled'
+  let { logits, cache } = first
+  const seen = new Set(prompt)
+  for (let n = 0; ; n++) {
+    if (o.signal?.aborted) return 'cancelled'
+    applyRepetitionPenalty(logits, seen, o.sampling.repetitionPenalty)
+    const next = pickToken(logits, o.sampling, o.sampling.temperature > 0 ? o.rng() : 0)
+    if (o.eosIds.has(next)) return 'stop'
+    yield next
+    if (n + 1 >= o.maxNewTokens) return 'length'
+    if (o.signal?.aborted) return 'cancelled'
+    seen.add(next)
+    const from = cache
+    ;({ logits, cache } = await run(() => model.forward([next], from, 1)))
+  }
+}

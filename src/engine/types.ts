@@ -1,0 +1,87 @@
+/**
+ * The contract between the HTTP layer and the engine. The HTTP layer depends only on these
+ * types, so tests can hand it a fake engine and each runtime can build the real one its own way.
+ */
+
+export type Role = 'system' | 'user' | 'assistant'
+export interface ChatMessage {
+  role: Role
+  content: string
+}
+
+/** Sampling and stopping. Unset fields fall back to the model's generation_config. */
+export interface GenerationOptions {
+  maxNewTokens?: number
+  /** 0 means greedy (argmax). */
+  temperature?: number
+  topP?: number
+  /** 0 means no top-k cut. */
+  topK?: number
+  repetitionPenalty?: number
+  /** Same seed + same prompt + same options = same text. */
+  seed?: number
+  /** Generation ends before any of these strings; they are not emitted. */
+  stop?: string[]
+  /** Aborting stops generation within one decode step. */
+  signal?: AbortSignal
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled'
+
+export interface Usage {
+  promptTokens: number
+  completionTokens: number
+}
+
+export type ChatEvent =
+  | { type: 'text'; text: string } // a delta; never ends inside a UTF-8 character
+  | { type: 'end'; finishReason: FinishReason; usage: Usage }
+
+/**
+ * A generation that passed validation and admission. Nothing runs until `events` is iterated;
+ * breaking out of the loop (or aborting the signal) frees its place in the scheduler.
+ */
+export interface ChatRun {
+  promptTokens: number
+  maxNewTokens: number
+  events: AsyncIterable<ChatEvent>
+}
+
+export interface ClassifyOptions {
+  /** Candidate labels; default 正面/负面 for Chinese text, positive/negative otherwise. */
+  labels?: string[]
+  signal?: AbortSignal
+}
+
+export interface ClassifyResult {
+  label: string
+  /** Probability of `label` renormalised over the label set. */
+  score: number
+  /** Every label's probability; they sum to 1. */
+  scores: Record<string, number>
+}
+
+export interface ModelInfo {
+  id: string
+  /** True for the bundled random-weight model: its text is noise, not model quality. */
+  synthetic: boolean
+  contextLength: number
+  vocabSize: number
+  loadMs: number
+  defaults: Required<Pick<GenerationOptions, 'temperature' | 'topP' | 'topK' | 'repetitionPenalty'>>
+}
+
+export interface EngineStats {
+  /** Generations and classifications holding a place in the scheduler. */
+  active: number
+  /** Work waiting for a place. */
+  queued: number
+}
+
+export interface Engine {
+  readonly info: ModelInfo
+  /** Validates, renders the chat template, tokenizes and takes a place in the queue. */
+  chat(messages: ChatMessage[], options?: GenerationOptions): Promise<ChatRun>
+  classify(text: string, options?: ClassifyOptions): Promise<ClassifyResult>
+  stats(): EngineStats
+}

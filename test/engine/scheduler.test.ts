@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest'
+import { Scheduler } from '../../src/engine/scheduler.ts'
+
+const tick = () => new Promise((r) => setTimeout(r, 1))
+
+describe('Scheduler', () => {
+  it('runs steps one at a time, in arrival order, and survives a failing step', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    let running = 0
+    let maxRunning = 0
+    const order: string[] = []
+    const step = (name: string, fail = false) =>
+      s.step(async () => {
+        running++
+        maxRunning = Math.max(maxRunning, running)
+        await tick()
+        order.push(name)
+        running--
+        if (fail) throw new Error(name)
+      })
+    const results = await Promise.allSettled([step('a'), step('b', true), step('c')])
+    expect(order).toEqual(['a', 'b', 'c'])
+    expect(maxRunning).toBe(1)
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled'])
+  })
+
+  it('interleaves two generations step by step', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const order: string[] = []
+    const gen = async (name: string) => {
+      for (let i = 0; i < 3; i++) await s.step(async () => order.push(`${name}${i}`))
+    }
+    await Promise.all([gen('a'), gen('b')])
+    expect(order).toEqual(['a0', 'b0', 'a1', 'b1', 'a2', 'b2'])
+  })
+
+  it('queues beyond maxActive, refuses beyond maxQueued, and hands slots over', async () => {
+    const s = new Scheduler({ maxActive: 1, maxQueued: 1 })
+    const first = await s.acquire()
+    const second = s.acquire()
+    await tick()
+    expect([s.active, s.queued]).toEqual([1, 1])
+    await expect(s.acquire()).rejects.toMatchObject({ code: 'queue_full' })
+    first.release()
+    const slot = await second
+    expect([s.active, s.queued]).toEqual([1, 0])
+    slot.release()
+    slot.release() // idempotent
+    expect(s.active).toBe(0)
+  })
+
+  it('drops a queued request whose signal aborts', async () => {
+    const s = new Scheduler({ maxActive: 1, maxQueued: 2 })
+    const held = await s.acquire()
+    const ac = new AbortController()
+    const waiting = s.acquire(ac.signal)
+    await tick()
+    expect(s.queued).toBe(1)
+    ac.abort(new Error('client left'))
+    await expect(waiting).rejects.toThrow('client left')
+    expect(s.queued).toBe(0)
+    held.release()
+    expect(s.active).toBe(0)
+  })
+})
