@@ -7,6 +7,9 @@ import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../core/
 import type { FinishReason } from './types.ts'
 import type { KvCache, QwenModel, StepResult } from './model.ts'
 
+/** What the loop needs of a model: lets tests script logits exactly. */
+export type StepModel = Pick<QwenModel, 'forward' | 'emptyCache'>
+
 /** Runs one forward step when it is this generation's turn (Scheduler.step). */
 export type StepRunner = <T>(task: () => Promise<T>) => Promise<T>
 
@@ -26,7 +29,7 @@ export interface DecodeOptions {
  * Returns undefined if `signal` aborted between chunks.
  */
 export async function prefill(
-  model: QwenModel,
+  model: StepModel,
   run: StepRunner,
   ids: readonly number[],
   cache: KvCache,
@@ -48,7 +51,7 @@ export async function prefill(
  * every step, so a cancelled generation stops within one step.
  */
 export async function* generateTokens(
-  model: QwenModel,
+  model: StepModel,
   run: StepRunner,
   prompt: readonly number[],
   o: DecodeOptions,

@@ -1,0 +1,5 @@
+// wrangler bundles an imported .wasm file as a precompiled WebAssembly.Module.
+declare module '*.wasm' {
+  const module: WebAssembly.Module
+  export default module
+}
