@@ -146,5 +146,19 @@ export function drawCandidate(c: Candidates, coin: number): number {
 /** One token from one row of logits. `coin` is only used when temperature > 0. */
 export function pickToken(logits: Float32Array, p: SamplingParams, coin: number): number {
   if (p.temperature === 0) return argmax(logits)
+  if ((p.topK <= 0 || p.topK >= logits.length) && p.topP >= 1) return drawFull(logits, p, coin)
   return drawCandidate(candidates(logits, p), coin)
+}
+
+/** Plain softmax sampling over the whole vocabulary: no sort needed when nothing is cut. */
+function drawFull(logits: Float32Array, p: SamplingParams, coin: number): number {
+  const max = logits[argmax(logits)]
+  let sum = 0
+  for (let i = 0; i < logits.length; i++) sum += Math.exp((logits[i] - max) / p.temperature)
+  let r = coin * sum
+  for (let i = 0; i < logits.length; i++) {
+    r -= Math.exp((logits[i] - max) / p.temperature)
+    if (r < 0) return i
+  }
+  return argmax(logits) // rounding left a sliver of mass
 }

@@ -95,3 +95,15 @@ describe('rng', () => {
     for (const x of xa) expect(x >= 0 && x < 1).toBe(true)
   })
 })
+
+describe('full-vocabulary sampling', () => {
+  it('draws each token about as often as its probability', () => {
+    const lg = Float32Array.from([0, Math.log(3), Math.log(6)]) // p = 0.1, 0.3, 0.6
+    const counts = [0, 0, 0]
+    const rng = createRng(3)
+    for (let i = 0; i < 20_000; i++) counts[pickToken(lg, params, rng())]++
+    expect(counts[0] / 20_000).toBeCloseTo(0.1, 1)
+    expect(counts[1] / 20_000).toBeCloseTo(0.3, 1)
+    expect(counts[2] / 20_000).toBeCloseTo(0.6, 1)
+  })
+})

@@ -1,0 +1,204 @@
+/**
+ * The engine on a real (synthetic, random-weight) Qwen2 graph through onnxruntime-web:
+ * determinism, sampling, stopping, abort, label scoring, typed errors, concurrency.
+ */
+import { beforeAll, describe, expect, it } from 'vitest'
+import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
+import { QwenEngine } from '../../src/engine/engine.ts'
+import type { ChatEvent, ChatMessage, ChatRun } from '../../src/engine/types.ts'
+import { ensureModel } from '../helpers/models.ts'
+
+let engine: QwenEngine
+const hi: ChatMessage[] = [{ role: 'user', content: '你好，今天天气怎么样？' }]
+
+beforeAll(async () => {
+  const dir = await ensureModel('tiny', 'fp32')
+  engine = await QwenEngine.create(await loadHfFolder(dir), { contextLength: 256 })
+})
+
+async function drain(run: ChatRun) {
+  const events: ChatEvent[] = []
+  for await (const e of run.events) events.push(e)
+  const end = events.at(-1)
+  if (end?.type !== 'end') throw new Error('no end event')
+  const text = events.map((e) => (e.type === 'text' ? e.text : '')).join('')
+  return { text, end, deltas: events.length - 1 }
+}
+
+describe('chat on a synthetic Qwen2 model', () => {
+  it('greedy decoding is deterministic and reports length at max_tokens', async () => {
+    const a = await drain(await engine.chat(hi, { temperature: 0, maxNewTokens: 12 }))
+    const b = await drain(await engine.chat(hi, { temperature: 0, maxNewTokens: 12 }))
+    expect(a.text).toBe(b.text)
+    expect(a.end.finishReason).toBe('length') // random weights rarely pick eos in 12 tokens
+    expect(a.end.usage.completionTokens).toBe(12)
+    expect(a.end.usage.promptTokens).toBe(engine.promptIds(hi).length)
+  })
+
+  it('the same seed gives the same text, different seeds differ', async () => {
+    const opts = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 }
+    const a = await drain(await engine.chat(hi, { ...opts, seed: 1 }))
+    const b = await drain(await engine.chat(hi, { ...opts, seed: 1 }))
+    const c = await drain(await engine.chat(hi, { ...opts, seed: 2 }))
+    expect(a.text).toBe(b.text)
+    expect(c.text).not.toBe(a.text)
+  })
+
+  it('greedy text equals decoding the argmax ids one by one', async () => {
+    const ids: number[] = []
+    let cache = engine.model.emptyCache()
+    let step = await engine.model.forward(engine.promptIds(hi), cache)
+    for (let i = 0; i < 6; i++) {
+      let best = 0
+      for (let j = 1; j < step.logits.length; j++) if (step.logits[j] > step.logits[best]) best = j
+      ids.push(best)
+      cache = step.cache
+      step = await engine.model.forward([best], cache)
+    }
+    const r = await drain(
+      await engine.chat(hi, { temperature: 0, maxNewTokens: 6, repetitionPenalty: 1 }),
+    )
+    expect(r.text).toBe(
+      engine.tokenizer.decode(ids.filter((id) => !engine.tokenizer.specialIds.has(id))),
+    )
+  })
+
+  it('stops on a stop string and never emits it', async () => {
+    const full = await drain(
+      await engine.chat(hi, { temperature: 0, maxNewTokens: 20, repetitionPenalty: 1 }),
+    )
+    const chars = [...full.text]
+    expect(chars.length).toBeGreaterThan(4)
+    const stop = chars.slice(3, 5).join('')
+    const cut = full.text.indexOf(stop)
+    const r = await drain(
+      await engine.chat(hi, {
+        temperature: 0,
+        maxNewTokens: 20,
+        repetitionPenalty: 1,
+        stop: [stop],
+      }),
+    )
+    expect(r.end.finishReason).toBe('stop')
+    expect(r.text).toBe(full.text.slice(0, cut))
+  })
+
+  it('abort stops the generation and frees its slot', async () => {
+    const ac = new AbortController()
+    const run = await engine.chat(hi, { maxNewTokens: 200, signal: ac.signal, temperature: 0 })
+    let n = 0
+    let end: ChatEvent | undefined
+    for await (const e of run.events) {
+      if (e.type === 'text' && ++n === 2) ac.abort()
+      if (e.type === 'end') end = e
+    }
+    expect(end).toMatchObject({ type: 'end', finishReason: 'cancelled' })
+    expect(end!.type === 'end' && end!.usage.completionTokens).toBeLessThan(10)
+    expect(engine.stats()).toEqual({ active: 0, queued: 0 })
+  })
+
+  it('breaking out of the loop releases the slot', async () => {
+    const run = await engine.chat(hi, { maxNewTokens: 50 })
+    for await (const e of run.events) if (e.type === 'text') break
+    expect(engine.stats().active).toBe(0)
+  })
+
+  it('concurrent generations all complete and interleave', async () => {
+    const runs = await Promise.all(
+      [1, 2, 3, 4, 5, 6].map((seed) => engine.chat(hi, { seed, maxNewTokens: 8 })),
+    )
+    const results = await Promise.all(runs.map(drain))
+    for (const r of results) expect(r.end.usage.completionTokens).toBeGreaterThan(0)
+    expect(engine.stats()).toEqual({ active: 0, queued: 0 })
+  })
+
+  it('rejects bad input with typed errors', async () => {
+    await expect(engine.chat([])).rejects.toMatchObject({ code: 'bad_request' })
+    await expect(
+      engine.chat([{ role: 'wizard', content: 'hi' } as unknown as ChatMessage]),
+    ).rejects.toMatchObject({ code: 'bad_request' })
+    await expect(engine.chat([{ role: 'user', content: '' }])).rejects.toMatchObject({
+      code: 'bad_request',
+    })
+    await expect(
+      engine.chat([{ role: 'user', content: '很长的文本。'.repeat(200) }]),
+    ).rejects.toMatchObject({ code: 'context_length_exceeded', status: 400 })
+    await expect(engine.chat(hi, { maxNewTokens: 1000 })).rejects.toMatchObject({
+      code: 'context_length_exceeded',
+    })
+    await expect(engine.chat(hi, { temperature: -1 })).rejects.toMatchObject({
+      code: 'bad_request',
+    })
+    await expect(engine.chat(hi, { stop: [''] })).rejects.toMatchObject({ code: 'bad_request' })
+  })
+})
+
+describe('sentiment by label scoring', () => {
+  it('answers with a label from the default set, scores summing to 1', async () => {
+    const zh = await engine.classify('这部电影太好看了，我非常喜欢！')
+    expect(['正面', '负面']).toContain(zh.label)
+    expect(Object.keys(zh.scores).sort()).toEqual(['负面', '正面'].sort())
+    const en = await engine.classify('The service was slow and the food was cold.')
+    expect(['positive', 'negative']).toContain(en.label)
+    for (const r of [zh, en]) {
+      const sum = Object.values(r.scores).reduce((a, b) => a + b, 0)
+      expect(sum).toBeCloseTo(1, 6)
+      expect(r.score).toBe(Math.max(...Object.values(r.scores)))
+    }
+  })
+
+  it('the cached instruction prefix gives the same scores as a full prefill', async () => {
+    const labels = ['positive', 'neutral', 'negative', 'very positive indeed']
+    const text = 'It was fine, I guess.'
+    const cached = await engine.classifier.classify(text, labels)
+    const again = await engine.classifier.classify(text, labels) // prefix now from the cache
+    const uncached = await engine.classifier.classify(text, labels, { usePrefixCache: false })
+    for (const l of labels) {
+      expect(Math.abs(cached.scores[l] - uncached.scores[l])).toBeLessThan(1e-4)
+      expect(again.scores[l]).toBe(cached.scores[l])
+    }
+  })
+
+  it('computes each instruction prefix once', async () => {
+    const before = engine.classifier.prefixComputations
+    await engine.classify('第一句话')
+    await engine.classify('第二句话')
+    await engine.classify('第三句话')
+    expect(engine.classifier.prefixComputations - before).toBeLessThanOrEqual(1)
+  })
+
+  it('rejects empty, duplicated and too-short label sets and empty text', async () => {
+    await expect(engine.classify('ok', { labels: [] })).rejects.toMatchObject({
+      code: 'invalid_labels',
+    })
+    await expect(engine.classify('ok', { labels: ['a', 'a'] })).rejects.toMatchObject({
+      code: 'invalid_labels',
+    })
+    await expect(engine.classify('ok', { labels: ['only'] })).rejects.toMatchObject({
+      code: 'invalid_labels',
+    })
+    await expect(engine.classify('ok', { labels: ['a', ''] })).rejects.toMatchObject({
+      code: 'invalid_labels',
+    })
+    await expect(engine.classify('   ')).rejects.toMatchObject({ code: 'bad_request' })
+  })
+
+  it('tokenizing prefix, text and suffix apart equals tokenizing the whole prompt', () => {
+    for (const text of ['我很开心', 'Great product!', 'a\nb  c', '😀 好 ok.']) {
+      const whole = engine.tokenizer.encode(
+        engine.tokenizer.renderChat([
+          { role: 'system', content: 'S' },
+          { role: 'user', content: text },
+        ]),
+      )
+      const marker = '\u0000M\u0000'
+      const rendered = engine.tokenizer.renderChat([
+        { role: 'system', content: 'S' },
+        { role: 'user', content: marker },
+      ])
+      const [pre, post] = rendered.split(marker)
+      const parts = [pre, text, post].flatMap((s) => engine.tokenizer.encode(s))
+      expect(parts).toEqual(whole)
+    }
+  })
+})
