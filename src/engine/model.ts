@@ -47,7 +47,7 @@ export class QwenModel {
   private readonly empty: KvCache
 
   private constructor(
-    private readonly session: InferenceSession,
+    readonly session: InferenceSession,
     config: Qwen2Config,
   ) {
     const names = new Set(session.inputNames)
