@@ -124,7 +124,7 @@ export function shardName(location: string, index: number, count: number): strin
   return `${location}.${String(index).padStart(width, '0')}`
 }
 
-/** The external-data file the prepare script writes for a graph: `model_q4.onnx` → `model_q4.onnx_data`. */
+/** The external-data file prepare writes for a graph: `model_q4.onnx` → `model_q4.onnx_data`. */
 export function externalDataName(graphFile: string): string {
   return `${graphFile}_data`
 }
@@ -193,7 +193,8 @@ function readManifest(json: unknown): Manifest {
   const m = object(json, 'manifest')
   if (m.version !== MANIFEST_VERSION) {
     throw new Invalid(
-      `unsupported format version ${JSON.stringify(m.version)} (this build reads version ${MANIFEST_VERSION})`,
+      `unsupported format version ${JSON.stringify(m.version)} ` +
+        `(this build reads version ${MANIFEST_VERSION})`,
     )
   }
   const id = string(m.id, 'id')

@@ -1,0 +1,386 @@
+/**
+ * Turns a Hugging Face layout export into a model package (DESIGN.md §3):
+ *
+ *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
+ *                            [--out model-shards]
+ *
+ * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
+ * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
+ * then model.onnx, then the only one), weights embedded or in external data files.
+ * Output: `<out>/<id>/` with the graph (every initializer of 1 KiB or more moved to ONE external
+ * data file), that data file cut into shards, the tokenizer files and manifest.json.
+ *
+ * Alignment: onnxruntime-web copies each initializer out of the mounted data (HEAPU8.set), so it
+ * needs none; offsets are still 64-byte aligned, and those of tensors over 1 MiB 4096-byte
+ * aligned as ORT's own external-data writer does, so native ORT can mmap the same data file.
+ *
+ * The output depends only on the input (no timestamps): preparing twice gives identical files,
+ * so `model:upload` skips everything the second time.
+ */
+import { createHash } from 'node:crypto'
+import { closeSync, createReadStream, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { basename, dirname, join, relative, resolve, sep } from 'node:path'
+import { parseArgs } from 'node:util'
+import {
+  DEFAULT_SHARD_BYTES,
+  MANIFEST_FILE,
+  MANIFEST_VERSION,
+  externalDataName,
+  isValidPackageId,
+  parseArchitectureConfig,
+  parseManifest,
+  shardName,
+  type ArchitectureConfig,
+  type Manifest,
+  type ManifestFile,
+} from '../src/core/manifest.ts'
+import { isMain, runMain } from './lib/cli.ts'
+import {
+  DataType,
+  decodeModel,
+  encodeModel,
+  getExternalData,
+  initializers,
+  isExternal,
+  setExternalData,
+  tensorByteLength,
+  tensorRawData,
+  type GraphProto,
+  type TensorProto,
+} from './lib/onnx.ts'
+import { progressBar } from './lib/progress.ts'
+
+/** Initializers smaller than this stay inside the graph (onnx's own default threshold). */
+export const MIN_EXTERNAL_BYTES = 1024
+const ALIGN = 64
+const BIG_TENSOR = 1024 * 1024
+const BIG_ALIGN = 4096
+/** ONNX files the default pick tries, in order. */
+export const ONNX_PICK_ORDER = ['onnx/model_quantized.onnx', 'onnx/model.onnx']
+
+export interface PrepareOptions {
+  /** The Hugging Face layout folder. */
+  folder: string
+  id: string
+  /** The ONNX file, relative to `folder`; default: see ONNX_PICK_ORDER. */
+  file?: string
+  /** Where packages go; default model-shards. */
+  out?: string
+  shardBytes?: number
+  quiet?: boolean
+  /** Recorded in the manifest (model:fetch sets it). */
+  source?: { repo?: string; revision?: string }
+}
+
+export interface PrepareResult {
+  id: string
+  /** `<out>/<id>` */
+  dir: string
+  manifest: Manifest
+}
+
+export async function preparePackage(options: PrepareOptions): Promise<PrepareResult> {
+  const { id } = options
+  if (!isValidPackageId(id)) {
+    throw new Error(
+      `Invalid package id ${JSON.stringify(id)}: use letters, digits, '.', '_' and '-'`,
+    )
+  }
+  const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
+  if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
+    throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
+  }
+  const folder = resolve(options.folder)
+  const required = ['config.json', 'tokenizer.json', 'tokenizer_config.json']
+  const missing = []
+  for (const f of required) if (!(await isFile(join(folder, f)))) missing.push(f)
+  if (missing.length)
+    throw new Error(`${folder} is not a Hugging Face model folder: no ${missing.join(', ')}`)
+
+  const config = parseArchitectureConfig(
+    JSON.parse(await readFile(join(folder, 'config.json'), 'utf8')),
+  )
+  const generationConfig = (await isFile(join(folder, 'generation_config.json')))
+    ? (JSON.parse(await readFile(join(folder, 'generation_config.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >)
+    : {}
+  const onnxFile = options.file ?? (await pickOnnxFile(folder))
+  const onnxPath = resolve(folder, onnxFile)
+  if (!(await isFile(onnxPath))) throw new Error(`No ONNX file ${onnxFile} in ${folder}`)
+
+  const out = resolve(options.out ?? 'model-shards')
+  const final = join(out, id)
+  const tmp = join(out, `.${id}.partial-${process.pid}`)
+  await rm(tmp, { recursive: true, force: true })
+  await mkdir(tmp, { recursive: true })
+  try {
+    const model = decodeModel(readFileSync(onnxPath))
+    if (!model.graph) throw new Error(`${onnxFile} has no graph`)
+    checkSignature(model.graph, config, onnxFile)
+
+    const graphFile = basename(onnxFile)
+    const location = externalDataName(graphFile)
+    const externalFiles = new Map<string, Uint8Array>()
+    const readExternal = (loc: string) => {
+      let bytes = externalFiles.get(loc)
+      if (!bytes) {
+        const path = resolve(dirname(onnxPath), loc)
+        if (!path.startsWith(folder + sep))
+          throw new Error(`${onnxFile}: external data ${loc} is outside ${folder}`)
+        bytes = readFileSync(path)
+        externalFiles.set(loc, bytes)
+      }
+      return bytes
+    }
+
+    // Which tensors move, and how many bytes that is (for the progress bar).
+    const moving: TensorProto[] = []
+    for (const t of initializers(model)) {
+      if (t.data_type === DataType.STRING) {
+        if (isExternal(t))
+          throw new Error(`${onnxFile}: external string tensor ${t.name} is not supported`)
+        continue
+      }
+      const bytes = isExternal(t) ? getExternalData(t)!.length : tensorRawData(t).byteLength
+      if (isExternal(t) || bytes >= MIN_EXTERNAL_BYTES) moving.push(t)
+    }
+    const total = moving.reduce(
+      (n, t) => n + (getExternalData(t)?.length ?? tensorRawData(t).byteLength),
+      0,
+    )
+    const bar = progressBar(`prepare ${id}`, total, { quiet: options.quiet })
+    const writer = new ShardWriter(tmp, location, shardBytes)
+    for (const t of moving) {
+      const bytes = tensorRawData(t, readExternal)
+      if (bytes.byteLength !== tensorByteLength(t)) {
+        throw new Error(
+          `${onnxFile}: initializer ${t.name} has ${bytes.byteLength} bytes, ` +
+            `its shape needs ${tensorByteLength(t)}`,
+        )
+      }
+      writer.pad(bytes.byteLength > BIG_TENSOR ? BIG_ALIGN : ALIGN)
+      const offset = writer.offset
+      writer.write(bytes)
+      setExternalData(t, { location, offset, length: bytes.byteLength })
+      bar.add(bytes.byteLength)
+    }
+    const shards = writer.finish()
+    bar.finish(`${moving.length} initializers, ${shards.length} shards`)
+
+    const graph = encodeModel(model)
+    await writeFile(join(tmp, graphFile), graph)
+    const tokenizerJson = await copyHashed(join(folder, 'tokenizer.json'), tmp, 'tokenizer.json')
+    const tokenizerConfig = await copyHashed(
+      join(folder, 'tokenizer_config.json'),
+      tmp,
+      'tokenizer_config.json',
+    )
+    const graphEntry: ManifestFile = {
+      path: graphFile,
+      bytes: graph.byteLength,
+      sha256: sha256(graph),
+    }
+    const dataBytes = shards.reduce((n, s) => n + s.bytes, 0)
+    const manifest: Manifest = {
+      version: MANIFEST_VERSION,
+      id,
+      synthetic: config.qwen_edge_synthetic !== undefined,
+      config,
+      generationConfig,
+      tokenizer: { json: tokenizerJson, config: tokenizerConfig },
+      stages: [
+        {
+          io: 'ids->logits',
+          layers: [0, config.num_hidden_layers],
+          graph: graphEntry,
+          externalData: shards.length ? [{ location, bytes: dataBytes, shards }] : [],
+        },
+      ],
+      shardBytes,
+      totalBytes: tokenizerJson.bytes + tokenizerConfig.bytes + graph.byteLength + dataBytes,
+      source: { onnxFile: relative(folder, onnxPath).split(sep).join('/'), ...options.source },
+    }
+    parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
+    await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
+    await rm(final, { recursive: true, force: true })
+    await rename(tmp, final)
+    return { id, dir: final, manifest }
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true })
+    throw err
+  }
+}
+
+/** The ONNX file to use when none is named: ONNX_PICK_ORDER, else the only one under onnx/. */
+export async function pickOnnxFile(folder: string): Promise<string> {
+  for (const f of ONNX_PICK_ORDER) if (await isFile(join(folder, f))) return f
+  const found = await readdir(join(folder, 'onnx')).catch(() => [] as string[])
+  const onnx = found.filter((f) => f.endsWith('.onnx')).sort()
+  if (onnx.length === 1) return `onnx/${onnx[0]}`
+  if (onnx.length === 0) throw new Error(`No .onnx file under ${join(folder, 'onnx')}`)
+  throw new Error(
+    `Several ONNX files under ${join(folder, 'onnx')} (${onnx.join(', ')}): pick one with --file`,
+  )
+}
+
+/**
+ * The Optimum decoder-with-past signature the engine drives: input_ids, attention_mask and
+ * past_key_values.{i}.key|value in, logits and present.{i}.key|value out, one pair per layer.
+ */
+export function checkSignature(graph: GraphProto, config: ArchitectureConfig, file: string): void {
+  const inputs = new Set((graph.input ?? []).map((v) => v.name))
+  const outputs = new Set((graph.output ?? []).map((v) => v.name))
+  const missing: string[] = []
+  for (const name of ['input_ids', 'attention_mask'])
+    if (!inputs.has(name)) missing.push(`input ${name}`)
+  if (!outputs.has('logits')) missing.push('output logits')
+  for (let i = 0; i < config.num_hidden_layers; i++) {
+    for (const kv of ['key', 'value']) {
+      if (!inputs.has(`past_key_values.${i}.${kv}`))
+        missing.push(`input past_key_values.${i}.${kv}`)
+      if (!outputs.has(`present.${i}.${kv}`)) missing.push(`output present.${i}.${kv}`)
+    }
+  }
+  const extraLayers = [...inputs].filter((n) => {
+    const m = /^past_key_values\.(\d+)\./.exec(n ?? '')
+    return m !== null && Number(m[1]) >= config.num_hidden_layers
+  })
+  if (missing.length || extraLayers.length) {
+    const list = [
+      ...missing.slice(0, 6),
+      ...(missing.length > 6 ? [`… ${missing.length - 6} more`] : []),
+    ]
+    const extra = extraLayers.length
+      ? `; it has past inputs beyond the config's ${config.num_hidden_layers} layers`
+      : ''
+    throw new Error(
+      `${file} does not have the decoder-with-past signature` +
+        `${missing.length ? ` (missing ${list.join(', ')})` : ''}${extra}`,
+    )
+  }
+}
+
+/** Appends bytes to a data file that is written as fixed-size shards, hashing as it goes. */
+class ShardWriter {
+  offset = 0
+  private readonly shards: Array<{ path: string; bytes: number; sha256: string }> = []
+  private fd: number | undefined
+  private hash = createHash('sha256')
+  private inShard = 0
+
+  constructor(
+    private readonly dir: string,
+    private readonly location: string,
+    private readonly shardBytes: number,
+  ) {}
+
+  /** Zero bytes up to the next multiple of `align`. */
+  pad(align: number): void {
+    const gap = (align - (this.offset % align)) % align
+    if (gap) this.write(new Uint8Array(gap))
+  }
+
+  write(bytes: Uint8Array): void {
+    let at = 0
+    while (at < bytes.byteLength) {
+      if (this.fd === undefined) {
+        // Final names come in finish(), once the shard count (hence the digit width) is known.
+        this.fd = openSync(join(this.dir, `${this.location}.tmp${this.shards.length}`), 'w')
+      }
+      const n = Math.min(bytes.byteLength - at, this.shardBytes - this.inShard)
+      const part = bytes.subarray(at, at + n)
+      writeSync(this.fd, part)
+      this.hash.update(part)
+      at += n
+      this.inShard += n
+      this.offset += n
+      if (this.inShard === this.shardBytes) this.close()
+    }
+  }
+
+  private close(): void {
+    if (this.fd === undefined) return
+    closeSync(this.fd)
+    this.fd = undefined
+    this.shards.push({ path: '', bytes: this.inShard, sha256: this.hash.digest('hex') })
+    this.hash = createHash('sha256')
+    this.inShard = 0
+  }
+
+  finish(): ManifestFile[] {
+    this.close()
+    return this.shards.map((s, i) => {
+      const path = shardName(this.location, i, this.shards.length)
+      renameSync(join(this.dir, `${this.location}.tmp${i}`), join(this.dir, path))
+      return { ...s, path }
+    })
+  }
+}
+
+async function copyHashed(from: string, dir: string, name: string): Promise<ManifestFile> {
+  const bytes = await readFile(from)
+  await writeFile(join(dir, name), bytes)
+  return { path: name, bytes: bytes.byteLength, sha256: sha256(bytes) }
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex')
+}
+
+/** sha256 of a file, streamed. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }))
+    hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
+
+async function isFile(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isFile(),
+    () => false,
+  )
+}
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      id: { type: 'string' },
+      file: { type: 'string' },
+      'shard-mb': { type: 'string' },
+      out: { type: 'string', default: 'model-shards' },
+    },
+  })
+  if (positionals.length !== 1 || !values.id) {
+    console.error(
+      [
+        'usage: npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx]',
+        '         [--shard-mb 16] [--out model-shards]',
+      ].join('\n'),
+    )
+    process.exit(2)
+  }
+  const shardMb = values['shard-mb'] === undefined ? undefined : Number(values['shard-mb'])
+  if (shardMb !== undefined && !(shardMb > 0))
+    throw new Error('--shard-mb must be a positive number')
+  const started = performance.now()
+  const { dir, manifest } = await preparePackage({
+    folder: positionals[0],
+    id: values.id,
+    file: values.file,
+    out: values.out,
+    shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
+  })
+  const secs = ((performance.now() - started) / 1000).toFixed(1)
+  const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0
+  console.error(
+    `${dir}: ${shards} shards, ${manifest.totalBytes} bytes, ${secs} s` +
+      (manifest.synthetic ? ' (synthetic weights)' : ''),
+  )
+}
+
+if (isMain(import.meta.url)) runMain(main)

@@ -1,0 +1,366 @@
+/**
+ * Loads a model package (DESIGN.md §3) from any `ModelSource`: reads the manifest once, fetches
+ * the tokenizer files, the stage's graph and its weight shards with bounded parallelism,
+ * verifies every file's sha256 with WebCrypto and assembles each external-data file in ONE
+ * preallocated buffer, ready for onnxruntime-web's `externalData` session option.
+ *
+ * Failures:
+ * - a file that is missing, has the wrong size or the wrong hash → AppError('model_invalid')
+ *   naming the file; never retried (the store holds a broken package);
+ * - transport failures (network, 5xx, 429) are retried with exponential backoff, then become
+ *   AppError('model_unavailable').
+ * No caching: callers memoise the promise (see memoize-load.ts) and must drop the returned
+ * buffers once the session exists, or the weights stay in memory twice.
+ */
+import { AppError, isAppError } from '../core/errors.ts'
+import {
+  MANIFEST_FILE,
+  packageKey,
+  parseManifest,
+  type Manifest,
+  type ManifestFile,
+  type Stage,
+} from '../core/manifest.ts'
+import type { GenerationConfig, LoadedPackage, Qwen2Config } from './model-package.ts'
+import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
+
+export interface LoadProgress {
+  /** Bytes received so far (goes back when a failed read is retried). */
+  loadedBytes: number
+  totalBytes: number
+  filesDone: number
+  filesTotal: number
+}
+
+export interface LoadPackageOptions {
+  /** Which stage to load; default 0 (today the only one). */
+  stage?: number
+  /** Files read at the same time; default 4. Use 1-2 inside a 128 MB Worker. */
+  concurrency?: number
+  /** Extra attempts after a transient failure; default 3. */
+  retries?: number
+  /** First backoff delay; doubles each attempt (with jitter), capped at 8 s. Default 250 ms. */
+  retryDelayMs?: number
+  signal?: AbortSignal
+  onProgress?: (progress: LoadProgress) => void
+}
+
+/** `LoadedPackage` plus where it came from. */
+export interface LoadedModelPackage extends LoadedPackage {
+  manifest: Manifest
+  stage: Stage
+}
+
+const DEFAULT_CONCURRENCY = 4
+const DEFAULT_RETRIES = 3
+const DEFAULT_RETRY_DELAY_MS = 250
+const MAX_RETRY_DELAY_MS = 8000
+
+export async function loadPackage(
+  source: ModelSource,
+  id: string,
+  options: LoadPackageOptions = {},
+): Promise<LoadedModelPackage> {
+  const ctx = new LoadContext(source, id, options)
+  const manifestKey = packageKey(id, MANIFEST_FILE)
+  const manifestBytes = await ctx.withRetry(manifestKey, () => source.get(manifestKey))
+  if (!manifestBytes) {
+    throw new AppError(
+      'model_invalid',
+      `Model package ${id} not found: no ${manifestKey} in ${source.describe()}`,
+    )
+  }
+  const manifest = parseManifest(parseJson(manifestBytes, manifestKey))
+  if (manifest.id !== id) {
+    throw new AppError(
+      'model_invalid',
+      `${manifestKey} describes package ${manifest.id}, not ${id}`,
+    )
+  }
+  const stageIndex = options.stage ?? 0
+  const stage = manifest.stages[stageIndex]
+  if (!stage) {
+    throw new AppError(
+      'model_invalid',
+      `Model package ${id} has no stage ${stageIndex} (it has ${manifest.stages.length})`,
+    )
+  }
+
+  const small = [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph]
+  const buffers = stage.externalData.map((ext) => new Uint8Array(new ArrayBuffer(ext.bytes)))
+  const shardJobs = stage.externalData.flatMap((ext, i) => {
+    let offset = 0
+    return ext.shards.map((shard) => {
+      const target = buffers[i].subarray(offset, (offset += shard.bytes))
+      return { shard, target }
+    })
+  })
+  ctx.startProgress([...small, ...shardJobs.map((j) => j.shard)])
+
+  const results = await ctx.all<Uint8Array<ArrayBuffer> | void>([
+    ...small.map((f) => () => ctx.readWhole(f)),
+    ...shardJobs.map((job) => () => ctx.readInto(job.shard, job.target)),
+  ])
+  const [tokenizerJson, tokenizerConfig, graph] = results as Uint8Array<ArrayBuffer>[]
+  return {
+    id,
+    config: manifest.config as Qwen2Config,
+    generationConfig: manifest.generationConfig as GenerationConfig,
+    tokenizerJson: parseJsonObject(tokenizerJson, manifest.tokenizer.json.path),
+    tokenizerConfig: parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path),
+    graph,
+    externalData: stage.externalData.map((ext, i) => ({ path: ext.location, data: buffers[i] })),
+    manifest,
+    stage,
+  }
+}
+
+class LoadContext {
+  private readonly abort = new AbortController()
+  private loaded = 0
+  private total = 0
+  private filesDone = 0
+  private filesTotal = 0
+  private readonly retries: number
+  private readonly retryDelayMs: number
+  private readonly concurrency: number
+
+  constructor(
+    private readonly source: ModelSource,
+    private readonly id: string,
+    private readonly options: LoadPackageOptions,
+  ) {
+    this.retries = options.retries ?? DEFAULT_RETRIES
+    this.retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
+    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY)
+    options.signal?.addEventListener('abort', () => this.abort.abort(options.signal!.reason), {
+      once: true,
+    })
+  }
+
+  startProgress(files: ManifestFile[]): void {
+    this.total = files.reduce((n, f) => n + f.bytes, 0)
+    this.filesTotal = files.length
+    this.report()
+  }
+
+  private report(): void {
+    this.options.onProgress?.({
+      loadedBytes: this.loaded,
+      totalBytes: this.total,
+      filesDone: this.filesDone,
+      filesTotal: this.filesTotal,
+    })
+  }
+
+  private throwIfAborted(): void {
+    if (this.abort.signal.aborted) throw this.abort.signal.reason
+  }
+
+  /** Runs the tasks, `concurrency` at a time. The first failure stops the rest and is thrown. */
+  async all<T>(tasks: Array<() => Promise<T>>): Promise<T[]> {
+    const results: T[] = new Array(tasks.length)
+    let next = 0
+    const worker = async () => {
+      while (next < tasks.length) {
+        this.throwIfAborted()
+        const i = next++
+        results[i] = await tasks[i]()
+      }
+    }
+    try {
+      await Promise.all(Array.from({ length: Math.min(this.concurrency, tasks.length) }, worker))
+    } catch (err) {
+      this.abort.abort(err) // in-flight reads stop at their next chunk
+      throw err
+    }
+    return results
+  }
+
+  /** A small file, read whole and verified. */
+  async readWhole(file: ManifestFile): Promise<Uint8Array<ArrayBuffer>> {
+    const key = packageKey(this.id, file.path)
+    const bytes = await this.withRetry(key, async () => {
+      const data = await this.source.get(key)
+      this.throwIfAborted()
+      return data
+    })
+    if (!bytes) throw this.missing(file)
+    if (bytes.byteLength !== file.bytes) throw this.wrongSize(file, bytes.byteLength)
+    const own = isPlainArrayBuffer(bytes.buffer)
+      ? (bytes as Uint8Array<ArrayBuffer>)
+      : bytes.slice()
+    await this.verify(file, own)
+    this.loaded += file.bytes
+    this.filesDone++
+    this.report()
+    return own
+  }
+
+  /** A shard, written into its place in the preallocated buffer, then verified. */
+  async readInto(file: ManifestFile, target: Uint8Array<ArrayBuffer>): Promise<void> {
+    const key = packageKey(this.id, file.path)
+    await this.withRetry(key, async () => {
+      let counted = 0
+      try {
+        await this.fill(key, file, target, (n) => {
+          counted += n
+          this.loaded += n
+          this.report()
+        })
+      } finally {
+        this.loaded -= counted // counted once more below, or again by the next attempt
+      }
+    })
+    await this.verify(file, target)
+    this.loaded += file.bytes
+    this.filesDone++
+    this.report()
+  }
+
+  /** One attempt at reading `key` into `target`. */
+  private async fill(
+    key: string,
+    file: ManifestFile,
+    target: Uint8Array,
+    onBytes: (n: number) => void,
+  ): Promise<void> {
+    if (!this.source.stream) {
+      const bytes = await this.source.get(key)
+      this.throwIfAborted()
+      if (!bytes) throw this.missing(file)
+      if (bytes.byteLength !== file.bytes) throw this.wrongSize(file, bytes.byteLength)
+      target.set(bytes)
+      return
+    }
+    const obj = await this.source.stream(key)
+    if (!obj) throw this.missing(file)
+    if (obj.size !== undefined && obj.size !== file.bytes) {
+      await obj.body.cancel().catch(() => {})
+      throw this.wrongSize(file, obj.size)
+    }
+    const reader = obj.body.getReader()
+    let n = 0
+    try {
+      for (;;) {
+        this.throwIfAborted()
+        const { done, value } = await reader.read()
+        if (done) break
+        if (n + value.byteLength > target.byteLength) {
+          throw this.wrongSize(file, n + value.byteLength, true)
+        }
+        target.set(value, n)
+        n += value.byteLength
+        onBytes(value.byteLength)
+      }
+    } catch (err) {
+      await reader.cancel().catch(() => {})
+      throw err
+    } finally {
+      reader.releaseLock()
+    }
+    if (n !== file.bytes) throw this.wrongSize(file, n)
+  }
+
+  async withRetry<T>(key: string, attempt: () => Promise<T>): Promise<T> {
+    for (let n = 0; ; n++) {
+      this.throwIfAborted()
+      try {
+        return await attempt()
+      } catch (err) {
+        if (isAppError(err) || this.abort.signal.aborted) throw err
+        if (!isTransientSourceError(err) || n >= this.retries) {
+          const tries = n + 1 === 1 ? '' : ` (${n + 1} attempts)`
+          throw new AppError(
+            'model_unavailable',
+            `Could not read ${key} from ${this.source.describe()}${tries}: ${errorText(err)}`,
+            { cause: err },
+          )
+        }
+        const delay =
+          Math.min(MAX_RETRY_DELAY_MS, this.retryDelayMs * 2 ** n) * (0.5 + Math.random() / 2)
+        await sleep(delay, this.abort.signal)
+      }
+    }
+  }
+
+  private async verify(file: ManifestFile, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
+    const actual = await sha256Hex(bytes)
+    if (actual !== file.sha256) {
+      throw new AppError(
+        'model_invalid',
+        `Checksum mismatch in ${this.where(file)}: sha256 ${actual}, manifest says ${file.sha256}`,
+        { details: { file: file.path } },
+      )
+    }
+  }
+
+  private where(file: ManifestFile): string {
+    return `${packageKey(this.id, file.path)} (${this.source.describe()})`
+  }
+
+  private missing(file: ManifestFile): AppError {
+    return new AppError('model_invalid', `Missing file ${this.where(file)}`, {
+      details: { file: file.path },
+    })
+  }
+
+  private wrongSize(file: ManifestFile, actual: number, atLeast = false): AppError {
+    const what = actual < file.bytes ? 'truncated' : 'too long'
+    const size = `${atLeast ? 'at least ' : ''}${actual} bytes`
+    return new AppError(
+      'model_invalid',
+      `File ${this.where(file)} is ${what}: ${size}, manifest says ${file.bytes}`,
+      {
+        details: { file: file.path },
+      },
+    )
+  }
+}
+
+export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
+  let hex = ''
+  for (const b of digest) hex += b.toString(16).padStart(2, '0')
+  return hex
+}
+
+/** `instanceof ArrayBuffer` fails across realms; a SharedArrayBuffer-backed view must be copied. */
+function isPlainArrayBuffer(buffer: ArrayBufferLike): buffer is ArrayBuffer {
+  return Object.prototype.toString.call(buffer) === '[object ArrayBuffer]'
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+function parseJsonObject(bytes: Uint8Array, key: string): Record<string, unknown> {
+  const value = parseJson(bytes, key)
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new AppError('model_invalid', `${key} is not a JSON object`)
+  }
+  return value as Record<string, unknown>
+}
+
+function parseJson(bytes: Uint8Array, key: string): unknown {
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes))
+  } catch (err) {
+    throw new AppError('model_invalid', `${key} is not valid JSON`, { cause: err })
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason)
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = () => {
+      clearTimeout(timer)
+      reject(signal.reason)
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
