@@ -1,0 +1,36 @@
+/**
+ * Node entry: `npm start`. Serves the model named by MODEL (default: the bundled synthetic
+ * model in model-shards/) on HOST:PORT (default 127.0.0.1:8787).
+ */
+import { serve } from '@hono/node-server'
+import { createApp, readConfigFromEnv } from '../../app.ts'
+import { createEngineHost } from '../../engine/host.ts'
+import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import { resolveModelLocation } from './model-location.ts'
+
+const env = process.env
+const location = resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)
+const getEngine = createEngineHost(location.load, engineOptionsFromEnv(env))
+const app = createApp({ getEngine: () => getEngine(), config: readConfigFromEnv(env) })
+
+const port = Number(env.PORT ?? 8787)
+const hostname = env.HOST ?? '127.0.0.1'
+const server = serve({ fetch: app.fetch, port, hostname }, (info) => {
+  console.log(
+    `qwen-edge listening on http://${hostname}:${info.port} (model: ${location.describe})`,
+  )
+})
+
+// Load at startup so the first request does not pay for it; a failure is logged and retried by
+// the next request (/health says 503 until then).
+getEngine().then(
+  (engine) => {
+    const synthetic = engine.info.synthetic ? ' (synthetic, random weights: output is noise)' : ''
+    console.log(`model ${engine.info.id} ready in ${engine.info.loadMs} ms${synthetic}`)
+  },
+  (err: unknown) => console.error('model failed to load:', err),
+)
+
+const shutdown = () => server.close(() => process.exit(0))
+process.on('SIGINT', shutdown)
+process.on('SIGTERM', shutdown)

@@ -1,0 +1,41 @@
+/**
+ * What `MODEL` names, on Node: a package id under `model-shards/` (the local object store), a
+ * folder (a model package with manifest.json, or a Hugging Face export folder), or an HTTP(S)
+ * base URL of a package (`https://cdn.example/models/qwen2.5-0.5b-q8`).
+ */
+import { existsSync } from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
+import type { LoadedPackage } from '../../engine/model-package.ts'
+import { loadPackage } from '../../engine/package-loader.ts'
+import { httpSource } from '../../engine/sources/http-source.ts'
+import { fsSource } from './fs-source.ts'
+import { loadHfFolder } from './hf-folder.ts'
+
+export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
+export const DEFAULT_STORE = 'model-shards'
+
+export interface ModelLocation {
+  describe: string
+  load(): Promise<LoadedPackage>
+}
+
+export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STORE): ModelLocation {
+  if (/^https?:\/\//i.test(model)) {
+    const url = new URL(model.replace(/\/+$/, ''))
+    const id = decodeURIComponent(url.pathname.split('/').pop() ?? '')
+    const base = new URL(url.pathname.slice(0, url.pathname.length - id.length) || '/', url)
+    return { describe: model, load: () => loadPackage(httpSource(base), id) }
+  }
+  const asFolder = resolve(model)
+  if (existsSync(join(asFolder, 'manifest.json'))) {
+    return {
+      describe: asFolder,
+      load: () => loadPackage(fsSource(dirname(asFolder)), basename(asFolder)),
+    }
+  }
+  if (existsSync(join(asFolder, 'config.json')) && existsSync(join(asFolder, 'onnx'))) {
+    return { describe: `${asFolder} (Hugging Face layout)`, load: () => loadHfFolder(asFolder) }
+  }
+  const root = resolve(store)
+  return { describe: join(root, model), load: () => loadPackage(fsSource(root), model) }
+}

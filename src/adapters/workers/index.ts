@@ -1,0 +1,53 @@
+/**
+ * Cloudflare Workers entry (`wrangler dev`, `wrangler deploy`). The model package is read from
+ * the R2 bucket bound as MODEL_BUCKET, once per isolate, on the first request that needs it.
+ */
+import { createApp, readConfigFromEnv } from '../../app.ts'
+import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
+import { loadPackage } from '../../engine/package-loader.ts'
+import { installPrecompiledOrtWasm } from './ort-wasm.ts'
+import { r2Source, type R2BucketLike } from './r2-source.ts'
+
+installPrecompiledOrtWasm()
+
+/** Bindings and vars (wrangler.toml; API_KEY as a secret: `wrangler secret put API_KEY`). */
+export interface Env {
+  /** The R2 bucket holding model packages (`npm run model:upload`). */
+  MODEL_BUCKET: R2BucketLike
+  /** Package id inside the bucket. */
+  MODEL?: string
+  API_KEY?: string
+  CORS_ORIGINS?: string
+  MAX_TOKENS_DEFAULT?: string
+  MAX_TOKENS_CEILING?: string
+  CONTEXT_LENGTH?: string
+  MAX_ACTIVE?: string
+  MAX_QUEUED?: string
+}
+
+export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
+
+// Bindings arrive with each request, but the engine lives as long as the isolate: the loader
+// is built on the first request and kept.
+let getEngine: EngineLoader | undefined
+
+const app = createApp<{ Bindings: Env }>({
+  getEngine: (c) => {
+    getEngine ??= createEngineHost(
+      () =>
+        loadPackage(
+          r2Source(c.env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
+          c.env.MODEL || DEFAULT_MODEL,
+          {
+            concurrency: 2, // each shard in flight is one more shard of memory in a 128 MB isolate
+          },
+        ),
+      engineOptionsFromEnv(c.env as unknown as Record<string, unknown>),
+    )
+    return getEngine()
+  },
+  config: (c) => readConfigFromEnv(c.env as unknown as Record<string, unknown>),
+})
+
+export default app

@@ -1,0 +1,22 @@
+/**
+ * Engine settings from environment variables (process.env, Deno.env, Workers vars):
+ * CONTEXT_LENGTH, MAX_ACTIVE, MAX_QUEUED, PREFILL_CHUNK. Unset or empty keeps the default.
+ */
+import type { EngineOptions } from './engine.ts'
+
+export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptions {
+  const int = (name: string): number | undefined => {
+    const v = vars[name]
+    if (v === undefined || v === null || v === '') return undefined
+    const n = Number(v)
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new Error(`${name} must be a positive integer, got ${String(v)}`)
+    return n
+  }
+  return {
+    contextLength: int('CONTEXT_LENGTH'),
+    maxActive: int('MAX_ACTIVE'),
+    maxQueued: int('MAX_QUEUED'),
+    prefillChunk: int('PREFILL_CHUNK'),
+  }
+}
