@@ -26,8 +26,9 @@ export interface Env {
   MAX_QUEUED?: string
 }
 
-export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
+const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 
+// workerd treats every named export of the main module as a handler: export nothing else.
 // Bindings arrive with each request, but the engine lives as long as the isolate: the loader
 // is built on the first request and kept.
 let getEngine: EngineLoader | undefined
