@@ -45,7 +45,8 @@ export class QwenEngine implements Engine {
   readonly info: ModelInfo
   readonly scheduler: Scheduler
   readonly classifier: LabelClassifier
-  private readonly eosIds: ReadonlySet<number>
+  /** Ids that end a reply. */
+  readonly eosIds: ReadonlySet<number>
   private readonly defaults: SamplingParams
   private readonly contextLength: number
   private readonly defaultMaxNewTokens: number

@@ -202,3 +202,13 @@ describe('sentiment by label scoring', () => {
     }
   })
 })
+
+describe('eos ids', () => {
+  it('stops on both 151643 and 151645 when the config names only 151643 (Qwen1.5)', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'q8'))
+    pkg.config.eos_token_id = 151643
+    pkg.generationConfig = {}
+    const e = await QwenEngine.create(pkg)
+    expect([...e.eosIds].sort()).toEqual([151643, 151645])
+  })
+})

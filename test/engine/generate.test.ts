@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { generateTokens, type StepModel } from '../../src/engine/generate.ts'
 import type { KvCache, StepResult } from '../../src/engine/model.ts'
 
-const VOCAB = 16
+const VOCAB = 151936 // Qwen's, so the real eos ids fit
 const greedy = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }
 
 /** A model whose greedy continuation is `script`, one token per step; counts its steps. */
@@ -41,6 +41,14 @@ const options = (o: object = {}) => ({
 })
 
 describe('generateTokens', () => {
+  it('stops on <|im_end|> (151645) without yielding it', async () => {
+    const { model } = scripted([3, 4, 151645, 5])
+    const r = await collect(
+      generateTokens(model, run, [1, 2], options({ eosIds: new Set([151643, 151645]) })),
+    )
+    expect(r).toEqual({ ids: [3, 4], finish: 'stop' })
+  })
+
   it('stops on an eos id without yielding it', async () => {
     const { model } = scripted([3, 4, 15, 5])
     const r = await collect(generateTokens(model, run, [1, 2], options()))
