@@ -1,0 +1,379 @@
+/**
+ * Seeded random weights for a Qwen2 causal LM, and their fp32 / q8 / q4 encodings.
+ *
+ * Every tensor is drawn from its own PRNG stream, seeded from (seed, tensor name), so any one
+ * tensor can be regenerated alone, in any order, with the same bytes. Tensors are produced in
+ * Hugging Face layout (`[out_features, in_features]` for linear layers, `[vocab, hidden]` for
+ * the embedding) and then re-laid out for the graph.
+ *
+ * Scales keep activations O(1) through the layers: linear weights have std 1/sqrt(fan_in) (so
+ * attention scores are O(1) and RoPE / masking errors show up in the logits), the embedding
+ * has std 1/sqrt(hidden) (tied lm_head logits then have std ~1), norm weights are 1 ± 0.2,
+ * q/k/v biases have std 0.2. Uniform distributions: cheap, and the shape of the distribution
+ * does not matter for random weights.
+ */
+import { DataType } from './onnx.ts'
+import type { ModelDims, WeightFormat } from './model-presets.ts'
+
+/** Block size of the q4 (MatMulNBits) format, as the onnx-community q4 exports use. */
+export const Q4_BLOCK_SIZE = 32
+
+export type HfTensorKind = 'embedding' | 'linear' | 'bias' | 'norm'
+
+/** A tensor of the Hugging Face checkpoint. `shape` is `[rows, cols]` or `[n]`. */
+export interface HfTensorSpec {
+  name: string
+  kind: HfTensorKind
+  shape: number[]
+}
+
+/** The checkpoint's tensors, in the order the generator writes them. */
+export function hfTensorSpecs(d: ModelDims): HfTensorSpec[] {
+  const q = d.numHeads * d.headDim
+  const kv = d.numKvHeads * d.headDim
+  const specs: HfTensorSpec[] = [
+    { name: 'model.embed_tokens.weight', kind: 'embedding', shape: [d.vocabSize, d.hiddenSize] },
+  ]
+  for (let i = 0; i < d.numLayers; i++) {
+    const p = `model.layers.${i}`
+    const linear = (name: string, out: number, inp: number): HfTensorSpec => ({
+      name: `${p}.${name}.weight`,
+      kind: 'linear',
+      shape: [out, inp],
+    })
+    const bias = (name: string, out: number): HfTensorSpec[] =>
+      d.qkvBias ? [{ name: `${p}.${name}.bias`, kind: 'bias', shape: [out] }] : []
+    specs.push(
+      { name: `${p}.input_layernorm.weight`, kind: 'norm', shape: [d.hiddenSize] },
+      linear('self_attn.q_proj', q, d.hiddenSize),
+      ...bias('self_attn.q_proj', q),
+      linear('self_attn.k_proj', kv, d.hiddenSize),
+      ...bias('self_attn.k_proj', kv),
+      linear('self_attn.v_proj', kv, d.hiddenSize),
+      ...bias('self_attn.v_proj', kv),
+      linear('self_attn.o_proj', d.hiddenSize, q),
+      { name: `${p}.post_attention_layernorm.weight`, kind: 'norm', shape: [d.hiddenSize] },
+      linear('mlp.gate_proj', d.intermediateSize, d.hiddenSize),
+      linear('mlp.up_proj', d.intermediateSize, d.hiddenSize),
+      linear('mlp.down_proj', d.hiddenSize, d.intermediateSize),
+    )
+  }
+  specs.push({ name: 'model.norm.weight', kind: 'norm', shape: [d.hiddenSize] })
+  if (!d.tieWordEmbeddings)
+    specs.push({ name: 'lm_head.weight', kind: 'linear', shape: [d.vocabSize, d.hiddenSize] })
+  return specs
+}
+
+// ---------------------------------------------------------------- random values
+
+/** FNV-1a of the name, mixed with the seed: one independent stream per tensor. */
+export function tensorSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5 ^ Math.imul(seed | 0, 0x9e3779b1)
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193)
+  return h >>> 0
+}
+
+/**
+ * Fill `out` with uniform values of mean `mean` and standard deviation `std` (mulberry32: a
+ * 2^32-period stream, enough for the largest tensor, 136M values).
+ */
+export function fillUniform(out: Float32Array, streamSeed: number, mean: number, std: number) {
+  const half = std * Math.sqrt(3) // uniform(-a, a) has std a / sqrt(3)
+  const scale = (2 * half) / 4294967296
+  const base = mean - half
+  let a = streamSeed | 0
+  for (let i = 0; i < out.length; i++) {
+    a = (a + 0x6d2b79f5) | 0
+    let t = Math.imul(a ^ (a >>> 15), 1 | a)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    out[i] = base + ((t ^ (t >>> 14)) >>> 0) * scale
+  }
+  return out
+}
+
+/** The fp32 tensor in Hugging Face layout, before any quantization. */
+export function generateHfTensor(spec: HfTensorSpec, seed: number): Float32Array {
+  const out = new Float32Array(spec.shape.reduce((n, d) => n * d, 1))
+  const s = tensorSeed(seed, spec.name)
+  const fanIn = spec.shape[spec.shape.length - 1]
+  if (spec.kind === 'norm') return fillUniform(out, s, 1, 0.2 / Math.sqrt(3))
+  if (spec.kind === 'bias') return fillUniform(out, s, 0, 0.2)
+  return fillUniform(out, s, 0, 1 / Math.sqrt(fanIn)) // embedding: fan_in = hidden
+}
+
+// ---------------------------------------------------------------- quantization
+
+/**
+ * uint8, asymmetric, one scale and zero point per row of `w` ([rows, cols]); the range always
+ * includes 0, as ORT's quantizer does. Dequantized value: (q - zeroPoint[r]) * scale[r].
+ */
+export function quantizeRowsU8(w: Float32Array, rows: number, cols: number) {
+  const q = new Uint8Array(rows * cols)
+  const scale = new Float32Array(rows)
+  const zeroPoint = new Uint8Array(rows)
+  for (let r = 0; r < rows; r++) {
+    const off = r * cols
+    let min = 0
+    let max = 0
+    for (let c = 0; c < cols; c++) {
+      const v = w[off + c]
+      if (v < min) min = v
+      if (v > max) max = v
+    }
+    const s = Math.fround(max > min ? (max - min) / 255 : 1)
+    const zp = Math.min(255, Math.max(0, Math.round(-min / s)))
+    scale[r] = s
+    zeroPoint[r] = zp
+    for (let c = 0; c < cols; c++)
+      q[off + c] = Math.min(255, Math.max(0, Math.round(w[off + c] / s) + zp))
+  }
+  return { q, scale, zeroPoint }
+}
+
+export function dequantizeRowsU8(
+  q: Uint8Array,
+  scale: Float32Array,
+  zeroPoint: Uint8Array,
+  rows: number,
+  cols: number,
+): Float32Array {
+  const out = new Float32Array(rows * cols)
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) out[r * cols + c] = (q[r * cols + c] - zeroPoint[r]) * scale[r]
+  return out
+}
+
+/**
+ * 4-bit blocks along each row, MatMulNBits layout: `packed` [rows, blocks, blockSize/2]
+ * (element 2j in the low nibble of byte j), `scales` [rows, blocks], `zeroPoints`
+ * [rows, ceil(blocks/2)] (block 2j in the low nibble). A partial last block is padded with
+ * zeros. Dequantized value: (q - zp) * scale.
+ */
+export function quantizeBlocksQ4(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  blockSize = Q4_BLOCK_SIZE,
+) {
+  const blocks = Math.ceil(cols / blockSize)
+  const blob = blockSize / 2
+  const zpBytes = Math.ceil(blocks / 2)
+  const packed = new Uint8Array(rows * blocks * blob)
+  const scales = new Float32Array(rows * blocks)
+  const zeroPoints = new Uint8Array(rows * zpBytes)
+  for (let r = 0; r < rows; r++)
+    for (let b = 0; b < blocks; b++) {
+      const start = r * cols + b * blockSize
+      const end = r * cols + Math.min(cols, (b + 1) * blockSize)
+      let min = 0
+      let max = 0
+      for (let i = start; i < end; i++) {
+        if (w[i] < min) min = w[i]
+        if (w[i] > max) max = w[i]
+      }
+      const s = Math.fround(max > min ? (max - min) / 15 : 1)
+      const zp = Math.min(15, Math.max(0, Math.round(-min / s)))
+      scales[r * blocks + b] = s
+      zeroPoints[r * zpBytes + (b >> 1)] |= zp << ((b & 1) * 4)
+      const blobOff = (r * blocks + b) * blob
+      for (let j = 0; j < blockSize; j++) {
+        const i = start + j
+        const v = i < end ? Math.min(15, Math.max(0, Math.round(w[i] / s) + zp)) : zp
+        packed[blobOff + (j >> 1)] |= v << ((j & 1) * 4)
+      }
+    }
+  return { packed, scales, zeroPoints, blocks }
+}
+
+export function dequantizeBlocksQ4(
+  packed: Uint8Array,
+  scales: Float32Array,
+  zeroPoints: Uint8Array,
+  rows: number,
+  cols: number,
+  blockSize = Q4_BLOCK_SIZE,
+): Float32Array {
+  const blocks = Math.ceil(cols / blockSize)
+  const blob = blockSize / 2
+  const zpBytes = Math.ceil(blocks / 2)
+  const out = new Float32Array(rows * cols)
+  for (let r = 0; r < rows; r++)
+    for (let b = 0; b < blocks; b++) {
+      const zp = (zeroPoints[r * zpBytes + (b >> 1)] >> ((b & 1) * 4)) & 15
+      const scale = scales[r * blocks + b]
+      const blobOff = (r * blocks + b) * blob
+      const end = Math.min(blockSize, cols - b * blockSize)
+      for (let j = 0; j < end; j++) {
+        const q = (packed[blobOff + (j >> 1)] >> ((j & 1) * 4)) & 15
+        out[r * cols + b * blockSize + j] = (q - zp) * scale
+      }
+    }
+  return out
+}
+
+/** [rows, cols] → [cols, rows], in cache-sized tiles (the embedding is 151936 x 896). */
+export function transpose<T extends Float32Array | Uint8Array>(
+  a: T,
+  rows: number,
+  cols: number,
+): T {
+  const out = new (a.constructor as new (n: number) => T)(a.length)
+  const tile = 64
+  for (let r0 = 0; r0 < rows; r0 += tile)
+    for (let c0 = 0; c0 < cols; c0 += tile) {
+      const r1 = Math.min(rows, r0 + tile)
+      const c1 = Math.min(cols, c0 + tile)
+      for (let r = r0; r < r1; r++)
+        for (let c = c0; c < c1; c++) out[c * rows + r] = a[r * cols + c]
+    }
+  return out
+}
+
+// ---------------------------------------------------------------- graph initializers
+
+/** One initializer of the ONNX graph, without its data. */
+export interface WeightSlot {
+  name: string
+  dataType: number
+  dims: number[]
+}
+
+/** Names of the initializers that hold a linear layer (or embedding / lm_head) in each format. */
+export function weightNames(hfName: string, format: WeightFormat) {
+  if (format === 'q8')
+    return {
+      weight: `${hfName}_quantized`,
+      scale: `${hfName}_scale`,
+      zeroPoint: `${hfName}_zero_point`,
+    }
+  if (format === 'q4')
+    return { weight: `${hfName}_Q4`, scale: `${hfName}_scales`, zeroPoint: `${hfName}_zp` }
+  return { weight: hfName, scale: '', zeroPoint: '' }
+}
+
+/**
+ * The initializers a checkpoint tensor becomes, in the order `encodeTensor` returns their bytes.
+ *
+ * | tensor | fp32 | q8 (DynamicQuantizeMatMul) | q4 (MatMulNBits) |
+ * |---|---|---|---|
+ * | linear [N, K] | [K, N] float | [K, N] uint8, scale [N], zero point [N] uint8 | [N, K/32, 16] uint8, scales [N, K/32], zp [N, ceil(K/64)] uint8 |
+ * | embedding [V, H] | [V, H] float (Gather) | as linear with N = V: [H, V] | as linear with N = V |
+ * | lm_head [V, H] | [V, H] float (Gemm transB) | as linear | as linear |
+ * | norm, bias | float | float | float |
+ *
+ * A tied lm_head is the embedding's initializers (no tensors of its own).
+ */
+export function weightSlots(spec: HfTensorSpec, format: WeightFormat): WeightSlot[] {
+  if (spec.kind === 'norm' || spec.kind === 'bias')
+    return [{ name: spec.name, dataType: DataType.FLOAT, dims: spec.shape }]
+  const [n, k] = spec.shape
+  const names = weightNames(spec.name, format)
+  const headLayout = spec.kind === 'embedding' || spec.name === 'lm_head.weight'
+  if (format === 'fp32')
+    return [{ name: names.weight, dataType: DataType.FLOAT, dims: headLayout ? [n, k] : [k, n] }]
+  if (format === 'q8')
+    return [
+      { name: names.weight, dataType: DataType.UINT8, dims: [k, n] },
+      { name: names.scale, dataType: DataType.FLOAT, dims: [n] },
+      { name: names.zeroPoint, dataType: DataType.UINT8, dims: [n] },
+    ]
+  const blocks = Math.ceil(k / Q4_BLOCK_SIZE)
+  return [
+    { name: names.weight, dataType: DataType.UINT8, dims: [n, blocks, Q4_BLOCK_SIZE / 2] },
+    { name: names.scale, dataType: DataType.FLOAT, dims: [n, blocks] },
+    { name: names.zeroPoint, dataType: DataType.UINT8, dims: [n, Math.ceil(blocks / 2)] },
+  ]
+}
+
+export interface EncodedTensor {
+  /** One entry per `weightSlots(spec, format)` slot, same order. */
+  data: Uint8Array[]
+  /** What the graph computes with, in Hugging Face layout. */
+  dequantized: Float32Array
+}
+
+const bytesOf = (a: Float32Array | Uint8Array) =>
+  new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
+
+/** Lay out (and quantize) one checkpoint tensor for the graph. */
+export function encodeTensor(
+  spec: HfTensorSpec,
+  format: WeightFormat,
+  w: Float32Array,
+): EncodedTensor {
+  if (spec.kind === 'norm' || spec.kind === 'bias') return { data: [bytesOf(w)], dequantized: w }
+  const [n, k] = spec.shape
+  if (format === 'fp32') {
+    const headLayout = spec.kind === 'embedding' || spec.name === 'lm_head.weight'
+    return { data: [bytesOf(headLayout ? w : transpose(w, n, k))], dequantized: w }
+  }
+  if (format === 'q8') {
+    const { q, scale, zeroPoint } = quantizeRowsU8(w, n, k)
+    return {
+      data: [transpose(q, n, k), bytesOf(scale), zeroPoint],
+      dequantized: dequantizeRowsU8(q, scale, zeroPoint, n, k),
+    }
+  }
+  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
+  return {
+    data: [packed, bytesOf(scales), zeroPoints],
+    dequantized: dequantizeBlocksQ4(packed, scales, zeroPoints, n, k),
+  }
+}
+
+/** Encode without computing the dequantized copy (the generator's path: half the memory). */
+export function encodeTensorData(
+  spec: HfTensorSpec,
+  format: WeightFormat,
+  w: Float32Array,
+): Uint8Array[] {
+  if (spec.kind === 'norm' || spec.kind === 'bias' || format === 'fp32')
+    return encodeTensor(spec, format, w).data
+  const [n, k] = spec.shape
+  if (format === 'q8') {
+    const { q, scale, zeroPoint } = quantizeRowsU8(w, n, k)
+    return [transpose(q, n, k), bytesOf(scale), zeroPoint]
+  }
+  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
+  return [packed, bytesOf(scales), zeroPoints]
+}
+
+/** Hugging Face name → fp32 values, HF layout. */
+export type Weights = Map<string, Float32Array>
+
+/**
+ * The weights the graph of (dims, seed, format) computes with, in Hugging Face layout: for q8
+ * and q4 the dequantized values, exactly (the graph's dequantization is exact in fp32). A tied
+ * model has no `lm_head.weight` entry: use the embedding.
+ */
+export function synthesizeWeights(dims: ModelDims, seed: number, format: WeightFormat): Weights {
+  const out: Weights = new Map()
+  for (const spec of hfTensorSpecs(dims))
+    out.set(spec.name, encodeTensor(spec, format, generateHfTensor(spec, seed)).dequantized)
+  return out
+}
+
+/** The integer side of a q8 weight [N, K]: codes q - zero_point, and the per-row scale. */
+export interface Q8Codes {
+  codes: Int16Array
+  scale: Float32Array
+}
+
+/**
+ * For the q8 graph: the codes and scales of every matrix (linear layers, embedding, untied
+ * lm_head), keyed by Hugging Face name, so a reference can multiply in integers as
+ * DynamicQuantizeMatMul does. `dequantized = codes * scale[row]`.
+ */
+export function synthesizeQ8Codes(dims: ModelDims, seed: number): Map<string, Q8Codes> {
+  const out = new Map<string, Q8Codes>()
+  for (const spec of hfTensorSpecs(dims)) {
+    if (spec.kind !== 'linear' && spec.kind !== 'embedding') continue
+    const [n, k] = spec.shape
+    const { q, scale, zeroPoint } = quantizeRowsU8(generateHfTensor(spec, seed), n, k)
+    const codes = new Int16Array(n * k)
+    for (let r = 0; r < n; r++)
+      for (let c = 0; c < k; c++) codes[r * k + c] = q[r * k + c] - zeroPoint[r]
+    out.set(spec.name, { codes, scale })
+  }
+  return out
+}
