@@ -1,0 +1,54 @@
+/**
+ * `GET /health`: 200 when the model is ready, with its id, load time and the scheduler's
+ * active and queued counts; 503 (with Retry-After) while idle, loading or after a failed load.
+ * A probe of an idle server starts the load, so a health-checked deployment warms itself.
+ */
+import { Hono, type Context, type Env } from 'hono'
+import type { RouteDeps } from './route-deps.ts'
+
+export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
+  return new Hono<E>().get('/', async (c) => {
+    let load = deps.loadState(c)
+    if (load.state === 'idle') {
+      keepAlive(
+        c,
+        deps.engine(c).catch(() => {}), // the outcome shows in the next probe
+      )
+      load = deps.loadState(c)
+    }
+    if (load.state !== 'ready') {
+      return c.json(
+        {
+          status: load.state === 'failed' ? 'failed' : 'loading',
+          model: deps.config(c).modelId ?? null,
+          ...(load.error !== undefined && { error: load.error }),
+        },
+        503,
+        { 'Retry-After': load.state === 'failed' ? '10' : '5', 'Cache-Control': 'no-store' },
+      )
+    }
+    const engine = await deps.engine(c)
+    const { active, queued } = engine.stats()
+    return c.json(
+      {
+        status: 'ok',
+        model: deps.config(c).modelId ?? engine.info.id,
+        synthetic: engine.info.synthetic,
+        load_ms: load.loadMs ?? engine.info.loadMs,
+        active,
+        queued,
+      },
+      200,
+      { 'Cache-Control': 'no-store' },
+    )
+  })
+}
+
+/** On Workers, work left running after the response needs waitUntil to finish. */
+function keepAlive<E extends Env>(c: Context<E>, work: Promise<unknown>): void {
+  try {
+    c.executionCtx.waitUntil(work)
+  } catch {
+    // not on Workers: the promise runs on by itself
+  }
+}

@@ -1,0 +1,135 @@
+import { describe, expect, it } from 'vitest'
+import { createApp } from '../../src/app.ts'
+import { AppError } from '../../src/core/errors.ts'
+import type { Engine } from '../../src/engine/types.ts'
+import { FakeEngine } from './fake-engine.ts'
+import { makeApp } from './helpers.ts'
+
+describe('GET /v1/models', () => {
+  it('lists the one model in OpenAI shape', async () => {
+    const res = await makeApp().app.request('/v1/models')
+    expect(res.status).toBe(200)
+    const body = await res.json()
+    expect(body).toEqual({
+      object: 'list',
+      data: [
+        {
+          id: 'fake/qwen-test',
+          object: 'model',
+          created: expect.any(Number),
+          owned_by: 'qwen-edge',
+        },
+      ],
+    })
+  })
+
+  it('prefers the configured id, and retrieves by id', async () => {
+    const { app } = makeApp(new FakeEngine(), { modelId: 'Qwen/Qwen2.5-0.5B-Instruct' })
+    expect((await (await app.request('/v1/models')).json()).data[0].id).toBe(
+      'Qwen/Qwen2.5-0.5B-Instruct',
+    )
+    const one = await app.request('/v1/models/Qwen/Qwen2.5-0.5B-Instruct')
+    expect(one.status).toBe(200)
+    expect((await one.json()).id).toBe('Qwen/Qwen2.5-0.5B-Instruct')
+    const other = await app.request('/v1/models/gpt-4')
+    expect(other.status).toBe(404)
+    expect((await other.json()).error).toMatchObject({
+      code: 'not_found',
+      type: 'invalid_request_error',
+    })
+  })
+})
+
+describe('GET /health', () => {
+  it('is 200 when ready, with model id, load time and scheduler counts', async () => {
+    const engine = new FakeEngine()
+    engine.queued = 2
+    const { app } = makeApp(engine)
+    await app.request('/v1/models') // loads the engine
+    const res = await app.request('/health')
+    expect(res.status).toBe(200)
+    expect(await res.json()).toEqual({
+      status: 'ok',
+      model: 'fake/qwen-test',
+      synthetic: true,
+      load_ms: 42,
+      active: 0,
+      queued: 2,
+    })
+  })
+
+  it('counts active generations', async () => {
+    const engine = new FakeEngine({ hangAfter: 1 })
+    const { app } = makeApp(engine)
+    const controller = new AbortController()
+    const res = await app.request('/v1/chat', {
+      method: 'POST',
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }),
+      signal: controller.signal,
+    })
+    expect((await (await app.request('/health')).json()).active).toBe(1)
+    controller.abort()
+    await res.body?.cancel()
+  })
+
+  it('is 503 while loading, starts an idle load, and 200 once loaded', async () => {
+    let finish!: (e: Engine) => void
+    let calls = 0
+    const loading = new Promise<Engine>((resolve) => (finish = resolve))
+    const app = createApp({
+      getEngine: () => {
+        calls++
+        return loading
+      },
+    })
+    const first = await app.request('/health')
+    expect(first.status).toBe(503)
+    expect(first.headers.get('retry-after')).toBe('5')
+    expect(await first.json()).toMatchObject({ status: 'loading' })
+    expect(calls).toBe(1) // the probe started the load
+    finish(new FakeEngine())
+    await loading
+    await new Promise((r) => setTimeout(r, 0))
+    const ready = await app.request('/health')
+    expect(ready.status).toBe(200)
+  })
+
+  it('is 503 with the reason after a failed load, then 200 after a successful retry', async () => {
+    let attempt = 0
+    const app = createApp({
+      getEngine: async () => {
+        if (++attempt === 1) throw new AppError('model_unavailable', 'shard 3 failed its checksum')
+        return new FakeEngine()
+      },
+    })
+    const failed = await app.request('/v1/models')
+    expect(failed.status).toBe(503)
+    const health = await app.request('/health')
+    expect(health.status).toBe(503)
+    expect(await health.json()).toEqual({
+      status: 'failed',
+      model: null,
+      error: 'shard 3 failed its checksum',
+    })
+    expect((await app.request('/v1/models')).status).toBe(200)
+    expect((await app.request('/health')).status).toBe(200)
+  })
+
+  it('uses the load state the runtime entry reports', async () => {
+    const app = createApp({
+      getEngine: async () => new FakeEngine(),
+      loadState: () => ({ state: 'failed', error: 'no model at MODEL=./nowhere' }),
+    })
+    const res = await app.request('/health')
+    expect(res.status).toBe(503)
+    expect((await res.json()).error).toBe('no model at MODEL=./nowhere')
+  })
+})
+
+describe('GET /', () => {
+  it('describes the service', async () => {
+    const res = await makeApp().app.request('/')
+    expect(res.status).toBe(200)
+    expect((await res.json()).routes).toContain('POST /v1/chat/completions')
+  })
+})
