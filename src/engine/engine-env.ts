@@ -1,6 +1,6 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
- * CONTEXT_LENGTH, MAX_ACTIVE, MAX_QUEUED, PREFILL_CHUNK. Unset or empty keeps the default.
+ * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, PREFILL_CHUNK. Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
 
@@ -15,6 +15,7 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
   }
   return {
     contextLength: int('CONTEXT_LENGTH'),
+    defaultMaxNewTokens: int('MAX_TOKENS_DEFAULT'),
     maxActive: int('MAX_ACTIVE'),
     maxQueued: int('MAX_QUEUED'),
     prefillChunk: int('PREFILL_CHUNK'),

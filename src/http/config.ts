@@ -75,7 +75,8 @@ export function readConfigFromEnv(vars: Record<string, unknown>): AppConfig {
               .split(',')
               .map((o) => o.trim())
               .filter(Boolean),
-    maxTokensDefault: integer('MAX_TOKENS_DEFAULT'),
+    // MAX_TOKENS_DEFAULT goes to the engine (engineOptionsFromEnv), which shortens it to the
+    // room left in the context instead of refusing a long prompt.
     maxTokensCeiling: integer('MAX_TOKENS_CEILING'),
     maxBodyBytes: integer('MAX_BODY_BYTES'),
     modelId: text('MODEL_ID'),

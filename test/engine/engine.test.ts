@@ -212,3 +212,24 @@ describe('eos ids', () => {
     expect([...e.eosIds].sort()).toEqual([151643, 151645])
   })
 })
+
+describe('engine settings from the environment', () => {
+  it('reads integers, keeps defaults for unset ones, rejects garbage', async () => {
+    const { engineOptionsFromEnv } = await import('../../src/engine/engine-env.ts')
+    expect(
+      engineOptionsFromEnv({ CONTEXT_LENGTH: '2048', MAX_TOKENS_DEFAULT: '64', MAX_ACTIVE: '' }),
+    ).toMatchObject({
+      contextLength: 2048,
+      defaultMaxNewTokens: 64,
+      maxActive: undefined,
+    })
+    expect(() => engineOptionsFromEnv({ MAX_QUEUED: '-1' })).toThrow(/MAX_QUEUED/)
+  })
+
+  it('shortens the default max_tokens to the room left in the context', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'q8'))
+    const e = await QwenEngine.create(pkg, { contextLength: 64, defaultMaxNewTokens: 1000 })
+    const run = await e.chat(hi)
+    expect(run.promptTokens + run.maxNewTokens).toBe(64)
+  })
+})

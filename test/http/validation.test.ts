@@ -170,7 +170,7 @@ describe('config', () => {
     ).toEqual({
       apiKey: 'k',
       corsOrigins: ['https://a.example', 'https://b.example'],
-      maxTokensDefault: 128,
+      // MAX_TOKENS_DEFAULT is the engine's (engineOptionsFromEnv), not the HTTP layer's
       maxTokensCeiling: 2048,
       maxBodyBytes: 262144,
       modelId: 'qwen',
