@@ -14,6 +14,13 @@ export interface SchedulerOptions {
   maxQueued: number
 }
 
+/**
+ * How long steps may run back to back before the event loop gets a turn. On Node an ORT wasm
+ * run settles through promise jobs only, so without a turn the socket writes of streamed
+ * deltas, new requests (/health) and client disconnects all wait for the end of the reply.
+ */
+export const YIELD_EVERY_MS = 8
+
 export interface Slot {
   release(): void
 }
@@ -23,6 +30,7 @@ export class Scheduler {
   private slotsInUse = 0
   private readonly waiting: { grant: () => void }[] = []
   private tracked = 0
+  private lastYield = 0
 
   constructor(readonly options: SchedulerOptions) {}
 
@@ -85,9 +93,21 @@ export class Scheduler {
 
   /** Runs one forward step when every step queued before it has finished. */
   step<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(task, task)
+    const run = async () => {
+      await this.yieldIfDue()
+      return task()
+    }
+    const result = this.tail.then(run, run)
     this.tail = result.catch(() => {}) // a failed step must not block the queue
     return result
+  }
+
+  /** A macrotask turn (timers, I/O) at most every YIELD_EVERY_MS; see there. */
+  private async yieldIfDue(): Promise<void> {
+    const now = performance.now()
+    if (now - this.lastYield < YIELD_EVERY_MS) return
+    await new Promise((resolve) => setTimeout(resolve, 0))
+    this.lastYield = performance.now()
   }
 
   private slot(): Slot {
