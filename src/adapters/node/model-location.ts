@@ -8,6 +8,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import type { LoadedPackage } from '../../engine/model-package.ts'
 import { loadPackage } from '../../engine/package-loader.ts'
 import { httpSource } from '../../engine/sources/http-source.ts'
+import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
 import { loadHfFolder } from './hf-folder.ts'
 
@@ -20,12 +21,8 @@ export interface ModelLocation {
 }
 
 export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STORE): ModelLocation {
-  if (/^https?:\/\//i.test(model)) {
-    const url = new URL(model.replace(/\/+$/, ''))
-    const id = decodeURIComponent(url.pathname.split('/').pop() ?? '')
-    const base = new URL(url.pathname.slice(0, url.pathname.length - id.length) || '/', url)
-    return { describe: model, load: () => loadPackage(httpSource(base), id) }
-  }
+  const url = splitPackageUrl(model)
+  if (url) return { describe: model, load: () => loadPackage(httpSource(url.base), url.id) }
   const asFolder = resolve(model)
   if (existsSync(join(asFolder, 'manifest.json'))) {
     return {

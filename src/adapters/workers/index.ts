@@ -6,6 +6,7 @@ import { createApp, readConfigFromEnv } from '../../app.ts'
 import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
 import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
 import { loadPackage } from '../../engine/package-loader.ts'
+import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
 
@@ -51,4 +52,8 @@ const app = createApp<{ Bindings: Env }>({
   config: (c) => readConfigFromEnv(c.env as unknown as Record<string, unknown>),
 })
 
-export default app
+export default {
+  // Hono's fetch, with each request's work kept alive until its client is served or has left
+  // (client-lifetime.ts: a disconnect must stop the generation, not strand it).
+  fetch: tieToClient<Env>((request, env, ctx) => app.fetch(request, env, ctx)),
+}

@@ -1,0 +1,60 @@
+/**
+ * Deno entry: `npm run start:deno`. Serves the model named by MODEL (default: the bundled
+ * synthetic model in model-shards/) on HOST:PORT (default 127.0.0.1:8787). Same variables as
+ * the Node entry; needs --allow-read (model and node_modules), --allow-net, --allow-env.
+ *
+ * Packages come from the project's node_modules (deno.json: `"nodeModulesDir": "manual"`), so
+ * Deno needs no registry access of its own: run `npm install` first.
+ */
+import { createApp, readConfigFromEnv } from '../../app.ts'
+import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import { createEngineHost } from '../../engine/host.ts'
+import { resolveModelLocation } from './model-location.ts'
+
+// The few Deno APIs used here, so the project type-checks without Deno's types.
+interface DenoServer {
+  shutdown(): Promise<void>
+}
+declare const Deno: {
+  env: { toObject(): Record<string, string> }
+  serve(
+    options: { port: number; hostname: string; onListen?: (addr: { port: number }) => void },
+    handler: (request: Request) => Response | Promise<Response>,
+  ): DenoServer
+  addSignalListener(signal: 'SIGINT' | 'SIGTERM', handler: () => void): void
+  exit(code?: number): never
+}
+
+const env = Deno.env.toObject()
+const location = await resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)
+const getEngine = createEngineHost(location.load, engineOptionsFromEnv(env))
+const app = createApp({ getEngine: () => getEngine(), config: readConfigFromEnv(env) })
+
+const port = Number(env.PORT ?? 8787)
+const hostname = env.HOST || '127.0.0.1'
+const server = Deno.serve(
+  {
+    port,
+    hostname,
+    onListen: (addr) =>
+      console.log(
+        `qwen-edge listening on http://${hostname}:${addr.port} (model: ${location.describe})`,
+      ),
+  },
+  // Only the request: Hono would take Deno's second argument (connection info) for bindings.
+  (request) => app.fetch(request),
+)
+
+// Load at startup so the first request does not pay for it; a failure is logged and retried by
+// the next request (/health says 503 until then).
+getEngine().then(
+  (engine) => {
+    const synthetic = engine.info.synthetic ? ' (synthetic, random weights: output is noise)' : ''
+    console.log(`model ${engine.info.id} ready in ${engine.info.loadMs} ms${synthetic}`)
+  },
+  (err: unknown) => console.error('model failed to load:', err),
+)
+
+const shutdown = () => server.shutdown().then(() => Deno.exit(0))
+Deno.addSignalListener('SIGINT', shutdown)
+Deno.addSignalListener('SIGTERM', shutdown)

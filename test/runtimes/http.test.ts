@@ -1,0 +1,404 @@
+/**
+ * The HTTP API over real sockets on Node (`npm start`), Deno (`npm run start:deno`) and
+ * Workers (`wrangler dev` on the local R2): one suite, three runtimes (issue 4, "Acceptance").
+ * The bundled model has random weights, so the tests check shapes, codes, counts, label
+ * membership and sums, and that a seed repeats itself; never what the text says.
+ */
+import OpenAI from 'openai'
+import { expect, it } from 'vitest'
+import { WRITE_STALL_MS } from '../../src/adapters/workers/client-lifetime.ts'
+import {
+  eventReader,
+  health,
+  json,
+  post,
+  readEvents,
+  request,
+  waitForHealth,
+  type Target,
+} from './client.ts'
+import { ERROR_CASES } from './error-cases.ts'
+import { describeMatrix } from './matrix.ts'
+import { API_KEY, CORS_ORIGIN, MODEL_ID, RUNTIMES } from './runtimes.ts'
+
+const FINISH = ['stop', 'length']
+/**
+ * How soon a generation must stop after its client left. Node and Deno take one decode step;
+ * under wrangler dev a disconnect may reach the Worker only as a stalled write.
+ */
+const STOP_WITHIN_MS = WRITE_STALL_MS + 3_000
+const messages = [{ role: 'user' as const, content: 'Say something.' }]
+
+describeMatrix(
+  'HTTP API',
+  RUNTIMES,
+  (t) => {
+    const openai = () =>
+      new OpenAI({ baseURL: `${t.base}/v1`, apiKey: API_KEY, maxRetries: 0, timeout: 30_000 })
+
+    it('GET / and GET /health are public and describe the server', async () => {
+      const home = await request(t, '/', { auth: false })
+      expect(home.status).toBe(200)
+      expect(await json(home)).toMatchObject({ name: 'qwen-edge', routes: expect.any(Array) })
+      const h = await health(t)
+      expect(h).toMatchObject({ status: 'ok', model: MODEL_ID, synthetic: true })
+      expect(h.load_ms).toBeGreaterThan(0)
+      expect([h.active, h.queued]).toEqual([0, 0])
+    })
+
+    it('GET /v1/models lists the model in OpenAI shape', async () => {
+      const res = await request(t, '/v1/models')
+      expect(res.status).toBe(200)
+      const body = await json(res)
+      expect(body).toMatchObject({ object: 'list', data: [{ id: MODEL_ID, object: 'model' }] })
+      expect(body.data).toHaveLength(1)
+      const list = await openai().models.list()
+      expect(list.data.map((m) => m.id)).toEqual([MODEL_ID])
+    })
+
+    it('POST /v1/sentiment: one label of the default pair, scores summing to 1', async () => {
+      const en = await json(await post(t, '/v1/sentiment', { text: 'I love this phone.' }))
+      expectClassification(en, ['positive', 'negative'])
+      const zh = await json(await post(t, '/v1/sentiment', { text: '这部电影太好看了' }))
+      expectClassification(zh, ['正面', '负面'])
+    })
+
+    it('POST /v1/sentiment: batches and caller-given labels', async () => {
+      const labels = ['joy', 'anger', 'fear']
+      const res = await post(t, '/v1/sentiment', { texts: ['a', 'b c', '好'], labels })
+      expect(res.status).toBe(200)
+      const { results } = await json(res)
+      expect(results).toHaveLength(3)
+      for (const r of results) expectClassification(r, labels)
+    })
+
+    it('POST /v1/chat streams deltas, then done with finish_reason and usage', async () => {
+      const res = await post(t, '/v1/chat', { messages, max_tokens: 12, seed: 7 })
+      expect(res.status).toBe(200)
+      expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/)
+      const events = await readEvents(res)
+      const deltas = events.slice(0, -1)
+      const done = events.at(-1)!
+      expect(deltas.every((e) => e.event === 'delta')).toBe(true)
+      expect(done.event).toBe('done')
+      const end = JSON.parse(done.data)
+      expectUsage(end.usage, 12, end.finish_reason)
+      expect(deltas.length).toBeLessThanOrEqual(end.usage.completion_tokens)
+      const text = deltas.map((e) => JSON.parse(e.data).text as string)
+      expect(text.every((s) => typeof s === 'string' && s !== '')).toBe(true)
+
+      // stream: false gives the same reply for the same seed, as one JSON
+      const whole = await json(
+        await post(t, '/v1/chat', { messages, max_tokens: 12, seed: 7, stream: false }),
+      )
+      expect(whole).toMatchObject({
+        model: MODEL_ID,
+        message: { role: 'assistant', content: text.join('') },
+        finish_reason: end.finish_reason,
+        usage: end.usage,
+      })
+    })
+
+    it('POST /v1/chat/completions with the openai client, streamed and not', async () => {
+      const client = openai()
+      const params = { model: MODEL_ID, messages: [{ role: 'user' as const, content: 'Hi!' }] }
+      const completion = await client.chat.completions.create({
+        ...params,
+        max_tokens: 10,
+        seed: 3,
+      })
+      expect(completion).toMatchObject({ object: 'chat.completion', model: MODEL_ID })
+      expect(completion.id).toMatch(/^chatcmpl-/)
+      expect(completion.choices).toHaveLength(1)
+      const choice = completion.choices[0]
+      expect(choice.message.role).toBe('assistant')
+      expect(typeof choice.message.content).toBe('string')
+      expectUsage(completion.usage, 10, choice.finish_reason)
+
+      const stream = await client.chat.completions.create({
+        ...params,
+        max_tokens: 10,
+        seed: 3,
+        stream: true,
+        stream_options: { include_usage: true },
+      })
+      const chunks = []
+      for await (const chunk of stream) chunks.push(chunk)
+      expect(new Set(chunks.map((c) => c.id)).size).toBe(1)
+      expect(chunks.every((c) => c.object === 'chat.completion.chunk')).toBe(true)
+      expect(chunks[0].choices[0].delta.role).toBe('assistant')
+      const finishes = chunks.flatMap((c) => c.choices.map((ch) => ch.finish_reason))
+      expect(finishes.filter((f) => f !== null)).toEqual([choice.finish_reason])
+      const usageChunk = chunks.at(-1)!
+      expect(usageChunk.choices).toEqual([])
+      expect(usageChunk.usage).toEqual(completion.usage)
+      const content = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+      expect(content).toBe(choice.message.content) // same seed, same reply
+    })
+
+    it('POST /v1/chat/completions streams raw SSE ending in data: [DONE]', async () => {
+      const res = await post(t, '/v1/chat/completions', {
+        model: MODEL_ID,
+        messages,
+        max_tokens: 4,
+        stream: true,
+      })
+      expect(res.status).toBe(200)
+      const events = await readEvents(res)
+      expect(events.at(-1)!.data).toBe('[DONE]')
+      const chunks = events.slice(0, -1).map((e) => JSON.parse(e.data))
+      expect(chunks.every((c) => c.object === 'chat.completion.chunk' && !('usage' in c))).toBe(
+        true,
+      )
+      expect(FINISH).toContain(chunks.at(-1).choices[0].finish_reason)
+    })
+
+    it('the openai client raises typed errors: 400 with code and param, 401', async () => {
+      const bad = openai().chat.completions.create({ model: MODEL_ID, messages: [] })
+      await expect(bad).rejects.toMatchObject({
+        status: 400,
+        code: 'bad_request',
+        param: 'messages',
+      })
+      const wrongKey = new OpenAI({ baseURL: `${t.base}/v1`, apiKey: 'nope', maxRetries: 0 })
+      await expect(wrongKey.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError)
+    })
+
+    it('POST /analyze: sentiment (正面/负面) and a reply; ?stream=1 as SSE', async () => {
+      const text = '今天的天气真不错'
+      const res = await post(t, '/analyze', { text, max_tokens: 8, seed: 5 })
+      expect(res.status).toBe(200)
+      const body = await json(res)
+      expectClassification(body.sentiment, ['正面', '负面'])
+      expect(typeof body.reply).toBe('string')
+      expectUsage(body.usage, 8, body.finish_reason)
+
+      const streamed = await readEvents(
+        await post(t, '/analyze?stream=1', { text, max_tokens: 8, seed: 5 }),
+      )
+      expect(streamed[0].event).toBe('sentiment')
+      expect(JSON.parse(streamed[0].data)).toEqual(body.sentiment)
+      expect(streamed.at(-1)!.event).toBe('done')
+      const deltas = streamed.slice(1, -1)
+      expect(deltas.every((e) => e.event === 'delta')).toBe(true)
+      expect(deltas.map((e) => JSON.parse(e.data).text).join('')).toBe(body.reply)
+      expect(JSON.parse(streamed.at(-1)!.data)).toEqual({
+        finish_reason: body.finish_reason,
+        usage: body.usage,
+      })
+    })
+
+    it('auth: all routes but / and /health need the bearer key (else 401 JSON)', async () => {
+      const routes: [string, unknown][] = [
+        ['/v1/models', undefined],
+        ['/v1/sentiment', { text: 'hi' }],
+        ['/v1/chat', { messages, max_tokens: 1 }],
+        ['/v1/chat/completions', { messages, max_tokens: 1 }],
+        ['/analyze', { text: 'hi', max_tokens: 1 }],
+      ]
+      const keys = [undefined, 'Bearer wrong-key', `Basic ${API_KEY}`, `Bearer ${API_KEY}x`]
+      for (const [path, body] of routes) {
+        for (const key of keys) {
+          const headers = key === undefined ? undefined : { authorization: key }
+          const res = await request(t, path, { body, auth: false, headers })
+          expect(res.status, `${path} with ${key}`).toBe(401)
+          expect(res.headers.get('www-authenticate')).toMatch(/^Bearer/)
+          expect((await json(res)).error.code).toBe('unauthorized')
+        }
+      }
+      for (const path of ['/', '/health']) {
+        expect((await request(t, path, { auth: false })).status).toBe(200)
+      }
+    })
+
+    it('CORS: preflight and responses for the configured origin only', async () => {
+      const preflight = (origin: string) =>
+        request(t, '/v1/chat', {
+          method: 'OPTIONS',
+          auth: false,
+          headers: {
+            origin,
+            'access-control-request-method': 'POST',
+            'access-control-request-headers': 'authorization, content-type',
+          },
+        })
+      const ok = await preflight(CORS_ORIGIN)
+      expect(ok.status).toBe(204)
+      expect(ok.headers.get('access-control-allow-origin')).toBe(CORS_ORIGIN)
+      expect(ok.headers.get('access-control-allow-headers')?.toLowerCase()).toContain(
+        'authorization',
+      )
+      const other = await preflight('https://evil.example')
+      expect(other.headers.get('access-control-allow-origin')).toBeNull()
+      const res = await request(t, '/v1/models', { headers: { origin: CORS_ORIGIN } })
+      expect(res.headers.get('access-control-allow-origin')).toBe(CORS_ORIGIN)
+      expect(res.headers.get('access-control-expose-headers')).toMatch(/retry-after/i)
+    })
+
+    it(`${ERROR_CASES.length} malformed requests: JSON errors, server still healthy`, async () => {
+      const failures: string[] = []
+      for (const c of ERROR_CASES) {
+        const body = typeof c.body === 'function' ? c.body() : c.body
+        let res: Response
+        try {
+          res = await post(t, c.path, body, { headers: c.headers })
+        } catch (err) {
+          failures.push(`${c.name}: request failed: ${(err as Error).message}`)
+          continue
+        }
+        const text = await res.text()
+        const problems: string[] = []
+        if (res.status !== c.status) problems.push(`status ${res.status}, want ${c.status}`)
+        if (!res.headers.get('content-type')?.startsWith('application/json')) {
+          problems.push(`content-type ${res.headers.get('content-type')}`)
+        }
+        let error: any
+        try {
+          error = JSON.parse(text).error
+        } catch {
+          problems.push('body is not JSON')
+        }
+        if (error?.code !== c.code) problems.push(`code ${error?.code}, want ${c.code}`)
+        if (typeof error?.message !== 'string' || error.message === '') problems.push('no message')
+        if (c.openai && (typeof error?.type !== 'string' || !('param' in error))) {
+          problems.push('not in OpenAI error shape (type, param)')
+        }
+        if (c.code === 'context_length_exceeded' && !/\d/.test(error?.message ?? '')) {
+          problems.push('message gives no counts')
+        }
+        if (problems.length)
+          failures.push(`${c.name}: ${problems.join('; ')}: ${text.slice(0, 200)}`)
+      }
+      expect(failures, failures.join('\n')).toEqual([])
+      expect(ERROR_CASES.length).toBeGreaterThanOrEqual(25)
+
+      const h = await health(t)
+      expect(h).toMatchObject({ status: 'ok', active: 0, queued: 0 })
+      expect((await post(t, '/v1/sentiment', { text: 'still here?' })).status).toBe(200)
+    })
+
+    it('a streaming client that disconnects stops its generation', async () => {
+      await expectStopsOnDisconnect(t, '/v1/chat', { messages, max_tokens: 8000, seed: 11 })
+    })
+
+    it('an openai client that stops reading a stream stops its generation', async () => {
+      const ac = new AbortController()
+      const stream = await openai().chat.completions.create(
+        { model: MODEL_ID, messages, max_tokens: 8000, seed: 12, stream: true },
+        { signal: ac.signal },
+      )
+      let chunks = 0
+      for await (const chunk of stream) {
+        expect(chunk.choices[0]?.finish_reason ?? null).toBeNull() // must not end by itself
+        if (++chunks === 4) break // leaving the loop aborts the request
+      }
+      await waitForHealth(t, (h) => h.active === 0, STOP_WITHIN_MS, 'generation stopped')
+    })
+
+    // Local workerd (wrangler dev, miniflare) never aborts request.signal for a response that is
+    // still pending when its client leaves, and no write can fail before there is a body: the
+    // Worker cannot know. There the reply runs to its end, and what is checked is that its place
+    // is given back then (client-lifetime.ts keeps the request alive until it is).
+    const sees = t.runtime !== 'workers'
+    const leaves = 'a non-streamed request whose client leaves'
+    const outcome = sees ? 'stops its generation' : 'frees its place when done (no abort locally)'
+    it(`${leaves} ${outcome}`, async () => {
+      const ac = new AbortController()
+      const pending = post(
+        t,
+        '/v1/chat',
+        { messages, max_tokens: sees ? 8000 : 200, seed: 13, stream: false },
+        { signal: ac.signal },
+      ).catch((err: Error) => err)
+      await waitForHealth(t, (h) => h.active === 1, 10_000, 'generation started')
+      ac.abort()
+      expect(await pending).toBeInstanceOf(Error)
+      await waitForHealth(t, (h) => h.active === 0, sees ? 5_000 : 30_000, 'generation ended')
+    })
+
+    it('4 concurrent streams all complete; a 5th is refused with 429 and Retry-After', async () => {
+      // The servers run with MAX_ACTIVE=2, MAX_QUEUED=2.
+      const bodies = [0, 1, 2, 3].map((i) => ({
+        messages: [{ role: 'user', content: `Stream number ${i}` }],
+        max_tokens: 96,
+        seed: 100 + i,
+      }))
+      const responses = await Promise.all(bodies.map((b) => post(t, '/v1/chat', b)))
+      expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200])
+      const reading = responses.map((r) => readEvents(r))
+      await waitForHealth(t, (h) => h.active === 2 && h.queued === 2, 10_000, 'two + two queued')
+
+      const refused = await post(t, '/v1/chat', { messages, max_tokens: 4 })
+      expect(refused.status).toBe(429)
+      expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+      expect((await json(refused)).error.code).toBe('queue_full')
+      const refusedOpenAI = await post(t, '/v1/chat/completions', { messages, max_tokens: 4 })
+      expect(refusedOpenAI.status).toBe(429)
+      expect((await json(refusedOpenAI)).error).toMatchObject({
+        code: 'queue_full',
+        type: 'rate_limit_error',
+      })
+      // classification is not a generation: it still gets through, between decode steps
+      expect((await post(t, '/v1/sentiment', { text: 'busy?' })).status).toBe(200)
+
+      for (const events of await Promise.all(reading)) {
+        const done = events.at(-1)
+        expect(done?.event, `a stream ended with ${JSON.stringify(done)}`).toBe('done')
+        const end = JSON.parse(done!.data)
+        expectUsage(end.usage, 96, end.finish_reason)
+      }
+      expect(await health(t)).toMatchObject({ active: 0, queued: 0 })
+    })
+  },
+  { early: ['workers'] },
+)
+
+/**
+ * Opens a long stream, reads a few deltas, disconnects, and watches /health `active` fall to
+ * 0. The rest of the reply would have taken far longer than that (estimated from the decode
+ * rate seen), so the generation was stopped, not finished.
+ */
+async function expectStopsOnDisconnect(
+  t: Target,
+  path: string,
+  body: Record<string, unknown> & { max_tokens: number },
+) {
+  const ac = new AbortController()
+  const res = await post(t, path, body, { signal: ac.signal })
+  expect(res.status).toBe(200)
+  const events = eventReader(res)
+  const times: number[] = []
+  while (times.length < 10) {
+    const e = await events.next()
+    if (!e || e.event !== 'delta') throw new Error(`stream ended early: ${JSON.stringify(e)}`)
+    times.push(Date.now())
+  }
+  expect((await health(t)).active).toBe(1)
+  const msPerDelta = (times[9] - times[1]) / 8
+  ac.abort()
+  void events.cancel()
+  const stopMs = await waitForHealth(t, (h) => h.active === 0, STOP_WITHIN_MS, 'generation stopped')
+  const restMs = msPerDelta * (body.max_tokens - 10)
+  expect(restMs, `stopped in ${stopMs} ms; the rest would take ~${restMs} ms`).toBeGreaterThan(
+    2 * stopMs,
+  )
+}
+
+function expectClassification(r: any, labels: string[]) {
+  expect(Object.keys(r.scores).sort()).toEqual([...labels].sort())
+  expect(labels).toContain(r.label)
+  const values = Object.values(r.scores) as number[]
+  expect(values.every((v) => v >= 0 && v <= 1)).toBe(true)
+  expect(values.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6)
+  expect(r.score).toBe(r.scores[r.label])
+  expect(r.score).toBe(Math.max(...values))
+}
+
+function expectUsage(usage: any, maxTokens: number, finishReason: unknown) {
+  expect(FINISH).toContain(finishReason)
+  expect(usage.prompt_tokens).toBeGreaterThan(0)
+  expect(usage.completion_tokens).toBeGreaterThanOrEqual(0)
+  expect(usage.completion_tokens).toBeLessThanOrEqual(maxTokens)
+  expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens)
+  if (finishReason === 'length') expect(usage.completion_tokens).toBe(maxTokens)
+}
