@@ -36,16 +36,17 @@ let getEngine: EngineLoader | undefined
 
 const app = createApp<{ Bindings: Env }>({
   getEngine: (c) => {
+    const env = c.env // capture the bindings only: the first request's context must not live on
     getEngine ??= createEngineHost(
       () =>
         loadPackage(
-          r2Source(c.env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
-          c.env.MODEL || DEFAULT_MODEL,
+          r2Source(env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
+          env.MODEL || DEFAULT_MODEL,
           {
             concurrency: 2, // each shard in flight is one more shard of memory in a 128 MB isolate
           },
         ),
-      engineOptionsFromEnv(c.env as unknown as Record<string, unknown>),
+      engineOptionsFromEnv(env as unknown as Record<string, unknown>),
     )
     return getEngine()
   },
