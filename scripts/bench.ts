@@ -1,0 +1,233 @@
+/**
+ * `npm run bench`: the engine against its peers on the synthetic `qwen2.5-0.5b` q8 model
+ * (random weights, exact Qwen2.5-0.5B-Instruct shapes), one thread, in one run:
+ *
+ * - engine: QwenEngine on onnxruntime-web wasm (load, time to first token for 64- and 512-token
+ *   prompts, decode tok/s, sentiment with and without the cached instruction prefix, peak RSS
+ *   and WASM memory, 1 vs 4 concurrent streams, a sentiment request during a long chat);
+ * - peers on the same graph: a bare onnxruntime-web greedy loop (the floor of engine overhead),
+ *   a bare onnxruntime-node loop (CPU EP, one thread), transformers.js on its onnxruntime-web
+ *   wasm and on onnxruntime-node;
+ * - the bound: memcpy bandwidth ÷ weight bytes read per token;
+ * - where the time goes: session options, per-layer vs lm_head, KV length, batching.
+ *
+ * Each measurement runs in its own child process (memory measured alone, no shared WASM heap),
+ * one after another. A full run writes BENCHMARKS.md, bench/results.json and bench/decode.svg;
+ * `--quick` (fewer rounds and tokens) and partial runs write to .cache/bench/ instead. Progress
+ * goes to stderr, the report (or `--json` results) to stdout.
+ *
+ *   npm run bench [-- --quick] [--only engine,ort-web,...] [--no-explore] [--json]
+ */
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { runMain } from './lib/cli.ts'
+import { runWorker } from './bench/child.ts'
+import {
+  SESSION_VARIANTS,
+  type FormatProbe,
+  type LayersProbe,
+  type OptionsProbe,
+  type ShapesProbe,
+} from './bench/explore.ts'
+import { describeMachine } from './bench/machine.ts'
+import { BENCH_MODEL_ID, ensureBenchModel, ensureModel } from './bench/model-cache.ts'
+import { progressLog } from './bench/progress-log.ts'
+import {
+  chatPrompt,
+  loadTokenizer,
+  promptOfLength,
+  SENTIMENT_TEXT,
+  STREAM_QUESTIONS,
+} from './bench/prompts.ts'
+import { checkGoals, decodeChartSvg, renderMarkdown, type BenchResults } from './bench/report.ts'
+import type { BandwidthResult, BenchPlan, EngineResult } from './bench/types.ts'
+import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx.ts'
+
+const ENGINES = ['engine', 'ort-web', 'tjs-web', 'ort-node', 'tjs-node'] as const
+type EngineName = (typeof ENGINES)[number]
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    'no-explore': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+    out: { type: 'string' },
+  },
+})
+
+/** Bytes of every initializer: a q8 decode step reads each weight once (the tied embedding is the lm_head). */
+function weightBytesOf(onnxPath: string): number {
+  const model = decodeModel(new Uint8Array(readFileSync(onnxPath)))
+  let n = 0
+  for (const t of model.graph?.initializer ?? [])
+    n += getExternalData(t)?.length ?? tensorByteLength(t)
+  return n
+}
+
+/** The engine's source: commit, and uncommitted changes under src/ (read-only git commands). */
+function describeSource(): BenchResults['source'] {
+  const git = (...a: string[]) => {
+    try {
+      return execFileSync('git', ['--no-optional-locks', ...a], { encoding: 'utf8' })
+    } catch {
+      return ''
+    }
+  }
+  const changed = git('status', '--porcelain', '--', 'src')
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter(Boolean)
+    .map((l) => l.slice(3))
+  return { commit: git('rev-parse', '--short', 'HEAD').trim() || 'unknown', uncommitted: changed }
+}
+
+async function main() {
+  const log = progressLog('bench')
+  const started = performance.now()
+  const loadStart = os.loadavg()
+  if (loadStart[0] > 1.5)
+    log(`warning: load average ${loadStart[0].toFixed(2)}: numbers will be low`)
+  const quick = args.quick
+  const only = new Set(args.only ? args.only.split(',') : [...ENGINES, 'explore'])
+  const explore = !args['no-explore'] && only.has('explore')
+  // Only a full run of everything replaces the committed report; other runs go to .cache/.
+  const writeReport = !quick && !args.out && !args.only && !args['no-explore']
+  const outDir =
+    args.out ?? (writeReport ? 'bench' : join('.cache', 'bench', quick ? 'quick' : 'partial'))
+
+  const modelDir = ensureBenchModel(log)
+  log('preparing prompts…')
+  const tok = await loadTokenizer(modelDir)
+  const streams = STREAM_QUESTIONS.map((q) => chatPrompt(tok, q))
+  const plan: BenchPlan = {
+    modelDir,
+    quick,
+    rounds: quick ? 1 : 3,
+    decodeTokens: quick ? 32 : 128,
+    streamTokens: quick ? 16 : 48,
+    prompts: { p64: promptOfLength(tok, 64), p512: promptOfLength(tok, 512), streams },
+    sentimentText: SENTIMENT_TEXT,
+    weightBytes: weightBytesOf(join(modelDir, 'onnx', 'model_quantized.onnx')),
+  }
+  mkdirSync(outDir, { recursive: true })
+  mkdirSync(join('.cache', 'bench'), { recursive: true })
+  const planPath = join('.cache', 'bench', 'plan.json')
+  writeFileSync(planPath, JSON.stringify(plan))
+
+  const engines: EngineResult[] = []
+  for (const name of ENGINES.filter((e) => only.has(e))) {
+    log(`— ${name}`)
+    try {
+      engines.push(await runWorker<EngineResult>(name as EngineName, planPath))
+    } catch (err) {
+      const message = (err as Error).message
+      log(`${name} failed: ${message.split('\n')[0]}`)
+      engines.push({ name, label: name, backend: '–', error: message })
+    }
+  }
+  log('— memory bandwidth')
+  const bw = await runWorker<BandwidthResult>('bandwidth', planPath)
+  const bandwidth = { ...bw, boundTokS: bw.copyBytesPerS / plan.weightBytes }
+
+  let exploreResults: BenchResults['explore']
+  if (explore) {
+    exploreResults = { options: [], layers: [] }
+    for (const variant of Object.keys(SESSION_VARIANTS)) {
+      log(`— session options: ${variant}`)
+      exploreResults.options.push(
+        await runWorker<OptionsProbe>(`explore:options:${variant}`, planPath),
+      )
+    }
+    // fewer layers, and one layer with a 64-token vocabulary (no lm_head to speak of)
+    for (const [layers, vocabSize] of [
+      [1, undefined],
+      [4, undefined],
+      [1, 64],
+    ] as const) {
+      const id = `${BENCH_MODEL_ID}-${layers}l${vocabSize ? `-v${vocabSize}` : ''}`
+      const overrides = vocabSize ? { numLayers: layers, vocabSize } : { numLayers: layers }
+      const dir = ensureModel(
+        id,
+        { preset: 'qwen2.5-0.5b', format: 'q8', externalData: true, overrides },
+        log,
+      )
+      log(`— ${id}`)
+      exploreResults.layers.push(await runWorker<LayersProbe>(`explore:layers:${dir}`, planPath))
+    }
+    const baseline = exploreResults.options.find((o) => o.variant === 'baseline' && o.stepMs)
+    if (baseline) exploreResults.layers.push({ layers: 24, stepMs: baseline.stepMs! })
+    exploreResults.formats = []
+    if (!quick) {
+      for (const format of ['q4', 'fp32'] as const) {
+        const dir = ensureModel(
+          `qwen2.5-0.5b-${format}-ext`,
+          { preset: 'qwen2.5-0.5b', format, externalData: true },
+          log,
+        )
+        log(`— ${format} weights`)
+        try {
+          exploreResults.formats.push(
+            await runWorker<FormatProbe>(`explore:format:${dir}`, planPath),
+          )
+        } catch (err) {
+          log(`${format} failed: ${(err as Error).message.split('\n')[0]}`)
+        }
+      }
+    }
+    log('— step shapes')
+    exploreResults.shapes = await runWorker<ShapesProbe>('explore:shapes', planPath)
+  }
+
+  const results: BenchResults = {
+    generatedAt: new Date().toISOString(),
+    command: `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
+    quick,
+    durationS: Math.round((performance.now() - started) / 1000),
+    loadAverage: { start: loadStart, end: os.loadavg() },
+    machine: describeMachine(),
+    source: describeSource(),
+    model: {
+      id: BENCH_MODEL_ID,
+      description:
+        'synthetic `qwen2.5-0.5b` (random weights; Qwen2.5-0.5B-Instruct shapes: 24 layers, hidden 896, 14/2 heads, vocab 151936, tied lm_head), q8 = `DynamicQuantizeMatMul` with uint8 weights, weights as external data',
+      weightBytesPerToken: plan.weightBytes,
+      promptTokens: {
+        p64: plan.prompts.p64.ids.length,
+        p512: plan.prompts.p512.ids.length,
+        streams: streams.map((s) => s.ids.length),
+      },
+    },
+    plan: {
+      rounds: plan.rounds,
+      decodeTokens: plan.decodeTokens,
+      streamTokens: plan.streamTokens,
+      sentimentText: plan.sentimentText,
+    },
+    engines,
+    bandwidth,
+    explore: exploreResults,
+    chartPath: `${outDir}/decode.svg`,
+  }
+  // formatted as `prettier --check .` expects, so the committed results pass `npm run check`
+  const resultsPath = join(outDir, 'results.json')
+  const prettier = await import('prettier')
+  const style = (await prettier.resolveConfig(resultsPath)) ?? {}
+  writeFileSync(
+    resultsPath,
+    await prettier.format(JSON.stringify(results), { ...style, parser: 'json' }),
+  )
+  writeFileSync(join(outDir, 'decode.svg'), decodeChartSvg(results))
+  const md = renderMarkdown(results)
+  if (writeReport) writeFileSync('BENCHMARKS.md', md)
+  else writeFileSync(join(outDir, 'BENCHMARKS.md'), md)
+  log(`wrote ${writeReport ? 'BENCHMARKS.md, ' : ''}${outDir}/results.json, ${outDir}/decode.svg`)
+  for (const g of checkGoals(results)) log(`${g.met ? 'met ' : 'MISS'} ${g.goal}: ${g.measured}`)
+  if (args.json) console.log(JSON.stringify(results, null, 2))
+  else console.log(md)
+}
+
+runMain(main)

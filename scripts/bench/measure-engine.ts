@@ -1,0 +1,306 @@
+/**
+ * The engine under test: QwenEngine on onnxruntime-web wasm, measured through its public API
+ * (chat events, classify). A wrapper around `engine.model.forward` records every forward step
+ * (which sequence, how many tokens, when), so interleaving and step times are visible without
+ * touching the engine's code.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
+import type { QwenEngine } from '../../src/engine/engine.ts'
+import type { KvCache, QwenModel, StepResult } from '../../src/engine/model.ts'
+import type { ChatMessage } from '../../src/engine/types.ts'
+import { maxGapMs, maxGapSteps } from './greedy-loop.ts'
+import { median, peakRssBytes, repeat, round } from './stats.ts'
+import type { BenchPlan, DuringChat, EngineExtra, EngineResult } from './types.ts'
+import { packageVersion } from './versions.ts'
+import { wasmMemoryBytes } from './wasm-memory.ts'
+
+export interface StepRecord {
+  /** Sequence id: a new one for every forward from the empty cache. */
+  seq: number
+  tokens: number
+  ids: number[]
+  start: number
+  end: number
+}
+
+/** Wraps `model.forward` and records every step. */
+export class StepRecorder {
+  readonly steps: StepRecord[] = []
+  private readonly seqOf = new WeakMap<KvCache, number>()
+  private nextSeq = 0
+
+  /** Called after every step (inside the engine's step, like an I/O callback would be queued). */
+  onStep?: (step: StepRecord) => void
+  /** Durations of session.run inside each forward, same order as `steps`. */
+  readonly runMs: number[] = []
+
+  constructor(model: QwenModel) {
+    const session = model.session as { run: QwenModel['session']['run'] }
+    const run = session.run.bind(model.session)
+    session.run = (async (...a: Parameters<typeof run>) => {
+      const s = performance.now()
+      const out = await run(...a)
+      this.runMs.push(performance.now() - s)
+      return out
+    }) as typeof run
+    const forward = model.forward.bind(model)
+    ;(model as { forward: QwenModel['forward'] }).forward = async (ids, cache, keep) => {
+      const seq = cache.length === 0 ? this.nextSeq++ : (this.seqOf.get(cache) ?? -1)
+      const start = performance.now()
+      const r: StepResult = await forward(ids, cache, keep)
+      const step = { seq, tokens: ids.length, ids: [...ids], start, end: performance.now() }
+      this.steps.push(step)
+      this.onStep?.(step)
+      this.seqOf.set(r.cache, seq)
+      return r
+    }
+  }
+
+  since(index: number): StepRecord[] {
+    return this.steps.slice(index)
+  }
+}
+
+/** Drains a chat; returns the completion token count and when its first event arrived. */
+async function runChat(
+  engine: QwenEngine,
+  messages: ChatMessage[],
+  maxNewTokens: number,
+): Promise<{ completion: number; firstEventAt: number; endedAt: number }> {
+  const run = await engine.chat(messages, { maxNewTokens, temperature: 0, repetitionPenalty: 1 })
+  let completion = 0
+  let firstEventAt = 0
+  for await (const e of run.events) {
+    if (!firstEventAt) firstEventAt = performance.now()
+    if (e.type === 'end') completion = e.usage.completionTokens
+  }
+  return { completion, firstEventAt, endedAt: performance.now() }
+}
+
+export async function measureEngine(
+  plan: BenchPlan,
+  log: (line: string) => void,
+): Promise<EngineResult> {
+  log('loading…')
+  const t0 = performance.now()
+  const { loadHfFolder } = await import('../../src/adapters/node/hf-folder.ts')
+  const { QwenEngine } = await import('../../src/engine/engine.ts')
+  const engine = await QwenEngine.create(await loadHfFolder(plan.modelDir), {
+    contextLength: 4096,
+  })
+  const loadMs = performance.now() - t0
+  const wasmAfterLoad = wasmMemoryBytes()
+  const rec = new StepRecorder(engine.model)
+  const result: EngineResult = {
+    name: 'engine',
+    label: 'qwen-edge engine',
+    backend: `onnxruntime-web ${packageVersion('onnxruntime-web')} wasm (SIMD), 1 thread, in-process`,
+    loadMs: round(loadMs, 0),
+    notes: [],
+  }
+
+  // Time to first token through chat(): template, tokenizer, chunked prefill, first sample.
+  const ttft = async (messages: ChatMessage[]) => {
+    const s = performance.now()
+    const r = await runChat(engine, messages, 1)
+    return r.firstEventAt - s
+  }
+  result.firstTtft64Ms = round(await ttft(plan.prompts.p64.messages), 0) // warm-up
+  for (const [key, p] of [
+    ['ttft64Ms', plan.prompts.p64],
+    ['ttft512Ms', plan.prompts.p512],
+  ] as const) {
+    const n = engine.promptIds(p.messages).length
+    if (n !== p.ids.length) result.notes!.push(`${key}: engine prompt has ${n} tokens`)
+    log(`time to first token, ${n}-token prompt…`)
+    result[key] = round(median(await repeat(plan.rounds, () => ttft(p.messages))), 0)
+  }
+
+  // Decode rate: steps after the prefill, from the first token to the last.
+  const rates: number[] = []
+  let breakdown: EngineExtra['decodeStep'] | undefined
+  for (let r = 0; r < plan.rounds; r++) {
+    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.rounds}…`)
+    const from = rec.steps.length
+    const chat = await runChat(engine, plan.prompts.p64.messages, plan.decodeTokens)
+    const steps = rec.since(from)
+    const decode = steps.filter((s) => s.tokens === 1)
+    const prefillEnd = steps[steps.length - decode.length - 1].end
+    // token 1 is known at the end of the prefill; token k at the end of decode step k-1
+    rates.push((decode.length / (decode[decode.length - 1].end - prefillEnd)) * 1000)
+    result.decodedTokens = chat.completion
+    result.firstIds = decode.slice(0, 16).map((s) => s.ids[0])
+    // where a decode step's wall time goes: session.run, the rest of forward(), between steps
+    const runs = rec.runMs.slice(rec.runMs.length - decode.length)
+    breakdown = {
+      runMs: round(median(runs), 1),
+      forwardExtraMs: round(median(decode.map((s, i) => s.end - s.start - runs[i])), 2),
+      betweenStepsMs: round(median(decode.slice(1).map((s, i) => s.start - decode[i].end)), 2),
+    }
+  }
+  result.decodeTokS = round(median(rates))
+  result.decodeRounds = rates.map((x) => round(x))
+  if (result.decodedTokens !== plan.decodeTokens) {
+    result.notes!.push(`decode ended after ${result.decodedTokens} tokens (eos)`)
+  }
+
+  // Sentiment: instruction prefix recomputed every time vs its KV cache reused.
+  const text = plan.sentimentText
+  log('sentiment, uncached instruction prefix…')
+  const cold = await repeat(plan.rounds, async () => {
+    const s = performance.now()
+    await engine.classifier.classify(text, undefined, { usePrefixCache: false })
+    return performance.now() - s
+  })
+  await engine.classify(text) // computes the prefix once
+  log('sentiment, cached instruction prefix…')
+  const cached = await repeat(plan.rounds, async () => {
+    const s = performance.now()
+    await engine.classify(text)
+    return performance.now() - s
+  })
+  result.sentimentColdMs = round(median(cold), 0)
+  result.sentimentCachedMs = round(median(cached), 0)
+  const a = await engine.classifier.classify(text, undefined, { usePrefixCache: false })
+  const b = await engine.classify(text)
+  if (a.label !== b.label || Math.abs(a.score - b.score) > 1e-3) {
+    result.notes!.push(
+      `sentiment scores with and without the cached prefix differ: ${a.score.toFixed(4)} vs ${b.score.toFixed(4)} (DynamicQuantizeMatMul quantizes activations per run, so splitting a prompt into runs changes the numbers)`,
+    )
+  }
+
+  // Throughput with 1 and 4 concurrent chats, interleaved by the scheduler.
+  const streams = async (k: number) => {
+    const from = rec.steps.length
+    const s = performance.now()
+    const runs = await Promise.all(
+      plan.prompts.streams.slice(0, k).map((p) => runChat(engine, p.messages, plan.streamTokens)),
+    )
+    const wall = performance.now() - s
+    const tokens = runs.reduce((n, r) => n + r.completion, 0)
+    return { tokS: (tokens / wall) * 1000, steps: rec.since(from) }
+  }
+  log(`1 stream × ${plan.streamTokens} tokens…`)
+  const one = await streams(1)
+  result.streams1TokS = round(one.tokS)
+  const oneDecode = one.steps.filter((s) => s.tokens === 1)
+  result.streams1StepMs = round(median(oneDecode.map((s) => s.end - s.start)), 1)
+  log(`4 concurrent streams × ${plan.streamTokens} tokens…`)
+  const four = await streams(4)
+  result.streams4TokS = round(four.tokS)
+  const order = four.steps.map((s) => s.seq)
+  const times = four.steps.map((s) => s.end)
+  result.streams4MaxGapSteps = maxGapSteps(order)
+  result.streams4MaxGapMs = round(maxGapMs(order, times), 0)
+  const decodeSteps = four.steps.filter((s) => s.tokens === 1)
+  result.streams4StepMs = round(median(decodeSteps.map((s) => s.end - s.start)), 1)
+
+  // A sentiment request while a long chat decodes. It arrives from outside (a timer stands in
+  // for the HTTP request's I/O callback), due after the chat's prefill and ~8 decode steps: its
+  // latency counts from when it was due, so time the event loop could not run it counts too.
+  log('sentiment during a long chat…')
+  result.sentimentAloneMs = result.sentimentCachedMs
+  const during = await sentimentDuringChat(engine, rec, plan)
+  result.sentimentDuringChatMs = during.latencyMs
+  result.sentimentDuringChatChatSteps = during.chatSteps
+  result.sentimentAnsweredBeforeChatEnd = during.beforeChatEnd
+  const sentimentPromptTokens = sentimentTokens(engine, text)
+
+  // A shorter text: the cache saves the same prefix, the uncached part is smaller.
+  const short = SHORT_SENTIMENT_TEXT
+  const time = async (f: () => Promise<unknown>) => {
+    const s = performance.now()
+    await f()
+    return performance.now() - s
+  }
+  const shortCold = await repeat(plan.rounds, () =>
+    time(() => engine.classifier.classify(short, undefined, { usePrefixCache: false })),
+  )
+  const shortCached = await repeat(plan.rounds, () => time(() => engine.classify(short)))
+  const shortSentiment = {
+    text: short,
+    tokens: sentimentTokens(engine, short),
+    coldMs: round(median(shortCold), 0),
+    cachedMs: round(median(shortCached), 0),
+  }
+
+  result.extra = {
+    decodeStep: breakdown!,
+    prefixComputations: engine.classifier.prefixComputations,
+    sentimentPromptTokens,
+    sentimentDuringChat: during,
+    shortSentiment,
+  }
+
+  result.wasmAfterLoadBytes = wasmAfterLoad
+  result.wasmPeakBytes = wasmMemoryBytes()
+  result.peakRssBytes = peakRssBytes()
+  return result
+}
+
+export const SHORT_SENTIMENT_TEXT = 'Great screen, awful battery.'
+
+/** Prefix (cacheable) and uncached token counts of a sentiment prompt, as the classifier splits it. */
+function sentimentTokens(engine: QwenEngine, text: string) {
+  const marker = '\u0000TEXT\u0000'
+  const rendered = engine.tokenizer.renderChat([
+    { role: 'system', content: instructionFor(DEFAULT_LABELS.en, 'en') },
+    { role: 'user', content: marker },
+  ])
+  const [prefix, suffix] = rendered.split(marker)
+  return {
+    prefix: engine.tokenizer.encode(prefix).length,
+    uncached: engine.tokenizer.encode(text).length + engine.tokenizer.encode(suffix).length,
+  }
+}
+
+/**
+ * Starts a long chat; when its 8th decode step ends, a timer is set to issue a sentiment request
+ * (a timer is queued like the I/O callback of an HTTP request arriving then). Latency counts
+ * from that moment, so time the event loop could not run the timer counts too.
+ */
+async function sentimentDuringChat(
+  engine: QwenEngine,
+  rec: StepRecorder,
+  plan: BenchPlan,
+): Promise<DuringChat> {
+  const h = monitorEventLoopDelay({ resolution: 5 })
+  h.enable()
+  const from = rec.steps.length
+  let chatEndedAt = Infinity
+  let chatSeq: number | undefined
+  let decoded = 0
+  const answer = new Promise<{ dueAt: number; firedAt: number; doneAt: number }>(
+    (resolve, reject) => {
+      rec.onStep = (step) => {
+        if (chatSeq === undefined && step.tokens > 1) chatSeq = step.seq
+        if (step.seq !== chatSeq || step.tokens !== 1 || ++decoded !== 8) return
+        const dueAt = performance.now()
+        setTimeout(() => {
+          const firedAt = performance.now()
+          engine
+            .classify(plan.sentimentText)
+            .then(() => resolve({ dueAt, firedAt, doneAt: performance.now() }), reject)
+        }, 0)
+      }
+    },
+  )
+  const chat = runChat(engine, plan.prompts.p64.messages, Math.max(plan.decodeTokens, 64)).then(
+    () => {
+      chatEndedAt = performance.now()
+    },
+  )
+  const { dueAt, firedAt, doneAt } = await answer
+  await chat
+  rec.onStep = undefined
+  h.disable()
+  return {
+    latencyMs: round(doneAt - dueAt, 0),
+    timerLateMs: round(firedAt - dueAt, 0),
+    chatSteps: rec.since(from).filter((x) => x.seq === chatSeq && x.end > firedAt && x.end < doneAt)
+      .length,
+    beforeChatEnd: doneAt < chatEndedAt,
+    eventLoopMaxDelayMs: round(h.max / 1e6, 0),
+  }
+}

@@ -1,0 +1,102 @@
+/** What the benchmark's parent hands its workers, and what they hand back. */
+import type { ChatMessage } from '../../src/engine/types.ts'
+
+export interface BenchPrompt {
+  messages: ChatMessage[]
+  /** The chat-templated prompt's token ids (what the engine feeds). */
+  ids: number[]
+}
+
+export interface BenchPlan {
+  modelDir: string
+  quick: boolean
+  /** Repeats of each timed measurement (the median is reported). */
+  rounds: number
+  /** Greedy tokens for the decode rate. */
+  decodeTokens: number
+  /** New tokens per stream in the 1- and 4-stream throughput runs. */
+  streamTokens: number
+  prompts: { p64: BenchPrompt; p512: BenchPrompt; streams: BenchPrompt[] }
+  sentimentText: string
+  /** Weight bytes the graph reads per decode step (all initializers). */
+  weightBytes: number
+}
+
+/** One engine's numbers; a metric an engine cannot do is left out. */
+export interface EngineResult {
+  name: string
+  label: string
+  /** What it ran on: runtime, execution provider, threads, version. */
+  backend: string
+  loadMs?: number
+  /** The first request after load (one-time allocations, JIT): not in the medians. */
+  firstTtft64Ms?: number
+  ttft64Ms?: number
+  ttft512Ms?: number
+  decodeTokS?: number
+  decodeRounds?: number[]
+  /** Tokens actually decoded in the decode run (eos can end it early). */
+  decodedTokens?: number
+  sentimentColdMs?: number
+  sentimentCachedMs?: number
+  peakRssBytes?: number
+  wasmAfterLoadBytes?: number
+  wasmPeakBytes?: number
+  streams1TokS?: number
+  streams4TokS?: number
+  /** Most other streams' steps between two consecutive tokens of one stream (4 streams). */
+  streams4MaxGapSteps?: number
+  /** Longest wall time between two consecutive tokens of one stream (4 streams). */
+  streams4MaxGapMs?: number
+  /** Median decode step, 1 stream. */
+  streams1StepMs?: number
+  /** Median decode step with 4 streams interleaved. */
+  streams4StepMs?: number
+  sentimentAloneMs?: number
+  sentimentDuringChatMs?: number
+  /** Chat steps run while the sentiment request was waiting or running. */
+  sentimentDuringChatChatSteps?: number
+  /** True when the chat was still decoding after the sentiment answer came back. */
+  sentimentAnsweredBeforeChatEnd?: boolean
+  /** First greedy ids of the decode run: the engines should agree on the same graph. */
+  firstIds?: number[]
+  notes?: string[]
+  error?: string
+  /** The engine's details (sentiment prompt sizes, event loop, proposed changes measured). */
+  extra?: EngineExtra
+}
+
+export interface DuringChat {
+  /** From when the request was due to its answer. */
+  latencyMs: number
+  /** How late the timer that issues the request fired (the event loop was busy). */
+  timerLateMs: number
+  /** Steps of the chat that ran between the request being issued and answered. */
+  chatSteps: number
+  beforeChatEnd: boolean
+  /** Longest the event loop was blocked while the chat ran. */
+  eventLoopMaxDelayMs: number
+}
+
+export interface SentimentTokens {
+  /** Instruction prefix: computed once and cached. */
+  prefix: number
+  /** The text and the template's suffix: computed for every request. */
+  uncached: number
+}
+
+export interface EngineExtra {
+  /** Medians over the decode run: session.run, the rest of forward(), the gap between steps. */
+  decodeStep: { runMs: number; forwardExtraMs: number; betweenStepsMs: number }
+  prefixComputations: number
+  sentimentPromptTokens: SentimentTokens
+  sentimentDuringChat: DuringChat
+  shortSentiment: { text: string; tokens: SentimentTokens; coldMs: number; cachedMs: number }
+}
+
+export interface BandwidthResult {
+  bufferBytes: number
+  /** Bytes copied per second (TypedArray.set), best of `rounds`. */
+  copyBytesPerS: number
+  rounds: number
+}

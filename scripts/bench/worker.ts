@@ -1,0 +1,49 @@
+/**
+ * One benchmark measurement in its own process, so each engine's memory is measured alone and
+ * no two share a WASM heap. Started by child.ts with an IPC channel:
+ *
+ *   node --import tsx scripts/bench/worker.ts <kind> <plan.json>
+ *
+ * Sends `{ ok: true, result }` or `{ ok: false, error }` to the parent, then exits.
+ */
+import './wasm-memory.ts' // before any WASM module is instantiated
+import { readFileSync } from 'node:fs'
+import { progressLog } from './progress-log.ts'
+import type { BenchPlan } from './types.ts'
+
+export type WorkerKind =
+  'engine' | 'ort-web' | 'ort-node' | 'tjs-web' | 'tjs-node' | 'bandwidth' | `explore:${string}`
+
+async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
+  const log = progressLog(kind)
+  switch (kind) {
+    case 'engine':
+      return (await import('./measure-engine.ts')).measureEngine(plan, log)
+    case 'ort-web':
+    case 'ort-node':
+      return (await import('./measure-bare.ts')).measureBare(kind, plan, log)
+    case 'tjs-web':
+    case 'tjs-node':
+      return (await import('./measure-transformers.ts')).measureTransformers(
+        kind === 'tjs-web' ? 'web' : 'node',
+        plan,
+        log,
+      )
+    case 'bandwidth':
+      return (await import('./measure-bandwidth.ts')).measureBandwidth(plan.quick ? 3 : 10)
+    default:
+      return (await import('./explore.ts')).explore(kind.slice('explore:'.length), plan, log)
+  }
+}
+
+const [kind, planPath] = process.argv.slice(2)
+const send = (msg: unknown) =>
+  new Promise<void>((resolve) => (process.send ? process.send(msg, () => resolve()) : resolve()))
+try {
+  const plan = JSON.parse(readFileSync(planPath, 'utf8')) as BenchPlan
+  await send({ ok: true, result: await run(kind as WorkerKind, plan) })
+} catch (err) {
+  const e = err as Error
+  await send({ ok: false, error: e?.stack ?? String(err) })
+}
+process.exit(0)

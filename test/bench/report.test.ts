@@ -1,0 +1,116 @@
+import { describe, expect, it } from 'vitest'
+import {
+  checkGoals,
+  decodeChartSvg,
+  renderMarkdown,
+  type BenchResults,
+} from '../../scripts/bench/report.ts'
+import { barChart, escapeXml, niceMax } from '../../scripts/bench/svg-chart.ts'
+import type { EngineResult } from '../../scripts/bench/types.ts'
+
+const engine: EngineResult = {
+  name: 'engine',
+  label: 'qwen-edge engine',
+  backend: 'onnxruntime-web wasm',
+  decodeTokS: 12,
+  ttft64Ms: 1000,
+  sentimentColdMs: 900,
+  sentimentCachedMs: 300,
+  streams1TokS: 10,
+  streams4TokS: 9,
+  streams4MaxGapSteps: 3,
+  firstIds: [1, 2, 3],
+}
+const tjs: EngineResult = {
+  name: 'tjs-web',
+  label: 'transformers.js <wasm>',
+  backend: 'onnxruntime-web wasm',
+  decodeTokS: 8,
+  ttft64Ms: 2000,
+  firstIds: [1, 2, 4],
+}
+
+function results(engines: EngineResult[]): BenchResults {
+  return {
+    generatedAt: '2026-01-02T03:04:05.000Z',
+    command: 'npm run bench',
+    quick: false,
+    durationS: 600,
+    loadAverage: { start: [0.5, 0.5, 0.5], end: [1, 1, 1] },
+    machine: {
+      cpu: 'Test CPU',
+      cores: 2,
+      simd: ['avx2'],
+      memoryBytes: 2 ** 34,
+      os: 'Linux',
+      node: 'v20.0.0',
+      versions: { 'onnxruntime-web': '1.30.0' },
+    },
+    model: {
+      id: 'm',
+      description: 'test model',
+      weightBytesPerToken: 500e6,
+      promptTokens: { p64: 64, p512: 512, streams: [20, 20, 20, 20] },
+    },
+    plan: { rounds: 3, decodeTokens: 128, streamTokens: 48, sentimentText: 'ok' },
+    engines,
+    bandwidth: { bufferBytes: 2 ** 28, copyBytesPerS: 13e9, rounds: 10, boundTokS: 26 },
+    chartPath: 'bench/decode.svg',
+  }
+}
+
+describe('svg chart', () => {
+  it('rounds the axis up to a round number', () => {
+    expect([niceMax(7.2), niceMax(26), niceMax(0.3), niceMax(100), niceMax(0)]).toEqual([
+      8, 30, 0.3, 100, 1,
+    ])
+  })
+
+  it('escapes text and draws one bar per value plus its markers', () => {
+    const svg = barChart({
+      title: 'a < b & c',
+      unit: 'tok/s',
+      bars: [
+        { label: 'x', value: 5, group: 'ours' },
+        { label: '"y"', value: 10, group: 'peer' },
+      ],
+      markers: [{ label: '40%', value: 4 }],
+    })
+    expect(escapeXml('<a href="x">&</a>')).toBe('&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;')
+    expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true)
+    expect(svg.trimEnd().endsWith('</svg>')).toBe(true)
+    expect(svg).toContain('a &lt; b &amp; c')
+    expect(svg).toContain('&quot;y&quot;')
+    expect(svg.match(/<rect /g)).toHaveLength(3) // background + 2 bars
+    expect(svg.match(/stroke-dasharray/g)).toHaveLength(1)
+    // the 10 tok/s bar spans the whole plot (axis max 10), the 5 tok/s bar half of it
+    const widths = [...svg.matchAll(/<rect x="\d+" y="\d+" width="([\d.]+)"/g)].map((m) => +m[1])
+    expect(widths[1]).toBeCloseTo(widths[0] * 2, 0)
+  })
+})
+
+describe('report', () => {
+  it('checks the goals from the ratios', () => {
+    const goals = checkGoals(results([engine, tjs]))
+    expect(goals.map((g) => g.met)).toEqual([true, true, true, false])
+    expect(goals[0].measured).toContain('1.50x')
+    expect(goals[1].measured).toContain('46%')
+  })
+
+  it('leaves a goal open when its peer did not run', () => {
+    expect(checkGoals(results([engine]))[0].met).toBeUndefined()
+  })
+
+  it('renders the table, the ratios and the chart from the numbers', () => {
+    const r = results([engine, tjs])
+    const md = renderMarkdown(r)
+    expect(md).toContain('| **decode, tok/s** (128 tokens) | **12.00** | **8.00** |')
+    expect(md).toContain('| decode tok/s | 1.50x | 46% |')
+    expect(md).toContain('| first 16 greedy tokens = engine’s | yes | 2/3 |')
+    expect(md).toContain('![decode tokens per second](bench/decode.svg)')
+    expect(md).toContain('Test CPU, 2 cores')
+    const svg = decodeChartSvg(r)
+    expect(svg).toContain('transformers.js &lt;wasm&gt;')
+    expect(svg).toContain('bandwidth bound')
+  })
+})
