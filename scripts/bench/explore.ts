@@ -28,6 +28,8 @@ export const SESSION_VARIANTS: Record<string, WebSessionOptions> = {
   'no-mem-pattern': { enableMemPattern: false },
   'execution-parallel': { executionMode: 'parallel' },
   xnnpack: { executionProviders: ['xnnpack'] },
+  // the baseline again, last: how far the numbers drift during the run
+  'baseline-again': {},
 }
 
 export interface OptionsProbe {
@@ -58,6 +60,8 @@ export interface FormatProbe {
 export interface ShapesProbe {
   /** Decode step ms against the tokens already in the KV cache. */
   context: { past: number; stepMs: number; kvBytesInOut: number }[]
+  /** One step of `tokens` new tokens of one sequence after 64 cached (verifying draft tokens). */
+  multiToken: { tokens: number; stepMs: number }[]
   /** One decode step for `batch` sequences at once. */
   batch: { batch: number; stepMs: number; tokS: number }[]
   /** A 512-token prefill returning the last position's logits vs every position's. */
@@ -214,6 +218,13 @@ async function probeShapes(plan: BenchPlan, log: (line: string) => void): Promis
     batch.push({ batch: b, stepMs: round(ms, 1), tokS: round((b / ms) * 1000) })
   }
 
+  const multiToken: ShapesProbe['multiToken'] = []
+  for (const n of [1, 2, 4, 8]) {
+    log(`one step of ${n} new tokens after 64 cached…`)
+    const ms = await timeSteps(syntheticState(loop, T, 1, 64), Array(n).fill(42))
+    multiToken.push({ tokens: n, stepMs: round(ms, 1) })
+  }
+
   const logits: ShapesProbe['logits'] = []
   const ids = plan.prompts.p512.ids
   for (const keep of [1, ids.length]) {
@@ -258,5 +269,12 @@ async function probeShapes(plan: BenchPlan, log: (line: string) => void): Promis
       return performance.now() - s
     }),
   )
-  return { context, batch, logits, chunkedPrefill: chunked, feedsMs: round(feedsMs, 2) }
+  return {
+    context,
+    multiToken,
+    batch,
+    logits,
+    chunkedPrefill: chunked,
+    feedsMs: round(feedsMs, 2),
+  }
 }

@@ -292,6 +292,23 @@ export function renderMarkdown(r: BenchResults): string {
   return L.join('\n')
 }
 
+/**
+ * A prefill of n tokens costs about F + c·n (F: one pass over the weights; c: per token), so
+ * from the uncached and cached latencies: c = (cold − cached) ÷ prefix tokens, F = cached − c·text
+ * tokens; the cache's speedup is (F + c·(prefix + text)) ÷ (F + c·text).
+ */
+function sentimentCostModel(eng: EngineResult, t: { prefix: number; uncached: number }): string {
+  const cold = eng.sentimentColdMs
+  const cached = eng.sentimentCachedMs
+  if (cold === undefined || cached === undefined) return ''
+  const c = (cold - cached) / t.prefix
+  const F = cached - c * t.uncached
+  const goal = GOALS.sentimentCacheSpeedup
+  // (F + c(P + u)) / (F + c u) >= goal  ⇔  P >= (goal − 1)(F + c u) / c
+  const prefixFor3x = Math.ceil(((goal - 1) * (F + c * t.uncached)) / c)
+  return `- **Sentiment cost model**: a pass costs about ${F.toFixed(0)} ms + ${c.toFixed(1)} ms per token (from the two latencies above), so with ${t.uncached} uncached tokens the cache can save at most the prefix's ${t.prefix} tokens: ${goal}x needs a cached prefix of at least ${prefixFor3x} tokens (or texts under ${Math.max(0, Math.floor((t.prefix * c - (goal - 1) * F) / ((goal - 1) * c)))} tokens with this prefix).`
+}
+
 function renderEngineDetails(eng: EngineResult, L: string[]) {
   const x = eng.extra!
   const t = x.sentimentPromptTokens
@@ -303,6 +320,7 @@ function renderEngineDetails(eng: EngineResult, L: string[]) {
     '',
     `- **A decode step** (medians): \`session.run\` ${x.decodeStep.runMs} ms, the rest of \`forward()\` (feeds, outputs) ${x.decodeStep.forwardExtraMs} ms, between steps (sampling, detokenizing, scheduling) ${x.decodeStep.betweenStepsMs} ms.`,
     `- **Sentiment prompt**: ${t.prefix} tokens of instruction prefix (cached) + ${t.uncached} tokens of text and template suffix (computed per request): uncached ${fmtMs(eng.sentimentColdMs)}, cached ${fmtMs(eng.sentimentCachedMs)} = ${fmtX((eng.sentimentColdMs ?? NaN) / (eng.sentimentCachedMs ?? NaN))}. A shorter text (“${s.text}”, ${s.tokens.uncached} uncached tokens): ${fmtMs(s.coldMs)} → ${fmtMs(s.cachedMs)} = ${fmtX(s.coldMs / s.cachedMs)}. The cache saves the prefix's share of the work, so the speedup is about (prefix + text) ÷ text tokens.`,
+    sentimentCostModel(eng, t),
     `- **Sentiment during a long chat**: when the chat's 8th decode step ends, a timer (standing in for the I/O callback of an HTTP request arriving then) issues the request. Answered ${fmtMs(d.latencyMs)} after it was due (alone: ${fmtMs(eng.sentimentAloneMs)}); the timer fired ${fmtMs(d.timerLateMs)} late; ${d.chatSteps} chat steps ran while it was in flight; ${d.beforeChatEnd ? 'answered while the chat was still decoding' : '**answered only after the chat had finished**'}. Longest event-loop block during the chat: ${fmtMs(d.eventLoopMaxDelayMs)} (a wasm run cannot be interrupted: a decode step, or a prefill chunk).`,
   )
 }
@@ -343,7 +361,12 @@ function renderExplore(r: BenchResults, L: string[]) {
         )}. A line through them: **${slope.toFixed(2)} ms per layer** (${((r.model.weightBytesPerToken - LM_HEAD_BYTES) / 24 / MiB).toFixed(1)} MiB of weights each) and **${intercept.toFixed(1)} ms for everything else** = ${pct(intercept / top.stepMs)} of a ${top.layers}-layer step.` +
         (head !== undefined
           ? ` One layer with a ${tiny!.vocabSize}-token vocabulary steps in ${tiny!.stepMs} ms, so the **lm_head** (896×151936 uint8, ${(LM_HEAD_BYTES / MiB).toFixed(0)} MiB = ${pct(LM_HEAD_BYTES / r.model.weightBytesPerToken)} of the weights) costs **${head.toFixed(1)} ms = ${pct(head / top.stepMs)} of a step**.`
-          : ''),
+          : '') +
+        ` The q8 kernel streams weights at ${((r.model.weightBytesPerToken - LM_HEAD_BYTES) / 24 / (slope / 1000) / 1e9).toFixed(1)} GB/s in the layers` +
+        (head !== undefined
+          ? ` and ${(LM_HEAD_BYTES / (head / 1000) / 1e9).toFixed(1)} GB/s in the lm_head`
+          : '') +
+        `, against ${(r.bandwidth.copyBytesPerS / 1e9).toFixed(1)} GB/s memcpy: compute (unpacking uint8 without a dot-product instruction), not memory, bounds it.`,
       '',
     )
   }
