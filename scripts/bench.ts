@@ -17,6 +17,7 @@
  * goes to stderr, the report (or `--json` results) to stdout.
  *
  *   npm run bench [-- --quick] [--only engine,ort-web,...] [--no-explore] [--json]
+ *   npm run bench -- --render    (BENCHMARKS.md and the chart again from bench/results.json)
  */
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -56,6 +57,7 @@ const { values: args } = parseArgs({
     'no-explore': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     out: { type: 'string' },
+    render: { type: 'boolean', default: false },
   },
 })
 
@@ -85,7 +87,24 @@ function describeSource(): BenchResults['source'] {
   return { commit: git('rev-parse', '--short', 'HEAD').trim() || 'unknown', uncommitted: changed }
 }
 
+/** Writes the report and the chart; only a full run's results replace BENCHMARKS.md. */
+function writeOutputs(results: BenchResults, outDir: string, writeReport: boolean, json: string) {
+  writeFileSync(join(outDir, 'results.json'), json)
+  writeFileSync(join(outDir, 'decode.svg'), decodeChartSvg(results))
+  const md = renderMarkdown(results)
+  writeFileSync(writeReport ? 'BENCHMARKS.md' : join(outDir, 'BENCHMARKS.md'), md)
+  return md
+}
+
+/** `--render`: BENCHMARKS.md and the chart again from bench/results.json, nothing measured. */
+function render() {
+  const json = readFileSync(join('bench', 'results.json'), 'utf8')
+  const md = writeOutputs(JSON.parse(json) as BenchResults, 'bench', true, json)
+  console.log(md)
+}
+
 async function main() {
+  if (args.render) return render()
   const log = progressLog('bench')
   const started = performance.now()
   const loadStart = os.loadavg()
@@ -107,6 +126,7 @@ async function main() {
     modelDir,
     quick,
     rounds: quick ? 1 : 3,
+    decodeRounds: quick ? 1 : 5,
     decodeTokens: quick ? 32 : 128,
     streamTokens: quick ? 16 : 48,
     prompts: { p64: promptOfLength(tok, 64), p512: promptOfLength(tok, 512), streams },
@@ -203,6 +223,7 @@ async function main() {
     },
     plan: {
       rounds: plan.rounds,
+      decodeRounds: plan.decodeRounds,
       decodeTokens: plan.decodeTokens,
       streamTokens: plan.streamTokens,
       sentimentText: plan.sentimentText,
@@ -216,14 +237,8 @@ async function main() {
   const resultsPath = join(outDir, 'results.json')
   const prettier = await import('prettier')
   const style = (await prettier.resolveConfig(resultsPath)) ?? {}
-  writeFileSync(
-    resultsPath,
-    await prettier.format(JSON.stringify(results), { ...style, parser: 'json' }),
-  )
-  writeFileSync(join(outDir, 'decode.svg'), decodeChartSvg(results))
-  const md = renderMarkdown(results)
-  if (writeReport) writeFileSync('BENCHMARKS.md', md)
-  else writeFileSync(join(outDir, 'BENCHMARKS.md'), md)
+  const json = await prettier.format(JSON.stringify(results), { ...style, parser: 'json' })
+  const md = writeOutputs(results, outDir, writeReport, json)
   log(`wrote ${writeReport ? 'BENCHMARKS.md, ' : ''}${outDir}/results.json, ${outDir}/decode.svg`)
   for (const g of checkGoals(results)) log(`${g.met ? 'met ' : 'MISS'} ${g.goal}: ${g.measured}`)
   if (args.json) console.log(JSON.stringify(results, null, 2))

@@ -133,8 +133,8 @@ export async function measureLoop(
   const ttft512 = await repeat(plan.rounds, () => ttft(plan.prompts.p512.ids))
   const rates: number[] = []
   let firstIds: number[] = []
-  for (let r = 0; r < plan.rounds; r++) {
-    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.rounds}…`)
+  for (let r = 0; r < plan.decodeRounds; r++) {
+    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.decodeRounds}…`)
     const trace = await greedyDecode(loop, plan.prompts.p64.ids, plan.decodeTokens)
     rates.push(decodeRate(trace.times))
     firstIds = trace.ids.slice(0, 16)

@@ -121,8 +121,8 @@ export async function measureEngine(
   // Decode rate: steps after the prefill, from the first token to the last.
   const rates: number[] = []
   let breakdown: EngineExtra['decodeStep'] | undefined
-  for (let r = 0; r < plan.rounds; r++) {
-    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.rounds}…`)
+  for (let r = 0; r < plan.decodeRounds; r++) {
+    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.decodeRounds}…`)
     const from = rec.steps.length
     const chat = await runChat(engine, plan.prompts.p64.messages, plan.decodeTokens)
     const steps = rec.since(from)

@@ -136,8 +136,8 @@ export async function measureTransformers(
     result[key] = round(median(xs), 0)
   }
   const rates: number[] = []
-  for (let r = 0; r < plan.rounds; r++) {
-    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.rounds}…`)
+  for (let r = 0; r < plan.decodeRounds; r++) {
+    log(`decode ${plan.decodeTokens} tokens, round ${r + 1}/${plan.decodeRounds}…`)
     const g = await generate(plan.prompts.p64.ids, plan.decodeTokens)
     rates.push(decodeRate(g.times))
     result.firstIds = g.ids.slice(0, 16)

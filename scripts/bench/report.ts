@@ -23,7 +23,13 @@ export interface BenchResults {
     weightBytesPerToken: number
     promptTokens: { p64: number; p512: number; streams: number[] }
   }
-  plan: { rounds: number; decodeTokens: number; streamTokens: number; sentimentText: string }
+  plan: {
+    rounds: number
+    decodeRounds?: number
+    decodeTokens: number
+    streamTokens: number
+    sentimentText: string
+  }
   engines: EngineResult[]
   bandwidth: BandwidthResult & { boundTokS: number }
   explore?: {
@@ -170,7 +176,7 @@ export function renderMarkdown(r: BenchResults): string {
     `- Engine source: commit ${r.source?.commit ?? 'unknown'}${r.source?.uncommitted.length ? ` + uncommitted changes to ${r.source.uncommitted.map((f) => `\`${f}\``).join(', ')}` : ''}`,
     '',
     `**Model**: ${r.model.description}. The decode step reads ${fmtMiB(r.model.weightBytesPerToken)} of weights per token.`,
-    `Every engine runs in its own child process on the same ONNX graph, one thread, greedy decoding; medians of ${r.plan.rounds} round(s).`,
+    `Every engine runs in its own child process on the same ONNX graph, one thread, greedy decoding; medians of ${r.plan.rounds} round(s) (decode rate: ${r.plan.decodeRounds ?? r.plan.rounds}).`,
     '',
     `![decode tokens per second](${r.chartPath})`,
     '',
@@ -284,6 +290,7 @@ export function renderMarkdown(r: BenchResults): string {
     'npm run bench            # full run: writes BENCHMARKS.md, bench/results.json, bench/decode.svg',
     'npm run bench -- --quick # short run: writes .cache/bench/quick/ only',
     'npm run bench:engine     # engine vs the bare ORT-web loop only',
+    'npm run bench -- --render # BENCHMARKS.md and the chart again from bench/results.json',
     '```',
     '',
     'Run it on a quiet machine (load average well under 1.5 on 2 cores): every number here is one thread competing with whatever else runs.',
@@ -412,6 +419,18 @@ function renderExplore(r: BenchResults, L: string[]) {
     row(['batch', 'step', 'tokens/s'])
     row(['---:', '---:', '---:'])
     for (const c of s.batch) row([String(c.batch), fmtMs(c.stepMs), fmtNum(c.tokS)])
+    if (s.multiToken?.length) {
+      L.push(
+        '',
+        '**Several new tokens of one sequence in one step** (64 cached): what verifying draft tokens costs in speculative decoding:',
+        '',
+      )
+      row(['new tokens', 'step', 'vs 1 token'])
+      row(['---:', '---:', '---:'])
+      for (const c of s.multiToken) {
+        row([String(c.tokens), fmtMs(c.stepMs), fmtX(c.stepMs / s.multiToken[0].stepMs)])
+      }
+    }
     L.push(
       '',
       '**Prefill logits**: a 512-token prefill returning the last position only vs every position:',

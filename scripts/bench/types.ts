@@ -12,6 +12,8 @@ export interface BenchPlan {
   quick: boolean
   /** Repeats of each timed measurement (the median is reported). */
   rounds: number
+  /** Repeats of the decode-rate run (the median is reported). */
+  decodeRounds: number
   /** Greedy tokens for the decode rate. */
   decodeTokens: number
   /** New tokens per stream in the 1- and 4-stream throughput runs. */
