@@ -1,15 +1,15 @@
 /**
  * The engine under test: QwenEngine on onnxruntime-web wasm, measured through its public API
- * (chat events, classify). A wrapper around `engine.model.forward` records every forward step
- * (which sequence, how many tokens, when), so interleaving and step times are visible without
- * touching the engine's code.
+ * (chat events, classify). Wrappers around `engine.model.forward` and `forwardBatch` record every
+ * forward step (which sequence, how many tokens, which run, when), so interleaving, batching
+ * and step times are visible without touching the engine's code.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
 import type { QwenEngine } from '../../src/engine/engine.ts'
 import type { KvCache, QwenModel, StepResult } from '../../src/engine/model.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
-import { maxGapMs, maxGapSteps } from './greedy-loop.ts'
+import { maxGapMs } from './greedy-loop.ts'
 import { median, peakRssBytes, repeat, round } from './stats.ts'
 import type { BenchPlan, DuringChat, EngineExtra, EngineResult } from './types.ts'
 import { packageVersion } from './versions.ts'
@@ -20,15 +20,20 @@ export interface StepRecord {
   seq: number
   tokens: number
   ids: number[]
+  /** Forward run it was part of: rows of one batched run share it. */
+  run: number
+  /** Sequences in that run. */
+  batch: number
   start: number
   end: number
 }
 
-/** Wraps `model.forward` and records every step. */
+/** Wraps `model.forward` and `model.forwardBatch` and records every step. */
 export class StepRecorder {
   readonly steps: StepRecord[] = []
   private readonly seqOf = new WeakMap<KvCache, number>()
   private nextSeq = 0
+  private runs = 0
 
   /** Called after every step (inside the engine's step, like an I/O callback would be queued). */
   onStep?: (step: StepRecord) => void
@@ -49,17 +54,53 @@ export class StepRecorder {
       const seq = cache.length === 0 ? this.nextSeq++ : (this.seqOf.get(cache) ?? -1)
       const start = performance.now()
       const r: StepResult = await forward(ids, cache, keep)
-      const step = { seq, tokens: ids.length, ids: [...ids], start, end: performance.now() }
+      const end = performance.now()
+      const step = {
+        seq,
+        tokens: ids.length,
+        ids: [...ids],
+        run: this.runs++,
+        batch: 1,
+        start,
+        end,
+      }
       this.steps.push(step)
       this.onStep?.(step)
       this.seqOf.set(r.cache, seq)
       return r
+    }
+    const forwardBatch = model.forwardBatch.bind(model)
+    ;(model as { forwardBatch: QwenModel['forwardBatch'] }).forwardBatch = async (ids, caches) => {
+      const seqs = caches.map((c) => this.seqOf.get(c) ?? -1)
+      const start = performance.now()
+      const rs = await forwardBatch(ids, caches)
+      const end = performance.now()
+      const run = this.runs++
+      rs.forEach((r, i) => {
+        const step = { seq: seqs[i], tokens: 1, ids: [ids[i]], run, batch: ids.length, start, end }
+        this.steps.push(step)
+        this.onStep?.(step)
+        this.seqOf.set(r.cache, seqs[i])
+      })
+      return rs
     }
   }
 
   since(index: number): StepRecord[] {
     return this.steps.slice(index)
   }
+}
+
+/** Most forward runs between two consecutive steps of one sequence (0: a step every run). */
+function maxGapRuns(steps: readonly StepRecord[]): number {
+  const last = new Map<number, number>()
+  let gap = 0
+  for (const s of steps) {
+    const prev = last.get(s.seq)
+    if (prev !== undefined) gap = Math.max(gap, s.run - prev - 1)
+    last.set(s.seq, s.run)
+  }
+  return gap
 }
 
 /** Drains a chat; returns the completion token count and when its first event arrived. */
@@ -189,8 +230,11 @@ export async function measureEngine(
     ones.push(await streams(1))
     fours.push(await streams(4))
   }
+  // one duration per forward run (the rows of a batched run share theirs)
   const decodeSteps = (x: (typeof ones)[number]) =>
-    x.steps.filter((s) => s.tokens === 1).map((s) => s.end - s.start)
+    x.steps
+      .filter((s, i, all) => s.tokens === 1 && all[i - 1]?.run !== s.run)
+      .map((s) => s.end - s.start)
   result.streams1TokS = round(median(ones.map((x) => x.tokS)))
   result.streams1StepMs = round(median(ones.flatMap(decodeSteps)), 1)
   result.streams4TokS = round(median(fours.map((x) => x.tokS)))
@@ -198,8 +242,10 @@ export async function measureEngine(
   const gaps = fours.map((x) => {
     const order = x.steps.map((s) => s.seq)
     const times = x.steps.map((s) => s.end)
-    return { steps: maxGapSteps(order), ms: maxGapMs(order, times) }
+    return { steps: maxGapRuns(x.steps), ms: maxGapMs(order, times) }
   })
+  const decodes = fours.flatMap((x) => x.steps.filter((s) => s.tokens === 1))
+  result.streams4MeanBatch = round(decodes.length / new Set(decodes.map((s) => s.run)).size, 2)
   result.streams4MaxGapSteps = Math.max(...gaps.map((g) => g.steps))
   result.streams4MaxGapMs = round(Math.max(...gaps.map((g) => g.ms)), 0)
 

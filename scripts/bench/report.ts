@@ -209,11 +209,14 @@ export function renderMarkdown(r: BenchResults): string {
   )
   metric(`1 stream, tok/s (${r.plan.streamTokens} tokens)`, (e) => fmtNum(e.streams1TokS))
   metric(`4 concurrent streams, total tok/s`, (e) => fmtNum(e.streams4TokS))
+  metric('4 streams: sequences per forward run (mean)', (e) =>
+    e.streams4MeanBatch === undefined ? '–' : fmtNum(e.streams4MeanBatch),
+  )
   metric('4 streams: max steps between a stream’s tokens', (e) =>
     e.streams4MaxGapSteps === undefined ? '–' : String(e.streams4MaxGapSteps),
   )
   metric('4 streams: max ms between a stream’s tokens', (e) => fmtMs(e.streams4MaxGapMs))
-  metric('decode step, 1 stream / 4 streams (median)', (e) =>
+  metric('forward run, 1 stream / 4 streams (median)', (e) =>
     e.streams4StepMs === undefined
       ? '–'
       : `${fmtMs(e.streams1StepMs)} / ${fmtMs(e.streams4StepMs)}`,

@@ -54,6 +54,8 @@ export interface EngineResult {
   streams1StepMs?: number
   /** Median decode step with 4 streams interleaved. */
   streams4StepMs?: number
+  /** Mean sequences per forward run in the 4-stream decode (1: no batching). */
+  streams4MeanBatch?: number
   sentimentAloneMs?: number
   sentimentDuringChatMs?: number
   /** Chat steps run while the sentiment request was waiting or running. */

@@ -5,6 +5,7 @@ import { AppError } from '../core/errors.ts'
 import { createRng, randomSeed } from '../core/rng.ts'
 import type { SamplingParams } from '../core/sampling.ts'
 import { StopMatcher } from '../core/stop.ts'
+import { DecodeBatcher } from './batcher.ts'
 import { LabelClassifier } from './classify.ts'
 import { generateTokens } from './generate.ts'
 import type { GenerationConfig, LoadedPackage } from './model-package.ts'
@@ -31,6 +32,8 @@ export interface EngineOptions {
   defaultMaxNewTokens?: number
   maxActive?: number
   maxQueued?: number
+  /** Decoding sequences per batched forward run; 1 turns batching off. Default: maxActive. */
+  maxBatch?: number
   /** Prompt tokens per prefill step; smaller means fairer interleaving, larger means faster. */
   prefillChunk?: number
   session?: SessionOptions
@@ -45,6 +48,7 @@ export class QwenEngine implements Engine {
   readonly info: ModelInfo
   readonly scheduler: Scheduler
   readonly classifier: LabelClassifier
+  readonly batcher: DecodeBatcher
   /** Ids that end a reply. */
   readonly eosIds: ReadonlySet<number>
   private readonly defaults: SamplingParams
@@ -73,6 +77,11 @@ export class QwenEngine implements Engine {
       maxQueued: options.maxQueued ?? 16,
     })
     const run = <T>(task: () => Promise<T>) => this.scheduler.step(task)
+    this.batcher = new DecodeBatcher(
+      model,
+      run,
+      options.maxBatch ?? this.scheduler.options.maxActive,
+    )
     this.classifier = new LabelClassifier(model, tokenizer, run, {
       prefillChunk: this.prefillChunk,
       contextLength: this.contextLength,
@@ -101,7 +110,12 @@ export class QwenEngine implements Engine {
   }
 
   stats(): EngineStats {
-    return { active: this.scheduler.active, queued: this.scheduler.queued }
+    const b = this.batcher.stats
+    return {
+      active: this.scheduler.active,
+      queued: this.scheduler.queued,
+      decode: { runs: b.runs, tokens: b.tokens, largestBatch: b.largest },
+    }
   }
 
   /** The prompt token ids for `messages` (validated), as chat() would feed them. */
@@ -172,7 +186,9 @@ export class QwenEngine implements Engine {
       }
       throw err
     }
+    const stream = this.batcher.open()
     const tokens = generateTokens(this.model, (t) => this.scheduler.step(t), prompt, {
+      decode: stream.step,
       maxNewTokens: options.maxNewTokens,
       sampling,
       rng: createRng(seed),
@@ -207,6 +223,7 @@ export class QwenEngine implements Engine {
       yield { type: 'end', finishReason: finish, usage: usage(completion) }
     } finally {
       await tokens.return('cancelled')
+      stream.close()
       slot.release()
     }
   }

@@ -22,6 +22,8 @@ export interface DecodeOptions {
   signal?: AbortSignal
   /** Long prompts run in chunks of this many tokens so other streams get steps in between. */
   prefillChunk: number
+  /** Runs one decode step (batcher.ts); default: `model.forward` through `run`, alone. */
+  decode?: (token: number, cache: KvCache) => Promise<StepResult>
 }
 
 /**
@@ -62,6 +64,8 @@ export async function* generateTokens(
   if (!first) return 'cancelled'
   let { logits, cache } = first
   const seen = new Set(prompt)
+  const decode =
+    o.decode ?? ((token: number, from: KvCache) => run(() => model.forward([token], from, 1)))
   for (let n = 0; ; n++) {
     if (o.signal?.aborted) return 'cancelled'
     applyRepetitionPenalty(logits, seen, o.sampling.repetitionPenalty)
@@ -71,7 +75,6 @@ export async function* generateTokens(
     if (n + 1 >= o.maxNewTokens) return 'length'
     if (o.signal?.aborted) return 'cancelled'
     seen.add(next)
-    const from = cache
-    ;({ logits, cache } = await run(() => model.forward([next], from, 1)))
+    ;({ logits, cache } = await decode(next, cache))
   }
 }

@@ -76,6 +76,8 @@ export interface EngineStats {
   active: number
   /** Work waiting for a place. */
   queued: number
+  /** Decode steps so far and the forward runs that computed them (batched: runs < tokens). */
+  decode?: { runs: number; tokens: number; largestBatch: number }
 }
 
 export interface Engine {

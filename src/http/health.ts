@@ -1,6 +1,7 @@
 /**
  * `GET /health`: 200 when the model is ready, with its id, load time and the scheduler's
- * active and queued counts; 503 (with Retry-After) while idle, loading or after a failed load.
+ * active and queued counts, and how decode steps were batched (`decode`: steps, the forward
+ * runs that computed them, the largest batch); 503 (with Retry-After) while idle, loading or after a failed load.
  * A probe of an idle server starts the load, so a health-checked deployment warms itself.
  */
 import { Hono, type Context, type Env } from 'hono'
@@ -28,7 +29,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
-    const { active, queued } = engine.stats()
+    const { active, queued, decode } = engine.stats()
     return c.json(
       {
         status: 'ok',
@@ -37,6 +38,9 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         load_ms: load.loadMs ?? engine.info.loadMs,
         active,
         queued,
+        ...(decode && {
+          decode: { steps: decode.tokens, runs: decode.runs, largest_batch: decode.largestBatch },
+        }),
       },
       200,
       { 'Cache-Control': 'no-store' },

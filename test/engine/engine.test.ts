@@ -94,7 +94,7 @@ describe('chat on a synthetic Qwen2 model', () => {
     }
     expect(end).toMatchObject({ type: 'end', finishReason: 'cancelled' })
     expect(end!.type === 'end' && end!.usage.completionTokens).toBeLessThan(10)
-    expect(engine.stats()).toEqual({ active: 0, queued: 0 })
+    expect(engine.stats()).toMatchObject({ active: 0, queued: 0 })
   })
 
   it('breaking out of the loop releases the slot', async () => {
@@ -109,7 +109,31 @@ describe('chat on a synthetic Qwen2 model', () => {
     )
     const results = await Promise.all(runs.map(drain))
     for (const r of results) expect(r.end.usage.completionTokens).toBeGreaterThan(0)
-    expect(engine.stats()).toEqual({ active: 0, queued: 0 })
+    expect(engine.stats()).toMatchObject({ active: 0, queued: 0 })
+  })
+
+  it('concurrent greedy generations are batched and each says what it says alone', async () => {
+    const prompts: ChatMessage[][] = [
+      [{ role: 'user', content: 'hi' }],
+      [{ role: 'user', content: '请用三句话介绍一下长城的历史。' }],
+      [
+        { role: 'system', content: 'You are terse.' },
+        { role: 'user', content: 'Name a colour, a number and an animal, please.' },
+      ],
+      [{ role: 'user', content: '这部电影太好看了' }],
+    ]
+    const opts = { temperature: 0, maxNewTokens: 10 }
+    const alone: string[] = []
+    for (const m of prompts) alone.push((await drain(await engine.chat(m, opts))).text)
+    const before = { ...engine.batcher.stats }
+    const runs = await Promise.all(prompts.map((m) => engine.chat(m, opts)))
+    const together = await Promise.all(runs.map(drain))
+    expect(together.map((r) => r.text)).toEqual(alone) // fp32: batching changes no argmax
+    const steps = engine.batcher.stats.tokens - before.tokens
+    const forwardRuns = engine.batcher.stats.runs - before.runs
+    expect(steps).toBe(together.reduce((n, r) => n + r.end.usage.completionTokens - 1, 0))
+    expect(engine.batcher.stats.largest).toBe(4)
+    expect(forwardRuns).toBeLessThan(steps / 2) // mostly batches of 3-4, not one by one
   })
 
   it('rejects bad input with typed errors', async () => {

@@ -1,0 +1,128 @@
+/**
+ * Continuous batching of decode steps. Each concurrent generation asks for its next step
+ * (one token after its cache); the requests waiting when the step lock comes free run as ONE
+ * batched forward pass. A WASM decode step is bound by reading the weights, and a batch reads
+ * them once: at 0.5B shapes a batch of 4 costs about 1.4 single steps, so 4 streams get about
+ * 2.8x the tokens per second of one, and every stream gets a token every step.
+ *
+ * The batch is gathered when the run starts, not when it is queued: sequences that just got
+ * their token from the previous batch are still sampling and detokenizing, so when fewer
+ * requests are waiting than sequences are decoding, the flush gives them one macrotask turn to
+ * come back before it starts. A sequence whose consumer stalls (a slow client) is simply left
+ * out of that batch and joins a later one. Prefill chunks and classifications keep their own
+ * place in the step queue (scheduler.ts) between batches.
+ */
+import type { KvCache, StepResult } from './model.ts'
+import type { StepRunner } from './generate.ts'
+
+/** What batching needs of a model (QwenModel; tests script it). */
+export interface BatchModel {
+  forward(ids: readonly number[], cache: KvCache, keep?: number): Promise<StepResult>
+  forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
+  readonly canBatch: boolean
+}
+
+interface Request {
+  token: number
+  cache: KvCache
+  resolve(r: StepResult): void
+  reject(err: unknown): void
+}
+
+export interface BatchStats {
+  /** Forward runs made for decode steps. */
+  runs: number
+  /** Decode steps (tokens) they computed: tokens ÷ runs is the mean batch size. */
+  tokens: number
+  /** Largest batch run so far. */
+  largest: number
+}
+
+/** One generation's handle: `step` while decoding, `close` when done (in a finally). */
+export interface DecodeStream {
+  step(token: number, cache: KvCache): Promise<StepResult>
+  close(): void
+}
+
+export class DecodeBatcher {
+  private pending: Request[] = []
+  private scheduled = false
+  private decoding = 0
+  readonly stats: BatchStats = { runs: 0, tokens: 0, largest: 0 }
+
+  /**
+   * @param maxBatch sequences per run; 1 turns batching off (steps run one by one, FIFO).
+   */
+  constructor(
+    private readonly model: BatchModel,
+    private readonly run: StepRunner,
+    readonly maxBatch: number,
+  ) {
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new Error('maxBatch must be ≥ 1')
+  }
+
+  /** Sequences that have decoded at least once and not closed. */
+  get active(): number {
+    return this.decoding
+  }
+
+  open(): DecodeStream {
+    let joined = false
+    let closed = false
+    return {
+      step: (token, cache) => {
+        if (closed) return Promise.reject(new Error('decode stream is closed'))
+        if (!joined) {
+          joined = true
+          this.decoding++
+        }
+        return this.enqueue(token, cache)
+      },
+      close: () => {
+        if (closed) return
+        closed = true
+        if (joined) this.decoding--
+      },
+    }
+  }
+
+  private enqueue(token: number, cache: KvCache): Promise<StepResult> {
+    const done = new Promise<StepResult>((resolve, reject) => {
+      this.pending.push({ token, cache, resolve, reject })
+    })
+    this.schedule()
+    return done
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.pending.length === 0) return
+    this.scheduled = true
+    void this.run(() => this.flush())
+  }
+
+  private async flush(): Promise<void> {
+    const canBatch = this.maxBatch > 1 && this.model.canBatch
+    if (canBatch && this.pending.length < Math.min(this.decoding, this.maxBatch)) {
+      await new Promise((resolve) => setTimeout(resolve, 0))
+    }
+    this.scheduled = false
+    const batch = this.pending.splice(0, canBatch ? this.maxBatch : 1)
+    this.schedule() // whatever is left waits for the next turn of the step lock
+    if (batch.length === 0) return
+    try {
+      const results =
+        batch.length === 1
+          ? [await this.model.forward([batch[0].token], batch[0].cache, 1)]
+          : await this.model.forwardBatch(
+              batch.map((r) => r.token),
+              batch.map((r) => r.cache),
+            )
+      this.stats.runs++
+      this.stats.tokens += batch.length
+      this.stats.largest = Math.max(this.stats.largest, batch.length)
+      batch.forEach((r, i) => r.resolve(results[i]))
+    } catch (err) {
+      for (const r of batch) r.reject(err)
+    }
+  }
+}
