@@ -11,6 +11,10 @@
  * come back before it starts. A sequence whose consumer stalls (a slow client) is simply left
  * out of that batch and joins a later one. Prefill chunks and classifications keep their own
  * place in the step queue (scheduler.ts) between batches.
+ *
+ * A `solo` stream never shares a run: with q8 weights a batch shares one activation scale, so
+ * only a solo stream's numbers are exactly those of the request run alone (engine.ts makes
+ * seeded requests solo, so a seed reproduces its reply).
  */
 import type { KvCache, StepResult } from './model.ts'
 import type { StepRunner } from './generate.ts'
@@ -23,6 +27,7 @@ export interface BatchModel {
 }
 
 interface Request {
+  solo: boolean
   token: number
   cache: KvCache
   resolve(r: StepResult): void
@@ -47,6 +52,7 @@ export interface DecodeStream {
 export class DecodeBatcher {
   private pending: Request[] = []
   private scheduled = false
+  /** Non-solo streams that have decoded at least once and not closed. */
   private decoding = 0
   readonly stats: BatchStats = { runs: 0, tokens: 0, largest: 0 }
 
@@ -61,22 +67,23 @@ export class DecodeBatcher {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new Error('maxBatch must be ≥ 1')
   }
 
-  /** Sequences that have decoded at least once and not closed. */
+  /** Streams that may share runs, have decoded at least once and are not closed. */
   get active(): number {
     return this.decoding
   }
 
-  open(): DecodeStream {
+  /** @param solo the stream's steps always run alone (see above). */
+  open(solo = false): DecodeStream {
     let joined = false
     let closed = false
     return {
       step: (token, cache) => {
         if (closed) return Promise.reject(new Error('decode stream is closed'))
-        if (!joined) {
+        if (!joined && !solo) {
           joined = true
           this.decoding++
         }
-        return this.enqueue(token, cache)
+        return this.enqueue(token, cache, solo)
       },
       close: () => {
         if (closed) return
@@ -86,9 +93,9 @@ export class DecodeBatcher {
     }
   }
 
-  private enqueue(token: number, cache: KvCache): Promise<StepResult> {
+  private enqueue(token: number, cache: KvCache, solo: boolean): Promise<StepResult> {
     const done = new Promise<StepResult>((resolve, reject) => {
-      this.pending.push({ token, cache, resolve, reject })
+      this.pending.push({ solo, token, cache, resolve, reject })
     })
     this.schedule()
     return done
@@ -102,11 +109,22 @@ export class DecodeBatcher {
 
   private async flush(): Promise<void> {
     const canBatch = this.maxBatch > 1 && this.model.canBatch
-    if (canBatch && this.pending.length < Math.min(this.decoding, this.maxBatch)) {
+    const shared = () => this.pending.reduce((n, r) => n + (r.solo ? 0 : 1), 0)
+    if (canBatch && !this.pending[0]?.solo && shared() < Math.min(this.decoding, this.maxBatch)) {
       await new Promise((resolve) => setTimeout(resolve, 0))
     }
     this.scheduled = false
-    const batch = this.pending.splice(0, canBatch ? this.maxBatch : 1)
+    let batch: Request[]
+    if (!canBatch || this.pending[0]?.solo) batch = this.pending.splice(0, 1)
+    else {
+      batch = []
+      const rest: Request[] = []
+      for (const r of this.pending) {
+        if (!r.solo && batch.length < this.maxBatch) batch.push(r)
+        else rest.push(r)
+      }
+      this.pending = rest
+    }
     this.schedule() // whatever is left waits for the next turn of the step lock
     if (batch.length === 0) return
     try {

@@ -1,16 +1,19 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
- * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, PREFILL_CHUNK. Unset or empty keeps the default.
+ * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_BATCH, PREFILL_CHUNK and
+ * KV_REUSE_TOKENS (0 allowed: turns reuse off). Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
 
 export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptions {
-  const int = (name: string): number | undefined => {
+  const int = (name: string, min = 1): number | undefined => {
     const v = vars[name]
     if (v === undefined || v === null || v === '') return undefined
     const n = Number(v)
-    if (!Number.isSafeInteger(n) || n < 1)
-      throw new Error(`${name} must be a positive integer, got ${String(v)}`)
+    if (!Number.isSafeInteger(n) || n < min)
+      throw new Error(
+        `${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer, got ${String(v)}`,
+      )
     return n
   }
   return {
@@ -18,6 +21,8 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     defaultMaxNewTokens: int('MAX_TOKENS_DEFAULT'),
     maxActive: int('MAX_ACTIVE'),
     maxQueued: int('MAX_QUEUED'),
+    maxBatch: int('MAX_BATCH'),
     prefillChunk: int('PREFILL_CHUNK'),
+    kvReuseTokens: int('KV_REUSE_TOKENS', 0),
   }
 }

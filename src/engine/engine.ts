@@ -12,6 +12,7 @@ import type { GenerationConfig, LoadedPackage } from './model-package.ts'
 import { QwenModel, type SessionOptions } from './model.ts'
 import { Scheduler } from './scheduler.ts'
 import { QwenTokenizer } from './tokenizer.ts'
+import { TurnCache } from './turn-cache.ts'
 import type {
   ChatEvent,
   ChatMessage,
@@ -34,11 +35,18 @@ export interface EngineOptions {
   maxQueued?: number
   /** Decoding sequences per batched forward run; 1 turns batching off. Default: maxActive. */
   maxBatch?: number
+  /**
+   * KV caches kept across chat turns, in tokens (turn-cache.ts); 0 turns reuse off.
+   * Default 4096 (about 96 MiB at 0.5B shapes).
+   */
+  kvReuseTokens?: number
   /** Prompt tokens per prefill step; smaller means fairer interleaving, larger means faster. */
   prefillChunk?: number
   session?: SessionOptions
 }
 
+/** Shorter shared prefixes are computed again: a copy of the cache would save little. */
+const MIN_KV_REUSE = 16
 const ROLES = new Set(['system', 'user', 'assistant'])
 const MAX_MESSAGES = 256
 const MAX_STOPS = 8
@@ -49,6 +57,7 @@ export class QwenEngine implements Engine {
   readonly scheduler: Scheduler
   readonly classifier: LabelClassifier
   readonly batcher: DecodeBatcher
+  readonly turns: TurnCache
   /** Ids that end a reply. */
   readonly eosIds: ReadonlySet<number>
   private readonly defaults: SamplingParams
@@ -82,6 +91,10 @@ export class QwenEngine implements Engine {
       run,
       options.maxBatch ?? this.scheduler.options.maxActive,
     )
+    this.turns = new TurnCache({
+      maxTokens: options.kvReuseTokens ?? 4096,
+      minReuse: MIN_KV_REUSE,
+    })
     this.classifier = new LabelClassifier(model, tokenizer, run, {
       prefillChunk: this.prefillChunk,
       contextLength: this.contextLength,
@@ -175,7 +188,12 @@ export class QwenEngine implements Engine {
     seed: number,
   ): AsyncGenerator<ChatEvent> {
     const signal = options.signal
-    const usage = (completionTokens: number) => ({ promptTokens: prompt.length, completionTokens })
+    let cachedTokens = 0
+    const usage = (completionTokens: number) => ({
+      promptTokens: prompt.length,
+      completionTokens,
+      cachedTokens,
+    })
     let slot
     try {
       slot = await this.scheduler.acquire(signal)
@@ -186,16 +204,28 @@ export class QwenEngine implements Engine {
       }
       throw err
     }
-    const stream = this.batcher.open()
-    const tokens = generateTokens(this.model, (t) => this.scheduler.step(t), prompt, {
-      decode: stream.step,
-      maxNewTokens: options.maxNewTokens,
-      sampling,
-      rng: createRng(seed),
-      eosIds: this.eosIds,
-      signal,
-      prefillChunk: this.prefillChunk,
-    })
+    // A seeded request is reproducible: it neither shares batched runs nor starts from a kept
+    // KV cache, both of which change q8 numbers in the last digits (see batcher.ts).
+    const reproducible = options.seed !== undefined
+    const stream = this.batcher.open(reproducible)
+    const reuse = reproducible ? undefined : this.turns.lookup(prompt)
+    cachedTokens = reuse?.reused ?? 0
+    const tokens = generateTokens(
+      this.model,
+      (t) => this.scheduler.step(t),
+      prompt,
+      {
+        decode: stream.step,
+        onEnd: (cache, ids) => this.turns.store(ids, cache),
+        maxNewTokens: options.maxNewTokens,
+        sampling,
+        rng: createRng(seed),
+        eosIds: this.eosIds,
+        signal,
+        prefillChunk: this.prefillChunk,
+      },
+      reuse?.cache,
+    )
     try {
       const text = this.tokenizer.textStream()
       const matcher = new StopMatcher(stops)

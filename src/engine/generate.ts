@@ -24,6 +24,11 @@ export interface DecodeOptions {
   prefillChunk: number
   /** Runs one decode step (batcher.ts); default: `model.forward` through `run`, alone. */
   decode?: (token: number, cache: KvCache) => Promise<StepResult>
+  /**
+   * Called once when the loop ends (any reason, after the prefill) with the last cache and the
+   * ids it holds: the prompt and every generated token that was fed back (turn-cache.ts).
+   */
+  onEnd?: (cache: KvCache, ids: number[]) => void
 }
 
 /**
@@ -50,7 +55,8 @@ export async function prefill(
 
 /**
  * Yields generated token ids (eos excluded); returns why it ended. Abort is checked before
- * every step, so a cancelled generation stops within one step.
+ * every step, so a cancelled generation stops within one step. `start` holds the KV of the
+ * prompt's first `start.length` ids (a reused cache), which are not computed again.
  */
 export async function* generateTokens(
   model: StepModel,
@@ -60,21 +66,29 @@ export async function* generateTokens(
   start: KvCache = model.emptyCache(),
 ): AsyncGenerator<number, FinishReason> {
   if (o.maxNewTokens <= 0) return 'length'
-  const first = await prefill(model, run, prompt, start, o.prefillChunk, o.signal)
+  if (start.length >= prompt.length) throw new Error('the start cache must leave a prompt token')
+  const rest = start.length ? prompt.slice(start.length) : prompt
+  const first = await prefill(model, run, rest, start, o.prefillChunk, o.signal)
   if (!first) return 'cancelled'
   let { logits, cache } = first
   const seen = new Set(prompt)
+  const fed: number[] = []
   const decode =
     o.decode ?? ((token: number, from: KvCache) => run(() => model.forward([token], from, 1)))
-  for (let n = 0; ; n++) {
-    if (o.signal?.aborted) return 'cancelled'
-    applyRepetitionPenalty(logits, seen, o.sampling.repetitionPenalty)
-    const next = pickToken(logits, o.sampling, o.sampling.temperature > 0 ? o.rng() : 0)
-    if (o.eosIds.has(next)) return 'stop'
-    yield next
-    if (n + 1 >= o.maxNewTokens) return 'length'
-    if (o.signal?.aborted) return 'cancelled'
-    seen.add(next)
-    ;({ logits, cache } = await decode(next, cache))
+  try {
+    for (let n = 0; ; n++) {
+      if (o.signal?.aborted) return 'cancelled'
+      applyRepetitionPenalty(logits, seen, o.sampling.repetitionPenalty)
+      const next = pickToken(logits, o.sampling, o.sampling.temperature > 0 ? o.rng() : 0)
+      if (o.eosIds.has(next)) return 'stop'
+      yield next
+      if (n + 1 >= o.maxNewTokens) return 'length'
+      if (o.signal?.aborted) return 'cancelled'
+      seen.add(next)
+      ;({ logits, cache } = await decode(next, cache))
+      fed.push(next)
+    }
+  } finally {
+    o.onEnd?.(cache, prompt.concat(fed))
   }
 }

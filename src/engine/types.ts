@@ -31,6 +31,8 @@ export type FinishReason = 'stop' | 'length' | 'cancelled'
 export interface Usage {
   promptTokens: number
   completionTokens: number
+  /** Prompt tokens whose KV came from an earlier turn (not computed again). */
+  cachedTokens?: number
 }
 
 export type ChatEvent =

@@ -93,5 +93,8 @@ export function usageBody(usage: Usage) {
     prompt_tokens: usage.promptTokens,
     completion_tokens: usage.completionTokens,
     total_tokens: usage.promptTokens + usage.completionTokens,
+    ...(usage.cachedTokens !== undefined && {
+      prompt_tokens_details: { cached_tokens: usage.cachedTokens },
+    }),
   }
 }

@@ -167,6 +167,16 @@ describe('DecodeBatcher', () => {
     }
   })
 
+  it('never puts a solo stream into a shared run', async () => {
+    const { model, batches, cache } = scriptedModel()
+    const scheduler = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const batcher = new DecodeBatcher(model, (t) => scheduler.step(t), 4)
+    const [a, solo, b] = [batcher.open(), batcher.open(true), batcher.open()]
+    await Promise.all([a.step(1, cache(1)), solo.step(2, cache(1)), b.step(3, cache(1))])
+    expect(batches).toEqual([[1, 3], [2]])
+    expect(batcher.active).toBe(2) // the solo stream is not waited for
+  })
+
   it('rejects every step of a failed run, and the next run still works', async () => {
     const { model, cache } = scriptedModel()
     let fail = true

@@ -136,6 +136,23 @@ describe('chat on a synthetic Qwen2 model', () => {
     expect(forwardRuns).toBeLessThan(steps / 2) // mostly batches of 3-4, not one by one
   })
 
+  it('seeded generations run alone: no shared runs, no kept KV, the same reply every time', async () => {
+    const opts = { temperature: 0.9, seed: 11, maxNewTokens: 6 }
+    const first = await drain(await engine.chat(hi, opts))
+    const before = { ...engine.batcher.stats }
+    const runs = await Promise.all([1, 2, 3].map(() => engine.chat(hi, opts)))
+    const again = await Promise.all(runs.map(drain))
+    for (const r of again) {
+      expect(r.text).toBe(first.text)
+      expect(r.end.usage.cachedTokens).toBe(0)
+    }
+    expect(engine.batcher.stats.runs - before.runs).toBe(
+      engine.batcher.stats.tokens - before.tokens,
+    )
+    const unseeded = await drain(await engine.chat(hi, { ...opts, seed: undefined }))
+    expect(unseeded.end.usage.cachedTokens).toBeGreaterThan(0) // the seeded runs' caches are kept
+  })
+
   it('rejects bad input with typed errors', async () => {
     await expect(engine.chat([])).rejects.toMatchObject({ code: 'bad_request' })
     await expect(
@@ -237,6 +254,67 @@ describe('eos ids', () => {
   })
 })
 
+describe('KV reuse across chat turns', () => {
+  const turn1: ChatMessage[] = [
+    { role: 'system', content: 'You answer in one short sentence.' },
+    { role: 'user', content: '长城有多长？' },
+  ]
+
+  /** Counts the prompt tokens the model computes (prefill runs only). */
+  function countPrefill(e: QwenEngine) {
+    const counter = { tokens: 0 }
+    const forward = e.model.forward.bind(e.model)
+    e.model.forward = (ids, cache, keep) => {
+      if (ids.length > 1 || cache.length === 0) counter.tokens += ids.length
+      return forward(ids, cache, keep)
+    }
+    return counter
+  }
+
+  it('turn 2 computes only its new tokens, and says what a fresh engine says', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'fp32'))
+    const warm = await QwenEngine.create(pkg, { contextLength: 512 })
+    const cold = await QwenEngine.create(pkg, { contextLength: 512, kvReuseTokens: 0 })
+    const opts = { temperature: 0, maxNewTokens: 12 }
+    const reply = (await drain(await warm.chat(turn1, opts))).text
+    const turn2: ChatMessage[] = [
+      ...turn1,
+      { role: 'assistant', content: reply },
+      { role: 'user', content: 'And in miles?' },
+    ]
+    const ids2 = warm.promptIds(turn2)
+    const counted = countPrefill(warm)
+    const hitsBefore = warm.turns.stats.hits
+    const second = await drain(await warm.chat(turn2, opts))
+    expect(warm.turns.stats.hits).toBe(hitsBefore + 1)
+    const reused = ids2.length - counted.tokens
+    expect(second.end.usage.cachedTokens).toBe(reused)
+    // at least turn 1's prompt; the reply's ids count too when they re-encode the same way
+    expect(reused).toBeGreaterThanOrEqual(warm.promptIds(turn1).length)
+    expect(second.text).toBe((await drain(await cold.chat(turn2, opts))).text)
+    expect(cold.turns.size).toBe(0)
+  })
+
+  it('shares a system prompt between conversations and survives cancelled turns', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'fp32'))
+    const e = await QwenEngine.create(pkg, { contextLength: 512 })
+    const system = { role: 'system' as const, content: 'You are a careful assistant. '.repeat(4) }
+    const ac = new AbortController()
+    const run = await e.chat([system, { role: 'user', content: 'first' }], {
+      signal: ac.signal,
+      maxNewTokens: 50,
+    })
+    for await (const ev of run.events) if (ev.type === 'text') ac.abort()
+    const counted = countPrefill(e)
+    const ids = e.promptIds([system, { role: 'user', content: 'second question' }])
+    await drain(
+      await e.chat([system, { role: 'user', content: 'second question' }], { maxNewTokens: 2 }),
+    )
+    const systemIds = e.promptIds([system, { role: 'user', content: '' }]).length - 5
+    expect(ids.length - counted.tokens).toBeGreaterThanOrEqual(systemIds)
+  })
+})
+
 describe('engine settings from the environment', () => {
   it('reads integers, keeps defaults for unset ones, rejects garbage', async () => {
     const { engineOptionsFromEnv } = await import('../../src/engine/engine-env.ts')
@@ -248,6 +326,12 @@ describe('engine settings from the environment', () => {
       maxActive: undefined,
     })
     expect(() => engineOptionsFromEnv({ MAX_QUEUED: '-1' })).toThrow(/MAX_QUEUED/)
+    expect(engineOptionsFromEnv({ KV_REUSE_TOKENS: '0', MAX_BATCH: '1' })).toMatchObject({
+      kvReuseTokens: 0,
+      maxBatch: 1,
+    })
+    expect(() => engineOptionsFromEnv({ MAX_BATCH: '0' })).toThrow(/MAX_BATCH/)
+    expect(() => engineOptionsFromEnv({ KV_REUSE_TOKENS: '-5' })).toThrow(/KV_REUSE_TOKENS/)
   })
 
   it('shortens the default max_tokens to the room left in the context', async () => {

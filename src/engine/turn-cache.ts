@@ -1,0 +1,155 @@
+/**
+ * KV caches kept across chat turns. Turn 2's prompt ids start with turn 1's prompt and reply,
+ * so the longest cached prefix is reused and only the new tokens are prefilled.
+ *
+ * Entries are few (a memory budget of tokens, ~24 KiB each on the 0.5B model), so lookup is a
+ * linear scan comparing token arrays. Caches are immutable (see model.ts): an entry matched in
+ * full is handed out as is; a partial match is a sliced copy, so the entry itself stays valid.
+ */
+import type { KvCache } from './model.ts'
+import { ort, type Tensor } from './ort.ts'
+
+export interface TurnCacheOptions {
+  /**
+   * Total cached tokens across entries (memory budget; one token of the 0.5B model's KV is
+   * ~24 KiB). 0 disables.
+   */
+  maxTokens: number
+  /** Reuse only when at least this many leading tokens match (below it a prefill is cheap). */
+  minReuse: number
+}
+
+export interface TurnCacheHit {
+  /** Covers `ids.slice(0, reused)`; the caller forwards `ids.slice(reused)` from it. */
+  cache: KvCache
+  reused: number
+}
+
+interface Entry {
+  /** A private copy of the stored ids; `cache.length === ids.length`. */
+  readonly ids: readonly number[]
+  readonly cache: KvCache
+}
+
+export class TurnCache {
+  readonly stats = { hits: 0, misses: 0, reusedTokens: 0 }
+  /** Least recently used first. */
+  private entries: Entry[] = []
+  private total = 0
+  private readonly maxTokens: number
+  private readonly minReuse: number
+
+  constructor(options: TurnCacheOptions) {
+    this.maxTokens = Math.max(0, options.maxTokens)
+    this.minReuse = Math.max(1, options.minReuse) // reusing 0 tokens is a miss
+  }
+
+  /** Entries held. */
+  get size(): number {
+    return this.entries.length
+  }
+
+  /** Cached tokens across all entries. */
+  get tokens(): number {
+    return this.total
+  }
+
+  /**
+   * The longest common prefix of `ids` with any entry, capped at `ids.length - 1` (the caller
+   * must still run at least one token to get logits); undefined below `minReuse`. A match
+   * covering a whole entry shares its tensors; a shorter one is a sliced copy. The entry
+   * becomes the most recently used.
+   */
+  lookup(ids: readonly number[]): TurnCacheHit | undefined {
+    const cap = ids.length - 1
+    let best = -1
+    let reused = 0
+    for (let e = this.entries.length - 1; e >= 0; e--) {
+      const stored = this.entries[e].ids
+      const limit = Math.min(stored.length, cap)
+      let n = 0
+      while (n < limit && stored[n] === ids[n]) n++
+      // On a tie prefer a whole-entry match (no copy), then the more recently used entry.
+      if (n > reused || (n === reused && n > 0 && n === stored.length)) {
+        best = e
+        reused = n
+      }
+    }
+    if (best < 0 || reused < this.minReuse) {
+      this.stats.misses++
+      return undefined
+    }
+    const entry = this.entries[best]
+    this.entries.splice(best, 1)
+    this.entries.push(entry)
+    this.stats.hits++
+    this.stats.reusedTokens += reused
+    const cache = reused === entry.cache.length ? entry.cache : sliceKvCache(entry.cache, reused)
+    return { cache, reused }
+  }
+
+  /**
+   * Remembers `cache`, the KV of exactly `ids`. Entries whose ids are a prefix of `ids` (the
+   * conversation moved on) are dropped; least recently used entries go until the budget holds.
+   * An entry larger than the whole budget is not stored (and drops nothing).
+   */
+  store(ids: readonly number[], cache: KvCache): void {
+    if (cache.length !== ids.length) {
+      throw new Error(`TurnCache.store: cache holds ${cache.length} tokens for ${ids.length} ids`)
+    }
+    if (ids.length === 0 || ids.length > this.maxTokens) return
+    this.entries = this.entries.filter((entry) => {
+      if (!isPrefix(entry.ids, ids)) return true
+      this.total -= entry.ids.length
+      return false
+    })
+    this.entries.push({ ids: ids.slice(), cache })
+    this.total += ids.length
+    while (this.total > this.maxTokens) this.total -= this.entries.shift()!.ids.length
+  }
+
+  clear(): void {
+    this.entries = []
+    this.total = 0
+  }
+}
+
+function isPrefix(prefix: readonly number[], ids: readonly number[]): boolean {
+  if (prefix.length > ids.length) return false
+  for (let i = 0; i < prefix.length; i++) if (prefix[i] !== ids[i]) return false
+  return true
+}
+
+type KvData = Float32Array | Uint16Array
+type KvDataConstructor = new (length: number) => KvData
+
+/**
+ * The first `length` positions of every tensor along the sequence axis (axis 2), as new
+ * tensors: [1, kv_heads, cache.length, head_dim] → [1, kv_heads, length, head_dim]. Works on
+ * float32 and float16 data (Uint16Array on Node 20, Float16Array on workerd and Deno) alike.
+ */
+export function sliceKvCache(cache: KvCache, length: number): KvCache {
+  if (!Number.isInteger(length) || length < 0 || length > cache.length) {
+    throw new RangeError(`sliceKvCache: length ${length} outside [0, ${cache.length}]`)
+  }
+  const tensors: Record<string, Tensor> = {}
+  for (const [name, t] of Object.entries(cache.tensors)) {
+    const [batch, heads, past, headDim] = t.dims
+    if (t.dims.length !== 4 || batch !== 1 || past !== cache.length) {
+      throw new Error(
+        `sliceKvCache: ${name} has dims [${t.dims}], expected [1, h, ${cache.length}, d]`,
+      )
+    }
+    if (!ArrayBuffer.isView(t.data)) throw new Error(`sliceKvCache: ${name} has ${t.type} data`)
+    // Same typed-array class as the source, so float16 stays in whatever form ORT gave it.
+    const src = t.data as KvData
+    const out = new (src.constructor as KvDataConstructor)(heads * length * headDim)
+    const rows = length * headDim
+    for (let h = 0; h < heads; h++) {
+      const from = h * past * headDim
+      out.set(src.subarray(from, from + rows), h * rows)
+    }
+    tensors[name] = new ort.Tensor(t.type, out, [1, heads, length, headDim])
+  }
+  return { length, tensors }
+}
