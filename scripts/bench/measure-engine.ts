@@ -103,20 +103,38 @@ function maxGapRuns(steps: readonly StepRecord[]): number {
   return gap
 }
 
-/** Drains a chat; returns the completion token count and when its first event arrived. */
+/**
+ * Drains a chat; returns the completion token count and when its first event arrived. The KV
+ * kept from earlier turns is dropped first unless `reuse`: peers compute every prompt, and a
+ * repeated bench prompt would otherwise be served from the engine's turn cache.
+ */
 async function runChat(
   engine: QwenEngine,
   messages: ChatMessage[],
   maxNewTokens: number,
-): Promise<{ completion: number; firstEventAt: number; endedAt: number }> {
+  reuse = false,
+): Promise<{
+  completion: number
+  cached: number
+  text: string
+  firstEventAt: number
+  endedAt: number
+}> {
+  if (!reuse) engine.turns.clear()
   const run = await engine.chat(messages, { maxNewTokens, temperature: 0, repetitionPenalty: 1 })
   let completion = 0
+  let cached = 0
   let firstEventAt = 0
+  let text = ''
   for await (const e of run.events) {
     if (!firstEventAt) firstEventAt = performance.now()
-    if (e.type === 'end') completion = e.usage.completionTokens
+    if (e.type === 'text') text += e.text
+    if (e.type === 'end') {
+      completion = e.usage.completionTokens
+      cached = e.usage.cachedTokens ?? 0
+    }
   }
-  return { completion, firstEventAt, endedAt: performance.now() }
+  return { completion, cached, text, firstEventAt, endedAt: performance.now() }
 }
 
 export async function measureEngine(
@@ -157,6 +175,30 @@ export async function measureEngine(
     if (n !== p.ids.length) result.notes!.push(`${key}: engine prompt has ${n} tokens`)
     log(`time to first token, ${n}-token prompt…`)
     result[key] = round(median(await repeat(plan.rounds, () => ttft(p.messages))), 0)
+  }
+
+  // A conversation's second turn: its prompt starts with turn 1's prompt and reply, whose KV
+  // the engine kept (turn-cache.ts), against the same prompt computed from scratch.
+  log('time to first token of a second turn, kept KV vs recomputed…')
+  const turn2 = async (reuse: boolean) => {
+    const first = await runChat(engine, plan.prompts.p64.messages, 32)
+    const messages: ChatMessage[] = [
+      ...plan.prompts.p64.messages,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: 'Thanks. Now say the same in two sentences, please.' },
+    ]
+    if (!reuse) engine.turns.clear()
+    const s = performance.now()
+    const r = await runChat(engine, messages, 1, true)
+    return { ms: r.firstEventAt - s, cached: r.cached, prompt: engine.promptIds(messages).length }
+  }
+  const kept = await repeat(plan.rounds, () => turn2(true))
+  const fresh = await repeat(plan.rounds, () => turn2(false))
+  result.turn2 = {
+    promptTokens: kept[0].prompt,
+    cachedTokens: kept[0].cached,
+    keptMs: round(median(kept.map((k) => k.ms)), 0),
+    recomputedMs: round(median(fresh.map((k) => k.ms)), 0),
   }
 
   // Decode rate: steps after the prefill, from the first token to the last.

@@ -207,6 +207,11 @@ export function renderMarkdown(r: BenchResults): string {
       ? '–'
       : `${fmtMiB(e.wasmAfterLoadBytes)} / ${fmtMiB(e.wasmPeakBytes)}`,
   )
+  metric('time to first token, 2nd turn: kept KV / recomputed', (e) =>
+    e.turn2 === undefined
+      ? '–'
+      : `${fmtMs(e.turn2.keptMs)} / ${fmtMs(e.turn2.recomputedMs)} (${e.turn2.cachedTokens} of ${e.turn2.promptTokens} tokens kept)`,
+  )
   metric(`1 stream, tok/s (${r.plan.streamTokens} tokens)`, (e) => fmtNum(e.streams1TokS))
   metric(`4 concurrent streams, total tok/s`, (e) => fmtNum(e.streams4TokS))
   metric('4 streams: sequences per forward run (mean)', (e) =>

@@ -56,6 +56,8 @@ export interface EngineResult {
   streams4StepMs?: number
   /** Mean sequences per forward run in the 4-stream decode (1: no batching). */
   streams4MeanBatch?: number
+  /** Time to first token of a conversation's second turn: kept KV vs computed from scratch. */
+  turn2?: { promptTokens: number; cachedTokens: number; keptMs: number; recomputedMs: number }
   sentimentAloneMs?: number
   sentimentDuringChatMs?: number
   /** Chat steps run while the sentiment request was waiting or running. */
