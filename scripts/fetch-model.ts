@@ -97,6 +97,8 @@ export async function fetchModel(options: FetchModelOptions): Promise<FetchModel
     shardBytes: options.shardBytes,
     quiet: options.quiet,
     source: { repo, revision },
+    // an export that computes logits for every position gets the last-position rewrite
+    logitsRewrite: true,
   })
   return { ...result, folder }
 }

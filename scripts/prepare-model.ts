@@ -2,7 +2,8 @@
  * Turns a Hugging Face layout export into a model package (DESIGN.md §3):
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
- *                            [--out model-shards]
+ *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
+ *                            [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
@@ -13,6 +14,17 @@
  * Alignment: onnxruntime-web copies each initializer out of the mounted data (HEAPU8.set), so it
  * needs none; offsets are still 64-byte aligned, and those of tensors over 1 MiB 4096-byte
  * aligned as ORT's own external-data writer does, so native ORT can mmap the same data file.
+ *
+ * Transforms (prepare-time, so any Optimum-style Qwen2 export becomes the fast format for
+ * onnxruntime-web's wasm backend):
+ * - logits rewrite (CLI default; `--no-logits-rewrite`): an export without `num_logits_to_keep`
+ *   gains it, and its lm_head runs on the last n positions only (lib/graph-rewrite.ts);
+ * - `--format q8`: fp32, fp16 and q4 (`MatMulNBits`) weights become the generator's uint8
+ *   `DynamicQuantizeMatMul` form (lib/quantize.ts); the graph is then `model_quantized.onnx`.
+ * After a transform, the last-position logits of the result are compared with those of the
+ * input's fp32 graph on a fixed 16-token prompt (onnxruntime-node, 1 thread; `--no-verify`
+ * skips it), and `prepare-report.json` next to the manifest records what was done and the
+ * errors. The report is not listed in the manifest: the engine never reads it.
  *
  * The output depends only on the input (no timestamps): preparing twice gives identical files,
  * so `model:upload` skips everything the second time.
@@ -36,6 +48,8 @@ import {
   type ManifestFile,
 } from '../src/core/manifest.ts'
 import { isMain, runMain } from './lib/cli.ts'
+import { addLogitsToKeep, convertFloatType, type LogitsRewrite } from './lib/graph-rewrite.ts'
+import { checkLogits, type GraphRef, type LogitCheck } from './lib/logit-check.ts'
 import {
   DataType,
   decodeModel,
@@ -44,12 +58,15 @@ import {
   initializers,
   isExternal,
   setExternalData,
+  setRawData,
   tensorByteLength,
   tensorRawData,
   type GraphProto,
+  type ModelProto,
   type TensorProto,
 } from './lib/onnx.ts'
 import { progressBar } from './lib/progress.ts'
+import { convertToQ8, dequantizeToFloat, type Q8Stats } from './lib/quantize.ts'
 
 /** Initializers smaller than this stay inside the graph (onnx's own default threshold). */
 export const MIN_EXTERNAL_BYTES = 1024
@@ -58,6 +75,10 @@ const BIG_TENSOR = 1024 * 1024
 const BIG_ALIGN = 4096
 /** ONNX files the default pick tries, in order. */
 export const ONNX_PICK_ORDER = ['onnx/model_quantized.onnx', 'onnx/model.onnx']
+/** Written next to manifest.json when a transform ran; not part of the package. */
+export const REPORT_FILE = 'prepare-report.json'
+
+export type PrepareFormat = 'keep' | 'q8'
 
 export interface PrepareOptions {
   /** The Hugging Face layout folder. */
@@ -71,6 +92,39 @@ export interface PrepareOptions {
   quiet?: boolean
   /** Recorded in the manifest (model:fetch sets it). */
   source?: { repo?: string; revision?: string }
+  /** 'keep' (default): weights as exported; 'q8': see lib/quantize.ts. */
+  format?: PrepareFormat
+  /**
+   * Add `num_logits_to_keep` when the export has none. Default false here, so the package of
+   * a call that does not ask is the export as is; the CLI turns it on.
+   */
+  logitsRewrite?: boolean
+  /** After a transform, compare the logits with the input's fp32 graph. Default true. */
+  verify?: boolean
+}
+
+/** What `prepare-report.json` holds. */
+export interface PrepareReport {
+  /** The ONNX file prepared, relative to the folder. */
+  input: string
+  format: PrepareFormat
+  /** Absent when the rewrite was not asked for. */
+  logitsRewrite?: LogitsRewrite
+  conversion?: Q8Stats & {
+    /** fp16 tensors (initializers, constants) widened to fp32. */
+    fp16Tensors: number
+    /**
+     * For the fp32 reference: MatMulNBits nodes replaced by MatMul with dequantized weights
+     * (0 with verify off: no reference is built).
+     */
+    dequantizedForReference: number
+  }
+  /**
+   * Last-position logits of the prepared graph vs the reference: the input itself, or for fp16
+   * and q4 inputs its fp32 graph (fp16 widened, MatMulNBits weights dequantized). Absent with
+   * verify off.
+   */
+  logits?: LogitCheck & { reference: string }
 }
 
 export interface PrepareResult {
@@ -78,6 +132,8 @@ export interface PrepareResult {
   /** `<out>/<id>` */
   dir: string
   manifest: Manifest
+  /** Set when a transform was asked for (also written to `<dir>/prepare-report.json`). */
+  report?: PrepareReport
 }
 
 export async function preparePackage(options: PrepareOptions): Promise<PrepareResult> {
@@ -87,6 +143,9 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       `Invalid package id ${JSON.stringify(id)}: use letters, digits, '.', '_' and '-'`,
     )
   }
+  const format = options.format ?? 'keep'
+  if (format !== 'keep' && format !== 'q8')
+    throw new Error(`Unknown format ${JSON.stringify(format)}: use keep or q8`)
   const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
   if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
     throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
@@ -117,12 +176,10 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
   await rm(tmp, { recursive: true, force: true })
   await mkdir(tmp, { recursive: true })
   try {
-    const model = decodeModel(readFileSync(onnxPath))
+    let model = decodeModel(readFileSync(onnxPath))
     if (!model.graph) throw new Error(`${onnxFile} has no graph`)
     checkSignature(model.graph, config, onnxFile)
 
-    const graphFile = basename(onnxFile)
-    const location = externalDataName(graphFile)
     const externalFiles = new Map<string, Uint8Array>()
     const readExternal = (loc: string) => {
       let bytes = externalFiles.get(loc)
@@ -135,6 +192,25 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       }
       return bytes
     }
+
+    let graphFile = basename(onnxFile)
+    let report: PrepareReport | undefined
+    if (format !== 'keep' || options.logitsRewrite) {
+      for (const t of initializers(model))
+        if (isExternal(t)) setRawData(t, tensorRawData(t, readExternal))
+      ;({ model, report } = await transformExport(model, {
+        input: relative(folder, onnxPath).split(sep).join('/'),
+        inputPath: onnxPath,
+        config,
+        format,
+        logitsRewrite: options.logitsRewrite ?? false,
+        verify: options.verify ?? true,
+        log: options.quiet ? () => {} : (line) => console.error(line),
+      }))
+      if (format === 'q8') graphFile = 'model_quantized.onnx'
+      await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
+    }
+    const location = externalDataName(graphFile)
 
     // Which tensors move, and how many bytes that is (for the progress bar).
     const moving: TensorProto[] = []
@@ -207,11 +283,90 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
     await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
     await rm(final, { recursive: true, force: true })
     await rename(tmp, final)
-    return { id, dir: final, manifest }
+    return { id, dir: final, manifest, report }
   } catch (err) {
     await rm(tmp, { recursive: true, force: true })
     throw err
   }
+}
+
+export interface TransformOptions {
+  /** The input's name for the report. */
+  input: string
+  /** The input graph file: the reference when no fp32 graph has to be built. */
+  inputPath: string
+  config: ArchitectureConfig
+  format: PrepareFormat
+  logitsRewrite: boolean
+  verify: boolean
+  log: (line: string) => void
+}
+
+/**
+ * The prepare-time transforms on a decoded export whose data is inline: q8 conversion, then
+ * the logits rewrite, then the logit check against the input's fp32 graph.
+ */
+export async function transformExport(
+  model: ModelProto,
+  o: TransformOptions,
+): Promise<{ model: ModelProto; report: PrepareReport }> {
+  const report: PrepareReport = { input: o.input, format: o.format }
+  let reference: GraphRef = { path: o.inputPath }
+  let referenceName = 'the input graph'
+  if (o.format === 'q8') {
+    const started = performance.now()
+    const widened = convertFloatType(model, DataType.FLOAT)
+    // the reference costs fp32 weights in memory: only built when it is used
+    const fp32 = o.verify ? dequantizeToFloat(widened.model) : { model: widened.model, nodes: 0 }
+    if (widened.stats.types || widened.stats.tensors || fp32.nodes) {
+      reference = { model: fp32.model }
+      referenceName = `fp32 graph of the input (${[
+        ...(widened.stats.types || widened.stats.tensors ? ['fp16 widened'] : []),
+        ...(fp32.nodes ? [`${fp32.nodes} MatMulNBits dequantized`] : []),
+      ].join(', ')})`
+    }
+    const q8 = convertToQ8(widened.model, { hiddenSize: o.config.hidden_size })
+    model = q8.model
+    const s = q8.stats
+    report.conversion = {
+      ...s,
+      fp16Tensors: widened.stats.tensors,
+      dequantizedForReference: fp32.nodes,
+    }
+    const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`
+    o.log(
+      `q8: ${s.matMul} MatMul, ${s.gemm} Gemm, ${s.matMulNBits} MatMulNBits → ` +
+        `DynamicQuantizeMatMul (${s.biases} biases folded); ${s.embeddings} embedding Gather ` +
+        `on uint8; ${s.shared} matrix shared; weights ${mb(s.bytesBefore)} → ` +
+        `${mb(s.bytesAfter)} (${((performance.now() - started) / 1000).toFixed(1)} s)`,
+    )
+  }
+  if (o.logitsRewrite) {
+    const r = addLogitsToKeep(model)
+    model = r.model
+    report.logitsRewrite = r.result
+    o.log(
+      r.result.applied
+        ? `logits rewrite: applied (lm_head ${r.result.lmHead} on the last num_logits_to_keep ` +
+            `positions of ${r.result.hidden})`
+        : `logits rewrite: not applied (${r.result.reason})`,
+    )
+  }
+  if (o.verify && (o.format !== 'keep' || report.logitsRewrite?.applied)) {
+    const started = performance.now()
+    const check = await checkLogits(reference, { model }, o.config)
+    report.logits = { reference: referenceName, ...check }
+    o.log(
+      `logits vs ${referenceName}, last of ${check.tokens.length} tokens: ` +
+        `max |Δ| ${check.maxAbsError.toPrecision(3)}, mean ${check.meanAbsError.toPrecision(3)} ` +
+        `(|logit| up to ${check.referenceMaxAbs.toPrecision(3)}); top-1 ` +
+        (check.top1Agrees
+          ? `agrees (${check.referenceTop1})`
+          : `differs (${check.referenceTop1} vs ${check.convertedTop1})`) +
+        ` (${((performance.now() - started) / 1000).toFixed(1)} s, ${check.runtime})`,
+    )
+  }
+  return { model, report }
 }
 
 /** The ONNX file to use when none is named: ONNX_PICK_ORDER, else the only one under onnx/. */
@@ -353,13 +508,18 @@ async function main(): Promise<void> {
       file: { type: 'string' },
       'shard-mb': { type: 'string' },
       out: { type: 'string', default: 'model-shards' },
+      format: { type: 'string', default: 'keep' },
+      'logits-rewrite': { type: 'boolean', default: true },
+      verify: { type: 'boolean', default: true },
     },
+    allowNegative: true,
   })
   if (positionals.length !== 1 || !values.id) {
     console.error(
       [
         'usage: npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx]',
-        '         [--shard-mb 16] [--out model-shards]',
+        '         [--shard-mb 16] [--out model-shards] [--format keep|q8]',
+        '         [--no-logits-rewrite] [--no-verify]',
       ].join('\n'),
     )
     process.exit(2)
@@ -374,6 +534,9 @@ async function main(): Promise<void> {
     file: values.file,
     out: values.out,
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
+    format: values.format as PrepareFormat,
+    logitsRewrite: values['logits-rewrite'],
+    verify: values.verify,
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)
   const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0
