@@ -99,6 +99,42 @@ describeMatrix(
       })
     })
 
+    it('concurrent unseeded streams share batched runs; turn 2 reuses the kept KV', async () => {
+      const chat = [{ role: 'user', content: '讲一个关于长城的小故事。' }]
+      const before = (await health(t)).decode
+      const body = { messages: chat, max_tokens: 24, temperature: 0 }
+      const streams = await Promise.all([post(t, '/v1/chat', body), post(t, '/v1/chat', body)])
+      const replies = await Promise.all(
+        streams.map(async (res) => {
+          const events = await readEvents(res)
+          expect(events.at(-1)?.event).toBe('done')
+          return events
+            .slice(0, -1)
+            .map((e) => JSON.parse(e.data).text)
+            .join('')
+        }),
+      )
+      const after = (await health(t)).decode
+      expect(after.largest_batch).toBe(2) // MAX_ACTIVE=2
+      expect(after.runs - before.runs).toBeLessThan(after.steps - before.steps)
+      for (const r of replies) expect(r.length).toBeGreaterThan(0)
+
+      const turn2 = await json(
+        await post(t, '/v1/chat/completions', {
+          messages: [
+            ...chat,
+            { role: 'assistant', content: replies[0] },
+            { role: 'user', content: 'Shorter, please.' },
+          ],
+          max_tokens: 4,
+        }),
+      )
+      expect(turn2.usage.prompt_tokens_details.cached_tokens).toBeGreaterThanOrEqual(16)
+      expect(turn2.usage.prompt_tokens_details.cached_tokens).toBeLessThan(
+        turn2.usage.prompt_tokens,
+      )
+    })
+
     it('POST /v1/chat/completions with the openai client, streamed and not', async () => {
       const client = openai()
       const params = { model: MODEL_ID, messages: [{ role: 'user' as const, content: 'Hi!' }] }
