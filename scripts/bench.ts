@@ -107,6 +107,7 @@ async function main() {
   if (args.render) return render()
   const log = progressLog('bench')
   const started = performance.now()
+  const source = describeSource() // the code the engines load now, not what the tree holds later
   const loadStart = os.loadavg()
   if (loadStart[0] > 1.5)
     log(`warning: load average ${loadStart[0].toFixed(2)}: numbers will be low`)
@@ -209,7 +210,7 @@ async function main() {
     durationS: Math.round((performance.now() - started) / 1000),
     loadAverage: { start: loadStart, end: os.loadavg() },
     machine: describeMachine(),
-    source: describeSource(),
+    source,
     model: {
       id: BENCH_MODEL_ID,
       description:

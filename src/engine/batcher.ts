@@ -54,6 +54,8 @@ export class DecodeBatcher {
   private scheduled = false
   /** Non-solo streams that have decoded at least once and not closed. */
   private decoding = 0
+  /** Solo streams likewise. */
+  private decodingSolo = 0
   readonly stats: BatchStats = { runs: 0, tokens: 0, largest: 0 }
 
   /**
@@ -72,6 +74,11 @@ export class DecodeBatcher {
     return this.decoding
   }
 
+  /** Whether any stream (solo or not) is between its first decode step and its close. */
+  get busy(): boolean {
+    return this.decoding + this.decodingSolo > 0
+  }
+
   /** @param solo the stream's steps always run alone (see above). */
   open(solo = false): DecodeStream {
     let joined = false
@@ -79,16 +86,18 @@ export class DecodeBatcher {
     return {
       step: (token, cache) => {
         if (closed) return Promise.reject(new Error('decode stream is closed'))
-        if (!joined && !solo) {
+        if (!joined) {
           joined = true
-          this.decoding++
+          if (solo) this.decodingSolo++
+          else this.decoding++
         }
         return this.enqueue(token, cache, solo)
       },
       close: () => {
         if (closed) return
         closed = true
-        if (joined) this.decoding--
+        if (joined && solo) this.decodingSolo--
+        else if (joined) this.decoding--
       },
     }
   }

@@ -1,6 +1,6 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
- * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_BATCH, PREFILL_CHUNK and
+ * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
  * KV_REUSE_TOKENS (0 allowed: turns reuse off). Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
@@ -23,6 +23,7 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     maxQueued: int('MAX_QUEUED'),
     maxBatch: int('MAX_BATCH'),
     prefillChunk: int('PREFILL_CHUNK'),
+    busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),
     kvReuseTokens: int('KV_REUSE_TOKENS', 0),
   }
 }

@@ -42,6 +42,12 @@ export interface EngineOptions {
   kvReuseTokens?: number
   /** Prompt tokens per prefill step; smaller means fairer interleaving, larger means faster. */
   prefillChunk?: number
+  /**
+   * Prompt tokens per prefill step while other streams are decoding (they wait for each step):
+   * shorter steps cost the new prompt a little speed and keep the others' tokens flowing.
+   * Default: prefillChunk ÷ 4, at least 16. Seeded requests always use prefillChunk.
+   */
+  busyPrefillChunk?: number
   session?: SessionOptions
 }
 
@@ -64,6 +70,7 @@ export class QwenEngine implements Engine {
   private readonly contextLength: number
   private readonly defaultMaxNewTokens: number
   private readonly prefillChunk: number
+  private readonly busyPrefillChunk: number
 
   private constructor(
     readonly model: QwenModel,
@@ -81,6 +88,10 @@ export class QwenEngine implements Engine {
     )
     this.defaultMaxNewTokens = options.defaultMaxNewTokens ?? gc.max_new_tokens ?? 512
     this.prefillChunk = options.prefillChunk ?? 128
+    this.busyPrefillChunk = Math.min(
+      this.prefillChunk,
+      options.busyPrefillChunk ?? Math.max(16, Math.floor(this.prefillChunk / 4)),
+    )
     this.scheduler = new Scheduler({
       maxActive: options.maxActive ?? 4,
       maxQueued: options.maxQueued ?? 16,
@@ -222,7 +233,10 @@ export class QwenEngine implements Engine {
         rng: createRng(seed),
         eosIds: this.eosIds,
         signal,
-        prefillChunk: this.prefillChunk,
+        // chunking changes q8 numbers too: a reproducible request's must not depend on load
+        prefillChunk: reproducible
+          ? this.prefillChunk
+          : () => (this.batcher.busy ? this.busyPrefillChunk : this.prefillChunk),
       },
       reuse?.cache,
     )

@@ -20,8 +20,11 @@ export interface DecodeOptions {
   rng: () => number
   eosIds: ReadonlySet<number>
   signal?: AbortSignal
-  /** Long prompts run in chunks of this many tokens so other streams get steps in between. */
-  prefillChunk: number
+  /**
+   * Long prompts run in chunks of this many tokens so other streams get steps in between; a
+   * function is asked before every chunk (the engine shortens chunks while others decode).
+   */
+  prefillChunk: number | (() => number)
   /** Runs one decode step (batcher.ts); default: `model.forward` through `run`, alone. */
   decode?: (token: number, cache: KvCache) => Promise<StepResult>
   /**
@@ -40,13 +43,15 @@ export async function prefill(
   run: StepRunner,
   ids: readonly number[],
   cache: KvCache,
-  chunk: number,
+  chunk: number | (() => number),
   signal?: AbortSignal,
 ): Promise<StepResult | undefined> {
   let result: StepResult | undefined
-  for (let i = 0; i < ids.length; i += chunk) {
+  for (let i = 0; i < ids.length;) {
     if (signal?.aborted) return undefined
-    const part = ids.slice(i, i + chunk)
+    const size = typeof chunk === 'number' ? chunk : chunk()
+    const part = ids.slice(i, i + size)
+    i += size
     const from: KvCache = result?.cache ?? cache
     result = await run(() => model.forward(part, from, 1))
   }

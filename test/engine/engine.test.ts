@@ -136,6 +136,39 @@ describe('chat on a synthetic Qwen2 model', () => {
     expect(forwardRuns).toBeLessThan(steps / 2) // mostly batches of 3-4, not one by one
   })
 
+  it('a prompt arriving while others decode prefills in shorter steps, unless seeded', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'fp32'))
+    const e = await QwenEngine.create(pkg, {
+      contextLength: 512,
+      prefillChunk: 64,
+      busyPrefillChunk: 16,
+      kvReuseTokens: 0,
+    })
+    const chunks: number[] = []
+    const forward = e.model.forward.bind(e.model)
+    e.model.forward = (ids, cache, keep) => {
+      if (ids.length > 1) chunks.push(ids.length)
+      return forward(ids, cache, keep)
+    }
+    const long: ChatMessage[] = [{ role: 'user', content: 'word '.repeat(90) }]
+    const n = e.promptIds(long).length
+    expect(n).toBeGreaterThan(64)
+    await drain(await e.chat(long, { maxNewTokens: 1 }))
+    expect(chunks.splice(0)).toEqual([64, n - 64]) // alone: full chunks
+
+    const running = await e.chat(hi, { maxNewTokens: 400, temperature: 0 })
+    const it = running.events[Symbol.asyncIterator]()
+    for (let i = 0; i < 3; i++) expect((await it.next()).value.type).toBe('text') // decoding now
+    chunks.length = 0
+    await drain(await e.chat(long, { maxNewTokens: 1 }))
+    expect(chunks.every((c) => c <= 16)).toBe(true)
+    expect(chunks.reduce((a, b) => a + b, 0)).toBe(n)
+    chunks.length = 0
+    await drain(await e.chat(long, { maxNewTokens: 1, seed: 3 }))
+    expect(chunks).toEqual([64, n - 64]) // seeded: the same chunks as alone
+    await it.return?.()
+  })
+
   it('seeded generations run alone: no shared runs, no kept KV, the same reply every time', async () => {
     const opts = { temperature: 0.9, seed: 11, maxNewTokens: 6 }
     const first = await drain(await engine.chat(hi, opts))

@@ -68,6 +68,16 @@ describe('generateTokens', () => {
     expect(calls).toHaveLength(3) // prefill + 2 decode steps
   })
 
+  it('asks a chunk-size function before every prefill chunk', async () => {
+    const { model, calls } = scripted([9, 9, 9, 15]) // one entry per call: 4 prefill chunks
+    const sizes = [3, 1, 4]
+    const chunk = () => sizes.shift() ?? 2
+    await collect(
+      generateTokens(model, run, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], options({ prefillChunk: chunk })),
+    )
+    expect(calls).toEqual([[1, 2, 3], [4], [5, 6, 7, 8], [9, 10]])
+  })
+
   it('prefills long prompts in chunks and decodes one token per step', async () => {
     const { model, calls } = scripted([9, 9, 9, 9, 3, 15])
     const r = await collect(generateTokens(model, run, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], options()))
