@@ -99,7 +99,7 @@ export class QwenEngine implements Engine {
     const run = <T>(task: () => Promise<T>) => this.scheduler.step(task)
     this.batcher = new DecodeBatcher(
       model,
-      run,
+      (task) => this.scheduler.step(task, true),
       options.maxBatch ?? this.scheduler.options.maxActive,
     )
     this.turns = new TurnCache({

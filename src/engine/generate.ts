@@ -49,11 +49,15 @@ export async function prefill(
   let result: StepResult | undefined
   for (let i = 0; i < ids.length;) {
     if (signal?.aborted) return undefined
-    const size = typeof chunk === 'number' ? chunk : chunk()
-    const part = ids.slice(i, i + size)
-    i += size
     const from: KvCache = result?.cache ?? cache
-    result = await run(() => model.forward(part, from, 1))
+    const at = i
+    // the size is chosen when the step runs, not when it is queued: by then other streams may
+    // have started decoding
+    result = await run(() => {
+      const size = typeof chunk === 'number' ? chunk : chunk()
+      i = at + size
+      return model.forward(ids.slice(at, at + size), from, 1)
+    })
   }
   return result
 }

@@ -1,9 +1,12 @@
 /**
  * One ORT run at a time per session (WASM is single-threaded and a session refuses concurrent
- * runs), shared fairly: every forward *step* queues on one FIFO lock, so concurrent generations
- * interleave token by token and a sentiment call waits for at most one step per active stream,
- * never for a whole reply. Generations also hold one of `maxActive` slots; beyond that they wait
- * in a queue of at most `maxQueued`, and past that the caller gets `queue_full`.
+ * runs), shared fairly: every forward run queues on one lock, first come first served, with one
+ * exception: the decode batch (batcher.ts; at most one is ever waiting) goes ahead of other
+ * waiting work once after each run that was not a decode batch. So decoding streams get a token
+ * between any two prefill chunks or classification passes, even when several prompts arrive at
+ * once, and a prompt or a sentiment call waits for at most one decode batch per run it makes.
+ * Generations also hold one of `maxActive` slots; beyond that they wait in a queue of at most
+ * `maxQueued`, and past that the caller gets `queue_full`.
  */
 import { AppError } from '../core/errors.ts'
 
@@ -25,8 +28,15 @@ export interface Slot {
   release(): void
 }
 
+interface Step {
+  decode: boolean
+  run(): Promise<void>
+}
+
 export class Scheduler {
-  private tail: Promise<unknown> = Promise.resolve()
+  private readonly steps: Step[] = []
+  private running = false
+  private lastWasDecode = false
   private slotsInUse = 0
   private readonly waiting: { grant: () => void }[] = []
   private tracked = 0
@@ -91,15 +101,36 @@ export class Scheduler {
     }
   }
 
-  /** Runs one forward step when every step queued before it has finished. */
-  step<T>(task: () => Promise<T>): Promise<T> {
-    const run = async () => {
-      await this.yieldIfDue()
-      return task()
+  /**
+   * Runs `task` (one forward run) when the lock comes to it; see above for the order.
+   * `decode` marks the decode batch.
+   */
+  step<T>(task: () => Promise<T>, decode = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.steps.push({ decode, run: () => Promise.resolve().then(task).then(resolve, reject) })
+      void this.pump()
+    })
+  }
+
+  private async pump(): Promise<void> {
+    if (this.running) return
+    this.running = true
+    try {
+      while (this.steps.length > 0) {
+        await this.yieldIfDue()
+        let at = 0
+        if (!this.lastWasDecode)
+          at = Math.max(
+            0,
+            this.steps.findIndex((s) => s.decode),
+          )
+        const [next] = this.steps.splice(at, 1)
+        this.lastWasDecode = next.decode
+        await next.run() // settles the caller's promise; a failed step must not block the queue
+      }
+    } finally {
+      this.running = false
     }
-    const result = this.tail.then(run, run)
-    this.tail = result.catch(() => {}) // a failed step must not block the queue
-    return result
   }
 
   /** A macrotask turn (timers, I/O) at most every YIELD_EVERY_MS; see there. */

@@ -34,6 +34,35 @@ describe('Scheduler', () => {
     expect(order).toEqual(['a0', 'b0', 'a1', 'b1', 'a2', 'b2'])
   })
 
+  it('lets the decode batch overtake once after every other run', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const order: string[] = []
+    const step = (name: string, decode = false) =>
+      s.step(async () => {
+        await tick()
+        order.push(name)
+      }, decode)
+    // three prompts' prefill chunks arrive, then a decode batch for the streams already decoding
+    const prefills = ['p1', 'p2', 'p3'].map((n) => step(n))
+    const decodes = (async () => {
+      await step('d1', true)
+      await step('d2', true)
+      await step('d3', true)
+    })()
+    await Promise.all([...prefills, decodes])
+    // nothing ran before, so the waiting batch goes first; then they alternate
+    expect(order).toEqual(['d1', 'p1', 'd2', 'p2', 'd3', 'p3'])
+  })
+
+  it('a step that throws synchronously does not stall the queue', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const bad = s.step((() => {
+      throw new Error('sync')
+    }) as unknown as () => Promise<void>)
+    await expect(bad).rejects.toThrow('sync')
+    await expect(s.step(async () => 42)).resolves.toBe(42)
+  })
+
   it('queues beyond maxActive, refuses beyond maxQueued, and hands slots over', async () => {
     const s = new Scheduler({ maxActive: 1, maxQueued: 1 })
     const first = await s.acquire()
