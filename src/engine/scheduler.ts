@@ -37,6 +37,7 @@ export class Scheduler {
   private readonly steps: Step[] = []
   private running = false
   private lastWasDecode = false
+  private idleWaiters: (() => void)[] = []
   private slotsInUse = 0
   private readonly waiting: { grant: () => void }[] = []
   private tracked = 0
@@ -130,7 +131,18 @@ export class Scheduler {
       }
     } finally {
       this.running = false
+      for (const wake of this.idleWaiters.splice(0)) wake()
     }
+  }
+
+  /**
+   * Resolves when no step is queued or running. On Workers, the step loop runs in the context
+   * of whichever request's event resumed it, so a request keeps its context alive until this
+   * resolves (adapters/workers/client-lifetime.ts).
+   */
+  idle(): Promise<void> {
+    if (!this.running && this.steps.length === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
 
   /** A macrotask turn (timers, I/O) at most every YIELD_EVERY_MS; see there. */

@@ -11,6 +11,12 @@
  *   dropped until the app closes it, which it does within one decode step;
  * - a timer runs until the request's work is done, so that workerd does not cancel a request
  *   that waits only on others (HEARTBEAT_MS);
+ * - the request also stays until `settle()` resolves (the engine's step loop is idle): in
+ *   workerd, a promise continuation runs in the context of the event that resolved it, so the
+ *   engine's loop of forward steps, and the timers it yields on, belong to whichever request's
+ *   step resumed it last. If that request ended while other requests' steps were still
+ *   queued, its timers would never fire and every generation would hang (seen: a sentiment
+ *   request finishing while a chat streamed);
  * - the request body is read before the app runs (up to PREREAD_LIMIT bytes), so that no answer
  *   (a 401 before the body is read, a 413 part way through it) goes out while the client is
  *   still sending: `wrangler dev` forwards requests to the Worker over pooled connections, and
@@ -31,25 +37,34 @@ export type FetchHandler<E> = (
   ctx: ExecutionContext,
 ) => Response | Promise<Response>
 
-export function tieToClient<E>(handler: FetchHandler<E>): FetchHandler<E> {
+export function tieToClient<E>(
+  handler: FetchHandler<E>,
+  settle: () => Promise<void> = () => Promise.resolve(),
+): FetchHandler<E> {
   return async (request, env, ctx) => {
     const left = new AbortController()
     const signal = AbortSignal.any([request.signal, left.signal])
     const heartbeat = setInterval(() => {}, HEARTBEAT_MS)
-    let streaming = false
+    const settled = () => settle().catch(() => {})
+    let handedOver = false
     try {
       const body = await preread(request)
       const pending = Promise.resolve(handler(new Request(request, { body, signal }), env, ctx))
-      ctx.waitUntil(pending.catch(() => {})) // errors are the handler's to report, not ours
+      const done = pending.then(settled, settled) // errors are the handler's to report, not ours
+      ctx.waitUntil(done)
       const response = await pending
-      if (!response.body || !isEventStream(response)) return response // complete already
+      if (!response.body || !isEventStream(response)) {
+        ctx.waitUntil(done.finally(() => clearInterval(heartbeat)))
+        handedOver = true
+        return response
+      }
       const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>()
       const forwarding = forward(response.body, writable, signal, () => left.abort(clientGone()))
-      ctx.waitUntil(forwarding.finally(() => clearInterval(heartbeat)))
-      streaming = true
+      ctx.waitUntil(forwarding.then(settled).finally(() => clearInterval(heartbeat)))
+      handedOver = true
       return new Response(readable, response)
     } finally {
-      if (!streaming) clearInterval(heartbeat)
+      if (!handedOver) clearInterval(heartbeat)
     }
   }
 }

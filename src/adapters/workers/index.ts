@@ -4,6 +4,7 @@
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import type { QwenEngine } from '../../engine/engine.ts'
 import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
 import { loadPackage } from '../../engine/package-loader.ts'
 import { tieToClient } from './client-lifetime.ts'
@@ -33,6 +34,8 @@ const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 // Bindings arrive with each request, but the engine lives as long as the isolate: the loader
 // is built on the first request and kept.
 let getEngine: EngineLoader | undefined
+/** The engine once loaded: requests wait for its step loop to be idle (client-lifetime.ts). */
+let loaded: QwenEngine | undefined
 
 const app = createApp<{ Bindings: Env }>({
   getEngine: (c) => {
@@ -48,7 +51,7 @@ const app = createApp<{ Bindings: Env }>({
         ),
       engineOptionsFromEnv(env as unknown as Record<string, unknown>),
     )
-    return getEngine()
+    return getEngine().then((engine) => (loaded = engine))
   },
   config: (c) => readConfigFromEnv(c.env as unknown as Record<string, unknown>),
 })
@@ -56,5 +59,8 @@ const app = createApp<{ Bindings: Env }>({
 export default {
   // Hono's fetch, with each request's work kept alive until its client is served or has left
   // (client-lifetime.ts: a disconnect must stop the generation, not strand it).
-  fetch: tieToClient<Env>((request, env, ctx) => app.fetch(request, env, ctx)),
+  fetch: tieToClient<Env>(
+    (request, env, ctx) => app.fetch(request, env, ctx),
+    () => loaded?.scheduler.idle() ?? Promise.resolve(),
+  ),
 }
