@@ -3,6 +3,7 @@
  *
  *   npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx] [--revision main]
  *                          [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]
+ *                          [--format keep|q8] [--head wasm|graph]
  *
  * Files come from `${HF_ENDPOINT ?? 'https://huggingface.co'}/{repo}/resolve/{revision}/{path}`
  * (`Authorization: Bearer $HF_TOKEN` when set, for gated repos) into `<cache>/<repo>/<revision>/`
@@ -15,7 +16,12 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { isMain, runMain } from './lib/cli.ts'
 import { progressBar } from './lib/progress.ts'
-import { preparePackage, type PrepareResult } from './prepare-model.ts'
+import {
+  preparePackage,
+  type PrepareFormat,
+  type PrepareHead,
+  type PrepareResult,
+} from './prepare-model.ts'
 
 export const DEFAULT_ONNX_FILE = 'onnx/model_quantized.onnx'
 export const DEFAULT_HF_ENDPOINT = 'https://huggingface.co'
@@ -34,6 +40,10 @@ export interface FetchModelOptions {
   cacheDir?: string
   out?: string
   shardBytes?: number
+  /** Weights as exported ('keep', default) or converted to the fast q8 form (prepare-model.ts). */
+  format?: PrepareFormat
+  /** Where the lm_head runs (prepare-model.ts); default 'wasm' where the graph allows it. */
+  head?: PrepareHead
   /** Attempts per file (a cut connection resumes on the next one); default 5. */
   attempts?: number
   retryDelayMs?: number
@@ -97,6 +107,8 @@ export async function fetchModel(options: FetchModelOptions): Promise<FetchModel
     shardBytes: options.shardBytes,
     quiet: options.quiet,
     source: { repo, revision },
+    format: options.format,
+    head: options.head,
     // an export that computes logits for every position gets the last-position rewrite
     logitsRewrite: true,
   })
@@ -269,6 +281,8 @@ async function main(): Promise<void> {
       'shard-mb': { type: 'string' },
       out: { type: 'string', default: 'model-shards' },
       cache: { type: 'string', default: '.cache/hub' },
+      format: { type: 'string', default: 'keep' },
+      head: { type: 'string', default: 'wasm' },
     },
   })
   if (positionals.length !== 1) {
@@ -276,6 +290,7 @@ async function main(): Promise<void> {
       [
         'usage: npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx]',
         '         [--revision main] [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]',
+        '         [--format keep|q8] [--head wasm|graph]',
         'env: HF_ENDPOINT (a mirror), HF_TOKEN (gated repos)',
       ].join('\n'),
     )
@@ -291,6 +306,8 @@ async function main(): Promise<void> {
     id: values.id,
     out: values.out,
     cacheDir: values.cache,
+    format: values.format as PrepareFormat,
+    head: values.head as PrepareHead,
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
   })
   console.error(`downloaded to ${result.folder}\npackage ${result.id} → ${result.dir}`)

@@ -3,13 +3,14 @@
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
- *                            [--no-verify]
+ *                            [--head wasm|graph] [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
  * then model.onnx, then the only one), weights embedded or in external data files.
  * Output: `<out>/<id>/` with the graph (every initializer of 1 KiB or more moved to ONE external
- * data file), that data file cut into shards, the tokenizer files and manifest.json.
+ * data file), that data file cut into shards, the head file `head.q8` cut the same way when the
+ * lm_head was split off (below), the tokenizer files and manifest.json.
  *
  * Alignment: onnxruntime-web copies each initializer out of the mounted data (HEAPU8.set), so it
  * needs none; offsets are still 64-byte aligned, and those of tensors over 1 MiB 4096-byte
@@ -21,10 +22,17 @@
  *   gains it, and its lm_head runs on the last n positions only (lib/graph-rewrite.ts);
  * - `--format q8`: fp32, fp16 and q4 (`MatMulNBits`) weights become the generator's uint8
  *   `DynamicQuantizeMatMul` form (lib/quantize.ts); the graph is then `model_quantized.onnx`.
- * After a transform, the last-position logits of the result are compared with those of the
- * input's fp32 graph on a fixed 16-token prompt (onnxruntime-node, 1 thread; `--no-verify`
- * skips it), and `prepare-report.json` next to the manifest records what was done and the
- * errors. The report is not listed in the manifest: the engine never reads it.
+ * - head split (`--head wasm`, the default; `--head graph` keeps the lm_head in the graph): when
+ *   the prepared graph is in that q8 form, its lm_head (and a tied embedding) moves into
+ *   `head.q8`, run by the engine's own kernel; the graph then ends in `hidden_states` (and
+ *   takes `inputs_embeds` when tied), see lib/split-head.ts. Not q8 form: not applied, and the
+ *   report says why.
+ * After the q8 conversion or the logits rewrite, the last-position logits of the result are
+ * compared with those of the input's fp32 graph on a fixed 16-token prompt (onnxruntime-node,
+ * 1 thread; `--no-verify` skips it); after a head split, the graph before the split is compared
+ * with the split graph plus the head rows over three steps. `prepare-report.json` next to the
+ * manifest records what was done and the errors. The report is not listed in the manifest: the
+ * engine never reads it.
  *
  * The output depends only on the input (no timestamps): preparing twice gives identical files,
  * so `model:upload` skips everything the second time.
@@ -36,6 +44,7 @@ import { basename, dirname, join, relative, resolve, sep } from 'node:path'
 import { parseArgs } from 'node:util'
 import {
   DEFAULT_SHARD_BYTES,
+  HEAD_FILE,
   MANIFEST_FILE,
   MANIFEST_VERSION,
   externalDataName,
@@ -67,6 +76,7 @@ import {
 } from './lib/onnx.ts'
 import { progressBar } from './lib/progress.ts'
 import { convertToQ8, dequantizeToFloat, type Q8Stats } from './lib/quantize.ts'
+import { checkSplitHead, splitHead, type HeadCheck, type HeadRows } from './lib/split-head.ts'
 
 /** Initializers smaller than this stay inside the graph (onnx's own default threshold). */
 export const MIN_EXTERNAL_BYTES = 1024
@@ -79,6 +89,8 @@ export const ONNX_PICK_ORDER = ['onnx/model_quantized.onnx', 'onnx/model.onnx']
 export const REPORT_FILE = 'prepare-report.json'
 
 export type PrepareFormat = 'keep' | 'q8'
+/** 'wasm': split the lm_head off into head.q8 when the graph is in the q8 form; 'graph': keep it. */
+export type PrepareHead = 'wasm' | 'graph'
 
 export interface PrepareOptions {
   /** The Hugging Face layout folder. */
@@ -101,6 +113,8 @@ export interface PrepareOptions {
   logitsRewrite?: boolean
   /** After a transform, compare the logits with the input's fp32 graph. Default true. */
   verify?: boolean
+  /** Where the lm_head runs; default 'wasm' (split off when the graph is in the q8 form). */
+  head?: PrepareHead
 }
 
 /** What `prepare-report.json` holds. */
@@ -125,6 +139,28 @@ export interface PrepareReport {
    * verify off.
    */
   logits?: LogitCheck & { reference: string }
+  /** The head split (absent with `head: 'graph'`). */
+  head?: HeadReport
+}
+
+/** What the head split did: applied, or why not; with verify on, the check's numbers. */
+export interface HeadReport extends Partial<HeadCheck> {
+  applied: boolean
+  reason?: string
+  vocab?: number
+  hidden?: number
+  stride?: number
+  embedding?: boolean
+  /** Size of head.q8. */
+  bytes?: number
+  /** The graph's lm_head node that was removed. */
+  lmHead?: string
+  /** The tensor the graph now outputs as hidden_states. */
+  hiddenTensor?: string
+  /** The tensor the removed embedding computed, now the inputs_embeds input (tied). */
+  embeddingTensor?: string
+  embeddingNodes?: number
+  removedInitializers?: string[]
 }
 
 export interface PrepareResult {
@@ -132,7 +168,10 @@ export interface PrepareResult {
   /** `<out>/<id>` */
   dir: string
   manifest: Manifest
-  /** Set when a transform was asked for (also written to `<dir>/prepare-report.json`). */
+  /**
+   * Set when a transform was asked for, the head split included (the default), also written to
+   * `<dir>/prepare-report.json`.
+   */
   report?: PrepareReport
 }
 
@@ -146,6 +185,9 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
   const format = options.format ?? 'keep'
   if (format !== 'keep' && format !== 'q8')
     throw new Error(`Unknown format ${JSON.stringify(format)}: use keep or q8`)
+  const headMode = options.head ?? 'wasm'
+  if (headMode !== 'wasm' && headMode !== 'graph')
+    throw new Error(`Unknown head ${JSON.stringify(headMode)}: use wasm or graph`)
   const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
   if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
     throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
@@ -195,16 +237,19 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
 
     let graphFile = basename(onnxFile)
     let report: PrepareReport | undefined
-    if (format !== 'keep' || options.logitsRewrite) {
+    let head: HeadRows | undefined
+    if (format !== 'keep' || options.logitsRewrite || headMode === 'wasm') {
+      // views into the external files read once anyway (readExternal caches them): no copy
       for (const t of initializers(model))
         if (isExternal(t)) setRawData(t, tensorRawData(t, readExternal))
-      ;({ model, report } = await transformExport(model, {
+      ;({ model, report, head } = await transformExport(model, {
         input: relative(folder, onnxPath).split(sep).join('/'),
         inputPath: onnxPath,
         config,
         format,
         logitsRewrite: options.logitsRewrite ?? false,
         verify: options.verify ?? true,
+        head: headMode,
         log: options.quiet ? () => {} : (line) => console.error(line),
       }))
       if (format === 'q8') graphFile = 'model_quantized.onnx'
@@ -223,10 +268,9 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       const bytes = isExternal(t) ? getExternalData(t)!.length : tensorRawData(t).byteLength
       if (isExternal(t) || bytes >= MIN_EXTERNAL_BYTES) moving.push(t)
     }
-    const total = moving.reduce(
-      (n, t) => n + (getExternalData(t)?.length ?? tensorRawData(t).byteLength),
-      0,
-    )
+    const total =
+      moving.reduce((n, t) => n + (getExternalData(t)?.length ?? tensorRawData(t).byteLength), 0) +
+      (head?.bytes.byteLength ?? 0)
     const bar = progressBar(`prepare ${id}`, total, { quiet: options.quiet })
     const writer = new ShardWriter(tmp, location, shardBytes)
     for (const t of moving) {
@@ -244,7 +288,18 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       bar.add(bytes.byteLength)
     }
     const shards = writer.finish()
-    bar.finish(`${moving.length} initializers, ${shards.length} shards`)
+    let headShards: ManifestFile[] = []
+    if (head) {
+      // the head file is cut like external data, with its own name: head.q8.000 …
+      const headWriter = new ShardWriter(tmp, HEAD_FILE, shardBytes)
+      headWriter.write(head.bytes)
+      headShards = headWriter.finish()
+      bar.add(head.bytes.byteLength)
+    }
+    bar.finish(
+      `${moving.length} initializers, ${shards.length} shards` +
+        (head ? `; ${HEAD_FILE} in ${headShards.length}` : ''),
+    )
 
     const graph = encodeModel(model)
     await writeFile(join(tmp, graphFile), graph)
@@ -260,6 +315,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       sha256: sha256(graph),
     }
     const dataBytes = shards.reduce((n, s) => n + s.bytes, 0)
+    const headBytes = head?.bytes.byteLength ?? 0
     const manifest: Manifest = {
       version: MANIFEST_VERSION,
       id,
@@ -269,14 +325,25 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       tokenizer: { json: tokenizerJson, config: tokenizerConfig },
       stages: [
         {
-          io: 'ids->logits',
+          io: head ? (head.embedding ? 'embeds->hidden' : 'ids->hidden') : 'ids->logits',
           layers: [0, config.num_hidden_layers],
           graph: graphEntry,
           externalData: shards.length ? [{ location, bytes: dataBytes, shards }] : [],
         },
       ],
+      ...(head && {
+        head: {
+          format: 'q8-rows' as const,
+          vocab: head.vocab,
+          hidden: head.hidden,
+          stride: head.stride,
+          embedding: head.embedding,
+          file: { location: HEAD_FILE, bytes: headBytes, shards: headShards },
+        },
+      }),
       shardBytes,
-      totalBytes: tokenizerJson.bytes + tokenizerConfig.bytes + graph.byteLength + dataBytes,
+      totalBytes:
+        tokenizerJson.bytes + tokenizerConfig.bytes + graph.byteLength + dataBytes + headBytes,
       source: { onnxFile: relative(folder, onnxPath).split(sep).join('/'), ...options.source },
     }
     parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
@@ -299,17 +366,20 @@ export interface TransformOptions {
   format: PrepareFormat
   logitsRewrite: boolean
   verify: boolean
+  /** Default 'graph' (no split). */
+  head?: PrepareHead
   log: (line: string) => void
 }
 
 /**
  * The prepare-time transforms on a decoded export whose data is inline: q8 conversion, then
- * the logits rewrite, then the logit check against the input's fp32 graph.
+ * the logits rewrite, then the logit check against the input's fp32 graph, then the head split
+ * and its check against the graph before the split.
  */
 export async function transformExport(
   model: ModelProto,
   o: TransformOptions,
-): Promise<{ model: ModelProto; report: PrepareReport }> {
+): Promise<{ model: ModelProto; report: PrepareReport; head?: HeadRows }> {
   const report: PrepareReport = { input: o.input, format: o.format }
   let reference: GraphRef = { path: o.inputPath }
   let referenceName = 'the input graph'
@@ -366,7 +436,48 @@ export async function transformExport(
         ` (${((performance.now() - started) / 1000).toFixed(1)} s, ${check.runtime})`,
     )
   }
-  return { model, report }
+  let head: HeadRows | undefined
+  if (o.head === 'wasm') {
+    const started = performance.now()
+    const split = splitHead(model, o.config)
+    if (!split.applied) {
+      report.head = { applied: false, reason: split.reason }
+      o.log(`head split: not applied (${split.reason}); the lm_head stays in the graph`)
+    } else {
+      const before = model
+      const { model: after, head: rows, applied, ...stats } = split
+      head = rows
+      model = after
+      report.head = {
+        applied,
+        vocab: rows.vocab,
+        hidden: rows.hidden,
+        stride: rows.stride,
+        embedding: rows.embedding,
+        bytes: rows.bytes.byteLength,
+        ...stats,
+      }
+      o.log(
+        `head split: ${stats.lmHead}${rows.embedding ? ' and the tied embedding' : ''} → ` +
+          `${HEAD_FILE} (${rows.vocab} rows of ${rows.stride} bytes, ` +
+          `${(rows.bytes.byteLength / 1e6).toFixed(1)} MB); the graph ends in hidden_states` +
+          (rows.embedding ? ' and takes inputs_embeds' : ''),
+      )
+      if (o.verify) {
+        const check = await checkSplitHead(before, after, rows, o.config)
+        Object.assign(report.head, check)
+        o.log(
+          `head vs the graph's lm_head, ${check.steps} steps: logits max |Δ| ` +
+            `${check.maxAbsError.toPrecision(3)}, mean ${check.meanAbsError.toPrecision(3)} ` +
+            `(|logit| up to ${check.referenceMaxAbs.toPrecision(3)}); top-1 ` +
+            `${check.top1Agrees ? 'agrees' : 'DIFFERS'}; KV max |Δ| ` +
+            `${check.presentMaxAbsError.toPrecision(3)} ` +
+            `(${((performance.now() - started) / 1000).toFixed(1)} s, ${check.runtime})`,
+        )
+      }
+    }
+  }
+  return { model, report, head }
 }
 
 /** The ONNX file to use when none is named: ONNX_PICK_ORDER, else the only one under onnx/. */
@@ -509,6 +620,7 @@ async function main(): Promise<void> {
       'shard-mb': { type: 'string' },
       out: { type: 'string', default: 'model-shards' },
       format: { type: 'string', default: 'keep' },
+      head: { type: 'string', default: 'wasm' },
       'logits-rewrite': { type: 'boolean', default: true },
       verify: { type: 'boolean', default: true },
     },
@@ -519,7 +631,7 @@ async function main(): Promise<void> {
       [
         'usage: npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx]',
         '         [--shard-mb 16] [--out model-shards] [--format keep|q8]',
-        '         [--no-logits-rewrite] [--no-verify]',
+        '         [--no-logits-rewrite] [--head wasm|graph] [--no-verify]',
       ].join('\n'),
     )
     process.exit(2)
@@ -535,13 +647,15 @@ async function main(): Promise<void> {
     out: values.out,
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
     format: values.format as PrepareFormat,
+    head: values.head as PrepareHead,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)
   const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0
   console.error(
-    `${dir}: ${shards} shards, ${manifest.totalBytes} bytes, ${secs} s` +
+    `${dir}: ${shards} shards${manifest.head ? ` + ${HEAD_FILE}` : ''}, ` +
+      `${manifest.totalBytes} bytes, ${secs} s` +
       (manifest.synthetic ? ' (synthetic weights)' : ''),
   )
 }

@@ -8,11 +8,14 @@
  *   <id>/tokenizer.json, <id>/tokenizer_config.json
  *   <id>/model_quantized.onnx                 the graph; initializers point at external data
  *   <id>/model_quantized.onnx_data.000 … .NNN  that data file cut into fixed-size shards
+ *   <id>/head.q8.000 …                         optional: the lm_head (and tied embedding) rows,
+ *                                              run outside the graph (see HeadEntry)
  *
  * The graph's initializers name the *unsplit* data file (`location: model_quantized.onnx_data`);
  * the loader concatenates the shards into one buffer and hands it to onnxruntime-web under that
  * name. Stages let a later model split by layer ranges (one graph + data per range, each run
- * in its own isolate) use the same format; today every package has one 'ids->logits' stage.
+ * in its own isolate) use the same format; today every package has one stage: 'ids->logits', or
+ * with a head file 'embeds->hidden' (tied embedding in the head) / 'ids->hidden'.
  */
 import { AppError } from './errors.ts'
 
@@ -38,11 +41,17 @@ export const DEFAULT_SHARD_BYTES = 16 * MiB
 /** wrangler `r2 object put` refuses larger objects (multipart upload is not exposed there). */
 export const MAX_OBJECT_BYTES = 300 * MiB
 
-/** What a stage's graph consumes and produces. A whole model is 'ids->logits'. */
-export type StageIo = 'ids->logits' | 'ids->hidden' | 'hidden->hidden' | 'hidden->logits'
+/**
+ * What a stage's graph consumes and produces. A whole model is 'ids->logits'; with a head file
+ * the graph ends at the final hidden states ('ids->hidden'), and starts from `inputs_embeds`
+ * when the head also holds the embedding ('embeds->hidden').
+ */
+export type StageIo =
+  'ids->logits' | 'ids->hidden' | 'embeds->hidden' | 'hidden->hidden' | 'hidden->logits'
 const STAGE_IO: readonly StageIo[] = [
   'ids->logits',
   'ids->hidden',
+  'embeds->hidden',
   'hidden->hidden',
   'hidden->logits',
 ]
@@ -70,6 +79,53 @@ export interface Stage {
   layers: [number, number]
   graph: ManifestFile
   externalData: ExternalDataEntry[]
+}
+
+export type HeadFormat = 'q8-rows'
+const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows']
+
+/**
+ * The lm_head moved out of the graph (`model:prepare --head wasm`), run by the engine's own
+ * kernel on the graph's `hidden_states` output. Layout of 'q8-rows' (little-endian), see
+ * `headLayout`:
+ *
+ *   [0, vocab * stride)         row v = the int8 weights of token v (bytes >= hidden are 0)
+ *   [zeroPoints, + vocab)       int8 zero point of each row
+ *   [scales, + 4 * vocab)       float32 scale of each row (offset 4-byte aligned)
+ *
+ *   logits[v]       = sum_k (row[v][k] - zeroPoint[v]) * scale[v] * hidden[k]
+ *   embedding[t][k] = (row[t][k] - zeroPoint[t]) * scale[t]        (when `embedding`)
+ */
+export interface HeadEntry {
+  format: HeadFormat
+  vocab: number
+  hidden: number
+  /** Bytes per row: hidden rounded up to a multiple of 32. */
+  stride: number
+  /** True when the graph takes `inputs_embeds`: the embedding is looked up from these rows (tied weights). */
+  embedding: boolean
+  /** The head file, cut into shards like external data: location 'head.q8', shards 'head.q8.000' … */
+  file: ExternalDataEntry
+}
+
+/** The head file prepare writes (its shards: `head.q8.000` …). */
+export const HEAD_FILE = 'head.q8'
+/** Rows of the head file start on multiples of this many bytes. */
+export const HEAD_ROW_ALIGN = 32
+
+/** Bytes per head row for a hidden size: rounded up to a multiple of HEAD_ROW_ALIGN. */
+export function headStride(hidden: number): number {
+  return Math.ceil(hidden / HEAD_ROW_ALIGN) * HEAD_ROW_ALIGN
+}
+
+/** Byte offsets of the three parts of a 'q8-rows' head file, and its size. */
+export function headLayout(
+  vocab: number,
+  stride: number,
+): { rows: 0; zeroPoints: number; scales: number; bytes: number } {
+  const zeroPoints = vocab * stride
+  const scales = Math.ceil((zeroPoints + vocab) / 4) * 4
+  return { rows: 0, zeroPoints, scales, bytes: scales + 4 * vocab }
 }
 
 /**
@@ -106,9 +162,11 @@ export interface Manifest {
   generationConfig: Record<string, unknown>
   tokenizer: { json: ManifestFile; config: ManifestFile }
   stages: Stage[]
+  /** Present when the lm_head runs outside the graph: the stages end in hidden states. */
+  head?: HeadEntry
   /** Nominal shard size the package was cut with (the last shard of a file is shorter). */
   shardBytes: number
-  /** Sum of every file listed (tokenizer files, graphs, shards); the manifest not included. */
+  /** Sum of every file listed (tokenizer files, graphs, shards, head); the manifest not included. */
   totalBytes: number
   /** Where the package came from (informational). */
   source?: { onnxFile?: string; repo?: string; revision?: string }
@@ -158,13 +216,14 @@ export function isSafeRelativePath(path: string): boolean {
   return path.length > 0 && path.length <= 512 && path.split('/').every((s) => SEGMENT_RE.test(s))
 }
 
-/** Every file of the package (tokenizer, graphs, shards), in load order. */
+/** Every file of the package (tokenizer, graphs, shards, head shards), in load order. */
 export function listFiles(manifest: Manifest): ManifestFile[] {
   const files = [manifest.tokenizer.json, manifest.tokenizer.config]
   for (const stage of manifest.stages) {
     files.push(stage.graph)
     for (const ext of stage.externalData) files.push(...ext.shards)
   }
+  if (manifest.head) files.push(...manifest.head.file.shards)
   return files
 }
 
@@ -212,7 +271,8 @@ function readManifest(json: unknown): Manifest {
   const stagesJson = array(m.stages, 'stages')
   if (stagesJson.length === 0) throw new Invalid('stages is empty')
   const stages = stagesJson.map((s, i) => readStage(s, `stages[${i}]`))
-  checkStageChain(stages, config.num_hidden_layers)
+  const head = m.head === undefined ? undefined : readHead(m.head, config, 'head')
+  checkStageChain(stages, config.num_hidden_layers, head)
 
   const manifest: Manifest = {
     version: MANIFEST_VERSION,
@@ -225,6 +285,7 @@ function readManifest(json: unknown): Manifest {
     shardBytes,
     totalBytes: nonNegativeInt(m.totalBytes, 'totalBytes'),
   }
+  if (head) manifest.head = head
   if (m.synthetic !== undefined && m.synthetic !== manifest.synthetic) {
     throw new Invalid(`synthetic is ${String(m.synthetic)} but config says ${manifest.synthetic}`)
   }
@@ -284,25 +345,71 @@ function readExternalData(json: unknown, at: string): ExternalDataEntry {
   return { location, bytes, shards }
 }
 
-/** Stages must cover layers [0, num_hidden_layers) in order, ids first and logits last. */
-function checkStageChain(stages: Stage[], numLayers: number): void {
+/**
+ * Stages must cover layers [0, num_hidden_layers) in order, ids first and logits last. With a
+ * head the last stage returns hidden states instead (the head computes the logits), and the
+ * first takes embeddings ('embeds') when the head holds the embedding.
+ */
+function checkStageChain(stages: Stage[], numLayers: number, head: HeadEntry | undefined): void {
+  const first = head?.embedding ? 'embeds' : 'ids'
   let next = 0
   stages.forEach((s, i) => {
     const [start, end] = s.layers
     if (start !== next)
       throw new Invalid(`stages[${i}].layers starts at ${start}, expected ${next}`)
     const [input, output] = s.io.split('->')
-    if ((i === 0) !== (input === 'ids')) {
-      throw new Invalid(`stages[${i}].io ${s.io}: only the first stage takes ids`)
+    const at = `stages[${i}].io ${s.io}`
+    if (input === 'embeds' && !head?.embedding)
+      throw new Invalid(`${at}: takes embeds, but the package has no head holding the embedding`)
+    if (i > 0 && input !== 'hidden') throw new Invalid(`${at}: only the first stage takes ${input}`)
+    if (i === 0 && input !== first) {
+      throw new Invalid(
+        head
+          ? `${at}: the first stage takes ${first} (head.embedding is ${head.embedding})`
+          : `${at}: only the first stage takes ids`,
+      )
     }
-    if ((i === stages.length - 1) !== (output === 'logits')) {
-      throw new Invalid(`stages[${i}].io ${s.io}: only the last stage returns logits`)
+    if (head) {
+      if (output !== 'hidden')
+        throw new Invalid(
+          `${at}: with a head every stage returns hidden (the head computes logits)`,
+        )
+    } else if ((i === stages.length - 1) !== (output === 'logits')) {
+      throw new Invalid(`${at}: only the last stage returns logits`)
     }
     next = end
   })
   if (next !== numLayers) {
     throw new Invalid(`stages cover layers [0, ${next}) but the model has ${numLayers}`)
   }
+}
+
+function readHead(json: unknown, config: ArchitectureConfig, at: string): HeadEntry {
+  const h = object(json, at)
+  const format = string(h.format, `${at}.format`) as HeadFormat
+  if (!HEAD_FORMATS.includes(format))
+    throw new Invalid(
+      `${at}.format ${JSON.stringify(format)} is not one of ${HEAD_FORMATS.join(', ')}`,
+    )
+  const vocab = positiveInt(h.vocab, `${at}.vocab`)
+  const hidden = positiveInt(h.hidden, `${at}.hidden`)
+  const stride = positiveInt(h.stride, `${at}.stride`)
+  if (vocab !== config.vocab_size)
+    throw new Invalid(`${at}.vocab is ${vocab} but config.vocab_size is ${config.vocab_size}`)
+  if (hidden !== config.hidden_size)
+    throw new Invalid(`${at}.hidden is ${hidden} but config.hidden_size is ${config.hidden_size}`)
+  if (stride % HEAD_ROW_ALIGN !== 0 || stride < hidden)
+    throw new Invalid(
+      `${at}.stride ${stride} must be a multiple of ${HEAD_ROW_ALIGN} and at least hidden (${hidden})`,
+    )
+  if (typeof h.embedding !== 'boolean') throw new Invalid(`${at}.embedding must be a boolean`)
+  const file = readExternalData(h.file, `${at}.file`)
+  const expected = headLayout(vocab, stride).bytes
+  if (file.bytes !== expected)
+    throw new Invalid(
+      `${at}.file.bytes is ${file.bytes}, a ${format} head of ${vocab} x ${stride} has ${expected}`,
+    )
+  return { format, vocab, hidden, stride, embedding: h.embedding, file }
 }
 
 const REQUIRED_INTS = [

@@ -3,6 +3,8 @@ import { isAppError } from '../../src/core/errors.ts'
 import {
   DEFAULT_SHARD_BYTES,
   MAX_OBJECT_BYTES,
+  headLayout,
+  headStride,
   isSafeRelativePath,
   listFiles,
   parseManifest,
@@ -103,7 +105,7 @@ describe('parseManifest', () => {
     [
       'an unknown stage io',
       (m: any) => (m.stages[0].io = 'ids->text'),
-      'stages[0].io "ids->text" is not one of ids->logits, ids->hidden, hidden->hidden, hidden->logits',
+      'stages[0].io "ids->text" is not one of ids->logits, ids->hidden, embeds->hidden, hidden->hidden, hidden->logits',
     ],
     [
       'layers that miss the end',
@@ -151,6 +153,217 @@ describe('parseManifest', () => {
     json.stages[1].io = 'hidden->logits'
     json.stages[1].layers = [2, 3]
     expect(reason(json)).toBe('stages[1].layers starts at 2, expected 1')
+  })
+})
+
+/**
+ * `valid()` with a head file: the fake config's 64 x 16 → stride 32, 64 * 32 + 64 = 2112 bytes
+ * of rows and zero points, 256 of scales; two shards. Tied (embeds->hidden) unless told.
+ */
+function withHead(embedding = true): Record<string, any> {
+  const json = valid()
+  const shard = (path: string, bytes: number) => ({ path, bytes, sha256: 'a'.repeat(64) })
+  json.head = {
+    format: 'q8-rows',
+    vocab: 64,
+    hidden: 16,
+    stride: 32,
+    embedding,
+    file: {
+      location: 'head.q8',
+      bytes: 2368,
+      shards: [shard('head.q8.000', 2048), shard('head.q8.001', 320)],
+    },
+  }
+  json.stages[0].io = embedding ? 'embeds->hidden' : 'ids->hidden'
+  json.totalBytes += 2368
+  return json
+}
+
+describe('parseManifest with a head', () => {
+  it('accepts a head file and lists its shards after the stages', () => {
+    const m = parseManifest(withHead())
+    expect(m.head).toEqual(withHead().head)
+    expect(m.stages[0].io).toBe('embeds->hidden')
+    expect(
+      listFiles(m)
+        .slice(-2)
+        .map((f) => f.path),
+    ).toEqual(['head.q8.000', 'head.q8.001'])
+    expect(listFiles(m).reduce((n, f) => n + f.bytes, 0)).toBe(m.totalBytes)
+    const untied = parseManifest(withHead(false))
+    expect([untied.head!.embedding, untied.stages[0].io]).toEqual([false, 'ids->hidden'])
+  })
+
+  it('sizes the file from vocab and stride', () => {
+    expect(headStride(16)).toBe(32)
+    expect(headStride(32)).toBe(32)
+    expect(headStride(896)).toBe(896)
+    expect(headStride(900)).toBe(928)
+    expect(headLayout(64, 32)).toEqual({ rows: 0, zeroPoints: 2048, scales: 2112, bytes: 2368 })
+    // 3001 x 65 = 195065: the scales start on the next multiple of 4
+    expect(headLayout(3001, 64)).toEqual({
+      rows: 0,
+      zeroPoints: 192064,
+      scales: 195068,
+      bytes: 195068 + 4 * 3001,
+    })
+    expect(headLayout(151936, 896).bytes).toBe(151936 * 897 + 4 * 151936)
+  })
+
+  it.each([
+    [
+      'an unknown format',
+      (m: any) => (m.head.format = 'q4-rows'),
+      'head.format "q4-rows" is not one of q8-rows',
+    ],
+    ['no vocab', (m: any) => delete m.head.vocab, 'head.vocab must be a non-negative integer'],
+    ['a zero vocab', (m: any) => (m.head.vocab = 0), 'head.vocab must be positive'],
+    [
+      'a vocab that is not the config’s',
+      (m: any) => (m.head.vocab = 65),
+      'head.vocab is 65 but config.vocab_size is 64',
+    ],
+    [
+      'a fractional hidden',
+      (m: any) => (m.head.hidden = 1.5),
+      'head.hidden must be a non-negative integer',
+    ],
+    [
+      'a hidden that is not the config’s',
+      (m: any) => (m.head.hidden = 32),
+      'head.hidden is 32 but config.hidden_size is 16',
+    ],
+    [
+      'a stride that is not a multiple of 32',
+      (m: any) => (m.head.stride = 48),
+      'head.stride 48 must be a multiple of 32 and at least hidden (16)',
+    ],
+    [
+      'a stride shorter than a row',
+      (m: any) => {
+        m.config.hidden_size = m.head.hidden = 40
+      },
+      'head.stride 32 must be a multiple of 32 and at least hidden (40)',
+    ],
+    [
+      'a negative stride',
+      (m: any) => (m.head.stride = -32),
+      'head.stride must be a non-negative integer',
+    ],
+    [
+      'a string embedding',
+      (m: any) => (m.head.embedding = 'yes'),
+      'head.embedding must be a boolean',
+    ],
+    ['no embedding flag', (m: any) => delete m.head.embedding, 'head.embedding must be a boolean'],
+    ['no file', (m: any) => delete m.head.file, 'head.file must be an object'],
+    [
+      'a file of the wrong size',
+      (m: any) => {
+        m.head.file.bytes += 4
+        m.head.file.shards[1].bytes += 4
+        m.totalBytes += 4
+      },
+      'head.file.bytes is 2372, a q8-rows head of 64 x 32 has 2368',
+    ],
+    [
+      'a stride that does not fit the file',
+      (m: any) => (m.head.stride = 64),
+      'head.file.bytes is 2368, a q8-rows head of 64 x 64 has 4416',
+    ],
+    [
+      'shards that do not add up',
+      (m: any) => (m.head.file.shards[1].bytes -= 1),
+      'head.file: shards add up to 2367 bytes, not 2368',
+    ],
+    [
+      'a location leaving the package',
+      (m: any) => (m.head.file.location = '../head.q8'),
+      'head.file.location "../head.q8" is not a safe relative path',
+    ],
+    [
+      'a bad shard hash',
+      (m: any) => (m.head.file.shards[0].sha256 = 'x'),
+      'head.file.shards[0].sha256 must be 64 lowercase hex digits',
+    ],
+    [
+      'a total without the head',
+      (m: any) => (m.totalBytes -= 2368),
+      /^totalBytes is \d+ but the files add up to \d+$/,
+    ],
+    [
+      'a head shard named like another file',
+      (m: any) => (m.head.file.shards[0].path = 'tokenizer.json'),
+      'file tokenizer.json is listed twice',
+    ],
+    [
+      'a tied head with a graph that takes ids',
+      (m: any) => (m.stages[0].io = 'ids->hidden'),
+      'stages[0].io ids->hidden: the first stage takes embeds (head.embedding is true)',
+    ],
+    [
+      'an untied head with a graph that takes embeds',
+      (m: any) => (m.head.embedding = false),
+      'stages[0].io embeds->hidden: takes embeds, but the package has no head holding the embedding',
+    ],
+    [
+      'a head with a graph that returns logits',
+      (m: any) => (m.stages[0].io = 'ids->logits'),
+      'stages[0].io ids->logits: the first stage takes embeds (head.embedding is true)',
+    ],
+    [
+      'an untied head with a graph that returns logits',
+      (m: any) => {
+        m.head.embedding = false
+        m.stages[0].io = 'ids->logits'
+      },
+      'stages[0].io ids->logits: with a head every stage returns hidden (the head computes logits)',
+    ],
+    [
+      'a graph ending in hidden without a head',
+      (m: any) => {
+        m.totalBytes -= 2368
+        delete m.head
+        m.stages[0].io = 'ids->hidden'
+      },
+      'stages[0].io ids->hidden: only the last stage returns logits',
+    ],
+    [
+      'a graph taking embeds without a head',
+      (m: any) => {
+        m.totalBytes -= 2368
+        delete m.head
+      },
+      'stages[0].io embeds->hidden: takes embeds, but the package has no head holding the embedding',
+    ],
+  ])('rejects %s', (_name, edit, expected) => {
+    const json = withHead()
+    edit(json)
+    if (typeof expected === 'string') expect(reason(json)).toBe(expected)
+    else expect(reason(json)).toMatch(expected)
+  })
+
+  it('describes a model split by layer ranges with a head', () => {
+    const json = withHead()
+    const [stage] = json.stages
+    const second = JSON.parse(JSON.stringify(stage))
+    for (const f of [second.graph, ...second.externalData[0].shards]) f.path = `stage-1/${f.path}`
+    json.stages = [
+      { ...stage, layers: [0, 1] },
+      { ...second, io: 'hidden->hidden', layers: [1, 2] },
+    ]
+    json.totalBytes += second.graph.bytes + second.externalData[0].bytes
+    expect(parseManifest(json).stages.map((s) => s.io)).toEqual([
+      'embeds->hidden',
+      'hidden->hidden',
+    ])
+    json.stages[1].io = 'hidden->logits'
+    expect(reason(json)).toBe(
+      'stages[1].io hidden->logits: with a head every stage returns hidden (the head computes logits)',
+    )
+    json.stages[1].io = 'embeds->hidden'
+    expect(reason(json)).toBe('stages[1].io embeds->hidden: only the first stage takes embeds')
   })
 })
 

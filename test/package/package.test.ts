@@ -52,6 +52,9 @@ beforeAll(async () => {
     out: shards,
     shardBytes: SHARD,
     quiet: true,
+    // the graph keeps its lm_head: these tests compare the package's logits with the export's
+    // (packages with a head file: split-head.test.ts)
+    head: 'graph',
   }))
   server = await startFileServer(shards)
 })
@@ -178,6 +181,7 @@ describe('prepare', () => {
       out: again,
       shardBytes: SHARD,
       quiet: true,
+      head: 'graph',
     })
     expect(second.manifest).toEqual(manifest)
     const a = await readFile(join(shards, ID, 'manifest.json'))

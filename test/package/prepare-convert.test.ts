@@ -42,6 +42,7 @@ afterAll(async () => {
   if (work) await rm(work, { recursive: true, force: true })
 })
 
+/** The graph keeps its lm_head unless asked (head split: split-head.test.ts and below). */
 async function prepare(folder: string, id: string, options: Partial<PrepareOptions> = {}) {
   return preparePackage({
     folder,
@@ -50,6 +51,7 @@ async function prepare(folder: string, id: string, options: Partial<PrepareOptio
     shardBytes: 1024 * 1024,
     quiet: true,
     logitsRewrite: true,
+    head: 'graph',
     ...options,
   })
 }
@@ -286,6 +288,32 @@ describe('--format q8', () => {
     expect(e.max).toBeLessThan(0.08 * e.scale)
     expect(e.mean).toBeLessThan(0.015 * e.scale)
     expect(argmax(converted.data)).toBe(argmax(q4.data))
+  })
+
+  it('with the default head: q4 → q8 splits the lm_head off, the q4 embedding stays', async () => {
+    const hf = await ensureModel('tiny', 'q4')
+    const result = await prepare(hf, 'tiny-q4-q8-head', { format: 'q8', head: 'wasm' })
+    expect(result.report!.head).toMatchObject({
+      applied: true,
+      embedding: false, // the embedding Gathers read the packed q4 table, not the q8 matrix
+      vocab: V,
+      top1Agrees: true,
+      presentMaxAbsError: 0,
+    })
+    expect(result.manifest.stages[0].io).toBe('ids->hidden')
+    expect(result.manifest.head).toMatchObject({ vocab: V, hidden: 64, stride: 64 })
+    expectQ8Report(result) // the conversion is checked before the split, on the whole graph
+
+    // our own fp32 graphs compute logits through Reshape(Gemm(Reshape(hidden))): not split
+    const fp32 = await prepare(await ensureModel('tiny', 'fp32'), 'tiny-fp32-q8-head', {
+      format: 'q8',
+      head: 'wasm',
+    })
+    expect(fp32.report!.head).toEqual({
+      applied: false,
+      reason: expect.stringMatching(/^logits comes from Reshape /),
+    })
+    expect(fp32.manifest.head).toBeUndefined()
   })
 
   it('fp16 → q8: widened to fp32, then quantized', async () => {
