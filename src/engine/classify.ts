@@ -98,14 +98,19 @@ export class LabelClassifier {
       start = (await this.prefix(prefixText, prefixIds)).cache
       ids = bodyIds
     }
+    // Only the labels' first tokens are scored at the text's last position: log p(label) there
+    // is logit − logsumexp(all logits), and the logsumexp is the same for every label, so it
+    // cancels when the scores are normalised over the label set below. With a split head
+    // (head.ts) the other 150k rows of the lm_head are never read.
+    const firsts = [...new Set(labelIds.map((tokens) => tokens[0]))]
     const chunk = this.options.prefillChunk
-    const after = await prefill(this.model, this.run, ids, start, chunk, opts.signal)
+    const after = await prefill(this.model, this.run, ids, start, chunk, opts.signal, firsts)
     if (!after) throw new AppError('bad_request', 'classification was cancelled')
 
     const vocab = this.model.shape.vocabSize
     const logp = await Promise.all(
       labelIds.map(async (tokens) => {
-        let total = logSoftmaxAt(after.logits, 0, vocab, tokens[0])
+        let total = after.logits[firsts.indexOf(tokens[0])]
         if (tokens.length > 1) {
           // p(t1..tn | t0) from one more step over the label's own tokens
           const rest = tokens.slice(0, -1)

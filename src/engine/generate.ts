@@ -35,8 +35,9 @@ export interface DecodeOptions {
 }
 
 /**
- * Feeds `ids` after `cache` in chunks; returns the last position's logits and the new cache.
- * Returns undefined if `signal` aborted between chunks.
+ * Feeds `ids` after `cache` in chunks; returns the last position's logits (all, or only
+ * `columns`) and the new cache. Earlier chunks ask for no logits. Returns undefined if `signal`
+ * aborted between chunks.
  */
 export async function prefill(
   model: StepModel,
@@ -45,6 +46,7 @@ export async function prefill(
   cache: KvCache,
   chunk: number | (() => number),
   signal?: AbortSignal,
+  columns?: readonly number[],
 ): Promise<StepResult | undefined> {
   let result: StepResult | undefined
   for (let i = 0; i < ids.length;) {
@@ -56,7 +58,7 @@ export async function prefill(
     result = await run(() => {
       const size = typeof chunk === 'number' ? chunk : chunk()
       i = at + size
-      return model.forward(ids.slice(at, at + size), from, 1)
+      return model.forward(ids.slice(at, i), from, i >= ids.length ? 1 : 0, columns)
     })
   }
   return result

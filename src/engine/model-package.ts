@@ -2,6 +2,7 @@
  * What the engine needs to build a model, whatever it was loaded from (a Hugging Face layout
  * folder in tests and scripts, a model package from a folder, HTTP or R2 in the servers).
  */
+import type { HeadWeights } from './head.ts'
 
 /** The fields of a Hugging Face Qwen2 `config.json` the engine reads. */
 export interface Qwen2Config {
@@ -53,4 +54,6 @@ export interface LoadedPackage {
   /** The ONNX graph bytes (weights embedded or external). */
   graph: Uint8Array
   externalData: ExternalDataFile[]
+  /** The lm_head split off the graph (manifest `head`), run by head.ts. */
+  head?: HeadWeights
 }

@@ -10,11 +10,15 @@
  *   num_logits_to_keep          int64 scalar                   (optional)
  * → logits                      f32|f16 [batch, seq or num_logits_to_keep, vocab]
  * → present.{i}.key|value       [batch, kv_heads, past + seq, head_dim]
+ * A package prepared with its head split off (head.ts) instead has
+ *   inputs_embeds               f32 [batch, seq, hidden]       (tied weights: embedding in head.ts)
+ * → hidden_states               f32 [batch, num_logits_to_keep, hidden]   (lm_head in head.ts)
  * Feeds are built from `session.inputNames`, so either variant works. `forward` runs one
  * sequence (batch 1); `forwardBatch` runs one new token for each of several sequences
  * (continuous batching of concurrent decodes, see batcher.ts).
  */
 import { AppError } from '../core/errors.ts'
+import { Q8Head } from './head.ts'
 import type { LoadedPackage, Qwen2Config } from './model-package.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
 
@@ -27,7 +31,10 @@ export interface KvCache {
 }
 
 export interface StepResult {
-  /** `rows` × vocab logits for the last `rows` positions, most recent last. */
+  /**
+   * `rows` × vocab logits for the last `rows` positions, most recent last; with `columns`, only
+   * those vocabulary entries (`rows` × columns.length); empty for `keep` 0.
+   */
   logits: Float32Array
   rows: number
   cache: KvCache
@@ -44,6 +51,9 @@ export class QwenModel {
   readonly shape: ModelShape
   private readonly hasPositionIds: boolean
   private readonly hasLogitsToKeep: boolean
+  /** The graph takes `inputs_embeds` (looked up by `head`) rather than computing them. */
+  private readonly feedsEmbeds: boolean
+  private readonly hidden: number
   /** Several sequences of different lengths can share a run (left padding needs position_ids). */
   readonly canBatch: boolean
   /** present.{i}.key → past_key_values.{i}.key */
@@ -53,6 +63,8 @@ export class QwenModel {
   private constructor(
     readonly session: InferenceSession,
     config: Qwen2Config,
+    /** The lm_head outside the graph (a package with a `head`); undefined: the graph's logits. */
+    readonly head?: Q8Head,
   ) {
     const names = new Set(session.inputNames)
     for (const required of ['input_ids', 'attention_mask']) {
@@ -60,8 +72,27 @@ export class QwenModel {
         throw new AppError('model_invalid', `The ONNX graph has no "${required}" input`)
       }
     }
-    if (!session.outputNames.includes('logits')) {
-      throw new AppError('model_invalid', 'The ONNX graph has no "logits" output')
+    const output = head ? 'hidden_states' : 'logits'
+    if (!session.outputNames.includes(output)) {
+      throw new AppError(
+        'model_invalid',
+        head
+          ? 'The package has a head file but its ONNX graph has no "hidden_states" output'
+          : session.outputNames.includes('hidden_states')
+            ? 'The ONNX graph ends in "hidden_states" but the package has no head file'
+            : 'The ONNX graph has no "logits" output',
+      )
+    }
+    this.hidden = config.hidden_size
+    this.feedsEmbeds = names.has('inputs_embeds')
+    if (this.feedsEmbeds && !head?.embedding) {
+      throw new AppError(
+        'model_invalid',
+        'The ONNX graph takes "inputs_embeds" but the package has no embedding rows',
+      )
+    }
+    if (head && (head.vocab !== config.vocab_size || head.hidden !== config.hidden_size)) {
+      throw new AppError('model_invalid', 'The head file does not match config.json')
     }
     this.hasPositionIds = names.has('position_ids')
     this.hasLogitsToKeep = names.has('num_logits_to_keep')
@@ -95,6 +126,7 @@ export class QwenModel {
 
   /** Creates the ORT session. The caller drops `pkg` afterwards so the JS copy can be freed. */
   static async load(pkg: LoadedPackage, options: SessionOptions = {}): Promise<QwenModel> {
+    const head = pkg.head ? await Q8Head.create(pkg.head) : undefined
     let session: InferenceSession
     try {
       session = await ort.InferenceSession.create(pkg.graph, {
@@ -108,7 +140,12 @@ export class QwenModel {
         cause: err,
       })
     }
-    return new QwenModel(session, pkg.config)
+    try {
+      return new QwenModel(session, pkg.config, head)
+    } catch (err) {
+      await session.release()
+      throw err
+    }
   }
 
   emptyCache(): KvCache {
@@ -116,18 +153,27 @@ export class QwenModel {
   }
 
   /**
-   * Runs `ids` after the cached tokens and returns the logits of the last `keep` positions.
-   * The caller serialises calls (one ORT run at a time per session; see scheduler.ts).
+   * Runs `ids` after the cached tokens and returns the logits of the last `keep` positions
+   * (0: none, for a prefill chunk that is not the last), of every vocabulary entry or only of
+   * `columns`. The caller serialises calls (one ORT run at a time per session; scheduler.ts).
    */
-  async forward(ids: readonly number[], cache: KvCache, keep = 1): Promise<StepResult> {
+  async forward(
+    ids: readonly number[],
+    cache: KvCache,
+    keep = 1,
+    columns?: readonly number[],
+  ): Promise<StepResult> {
     const n = ids.length
     if (n === 0) throw new Error('forward needs at least one token')
-    keep = Math.min(keep, n)
+    keep = Math.max(0, Math.min(keep, n))
     const total = cache.length + n
     const feeds: Record<string, Tensor> = {
       input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
       attention_mask: new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]),
       ...cache.tensors,
+    }
+    if (this.feedsEmbeds) {
+      feeds.inputs_embeds = new ort.Tensor('float32', this.head!.embed(ids), [1, n, this.hidden])
     }
     if (this.hasPositionIds) {
       const pos = new BigInt64Array(n)
@@ -135,11 +181,24 @@ export class QwenModel {
       feeds.position_ids = new ort.Tensor('int64', pos, [1, n])
     }
     if (this.hasLogitsToKeep) {
-      feeds.num_logits_to_keep = new ort.Tensor('int64', BigInt64Array.of(BigInt(keep)), [])
+      // a graph cannot keep 0 rows: the one row it computes is dropped below
+      feeds.num_logits_to_keep = new ort.Tensor('int64', BigInt64Array.of(BigInt(keep || 1)), [])
     }
     const out = await this.session.run(feeds)
     const tensors: Record<string, Tensor> = {}
     for (const [present, past] of this.presentToPast) tensors[past] = out[present]
+    const cacheOut = { length: total, tensors }
+    if (keep === 0) return { logits: new Float32Array(0), rows: 0, cache: cacheOut }
+    if (this.head) {
+      const hidden = out.hidden_states
+      const data = hidden.data as Float32Array
+      const from = (hidden.dims[1] - keep) * this.hidden
+      const logits =
+        columns && keep === 1
+          ? this.head.columns(data, columns, from)
+          : pickColumns(this.head.logits(data, keep, from), this.shape.vocabSize, columns)
+      return { logits, rows: keep, cache: cacheOut }
+    }
     const logits = out.logits
     const rowsOut = logits.dims[1]
     const vocab = logits.dims[2]
@@ -149,7 +208,7 @@ export class QwenModel {
       // [seq, vocab] block go (a copy of `keep` rows is far smaller than holding the block).
       data = data.slice((rowsOut - keep) * vocab, rowsOut * vocab)
     }
-    return { logits: data, rows: keep, cache: { length: total, tensors } }
+    return { logits: pickColumns(data, vocab, columns), rows: keep, cache: cacheOut }
   }
 
   /**
@@ -182,6 +241,9 @@ export class QwenModel {
       attention_mask: new ort.Tensor('int64', mask, [b, total]),
       position_ids: new ort.Tensor('int64', pos, [b, 1]),
     }
+    if (this.feedsEmbeds) {
+      feeds.inputs_embeds = new ort.Tensor('float32', this.head!.embed(tokens), [b, 1, this.hidden])
+    }
     const { kvHeads, headDim } = this.shape
     for (const [, past] of this.presentToPast) {
       const first = caches[0].tensors[past]
@@ -205,9 +267,19 @@ export class QwenModel {
       feeds.num_logits_to_keep = new ort.Tensor('int64', BigInt64Array.of(1n), [])
     }
     const out = await this.session.run(feeds)
-    const logits = toFloat32(out.logits)
-    const vocab = out.logits.dims[2]
-    const rowsOut = out.logits.dims[1]
+    const vocab = this.shape.vocabSize
+    let logits: Float32Array
+    let rowsOut: number
+    if (this.head) {
+      // one row per sequence ([b, 1, hidden]): the head reads its weights once for all of them
+      const hidden = out.hidden_states
+      rowsOut = 1
+      if (hidden.dims[1] !== 1) throw new Error('forwardBatch expects one hidden row per sequence')
+      logits = this.head.logits(hidden.data as Float32Array, b)
+    } else {
+      logits = toFloat32(out.logits)
+      rowsOut = out.logits.dims[1]
+    }
     const results: StepResult[] = []
     for (let r = 0; r < b; r++) {
       const len = caches[r].length + 1
@@ -240,6 +312,22 @@ export class QwenModel {
   async release(): Promise<void> {
     await this.session.release()
   }
+}
+
+/** `rows` × vocab → `rows` × columns.length (no copy without columns). */
+function pickColumns(
+  logits: Float32Array,
+  vocab: number,
+  columns: readonly number[] | undefined,
+): Float32Array {
+  if (!columns) return logits
+  const rows = logits.length / vocab
+  const out = new Float32Array(rows * columns.length)
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < columns.length; i++)
+      out[r * columns.length + i] = logits[r * vocab + columns[i]]
+  }
+  return out
 }
 
 export interface SessionOptions {

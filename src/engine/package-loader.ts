@@ -87,8 +87,10 @@ export async function loadPackage(
   }
 
   const small = [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph]
-  const buffers = stage.externalData.map((ext) => new Uint8Array(new ArrayBuffer(ext.bytes)))
-  const shardJobs = stage.externalData.flatMap((ext, i) => {
+  // the head file (a split lm_head, head.ts) is cut into shards like external data
+  const big = manifest.head ? [...stage.externalData, manifest.head.file] : stage.externalData
+  const buffers = big.map((ext) => new Uint8Array(new ArrayBuffer(ext.bytes)))
+  const shardJobs = big.flatMap((ext, i) => {
     let offset = 0
     return ext.shards.map((shard) => {
       const target = buffers[i].subarray(offset, (offset += shard.bytes))
@@ -102,6 +104,14 @@ export async function loadPackage(
     ...shardJobs.map((job) => () => ctx.readInto(job.shard, job.target)),
   ])
   const [tokenizerJson, tokenizerConfig, graph] = results as Uint8Array<ArrayBuffer>[]
+  const head = manifest.head && {
+    format: manifest.head.format,
+    vocab: manifest.head.vocab,
+    hidden: manifest.head.hidden,
+    stride: manifest.head.stride,
+    embedding: manifest.head.embedding,
+    data: buffers[stage.externalData.length],
+  }
   return {
     id,
     config: manifest.config as Qwen2Config,
@@ -110,6 +120,7 @@ export async function loadPackage(
     tokenizerConfig: parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path),
     graph,
     externalData: stage.externalData.map((ext, i) => ({ path: ext.location, data: buffers[i] })),
+    ...(head && { head }),
     manifest,
     stage,
   }

@@ -146,9 +146,9 @@ describe('chat on a synthetic Qwen2 model', () => {
     })
     const chunks: number[] = []
     const forward = e.model.forward.bind(e.model)
-    e.model.forward = (ids, cache, keep) => {
+    e.model.forward = (ids, cache, keep, columns) => {
       if (ids.length > 1) chunks.push(ids.length)
-      return forward(ids, cache, keep)
+      return forward(ids, cache, keep, columns)
     }
     const long: ChatMessage[] = [{ role: 'user', content: 'word '.repeat(90) }]
     const n = e.promptIds(long).length
@@ -297,9 +297,9 @@ describe('KV reuse across chat turns', () => {
   function countPrefill(e: QwenEngine) {
     const counter = { tokens: 0 }
     const forward = e.model.forward.bind(e.model)
-    e.model.forward = (ids, cache, keep) => {
+    e.model.forward = (ids, cache, keep, columns) => {
       if (ids.length > 1 || cache.length === 0) counter.tokens += ids.length
-      return forward(ids, cache, keep)
+      return forward(ids, cache, keep, columns)
     }
     return counter
   }

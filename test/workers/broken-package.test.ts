@@ -39,7 +39,7 @@ beforeAll(async () => {
     alter: (path, bytes) => {
       if (path !== SHARD) return bytes
       const flipped = bytes.slice()
-      flipped[1234567] ^= 0x01
+      flipped[flipped.length >> 1] ^= 0x01
       return flipped
     },
   })

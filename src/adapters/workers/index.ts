@@ -5,13 +5,17 @@
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
 import type { QwenEngine } from '../../engine/engine.ts'
+import { useQ8HeadModule } from '../../engine/head.ts'
 import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
+import q8HeadKernel from '../../engine/kernels/q8-head.wasm'
 import { loadPackage } from '../../engine/package-loader.ts'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
 
 installPrecompiledOrtWasm()
+// the split lm_head's kernel (head.ts), precompiled by wrangler like ORT's own wasm
+useQ8HeadModule(q8HeadKernel)
 
 /** Bindings and vars (wrangler.toml; API_KEY as a secret: `wrangler secret put API_KEY`). */
 export interface Env {

@@ -23,6 +23,7 @@ const FREE_PLAN_LIMIT = 3 * MiB
 const require = createRequire(import.meta.url)
 const WRANGLER = join(dirname(require.resolve('wrangler/package.json')), 'bin', 'wrangler.js')
 const ORT_WASM = require.resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm')
+const HEAD_WASM = join(REPO_ROOT, 'src', 'engine', 'kernels', 'q8-head.wasm')
 
 let outdir: string
 let output: string
@@ -46,18 +47,21 @@ afterAll(async () => {
 })
 
 describe('wrangler deploy --dry-run', () => {
-  it('bundles the script and onnxruntime-web wasm as a separate precompiled module', async () => {
+  it('bundles the script, onnxruntime-web wasm and the head kernel as precompiled modules', async () => {
     expect(output).toContain('--dry-run: exiting now.')
     expect(output).toMatch(/env\.MODEL_BUCKET \(qwen-edge-models\)\s+R2 Bucket/)
     const files = (await readdir(outdir)).filter((f) => f !== 'README.md' && !f.endsWith('.map'))
-    const wasm = files.filter((f) => f.endsWith('.wasm'))
+    const wasm = files.filter((f) => f.endsWith('.wasm')).sort()
     expect(files.sort()).toEqual(['index.js', ...wasm].sort())
-    expect(wasm).toHaveLength(1)
-    expect(wasm[0]).toMatch(/-ort-wasm-simd-threaded\.wasm$/)
-    // byte for byte ORT's own wasm, imported by the script (wrangler makes it a WebAssembly.Module)
-    expect((await readFile(join(outdir, wasm[0]))).equals(await readFile(ORT_WASM))).toBe(true)
+    expect(wasm).toHaveLength(2)
+    const ortWasm = wasm.find((f) => /-ort-wasm-simd-threaded\.wasm$/.test(f))
+    const headWasm = wasm.find((f) => /-q8-head\.wasm$/.test(f))
+    expect(ortWasm && headWasm).toBeTruthy()
+    // byte for byte the files imported by the script (wrangler makes them WebAssembly.Modules)
+    expect((await readFile(join(outdir, ortWasm!))).equals(await readFile(ORT_WASM))).toBe(true)
+    expect((await readFile(join(outdir, headWasm!))).equals(await readFile(HEAD_WASM))).toBe(true)
     const script = await readFile(join(outdir, 'index.js'), 'utf8')
-    expect(script).toContain(`from "./${wasm[0]}"`)
+    for (const f of wasm) expect(script).toContain(`from "./${f}"`)
     // the model is never bundled: it comes from R2
     expect(script.length).toBeLessThan(2 * MiB)
   })

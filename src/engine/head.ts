@@ -1,0 +1,310 @@
+/**
+ * The lm_head (and, for tied weights, the embedding) outside onnxruntime: a model package with a
+ * `head` (manifest.ts `HeadEntry`, written by `model:prepare`) has a graph that ends in
+ * `hidden_states`, and its q8 head rows run in this project's WASM SIMD kernel
+ * (kernels/q8-head.wat).
+ *
+ * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run and streams them
+ * at 6-7 GB/s; the 151936 x 896 head of Qwen2.5-0.5B took 20 ms of a 79 ms decode step. The
+ * kernel reads rows packed once at load at 20+ GB/s (about 6 ms), and a sentiment request scores
+ * only the rows of its labels.
+ *
+ * Numerics: each hidden row is quantized to int16 with its own scale (ORT quantizes activations
+ * to uint8, one scale per run), so a row's logits do not depend on the other rows of a batch,
+ * and the int32 dot products are exact. The embedding is the graph's own arithmetic:
+ * (q − zp) · scale, bit for bit.
+ *
+ * Memory layout (the kernel's own linear memory, one instance per model):
+ *   [0, V·S)              weight rows, int8, S = stride bytes each (zero padded)
+ *   [V·S, V·S + V)        zero points, int8
+ *   [align4(V·S + V), +4V) scales, f32          ← the head file, copied in once as is
+ *   then scratch for `capacity` vectors: x int16 [capacity, S], sum f32 [capacity],
+ *   scale f32 [capacity], out f32 [capacity, V]
+ */
+import { AppError } from '../core/errors.ts'
+import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../core/manifest.ts'
+import { WASM_BASE64 } from './kernels/q8-head-wasm.ts'
+
+export interface HeadWeights {
+  format: HeadFormat
+  vocab: number
+  hidden: number
+  /** Bytes per row: hidden rounded up to a multiple of 32. */
+  stride: number
+  /** The graph takes `inputs_embeds`: the embedding is looked up from these rows. */
+  embedding: boolean
+  /** The head file (layout above). */
+  data: Uint8Array
+}
+
+interface KernelExports {
+  memory: WebAssembly.Memory
+  rows(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  rows4(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    out: number,
+    ldo: number,
+  ): void
+}
+
+let precompiled: WebAssembly.Module | undefined
+
+/**
+ * Hands over the kernel compiled ahead of time. Workers must (they cannot compile WASM from
+ * bytes: the adapter imports kernels/q8-head.wasm); elsewhere the embedded bytes are compiled on
+ * first use.
+ */
+export function useQ8HeadModule(module: WebAssembly.Module): void {
+  precompiled = module
+}
+
+function kernelModule(): WebAssembly.Module {
+  if (!precompiled) {
+    const bytes = Uint8Array.from(atob(WASM_BASE64), (c) => c.charCodeAt(0))
+    try {
+      precompiled = new WebAssembly.Module(bytes)
+    } catch (err) {
+      throw new AppError(
+        'model_invalid',
+        'The q8 head kernel could not be compiled here (on Workers, the adapter must call ' +
+          'useQ8HeadModule with the imported kernels/q8-head.wasm)',
+        { cause: err },
+      )
+    }
+  }
+  return precompiled
+}
+
+const PAGE = 65536
+
+export class Q8Head {
+  readonly vocab: number
+  readonly hidden: number
+  readonly stride: number
+  readonly embedding: boolean
+  /** Largest activation magnitude: keeps Σ w·x inside int32 (|w| ≤ 128). */
+  private readonly xLimit: number
+  private readonly zpAt: number
+  private readonly scaleAt: number
+  private readonly scratchAt: number
+  private capacity = 0
+  private xAt = 0
+  private sumAt = 0
+  private xScaleAt = 0
+  private outAt = 0
+
+  private constructor(
+    private readonly kernel: KernelExports,
+    w: HeadWeights,
+  ) {
+    this.vocab = w.vocab
+    this.hidden = w.hidden
+    this.stride = w.stride
+    this.embedding = w.embedding
+    this.xLimit = Math.min(32767, Math.floor(0x7fffffff / (128 * w.stride)))
+    const layout = headLayout(w.vocab, w.stride)
+    this.zpAt = layout.zeroPoints
+    this.scaleAt = layout.scales
+    this.scratchAt = align(this.scaleAt + 4 * w.vocab, 16)
+  }
+
+  /** Copies the head file into a new kernel instance. The caller may drop `w.data` afterwards. */
+  static async create(w: HeadWeights): Promise<Q8Head> {
+    const { vocab, hidden, stride } = w
+    if (w.format !== 'q8-rows') {
+      throw new AppError('model_invalid', `Unknown head format ${JSON.stringify(w.format)}`)
+    }
+    if (!(stride % HEAD_ROW_ALIGN === 0 && stride >= hidden && hidden > 0 && vocab > 0)) {
+      throw new AppError('model_invalid', `Bad head shape: vocab ${vocab}, hidden ${hidden}`)
+    }
+    const { bytes } = headLayout(vocab, stride)
+    if (w.data.byteLength !== bytes) {
+      throw new AppError(
+        'model_invalid',
+        `The head file has ${w.data.byteLength} bytes, its shape needs ${bytes}`,
+      )
+    }
+    const instance = await WebAssembly.instantiate(kernelModule(), {})
+    const head = new Q8Head(instance.exports as unknown as KernelExports, w)
+    head.reserve(1)
+    new Uint8Array(head.kernel.memory.buffer).set(w.data, 0)
+    return head
+  }
+
+  /** Bytes of WASM memory the head holds (weights + scratch). */
+  get memoryBytes(): number {
+    return this.kernel.memory.buffer.byteLength
+  }
+
+  /** Embeddings of `ids`: [ids.length, hidden], as the graph's own Gather + dequantize. */
+  embed(ids: readonly number[]): Float32Array {
+    const { hidden, stride, vocab } = this
+    const buf = this.kernel.memory.buffer
+    const rows = new Int8Array(buf, 0, this.zpAt)
+    const zp = new Int8Array(buf, this.zpAt, vocab)
+    const scale = new Float32Array(buf, this.scaleAt, vocab)
+    const out = new Float32Array(ids.length * hidden)
+    for (let i = 0; i < ids.length; i++) {
+      const t = ids[i]
+      if (!(Number.isInteger(t) && t >= 0 && t < vocab))
+        throw new AppError('bad_request', `token id ${t} is out of range`)
+      const z = zp[t]
+      const s = scale[t]
+      const from = t * stride
+      const to = i * hidden
+      for (let k = 0; k < hidden; k++) out[to + k] = (rows[from + k] - z) * s
+    }
+    return out
+  }
+
+  /**
+   * Logits of `n` hidden rows (`hidden` holds them back to back, `hidden` floats each, from
+   * `offset` floats in): a new [n, vocab] array. The weights are read once for all n.
+   */
+  logits(hidden: Float32Array, n: number, offset = 0): Float32Array {
+    this.load(hidden, n, offset)
+    const { vocab, stride, zpAt, scaleAt } = this
+    const k = this.kernel
+    let j = 0
+    for (; j + 4 <= n && n > 1; j += 4) {
+      k.rows4(
+        0,
+        stride,
+        zpAt,
+        scaleAt,
+        0,
+        vocab,
+        ...this.vectorArgs(j),
+        this.outAt + 4 * j * vocab,
+        vocab,
+      )
+    }
+    if (j < n) {
+      k.rows(
+        0,
+        stride,
+        zpAt,
+        scaleAt,
+        0,
+        vocab,
+        ...this.vectorArgs(j),
+        n - j,
+        this.outAt + 4 * j * vocab,
+        vocab,
+      )
+    }
+    return new Float32Array(k.memory.buffer, this.outAt, n * vocab).slice()
+  }
+
+  /** Logits of one hidden row at the vocabulary rows `ids` only (a label set): [ids.length]. */
+  columns(hidden: Float32Array, ids: readonly number[], offset = 0): Float32Array {
+    this.load(hidden, 1, offset)
+    const { vocab, stride, zpAt, scaleAt } = this
+    const out = new Float32Array(ids.length)
+    for (let i = 0; i < ids.length; i++) {
+      const v = ids[i]
+      if (!(Number.isInteger(v) && v >= 0 && v < vocab))
+        throw new AppError('bad_request', `token id ${v} is out of range`)
+      // out[v] of the scratch row, like a full pass would write it
+      this.kernel.rows(
+        0,
+        stride,
+        zpAt,
+        scaleAt,
+        v,
+        v + 1,
+        ...this.vectorArgs(0),
+        1,
+        this.outAt,
+        vocab,
+      )
+      out[i] = new Float32Array(this.kernel.memory.buffer, this.outAt + 4 * v, 1)[0]
+    }
+    return out
+  }
+
+  private vectorArgs(j: number): [number, number, number] {
+    return [this.xAt + 2 * j * this.stride, this.sumAt + 4 * j, this.xScaleAt + 4 * j]
+  }
+
+  /** Quantizes `n` rows to int16 into the scratch area, one scale per row. */
+  private load(hidden: Float32Array, n: number, offset: number): void {
+    const H = this.hidden
+    if (offset + n * H > hidden.length) throw new Error('hidden rows out of range')
+    this.reserve(n)
+    const buf = this.kernel.memory.buffer
+    const x = new Int16Array(buf, this.xAt, n * this.stride)
+    const sums = new Float32Array(buf, this.sumAt, n)
+    const scales = new Float32Array(buf, this.xScaleAt, n)
+    for (let j = 0; j < n; j++) {
+      const from = offset + j * H
+      let max = 0
+      for (let k = 0; k < H; k++) max = Math.max(max, Math.abs(hidden[from + k]))
+      if (!Number.isFinite(max)) throw new AppError('internal', 'the hidden state is not finite')
+      const scale = max / this.xLimit
+      const inv = scale > 0 ? 1 / scale : 0
+      const to = j * this.stride
+      let sum = 0
+      for (let k = 0; k < H; k++) {
+        const q = Math.round(hidden[from + k] * inv)
+        x[to + k] = q
+        sum += q
+      }
+      sums[j] = sum
+      scales[j] = scale
+    }
+  }
+
+  /** Scratch for `n` vectors (grows the memory; the padding of x stays zero). */
+  private reserve(n: number): void {
+    if (n <= this.capacity) return
+    const capacity = Math.max(n, 4)
+    const { stride, vocab } = this
+    const xAt = this.scratchAt
+    const sumAt = align(xAt + 2 * capacity * stride, 16)
+    const xScaleAt = align(sumAt + 4 * capacity, 16)
+    const outAt = align(xScaleAt + 4 * capacity, 16)
+    const end = outAt + 4 * capacity * vocab
+    const memory = this.kernel.memory
+    const pages = Math.ceil(end / PAGE) - memory.buffer.byteLength / PAGE
+    if (pages > 0) {
+      try {
+        memory.grow(pages)
+      } catch (err) {
+        throw new AppError('model_unavailable', 'Out of memory for the lm_head', { cause: err })
+      }
+    }
+    // old x rows may hold values in the padding columns of the new layout: start clean
+    new Uint8Array(memory.buffer, xAt, end - xAt).fill(0)
+    this.capacity = capacity
+    this.xAt = xAt
+    this.sumAt = sumAt
+    this.xScaleAt = xScaleAt
+    this.outAt = outAt
+  }
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to
+}
