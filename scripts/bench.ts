@@ -34,7 +34,12 @@ import {
   type ShapesProbe,
 } from './bench/explore.ts'
 import { describeMachine } from './bench/machine.ts'
-import { BENCH_MODEL_ID, ensureBenchModel, ensureModel } from './bench/model-cache.ts'
+import {
+  BENCH_MODEL_ID,
+  ensureBenchModel,
+  ensureBenchPackage,
+  ensureModel,
+} from './bench/model-cache.ts'
 import { progressLog } from './bench/progress-log.ts'
 import {
   chatPrompt,
@@ -120,11 +125,13 @@ async function main() {
     args.out ?? (writeReport ? 'bench' : join('.cache', 'bench', quick ? 'quick' : 'partial'))
 
   const modelDir = ensureBenchModel(log)
+  const packageDir = await ensureBenchPackage(modelDir, log)
   log('preparing prompts…')
   const tok = await loadTokenizer(modelDir)
   const streams = STREAM_QUESTIONS.map((q) => chatPrompt(tok, q))
   const plan: BenchPlan = {
     modelDir,
+    packageDir,
     quick,
     rounds: quick ? 1 : 3,
     decodeRounds: quick ? 1 : 5,

@@ -4,6 +4,7 @@
  * forward step (which sequence, how many tokens, which run, when), so interleaving, batching
  * and step times are visible without touching the engine's code.
  */
+import { basename, dirname } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
 import type { QwenEngine } from '../../src/engine/engine.ts'
@@ -39,6 +40,8 @@ export class StepRecorder {
   onStep?: (step: StepRecord) => void
   /** Durations of session.run inside each forward, same order as `steps`. */
   readonly runMs: number[] = []
+  /** Durations of the split lm_head's full-vocabulary passes (head.ts), when there is one. */
+  readonly headMs: number[] = []
 
   constructor(model: QwenModel) {
     const session = model.session as { run: QwenModel['session']['run'] }
@@ -49,11 +52,21 @@ export class StepRecorder {
       this.runMs.push(performance.now() - s)
       return out
     }) as typeof run
+    const head = model.head
+    if (head) {
+      const logits = head.logits.bind(head)
+      head.logits = (...a: Parameters<typeof logits>) => {
+        const s = performance.now()
+        const out = logits(...a)
+        this.headMs.push(performance.now() - s)
+        return out
+      }
+    }
     const forward = model.forward.bind(model)
-    ;(model as { forward: QwenModel['forward'] }).forward = async (ids, cache, keep) => {
+    ;(model as { forward: QwenModel['forward'] }).forward = async (ids, cache, keep, columns) => {
       const seq = cache.length === 0 ? this.nextSeq++ : (this.seqOf.get(cache) ?? -1)
       const start = performance.now()
-      const r: StepResult = await forward(ids, cache, keep)
+      const r: StepResult = await forward(ids, cache, keep, columns)
       const end = performance.now()
       const step = {
         seq,
@@ -143,9 +156,12 @@ export async function measureEngine(
 ): Promise<EngineResult> {
   log('loading…')
   const t0 = performance.now()
-  const { loadHfFolder } = await import('../../src/adapters/node/hf-folder.ts')
+  const { fsSource } = await import('../../src/adapters/node/fs-source.ts')
+  const { loadPackage } = await import('../../src/engine/package-loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
-  const engine = await QwenEngine.create(await loadHfFolder(plan.modelDir), {
+  const source = fsSource(dirname(plan.packageDir))
+  // not kept in a variable: the package's JS copy of the weights is dropped after the load
+  const engine = await QwenEngine.create(await loadPackage(source, basename(plan.packageDir)), {
     contextLength: 4096,
   })
   const loadMs = performance.now() - t0
@@ -217,10 +233,12 @@ export async function measureEngine(
     result.firstIds = decode.slice(0, 16).map((s) => s.ids[0])
     // where a decode step's wall time goes: session.run, the rest of forward(), between steps
     const runs = rec.runMs.slice(rec.runMs.length - decode.length)
+    const heads = rec.headMs.slice(rec.headMs.length - decode.length)
     breakdown = {
       runMs: round(median(runs), 1),
       forwardExtraMs: round(median(decode.map((s, i) => s.end - s.start - runs[i])), 2),
       betweenStepsMs: round(median(decode.slice(1).map((s, i) => s.start - decode[i].end)), 2),
+      ...(engine.model.head && { headMs: round(median(heads), 2) }),
     }
   }
   result.decodeTokS = round(median(rates))

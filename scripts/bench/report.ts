@@ -67,9 +67,9 @@ const pct = (x?: number) =>
 /** How each engine is driven (the backend it ran on is in the table). */
 const HOW: Record<string, string> = {
   engine:
-    '`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadHfFolder` + `QwenEngine.create`.',
+    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, run by the engine's own WASM SIMD kernel (`src/engine/head.ts`); the layers run in onnxruntime-web as for the peers.",
   'ort-web':
-    'a bare greedy loop on an onnxruntime-web session built like the engine’s (same bundle, options, external data): feeds, `session.run`, argmax, present → past. The floor of engine overhead.',
+    'a bare greedy loop on an onnxruntime-web session built like the engine’s (same bundle, options, external data): feeds, `session.run`, argmax, present → past. The floor of engine overhead on the graph as exported (lm_head inside the graph).',
   'tjs-web':
     '`AutoModelForCausalLM.from_pretrained` + `generate()` (greedy, `min_new_tokens` = `max_new_tokens`), offline from the model folder. Its own pinned onnxruntime-web is handed in through `globalThis[Symbol.for("onnxruntime")]` (in Node it otherwise always uses onnxruntime-node), with `device: "auto"`, `executionProviders: ["wasm"]`, the external data passed in `session_options`, the wasm files pointed at node_modules (it would set a CDN URL) and model paths read into bytes (the wasm bundle only fetches URLs). 4 streams = 4 concurrent `generate()` calls.',
   'ort-node':
@@ -333,7 +333,7 @@ function renderEngineDetails(eng: EngineResult, L: string[]) {
     '',
     '## Engine details',
     '',
-    `- **A decode step** (medians): \`session.run\` ${x.decodeStep.runMs} ms, the rest of \`forward()\` (feeds, outputs) ${x.decodeStep.forwardExtraMs} ms, between steps (sampling, detokenizing, scheduling) ${x.decodeStep.betweenStepsMs} ms.`,
+    `- **A decode step** (medians): \`session.run\` ${x.decodeStep.runMs} ms, the rest of \`forward()\` (feeds, outputs${x.decodeStep.headMs !== undefined ? `, and the lm_head in the engine's own WASM kernel: ${x.decodeStep.headMs} ms` : ''}) ${x.decodeStep.forwardExtraMs} ms, between steps (sampling, detokenizing, scheduling) ${x.decodeStep.betweenStepsMs} ms.`,
     `- **Sentiment prompt**: ${t.prefix} tokens of instruction prefix (cached) + ${t.uncached} tokens of text and template suffix (computed per request): uncached ${fmtMs(eng.sentimentColdMs)}, cached ${fmtMs(eng.sentimentCachedMs)} = ${fmtX((eng.sentimentColdMs ?? NaN) / (eng.sentimentCachedMs ?? NaN))}. A shorter text (“${s.text}”, ${s.tokens.uncached} uncached tokens): ${fmtMs(s.coldMs)} → ${fmtMs(s.cachedMs)} = ${fmtX(s.coldMs / s.cachedMs)}. The cache saves the prefix's share of the work, so the speedup is about (prefix + text) ÷ text tokens.`,
     sentimentCostModel(eng, t),
     `- **Sentiment during a long chat**: when the chat's 8th decode step ends, a timer (standing in for the I/O callback of an HTTP request arriving then) issues the request. Answered ${fmtMs(d.latencyMs)} after it was due (alone: ${fmtMs(eng.sentimentAloneMs)}); the timer fired ${fmtMs(d.timerLateMs)} late; ${d.chatSteps} chat steps ran while it was in flight; ${d.beforeChatEnd ? 'answered while the chat was still decoding' : '**answered only after the chat had finished**'}. Longest event-loop block during the chat: ${fmtMs(d.eventLoopMaxDelayMs)} (a wasm run cannot be interrupted: a decode step, or a prefill chunk).`,
@@ -368,6 +368,7 @@ function renderExplore(r: BenchResults, L: string[]) {
     const one = full.find((l) => l.layers === 1)
     const tiny = x.layers.find((l) => l.vocabSize !== undefined && l.layers === 1)
     const head = one && tiny ? one.stepMs - tiny.stepMs : undefined
+    const ownHead = r.engines.find((e) => e.name === 'engine')?.extra?.decodeStep.headMs
     L.push(
       `**Per layer vs the rest**: decode step of the same graph with fewer layers: ${full
         .map((l) => `${l.layers} layer${l.layers === 1 ? '' : 's'} ${l.stepMs} ms`)
@@ -380,6 +381,9 @@ function renderExplore(r: BenchResults, L: string[]) {
         ` The q8 kernel streams weights at ${((r.model.weightBytesPerToken - LM_HEAD_BYTES) / 24 / (slope / 1000) / 1e9).toFixed(1)} GB/s in the layers` +
         (head !== undefined
           ? ` and ${(LM_HEAD_BYTES / (head / 1000) / 1e9).toFixed(1)} GB/s in the lm_head`
+          : '') +
+        (ownHead !== undefined
+          ? ` (the engine's own kernel runs this lm_head in ${ownHead} ms per decode step = ${(LM_HEAD_BYTES / (ownHead / 1000) / 1e9).toFixed(1)} GB/s: weights packed once at load, int16 activations, \`i32x4.dot_i16x8_s\`)`
           : '') +
         `, against ${(r.bandwidth.copyBytesPerS / 1e9).toFixed(1)} GB/s memcpy: compute (unpacking uint8 without a dot-product instruction), not memory, bounds it.`,
       '',

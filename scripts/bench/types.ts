@@ -8,7 +8,10 @@ export interface BenchPrompt {
 }
 
 export interface BenchPlan {
+  /** The Hugging Face layout folder the peers read. */
   modelDir: string
+  /** The engine's model package of it (lm_head split off: head.ts). */
+  packageDir: string
   quick: boolean
   /** Repeats of each timed measurement (the median is reported). */
   rounds: number
@@ -93,7 +96,13 @@ export interface SentimentTokens {
 
 export interface EngineExtra {
   /** Medians over the decode run: session.run, the rest of forward(), the gap between steps. */
-  decodeStep: { runMs: number; forwardExtraMs: number; betweenStepsMs: number }
+  decodeStep: {
+    runMs: number
+    /** Part of forwardExtraMs: the split lm_head (head.ts) when the package has one. */
+    headMs?: number
+    forwardExtraMs: number
+    betweenStepsMs: number
+  }
   prefixComputations: number
   sentimentPromptTokens: SentimentTokens
   sentimentDuringChat: DuringChat
