@@ -159,6 +159,8 @@ export async function measureEngine(
   const { fsSource } = await import('../../src/adapters/node/fs-source.ts')
   const { loadPackage } = await import('../../src/engine/package-loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
+  const { installMacrotask } = await import('../../src/engine/macrotask.ts')
+  installMacrotask(setImmediate) // as the Node server does (src/adapters/node/main.ts)
   const source = fsSource(dirname(plan.packageDir))
   // not kept in a variable: the package's JS copy of the weights is dropped after the load
   const engine = await QwenEngine.create(await loadPackage(source, basename(plan.packageDir)), {

@@ -18,6 +18,7 @@
  */
 import type { KvCache, StepResult } from './model.ts'
 import type { StepRunner } from './generate.ts'
+import { macrotask } from './macrotask.ts'
 
 /** What batching needs of a model (QwenModel; tests script it). */
 export interface BatchModel {
@@ -120,7 +121,7 @@ export class DecodeBatcher {
     const canBatch = this.maxBatch > 1 && this.model.canBatch
     const shared = () => this.pending.reduce((n, r) => n + (r.solo ? 0 : 1), 0)
     if (canBatch && !this.pending[0]?.solo && shared() < Math.min(this.decoding, this.maxBatch)) {
-      await new Promise((resolve) => setTimeout(resolve, 0))
+      await macrotask()
     }
     this.scheduled = false
     let batch: Request[]

@@ -9,6 +9,7 @@
  * `maxQueued`, and past that the caller gets `queue_full`.
  */
 import { AppError } from '../core/errors.ts'
+import { macrotask } from './macrotask.ts'
 
 export interface SchedulerOptions {
   /** Generations decoding at once (interleaved per step). */
@@ -149,7 +150,7 @@ export class Scheduler {
   private async yieldIfDue(): Promise<void> {
     const now = performance.now()
     if (now - this.lastYield < YIELD_EVERY_MS) return
-    await new Promise((resolve) => setTimeout(resolve, 0))
+    await macrotask()
     this.lastYield = performance.now()
   }
 
