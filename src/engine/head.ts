@@ -6,7 +6,7 @@
  *
  * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run and streams them
  * at 6-7 GB/s; the 151936 x 896 head of Qwen2.5-0.5B took 20 ms of a 79 ms decode step. The
- * kernel reads rows packed once at load at 20+ GB/s (about 6 ms), and a sentiment request scores
+ * kernel reads rows packed once at load at 18-23 GB/s (6-7 ms), and a sentiment request scores
  * only the rows of its labels.
  *
  * Numerics: each hidden row is quantized to int16 with its own scale (ORT quantizes activations
