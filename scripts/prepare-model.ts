@@ -88,6 +88,9 @@ export const ONNX_PICK_ORDER = ['onnx/model_quantized.onnx', 'onnx/model.onnx']
 /** Written next to manifest.json when a transform ran; not part of the package. */
 export const REPORT_FILE = 'prepare-report.json'
 
+/** Largest KV cache difference the head split check accepts (measured: 0). */
+const SPLIT_KV_TOLERANCE = 1e-5
+
 export type PrepareFormat = 'keep' | 'q8'
 /** 'wasm': split the lm_head off into head.q8 when the graph is in the q8 form; 'graph': keep it. */
 export type PrepareHead = 'wasm' | 'graph'
@@ -474,6 +477,14 @@ export async function transformExport(
             `${check.presentMaxAbsError.toPrecision(3)} ` +
             `(${((performance.now() - started) / 1000).toFixed(1)} s, ${check.runtime})`,
         )
+        // the layers are the same ops on the same inputs: a KV difference means the rewrite
+        // (or the embedding rows) is wrong, and the package must not be written
+        if (!(check.presentMaxAbsError <= SPLIT_KV_TOLERANCE)) {
+          throw new Error(
+            `head split check failed: the split graph's KV cache differs by ` +
+              `${check.presentMaxAbsError} (allowed ${SPLIT_KV_TOLERANCE}); use --head graph`,
+          )
+        }
       }
     }
   }

@@ -18,7 +18,9 @@ import {
   valueInfo,
 } from '../../scripts/lib/onnx.ts'
 import type { ModelProto, NodeProto, TensorProto } from '../../scripts/lib/onnx.ts'
+import { CHECK_TOKENS } from '../../scripts/lib/logit-check.ts'
 import {
+  checkSplitHead,
   headEmbedding,
   headLogits,
   splitHead,
@@ -383,6 +385,21 @@ describe('splitHead on a tied q8 model', () => {
   it('(a, b) same logits within the activation quantization, same KV cache over 4 steps', async () => {
     const { worstRatio } = await compareOverSteps(tied.model, tied.config)
     expect(worstRatio).toBeLessThanOrEqual(1)
+  })
+})
+
+describe('checkSplitHead (what model:prepare refuses to write)', () => {
+  it('agrees with a correct split, and sees a KV difference when one embedding row is off', async () => {
+    const r = applied(splitHead(tied.model, tied.config))
+    const good = await checkSplitHead(tied.model, r.model, r.head, tied.config)
+    expect(good.presentMaxAbsError).toBe(0)
+    expect(good.top1Agrees).toBe(true)
+    // shift the zero point of the prompt's first token by one: its embedding moves by `scale`
+    const bytes = r.head.bytes.slice()
+    const t = CHECK_TOKENS[0] % V
+    bytes[V * STRIDE + t] = (bytes[V * STRIDE + t] + 1) & 0xff
+    const bad = await checkSplitHead(tied.model, r.model, { ...r.head, bytes }, tied.config)
+    expect(bad.presentMaxAbsError).toBeGreaterThan(1e-5)
   })
 })
 
