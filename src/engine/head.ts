@@ -37,35 +37,23 @@ export interface HeadWeights {
   data: Uint8Array
 }
 
+/** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (kernels/q8-head.wat). */
+type RowsArgs = [
+  w: number,
+  stride: number,
+  zp: number,
+  scale: number,
+  v0: number,
+  v1: number,
+  x: number,
+  sumx: number,
+  xscale: number,
+]
+
 interface KernelExports {
   memory: WebAssembly.Memory
-  rows(
-    w: number,
-    stride: number,
-    zp: number,
-    scale: number,
-    v0: number,
-    v1: number,
-    x: number,
-    sumx: number,
-    xscale: number,
-    n: number,
-    out: number,
-    ldo: number,
-  ): void
-  rows4(
-    w: number,
-    stride: number,
-    zp: number,
-    scale: number,
-    v0: number,
-    v1: number,
-    x: number,
-    sumx: number,
-    xscale: number,
-    out: number,
-    ldo: number,
-  ): void
+  rows(...a: [...RowsArgs, n: number, out: number, ldo: number]): void
+  rows4(...a: [...RowsArgs, out: number, ldo: number]): void
 }
 
 let precompiled: WebAssembly.Module | undefined
