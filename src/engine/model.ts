@@ -216,8 +216,9 @@ export class QwenModel {
    * whole batch, which is what a decode step on WASM is bound by (a batch of 4 costs about 1.4
    * single steps). Caches of different lengths are left-padded to the longest (masked out by
    * attention_mask; position_ids keep each row's true positions), and each row's present is cut
-   * back to its own length. Those two copies are the price of batching: at 0.5B shapes about
-   * 24 KiB per cached token per sequence, small against the weights a step reads.
+   * back to its own length, but only when read: while the batch stays the same (the same
+   * sequences, in the same order), each run is fed the last run's present as it is. A batch that
+   * changes pays the two copies, about 24 KiB per cached token per sequence at 0.5B shapes.
    *
    * With q8 `DynamicQuantizeMatMul` the activations of the whole batch share one quantization
    * scale, so a row's logits differ slightly from the same step run alone (fp32 agrees to 1e-5).
@@ -245,7 +246,19 @@ export class QwenModel {
       feeds.inputs_embeds = new ort.Tensor('float32', this.head!.embed(tokens), [b, 1, this.hidden])
     }
     const { kvHeads, headDim } = this.shape
+    // The same batch as the last run, in the same order: its present tensors are already this
+    // run's past in the padded layout (every row grew by one, so the widest row fills it).
+    const last = caches[0] instanceof BatchRowCache ? caches[0].batch : undefined
+    const sameBatch =
+      last !== undefined &&
+      last.rows.length === b &&
+      last.width === longest &&
+      caches.every((c, r) => c === last.rows[r])
     for (const [, past] of this.presentToPast) {
+      if (sameBatch) {
+        feeds[past] = last.present[past]
+        continue
+      }
       const first = caches[0].tensors[past]
       const out = newLike(first.data as KvData, b * kvHeads * longest * headDim)
       for (let r = 0; r < b; r++) {
@@ -280,31 +293,38 @@ export class QwenModel {
       logits = toFloat32(out.logits)
       rowsOut = out.logits.dims[1]
     }
+    const present: Record<string, Tensor> = {}
+    for (const [name, past] of this.presentToPast) present[past] = out[name]
+    const batch: BatchKv = { present, width: total, rows: [] }
     const results: StepResult[] = []
     for (let r = 0; r < b; r++) {
       const len = caches[r].length + 1
-      const tensors: Record<string, Tensor> = {}
-      for (const [present, past] of this.presentToPast) {
-        const t = out[present]
-        const src = t.data as KvData
-        const mine = newLike(src, kvHeads * len * headDim)
-        for (let h = 0; h < kvHeads; h++) {
-          const from = ((r * kvHeads + h) * total + total - len) * headDim
-          mine.set(src.subarray(from, from + len * headDim), h * len * headDim)
+      // a row's own tensors are cut out of the batch only when something reads them (the
+      // sequence leaves the batch, or its cache is kept): the next run of the same batch feeds
+      // `present` as it is, without copying it apart and back together
+      const cut = () => {
+        const tensors: Record<string, Tensor> = {}
+        for (const [, past] of this.presentToPast) {
+          const t = present[past]
+          const src = t.data as KvData
+          const mine = newLike(src, kvHeads * len * headDim)
+          for (let h = 0; h < kvHeads; h++) {
+            const from = ((r * kvHeads + h) * total + total - len) * headDim
+            mine.set(src.subarray(from, from + len * headDim), h * len * headDim)
+          }
+          tensors[past] = new ort.Tensor(t.type as 'float32', mine as Float32Array, [
+            1,
+            kvHeads,
+            len,
+            headDim,
+          ])
         }
-        tensors[past] = new ort.Tensor(t.type as 'float32', mine as Float32Array, [
-          1,
-          kvHeads,
-          len,
-          headDim,
-        ])
+        return tensors
       }
+      const cache = new BatchRowCache(len, batch, cut)
+      batch.rows.push(cache)
       const row = (r * rowsOut + rowsOut - 1) * vocab
-      results.push({
-        logits: logits.subarray(row, row + vocab),
-        rows: 1,
-        cache: { length: len, tensors },
-      })
+      results.push({ logits: logits.subarray(row, row + vocab), rows: 1, cache })
     }
     return results
   }
@@ -328,6 +348,36 @@ function pickColumns(
       out[r * columns.length + i] = logits[r * vocab + columns[i]]
   }
   return out
+}
+
+/** The present tensors of one batched run: [rows, kv_heads, width, head_dim], left-padded. */
+interface BatchKv {
+  present: Record<string, Tensor>
+  width: number
+  rows: BatchRowCache[]
+}
+
+/** One sequence's cache inside a batched run's present; its own tensors are cut out lazily. */
+class BatchRowCache implements KvCache {
+  private own?: Record<string, Tensor>
+
+  constructor(
+    readonly length: number,
+    readonly batch: BatchKv,
+    private readonly cut: () => Record<string, Tensor>,
+  ) {}
+
+  get tensors(): Record<string, Tensor> {
+    return (this.own ??= this.cut())
+  }
+}
+
+/**
+ * A cache that holds only its own sequence's tensors. One left by a batched run still holds the
+ * whole batch's present; call this before keeping it for long (turn-cache.ts).
+ */
+export function ownCache(cache: KvCache): KvCache {
+  return cache instanceof BatchRowCache ? { length: cache.length, tensors: cache.tensors } : cache
 }
 
 export interface SessionOptions {

@@ -6,7 +6,7 @@
  * linear scan comparing token arrays. Caches are immutable (see model.ts): an entry matched in
  * full is handed out as is; a partial match is a sliced copy, so the entry itself stays valid.
  */
-import type { KvCache } from './model.ts'
+import { ownCache, type KvCache } from './model.ts'
 import { ort, type Tensor } from './ort.ts'
 
 export interface TurnCacheOptions {
@@ -103,7 +103,8 @@ export class TurnCache {
       this.total -= entry.ids.length
       return false
     })
-    this.entries.push({ ids: ids.slice(), cache })
+    // a cache left by a batched run would keep the whole batch's tensors alive
+    this.entries.push({ ids: ids.slice(), cache: ownCache(cache) })
     this.total += ids.length
     while (this.total > this.maxTokens) this.total -= this.entries.shift()!.ids.length
   }

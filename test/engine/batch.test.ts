@@ -58,6 +58,60 @@ describe('QwenModel.forwardBatch (tiny, fp32)', () => {
     }
   })
 
+  it('feeds an unchanged batch its last present as past (no copies); a changed one is copied', async () => {
+    const seen: { feeds: Record<string, unknown>; out: Record<string, unknown> }[] = []
+    const session = model.session as { run: QwenModel['session']['run'] }
+    const run = session.run.bind(model.session)
+    session.run = (async (feeds: Record<string, unknown>, ...rest: unknown[]) => {
+      const out = await (run as (...a: unknown[]) => Promise<Record<string, unknown>>)(
+        feeds,
+        ...rest,
+      )
+      seen.push({ feeds, out })
+      return out
+    }) as typeof run
+    try {
+      const a = (await model.forward([151644, 872, 198, 9707], model.emptyCache())).cache
+      const b = (await model.forward([105043], model.emptyCache())).cache
+      const first = await model.forwardBatch([100, 200], [a, b])
+      seen.length = 0
+      const same = await model.forwardBatch(
+        [300, 400],
+        first.map((r) => r.cache),
+      )
+      // the run after `first` was fed first's own present tensors, not copies
+      const firstPresent = first[0].cache as unknown as {
+        batch: { present: Record<string, unknown> }
+      }
+      expect(seen[0].feeds['past_key_values.0.key']).toBe(
+        firstPresent.batch.present['past_key_values.0.key'],
+      )
+      // reversed order: not the same batch, so the caches are cut out and padded again
+      seen.length = 0
+      const swapped = await model.forwardBatch([400, 300], [first[1].cache, first[0].cache])
+      expect(seen[0].feeds['past_key_values.0.key']).not.toBe(
+        firstPresent.batch.present['past_key_values.0.key'],
+      )
+      expect(maxDiff(same[0].logits, swapped[1].logits)).toBeLessThan(1e-5)
+      expect(maxDiff(same[1].logits, swapped[0].logits)).toBeLessThan(1e-5)
+      const name = 'past_key_values.1.value'
+      expect(
+        maxDiff(
+          same[1].cache.tensors[name].data as Float32Array,
+          swapped[0].cache.tensors[name].data as Float32Array,
+        ),
+      ).toBeLessThan(1e-5)
+      expect(same[1].cache.tensors[name].dims).toEqual([
+        1,
+        model.shape.kvHeads,
+        3,
+        model.shape.headDim,
+      ])
+    } finally {
+      session.run = run
+    }
+  })
+
   it('leaves the input caches untouched (caches are immutable)', async () => {
     const a = (await model.forward([1, 2, 3, 4], model.emptyCache())).cache
     const b = (await model.forward([5], model.emptyCache())).cache
