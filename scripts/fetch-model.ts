@@ -3,7 +3,7 @@
  *
  *   npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx] [--revision main]
  *                          [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]
- *                          [--format keep|q8] [--head wasm|graph]
+ *                          [--format keep|q8] [--head wasm|graph] [--decoder wasm|graph]
  *
  * Files come from `${HF_ENDPOINT ?? 'https://huggingface.co'}/{repo}/resolve/{revision}/{path}`
  * (`Authorization: Bearer $HF_TOKEN` when set, for gated repos) into `<cache>/<repo>/<revision>/`
@@ -18,6 +18,7 @@ import { isMain, runMain } from './lib/cli.ts'
 import { progressBar } from './lib/progress.ts'
 import {
   preparePackage,
+  type PrepareDecoder,
   type PrepareFormat,
   type PrepareHead,
   type PrepareResult,
@@ -44,6 +45,8 @@ export interface FetchModelOptions {
   format?: PrepareFormat
   /** Where the lm_head runs (prepare-model.ts); default 'wasm' where the graph allows it. */
   head?: PrepareHead
+  /** Whether the engine gets the decoder layers' tensors (prepare-model.ts); default 'wasm'. */
+  decoder?: PrepareDecoder
   /** Attempts per file (a cut connection resumes on the next one); default 5. */
   attempts?: number
   retryDelayMs?: number
@@ -109,6 +112,7 @@ export async function fetchModel(options: FetchModelOptions): Promise<FetchModel
     source: { repo, revision },
     format: options.format,
     head: options.head,
+    decoder: options.decoder,
     // an export that computes logits for every position gets the last-position rewrite
     logitsRewrite: true,
   })
@@ -283,6 +287,7 @@ async function main(): Promise<void> {
       cache: { type: 'string', default: '.cache/hub' },
       format: { type: 'string', default: 'keep' },
       head: { type: 'string', default: 'wasm' },
+      decoder: { type: 'string', default: 'wasm' },
     },
   })
   if (positionals.length !== 1) {
@@ -290,7 +295,7 @@ async function main(): Promise<void> {
       [
         'usage: npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx]',
         '         [--revision main] [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]',
-        '         [--format keep|q8] [--head wasm|graph]',
+        '         [--format keep|q8] [--head wasm|graph] [--decoder wasm|graph]',
         'env: HF_ENDPOINT (a mirror), HF_TOKEN (gated repos)',
       ].join('\n'),
     )
@@ -308,6 +313,7 @@ async function main(): Promise<void> {
     cacheDir: values.cache,
     format: values.format as PrepareFormat,
     head: values.head as PrepareHead,
+    decoder: values.decoder as PrepareDecoder,
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
   })
   console.error(`downloaded to ${result.folder}\npackage ${result.id} → ${result.dir}`)

@@ -3,7 +3,7 @@
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
- *                            [--head wasm|graph] [--no-verify]
+ *                            [--head wasm|graph] [--decoder wasm|graph] [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
@@ -27,10 +27,19 @@
  *   `head.q8`, run by the engine's own kernel; the graph then ends in `hidden_states` (and
  *   takes `inputs_embeds` when tied), see lib/split-head.ts. Not q8 form: not applied, and the
  *   report says why.
+ * - decoder map (`--decoder wasm`, the default; needs the head split): the operands of every
+ *   decoder layer's DynamicQuantizeMatMul and its norm weights are found in the split graph and
+ *   recorded in the manifest (`decoder`, byte ranges of the graph's own data file; the small
+ *   tensors the graph keeps inline are copied into `decoder.bin`), so the engine can run decode
+ *   steps with its own kernels, see lib/decoder-map.ts. Skipped, with the reason in the report,
+ *   when the graph is not in that form.
  * After the q8 conversion or the logits rewrite, the last-position logits of the result are
  * compared with those of the input's fp32 graph on a fixed 16-token prompt (onnxruntime-node,
  * 1 thread; `--no-verify` skips it); after a head split, the graph before the split is compared
- * with the split graph plus the head rows over three steps. `prepare-report.json` next to the
+ * with the split graph plus the head rows over three steps; the decoder map is checked by
+ * computing the layers from the mapped tensors in TypeScript against the split graph
+ * (lib/decoder-check.ts), and left out of the manifest when they disagree (the package is
+ * still whole: the graph runs every step). `prepare-report.json` next to the
  * manifest records what was done and the errors. The report is not listed in the manifest: the
  * engine never reads it.
  *
@@ -43,6 +52,7 @@ import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/p
 import { basename, dirname, join, relative, resolve, sep } from 'node:path'
 import { parseArgs } from 'node:util'
 import {
+  DECODER_FILE,
   DEFAULT_SHARD_BYTES,
   HEAD_FILE,
   MANIFEST_FILE,
@@ -53,10 +63,13 @@ import {
   parseManifest,
   shardName,
   type ArchitectureConfig,
+  type DecoderEntry,
   type Manifest,
   type ManifestFile,
 } from '../src/core/manifest.ts'
 import { isMain, runMain } from './lib/cli.ts'
+import { checkDecoder, type DecoderCheck } from './lib/decoder-check.ts'
+import { findDecoder, mapDecoder, type DecoderNames } from './lib/decoder-map.ts'
 import { addLogitsToKeep, convertFloatType, type LogitsRewrite } from './lib/graph-rewrite.ts'
 import { checkLogits, type GraphRef, type LogitCheck } from './lib/logit-check.ts'
 import {
@@ -94,6 +107,11 @@ const SPLIT_KV_TOLERANCE = 1e-5
 export type PrepareFormat = 'keep' | 'q8'
 /** 'wasm': split the lm_head off into head.q8 when the graph is in the q8 form; 'graph': keep it. */
 export type PrepareHead = 'wasm' | 'graph'
+/**
+ * 'wasm': record the decoder layers' tensors in the manifest (after a head split) so the engine
+ * can run decode steps itself; 'graph': the graph runs every step.
+ */
+export type PrepareDecoder = 'wasm' | 'graph'
 
 export interface PrepareOptions {
   /** The Hugging Face layout folder. */
@@ -118,6 +136,8 @@ export interface PrepareOptions {
   verify?: boolean
   /** Where the lm_head runs; default 'wasm' (split off when the graph is in the q8 form). */
   head?: PrepareHead
+  /** Default 'wasm': map the decoder layers when the head was split off. */
+  decoder?: PrepareDecoder
 }
 
 /** What `prepare-report.json` holds. */
@@ -144,6 +164,8 @@ export interface PrepareReport {
   logits?: LogitCheck & { reference: string }
   /** The head split (absent with `head: 'graph'`). */
   head?: HeadReport
+  /** The decoder map (absent with `decoder: 'graph'`). */
+  decoder?: DecoderReport
 }
 
 /** What the head split did: applied, or why not; with verify on, the check's numbers. */
@@ -164,6 +186,18 @@ export interface HeadReport extends Partial<HeadCheck> {
   embeddingTensor?: string
   embeddingNodes?: number
   removedInitializers?: string[]
+}
+
+/** What the decoder map did: applied, or why not; with verify on, the check's numbers. */
+export interface DecoderReport extends Partial<DecoderCheck> {
+  applied: boolean
+  reason?: string
+  layers?: number
+  /** Tensors referenced in the graph's external data, and copied into decoder.bin. */
+  externalTensors?: number
+  inlineTensors?: number
+  /** Size of decoder.bin (0: not written). */
+  bytes?: number
 }
 
 export interface PrepareResult {
@@ -191,6 +225,10 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
   const headMode = options.head ?? 'wasm'
   if (headMode !== 'wasm' && headMode !== 'graph')
     throw new Error(`Unknown head ${JSON.stringify(headMode)}: use wasm or graph`)
+  const decoderMode = options.decoder ?? 'wasm'
+  if (decoderMode !== 'wasm' && decoderMode !== 'graph')
+    throw new Error(`Unknown decoder ${JSON.stringify(decoderMode)}: use wasm or graph`)
+  const log = options.quiet ? () => {} : (line: string) => console.error(line)
   const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
   if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
     throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
@@ -241,11 +279,17 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
     let graphFile = basename(onnxFile)
     let report: PrepareReport | undefined
     let head: HeadRows | undefined
+    let decoderNames: DecoderNames | undefined
     if (format !== 'keep' || options.logitsRewrite || headMode === 'wasm') {
       // views into the external files read once anyway (readExternal caches them): no copy
       for (const t of initializers(model))
         if (isExternal(t)) setRawData(t, tensorRawData(t, readExternal))
-      ;({ model, report, head } = await transformExport(model, {
+      ;({
+        model,
+        report,
+        head,
+        decoder: decoderNames,
+      } = await transformExport(model, {
         input: relative(folder, onnxPath).split(sep).join('/'),
         inputPath: onnxPath,
         config,
@@ -253,10 +297,10 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         logitsRewrite: options.logitsRewrite ?? false,
         verify: options.verify ?? true,
         head: headMode,
-        log: options.quiet ? () => {} : (line) => console.error(line),
+        decoder: decoderMode,
+        log,
       }))
       if (format === 'q8') graphFile = 'model_quantized.onnx'
-      await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
     }
     const location = externalDataName(graphFile)
 
@@ -299,9 +343,38 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       headShards = headWriter.finish()
       bar.add(head.bytes.byteLength)
     }
+
+    // the decoder map, now that the external data offsets are final
+    let decoder: DecoderEntry | undefined
+    if (decoderNames && report?.decoder) {
+      const mapped = mapDecoder(model, config, {
+        externalData: shards.length ? [location] : [],
+        names: decoderNames,
+      })
+      if (!mapped.applied) {
+        Object.assign(report.decoder, { applied: false, reason: mapped.reason })
+        log(`decoder map: not applied (${mapped.reason})`)
+      } else {
+        decoder = mapped.entry
+        if (mapped.bytes.byteLength) {
+          // small tensors the graph holds inline, cut like external data: decoder.bin.000 …
+          const decoderWriter = new ShardWriter(tmp, DECODER_FILE, shardBytes)
+          decoderWriter.write(mapped.bytes)
+          const decoderShards = decoderWriter.finish()
+          const bytes = mapped.bytes.byteLength
+          decoder.file = { location: DECODER_FILE, bytes, shards: decoderShards }
+        }
+        Object.assign(report.decoder, {
+          externalTensors: mapped.external,
+          inlineTensors: mapped.inline,
+          bytes: mapped.bytes.byteLength,
+        })
+      }
+    }
     bar.finish(
       `${moving.length} initializers, ${shards.length} shards` +
-        (head ? `; ${HEAD_FILE} in ${headShards.length}` : ''),
+        (head ? `; ${HEAD_FILE} in ${headShards.length}` : '') +
+        (decoder?.file ? `; ${DECODER_FILE} in ${decoder.file.shards.length}` : ''),
     )
 
     const graph = encodeModel(model)
@@ -319,6 +392,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
     }
     const dataBytes = shards.reduce((n, s) => n + s.bytes, 0)
     const headBytes = head?.bytes.byteLength ?? 0
+    const decoderBytes = decoder?.file?.bytes ?? 0
     const manifest: Manifest = {
       version: MANIFEST_VERSION,
       id,
@@ -344,12 +418,19 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
           file: { location: HEAD_FILE, bytes: headBytes, shards: headShards },
         },
       }),
+      ...(decoder && { decoder }),
       shardBytes,
       totalBytes:
-        tokenizerJson.bytes + tokenizerConfig.bytes + graph.byteLength + dataBytes + headBytes,
+        tokenizerJson.bytes +
+        tokenizerConfig.bytes +
+        graph.byteLength +
+        dataBytes +
+        headBytes +
+        decoderBytes,
       source: { onnxFile: relative(folder, onnxPath).split(sep).join('/'), ...options.source },
     }
     parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
+    if (report) await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
     await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
     await rm(final, { recursive: true, force: true })
     await rename(tmp, final)
@@ -371,18 +452,22 @@ export interface TransformOptions {
   verify: boolean
   /** Default 'graph' (no split). */
   head?: PrepareHead
+  /** Default 'graph' (no decoder map). */
+  decoder?: PrepareDecoder
   log: (line: string) => void
 }
 
 /**
  * The prepare-time transforms on a decoded export whose data is inline: q8 conversion, then
  * the logits rewrite, then the logit check against the input's fp32 graph, then the head split
- * and its check against the graph before the split.
+ * and its check against the graph before the split, then the decoder's tensors found in the
+ * split graph and checked (their byte ranges are recorded once the data file is written:
+ * `mapDecoder`).
  */
 export async function transformExport(
   model: ModelProto,
   o: TransformOptions,
-): Promise<{ model: ModelProto; report: PrepareReport; head?: HeadRows }> {
+): Promise<{ model: ModelProto; report: PrepareReport; head?: HeadRows; decoder?: DecoderNames }> {
   const report: PrepareReport = { input: o.input, format: o.format }
   let reference: GraphRef = { path: o.inputPath }
   let referenceName = 'the input graph'
@@ -488,7 +573,61 @@ export async function transformExport(
       }
     }
   }
-  return { model, report, head }
+  const decoder =
+    o.decoder === 'wasm' ? await findAndCheckDecoder(model, report, head, o) : undefined
+  return { model, report, head, decoder }
+}
+
+/**
+ * The decoder map's structure (lib/decoder-map.ts) and, with verify on, its check
+ * (lib/decoder-check.ts). A check beyond tolerance leaves the decoder out (reason in the
+ * report), it does not fail the prepare: without the entry the package is whole (the graph
+ * runs every step), while a wrong entry would make the engine compute garbage.
+ */
+async function findAndCheckDecoder(
+  model: ModelProto,
+  report: PrepareReport,
+  head: HeadRows | undefined,
+  o: TransformOptions,
+): Promise<DecoderNames | undefined> {
+  const skip = (reason: string) => {
+    report.decoder = { ...report.decoder, applied: false, reason } // the check's numbers stay
+    o.log(`decoder map: not applied (${reason})`)
+    return undefined
+  }
+  if (!head)
+    return skip(
+      o.head === 'wasm'
+        ? 'the lm_head was not split off (see head)'
+        : 'the lm_head stays in the graph (--head graph)',
+    )
+  const found = findDecoder(model, o.config)
+  if (!found.applied) return skip(found.reason)
+  const { layers } = found.names
+  report.decoder = { applied: true, layers: layers.length }
+  o.log(
+    `decoder map: ${layers.length} layers x 7 DynamicQuantizeMatMul + 2 norms, and the final norm`,
+  )
+  if (!o.verify) return found.names
+  const started = performance.now()
+  const check = await checkDecoder(model, found.names, o.config, head)
+  Object.assign(report.decoder, check)
+  const e = (x: number) => x.toPrecision(2)
+  o.log(
+    `decoder vs the graph, layer by layer over ${check.decodeTokens.length + 1} steps: max ` +
+      `error ${e(check.maxError)} of the range (${check.worst}; attention ` +
+      `${e(check.attentionError)}, k ${e(check.keyError)}, v ${e(check.valueError)}, mlp ` +
+      `${e(check.mlpError)}, hidden ${e(check.hiddenError)}); float activations ` +
+      `${e(check.float.maxError)} (${((performance.now() - started) / 1000).toFixed(1)} s, ` +
+      `${check.runtime})`,
+  )
+  if (!check.passed)
+    return skip(
+      `the decoder computed from the mapped tensors differs from the graph by ` +
+        `${e(check.maxError)} of the range at ${check.worst} (allowed ${check.tolerance}): ` +
+        'the mapping is wrong, or the graph computes something else',
+    )
+  return found.names
 }
 
 /** The ONNX file to use when none is named: ONNX_PICK_ORDER, else the only one under onnx/. */
@@ -632,6 +771,7 @@ async function main(): Promise<void> {
       out: { type: 'string', default: 'model-shards' },
       format: { type: 'string', default: 'keep' },
       head: { type: 'string', default: 'wasm' },
+      decoder: { type: 'string', default: 'wasm' },
       'logits-rewrite': { type: 'boolean', default: true },
       verify: { type: 'boolean', default: true },
     },
@@ -642,7 +782,8 @@ async function main(): Promise<void> {
       [
         'usage: npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx]',
         '         [--shard-mb 16] [--out model-shards] [--format keep|q8]',
-        '         [--no-logits-rewrite] [--head wasm|graph] [--no-verify]',
+        '         [--no-logits-rewrite] [--head wasm|graph] [--decoder wasm|graph]',
+        '         [--no-verify]',
       ].join('\n'),
     )
     process.exit(2)
@@ -659,13 +800,15 @@ async function main(): Promise<void> {
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
     format: values.format as PrepareFormat,
     head: values.head as PrepareHead,
+    decoder: values.decoder as PrepareDecoder,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)
   const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0
   console.error(
-    `${dir}: ${shards} shards${manifest.head ? ` + ${HEAD_FILE}` : ''}, ` +
+    `${dir}: ${shards} shards${manifest.head ? ` + ${HEAD_FILE}` : ''}` +
+      `${manifest.decoder ? ' + decoder map' : ''}, ` +
       `${manifest.totalBytes} bytes, ${secs} s` +
       (manifest.synthetic ? ' (synthetic weights)' : ''),
   )

@@ -10,6 +10,8 @@
  *   <id>/model_quantized.onnx_data.000 … .NNN  that data file cut into fixed-size shards
  *   <id>/head.q8.000 …                         optional: the lm_head (and tied embedding) rows,
  *                                              run outside the graph (see HeadEntry)
+ *   <id>/decoder.bin.000 …                     optional: the small tensors of the decoder layers
+ *                                              that are inline in the graph (see DecoderEntry)
  *
  * The graph's initializers name the *unsplit* data file (`location: model_quantized.onnx_data`);
  * the loader concatenates the shards into one buffer and hands it to onnxruntime-web under that
@@ -128,6 +130,87 @@ export function headLayout(
   return { rows: 0, zeroPoints, scales, bytes: scales + 4 * vocab }
 }
 
+export type DecoderFormat = 'dqmm'
+const DECODER_FORMATS: readonly DecoderFormat[] = ['dqmm']
+
+export type DecoderTensorType = 'int8' | 'uint8' | 'float32'
+const DECODER_TENSOR_BYTES: Record<DecoderTensorType, number> = { int8: 1, uint8: 1, float32: 4 }
+
+/** Where one tensor of the decoder layers is: a byte range of a package file, little-endian. */
+export interface DecoderTensorRef {
+  /** 'decoder': the decoder entry's own file; a number: index into `stages[0].externalData`. */
+  file: 'decoder' | number
+  offset: number
+  /** [] for a scalar. */
+  dims: number[]
+  type: DecoderTensorType
+}
+
+/**
+ * One `com.microsoft DynamicQuantizeMatMul` of the graph, its operands as they are:
+ * y = x · ((weight − zeroPoint) · scale) + bias, per column (or one scale / zero point for all).
+ */
+export interface DecoderMatrixRef {
+  /** [K, N] row-major, int8 or uint8. */
+  weight: DecoderTensorRef
+  /** float32 [N], [1] or []. */
+  scale: DecoderTensorRef
+  /** Same type as `weight`: [N], [1] or []. */
+  zeroPoint: DecoderTensorRef
+  /** float32 [N]. */
+  bias?: DecoderTensorRef
+}
+
+/** One Qwen2 decoder layer. Shapes: H hidden, I intermediate, q = heads x head_dim, kv likewise. */
+export interface DecoderLayerRef {
+  /** RMSNorm weight before attention, float32 [H]. */
+  inputNorm: DecoderTensorRef
+  /** [H, q] */
+  q: DecoderMatrixRef
+  /** [H, kv] */
+  k: DecoderMatrixRef
+  /** [H, kv] */
+  v: DecoderMatrixRef
+  /** [q, H] */
+  o: DecoderMatrixRef
+  /** RMSNorm weight before the MLP, float32 [H]. */
+  postNorm: DecoderTensorRef
+  /** [H, I] */
+  gate: DecoderMatrixRef
+  /** [H, I] */
+  up: DecoderMatrixRef
+  /** [I, H] */
+  down: DecoderMatrixRef
+}
+
+/**
+ * The graph's decoder layers as tensors the engine can run itself (`model:prepare --decoder
+ * wasm`, the default with a head split; src/engine/decoder-weights.ts resolves them): every
+ * DynamicQuantizeMatMul operand and RMSNorm weight of every layer, and the final norm, whose
+ * output is the graph's `hidden_states`. The tensors are not copied: big ones are byte ranges of
+ * the graph's own external data (`file` = its index in `stages[0].externalData`); the small
+ * ones the graph holds inline (norms, scales, zero points, biases under 1 KiB) are copied into
+ * the decoder file, `decoder.bin`, cut into shards like external data. A package with a decoder
+ * has one stage and a head (the stage ends in hidden states).
+ */
+export interface DecoderEntry {
+  format: DecoderFormat
+  /** One per decoder layer, in order. */
+  layers: DecoderLayerRef[]
+  /** float32 [H]. */
+  finalNorm: DecoderTensorRef
+  /** The decoder file (location 'decoder.bin'); absent when no tensor lives there. */
+  file?: ExternalDataEntry
+}
+
+/** The decoder file prepare writes (its shards: `decoder.bin.000` …). */
+export const DECODER_FILE = 'decoder.bin'
+
+/** Bytes of a decoder tensor: its element count times the element size. */
+export function decoderTensorBytes(ref: Pick<DecoderTensorRef, 'dims' | 'type'>): number {
+  return ref.dims.reduce((n, d) => n * d, 1) * DECODER_TENSOR_BYTES[ref.type]
+}
+
 /**
  * The architecture fields the engine needs from a Hugging Face Qwen2 `config.json`. The manifest
  * keeps the whole config (every other key too); these are the ones validated.
@@ -164,9 +247,11 @@ export interface Manifest {
   stages: Stage[]
   /** Present when the lm_head runs outside the graph: the stages end in hidden states. */
   head?: HeadEntry
+  /** Present when the engine can run the decoder layers itself (needs `head`). */
+  decoder?: DecoderEntry
   /** Nominal shard size the package was cut with (the last shard of a file is shorter). */
   shardBytes: number
-  /** Sum of every file listed (tokenizer files, graphs, shards, head); the manifest not included. */
+  /** Sum of every file listed (tokenizer, graphs, shards, head, decoder); the manifest not included. */
   totalBytes: number
   /** Where the package came from (informational). */
   source?: { onnxFile?: string; repo?: string; revision?: string }
@@ -216,13 +301,14 @@ export function isSafeRelativePath(path: string): boolean {
   return path.length > 0 && path.length <= 512 && path.split('/').every((s) => SEGMENT_RE.test(s))
 }
 
-/** Every file of the package (tokenizer, graphs, shards, head shards), in load order. */
+/** Every file of the package (tokenizer, graphs, shards, decoder and head shards), in load order. */
 export function listFiles(manifest: Manifest): ManifestFile[] {
   const files = [manifest.tokenizer.json, manifest.tokenizer.config]
   for (const stage of manifest.stages) {
     files.push(stage.graph)
     for (const ext of stage.externalData) files.push(...ext.shards)
   }
+  if (manifest.decoder?.file) files.push(...manifest.decoder.file.shards)
   if (manifest.head) files.push(...manifest.head.file.shards)
   return files
 }
@@ -273,6 +359,8 @@ function readManifest(json: unknown): Manifest {
   const stages = stagesJson.map((s, i) => readStage(s, `stages[${i}]`))
   const head = m.head === undefined ? undefined : readHead(m.head, config, 'head')
   checkStageChain(stages, config.num_hidden_layers, head)
+  const decoder =
+    m.decoder === undefined ? undefined : readDecoder(m.decoder, config, stages, head, 'decoder')
 
   const manifest: Manifest = {
     version: MANIFEST_VERSION,
@@ -286,6 +374,7 @@ function readManifest(json: unknown): Manifest {
     totalBytes: nonNegativeInt(m.totalBytes, 'totalBytes'),
   }
   if (head) manifest.head = head
+  if (decoder) manifest.decoder = decoder
   if (m.synthetic !== undefined && m.synthetic !== manifest.synthetic) {
     throw new Invalid(`synthetic is ${String(m.synthetic)} but config says ${manifest.synthetic}`)
   }
@@ -410,6 +499,110 @@ function readHead(json: unknown, config: ArchitectureConfig, at: string): HeadEn
       `${at}.file.bytes is ${file.bytes}, a ${format} head of ${vocab} x ${stride} has ${expected}`,
     )
   return { format, vocab, hidden, stride, embedding: h.embedding, file }
+}
+
+function readDecoder(
+  json: unknown,
+  config: ArchitectureConfig,
+  stages: Stage[],
+  head: HeadEntry | undefined,
+  at: string,
+): DecoderEntry {
+  const d = object(json, at)
+  const format = string(d.format, `${at}.format`) as DecoderFormat
+  if (!DECODER_FORMATS.includes(format))
+    throw new Invalid(
+      `${at}.format ${JSON.stringify(format)} is not one of ${DECODER_FORMATS.join(', ')}`,
+    )
+  if (!head) throw new Invalid(`${at} needs a head (the decoder layers end in hidden states)`)
+  if (stages.length !== 1)
+    throw new Invalid(`${at} needs a package of one stage, this one has ${stages.length}`)
+  const file = d.file === undefined ? undefined : readExternalData(d.file, `${at}.file`)
+  const files = stages[0].externalData
+  const H = config.hidden_size
+  const I = config.intermediate_size
+  const headDim = config.head_dim ?? H / config.num_attention_heads
+  const qDim = config.num_attention_heads * headDim
+  const kvDim = config.num_key_value_heads * headDim
+
+  const tensor = (v: unknown, where: string, types: readonly DecoderTensorType[]) => {
+    const t = object(v, where)
+    let ref: DecoderTensorRef['file']
+    if (t.file === 'decoder') {
+      if (!file) throw new Invalid(`${where}.file is 'decoder' but ${at}.file is absent`)
+      ref = 'decoder'
+    } else {
+      ref = nonNegativeInt(t.file, `${where}.file`)
+      if (ref >= files.length)
+        throw new Invalid(
+          `${where}.file ${ref} is not an index of stages[0].externalData (${files.length} files)`,
+        )
+    }
+    const type = string(t.type, `${where}.type`) as DecoderTensorType
+    if (!types.includes(type))
+      throw new Invalid(`${where}.type ${JSON.stringify(type)} is not one of ${types.join(', ')}`)
+    const dims = array(t.dims, `${where}.dims`).map((x, i) =>
+      nonNegativeInt(x, `${where}.dims[${i}]`),
+    )
+    const offset = nonNegativeInt(t.offset, `${where}.offset`)
+    const size = ref === 'decoder' ? file!.bytes : files[ref].bytes
+    const bytes = decoderTensorBytes({ dims, type })
+    if (offset + bytes > size)
+      throw new Invalid(
+        `${where}: ${bytes} bytes at offset ${offset} run past the end of its file (${size} bytes)`,
+      )
+    return { file: ref, offset, dims, type }
+  }
+  const shape = (ref: DecoderTensorRef, where: string, ...allowed: number[][]) => {
+    if (!allowed.some((dims) => sameDims(ref.dims, dims)))
+      throw new Invalid(
+        `${where}.dims [${ref.dims.join(', ')}] are not ` +
+          allowed.map((dims) => `[${dims.join(', ')}]`).join(' or '),
+      )
+    return ref
+  }
+  const norm = (v: unknown, where: string) => shape(tensor(v, where, ['float32']), where, [H])
+  const matrix = (v: unknown, where: string, k: number, n: number): DecoderMatrixRef => {
+    const m = object(v, where)
+    const weight = tensor(m.weight, `${where}.weight`, ['int8', 'uint8'])
+    shape(weight, `${where}.weight`, [k, n])
+    const scale = tensor(m.scale, `${where}.scale`, ['float32'])
+    shape(scale, `${where}.scale`, [n], [1], [])
+    const zeroPoint = tensor(m.zeroPoint, `${where}.zeroPoint`, [weight.type])
+    shape(zeroPoint, `${where}.zeroPoint`, [n], [1], [])
+    const out: DecoderMatrixRef = { weight, scale, zeroPoint }
+    if (m.bias !== undefined)
+      out.bias = shape(tensor(m.bias, `${where}.bias`, ['float32']), `${where}.bias`, [n])
+    return out
+  }
+
+  const layersJson = array(d.layers, `${at}.layers`)
+  if (layersJson.length !== config.num_hidden_layers)
+    throw new Invalid(
+      `${at}.layers has ${layersJson.length} entries but the model has ${config.num_hidden_layers}`,
+    )
+  const layers = layersJson.map((l, i): DecoderLayerRef => {
+    const w = `${at}.layers[${i}]`
+    const o = object(l, w)
+    return {
+      inputNorm: norm(o.inputNorm, `${w}.inputNorm`),
+      q: matrix(o.q, `${w}.q`, H, qDim),
+      k: matrix(o.k, `${w}.k`, H, kvDim),
+      v: matrix(o.v, `${w}.v`, H, kvDim),
+      o: matrix(o.o, `${w}.o`, qDim, H),
+      postNorm: norm(o.postNorm, `${w}.postNorm`),
+      gate: matrix(o.gate, `${w}.gate`, H, I),
+      up: matrix(o.up, `${w}.up`, H, I),
+      down: matrix(o.down, `${w}.down`, I, H),
+    }
+  })
+  const entry: DecoderEntry = { format, layers, finalNorm: norm(d.finalNorm, `${at}.finalNorm`) }
+  if (file) entry.file = file
+  return entry
+}
+
+function sameDims(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
 }
 
 const REQUIRED_INTS = [

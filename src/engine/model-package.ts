@@ -2,6 +2,7 @@
  * What the engine needs to build a model, whatever it was loaded from (a Hugging Face layout
  * folder in tests and scripts, a model package from a folder, HTTP or R2 in the servers).
  */
+import type { DecoderWeights } from './decoder-weights.ts'
 import type { HeadWeights } from './head.ts'
 
 /** The fields of a Hugging Face Qwen2 `config.json` the engine reads. */
@@ -56,4 +57,9 @@ export interface LoadedPackage {
   externalData: ExternalDataFile[]
   /** The lm_head split off the graph (manifest `head`), run by head.ts. */
   head?: HeadWeights
+  /**
+   * The decoder layers' weights (manifest `decoder`), for the engine's own decode steps: views
+   * into `externalData` (and the decoder file), so they keep those buffers alive.
+   */
+  decoder?: DecoderWeights
 }

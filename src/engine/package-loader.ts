@@ -21,6 +21,7 @@ import {
   type ManifestFile,
   type Stage,
 } from '../core/manifest.ts'
+import { resolveDecoderWeights } from './decoder-weights.ts'
 import type { GenerationConfig, LoadedPackage, Qwen2Config } from './model-package.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 
@@ -87,8 +88,14 @@ export async function loadPackage(
   }
 
   const small = [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph]
-  // the head file (a split lm_head, head.ts) is cut into shards like external data
-  const big = manifest.head ? [...stage.externalData, manifest.head.file] : stage.externalData
+  // the decoder file (small tensors of the decoder entry) and the head file (a split lm_head,
+  // head.ts) are cut into shards like external data; same order as listFiles
+  const decoderFile = manifest.decoder?.file
+  const big = [
+    ...stage.externalData,
+    ...(decoderFile ? [decoderFile] : []),
+    ...(manifest.head ? [manifest.head.file] : []),
+  ]
   const buffers = big.map((ext) => new Uint8Array(new ArrayBuffer(ext.bytes)))
   const shardJobs = big.flatMap((ext, i) => {
     let offset = 0
@@ -110,8 +117,16 @@ export async function loadPackage(
     hidden: manifest.head.hidden,
     stride: manifest.head.stride,
     embedding: manifest.head.embedding,
-    data: buffers[stage.externalData.length],
+    data: buffers[buffers.length - 1],
   }
+  // the entry refers to stages[0]: a package with a decoder has only that one (parseManifest)
+  const decoder =
+    manifest.decoder &&
+    resolveDecoderWeights(
+      manifest.decoder,
+      buffers.slice(0, stage.externalData.length),
+      decoderFile && buffers[stage.externalData.length],
+    )
   return {
     id,
     config: manifest.config as Qwen2Config,
@@ -121,6 +136,7 @@ export async function loadPackage(
     graph,
     externalData: stage.externalData.map((ext, i) => ({ path: ext.location, data: buffers[i] })),
     ...(head && { head }),
+    ...(decoder && { decoder }),
     manifest,
     stage,
   }

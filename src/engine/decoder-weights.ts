@@ -1,0 +1,105 @@
+/**
+ * The weights of the decoder layers as the engine's own decode path (decoder.ts) takes them:
+ * views into the package's bytes, resolved from the manifest's `decoder` entry. The matrices are
+ * the q8 graph's DynamicQuantizeMatMul operands as they are: B [k, n] row-major (y = x · B),
+ * one scale and zero point per column (or one for the whole matrix), an optional bias.
+ */
+import { AppError } from '../core/errors.ts'
+import {
+  decoderTensorBytes,
+  type DecoderEntry,
+  type DecoderMatrixRef,
+  type DecoderTensorRef,
+} from '../core/manifest.ts'
+
+export interface DecoderMatrixData {
+  /** Input size (rows of B). */
+  k: number
+  /** Output size (columns of B). */
+  n: number
+  /** B, k × n bytes, row-major; int8 when `signed`, else uint8. */
+  weight: Uint8Array
+  signed: boolean
+  /** n values, or 1 for the whole matrix. */
+  scale: Float32Array
+  /** n or 1 bytes, same signedness as `weight`. */
+  zeroPoint: Uint8Array
+  /** n values, added after the product. */
+  bias?: Float32Array
+}
+
+export interface DecoderLayerData {
+  /** RMSNorm weight before attention: hidden values. */
+  inputNorm: Float32Array
+  q: DecoderMatrixData
+  k: DecoderMatrixData
+  v: DecoderMatrixData
+  o: DecoderMatrixData
+  /** RMSNorm weight before the MLP. */
+  postNorm: Float32Array
+  gate: DecoderMatrixData
+  up: DecoderMatrixData
+  down: DecoderMatrixData
+}
+
+export interface DecoderWeights {
+  layers: DecoderLayerData[]
+  /** The final RMSNorm weight: its output is the graph's `hidden_states`. */
+  finalNorm: Float32Array
+}
+
+/**
+ * The decoder weights of a manifest's `decoder` entry as views into the loaded bytes: the stage's
+ * external-data buffers (in `stages[0].externalData` order) and the decoder file. Nothing is
+ * copied, except a float32 tensor whose offset in its buffer is not a multiple of 4 (a
+ * Float32Array cannot view it; prepare aligns every tensor, so this does not happen with its
+ * packages). The views keep the buffers alive.
+ */
+export function resolveDecoderWeights(
+  entry: DecoderEntry,
+  externalData: readonly Uint8Array[],
+  decoderFile?: Uint8Array,
+): DecoderWeights {
+  const bytes = (ref: DecoderTensorRef, what: string): Uint8Array => {
+    const file = ref.file === 'decoder' ? decoderFile : externalData[ref.file]
+    const length = decoderTensorBytes(ref)
+    if (!file || ref.offset + length > file.byteLength)
+      throw new AppError(
+        'model_invalid',
+        `Decoder tensor ${what}: ${length} bytes at ${ref.offset} are outside ` +
+          (file ? `its file (${file.byteLength} bytes)` : `file ${ref.file}, which is missing`),
+      )
+    return file.subarray(ref.offset, ref.offset + length)
+  }
+  const floats = (ref: DecoderTensorRef, what: string): Float32Array => {
+    const b = bytes(ref, what)
+    const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b) // a copy, also of a Buffer
+    return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4)
+  }
+  const matrix = (m: DecoderMatrixRef, what: string): DecoderMatrixData => ({
+    k: m.weight.dims[0],
+    n: m.weight.dims[1],
+    weight: bytes(m.weight, `${what}.weight`),
+    signed: m.weight.type === 'int8',
+    scale: floats(m.scale, `${what}.scale`),
+    zeroPoint: bytes(m.zeroPoint, `${what}.zeroPoint`),
+    ...(m.bias && { bias: floats(m.bias, `${what}.bias`) }),
+  })
+  return {
+    layers: entry.layers.map((l, i) => {
+      const at = `layers[${i}]`
+      return {
+        inputNorm: floats(l.inputNorm, `${at}.inputNorm`),
+        q: matrix(l.q, `${at}.q`),
+        k: matrix(l.k, `${at}.k`),
+        v: matrix(l.v, `${at}.v`),
+        o: matrix(l.o, `${at}.o`),
+        postNorm: floats(l.postNorm, `${at}.postNorm`),
+        gate: matrix(l.gate, `${at}.gate`),
+        up: matrix(l.up, `${at}.up`),
+        down: matrix(l.down, `${at}.down`),
+      }
+    }),
+    finalNorm: floats(entry.finalNorm, 'finalNorm'),
+  }
+}
