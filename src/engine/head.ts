@@ -67,7 +67,7 @@ export function useQ8HeadModule(module: WebAssembly.Module): void {
   precompiled = module
 }
 
-function kernelModule(): WebAssembly.Module {
+export function kernelModule(): WebAssembly.Module {
   if (!precompiled) {
     const bytes = Uint8Array.from(atob(WASM_BASE64), (c) => c.charCodeAt(0))
     try {

@@ -161,4 +161,133 @@
         (local.set $v (i32.add (local.get $v) (i32.const 1)))
         (br $rows)))
   )
+  ;; Attention scores of one query head: out[t] = Σ_d q[d] · k[t·dim + d], t < n. dim is a
+  ;; multiple of 16; q, k and out are f32.
+  (func (export "dots")
+    (param $q i32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $row i32) (local $qd i32) (local $bytes i32)
+    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (local.set $row (local.get $k))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $t) (local.get $n)))
+        (local.set $a (v128.const i32x4 0 0 0 0))
+        (local.set $b (v128.const i32x4 0 0 0 0))
+        (local.set $c (v128.const i32x4 0 0 0 0))
+        (local.set $e (v128.const i32x4 0 0 0 0))
+        (local.set $d (i32.const 0))
+        (block $d_done
+          (loop $d_loop
+            (br_if $d_done (i32.ge_u (local.get $d) (local.get $bytes)))
+            (local.set $qd (i32.add (local.get $q) (local.get $d)))
+            (local.set $a (f32x4.add (local.get $a)
+              (f32x4.mul (v128.load (local.get $qd))
+                (v128.load (i32.add (local.get $row) (local.get $d))))))
+            (local.set $b (f32x4.add (local.get $b)
+              (f32x4.mul (v128.load offset=16 (local.get $qd))
+                (v128.load offset=16 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $c (f32x4.add (local.get $c)
+              (f32x4.mul (v128.load offset=32 (local.get $qd))
+                (v128.load offset=32 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $e (f32x4.add (local.get $e)
+              (f32x4.mul (v128.load offset=48 (local.get $qd))
+                (v128.load offset=48 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $d (i32.add (local.get $d) (i32.const 64)))
+            (br $d_loop)))
+        (local.set $a (f32x4.add (f32x4.add (local.get $a) (local.get $b))
+          (f32x4.add (local.get $c) (local.get $e))))
+        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2)))
+          (f32.add
+            (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 1 (local.get $a)))
+            (f32.add (f32x4.extract_lane 2 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
+        (local.set $row (i32.add (local.get $row) (local.get $bytes)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; The weighted sum of one head's values: out[d] = Σ_t p[t] · v[t·dim + d], t < n. dim is a
+  ;; multiple of 16; 16 values at a time, each a cache line of every row.
+  (func (export "mix")
+    (param $p i32) (param $v i32) (param $n i32) (param $dim i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $at i32) (local $bytes i32) (local $w v128)
+    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (block $done
+      (loop $chunks
+        (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
+        (local.set $a (v128.const i32x4 0 0 0 0))
+        (local.set $b (v128.const i32x4 0 0 0 0))
+        (local.set $c (v128.const i32x4 0 0 0 0))
+        (local.set $e (v128.const i32x4 0 0 0 0))
+        (local.set $at (i32.add (local.get $v) (local.get $d)))
+        (local.set $t (i32.const 0))
+        (block $t_done
+          (loop $t_loop
+            (br_if $t_done (i32.ge_u (local.get $t) (local.get $n)))
+            (local.set $w
+              (f32x4.splat (f32.load (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))))
+            (local.set $a (f32x4.add (local.get $a) (f32x4.mul (local.get $w) (v128.load (local.get $at)))))
+            (local.set $b (f32x4.add (local.get $b)
+              (f32x4.mul (local.get $w) (v128.load offset=16 (local.get $at)))))
+            (local.set $c (f32x4.add (local.get $c)
+              (f32x4.mul (local.get $w) (v128.load offset=32 (local.get $at)))))
+            (local.set $e (f32x4.add (local.get $e)
+              (f32x4.mul (local.get $w) (v128.load offset=48 (local.get $at)))))
+            (local.set $at (i32.add (local.get $at) (local.get $bytes)))
+            (local.set $t (i32.add (local.get $t) (i32.const 1)))
+            (br $t_loop)))
+        (local.set $at (i32.add (local.get $out) (local.get $d)))
+        (v128.store (local.get $at) (local.get $a))
+        (v128.store offset=16 (local.get $at) (local.get $b))
+        (v128.store offset=32 (local.get $at) (local.get $c))
+        (v128.store offset=48 (local.get $at) (local.get $e))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
+        (br $chunks)))
+  )
+  ;; The gated MLP activation: out[i] = silu(g[i]) · u[i] = g / (1 + e^−g) · u, i < n (a multiple
+  ;; of 4). e^x as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial (relative error
+  ;; about 1e-7), times 2^k built in the exponent bits; x is clamped to [−87.3, 88.7].
+  (func (export "silu_mul")
+    (param $g i32) (param $u i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $x v128) (local $t v128) (local $k v128) (local $r v128) (local $y v128)
+    (local.set $n (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $x (v128.load (i32.add (local.get $g) (local.get $i))))
+        (local.set $t
+          (f32x4.min (f32x4.splat (f32.const 88.7))
+            (f32x4.max (f32x4.splat (f32.const -87.3)) (f32x4.neg (local.get $x)))))
+        (local.set $k
+          (f32x4.floor
+            (f32x4.add (f32x4.mul (local.get $t) (f32x4.splat (f32.const 1.44269504088896341)))
+              (f32x4.splat (f32.const 0.5)))))
+        (local.set $r
+          (f32x4.sub
+            (f32x4.sub (local.get $t) (f32x4.mul (local.get $k) (f32x4.splat (f32.const 0.693359375))))
+            (f32x4.mul (local.get $k) (f32x4.splat (f32.const -2.12194440e-4)))))
+        (local.set $y (f32x4.splat (f32.const 1.9875691500e-4)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.3981999507e-3))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 8.3334519073e-3))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 4.1665795894e-2))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.6666665459e-1))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 5.0000001201e-1))))
+        (local.set $y
+          (f32x4.add
+            (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
+            (f32x4.splat (f32.const 1))))
+        ;; × 2^k
+        (local.set $y
+          (f32x4.mul (local.get $y)
+            (i32x4.shl
+              (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127)))
+              (i32.const 23))))
+        (v128.store (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (local.get $x) (f32x4.add (f32x4.splat (f32.const 1)) (local.get $y)))
+            (v128.load (i32.add (local.get $u) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $each)))
+  )
 )
