@@ -24,6 +24,10 @@ import { macrotask } from './macrotask.ts'
 export interface BatchModel {
   forward(ids: readonly number[], cache: KvCache, keep?: number): Promise<StepResult>
   forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
+  /** QwenModel's decode step (its own decoder, else the two above); used when present. */
+  decode?(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
+  /** Called with a stream's last cache when the stream closes. */
+  releaseCache?(cache: KvCache): void
   readonly canBatch: boolean
 }
 
@@ -84,21 +88,27 @@ export class DecodeBatcher {
   open(solo = false): DecodeStream {
     let joined = false
     let closed = false
+    let last: KvCache | undefined
     return {
-      step: (token, cache) => {
-        if (closed) return Promise.reject(new Error('decode stream is closed'))
+      step: async (token, cache) => {
+        if (closed) throw new Error('decode stream is closed')
         if (!joined) {
           joined = true
           if (solo) this.decodingSolo++
           else this.decoding++
         }
-        return this.enqueue(token, cache, solo)
+        const result = await this.enqueue(token, cache, solo)
+        last = result.cache
+        if (closed) this.model.releaseCache?.(last)
+        return result
       },
       close: () => {
         if (closed) return
         closed = true
         if (joined && solo) this.decodingSolo--
         else if (joined) this.decoding--
+        // the decoder's memory for this sequence (kept turns were copied out before)
+        if (last) this.model.releaseCache?.(last)
       },
     }
   }
@@ -138,13 +148,13 @@ export class DecodeBatcher {
     this.schedule() // whatever is left waits for the next turn of the step lock
     if (batch.length === 0) return
     try {
-      const results =
-        batch.length === 1
-          ? [await this.model.forward([batch[0].token], batch[0].cache, 1)]
-          : await this.model.forwardBatch(
-              batch.map((r) => r.token),
-              batch.map((r) => r.cache),
-            )
+      const tokens = batch.map((r) => r.token)
+      const caches = batch.map((r) => r.cache)
+      const results = this.model.decode
+        ? await this.model.decode(tokens, caches)
+        : batch.length === 1
+          ? [await this.model.forward(tokens, caches[0], 1)]
+          : await this.model.forwardBatch(tokens, caches)
       this.stats.runs++
       this.stats.tokens += batch.length
       this.stats.largest = Math.max(this.stats.largest, batch.length)

@@ -1,7 +1,9 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
  * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
- * KV_REUSE_TOKENS (0 allowed: turns reuse off). Unset or empty keeps the default.
+ * KV_REUSE_TOKENS (0 allowed: turns reuse off), and DECODER ('wasm', the default: decode steps in
+ * the package's own decoder when it has one; 'graph': always in onnxruntime, which saves the
+ * decoder's copy of the layer weights). Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
 
@@ -25,5 +27,12 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     prefillChunk: int('PREFILL_CHUNK'),
     busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),
     kvReuseTokens: int('KV_REUSE_TOKENS', 0),
+    ...decoder(vars.DECODER),
   }
+}
+
+function decoder(v: unknown): Pick<EngineOptions, 'session'> {
+  if (v === undefined || v === null || v === '' || v === 'wasm') return {}
+  if (v === 'graph') return { session: { decoder: false } }
+  throw new Error(`DECODER must be wasm or graph, got ${String(v)}`)
 }

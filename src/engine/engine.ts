@@ -138,7 +138,12 @@ export class QwenEngine implements Engine {
     return {
       active: this.scheduler.active,
       queued: this.scheduler.queued,
-      decode: { runs: b.runs, tokens: b.tokens, largestBatch: b.largest },
+      decode: {
+        runs: b.runs,
+        tokens: b.tokens,
+        largestBatch: b.largest,
+        path: this.model.decoder ? 'decoder' : 'graph',
+      },
     }
   }
 

@@ -15,9 +15,11 @@
  * → hidden_states               f32 [batch, num_logits_to_keep, hidden]   (lm_head in head.ts)
  * Feeds are built from `session.inputNames`, so either variant works. `forward` runs one
  * sequence (batch 1); `forwardBatch` runs one new token for each of several sequences
- * (continuous batching of concurrent decodes, see batcher.ts).
+ * (continuous batching of concurrent decodes, see batcher.ts). `decode` is the decode step the
+ * batcher uses: in the package's own decoder (decoder.ts) when it has one, else in the graph.
  */
 import { AppError } from '../core/errors.ts'
+import { Q8Decoder, ResidentCache, type DecoderShape } from './decoder.ts'
 import { Q8Head } from './head.ts'
 import type { LoadedPackage, Qwen2Config } from './model-package.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
@@ -65,6 +67,8 @@ export class QwenModel {
     config: Qwen2Config,
     /** The lm_head outside the graph (a package with a `head`); undefined: the graph's logits. */
     readonly head?: Q8Head,
+    /** The decode step outside the graph (a package with a `decoder`, decoder.ts). */
+    readonly decoder?: Q8Decoder,
   ) {
     const names = new Set(session.inputNames)
     for (const required of ['input_ids', 'attention_mask']) {
@@ -96,7 +100,7 @@ export class QwenModel {
     }
     this.hasPositionIds = names.has('position_ids')
     this.hasLogitsToKeep = names.has('num_logits_to_keep')
-    this.canBatch = this.hasPositionIds
+    this.canBatch = this.hasPositionIds || decoder !== undefined
     const pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'))
     this.presentToPast = pastNames.map((n) => [n.replace('past_key_values.', 'present.'), n])
     for (const [present] of this.presentToPast) {
@@ -127,6 +131,13 @@ export class QwenModel {
   /** Creates the ORT session. The caller drops `pkg` afterwards so the JS copy can be freed. */
   static async load(pkg: LoadedPackage, options: SessionOptions = {}): Promise<QwenModel> {
     const head = pkg.head ? await Q8Head.create(pkg.head) : undefined
+    // the decoder takes each token's embedding from the head file (tied weights); a package it
+    // cannot run decodes in the graph (health shows decode.path)
+    const shape = decoderShape(pkg.config)
+    const decoder =
+      pkg.decoder && head?.embedding && options.decoder !== false && !Q8Decoder.unsupported(shape)
+        ? await Q8Decoder.create(pkg.decoder, shape, head)
+        : undefined
     let session: InferenceSession
     try {
       session = await ort.InferenceSession.create(pkg.graph, {
@@ -141,11 +152,21 @@ export class QwenModel {
       })
     }
     try {
-      return new QwenModel(session, pkg.config, head)
+      const model = new QwenModel(session, pkg.config, head, decoder)
+      if (decoder && model.pastType !== 'float32') {
+        throw new AppError('model_invalid', 'The decoder needs a float32 KV cache')
+      }
+      return model
     } catch (err) {
       await session.release()
       throw err
     }
+  }
+
+  /** The element type of the graph's KV inputs. */
+  private get pastType(): string {
+    const first = Object.values(this.empty.tensors)[0]
+    return first?.type ?? 'float32'
   }
 
   emptyCache(): KvCache {
@@ -329,8 +350,42 @@ export class QwenModel {
     return results
   }
 
+  /**
+   * One decode step (one new token) for each of one or more sequences: in the decoder when the
+   * package has one (decoder.ts; the caches it returns live in its memory, give them back with
+   * `releaseCache`), else in the graph (`forward`, `forwardBatch`).
+   */
+  async decode(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]> {
+    if (this.decoder) {
+      return this.decoder
+        .step(tokens, caches)
+        .map((r) => ({ logits: r.logits, rows: 1, cache: r.cache }))
+    }
+    if (tokens.length === 1) return [await this.forward(tokens, caches[0], 1)]
+    return this.forwardBatch(tokens, caches)
+  }
+
+  /** A cache nothing will step or read again: its memory in the decoder is given back now. */
+  releaseCache(cache: KvCache): void {
+    this.decoder?.release(cache)
+  }
+
   async release(): Promise<void> {
     await this.session.release()
+  }
+}
+
+/** The decoder's view of config.json. */
+function decoderShape(c: Qwen2Config): DecoderShape {
+  return {
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    eps: c.rms_norm_eps,
+    ropeTheta: c.rope_theta,
   }
 }
 
@@ -374,14 +429,19 @@ class BatchRowCache implements KvCache {
 
 /**
  * A cache that holds only its own sequence's tensors. One left by a batched run still holds the
- * whole batch's present; call this before keeping it for long (turn-cache.ts).
+ * whole batch's present, and one left by the decoder lives in its memory until its stream ends:
+ * call this before keeping it for long (turn-cache.ts).
  */
 export function ownCache(cache: KvCache): KvCache {
-  return cache instanceof BatchRowCache ? { length: cache.length, tensors: cache.tensors } : cache
+  return cache instanceof BatchRowCache || cache instanceof ResidentCache
+    ? { length: cache.length, tensors: cache.tensors }
+    : cache
 }
 
 export interface SessionOptions {
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all'
+  /** Decode steps in the package's decoder (decoder.ts) when it has one; default true. */
+  decoder?: boolean
 }
 
 /** KV data: float32, or float16 as Uint16Array (Node 20) or Float16Array (workerd, Deno). */

@@ -79,7 +79,13 @@ export interface EngineStats {
   /** Work waiting for a place. */
   queued: number
   /** Decode steps so far and the forward runs that computed them (batched: runs < tokens). */
-  decode?: { runs: number; tokens: number; largestBatch: number }
+  decode?: {
+    runs: number
+    tokens: number
+    largestBatch: number
+    /** Where decode steps run: the package's own WASM decoder, or the ONNX graph. */
+    path?: 'decoder' | 'graph'
+  }
 }
 
 export interface Engine {

@@ -39,7 +39,12 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         active,
         queued,
         ...(decode && {
-          decode: { steps: decode.tokens, runs: decode.runs, largest_batch: decode.largestBatch },
+          decode: {
+            steps: decode.tokens,
+            runs: decode.runs,
+            largest_batch: decode.largestBatch,
+            ...(decode.path && { path: decode.path }),
+          },
         }),
       },
       200,

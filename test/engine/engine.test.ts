@@ -365,6 +365,9 @@ describe('engine settings from the environment', () => {
     })
     expect(() => engineOptionsFromEnv({ MAX_BATCH: '0' })).toThrow(/MAX_BATCH/)
     expect(() => engineOptionsFromEnv({ KV_REUSE_TOKENS: '-5' })).toThrow(/KV_REUSE_TOKENS/)
+    expect(engineOptionsFromEnv({ DECODER: 'graph' }).session).toEqual({ decoder: false })
+    expect(engineOptionsFromEnv({ DECODER: 'wasm' }).session).toBeUndefined()
+    expect(() => engineOptionsFromEnv({ DECODER: 'fast' })).toThrow(/DECODER/)
   })
 
   it('shortens the default max_tokens to the room left in the context', async () => {

@@ -59,7 +59,7 @@ export interface Health {
   load_ms: number
   active: number
   queued: number
-  decode: { steps: number; runs: number; largest_batch: number }
+  decode: { steps: number; runs: number; largest_batch: number; path?: 'decoder' | 'graph' }
 }
 
 export async function health(t: Target): Promise<Health> {

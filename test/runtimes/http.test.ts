@@ -116,6 +116,7 @@ describeMatrix(
       )
       const after = (await health(t)).decode
       expect(after.largest_batch).toBe(2) // MAX_ACTIVE=2
+      expect(after.path).toBe('decoder') // the bundled package's own decoder ran the steps
       expect(after.runs - before.runs).toBeLessThan(after.steps - before.steps)
       for (const r of replies) expect(r.length).toBeGreaterThan(0)
 

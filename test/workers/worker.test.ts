@@ -85,6 +85,10 @@ describe('the Worker with the model in local R2', () => {
     expect(done.usage).toEqual(node.usage)
     expect(text).toBe(node.content)
     expect(node.usage.completion_tokens).toBeLessThanOrEqual(CHAT_BODY.max_tokens)
+    // the decode steps ran in the package's own WASM decoder inside workerd
+    const health = await (await worker.fetch('http://worker/health')).json()
+    expect(health.decode).toMatchObject({ path: 'decoder' })
+    expect(health.decode.steps).toBeGreaterThan(0)
   })
 
   it('answers bad input with a JSON 400 and stays healthy', async () => {

@@ -1,0 +1,720 @@
+/**
+ * The engine's own decode step: one new token for each of one or more sequences, through all
+ * decoder layers, without onnxruntime. Prefill (prompts, several tokens at a time) stays in the
+ * ONNX graph; a decode step is a matrix-vector product per weight matrix, bound by reading the
+ * weights, and onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run and
+ * reads them at 5-7 GB/s. The q8 kernel (kernels/q8-head.wat, the same one as the lm_head's)
+ * reads rows packed once at load at about 20 GB/s.
+ *
+ * What it computes is the graph's arithmetic (Qwen2: RMSNorm, q/k/v with bias, rotate-half RoPE,
+ * grouped-query causal attention, o, SiLU-gated MLP, residuals, final RMSNorm), with one
+ * difference: each activation row is quantized to int16 with its own scale, where the graph
+ * quantizes to uint8 with one scale per run. So a row's result does not depend on the other rows
+ * of its batch, and it is closer to fp32 than the graph's.
+ *
+ * The KV cache of a decoding sequence lives in the kernel's memory (a `Sequence`: per layer,
+ * key and value, per KV head, `capacity` positions of head_dim floats) and grows in place: a
+ * step appends one position. Caches stay immutable to their users: a `ResidentCache` is the
+ * first `length` positions of its sequence, which later steps never overwrite; stepping a cache
+ * that is not its sequence's newest forks a copy. A sequence's memory is given back when its
+ * stream ends (`release`), or else when it is garbage collected. Reading `tensors` copies the
+ * cache out in the graph's layout, for prefill or for keeping (turn-cache.ts).
+ *
+ * Memory layout (one kernel instance per model):
+ *   per layer: qkv, o, gate+up, down as 'q8-rows' matrices (rows of int8, stride a multiple of
+ *   32, int8 zero point and f32 scale per row), then scratch, then the KV arena (grows).
+ */
+import { AppError } from '../core/errors.ts'
+import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
+import { kernelModule, type Q8Head } from './head.ts'
+import type { KvCache } from './model.ts'
+import { ort, type Tensor } from './ort.ts'
+
+export interface DecoderShape {
+  hidden: number
+  intermediate: number
+  layers: number
+  heads: number
+  kvHeads: number
+  headDim: number
+  eps: number
+  ropeTheta: number
+}
+
+interface KernelExports {
+  memory: WebAssembly.Memory
+  rows(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  rows4(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    out: number,
+    ldo: number,
+  ): void
+  dots(q: number, k: number, n: number, dim: number, out: number): void
+  mix(p: number, v: number, n: number, dim: number, out: number): void
+  silu_mul(g: number, u: number, n: number, out: number): void
+}
+
+type Args9 = [number, number, number, number, number, number, number, number, number]
+
+/** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
+interface Matrix {
+  w: number
+  stride: number
+  zp: number
+  scale: number
+  rows: number
+  cols: number
+}
+
+interface Layer {
+  qkv: Matrix
+  /** q, k, v biases back to back (zeros where the graph has none). */
+  qkvBias: Float32Array
+  o: Matrix
+  gateUp: Matrix
+  down: Matrix
+  inputNorm: Float32Array
+  postNorm: Float32Array
+}
+
+const PAGE = 65536
+const ROW_ALIGN = 32
+/** Positions a new sequence gets beyond what it needs now. */
+const GROW_MIN = 64
+
+/** One decoding sequence's KV in the arena. */
+class Sequence {
+  freed = false
+  /** Claimed by the step running now (a cache stepped twice in one batch forks). */
+  busy = false
+  constructor(
+    readonly decoder: Q8Decoder,
+    public base: number,
+    public capacity: number,
+    /** Positions written: caches of this length or shorter are its prefixes. */
+    public filled: number,
+  ) {}
+}
+
+/** The first `length` positions of a sequence. */
+export class ResidentCache implements KvCache {
+  private exported?: Record<string, Tensor>
+
+  constructor(
+    readonly length: number,
+    readonly sequence: Sequence,
+  ) {}
+
+  /** The graph's layout, copied out (once per cache). */
+  get tensors(): Record<string, Tensor> {
+    return (this.exported ??= this.sequence.decoder.exportKv(this.sequence, this.length))
+  }
+}
+
+export class Q8Decoder {
+  private readonly layers: Layer[] = []
+  private readonly qDim: number
+  private readonly kvDim: number
+  /** Largest activation magnitude per input size: Σ w·x stays inside int32 (|w| ≤ 128). */
+  private readonly xLimit = new Map<number, number>()
+  private readonly xAt: number
+  private readonly sumAt: number
+  private readonly xScaleAt: number
+  private readonly outStride: number
+  private readonly arenaAt: number
+  /** Batch rows the scratch holds; larger batches run in slices. */
+  private readonly maxRows = 4
+  private readonly invFreq: Float32Array
+  private readonly free: Array<{ at: number; bytes: number }> = []
+  private arenaEnd: number
+  private readonly finalizer = new FinalizationRegistry<{ at: number; bytes: number }>((b) =>
+    this.giveBack(b.at, b.bytes),
+  )
+  /** Bytes of one position of one sequence over all layers. */
+  private readonly bytesPerPosition: number
+
+  private constructor(
+    private readonly kernel: KernelExports,
+    readonly shape: DecoderShape,
+    private readonly head: Q8Head,
+    weights: DecoderWeights,
+  ) {
+    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D, layers } = shape
+    this.qDim = heads * D
+    this.kvDim = kvHeads * D
+    this.bytesPerPosition = layers * 2 * kvHeads * D * 4
+    const half = D / 2
+    this.invFreq = Float32Array.from({ length: half }, (_, i) => 1 / shape.ropeTheta ** (i / half))
+    const qkvRows = this.qDim + 2 * this.kvDim
+    // weights
+    let at = 0
+    const place = (rows: number, cols: number): Matrix => {
+      const stride = align(cols, ROW_ALIGN)
+      const w = at
+      const zp = w + rows * stride
+      const scale = align(zp + rows, 16)
+      at = align(scale + 4 * rows, 64)
+      return { w, stride, zp, scale, rows, cols }
+    }
+    const plan = weights.layers.map(() => ({
+      qkv: place(qkvRows, H),
+      o: place(H, this.qDim),
+      gateUp: place(2 * I, H),
+      down: place(H, I),
+    }))
+    const maxStride = Math.max(
+      align(H, ROW_ALIGN),
+      align(this.qDim, ROW_ALIGN),
+      align(I, ROW_ALIGN),
+    )
+    this.outStride = Math.max(qkvRows, 2 * I, H)
+    this.xAt = at
+    this.sumAt = align(this.xAt + 2 * this.maxRows * maxStride, 16)
+    this.xScaleAt = this.sumAt + 4 * this.maxRows
+    this.arenaAt = align(this.xScaleAt + 4 * this.maxRows, 64)
+    this.arenaEnd = this.arenaAt
+    this.ensureMemory(this.arenaAt)
+    const mem = new Uint8Array(this.kernel.memory.buffer)
+    weights.layers.forEach((lw, l) => {
+      const p = plan[l]
+      writeRows(mem, p.qkv, [lw.q, lw.k, lw.v])
+      writeRows(mem, p.o, [lw.o])
+      writeRows(mem, p.gateUp, [lw.gate, lw.up])
+      writeRows(mem, p.down, [lw.down])
+      const qkvBias = new Float32Array(qkvRows)
+      let row = 0
+      for (const m of [lw.q, lw.k, lw.v]) {
+        if (m.bias) qkvBias.set(m.bias, row)
+        row += m.n
+      }
+      this.layers.push({
+        ...p,
+        qkvBias,
+        inputNorm: Float32Array.from(lw.inputNorm),
+        postNorm: Float32Array.from(lw.postNorm),
+      })
+    })
+    this.finalNorm = Float32Array.from(weights.finalNorm)
+  }
+
+  private readonly finalNorm: Float32Array
+
+  /**
+   * Packs the weights into a new kernel instance (the caller may drop `weights` afterwards).
+   * Throws `model_invalid` if they do not have the shape's sizes.
+   */
+  static async create(
+    weights: DecoderWeights,
+    shape: DecoderShape,
+    head: Q8Head,
+  ): Promise<Q8Decoder> {
+    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
+    const expect = (m: DecoderMatrixData, k: number, n: number, what: string) => {
+      const perColumn = m.scale.length === n && m.zeroPoint.length === n
+      const perTensor = m.scale.length === 1 && m.zeroPoint.length === 1
+      if (m.k !== k || m.n !== n || m.weight.length !== k * n || !(perColumn || perTensor))
+        throw new AppError('model_invalid', `decoder ${what}: expected ${k}x${n}`)
+      if (m.bias && m.bias.length !== n)
+        throw new AppError('model_invalid', `decoder ${what}: bias of ${m.bias.length}`)
+    }
+    if (weights.layers.length !== shape.layers || weights.finalNorm.length !== H)
+      throw new AppError('model_invalid', 'The decoder weights do not match config.json')
+    const unsupported = Q8Decoder.unsupported(shape)
+    if (unsupported) throw new AppError('model_invalid', unsupported)
+    if (head.hidden !== H || !head.embedding)
+      throw new AppError('model_invalid', 'The decoder needs the head file with the embedding')
+    weights.layers.forEach((l, i) => {
+      expect(l.q, H, heads * D, `layer ${i} q`)
+      expect(l.k, H, kvHeads * D, `layer ${i} k`)
+      expect(l.v, H, kvHeads * D, `layer ${i} v`)
+      expect(l.o, heads * D, H, `layer ${i} o`)
+      expect(l.gate, H, I, `layer ${i} gate`)
+      expect(l.up, H, I, `layer ${i} up`)
+      expect(l.down, I, H, `layer ${i} down`)
+      if (l.inputNorm.length !== H || l.postNorm.length !== H)
+        throw new AppError('model_invalid', `decoder layer ${i}: norm size`)
+    })
+    const instance = await WebAssembly.instantiate(kernelModule(), {})
+    return new Q8Decoder(instance.exports as unknown as KernelExports, shape, head, weights)
+  }
+
+  /** Why the decoder cannot run a model of this shape, or undefined if it can. */
+  static unsupported(shape: DecoderShape): string | undefined {
+    if (shape.headDim % 16 !== 0) return `head_dim ${shape.headDim} is not a multiple of 16`
+    if (shape.heads % shape.kvHeads !== 0) return 'attention heads are not a multiple of KV heads'
+    if (shape.intermediate % 4 !== 0)
+      return `intermediate_size ${shape.intermediate} is not a multiple of 4`
+    return undefined
+  }
+
+  /** Bytes of WASM memory the decoder holds (weights, scratch, KV arena). */
+  get memoryBytes(): number {
+    return this.kernel.memory.buffer.byteLength
+  }
+
+  /**
+   * One new token after each cache: the logits of each (`vocab` floats, views of one array)
+   * and the new caches. Caches from any source are accepted; ones this decoder made grow in
+   * place.
+   */
+  step(
+    tokens: readonly number[],
+    caches: readonly KvCache[],
+  ): Array<{ logits: Float32Array; cache: ResidentCache }> {
+    const b = tokens.length
+    if (b === 0 || b !== caches.length) throw new Error('step needs one cache per token')
+    const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
+    const h = this.head.embed(tokens) // [b, H], the residual stream
+    const sequences: Sequence[] = []
+    try {
+      for (const c of caches) {
+        const s = this.claim(c)
+        s.busy = true
+        sequences.push(s)
+      }
+    } catch (err) {
+      for (const s of sequences) s.busy = false
+      throw err
+    }
+    try {
+      const positions = caches.map((c) => c.length)
+      const half = D / 2
+      const cos = new Float32Array(b * half)
+      const sin = new Float32Array(b * half)
+      for (let r = 0; r < b; r++)
+        for (let j = 0; j < half; j++) {
+          const angle = Math.fround(positions[r] * this.invFreq[j])
+          cos[r * half + j] = Math.cos(angle)
+          sin[r * half + j] = Math.sin(angle)
+        }
+      const qkvRows = this.qDim + 2 * this.kvDim
+      const x = new Float32Array(b * Math.max(H, this.qDim, I))
+      const attn = new Float32Array(b * this.qDim)
+      this.reserveScratch(b, Math.max(...positions) + 1)
+      const group = heads / kvHeads
+      const scale = 1 / Math.sqrt(D)
+      for (let l = 0; l < layers; l++) {
+        const L = this.layers[l]
+        rmsNorm(h, x, b, H, L.inputNorm, eps)
+        const qkv = this.matmul(L.qkv, x, b)
+        const mem = this.f32()
+        for (let r = 0; r < b; r++) {
+          const o = r * qkvRows
+          const s = sequences[r]
+          const p = positions[r]
+          for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
+          // k (roped) and v into the cache at position p
+          for (let g = 0; g < kvHeads; g++) {
+            const kAt = this.kvIndex(s, l, 0, g) + p * D
+            const vAt = this.kvIndex(s, l, 1, g) + p * D
+            const kFrom = o + this.qDim + g * D
+            const vFrom = o + this.qDim + this.kvDim + g * D
+            rope(qkv, kFrom, mem, kAt, cos, sin, r * half, half, 1)
+            for (let d = 0; d < D; d++) mem[vAt + d] = qkv[vFrom + d]
+          }
+          for (let hd = 0; hd < heads; hd++) {
+            const g = Math.floor(hd / group)
+            rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
+            this.attend(this.kvIndex(s, l, 0, g) * 4, this.kvIndex(s, l, 1, g) * 4, p + 1)
+            const from = this.attnAt / 4 + D
+            attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
+          }
+        }
+        addInto(h, this.matmul(L.o, attn, b), b, H)
+        rmsNorm(h, x, b, H, L.postNorm, eps)
+        this.matmul(L.gateUp, x, b)
+        for (let r = 0; r < b; r++) {
+          const gate = this.outAt + 4 * r * 2 * I
+          this.kernel.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
+        }
+        addInto(h, this.matmul(L.down, this.view(this.actAt, b * I), b), b, H)
+      }
+      rmsNorm(h, x, b, H, this.finalNorm, eps)
+      const logits = this.head.logits(x, b)
+      const vocab = this.head.vocab
+      return sequences.map((s, r) => {
+        s.filled = positions[r] + 1
+        return {
+          logits: logits.subarray(r * vocab, (r + 1) * vocab),
+          cache: new ResidentCache(positions[r] + 1, s),
+        }
+      })
+    } finally {
+      for (const s of sequences) s.busy = false
+    }
+  }
+
+  /** Gives a cache's sequence memory back now (its stream ended); later reads of it throw. */
+  release(cache: KvCache): void {
+    if (!(cache instanceof ResidentCache) || cache.sequence.decoder !== this) return
+    const s = cache.sequence
+    if (s.freed) return
+    s.freed = true
+    this.finalizer.unregister(s)
+    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+  }
+
+  /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
+  exportKv(s: Sequence, length: number): Record<string, Tensor> {
+    if (s.freed) throw new AppError('internal', 'A released KV cache was read')
+    const { layers, kvHeads, headDim: D } = this.shape
+    const mem = this.f32()
+    const tensors: Record<string, Tensor> = {}
+    for (let l = 0; l < layers; l++)
+      for (const [kv, name] of [
+        [0, 'key'],
+        [1, 'value'],
+      ] as const) {
+        const out = new Float32Array(kvHeads * length * D)
+        for (let g = 0; g < kvHeads; g++) {
+          const from = this.kvIndex(s, l, kv, g)
+          out.set(mem.subarray(from, from + length * D), g * length * D)
+        }
+        tensors[`past_key_values.${l}.${name}`] = new ort.Tensor('float32', out, [
+          1,
+          kvHeads,
+          length,
+          D,
+        ])
+      }
+    return tensors
+  }
+
+  /** Index (in floats) of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
+  private kvIndex(s: Sequence, l: number, kv: number, g: number): number {
+    const { kvHeads, headDim: D } = this.shape
+    return s.base / 4 + ((l * 2 + kv) * kvHeads + g) * s.capacity * D
+  }
+
+  /** The sequence `cache` can grow by one position in. */
+  private claim(cache: KvCache): Sequence {
+    if (cache instanceof ResidentCache && cache.sequence.decoder === this) {
+      const s = cache.sequence
+      if (s.freed) throw new AppError('internal', 'A released KV cache was stepped')
+      if (s.filled === cache.length && !s.busy) {
+        if (s.capacity <= cache.length) this.grow(s, cache.length + 1)
+        return s
+      }
+      // an older cache of the sequence (or the same one twice in a batch): fork a copy
+      const copy = this.allocate(cache.length + 1)
+      this.copyPositions(s, copy, cache.length)
+      copy.filled = cache.length
+      return copy
+    }
+    const s = this.allocate(cache.length + 1)
+    if (cache.length > 0) this.importKv(cache, s)
+    s.filled = cache.length
+    return s
+  }
+
+  private importKv(cache: KvCache, s: Sequence): void {
+    const { layers, kvHeads, headDim: D } = this.shape
+    const n = cache.length
+    for (let l = 0; l < layers; l++)
+      for (const [kv, name] of [
+        [0, 'key'],
+        [1, 'value'],
+      ] as const) {
+        const t = cache.tensors[`past_key_values.${l}.${name}`]
+        if (!t || !(t.data instanceof Float32Array) || t.data.length !== kvHeads * n * D)
+          throw new AppError('internal', `The KV cache has no float32 ${name} of layer ${l}`)
+        const mem = this.f32()
+        for (let g = 0; g < kvHeads; g++)
+          mem.set(t.data.subarray(g * n * D, (g + 1) * n * D), this.kvIndex(s, l, kv, g))
+      }
+  }
+
+  private allocate(positions: number): Sequence {
+    const capacity = align(positions + GROW_MIN, GROW_MIN)
+    const bytes = capacity * this.bytesPerPosition
+    const s = new Sequence(this, this.take(bytes), capacity, 0)
+    this.finalizer.register(s, { at: s.base, bytes }, s)
+    return s
+  }
+
+  /** Moves `s` to a block of at least `positions` (doubling), keeping its filled positions. */
+  private grow(s: Sequence, positions: number): void {
+    const bigger = this.allocate(Math.max(positions, 2 * s.capacity))
+    this.copyPositions(s, bigger, s.filled)
+    this.finalizer.unregister(s)
+    this.finalizer.unregister(bigger)
+    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+    s.base = bigger.base
+    s.capacity = bigger.capacity
+    this.finalizer.register(s, { at: s.base, bytes: s.capacity * this.bytesPerPosition }, s)
+  }
+
+  private copyPositions(from: Sequence, to: Sequence, n: number): void {
+    const { layers, kvHeads, headDim: D } = this.shape
+    const mem = this.f32()
+    for (let l = 0; l < layers; l++)
+      for (let kv = 0; kv < 2; kv++)
+        for (let g = 0; g < kvHeads; g++) {
+          const src = this.kvIndex(from, l, kv, g)
+          mem.copyWithin(this.kvIndex(to, l, kv, g), src, src + n * D)
+        }
+  }
+
+  /** First fit from the free blocks, else the end of the arena (growing the memory). */
+  private take(bytes: number): number {
+    for (let i = 0; i < this.free.length; i++) {
+      const f = this.free[i]
+      if (f.bytes < bytes) continue
+      const at = f.at
+      if (f.bytes === bytes) this.free.splice(i, 1)
+      else {
+        f.at += bytes
+        f.bytes -= bytes
+      }
+      return at
+    }
+    const at = this.arenaEnd
+    this.ensureMemory(at + bytes)
+    this.arenaEnd = at + bytes
+    return at
+  }
+
+  private giveBack(at: number, bytes: number): void {
+    // keep the list sorted and merge neighbours; a block at the end shrinks the arena
+    let i = 0
+    while (i < this.free.length && this.free[i].at < at) i++
+    this.free.splice(i, 0, { at, bytes })
+    if (i + 1 < this.free.length && at + bytes === this.free[i + 1].at) {
+      this.free[i].bytes += this.free[i + 1].bytes
+      this.free.splice(i + 1, 1)
+    }
+    if (i > 0 && this.free[i - 1].at + this.free[i - 1].bytes === at) {
+      this.free[i - 1].bytes += this.free[i].bytes
+      this.free.splice(i, 1)
+      i--
+    }
+    const last = this.free[this.free.length - 1]
+    if (last && last.at + last.bytes === this.arenaEnd) {
+      this.arenaEnd = last.at
+      this.free.pop()
+    }
+  }
+
+  private ensureMemory(end: number): void {
+    const memory = this.kernel.memory
+    const pages = Math.ceil(end / PAGE) - memory.buffer.byteLength / PAGE
+    if (pages <= 0) return
+    try {
+      memory.grow(pages)
+    } catch (err) {
+      throw new AppError('model_unavailable', 'Out of memory for the KV cache', { cause: err })
+    }
+  }
+
+  private f32(): Float32Array {
+    const buf = this.kernel.memory.buffer
+    if (this.f32View?.buffer !== buf) this.f32View = new Float32Array(buf)
+    return this.f32View
+  }
+  private f32View?: Float32Array
+
+  /**
+   * `b` rows of `m.cols` floats (back to back in `input`) times the matrix: a view of the
+   * kernel's output, `b` rows of `m.rows`, valid until the next call.
+   */
+  private matmul(m: Matrix, input: Float32Array, b: number): Float32Array {
+    const k = this.kernel
+    for (let j0 = 0; j0 < b; j0 += this.maxRows) {
+      const n = Math.min(this.maxRows, b - j0)
+      this.quantize(input, j0, n, m.cols, m.stride)
+      const args = [m.w, m.stride, m.zp, m.scale, 0, m.rows, this.xAt, this.sumAt, this.xScaleAt]
+      const out = this.outAt + 4 * j0 * m.rows
+      if (n === 4) k.rows4(...(args as Args9), out, m.rows)
+      else k.rows(...(args as Args9), n, out, m.rows)
+    }
+    return this.view(this.outAt, b * m.rows)
+  }
+
+  /** `n` floats of kernel memory from byte `at`. */
+  private view(at: number, n: number): Float32Array {
+    return this.f32().subarray(at / 4, at / 4 + n)
+  }
+
+  /**
+   * Scratch for a step of `b` rows with up to `n` positions, one arena block: the matrices'
+   * output (b rows of the widest), the MLP activation (b × intermediate), and for attention the
+   * query head, the output head and the scores. Taken before the step's views are made.
+   */
+  private reserveScratch(b: number, n: number): void {
+    if (b <= this.scratchRows && n <= this.scratchPositions) return
+    const rows = Math.max(b, this.scratchRows, this.maxRows)
+    const positions = Math.max(align(n, 256), this.scratchPositions)
+    const { headDim: D, intermediate: I } = this.shape
+    if (this.scratchBytes) this.giveBack(this.outAt, this.scratchBytes)
+    const outBytes = 4 * rows * this.outStride
+    const actBytes = 4 * rows * I
+    this.scratchBytes = align(outBytes + actBytes + 4 * (2 * D + positions), 64)
+    this.outAt = this.take(this.scratchBytes)
+    this.actAt = this.outAt + outBytes
+    this.attnAt = this.actAt + actBytes
+    this.scratchRows = rows
+    this.scratchPositions = positions
+  }
+  private outAt = 0
+  private actAt = 0
+  private attnAt = 0
+  private scratchBytes = 0
+  private scratchRows = 0
+  private scratchPositions = 0
+
+  /** softmax(q · K) · V of the query head at attnAt over `n` positions, into attnAt + headDim. */
+  private attend(kAt: number, vAt: number, n: number): void {
+    const D = this.shape.headDim
+    const scoresAt = this.attnAt + 8 * D
+    this.kernel.dots(this.attnAt, kAt, n, D, scoresAt)
+    const mem = this.f32()
+    const s0 = scoresAt / 4
+    let max = -Infinity
+    for (let t = s0; t < s0 + n; t++) if (mem[t] > max) max = mem[t]
+    let sum = 0
+    for (let t = s0; t < s0 + n; t++) sum += mem[t] = Math.exp(mem[t] - max)
+    const inv = 1 / sum
+    for (let t = s0; t < s0 + n; t++) mem[t] *= inv
+    this.kernel.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
+  }
+
+  /** Rows j0 … j0+n of `input` (`cols` floats each) to int16, one scale per row. */
+  private quantize(input: Float32Array, j0: number, n: number, cols: number, stride: number): void {
+    let limit = this.xLimit.get(stride)
+    if (limit === undefined) {
+      limit = Math.min(32767, Math.floor(0x7fffffff / (128 * stride)))
+      this.xLimit.set(stride, limit)
+    }
+    const buf = this.kernel.memory.buffer
+    const x = new Int16Array(buf, this.xAt, n * stride)
+    const sums = new Float32Array(buf, this.sumAt, n)
+    const scales = new Float32Array(buf, this.xScaleAt, n)
+    for (let j = 0; j < n; j++) {
+      const from = (j0 + j) * cols
+      let max = 0
+      for (let k = 0; k < cols; k++) {
+        const a = Math.abs(input[from + k])
+        if (a > max) max = a
+      }
+      if (!Number.isFinite(max)) throw new AppError('internal', 'an activation is not finite')
+      const scale = max / limit
+      const inv = scale > 0 ? 1 / scale : 0
+      const to = j * stride
+      let sum = 0
+      for (let k = 0; k < cols; k++) {
+        const v = Math.round(input[from + k] * inv)
+        x[to + k] = v
+        sum += v
+      }
+      x.fill(0, to + cols, to + stride)
+      sums[j] = sum
+      scales[j] = scale
+    }
+  }
+}
+
+/**
+ * The matrices' B [k, n] (y = x · B) as rows of the kernel's layout: row `n` = column n of B,
+ * int8 (uint8 shifted by 128 with its zero point, which leaves every B − zp unchanged).
+ */
+function writeRows(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): void {
+  const rowsI8 = new Int8Array(mem.buffer, m.w, m.rows * m.stride)
+  const zp = new Int8Array(mem.buffer, m.zp, m.rows)
+  const scale = new Float32Array(mem.buffer, m.scale, m.rows)
+  let row0 = 0
+  for (const p of parts) {
+    const shift = p.signed ? 0 : 128
+    const B = p.signed
+      ? new Int8Array(p.weight.buffer, p.weight.byteOffset, p.weight.length)
+      : p.weight
+    const { k: K, n: N } = p
+    // blocked transpose: 64 × 64 tiles keep both sides in cache
+    for (let k0 = 0; k0 < K; k0 += 64)
+      for (let n0 = 0; n0 < N; n0 += 64) {
+        const k1 = Math.min(K, k0 + 64)
+        const n1 = Math.min(N, n0 + 64)
+        for (let n = n0; n < n1; n++) {
+          const to = (row0 + n) * m.stride
+          for (let k = k0; k < k1; k++) rowsI8[to + k] = B[k * N + n] - shift
+        }
+      }
+    const zps = p.signed
+      ? new Int8Array(p.zeroPoint.buffer, p.zeroPoint.byteOffset, p.zeroPoint.length)
+      : p.zeroPoint
+    for (let n = 0; n < N; n++) {
+      const c = p.scale.length === 1 ? 0 : n
+      zp[row0 + n] = zps[c] - shift
+      scale[row0 + n] = p.scale[c]
+    }
+    row0 += N
+  }
+}
+
+/** out[r] = x[r] / rms(x[r]) · weight, for b rows of n. */
+function rmsNorm(
+  x: Float32Array,
+  out: Float32Array,
+  b: number,
+  n: number,
+  weight: Float32Array,
+  eps: number,
+): void {
+  for (let r = 0; r < b; r++) {
+    const o = r * n
+    let ss = 0
+    for (let i = 0; i < n; i++) ss += x[o + i] * x[o + i]
+    const inv = 1 / Math.sqrt(ss / n + eps)
+    for (let i = 0; i < n; i++) out[o + i] = x[o + i] * inv * weight[i]
+  }
+}
+
+function addInto(h: Float32Array, y: Float32Array, b: number, n: number): void {
+  for (let i = 0; i < b * n; i++) h[i] += y[i]
+}
+
+/** Rotate-half RoPE of one head (2 · half values) from src at `from` into dst at `to`, × scale. */
+function rope(
+  src: Float32Array,
+  from: number,
+  dst: Float32Array,
+  to: number,
+  cos: Float32Array,
+  sin: Float32Array,
+  at: number,
+  half: number,
+  scale: number,
+): void {
+  for (let j = 0; j < half; j++) {
+    const a = src[from + j]
+    const b = src[from + half + j]
+    const c = cos[at + j]
+    const s = sin[at + j]
+    dst[to + j] = (a * c - b * s) * scale
+    dst[to + half + j] = (b * c + a * s) * scale
+  }
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to
+}

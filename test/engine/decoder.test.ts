@@ -1,0 +1,300 @@
+/**
+ * The engine's own decode step (decoder.ts) on the tiny q8 model, against the plain TypeScript
+ * forward pass on the same dequantized weights (float activations) and against the graph's
+ * decode step; its batches, its caches (immutable to their users, grown in place, forked,
+ * copied in and out of the graph's layout, given back) and bad input.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { resolveDims } from '../../scripts/lib/model-presets.ts'
+import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
+import { preparePackage } from '../../scripts/prepare-model.ts'
+import { fsSource } from '../../src/adapters/node/fs-source.ts'
+import { Q8Decoder, ResidentCache } from '../../src/engine/decoder.ts'
+import { QwenModel, type KvCache } from '../../src/engine/model.ts'
+import type { LoadedPackage } from '../../src/engine/model-package.ts'
+import { loadPackage } from '../../src/engine/package-loader.ts'
+import { decoderWeightsByName } from '../helpers/decoder-by-name.ts'
+import { ensureModel } from '../helpers/models.ts'
+import { Qwen2Reference } from '../reference/qwen2-reference.ts'
+
+const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
+
+function argmax(a: Float32Array): number {
+  let best = 0
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i
+  return best
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]))
+  return m
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length)
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
+  return m
+}
+
+/** Every KV tensor of `a` equals `b`'s first a.length positions exactly. */
+function samePrefix(a: KvCache, b: KvCache) {
+  for (const name of Object.keys(a.tensors)) {
+    const [, heads, n, d] = a.tensors[name].dims
+    const x = a.tensors[name].data as Float32Array
+    const y = b.tensors[name].data as Float32Array
+    const m = b.length
+    for (let h = 0; h < heads; h++) {
+      const got = y.subarray(h * m * d, h * m * d + n * d)
+      expect(maxDiff(x.subarray(h * n * d, (h + 1) * n * d), got), name).toBe(0)
+    }
+  }
+}
+
+describe('the decoder (tiny, q8)', () => {
+  let work: string
+  let pkg: LoadedPackage
+  let graph: QwenModel
+  let fast: QwenModel
+  let decoder: Q8Decoder
+
+  beforeAll(async () => {
+    const hf = await ensureModel('tiny', 'q8')
+    work = await mkdtemp(join(tmpdir(), 'qwen-edge-decoder-'))
+    await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
+    pkg = await loadPackage(fsSource(work), 'tiny')
+    graph = await QwenModel.load(pkg, { decoder: false })
+    fast = await QwenModel.load(pkg)
+    decoder = fast.decoder!
+  })
+
+  afterAll(async () => {
+    await graph?.release()
+    await fast?.release()
+    if (work) await rm(work, { recursive: true, force: true })
+  })
+
+  it('is loaded from the package: its weights are the graph initializers', () => {
+    expect(graph.decoder).toBeUndefined()
+    expect(decoder).toBeInstanceOf(Q8Decoder)
+    const byName = decoderWeightsByName(pkg)
+    const entry = pkg.decoder!
+    expect(entry.layers.length).toBe(byName.layers.length)
+    entry.layers.forEach((l, i) => {
+      const want = byName.layers[i]
+      for (const m of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
+        expect(Buffer.compare(l[m].weight, want[m].weight), `${i} ${m}`).toBe(0)
+        expect([...l[m].scale]).toEqual([...want[m].scale])
+        expect([...l[m].zeroPoint]).toEqual([...want[m].zeroPoint])
+        expect(l[m].bias && [...l[m].bias]).toEqual(want[m].bias && [...want[m].bias])
+      }
+      expect([...l.inputNorm]).toEqual([...want.inputNorm])
+      expect([...l.postNorm]).toEqual([...want.postNorm])
+    })
+    expect([...entry.finalNorm]).toEqual([...byName.finalNorm])
+  })
+
+  it('matches the float forward pass on the same weights far more closely than the graph', async () => {
+    const dims = resolveDims('tiny')
+    const ref = new Qwen2Reference(dims, synthesizeWeights(dims, 0, 'q8'))
+    const refCache = ref.emptyCache()
+    // the prompt one token at a time through the decoder, and the graph's prefill of it
+    let cache: KvCache = decoder.step([PROMPT[0]], [fast.emptyCache()])[0].cache
+    ref.forward([PROMPT[0]], refCache, 1)
+    let ours: Float32Array = new Float32Array(0)
+    for (const id of PROMPT.slice(1, -1)) {
+      ;({ cache } = decoder.step([id], [cache])[0])
+      ref.forward([id], refCache, 1)
+    }
+    const graphPrefix = await graph.forward(PROMPT.slice(0, -1), graph.emptyCache(), 1)
+    let graphCache = graphPrefix.cache
+    let worstOurs = 0
+    let worstGraph = 0
+    let id = PROMPT[PROMPT.length - 1]
+    for (let step = 0; step < 6; step++) {
+      const r = decoder.step([id], [cache])[0]
+      ours = r.logits
+      cache = r.cache
+      const want = ref.forward([id], refCache, 1)[0]
+      const g = await graph.forward([id], graphCache, 1)
+      graphCache = g.cache
+      const range = maxAbs(want)
+      worstOurs = Math.max(worstOurs, maxDiff(ours, want) / range)
+      worstGraph = Math.max(worstGraph, maxDiff(g.logits, want) / range)
+      expect(argmax(ours)).toBe(argmax(want))
+      id = argmax(want)
+    }
+    expect(worstOurs).toBeLessThan(2e-3)
+    expect(worstOurs * 5).toBeLessThan(worstGraph)
+  })
+
+  it('continues the graph prefill: the same greedy tokens as the graph decoding', async () => {
+    const first = await graph.forward(PROMPT, graph.emptyCache(), 1)
+    let a: KvCache = first.cache
+    let b: KvCache = first.cache
+    let id = argmax(first.logits)
+    for (let step = 0; step < 8; step++) {
+      const g = await graph.forward([id], a, 1)
+      const [d] = await fast.decode([id], [b])
+      expect(d.cache).toBeInstanceOf(ResidentCache)
+      expect(argmax(d.logits)).toBe(argmax(g.logits))
+      expect(maxDiff(d.logits, g.logits) / maxAbs(g.logits)).toBeLessThan(0.05)
+      a = g.cache
+      b = d.cache
+      id = argmax(g.logits)
+    }
+    // the decoder's cache, copied out, is the graph's layout and continues in the graph
+    const kv = b.tensors['past_key_values.1.value']
+    expect(kv.dims).toEqual([1, 2, PROMPT.length + 8, 16])
+    const g = await graph.forward([id], b, 1)
+    expect(argmax(g.logits)).toBe(argmax((await graph.forward([id], a, 1)).logits))
+  })
+
+  it('gives each row of a batch exactly its own step alone', async () => {
+    const prompts = [PROMPT.slice(0, 3), PROMPT.slice(0, 8), PROMPT.slice(0, 1)]
+    const starts = await Promise.all(prompts.map((p) => graph.forward(p, graph.emptyCache(), 1)))
+    let alone = starts.map((s) => s.cache)
+    let together = starts.map((s) => s.cache)
+    let ids = starts.map((s) => argmax(s.logits))
+    for (let step = 0; step < 3; step++) {
+      const single = alone.map((c, r) => decoder.step([ids[r]], [c])[0])
+      const batch = decoder.step(ids, together)
+      batch.forEach((row, r) => expect(maxDiff(row.logits, single[r].logits)).toBe(0))
+      alone = single.map((s) => s.cache)
+      together = batch.map((s) => s.cache)
+      ids = single.map((s) => argmax(s.logits))
+    }
+    // and five rows (a group of four, then one)
+    const five = decoder.step([1, 2, 3, 4, 5], [...together, ...alone.slice(0, 2)])
+    const each = [...together, ...alone.slice(0, 2)].map((c, r) => decoder.step([r + 1], [c])[0])
+    five.forEach((row, r) => expect(maxDiff(row.logits, each[r].logits)).toBe(0))
+  })
+
+  it('keeps caches immutable: stepping an older cache forks, the newer one is unchanged', async () => {
+    const start = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
+    const c1 = decoder.step([100], [start])[0]
+    const c2 = decoder.step([200], [c1.cache])[0]
+    const before = c2.cache.tensors['past_key_values.0.key'].data.slice() as Float32Array
+    // c1 again, with another token: a fork, which must not overwrite c2's last position
+    const other = decoder.step([300], [c1.cache])[0]
+    const c2again = decoder.step([200], [c1.cache])[0]
+    expect(maxDiff(c2again.logits, c2.logits)).toBe(0)
+    expect(argmax(other.logits)).toBeGreaterThanOrEqual(0)
+    const after = decoder.step([5], [c2.cache])[0] // c2 is still its sequence's newest
+    expect((after.cache as ResidentCache).sequence).toBe((c2.cache as ResidentCache).sequence)
+    const fresh = new ResidentCache(c2.cache.length, (c2.cache as ResidentCache).sequence)
+    expect(maxDiff(fresh.tensors['past_key_values.0.key'].data as Float32Array, before)).toBe(0)
+    // the same cache twice in one batch: two rows, the same numbers
+    const twice = decoder.step([7, 7], [c2.cache, c2.cache])
+    expect(maxDiff(twice[0].logits, twice[1].logits)).toBe(0)
+  })
+
+  it('grows a sequence past its capacity, keeping every position; copied out and back in it gives the same step', async () => {
+    let cache: KvCache = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
+    let early: KvCache | undefined
+    for (let i = 0; i < 300; i++) {
+      cache = decoder.step([1000 + i], [cache])[0].cache
+      if (i === 9) early = new ResidentCache(cache.length, (cache as ResidentCache).sequence)
+    }
+    const seq = (cache as ResidentCache).sequence
+    expect(seq.capacity).toBeGreaterThanOrEqual(PROMPT.length + 300)
+    samePrefix(early!, cache)
+    const copied: KvCache = { length: cache.length, tensors: cache.tensors }
+    const inPlace = decoder.step([42], [cache])[0]
+    const imported = decoder.step([42], [copied])[0]
+    expect((imported.cache as ResidentCache).sequence).not.toBe(seq)
+    expect(maxDiff(imported.logits, inPlace.logits)).toBe(0)
+    decoder.release(inPlace.cache)
+    decoder.release(imported.cache)
+  })
+
+  it('gives memory back: many short streams do not grow it; a released cache cannot be read', async () => {
+    const start = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
+    const run = () => {
+      let c: KvCache = start
+      for (let i = 0; i < 5; i++) c = decoder.step([i + 10], [c])[0].cache
+      return c
+    }
+    fast.releaseCache(run())
+    const bytes = decoder.memoryBytes
+    for (let n = 0; n < 200; n++) fast.releaseCache(run())
+    expect(decoder.memoryBytes).toBe(bytes)
+    const gone = run()
+    fast.releaseCache(gone)
+    expect(() => gone.tensors).toThrow(/released/)
+    expect(() => decoder.step([1], [gone])).toThrow(/released/)
+    // a cache the decoder did not make is left alone
+    expect(() => fast.releaseCache(start)).not.toThrow()
+    expect(start.tensors['past_key_values.0.key'].dims[2]).toBe(PROMPT.length)
+  })
+
+  it('rejects a bad token id with bad_request and keeps working', async () => {
+    const start = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
+    const good = decoder.step([5], [start])[0]
+    expect(() => decoder.step([151936], [good.cache])).toThrow(
+      expect.objectContaining({ code: 'bad_request' }),
+    )
+    expect(() => decoder.step([-1], [good.cache])).toThrow(/out of range/)
+    const again = decoder.step([6], [good.cache])[0]
+    expect(again.cache.length).toBe(PROMPT.length + 2)
+  })
+})
+
+describe('the decoder kernels', () => {
+  interface Kernels {
+    memory: WebAssembly.Memory
+    dots(q: number, k: number, n: number, dim: number, out: number): void
+    mix(p: number, v: number, n: number, dim: number, out: number): void
+    silu_mul(g: number, u: number, n: number, out: number): void
+  }
+  let k: Kernels
+  beforeAll(async () => {
+    const { kernelModule } = await import('../../src/engine/head.ts')
+    k = (await WebAssembly.instantiate(kernelModule(), {})).exports as unknown as Kernels
+    k.memory.grow(4)
+  })
+
+  it('silu_mul is g / (1 + e^-g) · u within 1e-6 relative, from -100 to 100', () => {
+    const n = 4000
+    const f = new Float32Array(k.memory.buffer)
+    for (let i = 0; i < n; i++) {
+      f[i] = -100 + (200 * i) / n + (i % 7) * 1e-3
+      f[n + i] = 0.5 + (i % 13) / 10
+    }
+    k.silu_mul(0, 4 * n, n, 8 * n)
+    for (let i = 0; i < n; i++) {
+      const g = f[i]
+      const want = (g / (1 + Math.exp(-g))) * f[n + i]
+      expect(Math.abs(f[2 * n + i] - want), `g=${g}`).toBeLessThanOrEqual(
+        1e-6 * Math.abs(want) + 1e-30,
+      )
+    }
+  })
+
+  it('dots and mix are q·K and p·V in float64 within float32 rounding', () => {
+    const dim = 32
+    const n = 37
+    const f = new Float32Array(k.memory.buffer)
+    const q = 0
+    const keys = dim
+    const p = keys + n * dim
+    const out = p + n
+    for (let i = 0; i < dim + n * dim + n; i++) f[i] = Math.sin(i * 0.37) * 2
+    k.dots(4 * q, 4 * keys, n, dim, 4 * out)
+    for (let t = 0; t < n; t++) {
+      let want = 0
+      for (let d = 0; d < dim; d++) want += f[q + d] * f[keys + t * dim + d]
+      expect(f[out + t]).toBeCloseTo(want, 4)
+    }
+    k.mix(4 * p, 4 * keys, n, dim, 4 * out)
+    for (let d = 0; d < dim; d++) {
+      let want = 0
+      for (let t = 0; t < n; t++) want += f[p + t] * f[keys + t * dim + d]
+      expect(f[out + d]).toBeCloseTo(want, 4)
+    }
+  })
+})
