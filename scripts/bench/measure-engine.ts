@@ -62,6 +62,32 @@ export class StepRecorder {
         return out
       }
     }
+    if (model.decoder) {
+      // decode steps in the package's own decoder (model.decode does not call forward then)
+      const decode = model.decode.bind(model)
+      ;(model as { decode: QwenModel['decode'] }).decode = async (ids, caches) => {
+        const seqs = caches.map((c) => this.seqOf.get(c) ?? -1)
+        const start = performance.now()
+        const rs = await decode(ids, caches)
+        const end = performance.now()
+        const run = this.runs++
+        rs.forEach((r, i) => {
+          const step = {
+            seq: seqs[i],
+            tokens: 1,
+            ids: [ids[i]],
+            run,
+            batch: ids.length,
+            start,
+            end,
+          }
+          this.steps.push(step)
+          this.onStep?.(step)
+          this.seqOf.set(r.cache, seqs[i])
+        })
+        return rs
+      }
+    }
     const forward = model.forward.bind(model)
     ;(model as { forward: QwenModel['forward'] }).forward = async (ids, cache, keep, columns) => {
       const seq = cache.length === 0 ? this.nextSeq++ : (this.seqOf.get(cache) ?? -1)
@@ -233,14 +259,25 @@ export async function measureEngine(
     rates.push((decode.length / (decode[decode.length - 1].end - prefillEnd)) * 1000)
     result.decodedTokens = chat.completion
     result.firstIds = decode.slice(0, 16).map((s) => s.ids[0])
-    // where a decode step's wall time goes: session.run, the rest of forward(), between steps
-    const runs = rec.runMs.slice(rec.runMs.length - decode.length)
+    // where a decode step's wall time goes: the decoder's decode(), or session.run and the
+    // rest of forward(); the gap between steps
     const heads = rec.headMs.slice(rec.headMs.length - decode.length)
-    breakdown = {
-      runMs: round(median(runs), 1),
-      forwardExtraMs: round(median(decode.map((s, i) => s.end - s.start - runs[i])), 2),
-      betweenStepsMs: round(median(decode.slice(1).map((s, i) => s.start - decode[i].end)), 2),
-      ...(engine.model.head && { headMs: round(median(heads), 2) }),
+    const between = round(median(decode.slice(1).map((s, i) => s.start - decode[i].end)), 2)
+    const head = engine.model.head && { headMs: round(median(heads), 2) }
+    if (engine.model.decoder) {
+      breakdown = {
+        decoderMs: round(median(decode.map((s) => s.end - s.start)), 1),
+        betweenStepsMs: between,
+        ...head,
+      }
+    } else {
+      const runs = rec.runMs.slice(rec.runMs.length - decode.length)
+      breakdown = {
+        runMs: round(median(runs), 1),
+        forwardExtraMs: round(median(decode.map((s, i) => s.end - s.start - runs[i])), 2),
+        betweenStepsMs: between,
+        ...head,
+      }
     }
   }
   result.decodeTokS = round(median(rates))

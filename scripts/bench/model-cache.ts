@@ -5,7 +5,7 @@
  * Face layout folder; the engine reads the model package `model:prepare` makes of it (lm_head
  * split off into head.q8, as a server would load it), in `.cache/bench/packages/`.
  */
-import { existsSync, renameSync, rmSync, statSync } from 'node:fs'
+import { existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { preparePackage } from '../prepare-model.ts'
 import { makeModel, type MakeModelOptions } from '../lib/synth-model.ts'
@@ -50,7 +50,9 @@ export async function ensureBenchPackage(
   const manifest = join(PACKAGES_DIR, id, 'manifest.json')
   if (
     existsSync(manifest) &&
-    statSync(manifest).mtimeMs > statSync(join(modelDir, 'config.json')).mtimeMs
+    statSync(manifest).mtimeMs > statSync(join(modelDir, 'config.json')).mtimeMs &&
+    // a package prepared before the decoder map existed is prepared again
+    'decoder' in JSON.parse(readFileSync(manifest, 'utf8'))
   )
     return join(PACKAGES_DIR, id)
   log(`preparing the engine's package ${join(PACKAGES_DIR, id)} (once)…`)
@@ -64,6 +66,8 @@ export async function ensureBenchPackage(
   })
   if (!report?.head?.applied)
     throw new Error(`the lm_head split was not applied: ${report?.head?.reason}`)
+  if (!report.decoder?.applied)
+    throw new Error(`the decoder map was not applied: ${report.decoder?.reason}`)
   log(`prepared in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   return join(PACKAGES_DIR, id)
 }

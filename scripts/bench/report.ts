@@ -6,7 +6,7 @@ import type { FormatProbe, LayersProbe, OptionsProbe, ShapesProbe } from './expl
 import type { MachineInfo } from './machine.ts'
 import { fitLine } from './stats.ts'
 import { barChart, type Bar } from './svg-chart.ts'
-import type { BandwidthResult, EngineResult } from './types.ts'
+import type { BandwidthResult, EngineExtra, EngineResult } from './types.ts'
 
 export interface BenchResults {
   generatedAt: string
@@ -67,7 +67,7 @@ const pct = (x?: number) =>
 /** How each engine is driven (the backend it ran on is in the table). */
 const HOW: Record<string, string> = {
   engine:
-    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, run by the engine's own WASM SIMD kernel (`src/engine/head.ts`); the layers run in onnxruntime-web as for the peers.",
+    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, and the decoder map (`decoder` in the manifest) with which decode steps run every layer in the engine's own WASM SIMD kernels (`src/engine/decoder.ts`, `src/engine/head.ts`) from the same weights; prompts (prefill) run in onnxruntime-web as for the peers.",
   'ort-web':
     'a bare greedy loop on an onnxruntime-web session built like the engine’s (same bundle, options, external data): feeds, `session.run`, argmax, present → past. The floor of engine overhead on the graph as exported (lm_head inside the graph).',
   'tjs-web':
@@ -324,6 +324,15 @@ function sentimentCostModel(eng: EngineResult, t: { prefix: number; uncached: nu
   return `- **Sentiment cost model**: a pass costs about ${F.toFixed(0)} ms + ${c.toFixed(1)} ms per token (from the two latencies above), so with ${t.uncached} uncached tokens the cache can save at most the prefix's ${t.prefix} tokens: ${goal}x needs a cached prefix of at least ${prefixFor3x} tokens (or texts under ${Math.max(0, Math.floor((t.prefix * c - (goal - 1) * F) / ((goal - 1) * c)))} tokens with this prefix).`
 }
 
+function decodeStepLine(d: EngineExtra['decodeStep']): string {
+  const head =
+    d.headMs !== undefined ? `the lm_head in the engine's own WASM kernel ${d.headMs} ms` : ''
+  const between = `between steps (sampling, detokenizing, scheduling) ${d.betweenStepsMs} ms`
+  if (d.decoderMs !== undefined)
+    return `- **A decode step** (medians): in the engine's own WASM decoder (decoder.ts, every layer and the lm_head; onnxruntime runs the prefill) ${d.decoderMs} ms${head ? `, of which ${head}` : ''}; ${between}.`
+  return `- **A decode step** (medians): \`session.run\` ${d.runMs} ms, the rest of \`forward()\` (feeds, outputs${head ? `, and ${head}` : ''}) ${d.forwardExtraMs} ms, ${between}.`
+}
+
 function renderEngineDetails(eng: EngineResult, L: string[]) {
   const x = eng.extra!
   const t = x.sentimentPromptTokens
@@ -333,7 +342,7 @@ function renderEngineDetails(eng: EngineResult, L: string[]) {
     '',
     '## Engine details',
     '',
-    `- **A decode step** (medians): \`session.run\` ${x.decodeStep.runMs} ms, the rest of \`forward()\` (feeds, outputs${x.decodeStep.headMs !== undefined ? `, and the lm_head in the engine's own WASM kernel: ${x.decodeStep.headMs} ms` : ''}) ${x.decodeStep.forwardExtraMs} ms, between steps (sampling, detokenizing, scheduling) ${x.decodeStep.betweenStepsMs} ms.`,
+    decodeStepLine(x.decodeStep),
     `- **Sentiment prompt**: ${t.prefix} tokens of instruction prefix (cached) + ${t.uncached} tokens of text and template suffix (computed per request): uncached ${fmtMs(eng.sentimentColdMs)}, cached ${fmtMs(eng.sentimentCachedMs)} = ${fmtX((eng.sentimentColdMs ?? NaN) / (eng.sentimentCachedMs ?? NaN))}. A shorter text (“${s.text}”, ${s.tokens.uncached} uncached tokens): ${fmtMs(s.coldMs)} → ${fmtMs(s.cachedMs)} = ${fmtX(s.coldMs / s.cachedMs)}. The cache saves the prefix's share of the work, so the speedup is about (prefix + text) ÷ text tokens.`,
     sentimentCostModel(eng, t),
     `- **Sentiment during a long chat**: when the chat's 8th decode step ends, a timer (standing in for the I/O callback of an HTTP request arriving then) issues the request. Answered ${fmtMs(d.latencyMs)} after it was due (alone: ${fmtMs(eng.sentimentAloneMs)}); the timer fired ${fmtMs(d.timerLateMs)} late; ${d.chatSteps} chat steps ran while it was in flight; ${d.beforeChatEnd ? 'answered while the chat was still decoding' : '**answered only after the chat had finished**'}. Longest event-loop block during the chat: ${fmtMs(d.eventLoopMaxDelayMs)} (a wasm run cannot be interrupted: a decode step, or a prefill chunk).`,

@@ -95,12 +95,17 @@ export interface SentimentTokens {
 }
 
 export interface EngineExtra {
-  /** Medians over the decode run: session.run, the rest of forward(), the gap between steps. */
+  /**
+   * Medians over the decode run. In the engine's own decoder (decoder.ts): the whole `decode()`
+   * call; in the graph: session.run and the rest of forward(). Both: the gap between steps.
+   */
   decodeStep: {
-    runMs: number
-    /** Part of forwardExtraMs: the split lm_head (head.ts) when the package has one. */
+    /** The package's decoder ran the steps: decode() per step. */
+    decoderMs?: number
+    runMs?: number
+    /** Part of decoderMs or forwardExtraMs: the split lm_head (head.ts) when there is one. */
     headMs?: number
-    forwardExtraMs: number
+    forwardExtraMs?: number
     betweenStepsMs: number
   }
   prefixComputations: number
