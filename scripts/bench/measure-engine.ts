@@ -70,21 +70,7 @@ export class StepRecorder {
         const start = performance.now()
         const rs = await decode(ids, caches)
         const end = performance.now()
-        const run = this.runs++
-        rs.forEach((r, i) => {
-          const step = {
-            seq: seqs[i],
-            tokens: 1,
-            ids: [ids[i]],
-            run,
-            batch: ids.length,
-            start,
-            end,
-          }
-          this.steps.push(step)
-          this.onStep?.(step)
-          this.seqOf.set(r.cache, seqs[i])
-        })
+        this.recordBatch(ids, seqs, rs, start, end)
         return rs
       }
     }
@@ -114,15 +100,26 @@ export class StepRecorder {
       const start = performance.now()
       const rs = await forwardBatch(ids, caches)
       const end = performance.now()
-      const run = this.runs++
-      rs.forEach((r, i) => {
-        const step = { seq: seqs[i], tokens: 1, ids: [ids[i]], run, batch: ids.length, start, end }
-        this.steps.push(step)
-        this.onStep?.(step)
-        this.seqOf.set(r.cache, seqs[i])
-      })
+      this.recordBatch(ids, seqs, rs, start, end)
       return rs
     }
+  }
+
+  /** One run of one new token for each sequence `seqs[i]`. */
+  private recordBatch(
+    ids: readonly number[],
+    seqs: number[],
+    rs: StepResult[],
+    start: number,
+    end: number,
+  ): void {
+    const run = this.runs++
+    rs.forEach((r, i) => {
+      const step = { seq: seqs[i], tokens: 1, ids: [ids[i]], run, batch: ids.length, start, end }
+      this.steps.push(step)
+      this.onStep?.(step)
+      this.seqOf.set(r.cache, seqs[i])
+    })
   }
 
   since(index: number): StepRecord[] {

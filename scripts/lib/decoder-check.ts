@@ -34,7 +34,7 @@ import type {
 } from '../../src/engine/decoder-weights.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
-import { CHECK_TOKENS, writeModelWithExternalData } from './logit-check.ts'
+import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
 import { DataType, valueInfo, type ModelProto, type ValueInfoProto } from './onnx.ts'
 import { HIDDEN_STATES, INPUTS_EMBEDS, headEmbedding, type HeadRows } from './split-head.ts'
 
@@ -168,13 +168,7 @@ export async function checkDecoder(
       const n = ids.length
       const all: Record<string, Tensor> = {
         ...past,
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-        attention_mask: new ort.Tensor('int64', new BigInt64Array(p + n).fill(1n), [1, p + n]),
-        position_ids: new ort.Tensor(
-          'int64',
-          BigInt64Array.from(ids, (_, i) => BigInt(p + i)),
-          [1, n],
-        ),
+        ...tokenFeeds(ort.Tensor, ids, p),
         [LOGITS_TO_KEEP]: new ort.Tensor('int64', BigInt64Array.of(0n), []), // every position
       }
       if (takesEmbeds)

@@ -11,6 +11,7 @@ import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { Tensor } from 'onnxruntime-node'
 import type { ArchitectureConfig } from '../../src/core/manifest.ts'
 import { halfToFloat } from './graph-rewrite.ts'
 import {
@@ -178,4 +179,26 @@ function argmax(x: Float32Array): number {
   let best = 0
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
   return best
+}
+
+/**
+ * input_ids, attention_mask and position_ids for `ids` after `p` cached positions (batch 1), the
+ * decoder-with-past signature's token feeds. `tensor` is onnxruntime-node's Tensor class (the
+ * module is imported lazily by the callers).
+ */
+export function tokenFeeds(
+  tensor: typeof Tensor,
+  ids: readonly number[],
+  p: number,
+): Record<string, Tensor> {
+  const n = ids.length
+  return {
+    input_ids: new tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
+    attention_mask: new tensor('int64', new BigInt64Array(p + n).fill(1n), [1, p + n]),
+    position_ids: new tensor(
+      'int64',
+      BigInt64Array.from(ids, (_, i) => BigInt(p + i)),
+      [1, n],
+    ),
+  }
 }

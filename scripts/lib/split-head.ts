@@ -29,7 +29,7 @@ import { join } from 'node:path'
 import type { InferenceSession, Tensor } from 'onnxruntime-node'
 import { headLayout, headStride, type ArchitectureConfig } from '../../src/core/manifest.ts'
 import { indexGraph, nodeReads, pruneInitializers, uniqueNamer } from './graph-rewrite.ts'
-import { CHECK_TOKENS, writeModelWithExternalData } from './logit-check.ts'
+import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
 import {
   DataType,
   isExternal,
@@ -512,13 +512,7 @@ export async function checkSplitHead(
       const n = ids.length
       const all: Record<string, Tensor> = {
         ...past,
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-        attention_mask: new ort.Tensor('int64', new BigInt64Array(p + n).fill(1n), [1, p + n]),
-        position_ids: new ort.Tensor(
-          'int64',
-          BigInt64Array.from(ids, (_, i) => BigInt(p + i)),
-          [1, n],
-        ),
+        ...tokenFeeds(ort.Tensor, ids, p),
         num_logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(1n), []),
       }
       if (session.inputNames.includes(INPUTS_EMBEDS))

@@ -26,7 +26,7 @@
  */
 import { AppError } from '../core/errors.ts'
 import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
-import { kernelModule, type Q8Head } from './head.ts'
+import { kernelModule, type KernelExports, type Q8Head, type RowsArgs } from './head.ts'
 import type { KvCache } from './model.ts'
 import { ort, type Tensor } from './ort.ts'
 
@@ -40,42 +40,6 @@ export interface DecoderShape {
   eps: number
   ropeTheta: number
 }
-
-interface KernelExports {
-  memory: WebAssembly.Memory
-  rows(
-    w: number,
-    stride: number,
-    zp: number,
-    scale: number,
-    v0: number,
-    v1: number,
-    x: number,
-    sumx: number,
-    xscale: number,
-    n: number,
-    out: number,
-    ldo: number,
-  ): void
-  rows4(
-    w: number,
-    stride: number,
-    zp: number,
-    scale: number,
-    v0: number,
-    v1: number,
-    x: number,
-    sumx: number,
-    xscale: number,
-    out: number,
-    ldo: number,
-  ): void
-  dots(q: number, k: number, n: number, dim: number, out: number): void
-  mix(p: number, v: number, n: number, dim: number, out: number): void
-  silu_mul(g: number, u: number, n: number, out: number): void
-}
-
-type Args9 = [number, number, number, number, number, number, number, number, number]
 
 /** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
 interface Matrix {
@@ -545,8 +509,8 @@ export class Q8Decoder {
       this.quantize(input, j0, n, m.cols, m.stride)
       const args = [m.w, m.stride, m.zp, m.scale, 0, m.rows, this.xAt, this.sumAt, this.xScaleAt]
       const out = this.outAt + 4 * j0 * m.rows
-      if (n === 4) k.rows4(...(args as Args9), out, m.rows)
-      else k.rows(...(args as Args9), n, out, m.rows)
+      if (n === 4) k.rows4(...(args as RowsArgs), out, m.rows)
+      else k.rows(...(args as RowsArgs), n, out, m.rows)
     }
     return this.view(this.outAt, b * m.rows)
   }

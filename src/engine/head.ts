@@ -38,7 +38,7 @@ export interface HeadWeights {
 }
 
 /** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (kernels/q8-head.wat). */
-type RowsArgs = [
+export type RowsArgs = [
   w: number,
   stride: number,
   zp: number,
@@ -50,10 +50,17 @@ type RowsArgs = [
   xscale: number,
 ]
 
-interface KernelExports {
+/** The kernel module's exports (kernels/q8-head.wat); the decoder (decoder.ts) uses all of them. */
+export interface KernelExports {
   memory: WebAssembly.Memory
   rows(...a: [...RowsArgs, n: number, out: number, ldo: number]): void
   rows4(...a: [...RowsArgs, out: number, ldo: number]): void
+  /** out[t] = q · k[t], t < n (f32, dim a multiple of 16). */
+  dots(q: number, k: number, n: number, dim: number, out: number): void
+  /** out = Σ_t p[t] · v[t], t < n. */
+  mix(p: number, v: number, n: number, dim: number, out: number): void
+  /** out[i] = silu(g[i]) · u[i], i < n (a multiple of 4). */
+  silu_mul(g: number, u: number, n: number, out: number): void
 }
 
 let precompiled: WebAssembly.Module | undefined
