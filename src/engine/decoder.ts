@@ -113,7 +113,7 @@ export class Q8Decoder {
   private readonly free: Array<{ at: number; bytes: number }> = []
   private arenaEnd: number
   private readonly finalizer = new FinalizationRegistry<{ at: number; bytes: number }>((b) =>
-    this.giveBack(b.at, b.bytes),
+    this.drop(b.at, b.bytes),
   )
   /** Bytes of one position of one sequence over all layers. */
   private readonly bytesPerPosition: number
@@ -335,6 +335,7 @@ export class Q8Decoder {
     const s = cache.sequence
     if (s.freed) return
     s.freed = true
+    this.live--
     this.finalizer.unregister(s)
     this.giveBack(s.base, s.capacity * this.bytesPerPosition)
   }
@@ -409,11 +410,24 @@ export class Q8Decoder {
       }
   }
 
+  /** A sequence the garbage collector found unreleased: its block goes back. */
+  private drop(at: number, bytes: number): void {
+    this.live--
+    this.giveBack(at, bytes)
+  }
+
+  /** Sequences holding arena memory (not yet released or collected). */
+  get sequences(): number {
+    return this.live
+  }
+  private live = 0
+
   private allocate(positions: number): Sequence {
     const capacity = align(positions + GROW_MIN, GROW_MIN)
     const bytes = capacity * this.bytesPerPosition
     const s = new Sequence(this, this.take(bytes), capacity, 0)
     this.finalizer.register(s, { at: s.base, bytes }, s)
+    this.live++
     return s
   }
 
@@ -423,6 +437,7 @@ export class Q8Decoder {
     this.copyPositions(s, bigger, s.filled)
     this.finalizer.unregister(s)
     this.finalizer.unregister(bigger)
+    this.live-- // `bigger` only lent its block to `s`
     this.giveBack(s.base, s.capacity * this.bytesPerPosition)
     s.base = bigger.base
     s.capacity = bigger.capacity

@@ -13,6 +13,7 @@ import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { Q8Decoder, ResidentCache } from '../../src/engine/decoder.ts'
+import { QwenEngine } from '../../src/engine/engine.ts'
 import { QwenModel, type KvCache } from '../../src/engine/model.ts'
 import type { LoadedPackage } from '../../src/engine/model-package.ts'
 import { loadPackage } from '../../src/engine/package-loader.ts'
@@ -296,5 +297,62 @@ describe('the decoder kernels', () => {
       for (let t = 0; t < n; t++) want += f[p + t] * f[keys + t * dim + d]
       expect(f[out + d]).toBeCloseTo(want, 4)
     }
+  })
+})
+
+describe('the decoder in a serving engine (tiny, q8)', () => {
+  let work: string
+  let engine: QwenEngine
+
+  beforeAll(async () => {
+    const hf = await ensureModel('tiny', 'q8')
+    work = await mkdtemp(join(tmpdir(), 'qwen-edge-decoder-engine-'))
+    await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
+    engine = await QwenEngine.create(await loadPackage(fsSource(work), 'tiny'), { maxActive: 4 })
+  })
+
+  afterAll(async () => {
+    await engine?.model.release()
+    if (work) await rm(work, { recursive: true, force: true })
+  })
+
+  /** Drains a greedy chat; aborts it after `abortAfter` text events. Returns its text. */
+  async function chat(content: string, maxNewTokens: number, abortAfter?: number) {
+    const controller = new AbortController()
+    const run = await engine.chat([{ role: 'user', content }], {
+      maxNewTokens,
+      temperature: 0,
+      signal: controller.signal,
+    })
+    let text = ''
+    let events = 0
+    for await (const e of run.events) {
+      if (e.type === 'text') text += e.text
+      if (++events === abortAfter) controller.abort()
+    }
+    return text
+  }
+
+  it('gives every stream its memory back: finished, aborted, batched, with kept turns', async () => {
+    const decoder = engine.model.decoder!
+    expect(decoder.sequences).toBe(0)
+    const first = await Promise.all([0, 1, 2, 3].map((i) => chat(`你好 ${i}`, 40)))
+    expect(engine.stats().decode?.largestBatch).toBeGreaterThan(1)
+    expect(decoder.sequences).toBe(0)
+    const bytes = decoder.memoryBytes
+    for (let round = 0; round < 4; round++) {
+      const texts = await Promise.all([
+        chat('你好 0', 40), // a kept turn starts it
+        chat(`hello ${round}`, 40, 3),
+        chat('你好 2', 40),
+        chat(`again ${round}`, 20),
+      ])
+      // batched with other streams, a greedy reply is the same as before
+      expect(texts[0]).toBe(first[0])
+      expect(texts[2]).toBe(first[2])
+      expect(decoder.sequences).toBe(0)
+    }
+    expect(decoder.memoryBytes).toBe(bytes)
+    expect(engine.stats()).toMatchObject({ active: 0, queued: 0, decode: { path: 'decoder' } })
   })
 })
