@@ -1,24 +1,57 @@
 /**
  * Sentiment (or any closed label set) by label scoring: one prefill of a fixed instruction
  * prompt plus the text, then the probability of each label as the model's next tokens.
- * No free text is generated or parsed. The instruction prefix never changes for a label set,
- * so its KV cache is computed once and reused by every request.
+ * No free text is generated or parsed.
+ *
+ * The prompt is a chat: the instruction as the system message, then worked examples as earlier
+ * user/assistant turns (few-shot), then the text as the last user message. Everything before
+ * the text is the same for every request with that label set and those examples, so its KV
+ * cache is computed once and reused: the examples cost nothing per request.
  */
 import { AppError } from '../core/errors.ts'
 import { detectLanguage, type Language } from '../core/language.ts'
 import { prefill, type StepRunner } from './generate.ts'
 import type { KvCache, QwenModel } from './model.ts'
 import type { QwenTokenizer } from './tokenizer.ts'
-import type { ClassifyResult } from './types.ts'
+import type { ChatMessage, ClassifyResult } from './types.ts'
 
 export const DEFAULT_LABELS: Record<Language, readonly string[]> = {
   zh: ['正面', '负面'],
   en: ['positive', 'negative'],
 }
 
+/** A worked example: a text and the label it should get. */
+export interface LabelExample {
+  text: string
+  label: string
+}
+
+/**
+ * The examples that go with the default labels: two per label and language, balanced so the
+ * examples themselves do not favour a label, the last two different. Small chat models answer
+ * in the label format more reliably when shown it, and with the cached prefix they are free.
+ */
+export const DEFAULT_EXAMPLES: Record<Language, readonly LabelExample[]> = {
+  zh: [
+    { text: '服务很周到，菜也好吃，下次还来。', label: '正面' },
+    { text: '等了一个小时才上菜，而且是凉的。', label: '负面' },
+    { text: '用了两天就坏了，客服一直不回复。', label: '负面' },
+    { text: '画面清晰，价格实惠，非常满意。', label: '正面' },
+  ],
+  en: [
+    { text: 'The staff were friendly and the room was spotless.', label: 'positive' },
+    { text: 'We waited an hour and the food came out cold.', label: 'negative' },
+    { text: 'It broke after two days and support never replied.', label: 'negative' },
+    { text: 'Sharp picture, fair price, very happy with it.', label: 'positive' },
+  ],
+}
+
 const MAX_LABELS = 32
 const MAX_LABEL_TOKENS = 16
-/** Prefix caches kept per isolate (one per instruction prompt, i.e. per label set). */
+export const MAX_EXAMPLES = 16
+/** The instruction and examples together (the cached prefix), in tokens. */
+export const MAX_PREFIX_TOKENS = 2048
+/** Prefix caches kept per isolate (one per label set and examples). */
 const PREFIX_CACHE_SIZE = 16
 
 /** The instruction: a cold analyst that answers with one label and nothing else. */
@@ -36,13 +69,26 @@ export interface ClassifierOptions {
   contextLength: number
 }
 
+/** A request's prompt as the classifier splits it. */
+export interface LabelPrompt {
+  labels: string[]
+  labelIds: number[][]
+  /** Instruction and examples: the same for every text with these labels and examples. */
+  prefixIds: number[]
+  /** The text and the template's suffix: computed per request. */
+  bodyIds: number[]
+}
+
 interface Prefix {
+  /** The prefix's token ids and the template's text after the user's text, computed once. */
   ids: number[]
-  cache: KvCache
+  suffix: string
+  /** The prefix's KV cache, computed on first use. */
+  cache?: Promise<KvCache>
 }
 
 export class LabelClassifier {
-  private readonly prefixes = new Map<string, Promise<Prefix>>()
+  private readonly prefixes = new Map<string, Prefix>()
   /** Prefix caches computed so far (for tests and stats). */
   prefixComputations = 0
 
@@ -54,37 +100,28 @@ export class LabelClassifier {
   ) {}
 
   /**
-   * Scores `labels` (default by language) for `text`. `usePrefixCache: false` recomputes the
-   * instruction prefix; the result must equal the cached path (tested).
+   * Scores `labels` (default by language) for `text`. `examples` are worked examples shown to
+   * the model before the text; absent, the default labels get DEFAULT_EXAMPLES and custom
+   * labels none; `[]` asks for none. `usePrefixCache: false` recomputes the prefix; the result
+   * must equal the cached path (tested).
    */
   async classify(
     text: string,
     labels?: readonly string[],
-    opts: { signal?: AbortSignal; usePrefixCache?: boolean } = {},
+    opts: {
+      signal?: AbortSignal
+      usePrefixCache?: boolean
+      examples?: readonly LabelExample[]
+    } = {},
   ): Promise<ClassifyResult> {
-    const body = text.trim() // leading whitespace would merge with the template's "\n" token
-    if (body.length === 0) throw new AppError('bad_request', 'text must not be empty')
-    const language = detectLanguage(body)
-    const set = validateLabels(labels ?? DEFAULT_LABELS[language])
-    const labelIds = set.map((label) => {
-      const ids = this.tokenizer.encode(label)
-      if (ids.length === 0 || ids.length > MAX_LABEL_TOKENS) {
-        throw new AppError(
-          'invalid_labels',
-          `label "${label}" must be 1 to ${MAX_LABEL_TOKENS} tokens long`,
-        )
-      }
-      return ids
-    })
-    const [prefixText, suffixText] = this.splitPrompt(instructionFor(set, language))
-    const bodyIds = [...this.tokenizer.encode(body), ...this.tokenizer.encode(suffixText)]
-    const prefixIds = this.tokenizer.encode(prefixText)
+    const [prompt, prefix] = this.build(text, labels, opts.examples)
+    const { labels: set, labelIds, prefixIds, bodyIds } = prompt
     const longest = Math.max(...labelIds.map((l) => l.length))
     const needed = prefixIds.length + bodyIds.length + longest
     if (needed > this.options.contextLength) {
       throw new AppError(
         'context_length_exceeded',
-        `text is too long: ${needed} tokens with the instruction and labels, the context holds ${this.options.contextLength}`,
+        `text is too long: ${needed} tokens with the instruction, examples and labels, the context holds ${this.options.contextLength}`,
         { details: { promptTokens: needed, contextLength: this.options.contextLength } },
       )
     }
@@ -95,7 +132,7 @@ export class LabelClassifier {
       start = this.model.emptyCache()
       ids = [...prefixIds, ...bodyIds]
     } else {
-      start = (await this.prefix(prefixText, prefixIds)).cache
+      start = await this.prefixCache(prefix)
       ids = bodyIds
     }
     // Only the labels' first tokens are scored at the text's last position: log p(label) there
@@ -134,38 +171,128 @@ export class LabelClassifier {
     return { label: set[best], score: scores[set[best]], scores }
   }
 
-  /** The rendered prompt split around the user's text: [instruction prefix, suffix]. */
-  private splitPrompt(instruction: string): [string, string] {
+  /**
+   * The token ids `classify` would run for `text`, split into the cached prefix and the part
+   * computed per request. Validates the text, labels and examples.
+   */
+  prompt(
+    text: string,
+    labels?: readonly string[],
+    examples?: readonly LabelExample[],
+  ): LabelPrompt {
+    return this.build(text, labels, examples)[0]
+  }
+
+  private build(
+    text: string,
+    labels?: readonly string[],
+    examples?: readonly LabelExample[],
+  ): [LabelPrompt, Prefix] {
+    const body = text.trim() // leading whitespace would merge with the template's "\n" token
+    if (body.length === 0) throw new AppError('bad_request', 'text must not be empty')
+    const language = detectLanguage(body)
+    const set = validateLabels(labels ?? DEFAULT_LABELS[language])
+    const labelIds = set.map((label) => {
+      const ids = this.tokenizer.encode(label)
+      if (ids.length === 0 || ids.length > MAX_LABEL_TOKENS) {
+        throw new AppError(
+          'invalid_labels',
+          `label "${label}" must be 1 to ${MAX_LABEL_TOKENS} tokens long`,
+        )
+      }
+      return ids
+    })
+    const shots = validateExamples(examples ?? defaultExamplesFor(set, language), set)
+    const instruction = instructionFor(set, language)
+    const prefix = this.prefix(JSON.stringify([instruction, shots]), instruction, shots)
+    const bodyIds = [...this.tokenizer.encode(body), ...this.tokenizer.encode(prefix.suffix)]
+    return [{ labels: set, labelIds, prefixIds: prefix.ids, bodyIds }, prefix]
+  }
+
+  /**
+   * The rendered prompt split around the user's text, tokenized once per label set and
+   * examples (kept in an LRU map with the prefix's KV cache).
+   */
+  private prefix(key: string, instruction: string, shots: readonly LabelExample[]): Prefix {
+    const known = this.prefixes.get(key)
+    if (known) {
+      this.prefixes.delete(key) // re-insert: Map order is the LRU order
+      this.prefixes.set(key, known)
+      return known
+    }
     const marker = '\u0000QWEN_EDGE_TEXT\u0000'
     const rendered = this.tokenizer.renderChat([
       { role: 'system', content: instruction },
+      ...shots.flatMap((s): ChatMessage[] => [
+        { role: 'user', content: s.text },
+        { role: 'assistant', content: s.label },
+      ]),
       { role: 'user', content: marker },
     ])
     const at = rendered.indexOf(marker)
     if (at === -1) throw new AppError('model_invalid', 'The chat template dropped the user message')
-    return [rendered.slice(0, at), rendered.slice(at + marker.length)]
-  }
-
-  private prefix(text: string, ids: number[]): Promise<Prefix> {
-    let entry = this.prefixes.get(text)
-    if (entry) {
-      this.prefixes.delete(text) // re-insert: Map order is the LRU order
-      this.prefixes.set(text, entry)
-      return entry
+    const ids = this.tokenizer.encode(rendered.slice(0, at))
+    if (ids.length > MAX_PREFIX_TOKENS) {
+      throw new AppError(
+        'bad_request',
+        `the instruction and examples are ${ids.length} tokens long, at most ${MAX_PREFIX_TOKENS} are allowed`,
+        { details: { param: 'examples' } },
+      )
     }
-    this.prefixComputations++
-    entry = prefill(this.model, this.run, ids, this.model.emptyCache(), this.options.prefillChunk)
-      .then((r) => ({ ids, cache: r!.cache }))
-      .catch((err) => {
-        this.prefixes.delete(text) // never cache a failure
-        throw err
-      })
-    this.prefixes.set(text, entry)
+    const entry: Prefix = { ids, suffix: rendered.slice(at + marker.length) }
+    this.prefixes.set(key, entry)
     if (this.prefixes.size > PREFIX_CACHE_SIZE) {
       this.prefixes.delete(this.prefixes.keys().next().value!)
     }
     return entry
   }
+
+  /** The prefix's KV cache, computed once (an evicted entry's cache lives while in use). */
+  private prefixCache(entry: Prefix): Promise<KvCache> {
+    if (entry.cache) return entry.cache
+    this.prefixComputations++
+    const chunk = this.options.prefillChunk
+    entry.cache = prefill(this.model, this.run, entry.ids, this.model.emptyCache(), chunk)
+      .then((r) => r!.cache)
+      .catch((err) => {
+        entry.cache = undefined // never cache a failure
+        throw err
+      })
+    return entry.cache
+  }
+}
+
+/** The built-in examples when the label set is the language's default set, else none. */
+function defaultExamplesFor(labels: readonly string[], language: Language): LabelExample[] {
+  const defaults = DEFAULT_LABELS[language]
+  const same = labels.length === defaults.length && defaults.every((l) => labels.includes(l))
+  return same ? [...DEFAULT_EXAMPLES[language]] : []
+}
+
+/** At most MAX_EXAMPLES examples, each a non-empty text with one of `labels`. */
+export function validateExamples(
+  examples: readonly unknown[],
+  labels: readonly string[],
+): LabelExample[] {
+  const bad = (message: string) =>
+    new AppError('bad_request', message, { details: { param: 'examples' } })
+  if (!Array.isArray(examples)) throw bad('examples must be an array of {text, label}')
+  if (examples.length > MAX_EXAMPLES) {
+    throw bad(`examples may hold at most ${MAX_EXAMPLES} entries, got ${examples.length}`)
+  }
+  return examples.map((e: unknown, i) => {
+    const { text, label } = (e ?? {}) as { text?: unknown; label?: unknown }
+    if (typeof e !== 'object' || typeof text !== 'string' || typeof label !== 'string') {
+      throw bad(`examples[${i}] must be an object {text, label} with two strings`)
+    }
+    if (text.trim() === '') throw bad(`examples[${i}].text must not be empty`)
+    if (!labels.includes(label)) {
+      throw bad(
+        `examples[${i}].label "${label}" is not one of the labels (${labels.join(', ')}); give labels with examples`,
+      )
+    }
+    return { text: text.trim(), label }
+  })
 }
 
 export function validateLabels(labels: readonly unknown[]): string[] {

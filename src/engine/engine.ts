@@ -192,7 +192,10 @@ export class QwenEngine implements Engine {
   async classify(text: string, options: ClassifyOptions = {}): Promise<ClassifyResult> {
     if (typeof text !== 'string') throw new AppError('bad_request', 'text must be a string')
     return this.scheduler.track(() =>
-      this.classifier.classify(text, options.labels, { signal: options.signal }),
+      this.classifier.classify(text, options.labels, {
+        signal: options.signal,
+        ...(options.examples && { examples: options.examples }),
+      }),
     )
   }
 

@@ -52,6 +52,11 @@ export interface ChatRun {
 export interface ClassifyOptions {
   /** Candidate labels; default 正面/负面 for Chinese text, positive/negative otherwise. */
   labels?: string[]
+  /**
+   * Worked examples shown before the text (few-shot), each label one of `labels`. Absent: the
+   * default labels get built-in examples, custom labels none. `[]`: none.
+   */
+  examples?: { text: string; label: string }[]
   signal?: AbortSignal
 }
 

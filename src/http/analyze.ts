@@ -37,6 +37,7 @@ export function analyzeRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
     try {
       sentiment = await classifyText(engine, input.text, {
         labels: input.labels,
+        examples: input.examples,
         signal: cancel.signal,
       })
       const messages = [{ role: 'user' as const, content: input.text }]

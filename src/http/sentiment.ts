@@ -1,13 +1,13 @@
 /**
- * `POST /v1/sentiment`: `{text, labels?}` → `{label, score, scores}`, or
- * `{texts: [...], labels?}` → `{results: [{label, score, scores}, ...]}` (in order, one at a
- * time so a batch does not flood the scheduler). Default labels: 正面/负面 for Chinese text,
- * positive/negative otherwise (the engine decides, per text).
+ * `POST /v1/sentiment`: `{text, labels?, examples?}` → `{label, score, scores}`, or
+ * `{texts: [...], labels?, examples?}` → `{results: [{label, score, scores}, ...]}` (in order,
+ * one at a time so a batch does not flood the scheduler). Default labels: 正面/负面 for Chinese
+ * text, positive/negative otherwise (the engine decides, per text), with built-in examples.
  */
 import { Hono, type Env } from 'hono'
 import type { ClassifyResult, Engine } from '../engine/types.ts'
 import { linkClientSignal } from './chat-run.ts'
-import { parseSentimentBody } from './parse-sentiment-body.ts'
+import { parseSentimentBody, type LabelFields } from './parse-sentiment-body.ts'
 import { readJsonBody } from './read-json-body.ts'
 import type { RouteDeps } from './route-deps.ts'
 
@@ -19,7 +19,11 @@ export function sentimentRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
     const cancel = linkClientSignal(c.req.raw)
     try {
       const classify = (text: string) =>
-        classifyText(engine, text, { labels: input.labels, signal: cancel.signal })
+        classifyText(engine, text, {
+          labels: input.labels,
+          examples: input.examples,
+          signal: cancel.signal,
+        })
       if (input.kind === 'single') return c.json(await classify(input.text))
       const results: ClassifyResult[] = []
       for (const text of input.texts) results.push(await classify(text))
@@ -34,10 +38,11 @@ export function sentimentRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
 export async function classifyText(
   engine: Engine,
   text: string,
-  options: { labels?: string[]; signal: AbortSignal },
+  options: LabelFields & { signal: AbortSignal },
 ): Promise<ClassifyResult> {
   const { label, score, scores } = await engine.classify(text, {
     ...(options.labels && { labels: options.labels }),
+    ...(options.examples && { examples: options.examples }),
     signal: options.signal,
   })
   return { label, score, scores }

@@ -4,6 +4,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
+import { DEFAULT_EXAMPLES, DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
 import type { ChatEvent, ChatMessage, ChatRun } from '../../src/engine/types.ts'
 import { ensureModel } from '../helpers/models.ts'
@@ -255,6 +256,121 @@ describe('sentiment by label scoring', () => {
       code: 'invalid_labels',
     })
     await expect(engine.classify('   ')).rejects.toMatchObject({ code: 'bad_request' })
+  })
+
+  /** The classifier's prompt, tokenized whole through the chat template. */
+  function rendered(system: string, shots: { text: string; label: string }[], text: string) {
+    return engine.tokenizer.encode(
+      engine.tokenizer.renderChat([
+        { role: 'system', content: system },
+        ...shots.flatMap((s): ChatMessage[] => [
+          { role: 'user', content: s.text },
+          { role: 'assistant', content: s.label },
+        ]),
+        { role: 'user', content: text },
+      ]),
+    )
+  }
+
+  it('the prompt is the instruction, the worked examples as earlier turns, then the text', () => {
+    const c = engine.classifier
+    const zh = '物流很快，包装也很好。'
+    const p = c.prompt(zh)
+    expect([...p.prefixIds, ...p.bodyIds]).toEqual(
+      rendered(instructionFor(DEFAULT_LABELS.zh, 'zh'), [...DEFAULT_EXAMPLES.zh], zh),
+    )
+    const en = 'Too loud, but it works.'
+    const q = c.prompt(en)
+    expect([...q.prefixIds, ...q.bodyIds]).toEqual(
+      rendered(instructionFor(DEFAULT_LABELS.en, 'en'), [...DEFAULT_EXAMPLES.en], en),
+    )
+    // the per-request part is the text and the template's suffix only
+    expect(q.bodyIds).toEqual(rendered('S', [], en).slice(-q.bodyIds.length))
+    expect(q.bodyIds.length).toBe(engine.tokenizer.encode(en).length + 5)
+
+    // `examples: []`: the instruction alone; the label order does not matter for the defaults
+    const zero = c.prompt(en, undefined, [])
+    expect([...zero.prefixIds, ...zero.bodyIds]).toEqual(
+      rendered(instructionFor(DEFAULT_LABELS.en, 'en'), [], en),
+    )
+    expect(zero.prefixIds.length).toBeLessThan(q.prefixIds.length - 40)
+    const swapped = c.prompt(en, ['negative', 'positive'])
+    expect(swapped.prefixIds).toEqual(
+      rendered(instructionFor(['negative', 'positive'], 'en'), [...DEFAULT_EXAMPLES.en], en).slice(
+        0,
+        swapped.prefixIds.length,
+      ),
+    )
+
+    // custom labels: no built-in examples, unless the request gives its own
+    const labels = ['joy', 'anger']
+    const custom = c.prompt(en, labels)
+    expect([...custom.prefixIds, ...custom.bodyIds]).toEqual(
+      rendered(instructionFor(labels, 'en'), [], en),
+    )
+    const shots = [
+      { text: 'What a lovely day!', label: 'joy' },
+      { text: '  This is outrageous.  ', label: 'anger' },
+    ]
+    const own = c.prompt(en, labels, shots)
+    expect([...own.prefixIds, ...own.bodyIds]).toEqual(
+      rendered(
+        instructionFor(labels, 'en'),
+        [shots[0], { text: 'This is outrageous.', label: 'anger' }],
+        en,
+      ),
+    )
+  })
+
+  it('with worked examples, the cached prefix gives the scores of a full prefill', async () => {
+    const labels = ['joy', 'anger', 'boredom']
+    const examples = [
+      { text: 'We won the final!', label: 'joy' },
+      { text: 'They cancelled my flight again.', label: 'anger' },
+      { text: 'Another meeting about meetings.', label: 'boredom' },
+    ]
+    const text = '终于放假了'
+    const before = engine.classifier.prefixComputations
+    const cached = await engine.classify(text, { labels, examples })
+    const again = await engine.classify(text, { labels, examples })
+    expect(engine.classifier.prefixComputations - before).toBe(1)
+    const uncached = await engine.classifier.classify(text, labels, {
+      examples,
+      usePrefixCache: false,
+    })
+    for (const l of labels) {
+      expect(Math.abs(cached.scores[l] - uncached.scores[l])).toBeLessThan(1e-4)
+      expect(again.scores[l]).toBe(cached.scores[l])
+    }
+    // the examples are in the prompt: without them the scores change, from another prefix
+    const none = await engine.classify(text, { labels, examples: [] })
+    expect(engine.classifier.prefixComputations - before).toBe(2)
+    const diff = Math.max(...labels.map((l) => Math.abs(none.scores[l] - cached.scores[l])))
+    expect(diff).toBeGreaterThan(1e-4)
+  })
+
+  it('rejects examples whose label is not a label, too many examples, and malformed ones', async () => {
+    const labels = ['yes', 'no']
+    const bad = async (examples: unknown, text = 'ok') =>
+      expect(
+        engine.classify(text, { labels, examples: examples as { text: string; label: string }[] }),
+      ).rejects.toMatchObject({ code: 'bad_request', details: { param: 'examples' } })
+    await bad([{ text: 'sure', label: 'maybe' }])
+    await bad(Array.from({ length: 17 }, () => ({ text: 'sure', label: 'yes' })))
+    await bad([{ text: '  ', label: 'yes' }])
+    await bad([{ text: 'sure' }])
+    await bad(['sure'])
+    await bad([null])
+    // default labels are decided by the text's language: Chinese examples, English text
+    await expect(
+      engine.classify('fine', { examples: [{ text: '很好', label: '正面' }] }),
+    ).rejects.toMatchObject({ code: 'bad_request', message: expect.stringMatching(/give labels/) })
+    // the prefix has a token budget
+    const long = 'word '.repeat(400)
+    await bad(Array.from({ length: 6 }, () => ({ text: long, label: 'yes' })))
+    // and the classifier still answers afterwards
+    const r = await engine.classify('ok', { labels })
+    expect(Object.keys(r.scores).sort()).toEqual(['no', 'yes'])
   })
 
   it('tokenizing prefix, text and suffix apart equals tokenizing the whole prompt', () => {

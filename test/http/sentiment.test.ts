@@ -33,6 +33,25 @@ describe('POST /v1/sentiment', () => {
     expect(engine.classifyCalls[0].options.signal).toBeInstanceOf(AbortSignal)
   })
 
+  it('passes worked examples to the engine, for every text of a batch', async () => {
+    const engine = new FakeEngine()
+    const { app } = makeApp(engine)
+    const examples = [
+      { text: 'We won!', label: 'joy' },
+      { text: 'Late again.', label: 'anger' },
+    ]
+    const res = await post(app, '/v1/sentiment', {
+      texts: ['a', 'b'],
+      labels: ['joy', 'anger'],
+      examples,
+    })
+    expect(res.status).toBe(200)
+    expect(engine.classifyCalls.map((c) => c.options.examples)).toEqual([examples, examples])
+    const bad = await post(app, '/v1/sentiment', { text: 'a', examples: [{ text: 'b' }] })
+    expect(bad.status).toBe(400)
+    expect((await bad.json()).error).toMatchObject({ code: 'bad_request' })
+  })
+
   it('classifies a batch in order', async () => {
     const engine = new FakeEngine()
     const { app } = makeApp(engine)

@@ -105,6 +105,40 @@ describe('parseSentimentBody / parseAnalyzeBody', () => {
     })
   })
 
+  it('reads worked examples: {text, label} objects, [] kept as "none"', () => {
+    const examples = [{ text: 'great', label: 'x', extra: 1 }]
+    expect(parseSentimentBody({ text: 'a', labels: ['x', 'y'], examples })).toEqual({
+      kind: 'single',
+      text: 'a',
+      labels: ['x', 'y'],
+      examples: [{ text: 'great', label: 'x' }],
+    })
+    expect(parseSentimentBody({ text: 'a', examples: [] })).toEqual({
+      kind: 'single',
+      text: 'a',
+      examples: [],
+    })
+    expect(parseSentimentBody({ text: 'a', examples: null })).toEqual({ kind: 'single', text: 'a' })
+    expect(parseAnalyzeBody({ text: 'a', examples: [{ text: 'b', label: 'c' }] }, limits)).toEqual({
+      text: 'a',
+      examples: [{ text: 'b', label: 'c' }],
+      options: {},
+    })
+    for (const examples of [
+      'great',
+      [['great', 'x']],
+      [{ text: 'great' }],
+      [{ text: '', label: 'x' }],
+      [{ text: 3, label: 'x' }],
+      [{ text: 'a', label: 7 }],
+      Array(17).fill({ text: 'a', label: 'x' }),
+    ]) {
+      expect(() => parseSentimentBody({ text: 'a', examples })).toThrow(
+        expect.objectContaining({ code: 'bad_request', details: { param: expect.any(String) } }),
+      )
+    }
+  })
+
   it('parses analyze with sampling options', () => {
     expect(parseAnalyzeBody({ text: 'hi', temperature: 0 }, limits)).toEqual({
       text: 'hi',

@@ -47,6 +47,9 @@ export const ERROR_CASES: ErrorCase[] = [
   { name: 'sentiment: text and texts', path: '/v1/sentiment', body: { text: 'a', texts: ['b'] }, status: 400, code: 'bad_request' },
   { name: 'sentiment: one label', path: '/v1/sentiment', body: { text: 'a', labels: ['only'] }, status: 400, code: 'invalid_labels' },
   { name: 'sentiment: duplicate labels', path: '/v1/sentiment', body: { text: 'a', labels: ['x', 'x'] }, status: 400, code: 'invalid_labels' },
+  { name: 'sentiment: examples not an array', path: '/v1/sentiment', body: { text: 'a', examples: 'b' }, status: 400, code: 'bad_request' },
+  { name: 'sentiment: example label not a label', path: '/v1/sentiment', body: { text: 'a', labels: ['x', 'y'], examples: [{ text: 'b', label: 'z' }] }, status: 400, code: 'bad_request' },
+  { name: 'sentiment: 17 examples', path: '/v1/sentiment', body: { text: 'a', labels: ['x', 'y'], examples: Array(17).fill({ text: 'b', label: 'x' }) }, status: 400, code: 'bad_request' },
   { name: 'analyze: empty text', path: '/analyze', body: { text: '' }, status: 400, code: 'bad_request' },
   { name: 'analyze: bad stream query', path: '/analyze?stream=maybe', body: { text: 'hi' }, status: 400, code: 'bad_request' },
   // Messages

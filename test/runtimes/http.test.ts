@@ -72,6 +72,21 @@ describeMatrix(
       for (const r of results) expectClassification(r, labels)
     })
 
+    it('POST /v1/sentiment: worked examples change the prompt, and so the scores', async () => {
+      const labels = ['joy', 'anger']
+      const examples = [
+        { text: 'We won the final!', label: 'joy' },
+        { text: 'Late again, and nobody called.', label: 'anger' },
+      ]
+      const text = '终于放假了'
+      const shown = await json(await post(t, '/v1/sentiment', { text, labels, examples }))
+      const again = await json(await post(t, '/v1/sentiment', { text, labels, examples }))
+      const none = await json(await post(t, '/v1/sentiment', { text, labels }))
+      expectClassification(shown, labels)
+      expect(again.scores).toEqual(shown.scores)
+      expect(Math.abs(shown.scores.joy - none.scores.joy)).toBeGreaterThan(1e-4)
+    })
+
     it('POST /v1/chat streams deltas, then done with finish_reason and usage', async () => {
       const res = await post(t, '/v1/chat', { messages, max_tokens: 12, seed: 7 })
       expect(res.status).toBe(200)
