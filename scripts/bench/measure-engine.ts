@@ -6,13 +6,13 @@
  */
 import { basename, dirname } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
+import type { LabelExample } from '../../src/engine/classify.ts'
 import type { QwenEngine } from '../../src/engine/engine.ts'
 import type { KvCache, QwenModel, StepResult } from '../../src/engine/model.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
 import { maxGapMs } from './greedy-loop.ts'
 import { median, peakRssBytes, repeat, round } from './stats.ts'
-import type { BenchPlan, DuringChat, EngineExtra, EngineResult } from './types.ts'
+import type { BenchPlan, DuringChat, EngineExtra, EngineResult, SentimentVariant } from './types.ts'
 import { packageVersion } from './versions.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
 
@@ -363,16 +363,23 @@ export async function measureEngine(
     await f()
     return performance.now() - s
   }
-  const shortCold = await repeat(plan.rounds, () =>
-    time(() => engine.classifier.classify(short, undefined, { usePrefixCache: false })),
-  )
-  const shortCached = await repeat(plan.rounds, () => time(() => engine.classify(short)))
-  const shortSentiment = {
-    text: short,
-    tokens: sentimentTokens(engine, short),
-    coldMs: round(median(shortCold), 0),
-    cachedMs: round(median(shortCached), 0),
+  const variant = async (text: string, examples?: LabelExample[]): Promise<SentimentVariant> => {
+    const opts = examples ? { examples } : {}
+    const cold = await repeat(plan.rounds, () =>
+      time(() => engine.classifier.classify(text, undefined, { ...opts, usePrefixCache: false })),
+    )
+    await engine.classify(text, opts) // computes this prefix once
+    const cached = await repeat(plan.rounds, () => time(() => engine.classify(text, opts)))
+    return {
+      text,
+      tokens: sentimentTokens(engine, text, examples),
+      coldMs: round(median(cold), 0),
+      cachedMs: round(median(cached), 0),
+    }
   }
+  const shortSentiment = await variant(short)
+  // The instruction alone (no examples): a shorter prefix, so the cache saves less.
+  const zeroShotSentiment = await variant(text, [])
 
   result.extra = {
     decodeStep: breakdown!,
@@ -380,6 +387,7 @@ export async function measureEngine(
     sentimentPromptTokens,
     sentimentDuringChat: during,
     shortSentiment,
+    zeroShotSentiment,
   }
 
   result.wasmAfterLoadBytes = wasmAfterLoad
@@ -391,17 +399,9 @@ export async function measureEngine(
 export const SHORT_SENTIMENT_TEXT = 'Great screen, awful battery.'
 
 /** Prefix (cacheable) and uncached token counts of a sentiment prompt, as the classifier splits it. */
-function sentimentTokens(engine: QwenEngine, text: string) {
-  const marker = '\u0000TEXT\u0000'
-  const rendered = engine.tokenizer.renderChat([
-    { role: 'system', content: instructionFor(DEFAULT_LABELS.en, 'en') },
-    { role: 'user', content: marker },
-  ])
-  const [prefix, suffix] = rendered.split(marker)
-  return {
-    prefix: engine.tokenizer.encode(prefix).length,
-    uncached: engine.tokenizer.encode(text).length + engine.tokenizer.encode(suffix).length,
-  }
+function sentimentTokens(engine: QwenEngine, text: string, examples?: LabelExample[]) {
+  const prompt = engine.classifier.prompt(text, undefined, examples)
+  return { prefix: prompt.prefixIds.length, uncached: prompt.bodyIds.length }
 }
 
 /**

@@ -340,13 +340,19 @@ function renderEngineDetails(eng: EngineResult, L: string[]) {
   const x = eng.extra!
   const t = x.sentimentPromptTokens
   const s = x.shortSentiment
+  const z = x.zeroShotSentiment
   const d = x.sentimentDuringChat
   L.push(
     '',
     '## Engine details',
     '',
     decodeStepLine(x.decodeStep),
-    `- **Sentiment prompt**: ${t.prefix} tokens of instruction prefix (cached) + ${t.uncached} tokens of text and template suffix (computed per request): uncached ${fmtMs(eng.sentimentColdMs)}, cached ${fmtMs(eng.sentimentCachedMs)} = ${fmtX((eng.sentimentColdMs ?? NaN) / (eng.sentimentCachedMs ?? NaN))}. A shorter text (“${s.text}”, ${s.tokens.uncached} uncached tokens): ${fmtMs(s.coldMs)} → ${fmtMs(s.cachedMs)} = ${fmtX(s.coldMs / s.cachedMs)}. The cache saves the prefix's share of the work, so the speedup is about (prefix + text) ÷ text tokens.`,
+    `- **Sentiment prompt**: ${t.prefix} tokens of prefix, the instruction and the built-in worked examples (cached), + ${t.uncached} tokens of text and template suffix (computed per request): uncached ${fmtMs(eng.sentimentColdMs)}, cached ${fmtMs(eng.sentimentCachedMs)} = ${fmtX((eng.sentimentColdMs ?? NaN) / (eng.sentimentCachedMs ?? NaN))}. A shorter text (“${s.text}”, ${s.tokens.uncached} uncached tokens): ${fmtMs(s.coldMs)} → ${fmtMs(s.cachedMs)} = ${fmtX(s.coldMs / s.cachedMs)}. The cache saves the prefix's share of the work, so the speedup is about (prefix + text) ÷ text tokens.`,
+    ...(z
+      ? [
+          `- **Sentiment without examples** (\`examples: []\`, the instruction alone): ${z.tokens.prefix} tokens of prefix + ${z.tokens.uncached} per request: uncached ${fmtMs(z.coldMs)}, cached ${fmtMs(z.cachedMs)} = ${fmtX(z.coldMs / z.cachedMs)}.`,
+        ]
+      : []),
     sentimentCostModel(eng, t),
     `- **Sentiment during a long chat**: when the chat's 8th decode step ends, a timer (standing in for the I/O callback of an HTTP request arriving then) issues the request. Answered ${fmtMs(d.latencyMs)} after it was due (alone: ${fmtMs(eng.sentimentAloneMs)}); the timer fired ${fmtMs(d.timerLateMs)} late; ${d.chatSteps} chat steps ran while it was in flight; ${d.beforeChatEnd ? 'answered while the chat was still decoding' : '**answered only after the chat had finished**'}. Longest event-loop block during the chat: ${fmtMs(d.eventLoopMaxDelayMs)} (a wasm run cannot be interrupted: a decode step, or a prefill chunk).`,
   )

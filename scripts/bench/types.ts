@@ -111,7 +111,16 @@ export interface EngineExtra {
   prefixComputations: number
   sentimentPromptTokens: SentimentTokens
   sentimentDuringChat: DuringChat
-  shortSentiment: { text: string; tokens: SentimentTokens; coldMs: number; cachedMs: number }
+  shortSentiment: SentimentVariant
+  /** The bench text with no examples in the prefix (`examples: []`): the instruction alone. */
+  zeroShotSentiment?: SentimentVariant
+}
+
+export interface SentimentVariant {
+  text: string
+  tokens: SentimentTokens
+  coldMs: number
+  cachedMs: number
 }
 
 export interface BandwidthResult {
