@@ -1,9 +1,10 @@
 /**
  * Continuous batching of decode steps. Each concurrent generation asks for its next step
  * (one token after its cache); the requests waiting when the step lock comes free run as ONE
- * batched forward pass. A WASM decode step is bound by reading the weights, and a batch reads
- * them once: at 0.5B shapes a batch of 4 costs about 1.4 single steps, so 4 streams get about
- * 2.8x the tokens per second of one, and every stream gets a token every step.
+ * batched forward pass. A single WASM decode step is bound by reading the weights, and a batch
+ * reads them once: at 0.5B shapes a batch of 4 costs about 3 single steps in the engine's
+ * decoder (1.4 in onnxruntime, whose single step is slower), and every stream gets a token
+ * every step.
  *
  * The batch is gathered when the run starts, not when it is queued: sequences that just got
  * their token from the previous batch are still sampling and detokenizing, so when fewer
@@ -12,9 +13,11 @@
  * out of that batch and joins a later one. Prefill chunks and classifications keep their own
  * place in the step queue (scheduler.ts) between batches.
  *
- * A `solo` stream never shares a run: with q8 weights a batch shares one activation scale, so
- * only a solo stream's numbers are exactly those of the request run alone (engine.ts makes
- * seeded requests solo, so a seed reproduces its reply).
+ * A `solo` stream never shares a run in the graph: with q8 weights a batch shares one
+ * activation scale, so only a solo stream's numbers are exactly those of the request run alone
+ * (engine.ts makes seeded requests solo, so a seed reproduces its reply). The engine's decoder
+ * quantizes each row on its own (`exactBatches`): there a row's numbers do not depend on its
+ * batch, so solo streams share runs like the others.
  */
 import type { KvCache, StepResult } from './model.ts'
 import type { StepRunner } from './generate.ts'
@@ -29,6 +32,8 @@ export interface BatchModel {
   /** Called with a stream's last cache when the stream closes. */
   releaseCache?(cache: KvCache): void
   readonly canBatch: boolean
+  /** Each row of a batched step is exactly that row's step alone (the engine's decoder). */
+  readonly exactBatches?: boolean
 }
 
 interface Request {
@@ -84,8 +89,12 @@ export class DecodeBatcher {
     return this.decoding + this.decodingSolo > 0
   }
 
-  /** @param solo the stream's steps always run alone (see above). */
-  open(solo = false): DecodeStream {
+  /**
+   * @param reproducible the stream's numbers must not depend on other streams: its steps run
+   *   alone, unless the model's batches are exact (see above).
+   */
+  open(reproducible = false): DecodeStream {
+    const solo = reproducible && !this.model.exactBatches
     let joined = false
     let closed = false
     let last: KvCache | undefined

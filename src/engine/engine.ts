@@ -223,8 +223,9 @@ export class QwenEngine implements Engine {
       }
       throw err
     }
-    // A seeded request is reproducible: it neither shares batched runs nor starts from a kept
-    // KV cache, both of which change q8 numbers in the last digits (see batcher.ts).
+    // A seeded request is reproducible: it does not start from a kept KV cache, and it shares
+    // batched runs only in the decoder, whose rows do not depend on their batch (in the graph
+    // both change q8 numbers in the last digits, see batcher.ts).
     const reproducible = options.seed !== undefined
     const stream = this.batcher.open(reproducible)
     const reuse = reproducible ? undefined : this.turns.lookup(prompt)

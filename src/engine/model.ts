@@ -58,6 +58,8 @@ export class QwenModel {
   private readonly hidden: number
   /** Several sequences of different lengths can share a run (left padding needs position_ids). */
   readonly canBatch: boolean
+  /** Decode steps run in the decoder, whose batched rows equal the rows run alone. */
+  readonly exactBatches: boolean
   /** present.{i}.key → past_key_values.{i}.key */
   private readonly presentToPast: [string, string][]
   private readonly empty: KvCache
@@ -101,6 +103,7 @@ export class QwenModel {
     this.hasPositionIds = names.has('position_ids')
     this.hasLogitsToKeep = names.has('num_logits_to_keep')
     this.canBatch = this.hasPositionIds || decoder !== undefined
+    this.exactBatches = decoder !== undefined
     const pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'))
     this.presentToPast = pastNames.map((n) => [n.replace('past_key_values.', 'present.'), n])
     for (const [present] of this.presentToPast) {

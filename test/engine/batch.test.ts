@@ -231,6 +231,17 @@ describe('DecodeBatcher', () => {
     expect(batcher.active).toBe(2) // the solo stream is not waited for
   })
 
+  it('lets a reproducible stream share runs when the model batches exactly', async () => {
+    const { model, batches, cache } = scriptedModel()
+    const exact: BatchModel = { ...model, exactBatches: true }
+    const scheduler = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const batcher = new DecodeBatcher(exact, (t) => scheduler.step(t), 4)
+    const [a, seeded, b] = [batcher.open(), batcher.open(true), batcher.open()]
+    await Promise.all([a.step(1, cache(1)), seeded.step(2, cache(1)), b.step(3, cache(1))])
+    expect(batches).toEqual([[1, 2, 3]])
+    expect(batcher.active).toBe(3)
+  })
+
   it('rejects every step of a failed run, and the next run still works', async () => {
     const { model, cache } = scriptedModel()
     let fail = true

@@ -333,6 +333,33 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
     return text
   }
 
+  it('runs seeded streams in shared batches, each still the reply it gets alone', async () => {
+    const seeded = async (content: string, seed: number) => {
+      const run = await engine.chat([{ role: 'user', content }], {
+        maxNewTokens: 24,
+        temperature: 1,
+        topK: 0,
+        topP: 1,
+        seed,
+      })
+      let text = ''
+      for await (const e of run.events) if (e.type === 'text') text += e.text
+      return text
+    }
+    const asks = ['天气', 'weather', '你好吗', 'how are you'].map((q, i) => [q, 11 + i] as const)
+    const alone: string[] = []
+    for (const [q, seed] of asks) alone.push(await seeded(q, seed))
+    const before = engine.stats().decode!
+    const together = await Promise.all(asks.map(([q, seed]) => seeded(q, seed)))
+    const after = engine.stats().decode!
+    expect(together).toEqual(alone)
+    // they shared runs: more tokens than runs
+    const steps = after.tokens - before.tokens
+    const runs = after.runs - before.runs
+    expect(steps / runs).toBeGreaterThan(2)
+    expect(engine.model.decoder!.sequences).toBe(0)
+  })
+
   it('gives every stream its memory back: finished, aborted, batched, with kept turns', async () => {
     const decoder = engine.model.decoder!
     expect(decoder.sequences).toBe(0)
