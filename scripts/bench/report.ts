@@ -321,6 +321,9 @@ function sentimentCostModel(eng: EngineResult, t: { prefix: number; uncached: nu
   if (cold === undefined || cached === undefined) return ''
   const c = (cold - cached) / t.prefix
   const F = cached - c * t.uncached
+  if (!(c > 0 && F >= 0)) {
+    return `- **Sentiment cost model**: not fitted: the two latencies above give a negative cost (${F.toFixed(0)} ms + ${c.toFixed(1)} ms per token), so they are too noisy for it.`
+  }
   const goal = GOALS.sentimentCacheSpeedup
   // (F + c(P + u)) / (F + c u) >= goal  ⇔  P >= (goal − 1)(F + c u) / c
   const prefixFor3x = Math.ceil(((goal - 1) * (F + c * t.uncached)) / c)
