@@ -23,6 +23,16 @@ describe('POST /analyze', () => {
     expect(engine.active).toBe(0)
   })
 
+  it('passes labels and worked examples to the classification, not to the reply', async () => {
+    const engine = new FakeEngine()
+    const { app } = makeApp(engine)
+    const examples = [{ text: 'so good', label: 'up' }]
+    const res = await post(app, '/analyze', { text: 'great', labels: ['up', 'down'], examples })
+    expect(res.status).toBe(200)
+    expect(engine.classifyCalls[0].options).toMatchObject({ labels: ['up', 'down'], examples })
+    expect(engine.chatCalls[0].messages).toEqual([{ role: 'user', content: 'great' }])
+  })
+
   it('streams with ?stream=1: the sentiment event first, then deltas, then done', async () => {
     const { app } = makeApp()
     const res = await post(app, '/analyze?stream=1', { text: '太糟糕了', max_tokens: 4 })
