@@ -51,7 +51,10 @@ const MAX_LABEL_TOKENS = 16
 export const MAX_EXAMPLES = 16
 /** The instruction and examples together (the cached prefix), in tokens. */
 export const MAX_PREFIX_TOKENS = 2048
-/** Prefix caches kept per isolate (one per label set and examples). */
+/**
+ * Prefix caches kept per isolate for caller-given labels or examples (one per label set and
+ * examples), besides the default ones (one per language), which are never evicted.
+ */
 const PREFIX_CACHE_SIZE = 16
 
 /** The instruction: a cold analyst that answers with one label and nothing else. */
@@ -88,7 +91,10 @@ interface Prefix {
 }
 
 export class LabelClassifier {
+  /** Caller-given label sets and examples, least recently used first. */
   private readonly prefixes = new Map<string, Prefix>()
+  /** The default labels with the built-in examples, per language: kept for good. */
+  private readonly defaults = new Map<string, Prefix>()
   /** Prefix caches computed so far (for tests and stats). */
   prefixComputations = 0
 
@@ -204,16 +210,25 @@ export class LabelClassifier {
     })
     const shots = validateExamples(examples ?? defaultExamplesFor(set, language), set)
     const instruction = instructionFor(set, language)
-    const prefix = this.prefix(JSON.stringify([instruction, shots]), instruction, shots)
+    const key = JSON.stringify([instruction, shots])
+    const prefix = this.prefix(key, instruction, shots, !labels && !examples)
     const bodyIds = [...this.tokenizer.encode(body), ...this.tokenizer.encode(prefix.suffix)]
     return [{ labels: set, labelIds, prefixIds: prefix.ids, bodyIds }, prefix]
   }
 
   /**
    * The rendered prompt split around the user's text, tokenized once per label set and
-   * examples (kept in an LRU map with the prefix's KV cache).
+   * examples (kept with the prefix's KV cache: for good when `builtIn`, else in an LRU map, so
+   * callers' many label sets never evict the default one).
    */
-  private prefix(key: string, instruction: string, shots: readonly LabelExample[]): Prefix {
+  private prefix(
+    key: string,
+    instruction: string,
+    shots: readonly LabelExample[],
+    builtIn: boolean,
+  ): Prefix {
+    const pinned = this.defaults.get(key)
+    if (pinned) return pinned
     const known = this.prefixes.get(key)
     if (known) {
       this.prefixes.delete(key) // re-insert: Map order is the LRU order
@@ -240,6 +255,10 @@ export class LabelClassifier {
       )
     }
     const entry: Prefix = { ids, suffix: rendered.slice(at + marker.length) }
+    if (builtIn) {
+      this.defaults.set(key, entry)
+      return entry
+    }
     this.prefixes.set(key, entry)
     if (this.prefixes.size > PREFIX_CACHE_SIZE) {
       this.prefixes.delete(this.prefixes.keys().next().value!)

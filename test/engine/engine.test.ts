@@ -349,6 +349,21 @@ describe('sentiment by label scoring', () => {
     expect(diff).toBeGreaterThan(1e-4)
   })
 
+  it("callers' many label sets and examples never evict the default prefix", async () => {
+    await engine.classify('这个还行') // the default Chinese prefix, computed at most now
+    const before = engine.classifier.prefixComputations
+    const labels = ['yes', 'no']
+    for (let i = 0; i < 20; i++) {
+      await engine.classify('ok', { labels, examples: [{ text: `case ${i}`, label: 'yes' }] })
+    }
+    expect(engine.classifier.prefixComputations - before).toBe(20)
+    await engine.classify('这个还行')
+    await engine.classify('ok', { labels, examples: [{ text: 'case 19', label: 'yes' }] })
+    expect(engine.classifier.prefixComputations - before).toBe(20) // both still cached
+    await engine.classify('ok', { labels, examples: [{ text: 'case 0', label: 'yes' }] })
+    expect(engine.classifier.prefixComputations - before).toBe(21) // evicted: 16 are kept
+  })
+
   it('rejects examples whose label is not a label, too many examples, and malformed ones', async () => {
     const labels = ['yes', 'no']
     const bad = async (examples: unknown, text = 'ok') =>
