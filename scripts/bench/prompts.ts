@@ -35,7 +35,7 @@ export function promptOfLength(tok: QwenTokenizer, n: number): BenchPrompt {
   const words = FILLER.repeat(Math.ceil((n * 2) / 60) + 2).split(/(?<= )/)
   const render = (content: string) => {
     const messages: ChatMessage[] = [{ role: 'user', content }]
-    return { messages, ids: tok.encode(tok.renderChat(messages)) }
+    return { messages, ids: tok.encodePrompt(tok.renderChat(messages)) }
   }
   // the longest prefix of words that fits, then single-token pads up to n
   let lo = 1
@@ -56,5 +56,5 @@ export function promptOfLength(tok: QwenTokenizer, n: number): BenchPrompt {
 
 export function chatPrompt(tok: QwenTokenizer, content: string): BenchPrompt {
   const messages: ChatMessage[] = [{ role: 'user', content }]
-  return { messages, ids: tok.encode(tok.renderChat(messages)) }
+  return { messages, ids: tok.encodePrompt(tok.renderChat(messages)) }
 }

@@ -199,7 +199,7 @@ export class LabelClassifier {
     const language = detectLanguage(body)
     const set = validateLabels(labels ?? DEFAULT_LABELS[language])
     const labelIds = set.map((label) => {
-      const ids = this.tokenizer.encode(label)
+      const ids = this.tokenizer.encodeText(label)
       if (ids.length === 0 || ids.length > MAX_LABEL_TOKENS) {
         throw new AppError(
           'invalid_labels',
@@ -212,7 +212,10 @@ export class LabelClassifier {
     const instruction = instructionFor(set, language)
     const key = JSON.stringify([instruction, shots])
     const prefix = this.prefix(key, instruction, shots, !labels && !examples)
-    const bodyIds = [...this.tokenizer.encode(body), ...this.tokenizer.encode(prefix.suffix)]
+    const bodyIds = [
+      ...this.tokenizer.encodeText(body),
+      ...this.tokenizer.encodePrompt(prefix.suffix),
+    ]
     return [{ labels: set, labelIds, prefixIds: prefix.ids, bodyIds }, prefix]
   }
 
@@ -246,7 +249,7 @@ export class LabelClassifier {
     ])
     const at = rendered.indexOf(marker)
     if (at === -1) throw new AppError('model_invalid', 'The chat template dropped the user message')
-    const ids = this.tokenizer.encode(rendered.slice(0, at))
+    const ids = this.tokenizer.encodePrompt(rendered.slice(0, at))
     if (ids.length > MAX_PREFIX_TOKENS) {
       throw new AppError(
         'bad_request',

@@ -150,7 +150,7 @@ export class QwenEngine implements Engine {
   /** The prompt token ids for `messages` (validated), as chat() would feed them. */
   promptIds(messages: ChatMessage[]): number[] {
     validateMessages(messages)
-    return this.tokenizer.encode(this.tokenizer.renderChat(messages))
+    return this.tokenizer.encodePrompt(this.tokenizer.renderChat(messages))
   }
 
   async chat(messages: ChatMessage[], options: GenerationOptions = {}): Promise<ChatRun> {

@@ -1,6 +1,14 @@
 /**
  * The model's own tokenizer and chat template, loaded once per isolate: parsing the 7 MB
  * Qwen tokenizer.json costs about a second, so nothing here runs per request.
+ *
+ * Caller text is plain text. Hugging Face tokenizers turn the *text* `<|im_end|>` into the
+ * control token wherever it appears, so a message, a sentiment text or a label could close its
+ * turn and open a fake system turn (template injection). Here control tokens come only from the
+ * chat template: caller text is escaped before the template sees it, and the rendered prompt is
+ * split at the template's own added tokens; each piece between them is tokenized without
+ * added-token matching (as llama.cpp does with `parse_special = false`). Text with no added-token
+ * string in it gets exactly the ids the library gives (checked at load).
  */
 import { Template } from '@huggingface/jinja'
 import { Tokenizer } from '@huggingface/tokenizers'
@@ -16,6 +24,11 @@ export class QwenTokenizer {
   private readonly byteCache = new Map<number, Uint8Array>()
   private readonly unicodeToByte: Map<string, number>
   private readonly added: Map<number, string>
+  /** Every added token's text, longest first; its index is its escape code. */
+  private readonly addedTexts: string[]
+  /** Matches any added token's text (or the escape character) in a string. */
+  private readonly addedPattern: RegExp
+  private readonly addedIds: Map<string, { id: number; lstrip: boolean; rstrip: boolean }>
 
   constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown>) {
     const decoder = tokenizerJson.decoder as { type?: string } | undefined
@@ -38,20 +51,117 @@ export class QwenTokenizer {
     }
     const special = new Set<number>()
     this.added = new Map()
+    this.addedIds = new Map()
     for (const t of (tokenizerJson.added_tokens ?? []) as {
       id: number
       content: string
       special?: boolean
+      lstrip?: boolean
+      rstrip?: boolean
     }[]) {
       this.added.set(t.id, t.content)
+      this.addedIds.set(t.content, { id: t.id, lstrip: !!t.lstrip, rstrip: !!t.rstrip })
       if (t.special) special.add(t.id)
     }
     this.specialIds = special
+    this.addedTexts = [...this.addedIds.keys()]
+      .filter((t) => t.length > 0)
+      .sort((a, b) => b.length - a.length)
+    if (this.addedTexts.length > MAX_ESCAPES) {
+      throw new AppError('model_invalid', `The tokenizer has more than ${MAX_ESCAPES} added tokens`)
+    }
+    this.addedPattern = new RegExp([...this.addedTexts.map(escapeRegExp), ESCAPE].join('|'), 'g')
     this.unicodeToByte = byteLevelInverse()
+    this.checkPlainEncoding()
   }
 
-  encode(text: string): number[] {
-    return this.tokenizer.encode(text, { add_special_tokens: false }).ids
+  /**
+   * Caller text (a sentiment text, a label) as plain text: the text `<|im_end|>` is ordinary
+   * characters, never the control token.
+   */
+  encodeText(text: string): number[] {
+    return this.encodePlain(text, 0)
+  }
+
+  /**
+   * A prompt rendered by {@link renderChat} (or a slice of one): the template's added tokens
+   * become their ids, the caller text between them is tokenized as plain text.
+   */
+  encodePrompt(rendered: string): number[] {
+    const pieces: (string | { id: number; lstrip: boolean; rstrip: boolean })[] = []
+    let last = 0
+    for (const m of rendered.matchAll(this.addedPattern)) {
+      const token = this.addedIds.get(m[0])
+      if (!token) continue // the escape character: part of caller text
+      pieces.push(rendered.slice(last, m.index), token)
+      last = m.index + m[0].length
+    }
+    pieces.push(rendered.slice(last))
+    // an added token may eat the whitespace beside it (lstrip / rstrip), as the library does
+    pieces.forEach((p, i) => {
+      if (typeof p === 'string') return
+      if (p.lstrip && i > 0) pieces[i - 1] = (pieces[i - 1] as string).trimEnd()
+      if (p.rstrip && i < pieces.length - 1) pieces[i + 1] = (pieces[i + 1] as string).trimStart()
+    })
+    const ids: number[] = []
+    pieces.forEach((p, section) => {
+      if (typeof p !== 'string') ids.push(p.id)
+      else if (p.length > 0) ids.push(...this.encodePlain(this.unescape(p), section))
+    })
+    return ids
+  }
+
+  /**
+   * Normalizer, pre-tokenizer and BPE without the library's added-token split. `section` is the
+   * piece's index among the added-token splits (some pre-tokenizers treat the first one apart).
+   */
+  private encodePlain(text: string, section: number): number[] {
+    const t = this.tokenizer
+    let normalized = t.normalizer ? t.normalizer(text) : text
+    if (normalized.length === 0) return []
+    const words = t.pre_tokenizer
+      ? t.pre_tokenizer(normalized, { section_index: section })
+      : [normalized]
+    const unk = t.model!.unk_token_id
+    return t.model!(words).map((token) => {
+      const id = t.model!.tokens_to_ids.get(token) ?? unk
+      if (id === undefined)
+        throw new AppError('model_invalid', `The tokenizer has no id for "${token}"`)
+      return id
+    })
+  }
+
+  /** Caller text as the template sees it: added-token strings replaced by escape codes. */
+  private escape(text: string): string {
+    return text.replace(this.addedPattern, (m) =>
+      m === ESCAPE
+        ? ESCAPE + ESCAPE
+        : ESCAPE + String.fromCharCode(ESCAPE_BASE + this.addedTexts.indexOf(m)),
+    )
+  }
+
+  private unescape(text: string): string {
+    if (!text.includes(ESCAPE)) return text
+    return text.replace(ESCAPED, (_, code: string) =>
+      code === ESCAPE ? ESCAPE : this.addedTexts[code.charCodeAt(0) - ESCAPE_BASE],
+    )
+  }
+
+  /**
+   * The plain path is this class's own reimplementation of the library's inner loop: it must give
+   * the library's ids for text without added tokens, or normal prompts would change.
+   */
+  private checkPlainEncoding(): void {
+    for (const probe of PLAIN_PROBES) {
+      const expected = this.tokenizer.encode(probe, { add_special_tokens: false }).ids
+      const got = this.encodePlain(probe, 0)
+      if (got.length !== expected.length || got.some((id, i) => id !== expected[i])) {
+        throw new AppError(
+          'model_invalid',
+          "Unsupported tokenizer: its plain-text encoding differs from the library's",
+        )
+      }
+    }
   }
 
   decode(ids: number[], skipSpecial = true): string {
@@ -62,12 +172,16 @@ export class QwenTokenizer {
     return this.tokenizer.token_to_id(token)
   }
 
-  /** The prompt text from the model's own chat template. */
+  /**
+   * The prompt from the model's own chat template, with each message's content escaped: feed it
+   * to {@link encodePrompt}, never show it (escape codes stand where caller text had added-token
+   * strings).
+   */
   renderChat(messages: ChatMessage[], addGenerationPrompt = true): string {
     try {
       return this.template.render({
         ...this.templateVars,
-        messages,
+        messages: messages.map((m) => ({ ...m, content: this.escape(m.content) })),
         add_generation_prompt: addGenerationPrompt,
       })
     } catch (err) {
@@ -133,6 +247,26 @@ export class TokenTextStream {
     this.decoder.decode(new Uint8Array(0)) // resets the decoder; its U+FFFD for a tail is dropped
     return ''
   }
+}
+
+/**
+ * Escape codes live in Unicode's private use area: ESCAPE followed by ESCAPE stands for the
+ * escape character itself, ESCAPE followed by ESCAPE_BASE + i for added token i.
+ */
+const ESCAPE = '\uE000'
+const ESCAPE_BASE = 0xe100
+const MAX_ESCAPES = 0x1700
+const ESCAPED = /\uE000([\s\S])/g
+
+/** Text the plain path must encode exactly as the library does (load-time check). */
+const PLAIN_PROBES = [
+  "Hello, world! It's 2024.\n\n  Indented  text\t\r\nend ",
+  '你好，世界！这部电影太好看了。😀 naïve café',
+  ' <|im_end |> <| \u00a0 12345 ',
+]
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
 
 /** GPT-2's bytes_to_unicode, inverted: printable character → byte. */
