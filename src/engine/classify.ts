@@ -82,6 +82,14 @@ export interface LabelPrompt {
   bodyIds: number[]
 }
 
+/** A validated, tokenized text ({@link LabelClassifier.prepare}). */
+export interface PreparedText {
+  prompt: LabelPrompt
+  prefix: Prefix
+  /** Tokens computed for this text alone: what admission counts. */
+  tokens: number
+}
+
 interface Prefix {
   /** The prefix's token ids and the template's text after the user's text, computed once. */
   ids: number[]
@@ -101,7 +109,7 @@ export class LabelClassifier {
   constructor(
     private readonly model: QwenModel,
     private readonly tokenizer: QwenTokenizer,
-    private readonly run: StepRunner,
+    private readonly step: StepRunner,
     private readonly options: ClassifierOptions,
   ) {}
 
@@ -120,8 +128,21 @@ export class LabelClassifier {
       examples?: readonly LabelExample[]
     } = {},
   ): Promise<ClassifyResult> {
-    const [prompt, prefix] = this.build(text, labels, opts.examples)
-    const { labels: set, labelIds, prefixIds, bodyIds } = prompt
+    return (await this.run(this.prepare(text, labels, opts.examples), opts)).result
+  }
+
+  /**
+   * Validates and tokenizes a text for {@link run}, and says what it will cost: the tokens
+   * computed per request (the text, the template's suffix, and the steps over multi-token
+   * labels; the cached prefix is shared).
+   */
+  prepare(
+    text: string,
+    labels?: readonly string[],
+    examples?: readonly LabelExample[],
+  ): PreparedText {
+    const [prompt, prefix] = this.build(text, labels, examples)
+    const { labelIds, prefixIds, bodyIds } = prompt
     const longest = Math.max(...labelIds.map((l) => l.length))
     const needed = prefixIds.length + bodyIds.length + longest
     if (needed > this.options.contextLength) {
@@ -131,6 +152,31 @@ export class LabelClassifier {
         { details: { promptTokens: needed, contextLength: this.options.contextLength } },
       )
     }
+    const labelSteps = labelIds.reduce((n, l) => n + l.length - 1, 0)
+    return { prompt, prefix, tokens: bodyIds.length + labelSteps }
+  }
+
+  /**
+   * Scores a prepared text. Every forward run goes through the scheduler with `signal`, so an
+   * abandoned request's remaining runs are dropped before they reach the model. `computeMs` is
+   * the time those runs took (not the time spent waiting for them).
+   */
+  async run(
+    prepared: PreparedText,
+    opts: { signal?: AbortSignal; usePrefixCache?: boolean } = {},
+  ): Promise<{ result: ClassifyResult; computeMs: number }> {
+    const { labels: set, labelIds, prefixIds, bodyIds } = prepared.prompt
+    let computeMs = 0
+    const run: StepRunner = (task, signal) =>
+      this.step(async () => {
+        const started = performance.now()
+        try {
+          return await task()
+        } finally {
+          computeMs += performance.now() - started
+        }
+      }, signal)
+    const cancelled = () => new AppError('bad_request', 'classification was cancelled')
 
     let start: KvCache
     let ids: number[]
@@ -138,7 +184,7 @@ export class LabelClassifier {
       start = this.model.emptyCache()
       ids = [...prefixIds, ...bodyIds]
     } else {
-      start = await this.prefixCache(prefix)
+      start = await this.prefixCache(prepared.prefix)
       ids = bodyIds
     }
     // Only the labels' first tokens are scored at the text's last position: log p(label) there
@@ -147,8 +193,8 @@ export class LabelClassifier {
     // (head.ts) the other 150k rows of the lm_head are never read.
     const firsts = [...new Set(labelIds.map((tokens) => tokens[0]))]
     const chunk = this.options.prefillChunk
-    const after = await prefill(this.model, this.run, ids, start, chunk, opts.signal, firsts)
-    if (!after) throw new AppError('bad_request', 'classification was cancelled')
+    const after = await prefill(this.model, run, ids, start, chunk, opts.signal, firsts)
+    if (!after) throw cancelled()
 
     const vocab = this.model.shape.vocabSize
     const logp = await Promise.all(
@@ -157,7 +203,12 @@ export class LabelClassifier {
         if (tokens.length > 1) {
           // p(t1..tn | t0) from one more step over the label's own tokens
           const rest = tokens.slice(0, -1)
-          const step = await this.run(() => this.model.forward(rest, after.cache, rest.length))
+          const step = await run(
+            () => this.model.forward(rest, after.cache, rest.length),
+            opts.signal,
+          ).catch((err) => {
+            throw opts.signal?.aborted ? cancelled() : err
+          })
           for (let j = 1; j < tokens.length; j++) {
             total += logSoftmaxAt(step.logits, j - 1, vocab, tokens[j])
           }
@@ -174,7 +225,7 @@ export class LabelClassifier {
       scores[label] = weights[i] / sum
       if (weights[i] > weights[best]) best = i
     })
-    return { label: set[best], score: scores[set[best]], scores }
+    return { result: { label: set[best], score: scores[set[best]], scores }, computeMs }
   }
 
   /**
@@ -274,7 +325,7 @@ export class LabelClassifier {
     if (entry.cache) return entry.cache
     this.prefixComputations++
     const chunk = this.options.prefillChunk
-    entry.cache = prefill(this.model, this.run, entry.ids, this.model.emptyCache(), chunk)
+    entry.cache = prefill(this.model, this.step, entry.ids, this.model.emptyCache(), chunk)
       .then((r) => r!.cache)
       .catch((err) => {
         entry.cache = undefined // never cache a failure

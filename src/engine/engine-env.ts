@@ -1,6 +1,6 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
- * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
+ * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_QUEUED_TOKENS, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
  * KV_REUSE_TOKENS (0 allowed: turns reuse off), and DECODER ('wasm', the default: decode steps in
  * the package's own decoder when it has one; 'graph': always in onnxruntime, which saves the
  * decoder's copy of the layer weights). Unset or empty keeps the default.
@@ -23,6 +23,7 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     defaultMaxNewTokens: int('MAX_TOKENS_DEFAULT'),
     maxActive: int('MAX_ACTIVE'),
     maxQueued: int('MAX_QUEUED'),
+    maxQueuedTokens: int('MAX_QUEUED_TOKENS'),
     maxBatch: int('MAX_BATCH'),
     prefillChunk: int('PREFILL_CHUNK'),
     busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),

@@ -33,6 +33,8 @@ export interface EngineOptions {
   defaultMaxNewTokens?: number
   maxActive?: number
   maxQueued?: number
+  /** Prompt tokens of classifications waiting or computing before new ones get queue_full. */
+  maxQueuedTokens?: number
   /** Decoding sequences per batched forward run; 1 turns batching off. Default: maxActive. */
   maxBatch?: number
   /**
@@ -95,8 +97,10 @@ export class QwenEngine implements Engine {
     this.scheduler = new Scheduler({
       maxActive: options.maxActive ?? 4,
       maxQueued: options.maxQueued ?? 16,
+      maxQueuedTokens: options.maxQueuedTokens,
     })
-    const run = <T>(task: () => Promise<T>) => this.scheduler.step(task)
+    const run = <T>(task: () => Promise<T>, signal?: AbortSignal) =>
+      this.scheduler.step(task, false, signal)
     this.batcher = new DecodeBatcher(
       model,
       (task) => this.scheduler.step(task, true),
@@ -138,6 +142,7 @@ export class QwenEngine implements Engine {
     return {
       active: this.scheduler.active,
       queued: this.scheduler.queued,
+      queuedTokens: this.scheduler.queuedTokens,
       decode: {
         runs: b.runs,
         tokens: b.tokens,
@@ -190,13 +195,38 @@ export class QwenEngine implements Engine {
   }
 
   async classify(text: string, options: ClassifyOptions = {}): Promise<ClassifyResult> {
-    if (typeof text !== 'string') throw new AppError('bad_request', 'text must be a string')
-    return this.scheduler.track(() =>
-      this.classifier.classify(text, options.labels, {
-        signal: options.signal,
-        ...(options.examples && { examples: options.examples }),
-      }),
-    )
+    return (await this.classifyAll([text], options))[0]
+  }
+
+  /**
+   * Validates every text first, then admits the whole request by its tokens (queue_full past
+   * the bound) and classifies the texts one after another. A request whose signal aborts stops
+   * before its next text, and its queued runs are dropped.
+   */
+  async classifyAll(
+    texts: readonly string[],
+    options: ClassifyOptions = {},
+  ): Promise<ClassifyResult[]> {
+    if (!Array.isArray(texts) || texts.some((t) => typeof t !== 'string')) {
+      throw new AppError('bad_request', 'texts must be strings')
+    }
+    const prepared = texts.map((t) => this.classifier.prepare(t, options.labels, options.examples))
+    const admission = this.scheduler.admit(prepared.map((p) => p.tokens))
+    try {
+      const results: ClassifyResult[] = []
+      for (const [i, p] of prepared.entries()) {
+        if (options.signal?.aborted) {
+          throw new AppError('bad_request', 'classification was cancelled')
+        }
+        admission.start(i)
+        const { result, computeMs } = await this.classifier.run(p, { signal: options.signal })
+        admission.finish(i, computeMs)
+        results.push(result)
+      }
+      return results
+    } finally {
+      admission.release()
+    }
   }
 
   private async *run(
@@ -232,7 +262,7 @@ export class QwenEngine implements Engine {
     cachedTokens = reuse?.reused ?? 0
     const tokens = generateTokens(
       this.model,
-      (t) => this.scheduler.step(t),
+      (t, signal) => this.scheduler.step(t, false, signal),
       prompt,
       {
         decode: stream.step,

@@ -10,8 +10,11 @@ import type { KvCache, QwenModel, StepResult } from './model.ts'
 /** What the loop needs of a model: lets tests script logits exactly. */
 export type StepModel = Pick<QwenModel, 'forward' | 'emptyCache'>
 
-/** Runs one forward step when it is this generation's turn (Scheduler.step). */
-export type StepRunner = <T>(task: () => Promise<T>) => Promise<T>
+/**
+ * Runs one forward step when it is this generation's turn (Scheduler.step); a step whose
+ * `signal` aborted while it waited is dropped and rejects.
+ */
+export type StepRunner = <T>(task: () => Promise<T>, signal?: AbortSignal) => Promise<T>
 
 export interface DecodeOptions {
   maxNewTokens: number
@@ -37,7 +40,7 @@ export interface DecodeOptions {
 /**
  * Feeds `ids` after `cache` in chunks; returns the last position's logits (all, or only
  * `columns`) and the new cache. Earlier chunks ask for no logits. Returns undefined if `signal`
- * aborted between chunks.
+ * aborted between chunks or while a chunk waited for its turn.
  */
 export async function prefill(
   model: StepModel,
@@ -55,11 +58,16 @@ export async function prefill(
     const at = i
     // the size is chosen when the step runs, not when it is queued: by then other streams may
     // have started decoding
-    result = await run(() => {
-      const size = typeof chunk === 'number' ? chunk : chunk()
-      i = at + size
-      return model.forward(ids.slice(at, i), from, i >= ids.length ? 1 : 0, columns)
-    })
+    try {
+      result = await run(() => {
+        const size = typeof chunk === 'number' ? chunk : chunk()
+        i = at + size
+        return model.forward(ids.slice(at, i), from, i >= ids.length ? 1 : 0, columns)
+      }, signal)
+    } catch (err) {
+      if (signal?.aborted) return undefined
+      throw err
+    }
   }
   return result
 }

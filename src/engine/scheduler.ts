@@ -6,7 +6,10 @@
  * between any two prefill chunks or classification passes, even when several prompts arrive at
  * once, and a prompt or a sentiment call waits for at most one decode batch per run it makes.
  * Generations also hold one of `maxActive` slots; beyond that they wait in a queue of at most
- * `maxQueued`, and past that the caller gets `queue_full`.
+ * `maxQueued`, and past that the caller gets `queue_full`. Classifications are admitted by the
+ * prompt tokens they will compute (`admit`): at most `maxQueuedTokens` of them wait or run at
+ * once, and past that the caller gets `queue_full` too, with a Retry-After from the measured
+ * time per token. A step whose signal aborted while it waited is dropped without running.
  */
 import { AppError } from '../core/errors.ts'
 import { macrotask } from './macrotask.ts'
@@ -16,6 +19,23 @@ export interface SchedulerOptions {
   maxActive: number
   /** Generations waiting for a slot before new ones are refused. */
   maxQueued: number
+  /**
+   * Prompt tokens of admitted classifications not yet computed before new ones are refused.
+   * A request larger than this alone is admitted when nothing else is waiting.
+   */
+  maxQueuedTokens?: number
+}
+
+export const DEFAULT_MAX_QUEUED_TOKENS = 8192
+
+/** Admitted classification work: one entry per text, in tokens. */
+export interface Admission {
+  /** Text `i` starts computing (counted as active from now on). */
+  start(i: number): void
+  /** Text `i` is done; `computeMs` is the time its forward runs took (for Retry-After). */
+  finish(i: number, computeMs: number): void
+  /** Gives back whatever was not finished (the request ended, failed or was abandoned). */
+  release(): void
 }
 
 /**
@@ -31,7 +51,9 @@ export interface Slot {
 
 interface Step {
   decode: boolean
+  signal?: AbortSignal
   run(): Promise<void>
+  drop(reason: unknown): void
 }
 
 export class Scheduler {
@@ -41,18 +63,77 @@ export class Scheduler {
   private idleWaiters: (() => void)[] = []
   private slotsInUse = 0
   private readonly waiting: { grant: () => void }[] = []
-  private tracked = 0
   private lastYield = 0
+  /** Admitted classification texts and tokens not yet finished, and texts computing now. */
+  private pendingTexts = 0
+  private pendingTokens = 0
+  private computingTexts = 0
+  /** Measured compute time per classified token (moving average); undefined until measured. */
+  private msPerToken: number | undefined
 
   constructor(readonly options: SchedulerOptions) {}
 
-  /** Work holding a slot or being tracked (classifications). */
-  get active(): number {
-    return this.slotsInUse + this.tracked
+  get maxQueuedTokens(): number {
+    return this.options.maxQueuedTokens ?? DEFAULT_MAX_QUEUED_TOKENS
   }
 
+  /** Generations holding a slot, and classification texts computing. */
+  get active(): number {
+    return this.slotsInUse + this.computingTexts
+  }
+
+  /** Generations waiting for a slot, and admitted classification texts not yet started. */
   get queued(): number {
-    return this.waiting.length
+    return this.waiting.length + this.pendingTexts - this.computingTexts
+  }
+
+  /** Prompt tokens of admitted classifications not yet computed (the bound's unit). */
+  get queuedTokens(): number {
+    return this.pendingTokens
+  }
+
+  /**
+   * Admits classification work of `tokens[i]` prompt tokens per text, or throws `queue_full`
+   * when it would take the admitted total past maxQueuedTokens.
+   */
+  admit(tokens: readonly number[]): Admission {
+    const total = tokens.reduce((a, b) => a + b, 0)
+    if (this.pendingTexts > 0 && this.pendingTokens + total > this.maxQueuedTokens) {
+      const wait = ((this.msPerToken ?? 0) * this.pendingTokens) / 1000
+      throw new AppError(
+        'queue_full',
+        `The server is busy: ${this.pendingTokens} tokens of classification are queued (at most ${this.maxQueuedTokens}), this request needs ${total}`,
+        { details: { retryAfterSeconds: Math.min(120, Math.max(1, Math.ceil(wait))) } },
+      )
+    }
+    this.pendingTexts += tokens.length
+    this.pendingTokens += total
+    const state = tokens.map(() => 0) // 0 waiting, 1 computing, 2 done
+    const end = (i: number) => {
+      if (state[i] === 1) this.computingTexts--
+      if (state[i] !== 2) {
+        this.pendingTexts--
+        this.pendingTokens -= tokens[i]
+      }
+      state[i] = 2
+    }
+    return {
+      start: (i) => {
+        if (state[i] !== 0) return
+        state[i] = 1
+        this.computingTexts++
+      },
+      finish: (i, computeMs) => {
+        if (state[i] === 2) return
+        end(i)
+        if (tokens[i] > 0 && computeMs > 0) {
+          const sample = computeMs / tokens[i]
+          this.msPerToken =
+            this.msPerToken === undefined ? sample : 0.8 * this.msPerToken + 0.2 * sample
+        }
+      },
+      release: () => state.forEach((_, i) => end(i)),
+    }
   }
 
   /** Throws `queue_full` if a new generation would be refused right now. */
@@ -93,23 +174,20 @@ export class Scheduler {
     return this.slot() // the releasing slot handed its place over: slotsInUse is unchanged
   }
 
-  /** Counts short work (a classification) as active while it runs, without taking a slot. */
-  async track<T>(task: () => Promise<T>): Promise<T> {
-    this.tracked++
-    try {
-      return await task()
-    } finally {
-      this.tracked--
-    }
-  }
-
   /**
    * Runs `task` (one forward run) when the lock comes to it; see above for the order.
-   * `decode` marks the decode batch.
+   * `decode` marks the decode batch. If `signal` aborts before the step's turn, the step is
+   * dropped and rejects with the signal's reason: abandoned work never reaches the model.
    */
-  step<T>(task: () => Promise<T>, decode = false): Promise<T> {
+  step<T>(task: () => Promise<T>, decode = false, signal?: AbortSignal): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.steps.push({ decode, run: () => Promise.resolve().then(task).then(resolve, reject) })
+      if (signal?.aborted) return reject(signal.reason)
+      this.steps.push({
+        decode,
+        signal,
+        run: () => Promise.resolve().then(task).then(resolve, reject),
+        drop: reject,
+      })
       void this.pump()
     })
   }
@@ -127,6 +205,10 @@ export class Scheduler {
             this.steps.findIndex((s) => s.decode),
           )
         const [next] = this.steps.splice(at, 1)
+        if (next.signal?.aborted) {
+          next.drop(next.signal.reason)
+          continue
+        }
         this.lastWasDecode = next.decode
         await next.run() // settles the caller's promise; a failed step must not block the queue
       }

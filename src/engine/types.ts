@@ -79,10 +79,12 @@ export interface ModelInfo {
 }
 
 export interface EngineStats {
-  /** Generations and classifications holding a place in the scheduler. */
+  /** Generations holding a place in the scheduler and classification texts computing. */
   active: number
-  /** Work waiting for a place. */
+  /** Generations waiting for a place and admitted classification texts not yet started. */
   queued: number
+  /** Prompt tokens of admitted classifications not yet computed (bounded; see MAX_QUEUED_TOKENS). */
+  queuedTokens?: number
   /** Decode steps so far and the forward runs that computed them (batched: runs < tokens). */
   decode?: {
     runs: number
@@ -98,5 +100,10 @@ export interface Engine {
   /** Validates, renders the chat template, tokenizes and takes a place in the queue. */
   chat(messages: ChatMessage[], options?: GenerationOptions): Promise<ChatRun>
   classify(text: string, options?: ClassifyOptions): Promise<ClassifyResult>
+  /**
+   * Several texts with the same labels and examples, admitted together (queue_full when the
+   * queued classification work would pass its bound) and answered in order.
+   */
+  classifyAll(texts: readonly string[], options?: ClassifyOptions): Promise<ClassifyResult[]>
   stats(): EngineStats
 }

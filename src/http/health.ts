@@ -1,6 +1,7 @@
 /**
  * `GET /health`: 200 when the model is ready, with its id, load time and the scheduler's
- * active and queued counts, and how decode steps were batched (`decode`: steps, the forward
+ * active and queued counts (generations and classification texts), the classification tokens
+ * admitted and not yet computed (`queued_tokens`, the unit of MAX_QUEUED_TOKENS), and how decode steps were batched (`decode`: steps, the forward
  * runs that computed them, the largest batch); 503 (with Retry-After) while idle, loading or after a failed load.
  * A probe of an idle server starts the load, so a health-checked deployment warms itself.
  */
@@ -29,7 +30,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
-    const { active, queued, decode } = engine.stats()
+    const { active, queued, queuedTokens, decode } = engine.stats()
     return c.json(
       {
         status: 'ok',
@@ -38,6 +39,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         load_ms: load.loadMs ?? engine.info.loadMs,
         active,
         queued,
+        ...(queuedTokens !== undefined && { queued_tokens: queuedTokens }),
         ...(decode && {
           decode: {
             steps: decode.tokens,

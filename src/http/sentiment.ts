@@ -1,7 +1,8 @@
 /**
  * `POST /v1/sentiment`: `{text, labels?, examples?}` → `{label, score, scores}`, or
  * `{texts: [...], labels?, examples?}` → `{results: [{label, score, scores}, ...]}` (in order,
- * one at a time so a batch does not flood the scheduler). Default labels: 正面/负面 for Chinese
+ * one at a time so a batch does not flood the scheduler; admitted as a whole by its tokens, or
+ * 429 `queue_full` when too much classification work is queued). Default labels: 正面/负面 for Chinese
  * text, positive/negative otherwise (the engine decides, per text), with built-in examples.
  */
 import { Hono, type Env } from 'hono'
@@ -18,16 +19,14 @@ export function sentimentRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
     const engine = await deps.engine(c)
     const cancel = linkClientSignal(c.req.raw)
     try {
-      const classify = (text: string) =>
-        classifyText(engine, text, {
-          labels: input.labels,
-          examples: input.examples,
-          signal: cancel.signal,
-        })
-      if (input.kind === 'single') return c.json(await classify(input.text))
-      const results: ClassifyResult[] = []
-      for (const text of input.texts) results.push(await classify(text))
-      return c.json({ results })
+      const texts = input.kind === 'single' ? [input.text] : input.texts
+      const answers = await engine.classifyAll(texts, {
+        ...(input.labels && { labels: input.labels }),
+        ...(input.examples && { examples: input.examples }),
+        signal: cancel.signal,
+      })
+      const results = answers.map(({ label, score, scores }) => ({ label, score, scores }))
+      return c.json(input.kind === 'single' ? results[0] : { results })
     } finally {
       cancel.dispose()
     }

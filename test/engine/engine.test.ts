@@ -437,6 +437,86 @@ describe('sentiment by label scoring', () => {
   })
 })
 
+describe('bounded work', () => {
+  let bounded: QwenEngine
+  let forwards = 0
+  /** Called inside each forward run (a client leaving exactly then). */
+  let onForward: (() => void) | undefined
+  beforeAll(async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'fp32'))
+    bounded = await QwenEngine.create(pkg, {
+      contextLength: 256,
+      maxQueuedTokens: 200,
+      prefillChunk: 16,
+    })
+    const forward = bounded.model.forward.bind(bounded.model)
+    bounded.model.forward = (...args) => {
+      forwards++
+      onForward?.()
+      return forward(...args)
+    }
+  })
+  const texts = Array.from(
+    { length: 8 },
+    (_, i) => `Text number ${i}: the food was fine, service slow.`,
+  )
+  const labels = ['yes', 'no']
+
+  it('admits classifications by tokens and refuses the rest with queue_full', async () => {
+    const cost = texts.reduce((n, t) => n + bounded.classifier.prepare(t, labels).tokens, 0)
+    expect(cost).toBeGreaterThan(100) // precondition: two requests do not fit in 200 tokens
+    expect(cost).toBeLessThanOrEqual(200)
+    const settled = await Promise.allSettled(
+      Array.from({ length: 6 }, () => bounded.classifyAll(texts, { labels })),
+    )
+    const ok = settled.filter((r) => r.status === 'fulfilled')
+    const refused = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []))
+    expect(ok).toHaveLength(1)
+    expect(refused).toHaveLength(5)
+    for (const err of refused) {
+      expect(err).toMatchObject({ code: 'queue_full' })
+      expect(err.details.retryAfterSeconds).toBeGreaterThanOrEqual(1)
+    }
+    expect((ok[0] as PromiseFulfilledResult<unknown[]>).value).toHaveLength(8)
+    expect(bounded.stats()).toMatchObject({ active: 0, queued: 0, queuedTokens: 0 })
+  })
+
+  it("drops an abandoned request's remaining texts before they reach the model", async () => {
+    const ac = new AbortController()
+    const before = forwards
+    let queuedWhenLeft = 0
+    onForward = () => {
+      queuedWhenLeft = bounded.stats().queuedTokens ?? 0
+      ac.abort(new Error('client left'))
+    }
+    const request = bounded.classifyAll(texts, { labels, signal: ac.signal })
+    await expect(request).rejects.toBeDefined()
+    onForward = undefined
+    expect(queuedWhenLeft).toBeGreaterThan(100) // precondition: admitted, then the client left
+    // the run in flight finishes; no other chunk or text reaches the model
+    expect(forwards - before).toBe(1)
+    expect(bounded.stats()).toMatchObject({ active: 0, queued: 0, queuedTokens: 0 })
+    const after = await bounded.classifyAll(texts.slice(0, 1), { labels })
+    expect(after[0].label).toMatch(/yes|no/)
+  })
+
+  it('a chat whose client leaves during a long prefill stops at the next chunk', async () => {
+    const long = 'word '.repeat(180)
+    const messages: ChatMessage[] = [{ role: 'user', content: long }]
+    expect(bounded.promptIds(messages).length).toBeGreaterThan(160) // 10+ chunks of 16
+    const ac = new AbortController()
+    const before = forwards
+    onForward = () => ac.abort()
+    const run = await bounded.chat(messages, { maxNewTokens: 4, signal: ac.signal })
+    const out: ChatEvent[] = []
+    for await (const e of run.events) out.push(e)
+    onForward = undefined
+    expect(out.at(-1)).toMatchObject({ type: 'end', finishReason: 'cancelled' })
+    expect(forwards - before).toBe(1) // the first of 10+ chunks
+    expect(bounded.stats()).toMatchObject({ active: 0, queued: 0 })
+  })
+})
+
 describe('eos ids', () => {
   it('stops on both 151643 and 151645 when the config names only 151643 (Qwen1.5)', async () => {
     const pkg = await loadHfFolder(await ensureModel('tiny', 'q8'))

@@ -91,4 +91,64 @@ describe('Scheduler', () => {
     held.release()
     expect(s.active).toBe(0)
   })
+
+  it('admits classification work by tokens and refuses past the bound', () => {
+    const s = new Scheduler({ maxActive: 1, maxQueued: 1, maxQueuedTokens: 100 })
+    const a = s.admit([30, 30])
+    expect([s.active, s.queued, s.queuedTokens]).toEqual([0, 2, 60])
+    const b = s.admit([40]) // exactly at the bound
+    expect(s.queuedTokens).toBe(100)
+    let refused: unknown
+    try {
+      s.admit([1])
+    } catch (err) {
+      refused = err
+    }
+    expect(refused).toMatchObject({ code: 'queue_full', details: { retryAfterSeconds: 1 } })
+    a.start(0)
+    expect([s.active, s.queued]).toEqual([1, 2])
+    a.finish(0, 3000) // 100 ms per token
+    expect([s.active, s.queued, s.queuedTokens]).toEqual([0, 2, 70])
+    // Retry-After is the queued tokens at the measured time per token: 70 × 0.1 s → 7 s
+    expect(() => s.admit([31])).toThrow(/70 tokens/)
+    try {
+      s.admit([31])
+    } catch (err) {
+      expect(err).toMatchObject({ details: { retryAfterSeconds: 7 } })
+    }
+    a.release() // text 1 was never started: its tokens go back
+    b.start(0)
+    b.release() // abandoned mid-way
+    a.release() // idempotent
+    expect([s.active, s.queued, s.queuedTokens]).toEqual([0, 0, 0])
+  })
+
+  it('admits a request larger than the bound when nothing else is queued', () => {
+    const s = new Scheduler({ maxActive: 1, maxQueued: 1, maxQueuedTokens: 10 })
+    const big = s.admit([8, 8, 8])
+    expect(s.queuedTokens).toBe(24)
+    expect(() => s.admit([1])).toThrow(/busy/)
+    big.release()
+    expect(() => s.admit([1]).release()).not.toThrow()
+  })
+
+  it('drops a queued step whose signal aborted before its turn, without running it', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    const ran: string[] = []
+    let unblock!: () => void
+    const blocker = s.step(() => new Promise<void>((r) => (unblock = r)))
+    const ac = new AbortController()
+    const dropped = s.step(async () => ran.push('dropped'), false, ac.signal)
+    const kept = s.step(async () => ran.push('kept'))
+    await tick()
+    ac.abort(new Error('client left'))
+    unblock()
+    await blocker
+    await expect(dropped).rejects.toThrow('client left')
+    await kept
+    expect(ran).toEqual(['kept'])
+    // an already aborted signal never queues
+    await expect(s.step(async () => ran.push('late'), false, ac.signal)).rejects.toThrow()
+    expect(ran).toEqual(['kept'])
+  })
 })

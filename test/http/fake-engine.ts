@@ -140,6 +140,12 @@ export class FakeEngine implements Engine {
     return { label, score: scores[label], scores }
   }
 
+  async classifyAll(texts: readonly string[], options: ClassifyOptions = {}) {
+    const results: ClassifyResult[] = []
+    for (const text of texts) results.push(await this.classify(text, options))
+    return results
+  }
+
   private events(
     promptTokens: number,
     maxNewTokens: number,
