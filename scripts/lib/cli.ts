@@ -56,7 +56,7 @@ export interface CliSpec extends ParseArgsConfig {
   examples: readonly string[]
 }
 
-/** Added to every spec's options: it is handled here, before the script does anything. */
+/** Every script's -h/--help: looked for before parsing (so before any work), listed by helpText. */
 export const HELP_OPTION: CliOption = { type: 'boolean', short: 'h', help: 'show this help' }
 
 const WIDTH = 100
