@@ -23,8 +23,7 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
-import { runMain } from './lib/cli.ts'
+import { isMain, parseCli, runMain } from './lib/cli.ts'
 import { runWorker } from './bench/child.ts'
 import {
   SESSION_VARIANTS,
@@ -55,16 +54,51 @@ import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx.ts'
 const ENGINES = ['engine', 'ort-web', 'tjs-web', 'ort-node', 'tjs-node'] as const
 type EngineName = (typeof ENGINES)[number]
 
-const { values: args } = parseArgs({
+export const BENCH_CLI = {
+  name: 'bench',
+  command: 'npm run bench --',
+  usage: [
+    'npm run bench [-- options]',
+    'npm run bench:engine [-- options]   (= bench --only engine,ort-web)',
+  ],
+  summary: [
+    'Measures the engine against its peers (bare onnxruntime-web and -node loops, transformers.js)',
+    'on the synthetic qwen2.5-0.5b q8 model, one thread, each measurement in its own process. A',
+    'full run (no options) writes BENCHMARKS.md, bench/results.json and bench/decode.svg (about',
+    '18 minutes); other runs write to .cache/bench/. Progress goes to stderr, the report to stdout.',
+  ],
   options: {
-    quick: { type: 'boolean', default: false },
-    only: { type: 'string' },
-    'no-explore': { type: 'boolean', default: false },
-    json: { type: 'boolean', default: false },
-    out: { type: 'string' },
-    render: { type: 'boolean', default: false },
+    quick: { type: 'boolean', default: false, help: 'fewer rounds and tokens' },
+    only: {
+      type: 'string',
+      arg: '<list>',
+      help: `comma-separated subset of ${[...ENGINES, 'explore'].join(', ')}`,
+      defaultHelp: 'all',
+    },
+    'no-explore': {
+      type: 'boolean',
+      default: false,
+      help: 'skip the where-the-time-goes probes (session options, layers, KV length, batching)',
+    },
+    json: { type: 'boolean', default: false, help: 'print the results as JSON, not the report' },
+    out: {
+      type: 'string',
+      arg: '<dir>',
+      help: 'folder for results.json, decode.svg and BENCHMARKS.md',
+      defaultHelp: 'bench/ for a full run, else .cache/bench/quick or .cache/bench/partial',
+    },
+    render: {
+      type: 'boolean',
+      default: false,
+      help: 'measure nothing: BENCHMARKS.md and the chart again from bench/results.json',
+    },
   },
-})
+  examples: [
+    'npm run bench -- --quick',
+    'npm run bench -- --only engine,ort-web --no-explore',
+    'npm run bench -- --render',
+  ],
+} as const
 
 /** Bytes of every initializer: a q8 decode step reads each weight once (the tied embedding is the lm_head). */
 function weightBytesOf(onnxPath: string): number {
@@ -109,6 +143,7 @@ function render() {
 }
 
 async function main() {
+  const { values: args } = parseCli(BENCH_CLI)
   if (args.render) return render()
   const log = progressLog('bench')
   const started = performance.now()
@@ -253,4 +288,4 @@ async function main() {
   else console.log(md)
 }
 
-runMain(main)
+if (isMain(import.meta.url)) runMain(main)

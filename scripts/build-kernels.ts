@@ -13,7 +13,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import wabtInit from 'wabt'
-import { isMain, runMain } from './lib/cli.ts'
+import { isMain, parseCli, runMain } from './lib/cli.ts'
 
 export const KERNELS_DIR = fileURLToPath(new URL('../src/engine/kernels/', import.meta.url))
 export const KERNELS = ['q8-head'] as const
@@ -42,7 +42,21 @@ export function bytesModule(name: string, bytes: Uint8Array): string {
   ].join('\n')
 }
 
+export const BUILD_KERNELS_CLI = {
+  name: 'build:kernels',
+  command: 'npm run build:kernels --',
+  usage: ['npm run build:kernels'],
+  summary: [
+    "Assembles the engine's WASM kernels (src/engine/kernels/*.wat) with wabt into <name>.wasm",
+    '(for the Workers adapter) and <name>-wasm.ts (the same bytes as base64, for Node and Deno),',
+    'both committed. test/engine/head-kernel.test.ts fails when they are out of date.',
+  ],
+  options: {},
+  examples: ['npm run build:kernels'],
+} as const
+
 async function main(): Promise<void> {
+  parseCli(BUILD_KERNELS_CLI)
   for (const name of KERNELS) {
     const wat = readFileSync(`${KERNELS_DIR}${name}.wat`, 'utf8')
     const bytes = await assemble(name, wat)

@@ -13,10 +13,10 @@
  */
 import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
-import { parseArgs } from 'node:util'
-import { isMain, runMain } from './lib/cli.ts'
+import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { progressBar } from './lib/progress.ts'
 import {
+  PREPARE_CLI,
   preparePackage,
   type PrepareDecoder,
   type PrepareFormat,
@@ -275,32 +275,53 @@ export async function downloadFile(
   return true
 }
 
-async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      file: { type: 'string', default: DEFAULT_ONNX_FILE },
-      revision: { type: 'string', default: 'main' },
-      id: { type: 'string' },
-      'shard-mb': { type: 'string' },
-      out: { type: 'string', default: 'model-shards' },
-      cache: { type: 'string', default: '.cache/hub' },
-      format: { type: 'string', default: 'keep' },
-      head: { type: 'string', default: 'wasm' },
-      decoder: { type: 'string', default: 'wasm' },
+const PREPARE_OPTIONS = PREPARE_CLI.options
+
+export const FETCH_CLI = {
+  name: 'model:fetch',
+  command: 'npm run model:fetch --',
+  usage: ['npm run model:fetch -- <repo id> [options]'],
+  summary: [
+    'Downloads an ONNX export from the Hugging Face Hub into <cache>/<repo>/<revision>/ (resuming',
+    'cut downloads from .part files), then prepares it as a model package in <out>/<id>/, as',
+    'model:prepare does (with the logits rewrite and its check). Progress goes to stderr.',
+  ],
+  allowPositionals: true,
+  arguments: [['<repo id>', 'the Hub repository, e.g. onnx-community/Qwen2.5-0.5B-Instruct']],
+  options: {
+    file: {
+      type: 'string',
+      arg: '<onnx/name.onnx>',
+      default: DEFAULT_ONNX_FILE,
+      help: 'the ONNX file in the repo',
     },
-  })
-  if (positionals.length !== 1) {
-    console.error(
-      [
-        'usage: npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx]',
-        '         [--revision main] [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]',
-        '         [--format keep|q8] [--head wasm|graph] [--decoder wasm|graph]',
-        'env: HF_ENDPOINT (a mirror), HF_TOKEN (gated repos)',
-      ].join('\n'),
-    )
-    process.exit(2)
-  }
+    revision: { type: 'string', arg: '<rev>', default: 'main', help: 'branch, tag or commit' },
+    id: {
+      type: 'string',
+      arg: '<id>',
+      help: 'package id',
+      defaultHelp: 'from the repo and file, e.g. qwen2.5-0.5b-instruct-quantized',
+    },
+    'shard-mb': PREPARE_OPTIONS['shard-mb'],
+    out: PREPARE_OPTIONS.out,
+    cache: { type: 'string', arg: '<dir>', default: '.cache/hub', help: 'download folder' },
+    format: PREPARE_OPTIONS.format,
+    head: PREPARE_OPTIONS.head,
+    decoder: PREPARE_OPTIONS.decoder,
+  },
+  notes: [
+    'Environment: HF_ENDPOINT (a mirror; default https://huggingface.co), HF_TOKEN (sent as a',
+    'bearer token, for gated repos).',
+  ],
+  examples: [
+    'npm run model:fetch -- onnx-community/Qwen2.5-0.5B-Instruct --file onnx/model_quantized.onnx --id qwen2.5-0.5b-instruct-q8',
+    'npm run model:fetch -- onnx-community/Qwen2.5-0.5B-Instruct --file onnx/model.onnx --format q8',
+  ],
+} as const
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseCli(FETCH_CLI)
+  if (positionals.length !== 1) usageError(FETCH_CLI, 'needs one <repo id>')
   const shardMb = values['shard-mb'] === undefined ? undefined : Number(values['shard-mb'])
   if (shardMb !== undefined && !(shardMb > 0))
     throw new Error('--shard-mb must be a positive number')

@@ -3,21 +3,11 @@
  *
  *   npm run model:make -- --preset tiny --format q8 --out .cache/models/tiny-q8
  *
- * Options
- *   --preset <tiny|tiny-mha|qwen2.5-0.5b|qwen1.5-0.5b>   shapes (required)
- *   --format <fp32|q8|q4>                                 weights format (default fp32)
- *   --out <dir>                                           output folder (required)
- *   --seed <n>                                            PRNG seed (default 0)
- *   --[no-]logits-to-keep                                 num_logits_to_keep input (default on)
- *   --[no-]external-data                                  force weights in/out of the .onnx
- *                                                         (default: external above 1 GiB)
- *   overrides: --vocab-size --hidden-size --intermediate-size --num-layers --num-heads
- *              --num-kv-heads --head-dim --rms-norm-eps --rope-theta
- *              --max-position-embeddings --[no-]qkv-bias --[no-]tie-word-embeddings
+ * `--help` lists the options (MAKE_MODEL_CLI below).
  */
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
+import { isMain, parseCli, type CliOption } from './lib/cli.ts'
 import {
   WEIGHT_FORMATS,
   isPresetName,
@@ -39,21 +29,60 @@ const NUMERIC_OVERRIDES: Record<string, keyof ModelDims> = {
   'max-position-embeddings': 'maxPositionEmbeddings',
 }
 
+export const MAKE_MODEL_CLI = {
+  name: 'model:make',
+  command: 'npm run model:make --',
+  usage: ['npm run model:make -- --preset <name> --out <dir> [options]'],
+  summary: [
+    'Generates a synthetic (random-weight) Qwen2 model folder in Hugging Face layout: config.json,',
+    'generation_config.json, the tokenizer files and onnx/model[_quantized|_q4].onnx. Same',
+    'arguments, same bytes.',
+  ],
+  allowNegative: true,
+  options: {
+    preset: {
+      type: 'string',
+      arg: '<name>',
+      help: "shapes (required): tiny, tiny-mha, qwen2.5-0.5b (Qwen2.5-0.5B-Instruct's), qwen1.5-0.5b",
+    },
+    format: { type: 'string', arg: '<fp32|q8|q4>', default: 'fp32', help: 'weights format' },
+    out: { type: 'string', arg: '<dir>', help: 'output folder (required)' },
+    seed: { type: 'string', arg: '<n>', default: '0', help: 'PRNG seed' },
+    'logits-to-keep': {
+      type: 'boolean',
+      default: true,
+      help: 'give the graph the num_logits_to_keep input',
+    },
+    'external-data': {
+      type: 'boolean',
+      help: 'weights in an external data file, or inside the .onnx',
+      defaultHelp: 'external above 1 GiB',
+    },
+    'qkv-bias': {
+      type: 'boolean',
+      help: 'bias on the q/k/v projections',
+      defaultHelp: "the preset's",
+    },
+    'tie-word-embeddings': {
+      type: 'boolean',
+      help: 'lm_head shares the embedding matrix',
+      defaultHelp: "the preset's",
+    },
+    ...Object.fromEntries(
+      Object.keys(NUMERIC_OVERRIDES).map((k): [string, CliOption] => [
+        k,
+        { type: 'string', arg: '<n>', help: `override the preset's ${k.replaceAll('-', ' ')}` },
+      ]),
+    ),
+  },
+  examples: [
+    'npm run model:make -- --preset tiny --format q8 --out .cache/models/tiny-q8',
+    'npm run model:make -- --preset tiny-mha --format q4 --num-layers 1 --out /tmp/m --no-logits-to-keep',
+  ],
+} as const
+
 function main() {
-  const { values } = parseArgs({
-    allowNegative: true,
-    options: {
-      preset: { type: 'string' },
-      format: { type: 'string', default: 'fp32' },
-      out: { type: 'string' },
-      seed: { type: 'string', default: '0' },
-      'logits-to-keep': { type: 'boolean', default: true },
-      'external-data': { type: 'boolean' },
-      'qkv-bias': { type: 'boolean' },
-      'tie-word-embeddings': { type: 'boolean' },
-      ...Object.fromEntries(Object.keys(NUMERIC_OVERRIDES).map((k) => [k, { type: 'string' }])),
-    } as const,
-  })
+  const { values } = parseCli(MAKE_MODEL_CLI)
   const preset = String(values.preset ?? '')
   const format = String(values.format) as WeightFormat
   if (!isPresetName(preset))
@@ -93,9 +122,11 @@ function main() {
   }
 }
 
-try {
-  main()
-} catch (err) {
-  console.error(`make-model: ${(err as Error).message}`)
-  process.exit(1)
+if (isMain(import.meta.url)) {
+  try {
+    main()
+  } catch (err) {
+    console.error(`make-model: ${(err as Error).message}`)
+    process.exit(1)
+  }
 }

@@ -50,7 +50,6 @@ import { createHash } from 'node:crypto'
 import { closeSync, createReadStream, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join, relative, resolve, sep } from 'node:path'
-import { parseArgs } from 'node:util'
 import {
   DECODER_FILE,
   DEFAULT_SHARD_BYTES,
@@ -67,7 +66,7 @@ import {
   type Manifest,
   type ManifestFile,
 } from '../src/core/manifest.ts'
-import { isMain, runMain } from './lib/cli.ts'
+import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { checkDecoder, type DecoderCheck } from './lib/decoder-check.ts'
 import { findDecoder, mapDecoder, type DecoderNames } from './lib/decoder-map.ts'
 import { addLogitsToKeep, convertFloatType, type LogitsRewrite } from './lib/graph-rewrite.ts'
@@ -761,33 +760,72 @@ async function isFile(path: string): Promise<boolean> {
   )
 }
 
-async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      id: { type: 'string' },
-      file: { type: 'string' },
-      'shard-mb': { type: 'string' },
-      out: { type: 'string', default: 'model-shards' },
-      format: { type: 'string', default: 'keep' },
-      head: { type: 'string', default: 'wasm' },
-      decoder: { type: 'string', default: 'wasm' },
-      'logits-rewrite': { type: 'boolean', default: true },
-      verify: { type: 'boolean', default: true },
+export const PREPARE_CLI = {
+  name: 'model:prepare',
+  command: 'npm run model:prepare --',
+  usage: ['npm run model:prepare -- <hf-folder> --id <id> [options]'],
+  summary: [
+    'Turns a Hugging Face layout export (config.json, tokenizer files, an Optimum-style ONNX',
+    'decoder under onnx/) into a model package in <out>/<id>/: graph, weights in shards,',
+    'manifest.json, and prepare-report.json saying what was done. Progress goes to stderr.',
+  ],
+  allowPositionals: true,
+  allowNegative: true,
+  arguments: [['<hf-folder>', 'the export: config.json, tokenizer.json, onnx/*.onnx']],
+  options: {
+    id: { type: 'string', arg: '<id>', help: 'package id: the folder under --out (required)' },
+    file: {
+      type: 'string',
+      arg: '<onnx/name.onnx>',
+      help: 'the ONNX file in the folder',
+      defaultHelp: 'onnx/model_quantized.onnx, else onnx/model.onnx, else the only one',
     },
-    allowNegative: true,
-  })
-  if (positionals.length !== 1 || !values.id) {
-    console.error(
-      [
-        'usage: npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx]',
-        '         [--shard-mb 16] [--out model-shards] [--format keep|q8]',
-        '         [--no-logits-rewrite] [--head wasm|graph] [--decoder wasm|graph]',
-        '         [--no-verify]',
-      ].join('\n'),
-    )
-    process.exit(2)
-  }
+    'shard-mb': {
+      type: 'string',
+      arg: '<n>',
+      help: 'shard size in MiB',
+      defaultHelp: String(DEFAULT_SHARD_BYTES / (1024 * 1024)),
+    },
+    out: { type: 'string', arg: '<dir>', default: 'model-shards', help: 'packages folder' },
+    format: {
+      type: 'string',
+      arg: '<keep|q8>',
+      default: 'keep',
+      help: 'weights as exported, or fp32/fp16/q4 converted to the fast uint8 DynamicQuantizeMatMul form',
+    },
+    head: {
+      type: 'string',
+      arg: '<wasm|graph>',
+      default: 'wasm',
+      help: "wasm: split the lm_head off into head.q8 for the engine's kernel (q8 graphs only); graph: keep it in the graph",
+    },
+    decoder: {
+      type: 'string',
+      arg: '<wasm|graph>',
+      default: 'wasm',
+      help: "wasm: map the decoder layers for the engine's own decode step (needs the head split); graph: leave it out",
+    },
+    'logits-rewrite': {
+      type: 'boolean',
+      default: true,
+      help: 'give an export without num_logits_to_keep that input (lm_head on the last position only)',
+    },
+    verify: {
+      type: 'boolean',
+      default: true,
+      help: "after a conversion or rewrite, compare the last-position logits with the input's fp32 graph",
+    },
+  },
+  examples: [
+    'npm run model:prepare -- .cache/models/tiny-q8 --id my-tiny --shard-mb 16',
+    'npm run model:prepare -- .cache/hub/<repo>/main --id <id> --file onnx/model.onnx --format q8',
+  ],
+} as const
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseCli(PREPARE_CLI)
+  if (positionals.length !== 1 || !values.id)
+    usageError(PREPARE_CLI, 'needs one <hf-folder> and --id <id>')
   const shardMb = values['shard-mb'] === undefined ? undefined : Number(values['shard-mb'])
   if (shardMb !== undefined && !(shardMb > 0))
     throw new Error('--shard-mb must be a positive number')

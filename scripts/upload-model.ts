@@ -16,7 +16,6 @@ import { spawn } from 'node:child_process'
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { dirname, join, resolve } from 'node:path'
-import { parseArgs } from 'node:util'
 import {
   MANIFEST_FILE,
   MAX_OBJECT_BYTES,
@@ -26,7 +25,7 @@ import {
   parseManifest,
 } from '../src/core/manifest.ts'
 import { formatBytes, progressBar } from './lib/progress.ts'
-import { isMain, runMain } from './lib/cli.ts'
+import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { sha256File } from './prepare-model.ts'
 
 export const DEFAULT_BUCKET = 'qwen-edge-models'
@@ -215,29 +214,51 @@ export function runWrangler(args: string[]): Promise<void> {
   })
 }
 
-async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      bucket: { type: 'string', default: DEFAULT_BUCKET },
-      local: { type: 'boolean', default: false },
-      remote: { type: 'boolean', default: false },
-      dir: { type: 'string', default: 'model-shards' },
-      'persist-to': { type: 'string' },
-      force: { type: 'boolean', default: false },
-      concurrency: { type: 'string' },
+export const UPLOAD_CLI = {
+  name: 'model:upload',
+  command: 'npm run model:upload --',
+  usage: ['npm run model:upload -- <id> (--local | --remote) [options]'],
+  summary: [
+    'Puts the model package <dir>/<id>/ into R2 through wrangler, as <bucket>/<id>/<file>,',
+    'manifest.json last. Skips objects whose sha256 it already put there (a state file under',
+    'the persist folder for --local, under .wrangler/ for --remote).',
+  ],
+  allowPositionals: true,
+  arguments: [['<id>', 'the package id: its folder under --dir']],
+  options: {
+    bucket: { type: 'string', arg: '<name>', default: DEFAULT_BUCKET, help: 'R2 bucket' },
+    local: {
+      type: 'boolean',
+      default: false,
+      help: "wrangler's local R2 (what `wrangler dev` reads)",
     },
-  })
+    remote: { type: 'boolean', default: false, help: 'the real R2 bucket (needs wrangler login)' },
+    dir: { type: 'string', arg: '<dir>', default: 'model-shards', help: 'packages folder' },
+    'persist-to': {
+      type: 'string',
+      arg: '<dir>',
+      help: "wrangler dev's --persist-to folder (--local only)",
+      defaultHelp: DEFAULT_PERSIST_DIR,
+    },
+    force: { type: 'boolean', default: false, help: 'upload everything, ignoring the state file' },
+    concurrency: {
+      type: 'string',
+      arg: '<n>',
+      help: 'objects put at once',
+      defaultHelp: '4 with --remote, 1 with --local',
+    },
+  },
+  examples: [
+    'npm run model:upload -- my-tiny --local',
+    'npm run model:upload -- my-tiny --remote --bucket qwen-edge-models',
+  ],
+} as const
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseCli(UPLOAD_CLI)
   const [id] = positionals
-  if (!id || positionals.length > 1 || values.local === values.remote) {
-    console.error(
-      [
-        'usage: npm run model:upload -- <id> [--bucket NAME] (--local | --remote)',
-        '         [--dir model-shards] [--persist-to .wrangler/state] [--force] [--concurrency N]',
-      ].join('\n'),
-    )
-    process.exit(2)
-  }
+  if (!id || positionals.length > 1) usageError(UPLOAD_CLI, 'needs one <id>')
+  if (values.local === values.remote) usageError(UPLOAD_CLI, 'needs one of --local and --remote')
   const result = await uploadPackage({
     id,
     bucket: values.bucket,

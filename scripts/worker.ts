@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { isMain, runMain } from './lib/cli.ts'
+import { exitWithHelpIfAsked, isMain, runMain, usageError } from './lib/cli.ts'
 import { DEFAULT_PERSIST_DIR, uploadPackage } from './upload-model.ts'
 
 const FALLBACK_MODEL = 'qwen2-tiny-random-q8'
@@ -61,12 +61,43 @@ export function readTomlModel(toml: string): string | undefined {
   return /^MODEL\s*=\s*"([^"]*)"/m.exec(vars)?.[1] || undefined
 }
 
+/** No options of its own but --help: everything else goes to wrangler, so it is not parsed here. */
+export const WORKER_CLI = {
+  name: 'worker.ts',
+  command: 'npm run dev:worker --',
+  usage: [
+    'npm run dev:worker [-- <wrangler dev options>]',
+    'npm run deploy [-- <wrangler deploy options>]',
+    'tsx scripts/worker.ts (dev | deploy) [wrangler options]',
+  ],
+  summary: [
+    'Puts the model package where the Worker reads it, then runs wrangler. dev: into the local R2',
+    'of the --persist-to folder given to wrangler dev (default .wrangler/state), then `wrangler',
+    'dev`; deploy: into the real R2 bucket, then `wrangler deploy`. Uploads skip objects that are',
+    'already there (model:upload), so a second dev:worker starts at once.',
+  ],
+  options: {},
+  notes: [
+    'Every argument but -h/--help goes to wrangler dev or wrangler deploy (their options:',
+    '`npx wrangler dev --help`). The package is the one named by `--var MODEL:<id>` among them,',
+    "else $MODEL, else wrangler.toml's [vars] MODEL, read from model-shards/<id>/; when it does",
+    'not come from wrangler.toml, `--var MODEL:<id>` is passed on to wrangler.',
+  ],
+  examples: [
+    'npm run dev:worker',
+    'npm run dev:worker -- --port 8788',
+    'MODEL=qwen2-tiny-random-q8 npm run deploy',
+  ],
+} as const
+
 async function main(): Promise<void> {
+  exitWithHelpIfAsked(WORKER_CLI, process.argv.slice(2))
   const [mode, ...args] = process.argv.slice(2)
-  if (mode !== 'dev' && mode !== 'deploy') {
-    console.error('usage: tsx scripts/worker.ts (dev | deploy) [wrangler options]')
-    process.exit(2)
-  }
+  if (mode !== 'dev' && mode !== 'deploy')
+    usageError(
+      WORKER_CLI,
+      mode ? `unknown command '${mode}': dev or deploy` : 'needs dev or deploy',
+    )
   const toml = readFileSync('wrangler.toml', 'utf8')
   const plan = planWorkerCommand(mode, args, process.env, readTomlModel(toml))
   await uploadPackage({
