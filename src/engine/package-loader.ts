@@ -36,6 +36,12 @@ export interface LoadProgress {
 export interface LoadPackageOptions {
   /** Which stage to load; default 0 (today the only one). */
   stage?: number
+  /**
+   * The package was named by its location (a folder path, a URL), not looked up by id in a
+   * store: serve it under its manifest's id even when the folder was renamed. Default false: a
+   * store lookup must find the package it asked for.
+   */
+  anyId?: boolean
   /** Files read at the same time; default 4. Use 1-2 inside a 128 MB Worker. */
   concurrency?: number
   /** Extra attempts after a transient failure; default 3. */
@@ -72,7 +78,7 @@ export async function loadPackage(
     )
   }
   const manifest = parseManifest(parseJson(manifestBytes, manifestKey))
-  if (manifest.id !== id) {
+  if (manifest.id !== id && !options.anyId) {
     throw new AppError(
       'model_invalid',
       `${manifestKey} describes package ${manifest.id}, not ${id}`,
@@ -128,7 +134,7 @@ export async function loadPackage(
       decoderFile && buffers[stage.externalData.length],
     )
   return {
-    id,
+    id: manifest.id,
     config: manifest.config as Qwen2Config,
     generationConfig: manifest.generationConfig as GenerationConfig,
     tokenizerJson: parseJsonObject(tokenizerJson, manifest.tokenizer.json.path),

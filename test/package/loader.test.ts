@@ -120,6 +120,14 @@ describe('loadPackage', () => {
     pkg.objects.set('copy/manifest.json', new TextEncoder().encode(JSON.stringify(pkg.manifest)))
     const copied = await loadError(loadPackage(memorySource(pkg.objects), 'copy'))
     expect(copied.message).toBe('copy/manifest.json describes package fake, not copy')
+    // named by its location (a renamed folder), the same copy is served under its own id
+    for (const [key, bytes] of [...pkg.objects]) {
+      if (key.startsWith('fake/') && !key.endsWith('/manifest.json')) {
+        pkg.objects.set(key.replace('fake/', 'copy/'), bytes)
+      }
+    }
+    const byPath = await loadPackage(memorySource(pkg.objects), 'copy', { anyId: true })
+    expect(byPath.id).toBe('fake')
 
     pkg.objects.set('fake/manifest.json', new TextEncoder().encode('{"version":1,'))
     const broken = await loadError(loadPackage(memorySource(pkg.objects), pkg.id))

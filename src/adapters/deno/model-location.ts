@@ -7,6 +7,7 @@ import { isValidPackageId } from '../../core/manifest.ts'
 import type { LoadedPackage } from '../../engine/model-package.ts'
 import { loadPackage } from '../../engine/package-loader.ts'
 import { httpSource } from '../../engine/sources/http-source.ts'
+import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
 
@@ -28,13 +29,18 @@ export async function resolveModelLocation(
   store = DEFAULT_STORE,
 ): Promise<ModelLocation> {
   const url = splitPackageUrl(model)
-  if (url) return { describe: model, load: () => loadPackage(httpSource(url.base), url.id) }
+  if (url) {
+    return {
+      describe: model,
+      load: () => named(loadPackage(httpSource(url.base), url.id, BY_PATH), url.id),
+    }
+  }
 
   const folder = absolute(model).replace(/\/+$/, '')
   if (await isFile(`${folder}/manifest.json`)) {
     const cut = folder.lastIndexOf('/')
     const [parent, id] = [folder.slice(0, cut) || '/', folder.slice(cut + 1)]
-    return { describe: folder, load: () => loadPackage(fsSource(parent), id) }
+    return { describe: folder, load: () => named(loadPackage(fsSource(parent), id, BY_PATH), id) }
   }
   if ((await isFile(`${folder}/config.json`)) && (await isDirectory(`${folder}/onnx`))) {
     throw new Error(

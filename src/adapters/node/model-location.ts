@@ -8,6 +8,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import type { LoadedPackage } from '../../engine/model-package.ts'
 import { loadPackage } from '../../engine/package-loader.ts'
 import { httpSource } from '../../engine/sources/http-source.ts'
+import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
 import { loadHfFolder } from './hf-folder.ts'
@@ -22,12 +23,18 @@ export interface ModelLocation {
 
 export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STORE): ModelLocation {
   const url = splitPackageUrl(model)
-  if (url) return { describe: model, load: () => loadPackage(httpSource(url.base), url.id) }
+  if (url) {
+    return {
+      describe: model,
+      load: () => named(loadPackage(httpSource(url.base), url.id, BY_PATH), url.id),
+    }
+  }
   const asFolder = resolve(model)
   if (existsSync(join(asFolder, 'manifest.json'))) {
+    const id = basename(asFolder)
     return {
       describe: asFolder,
-      load: () => loadPackage(fsSource(dirname(asFolder)), basename(asFolder)),
+      load: () => named(loadPackage(fsSource(dirname(asFolder)), id, BY_PATH), id),
     }
   }
   if (existsSync(join(asFolder, 'config.json')) && existsSync(join(asFolder, 'onnx'))) {
