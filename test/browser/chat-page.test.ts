@@ -22,6 +22,7 @@ import { freePort, sleep, startServer, type ServerProcess } from '../runtimes/se
 import {
   badgeLabel,
   collectPageErrors,
+  distinctGlyphs,
   framesWithGrowth,
   lastReplyText,
   launchChromium,
@@ -225,6 +226,8 @@ describe('chat page on the Node server', () => {
     expect(await page.locator('#notice').isHidden()).toBe(true)
     expect(pageErrors()).toEqual([])
 
+    // the Chinese is drawn in real glyphs (without a CJK font both are the same empty box)
+    expect(await distinctGlyphs(page, '.turn.user .text[lang="zh"]', ['正', '负'])).toBe(2)
     await mkdir(join(ROOT, 'artifacts'), { recursive: true })
     await page.screenshot({ path: SCREENSHOT, fullPage: true })
   })
