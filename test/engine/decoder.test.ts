@@ -145,7 +145,9 @@ describe('the decoder (tiny, q8)', () => {
       expect(argmax(ours)).toBe(argmax(want))
       id = argmax(want)
     }
-    expect(worstOurs).toBeLessThan(2e-3)
+    // a few times the error seen (about 9e-5 of the range): tight enough that a 0.15% error in
+    // the scales of any one matrix fails
+    expect(worstOurs).toBeLessThan(3e-4)
     expect(worstOurs * 5).toBeLessThan(worstGraph)
   })
 
