@@ -97,9 +97,11 @@ describeMatrix(
       expect(deltas.every((e) => e.event === 'delta')).toBe(true)
       expect(done.event).toBe('done')
       const end = JSON.parse(done.data)
-      expectUsage(end.usage, 12, end.finish_reason)
-      expect(deltas.length).toBeLessThanOrEqual(end.usage.completion_tokens)
       const text = deltas.map((e) => JSON.parse(e.data).text as string)
+      // some text came (else streamed = non-streamed below holds for two empty replies)
+      expect(deltas.length).toBeGreaterThan(0)
+      expectUsage(end.usage, 12, end.finish_reason, text.join(''))
+      expect(deltas.length).toBeLessThanOrEqual(end.usage.completion_tokens)
       expect(text.every((s) => typeof s === 'string' && s !== '')).toBe(true)
 
       // stream: false gives the same reply for the same seed, as one JSON
@@ -165,7 +167,7 @@ describeMatrix(
       const choice = completion.choices[0]
       expect(choice.message.role).toBe('assistant')
       expect(typeof choice.message.content).toBe('string')
-      expectUsage(completion.usage, 10, choice.finish_reason)
+      expectUsage(completion.usage, 10, choice.finish_reason, choice.message.content!)
 
       const stream = await client.chat.completions.create({
         ...params,
@@ -185,6 +187,7 @@ describeMatrix(
       expect(usageChunk.choices).toEqual([])
       expect(usageChunk.usage).toEqual(completion.usage)
       const content = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+      expect(content).not.toBe('') // else two empty replies would pass as the same one
       expect(content).toBe(choice.message.content) // same seed, same reply
     })
 
@@ -203,6 +206,8 @@ describeMatrix(
         true,
       )
       expect(FINISH).toContain(chunks.at(-1).choices[0].finish_reason)
+      const content = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+      expect(content).not.toBe('')
     })
 
     it('the openai client raises typed errors: 400 with code and param, 401', async () => {
@@ -223,7 +228,7 @@ describeMatrix(
       const body = await json(res)
       expectClassification(body.sentiment, ['正面', '负面'])
       expect(typeof body.reply).toBe('string')
-      expectUsage(body.usage, 8, body.finish_reason)
+      expectUsage(body.usage, 8, body.finish_reason, body.reply)
 
       const streamed = await readEvents(
         await post(t, '/analyze?stream=1', { text, max_tokens: 8, seed: 5 }),
@@ -232,6 +237,7 @@ describeMatrix(
       expect(JSON.parse(streamed[0].data)).toEqual(body.sentiment)
       expect(streamed.at(-1)!.event).toBe('done')
       const deltas = streamed.slice(1, -1)
+      expect(deltas.length).toBeGreaterThan(0)
       expect(deltas.every((e) => e.event === 'delta')).toBe(true)
       expect(deltas.map((e) => JSON.parse(e.data).text).join('')).toBe(body.reply)
       expect(JSON.parse(streamed.at(-1)!.data)).toEqual({
@@ -397,7 +403,11 @@ describeMatrix(
         const done = events.at(-1)
         expect(done?.event, `a stream ended with ${JSON.stringify(done)}`).toBe('done')
         const end = JSON.parse(done!.data)
-        expectUsage(end.usage, 96, end.finish_reason)
+        const text = events
+          .slice(0, -1)
+          .map((e) => JSON.parse(e.data).text)
+          .join('')
+        expectUsage(end.usage, 96, end.finish_reason, text)
       }
       expect(await health(t)).toMatchObject({ active: 0, queued: 0 })
     })
@@ -446,10 +456,16 @@ function expectClassification(r: any, labels: string[]) {
   expect(r.score).toBe(Math.max(...values))
 }
 
-function expectUsage(usage: any, maxTokens: number, finishReason: unknown) {
+/**
+ * A reply's usage, and `text` the reply it counts: every reply here asks for a few tokens, and
+ * the seeds and prompts used give some text, so tokens counted with no text (or text with no
+ * tokens) is a server that lost what it generated.
+ */
+function expectUsage(usage: any, maxTokens: number, finishReason: unknown, text: string) {
   expect(FINISH).toContain(finishReason)
   expect(usage.prompt_tokens).toBeGreaterThan(0)
-  expect(usage.completion_tokens).toBeGreaterThanOrEqual(0)
+  expect(text).not.toBe('')
+  expect(usage.completion_tokens).toBeGreaterThan(0)
   expect(usage.completion_tokens).toBeLessThanOrEqual(maxTokens)
   expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens)
   if (finishReason === 'length') expect(usage.completion_tokens).toBe(maxTokens)
