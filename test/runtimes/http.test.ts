@@ -15,6 +15,7 @@ import {
   readEvents,
   request,
   waitForHealth,
+  type Health,
   type Target,
 } from './client.ts'
 import { ERROR_CASES } from './error-cases.ts'
@@ -341,6 +342,7 @@ describeMatrix(
 
     it('an openai client that stops reading a stream stops its generation', async () => {
       const ac = new AbortController()
+      const before = (await health(t)).decode.steps
       const stream = await openai().chat.completions.create(
         { model: MODEL_ID, messages, max_tokens: 8000, seed: 12, stream: true },
         { signal: ac.signal },
@@ -348,9 +350,13 @@ describeMatrix(
       let chunks = 0
       for await (const chunk of stream) {
         expect(chunk.choices[0]?.finish_reason ?? null).toBeNull() // must not end by itself
-        if (++chunks === 4) break // leaving the loop aborts the request
+        if (++chunks === 4) {
+          expect((await health(t)).active).toBe(1) // live when left
+          break // leaving the loop aborts the request
+        }
       }
       await waitForHealth(t, (h) => h.active === 0, STOP_WITHIN_MS, 'generation stopped')
+      await expectStoppedEarly(t, before, 8000)
     })
 
     // Local workerd (wrangler dev, miniflare) never aborts request.signal for a response that is
@@ -362,16 +368,21 @@ describeMatrix(
     const outcome = sees ? 'stops its generation' : 'frees its place when done (no abort locally)'
     it(`${leaves} ${outcome}`, async () => {
       const ac = new AbortController()
+      const before = (await health(t)).decode.steps
+      const maxTokens = sees ? 8000 : 200
       const pending = post(
         t,
         '/v1/chat',
-        { messages, max_tokens: sees ? 8000 : 200, seed: 13, stream: false },
+        { messages, max_tokens: maxTokens, seed: 13, stream: false },
         { signal: ac.signal },
       ).catch((err: Error) => err)
-      await waitForHealth(t, (h) => h.active === 1, 10_000, 'generation started')
+      // left while decoding, not before the first step
+      const decoding = (h: Health) => h.active === 1 && h.decode.steps > before
+      await waitForHealth(t, decoding, 10_000, 'generation decoding')
       ac.abort()
       expect(await pending).toBeInstanceOf(Error)
       await waitForHealth(t, (h) => h.active === 0, sees ? 5_000 : 30_000, 'generation ended')
+      if (sees) await expectStoppedEarly(t, before, maxTokens)
     })
 
     it('4 concurrent streams all complete; a 5th is refused with 429 and Retry-After', async () => {
@@ -426,6 +437,7 @@ async function expectStopsOnDisconnect(
   body: Record<string, unknown> & { max_tokens: number },
 ) {
   const ac = new AbortController()
+  const before = (await health(t)).decode.steps
   const res = await post(t, path, body, { signal: ac.signal })
   expect(res.status).toBe(200)
   const events = eventReader(res)
@@ -444,6 +456,20 @@ async function expectStopsOnDisconnect(
   expect(restMs, `stopped in ${stopMs} ms; the rest would take ~${restMs} ms`).toBeGreaterThan(
     2 * stopMs,
   )
+  await expectStoppedEarly(t, before, body.max_tokens)
+}
+
+/**
+ * The only generation since `before` (a /health decode step count) stopped long before its
+ * `maxTokens`, counted in decode steps: however fast the machine, a generation that was not
+ * stopped runs to its end (or to /health's wait running out), never to less than half of it.
+ */
+async function expectStoppedEarly(t: Target, before: number, maxTokens: number) {
+  const { decode, active, queued } = await health(t)
+  expect([active, queued]).toEqual([0, 0])
+  const steps = decode.steps - before
+  expect(steps, 'decode steps of the left generation').toBeGreaterThan(0)
+  expect(steps, 'decode steps of the left generation').toBeLessThan(maxTokens / 2)
 }
 
 function expectClassification(r: any, labels: string[]) {
