@@ -17,6 +17,7 @@ import { QwenEngine } from '../../src/engine/engine.ts'
 import { QwenModel, type KvCache } from '../../src/engine/model.ts'
 import type { LoadedPackage } from '../../src/engine/model-package.ts'
 import { loadPackage } from '../../src/engine/package-loader.ts'
+import type { Tensor } from '../../src/engine/ort.ts'
 import { decoderWeightsByName } from '../helpers/decoder-by-name.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
@@ -53,6 +54,21 @@ function samePrefix(a: KvCache, b: KvCache) {
       const got = y.subarray(h * m * d, h * m * d + n * d)
       expect(maxDiff(x.subarray(h * n * d, (h + 1) * n * d), got), name).toBe(0)
     }
+  }
+}
+
+/** A decoder cache's KV copied out now (not the copy its `tensors` keeps from its first read). */
+function readNow(cache: KvCache): Record<string, Tensor> {
+  const { sequence, length } = cache as ResidentCache
+  return sequence.decoder.exportKv(sequence, length)
+}
+
+/** The KV tensors of `a` and `b` are equal exactly. */
+function sameKv(a: Record<string, Tensor>, b: Record<string, Tensor>) {
+  expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort())
+  for (const name of Object.keys(a)) {
+    expect(a[name].dims, name).toEqual(b[name].dims)
+    expect(maxDiff(a[name].data as Float32Array, b[name].data as Float32Array), name).toBe(0)
   }
 }
 
@@ -129,7 +145,9 @@ describe('the decoder (tiny, q8)', () => {
       expect(argmax(ours)).toBe(argmax(want))
       id = argmax(want)
     }
-    expect(worstOurs).toBeLessThan(2e-3)
+    // a few times the error seen (about 9e-5 of the range): tight enough that a 0.15% error in
+    // the scales of any one matrix fails
+    expect(worstOurs).toBeLessThan(3e-4)
     expect(worstOurs * 5).toBeLessThan(worstGraph)
   })
 
@@ -179,29 +197,45 @@ describe('the decoder (tiny, q8)', () => {
     const start = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
     const c1 = decoder.step([100], [start])[0]
     const c2 = decoder.step([200], [c1.cache])[0]
-    const before = c2.cache.tensors['past_key_values.0.key'].data.slice() as Float32Array
-    // c1 again, with another token: a fork, which must not overwrite c2's last position
+    const before = readNow(c2.cache)
+    // c1 again, with another token: a fork, which must not overwrite c2's last position; read
+    // right away (catches an older cache stepped in place, which a later step could write back)
     const other = decoder.step([300], [c1.cache])[0]
+    sameKv(readNow(c2.cache), before)
+    expect((other.cache as ResidentCache).sequence).not.toBe((c2.cache as ResidentCache).sequence)
     const c2again = decoder.step([200], [c1.cache])[0]
     expect(maxDiff(c2again.logits, c2.logits)).toBe(0)
-    expect(argmax(other.logits)).toBeGreaterThanOrEqual(0)
+    sameKv(readNow(c2again.cache), before)
     const after = decoder.step([5], [c2.cache])[0] // c2 is still its sequence's newest
     expect((after.cache as ResidentCache).sequence).toBe((c2.cache as ResidentCache).sequence)
-    const fresh = new ResidentCache(c2.cache.length, (c2.cache as ResidentCache).sequence)
-    expect(maxDiff(fresh.tensors['past_key_values.0.key'].data as Float32Array, before)).toBe(0)
-    // the same cache twice in one batch: two rows, the same numbers
-    const twice = decoder.step([7, 7], [c2.cache, c2.cache])
-    expect(maxDiff(twice[0].logits, twice[1].logits)).toBe(0)
+    sameKv(readNow(c2.cache), before)
+    // the newest cache twice in one batch with different tokens: each row is its own step alone
+    // (catches both rows claiming the sequence in place: row 0 would hold row 1's position)
+    const twice = decoder.step([7, 8], [after.cache, after.cache])
+    const rows = twice.map((t) => readNow(t.cache))
+    const alone = [7, 8].map((id) => decoder.step([id], [after.cache])[0])
+    twice.forEach((t, r) => {
+      expect(maxDiff(t.logits, alone[r].logits), `row ${r}`).toBe(0)
+      sameKv(rows[r], readNow(alone[r].cache))
+    })
+    expect(maxDiff(twice[0].logits, twice[1].logits)).toBeGreaterThan(0)
   })
 
   it('grows a sequence past its capacity, keeping every position; copied out and back in it gives the same step', async () => {
     let cache: KvCache = (await graph.forward(PROMPT, graph.emptyCache(), 1)).cache
+    // the early positions copied out before any growth, so that growth that loses or zeroes
+    // them is compared with what was there, not with the grown storage itself
     let early: KvCache | undefined
+    let capacity = 0
     for (let i = 0; i < 300; i++) {
       cache = decoder.step([1000 + i], [cache])[0].cache
-      if (i === 9) early = new ResidentCache(cache.length, (cache as ResidentCache).sequence)
+      if (i === 9) {
+        early = { length: cache.length, tensors: readNow(cache) }
+        capacity = (cache as ResidentCache).sequence.capacity
+      }
     }
     const seq = (cache as ResidentCache).sequence
+    expect(capacity).toBeLessThan(PROMPT.length + 300)
     expect(seq.capacity).toBeGreaterThanOrEqual(PROMPT.length + 300)
     samePrefix(early!, cache)
     const copied: KvCache = { length: cache.length, tensors: cache.tensors }

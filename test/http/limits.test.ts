@@ -55,10 +55,15 @@ describe('413 payload too large', () => {
   })
 
   it('accepts a body at the limit, counted in bytes not characters', async () => {
-    const text = '好'.repeat(300) // 900 bytes of UTF-8, 300 characters
+    // exactly 1000 bytes (catches an off-by-one either way), mostly 3-byte characters
+    const text = '好'.repeat(329) + 'ab'
+    const bytes = (t: string) => new TextEncoder().encode(JSON.stringify({ text: t })).byteLength
+    expect(bytes(text)).toBe(1000)
+    expect(JSON.stringify({ text }).length).toBeLessThan(400)
     const ok = await post(app, '/v1/sentiment', { text })
     expect(ok.status).toBe(200)
-    const over = await post(app, '/v1/sentiment', { text: text + '好'.repeat(40) })
+    expect(bytes(text + 'c')).toBe(1001)
+    const over = await post(app, '/v1/sentiment', { text: text + 'c' })
     expect(over.status).toBe(413)
     expect(engine.classifyCalls).toHaveLength(1)
   })

@@ -15,6 +15,7 @@ import {
   readEvents,
   request,
   waitForHealth,
+  type Health,
   type Target,
 } from './client.ts'
 import { ERROR_CASES } from './error-cases.ts'
@@ -97,9 +98,11 @@ describeMatrix(
       expect(deltas.every((e) => e.event === 'delta')).toBe(true)
       expect(done.event).toBe('done')
       const end = JSON.parse(done.data)
-      expectUsage(end.usage, 12, end.finish_reason)
-      expect(deltas.length).toBeLessThanOrEqual(end.usage.completion_tokens)
       const text = deltas.map((e) => JSON.parse(e.data).text as string)
+      // some text came (else streamed = non-streamed below holds for two empty replies)
+      expect(deltas.length).toBeGreaterThan(0)
+      expectUsage(end.usage, 12, end.finish_reason, text.join(''))
+      expect(deltas.length).toBeLessThanOrEqual(end.usage.completion_tokens)
       expect(text.every((s) => typeof s === 'string' && s !== '')).toBe(true)
 
       // stream: false gives the same reply for the same seed, as one JSON
@@ -165,7 +168,7 @@ describeMatrix(
       const choice = completion.choices[0]
       expect(choice.message.role).toBe('assistant')
       expect(typeof choice.message.content).toBe('string')
-      expectUsage(completion.usage, 10, choice.finish_reason)
+      expectUsage(completion.usage, 10, choice.finish_reason, choice.message.content!)
 
       const stream = await client.chat.completions.create({
         ...params,
@@ -185,6 +188,7 @@ describeMatrix(
       expect(usageChunk.choices).toEqual([])
       expect(usageChunk.usage).toEqual(completion.usage)
       const content = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+      expect(content).not.toBe('') // else two empty replies would pass as the same one
       expect(content).toBe(choice.message.content) // same seed, same reply
     })
 
@@ -203,6 +207,8 @@ describeMatrix(
         true,
       )
       expect(FINISH).toContain(chunks.at(-1).choices[0].finish_reason)
+      const content = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')
+      expect(content).not.toBe('')
     })
 
     it('the openai client raises typed errors: 400 with code and param, 401', async () => {
@@ -223,7 +229,7 @@ describeMatrix(
       const body = await json(res)
       expectClassification(body.sentiment, ['正面', '负面'])
       expect(typeof body.reply).toBe('string')
-      expectUsage(body.usage, 8, body.finish_reason)
+      expectUsage(body.usage, 8, body.finish_reason, body.reply)
 
       const streamed = await readEvents(
         await post(t, '/analyze?stream=1', { text, max_tokens: 8, seed: 5 }),
@@ -232,6 +238,7 @@ describeMatrix(
       expect(JSON.parse(streamed[0].data)).toEqual(body.sentiment)
       expect(streamed.at(-1)!.event).toBe('done')
       const deltas = streamed.slice(1, -1)
+      expect(deltas.length).toBeGreaterThan(0)
       expect(deltas.every((e) => e.event === 'delta')).toBe(true)
       expect(deltas.map((e) => JSON.parse(e.data).text).join('')).toBe(body.reply)
       expect(JSON.parse(streamed.at(-1)!.data)).toEqual({
@@ -335,6 +342,7 @@ describeMatrix(
 
     it('an openai client that stops reading a stream stops its generation', async () => {
       const ac = new AbortController()
+      const before = (await health(t)).decode.steps
       const stream = await openai().chat.completions.create(
         { model: MODEL_ID, messages, max_tokens: 8000, seed: 12, stream: true },
         { signal: ac.signal },
@@ -342,9 +350,13 @@ describeMatrix(
       let chunks = 0
       for await (const chunk of stream) {
         expect(chunk.choices[0]?.finish_reason ?? null).toBeNull() // must not end by itself
-        if (++chunks === 4) break // leaving the loop aborts the request
+        if (++chunks === 4) {
+          expect((await health(t)).active).toBe(1) // live when left
+          break // leaving the loop aborts the request
+        }
       }
       await waitForHealth(t, (h) => h.active === 0, STOP_WITHIN_MS, 'generation stopped')
+      await expectStoppedEarly(t, before, 8000)
     })
 
     // Local workerd (wrangler dev, miniflare) never aborts request.signal for a response that is
@@ -356,16 +368,21 @@ describeMatrix(
     const outcome = sees ? 'stops its generation' : 'frees its place when done (no abort locally)'
     it(`${leaves} ${outcome}`, async () => {
       const ac = new AbortController()
+      const before = (await health(t)).decode.steps
+      const maxTokens = sees ? 8000 : 200
       const pending = post(
         t,
         '/v1/chat',
-        { messages, max_tokens: sees ? 8000 : 200, seed: 13, stream: false },
+        { messages, max_tokens: maxTokens, seed: 13, stream: false },
         { signal: ac.signal },
       ).catch((err: Error) => err)
-      await waitForHealth(t, (h) => h.active === 1, 10_000, 'generation started')
+      // left while decoding, not before the first step
+      const decoding = (h: Health) => h.active === 1 && h.decode.steps > before
+      await waitForHealth(t, decoding, 10_000, 'generation decoding')
       ac.abort()
       expect(await pending).toBeInstanceOf(Error)
       await waitForHealth(t, (h) => h.active === 0, sees ? 5_000 : 30_000, 'generation ended')
+      if (sees) await expectStoppedEarly(t, before, maxTokens)
     })
 
     it('4 concurrent streams all complete; a 5th is refused with 429 and Retry-After', async () => {
@@ -397,7 +414,11 @@ describeMatrix(
         const done = events.at(-1)
         expect(done?.event, `a stream ended with ${JSON.stringify(done)}`).toBe('done')
         const end = JSON.parse(done!.data)
-        expectUsage(end.usage, 96, end.finish_reason)
+        const text = events
+          .slice(0, -1)
+          .map((e) => JSON.parse(e.data).text)
+          .join('')
+        expectUsage(end.usage, 96, end.finish_reason, text)
       }
       expect(await health(t)).toMatchObject({ active: 0, queued: 0 })
     })
@@ -416,6 +437,7 @@ async function expectStopsOnDisconnect(
   body: Record<string, unknown> & { max_tokens: number },
 ) {
   const ac = new AbortController()
+  const before = (await health(t)).decode.steps
   const res = await post(t, path, body, { signal: ac.signal })
   expect(res.status).toBe(200)
   const events = eventReader(res)
@@ -434,6 +456,20 @@ async function expectStopsOnDisconnect(
   expect(restMs, `stopped in ${stopMs} ms; the rest would take ~${restMs} ms`).toBeGreaterThan(
     2 * stopMs,
   )
+  await expectStoppedEarly(t, before, body.max_tokens)
+}
+
+/**
+ * The only generation since `before` (a /health decode step count) stopped long before its
+ * `maxTokens`, counted in decode steps: however fast the machine, a generation that was not
+ * stopped runs to its end (or to /health's wait running out), never to less than half of it.
+ */
+async function expectStoppedEarly(t: Target, before: number, maxTokens: number) {
+  const { decode, active, queued } = await health(t)
+  expect([active, queued]).toEqual([0, 0])
+  const steps = decode.steps - before
+  expect(steps, 'decode steps of the left generation').toBeGreaterThan(0)
+  expect(steps, 'decode steps of the left generation').toBeLessThan(maxTokens / 2)
 }
 
 function expectClassification(r: any, labels: string[]) {
@@ -446,10 +482,16 @@ function expectClassification(r: any, labels: string[]) {
   expect(r.score).toBe(Math.max(...values))
 }
 
-function expectUsage(usage: any, maxTokens: number, finishReason: unknown) {
+/**
+ * A reply's usage, and `text` the reply it counts: every reply here asks for a few tokens, and
+ * the seeds and prompts used give some text, so tokens counted with no text (or text with no
+ * tokens) is a server that lost what it generated.
+ */
+function expectUsage(usage: any, maxTokens: number, finishReason: unknown, text: string) {
   expect(FINISH).toContain(finishReason)
   expect(usage.prompt_tokens).toBeGreaterThan(0)
-  expect(usage.completion_tokens).toBeGreaterThanOrEqual(0)
+  expect(text).not.toBe('')
+  expect(usage.completion_tokens).toBeGreaterThan(0)
   expect(usage.completion_tokens).toBeLessThanOrEqual(maxTokens)
   expect(usage.total_tokens).toBe(usage.prompt_tokens + usage.completion_tokens)
   if (finishReason === 'length') expect(usage.completion_tokens).toBe(maxTokens)
