@@ -2,6 +2,7 @@
  * The engine the HTTP layer talks to: one model, one tokenizer, one scheduler per isolate.
  */
 import { AppError } from '../core/errors.ts'
+import { logprobsOf } from '../core/logprobs.ts'
 import { createRng, randomSeed } from '../core/rng.ts'
 import type { SamplingParams } from '../core/sampling.ts'
 import { StopMatcher } from '../core/stop.ts'
@@ -24,7 +25,10 @@ import type {
   FinishReason,
   GenerationOptions,
   ModelInfo,
+  TokenLogprob,
+  TokenText,
 } from './types.ts'
+import { MAX_TOP_LOGPROBS } from './types.ts'
 
 export interface EngineOptions {
   /** Tokens of prompt + reply one sequence may hold. Default: min(model's context, 4096). */
@@ -53,6 +57,8 @@ export interface EngineOptions {
   session?: SessionOptions
 }
 
+/** Non-fatal: a token that ends inside a character shows U+FFFD (its bytes are exact). */
+const TEXT = new TextDecoder('utf-8')
 /** Shorter shared prefixes are computed again: a copy of the cache would save little. */
 const MIN_KV_REUSE = 16
 const ROLES = new Set(['system', 'user', 'assistant'])
@@ -162,6 +168,17 @@ export class QwenEngine implements Engine {
     const prompt = this.promptIds(messages)
     const sampling = this.sampling(options)
     const stops = validateStops(options.stop)
+    if (
+      options.logprobs !== undefined &&
+      (!Number.isInteger(options.logprobs) ||
+        options.logprobs < 0 ||
+        options.logprobs > MAX_TOP_LOGPROBS)
+    ) {
+      throw new AppError(
+        'bad_request',
+        `top_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}]`,
+      )
+    }
     const room = this.contextLength - prompt.length
     let maxNewTokens: number
     if (options.maxNewTokens !== undefined) {
@@ -260,6 +277,25 @@ export class QwenEngine implements Engine {
     const stream = this.batcher.open(reproducible)
     const reuse = reproducible ? undefined : this.turns.lookup(prompt)
     cachedTokens = reuse?.reused ?? 0
+    // entries of tokens whose text has not come out yet (see ChatEvent)
+    let pending: TokenLogprob[] = []
+    const take = () => {
+      const out = pending
+      pending = []
+      return out.length > 0 ? { logprobs: out } : {}
+    }
+    const top = options.logprobs
+    const onSample =
+      top === undefined
+        ? undefined
+        : (id: number, logits: Float32Array) => {
+            if (this.eosIds.has(id)) return
+            const l = logprobsOf(logits, id, top)
+            pending.push({
+              ...this.tokenText(id, l.logprob),
+              top: l.top.map((t) => this.tokenText(t.id, t.logprob)),
+            })
+          }
     const tokens = generateTokens(
       this.model,
       (t, signal) => this.scheduler.step(t, false, signal),
@@ -268,6 +304,7 @@ export class QwenEngine implements Engine {
         decode: stream.step,
         onEnd: (cache, ids) => this.turns.store(ids, cache),
         maxNewTokens: options.maxNewTokens,
+        onSample,
         sampling,
         rng: createRng(seed),
         eosIds: this.eosIds,
@@ -290,25 +327,32 @@ export class QwenEngine implements Engine {
           finish = r.value
           text.end()
           const rest = matcher.flush()
-          if (rest) yield { type: 'text', text: rest }
+          if (rest) yield { type: 'text', text: rest, ...take() }
           break
         }
         completion++
         const delta = text.push(r.value)
         if (!delta) continue
         const { text: safe, stopped } = matcher.push(delta)
-        if (safe) yield { type: 'text', text: safe }
+        if (safe) yield { type: 'text', text: safe, ...take() }
         if (stopped) {
           finish = 'stop'
+          pending = [] // their text was the stop string, which is not emitted
           break
         }
       }
-      yield { type: 'end', finishReason: finish, usage: usage(completion) }
+      yield { type: 'end', finishReason: finish, usage: usage(completion), ...take() }
     } finally {
       await tokens.return('cancelled')
       stream.close()
       slot.release()
     }
+  }
+
+  /** A token's text and bytes for logprobs. */
+  private tokenText(id: number, logprob: number): TokenText {
+    const bytes = this.tokenizer.tokenBytes(id)
+    return { token: TEXT.decode(bytes), bytes: Array.from(bytes), logprob }
   }
 
   private sampling(o: GenerationOptions): SamplingParams {

@@ -31,6 +31,11 @@ export interface DecodeOptions {
   /** Runs one decode step (batcher.ts); default: `model.forward` through `run`, alone. */
   decode?: (token: number, cache: KvCache) => Promise<StepResult>
   /**
+   * Called with each chosen token (eos included) and the logits it was drawn from, after the
+   * repetition penalty and before temperature (what logprobs report). Must not keep `logits`.
+   */
+  onSample?: (id: number, logits: Float32Array) => void
+  /**
    * Called once when the loop ends (any reason, after the prefill) with the last cache and the
    * ids it holds: the prompt and every generated token that was fed back (turn-cache.ts).
    */
@@ -99,6 +104,7 @@ export async function* generateTokens(
       if (o.signal?.aborted) return 'cancelled'
       applyRepetitionPenalty(logits, seen, o.sampling.repetitionPenalty)
       const next = pickToken(logits, o.sampling, o.sampling.temperature > 0 ? o.rng() : 0)
+      o.onSample?.(next, logits)
       if (o.eosIds.has(next)) return 'stop'
       yield next
       if (n + 1 >= o.maxNewTokens) return 'length'

@@ -9,6 +9,9 @@ export interface ChatMessage {
   content: string
 }
 
+/** The most alternatives `logprobs` may ask for (OpenAI's bound for `top_logprobs`). */
+export const MAX_TOP_LOGPROBS = 20
+
 /** Sampling and stopping. Unset fields fall back to the model's generation_config. */
 export interface GenerationOptions {
   maxNewTokens?: number
@@ -24,6 +27,24 @@ export interface GenerationOptions {
   stop?: string[]
   /** Aborting stops generation within one decode step. */
   signal?: AbortSignal
+  /**
+   * Report each generated token's log-probability and this many most likely alternatives
+   * (0-20); undefined: none.
+   */
+  logprobs?: number
+}
+
+/** A token as logprobs show it: its text (U+FFFD where it ends inside a character) and bytes. */
+export interface TokenText {
+  token: string
+  bytes: number[]
+  /** log p of the token under the distribution the sampler saw, before temperature. */
+  logprob: number
+}
+
+export interface TokenLogprob extends TokenText {
+  /** The most likely tokens at that position, most likely first. */
+  top: TokenText[]
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled'
@@ -35,9 +56,14 @@ export interface Usage {
   cachedTokens?: number
 }
 
+/**
+ * With `logprobs`, each generated token's entry rides on the first delta that carries its text
+ * (held-back text waits), and entries of tokens whose text never came out (an unfinished
+ * character at the end) on the end event. Tokens cut by a stop string have none, as their text.
+ */
 export type ChatEvent =
-  | { type: 'text'; text: string } // a delta; never ends inside a UTF-8 character
-  | { type: 'end'; finishReason: FinishReason; usage: Usage }
+  | { type: 'text'; text: string; logprobs?: TokenLogprob[] } // never ends inside a character
+  | { type: 'end'; finishReason: FinishReason; usage: Usage; logprobs?: TokenLogprob[] }
 
 /**
  * A generation that passed validation and admission. Nothing runs until `events` is iterated;

@@ -31,8 +31,9 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
 
     if (!input.stream) {
       try {
-        const { text, end } = await collectRun(run, cancel.signal)
-        return c.json(completionBody(ids, text, end.finishReason, end.usage))
+        const { text, end, logprobs } = await collectRun(run, cancel.signal)
+        const entries = input.options.logprobs === undefined ? undefined : logprobs
+        return c.json(completionBody(ids, text, end.finishReason, end.usage, entries))
       } finally {
         cancel.dispose()
       }
@@ -40,6 +41,8 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
 
     const started = run
     const frame = (body: unknown) => ({ data: JSON.stringify(body) })
+    // with logprobs, a content chunk carries a list (maybe empty: its tokens came earlier)
+    const none = input.options.logprobs === undefined ? undefined : []
     return openEventStream(
       c,
       cancel,
@@ -49,13 +52,13 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
           return abandonRun(started) // the client left before the first token
         }
         const end = requireEnd(
-          await pumpRun(started, (text) =>
-            send(frame(chunkBody(ids, { content: text }, null, usage))),
+          await pumpRun(started, (text, logprobs) =>
+            send(frame(chunkBody(ids, { content: text }, null, usage, logprobs ?? none))),
           ),
           cancel.signal,
         )
         if (!end) return
-        await send(frame(chunkBody(ids, {}, end.finishReason, usage)))
+        await send(frame(chunkBody(ids, {}, end.finishReason, usage, end.logprobs)))
         if (usage) await send(frame(usageChunkBody(ids, end.usage)))
         await send({ data: '[DONE]' })
       },

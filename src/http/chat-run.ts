@@ -4,7 +4,7 @@
  * generation's place in the scheduler), whether the reply finished, failed, or the client left.
  */
 import { AppError } from '../core/errors.ts'
-import type { ChatEvent, ChatRun, Usage } from '../engine/types.ts'
+import type { ChatEvent, ChatRun, TokenLogprob, Usage } from '../engine/types.ts'
 
 export type EndEvent = Extract<ChatEvent, { type: 'end' }>
 
@@ -39,11 +39,11 @@ export function linkClientSignal(request: Request): Cancellation {
  */
 export async function pumpRun(
   run: ChatRun,
-  onText: (text: string) => Promise<boolean | void> | boolean | void,
+  onText: (text: string, logprobs?: TokenLogprob[]) => Promise<boolean | void> | boolean | void,
 ): Promise<EndEvent | undefined> {
   for await (const event of run.events) {
     if (event.type === 'end') return event
-    if (event.text !== '' && (await onText(event.text)) === false) return undefined
+    if (event.text !== '' && (await onText(event.text, event.logprobs)) === false) return undefined
   }
   return undefined
 }
@@ -72,13 +72,17 @@ export async function abandonRun(run: ChatRun): Promise<void> {
 export async function collectRun(
   run: ChatRun,
   signal: AbortSignal,
-): Promise<{ text: string; end: EndEvent }> {
+): Promise<{ text: string; end: EndEvent; logprobs: TokenLogprob[] }> {
   let text = ''
-  const end = await pumpRun(run, (delta) => {
+  const logprobs: TokenLogprob[] = []
+  const end = await pumpRun(run, (delta, entries) => {
     text += delta
+    if (entries) logprobs.push(...entries)
   })
+  if (end?.logprobs) logprobs.push(...end.logprobs)
   return {
     text,
+    logprobs,
     end: requireEnd(end, signal) ?? {
       type: 'end',
       finishReason: 'cancelled',

@@ -3,7 +3,7 @@
  * `chat.completion.chunk` (streamed frames) and the model list.
  * https://platform.openai.com/docs/api-reference/chat/object
  */
-import type { FinishReason, Usage } from '../engine/types.ts'
+import type { FinishReason, TokenLogprob, Usage } from '../engine/types.ts'
 import { usageBody } from './chat-run.ts'
 
 export type OpenAIFinishReason = 'stop' | 'length'
@@ -27,11 +27,29 @@ export function newCompletionIds(model: string): CompletionIds {
   }
 }
 
+/**
+ * `choices[].logprobs`: null unless asked for. Each entry's `bytes` are exact; `token` shows
+ * U+FFFD where a token ends inside a character (OpenAI's reason for sending bytes).
+ */
+export function logprobsBody(entries: TokenLogprob[] | undefined) {
+  if (!entries) return null
+  return {
+    content: entries.map((e) => ({
+      token: e.token,
+      logprob: e.logprob,
+      bytes: e.bytes,
+      top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })),
+    })),
+    refusal: null,
+  }
+}
+
 export function completionBody(
   ids: CompletionIds,
   content: string,
   finishReason: FinishReason,
   usage: Usage,
+  logprobs?: TokenLogprob[],
 ) {
   return {
     ...ids,
@@ -40,7 +58,7 @@ export function completionBody(
       {
         index: 0,
         message: { role: 'assistant' as const, content, refusal: null },
-        logprobs: null,
+        logprobs: logprobsBody(logprobs),
         finish_reason: openAIFinishReason(finishReason),
       },
     ],
@@ -58,6 +76,7 @@ export function chunkBody(
   delta: { role?: 'assistant'; content?: string },
   finishReason: FinishReason | null,
   includeUsage: boolean,
+  logprobs?: TokenLogprob[],
 ) {
   return {
     ...ids,
@@ -66,7 +85,7 @@ export function chunkBody(
       {
         index: 0,
         delta,
-        logprobs: null,
+        logprobs: logprobsBody(logprobs),
         finish_reason: finishReason === null ? null : openAIFinishReason(finishReason),
       },
     ],

@@ -5,6 +5,7 @@
  * only for what needs the tokenizer (context length) or the scheduler (queue full).
  */
 import type { ChatMessage, GenerationOptions, Role } from '../engine/types.ts'
+import { MAX_TOP_LOGPROBS } from '../engine/types.ts'
 import type { AppConfig } from './config.ts'
 import {
   badRequest,
@@ -72,9 +73,16 @@ export function parseOpenAIChatBody(body: unknown, limits: Limits): OpenAIChatRe
   const includeUsage = isAbsent(streamOptions)
     ? undefined
     : readBoolean(streamOptions as JsonObject, 'include_usage')
+  const options = parseSamplingFields(obj, limits, maxParam)
+  const logprobs = readBoolean(obj, 'logprobs') ?? false
+  const top = readNumber(obj, 'top_logprobs', { min: 0, max: MAX_TOP_LOGPROBS, integer: true })
+  if (top !== undefined && !logprobs) {
+    throw badRequest('top_logprobs', 'top_logprobs needs logprobs: true')
+  }
+  if (logprobs) options.logprobs = top ?? 0
   return {
     messages: parseMessages(obj.messages, { openai: true }),
-    options: parseSamplingFields(obj, limits, maxParam),
+    options,
     stream: readBoolean(obj, 'stream') ?? false,
     includeUsage: includeUsage ?? false,
   }

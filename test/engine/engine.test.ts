@@ -6,8 +6,12 @@ import { beforeAll, describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
 import { DEFAULT_EXAMPLES, DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
-import type { ChatEvent, ChatMessage, ChatRun } from '../../src/engine/types.ts'
+import type { ChatEvent, ChatMessage, ChatRun, TokenLogprob } from '../../src/engine/types.ts'
 import { ensureModel } from '../helpers/models.ts'
+import { Qwen2Reference } from '../reference/qwen2-reference.ts'
+import { resolveDims } from '../../scripts/lib/model-presets.ts'
+import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
+import type { PreparedText } from '../../src/engine/classify.ts'
 
 let engine: QwenEngine
 const hi: ChatMessage[] = [{ role: 'user', content: '你好，今天天气怎么样？' }]
@@ -514,6 +518,119 @@ describe('bounded work', () => {
     expect(out.at(-1)).toMatchObject({ type: 'end', finishReason: 'cancelled' })
     expect(forwards - before).toBe(1) // the first of 10+ chunks
     expect(bounded.stats()).toMatchObject({ active: 0, queued: 0 })
+  })
+})
+
+describe('logprobs', () => {
+  const reference = () => {
+    const dims = resolveDims('tiny')
+    return new Qwen2Reference(dims, synthesizeWeights(dims, 0, 'fp32'))
+  }
+  /** log softmax of a reference row: [id, logprob] most likely first. */
+  const ranked = (row: Float32Array) => {
+    let max = -Infinity
+    for (const v of row) max = Math.max(max, v)
+    let sum = 0
+    for (const v of row) sum += Math.exp(v - max)
+    const z = max + Math.log(sum)
+    return [...row.keys()].sort((a, b) => row[b] - row[a] || a - b).map((id) => [id, row[id] - z])
+  }
+  const bytesOf = (id: number) => Array.from(engine.tokenizer.tokenBytes(id))
+  async function entriesOf(run: ChatRun) {
+    const out: TokenLogprob[] = []
+    for await (const e of run.events) if (e.logprobs) out.push(...e.logprobs)
+    return out
+  }
+
+  it('match the reference forward pass: the chosen token and its alternatives, step by step', async () => {
+    const steps = 5
+    const run = await engine.chat(hi, {
+      temperature: 0,
+      maxNewTokens: steps,
+      logprobs: 4,
+      repetitionPenalty: 1,
+      seed: 3, // a fresh prompt, no kept KV
+    })
+    const entries = await entriesOf(run)
+    expect(entries).toHaveLength(steps)
+    const ref = reference()
+    const cache = ref.emptyCache()
+    let row = ref.forward(engine.promptIds(hi), cache).at(-1)!
+    for (const entry of entries) {
+      const best = ranked(row).slice(0, 4)
+      expect(entry.bytes).toEqual(bytesOf(best[0][0])) // greedy: the most likely token
+      expect(Math.abs(entry.logprob - best[0][1])).toBeLessThan(1e-3)
+      expect(entry.top.map((t) => t.bytes)).toEqual(best.map(([id]) => bytesOf(id)))
+      entry.top.forEach((t, i) => expect(Math.abs(t.logprob - best[i][1])).toBeLessThan(1e-3))
+      expect(entry.token).toBe(new TextDecoder().decode(new Uint8Array(entry.bytes)))
+      row = ref.forward([best[0][0]], cache)[0]
+    }
+    // before temperature and top-k: a sampled reply's first position reports the same numbers
+    const hot = await entriesOf(
+      await engine.chat(hi, {
+        temperature: 1.7,
+        topK: 2,
+        maxNewTokens: 1,
+        logprobs: 4,
+        repetitionPenalty: 1,
+        seed: 3,
+      }),
+    )
+    expect(hot[0].top.map((t) => t.bytes)).toEqual(entries[0].top.map((t) => t.bytes))
+    hot[0].top.forEach((t, i) =>
+      expect(Math.abs(t.logprob - entries[0].top[i].logprob)).toBeLessThan(1e-5),
+    )
+  })
+
+  it('agree with the label scores at the same position', async () => {
+    const messages: ChatMessage[] = [{ role: 'user', content: 'Is this any good?' }]
+    const ids = engine.promptIds(messages)
+    const [[a], [b]] = ranked(reference().forward(ids, reference().emptyCache()).at(-1)!)
+    const run = await engine.chat(messages, {
+      temperature: 0,
+      maxNewTokens: 1,
+      logprobs: 2,
+      repetitionPenalty: 1,
+      seed: 1,
+    })
+    const [entry] = await entriesOf(run)
+    expect(entry.top.map((t) => t.bytes)).toEqual([bytesOf(a), bytesOf(b)])
+    // the classifier's own scoring of the same two tokens after the same prompt
+    const prepared = {
+      prompt: { labels: ['a', 'b'], labelIds: [[a], [b]], prefixIds: [], bodyIds: ids },
+      prefix: { ids: [], suffix: '' },
+      tokens: ids.length,
+    } as PreparedText
+    const { result } = await engine.classifier.run(prepared, { usePrefixCache: false })
+    const fromScores = Math.log(result.scores.a / result.scores.b)
+    expect(Math.abs(entry.top[0].logprob - entry.top[1].logprob - fromScores)).toBeLessThan(1e-4)
+  })
+
+  it('cover the tokens of the reply: none for the stop string, none without asking', async () => {
+    const plain = await drain(await engine.chat(hi, { temperature: 0, maxNewTokens: 8, seed: 2 }))
+    const stop = plain.text.slice(3, 6)
+    expect(stop.length).toBe(3) // precondition: the greedy reply has text to stop on
+    const run = await engine.chat(hi, {
+      temperature: 0,
+      maxNewTokens: 8,
+      seed: 2,
+      stop: [stop],
+      logprobs: 0,
+    })
+    let text = ''
+    const entries: TokenLogprob[] = []
+    for await (const e of run.events) {
+      if (e.type === 'text') text += e.text
+      if (e.logprobs) entries.push(...e.logprobs)
+      if (e.logprobs) for (const x of e.logprobs) expect(x.top).toEqual([])
+    }
+    expect(text).toBe(plain.text.slice(0, 3))
+    const joined = new TextDecoder().decode(new Uint8Array(entries.flatMap((e) => e.bytes)))
+    expect(text.startsWith(joined) || joined.startsWith(text)).toBe(true)
+    expect(joined.includes(stop)).toBe(false)
+    const none = await engine.chat(hi, { temperature: 0, maxNewTokens: 2, seed: 2 })
+    for await (const e of none.events) expect(e.logprobs).toBeUndefined()
+    await expect(engine.chat(hi, { logprobs: 21 })).rejects.toMatchObject({ code: 'bad_request' })
   })
 })
 

@@ -202,6 +202,50 @@ describe('the official openai client against a real server', () => {
     expect(completion.choices[0].finish_reason).toBe('length')
   })
 
+  it('returns logprobs and top_logprobs, streamed and not', async () => {
+    const messages = [{ role: 'user' as const, content: '你好' }]
+    const whole = await client.chat.completions.create({
+      model: 'qwen',
+      messages,
+      logprobs: true,
+      top_logprobs: 2,
+    })
+    const content = whole.choices[0].logprobs!.content!
+    expect(content.map((e) => e.token)).toEqual(DEFAULT_SCRIPT)
+    expect(content[1]).toEqual({
+      token: ', ',
+      logprob: -0.5,
+      bytes: [44, 32],
+      top_logprobs: [
+        { token: ', ', logprob: -0.5, bytes: [44, 32] },
+        { token: 'alt1', logprob: -1.5, bytes: [97, 108, 116, 49] },
+      ],
+    })
+    expect(Buffer.from(content.flatMap((e) => e.bytes!)).toString()).toBe(DEFAULT_TEXT)
+
+    const stream = await client.chat.completions.create({
+      model: 'qwen',
+      messages,
+      stream: true,
+      logprobs: true,
+    })
+    const streamed = []
+    for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []))
+    expect(streamed.map((e) => e.token)).toEqual(DEFAULT_SCRIPT)
+    expect(streamed.every((e) => e.top_logprobs.length === 0)).toBe(true)
+
+    const plain = await client.chat.completions.create({ model: 'qwen', messages, max_tokens: 1 })
+    expect(plain.choices[0].logprobs).toBeNull()
+    const bad = await client.chat.completions
+      .create({ model: 'qwen', messages, top_logprobs: 3 })
+      .catch((e: unknown) => e)
+    expect(bad).toMatchObject({ status: 400, param: 'top_logprobs' })
+    const many = await client.chat.completions
+      .create({ model: 'qwen', messages, logprobs: true, top_logprobs: 21 })
+      .catch((e: unknown) => e)
+    expect(many).toMatchObject({ status: 400, param: 'top_logprobs' })
+  })
+
   it('lists the model', async () => {
     const page = await client.models.list()
     expect(page.data.map((m) => m.id)).toEqual(['fake/qwen-test'])

@@ -15,6 +15,7 @@ import type {
   EngineStats,
   GenerationOptions,
   ModelInfo,
+  TokenLogprob,
 } from '../../src/engine/types.ts'
 
 /** "你好，世界" arrives as 你好 | ，世 | 界: a client must join deltas, not print them as words. */
@@ -122,6 +123,7 @@ export class FakeEngine implements Engine {
         promptTokens,
         maxNewTokens,
         this.o.ignoreSignal ? undefined : options.signal,
+        options.logprobs,
       ),
     }
   }
@@ -150,8 +152,9 @@ export class FakeEngine implements Engine {
     promptTokens: number,
     maxNewTokens: number,
     signal?: AbortSignal,
+    logprobs?: number,
   ): AsyncIterable<ChatEvent> {
-    const gen = this.generate(promptTokens, maxNewTokens, signal)
+    const gen = this.generate(promptTokens, maxNewTokens, signal, logprobs)
     let released = false
     const release = () => {
       if (released) return
@@ -184,6 +187,7 @@ export class FakeEngine implements Engine {
     promptTokens: number,
     maxNewTokens: number,
     signal?: AbortSignal,
+    logprobs?: number,
   ): AsyncGenerator<ChatEvent> {
     const end = (finishReason: 'stop' | 'length' | 'cancelled', n: number): ChatEvent => ({
       type: 'end',
@@ -204,9 +208,26 @@ export class FakeEngine implements Engine {
       }
       n++
       this.deltasEmitted++
-      yield { type: 'text', text }
+      yield {
+        type: 'text',
+        text,
+        ...(logprobs !== undefined && { logprobs: [fakeLogprob(text, n, logprobs)] }),
+      }
     }
     yield end('stop', n)
+  }
+}
+
+/** One entry per delta: the delta as the token, then `top` made-up alternatives. */
+export function fakeLogprob(text: string, n: number, top: number): TokenLogprob {
+  const entry = (token: string, logprob: number) => ({
+    token,
+    bytes: Array.from(new TextEncoder().encode(token)),
+    logprob,
+  })
+  return {
+    ...entry(text, -0.25 * n),
+    top: Array.from({ length: top }, (_, i) => entry(i === 0 ? text : `alt${i}`, -0.25 * n - i)),
   }
 }
 

@@ -192,6 +192,36 @@ describeMatrix(
       expect(content).toBe(choice.message.content) // same seed, same reply
     })
 
+    it('POST /v1/chat/completions returns logprobs and top_logprobs to the openai client', async () => {
+      const body = {
+        model: MODEL_ID,
+        messages,
+        max_tokens: 6,
+        temperature: 0,
+        seed: 11,
+        logprobs: true,
+        top_logprobs: 3,
+      }
+      const whole = await openai().chat.completions.create(body)
+      const content = whole.choices[0].message.content ?? ''
+      const entries = whole.choices[0].logprobs?.content ?? []
+      expect(content.length).toBeGreaterThan(0) // precondition: a reply with text
+      expect(entries.length).toBeGreaterThan(0)
+      expect(entries.length).toBeLessThanOrEqual(whole.usage!.completion_tokens)
+      for (const e of entries) {
+        expect(e.top_logprobs).toHaveLength(3)
+        expect(e.bytes).toEqual(e.top_logprobs[0].bytes) // greedy: the most likely token
+        expect(e.logprob).toBeLessThanOrEqual(0)
+        expect(e.top_logprobs[1].logprob).toBeLessThanOrEqual(e.top_logprobs[0].logprob)
+      }
+      expect(Buffer.from(entries.flatMap((e) => e.bytes ?? [])).toString()).toBe(content)
+
+      const stream = await openai().chat.completions.create({ ...body, stream: true })
+      const streamed = []
+      for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []))
+      expect(streamed).toEqual(entries) // same seed, same prompt: the same numbers
+    })
+
     it('POST /v1/chat/completions streams raw SSE ending in data: [DONE]', async () => {
       const res = await post(t, '/v1/chat/completions', {
         model: MODEL_ID,
