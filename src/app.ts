@@ -16,12 +16,12 @@ import { handleError, handleNotFound } from './http/error-response.ts'
 import { healthRoute } from './http/health.ts'
 import { homeRoute } from './http/home.ts'
 import { modelsRoute } from './http/models.ts'
-import type { LoadState, RouteDeps } from './http/route-deps.ts'
+import type { LoadState, RouteDeps, RuntimeMemory } from './http/route-deps.ts'
 import { sentimentRoute } from './http/sentiment.ts'
 import { trackEngineLoad } from './http/track-engine-load.ts'
 
 export { DEFAULT_CONFIG, readConfigFromEnv, resolveConfig, type AppConfig } from './http/config.ts'
-export type { LoadPhase, LoadState } from './http/route-deps.ts'
+export type { LoadPhase, LoadState, RuntimeMemory } from './http/route-deps.ts'
 
 export interface CreateAppOptions<E extends Env = Env> {
   /**
@@ -34,6 +34,8 @@ export interface CreateAppOptions<E extends Env = Env> {
   loadState?: (c: Context<E>) => LoadState
   /** Settings, or a function of the request context (e.g. Workers `c.env`); defaults filled in. */
   config?: Partial<AppConfig> | ((c: Context<E>) => Partial<AppConfig>)
+  /** The runtime's own memory numbers for /health (process RSS, JS heap), where it has them. */
+  memory?: () => RuntimeMemory
 }
 
 export function createApp<E extends Env = Env>(options: CreateAppOptions<E>): Hono<E> {
@@ -42,6 +44,7 @@ export function createApp<E extends Env = Env>(options: CreateAppOptions<E>): Ho
     engine: tracked.getEngine,
     loadState: options.loadState ?? (() => tracked.loadState()),
     config: configReader(options.config),
+    ...(options.memory && { memory: options.memory }),
   }
 
   const app = new Hono<E>()

@@ -14,6 +14,7 @@ import { QwenModel, type SessionOptions } from './model.ts'
 import { Scheduler } from './scheduler.ts'
 import { QwenTokenizer } from './tokenizer.ts'
 import { TurnCache } from './turn-cache.ts'
+import { wasmMemoryBytes } from './wasm-memory.ts'
 import type {
   ChatEvent,
   ChatMessage,
@@ -149,6 +150,11 @@ export class QwenEngine implements Engine {
       active: this.scheduler.active,
       queued: this.scheduler.queued,
       queuedTokens: this.scheduler.queuedTokens,
+      memory: {
+        wasmBytes: wasmMemoryBytes(),
+        ...(this.model.decoder && { kvSequences: this.model.decoder.sequences }),
+        turnCacheTokens: this.turns.tokens,
+      },
       decode: {
         runs: b.runs,
         tokens: b.tokens,

@@ -111,6 +111,15 @@ export interface EngineStats {
   queued: number
   /** Prompt tokens of admitted classifications not yet computed (bounded; see MAX_QUEUED_TOKENS). */
   queuedTokens?: number
+  /** What this isolate holds; the runtime adds its own process or heap numbers. */
+  memory?: {
+    /** Every WASM memory: onnxruntime-web's heap and the engine's kernels (never shrinks). */
+    wasmBytes: number
+    /** Sequences holding KV cache memory in the engine's decoder. */
+    kvSequences?: number
+    /** Tokens of KV cache kept across chat turns (bounded by KV_REUSE_TOKENS). */
+    turnCacheTokens: number
+  }
   /** Decode steps so far and the forward runs that computed them (batched: runs < tokens). */
   decode?: {
     runs: number

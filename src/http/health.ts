@@ -30,7 +30,8 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
-    const { active, queued, queuedTokens, decode } = engine.stats()
+    const { active, queued, queuedTokens, memory, decode } = engine.stats()
+    const runtime = deps.memory?.() ?? {}
     return c.json(
       {
         status: 'ok',
@@ -40,6 +41,15 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         active,
         queued,
         ...(queuedTokens !== undefined && { queued_tokens: queuedTokens }),
+        ...(memory && {
+          memory: {
+            wasm_bytes: memory.wasmBytes,
+            ...(runtime.heapUsedBytes !== undefined && { js_heap_bytes: runtime.heapUsedBytes }),
+            ...(runtime.rssBytes !== undefined && { rss_bytes: runtime.rssBytes }),
+            ...(memory.kvSequences !== undefined && { kv_sequences: memory.kvSequences }),
+            turn_cache_tokens: memory.turnCacheTokens,
+          },
+        }),
         ...(decode && {
           decode: {
             steps: decode.tokens,

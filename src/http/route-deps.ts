@@ -13,7 +13,17 @@ export interface LoadState {
   loadMs?: number
 }
 
+/** What the runtime can tell of its own memory (Node, Deno); Workers report none. */
+export interface RuntimeMemory {
+  /** Resident set of the whole process. */
+  rssBytes?: number
+  /** JS heap in use. */
+  heapUsedBytes?: number
+}
+
 export interface RouteDeps<E extends Env> {
+  /** The runtime's memory numbers for /health, where it has them. */
+  memory?: () => RuntimeMemory
   /** Resolves the (memoised) engine; rejects with an AppError when it cannot load. */
   engine(c: Context<E>): Promise<Engine>
   config(c: Context<E>): AppConfig

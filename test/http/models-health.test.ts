@@ -58,6 +58,30 @@ describe('GET /health', () => {
     })
   })
 
+  it('reports the queued tokens and what the isolate holds in memory', async () => {
+    const engine = new FakeEngine()
+    engine.stats = () => ({
+      active: 1,
+      queued: 3,
+      queuedTokens: 120,
+      memory: { wasmBytes: 5_000_000, kvSequences: 2, turnCacheTokens: 64 },
+    })
+    const app = createApp({
+      getEngine: async () => engine,
+      memory: () => ({ rssBytes: 300_000_000, heapUsedBytes: 40_000_000 }),
+    })
+    await app.request('/v1/models')
+    const body = await (await app.request('/health')).json()
+    expect(body).toMatchObject({ active: 1, queued: 3, queued_tokens: 120 })
+    expect(body.memory).toEqual({
+      wasm_bytes: 5_000_000,
+      js_heap_bytes: 40_000_000,
+      rss_bytes: 300_000_000,
+      kv_sequences: 2,
+      turn_cache_tokens: 64,
+    })
+  })
+
   it('counts active generations', async () => {
     const engine = new FakeEngine({ hangAfter: 1 })
     const { app } = makeApp(engine)

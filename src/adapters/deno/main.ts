@@ -23,12 +23,20 @@ declare const Deno: {
   ): DenoServer
   addSignalListener(signal: 'SIGINT' | 'SIGTERM', handler: () => void): void
   exit(code?: number): never
+  memoryUsage(): { rss: number; heapUsed: number }
 }
 
 const env = Deno.env.toObject()
 const location = await resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)
 const getEngine = createEngineHost(location.load, engineOptionsFromEnv(env))
-const app = createApp({ getEngine: () => getEngine(), config: readConfigFromEnv(env) })
+const app = createApp({
+  getEngine: () => getEngine(),
+  config: readConfigFromEnv(env),
+  memory: () => {
+    const m = Deno.memoryUsage()
+    return { rssBytes: m.rss, heapUsedBytes: m.heapUsed }
+  },
+})
 
 const port = Number(env.PORT ?? 8787)
 const hostname = env.HOST || '127.0.0.1'

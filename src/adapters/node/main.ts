@@ -15,7 +15,14 @@ installMacrotask(setImmediate)
 const env = process.env
 const location = resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)
 const getEngine = createEngineHost(location.load, engineOptionsFromEnv(env))
-const app = createApp({ getEngine: () => getEngine(), config: readConfigFromEnv(env) })
+const app = createApp({
+  getEngine: () => getEngine(),
+  config: readConfigFromEnv(env),
+  memory: () => {
+    const m = process.memoryUsage()
+    return { rssBytes: m.rss, heapUsedBytes: m.heapUsed }
+  },
+})
 
 const port = Number(env.PORT ?? 8787)
 const hostname = env.HOST ?? '127.0.0.1'
