@@ -11,7 +11,7 @@ import { LabelClassifier } from './classify.ts'
 import { generateTokens } from './generate.ts'
 import type { GenerationConfig, LoadedPackage } from './model-package.ts'
 import { QwenModel, type SessionOptions } from './model.ts'
-import { Scheduler } from './scheduler.ts'
+import { Scheduler, type Reservation } from './scheduler.ts'
 import { QwenTokenizer } from './tokenizer.ts'
 import { TurnCache } from './turn-cache.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
@@ -208,12 +208,22 @@ export class QwenEngine implements Engine {
         },
       )
     }
-    this.scheduler.assertCapacity()
+    // the place is taken now, not when the events are first read: an admitted generation
+    // must not meet queue_full later, when its stream is already open
+    const reservation = this.scheduler.reserve(options.signal)
     const seed = options.seed ?? randomSeed()
+    const events = this.run(
+      prompt,
+      { ...options, maxNewTokens },
+      sampling,
+      stops,
+      seed,
+      reservation,
+    )
     return {
       promptTokens: prompt.length,
       maxNewTokens,
-      events: this.run(prompt, { ...options, maxNewTokens }, sampling, stops, seed),
+      events: releaseIfUnread(events, reservation),
     }
   }
 
@@ -235,6 +245,10 @@ export class QwenEngine implements Engine {
     }
     const prepared = texts.map((t) => this.classifier.prepare(t, options.labels, options.examples))
     const admission = this.scheduler.admit(prepared.map((p) => p.tokens))
+    // a client that leaves gives its queued texts back at once, not when its loop next looks
+    const signal = options.signal
+    const drop = () => admission.drop()
+    signal?.addEventListener('abort', drop, { once: true })
     try {
       const results: ClassifyResult[] = []
       for (const [i, p] of prepared.entries()) {
@@ -248,6 +262,7 @@ export class QwenEngine implements Engine {
       }
       return results
     } finally {
+      signal?.removeEventListener('abort', drop)
       admission.release()
     }
   }
@@ -258,6 +273,7 @@ export class QwenEngine implements Engine {
     sampling: SamplingParams,
     stops: string[],
     seed: number,
+    reservation: Reservation,
   ): AsyncGenerator<ChatEvent> {
     const signal = options.signal
     let cachedTokens = 0
@@ -268,7 +284,7 @@ export class QwenEngine implements Engine {
     })
     let slot
     try {
-      slot = await this.scheduler.acquire(signal)
+      slot = await reservation.slot
     } catch (err) {
       if (signal?.aborted) {
         yield { type: 'end', finishReason: 'cancelled', usage: usage(0) }
@@ -381,6 +397,33 @@ export class QwenEngine implements Engine {
     )
       throw bad('repetition_penalty', 'in (0, 10]')
     return p
+  }
+}
+
+/**
+ * The run's events, giving the reservation back if they are closed before being read (a
+ * generator that never started does not run its `finally`).
+ */
+function releaseIfUnread(
+  events: AsyncGenerator<ChatEvent>,
+  reservation: Reservation,
+): AsyncIterable<ChatEvent> {
+  let started = false
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next: () => {
+        started = true
+        return events.next()
+      },
+      return: (value?: unknown) => {
+        if (!started) reservation.cancel()
+        return events.return(value as undefined)
+      },
+      throw: (err?: unknown) => {
+        if (!started) reservation.cancel()
+        return events.throw(err)
+      },
+    }),
   }
 }
 

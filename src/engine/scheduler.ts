@@ -10,6 +10,11 @@
  * prompt tokens they will compute (`admit`): at most `maxQueuedTokens` of them wait or run at
  * once, and past that the caller gets `queue_full` too, with a Retry-After from the measured
  * time per token. A step whose signal aborted while it waited is dropped without running.
+ *
+ * On Workers the step loop runs in the context of whichever request resumed it last, and
+ * workerd does not let one request's code use another request's objects (an AbortSignal
+ * included: the loop hangs). So a request's signal is only ever read by listeners that request
+ * registered; the loop and the slot hand-over look at plain state.
  */
 import { AppError } from '../core/errors.ts'
 import { macrotask } from './macrotask.ts'
@@ -34,6 +39,8 @@ export interface Admission {
   start(i: number): void
   /** Text `i` is done; `computeMs` is the time its forward runs took (for Retry-After). */
   finish(i: number, computeMs: number): void
+  /** Gives back the texts not started yet (the client left: they will never run). */
+  drop(): void
   /** Gives back whatever was not finished (the request ended, failed or was abandoned). */
   release(): void
 }
@@ -49,11 +56,15 @@ export interface Slot {
   release(): void
 }
 
+/** A generation's place, taken when it is admitted (Scheduler.reserve). */
+export interface Reservation {
+  slot: Promise<Slot>
+  cancel(): void
+}
+
 interface Step {
   decode: boolean
-  signal?: AbortSignal
   run(): Promise<void>
-  drop(reason: unknown): void
 }
 
 export class Scheduler {
@@ -132,6 +143,7 @@ export class Scheduler {
             this.msPerToken === undefined ? sample : 0.8 * this.msPerToken + 0.2 * sample
         }
       },
+      drop: () => state.forEach((s, i) => s === 0 && end(i)),
       release: () => state.forEach((_, i) => end(i)),
     }
   }
@@ -148,30 +160,66 @@ export class Scheduler {
     }
   }
 
-  /** Waits for a generation slot; rejects if `signal` aborts while waiting. */
-  async acquire(signal?: AbortSignal): Promise<Slot> {
+  /**
+   * Takes a generation's place now: a slot if one is free, else a place in the queue (queue_full
+   * when both are taken). `slot` resolves when the generation may run; it rejects if `signal`
+   * aborts while waiting. `cancel()` gives the place back whatever its state, so a generation
+   * that is admitted but never run holds nothing.
+   */
+  reserve(signal?: AbortSignal): Reservation {
     signal?.throwIfAborted()
     if (this.slotsInUse < this.options.maxActive) {
       this.slotsInUse++
-      return this.slot()
+      const slot = this.slot()
+      return { slot: Promise.resolve(slot), cancel: () => slot.release() }
     }
     this.assertCapacity()
-    await new Promise<void>((resolve, reject) => {
+    let cancel!: () => void
+    const waiting = new Promise<Slot>((resolve, reject) => {
+      let state: 'waiting' | 'granted' | 'gone' = 'waiting'
+      let granted: Slot | undefined
+      const leave = () => {
+        const i = this.waiting.indexOf(entry)
+        if (i !== -1) this.waiting.splice(i, 1)
+        signal?.removeEventListener('abort', onAbort)
+      }
       const entry = {
+        // runs in the releasing request's context: it must not touch this request's signal
+        // (workerd), so the abort listener stays and finds the state no longer 'waiting'
         grant: () => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve()
+          state = 'granted'
+          granted = this.slot() // the releasing slot handed its place over
+          resolve(granted)
         },
       }
       const onAbort = () => {
-        const i = this.waiting.indexOf(entry)
-        if (i !== -1) this.waiting.splice(i, 1)
+        if (state !== 'waiting') return
+        state = 'gone'
+        leave()
         reject(signal?.reason)
+      }
+      cancel = () => {
+        if (state === 'granted') granted!.release()
+        else if (state === 'waiting') {
+          state = 'gone'
+          leave()
+          reject(new Error('the generation was dropped before it ran'))
+        }
       }
       signal?.addEventListener('abort', onAbort, { once: true })
       this.waiting.push(entry)
     })
-    return this.slot() // the releasing slot handed its place over: slotsInUse is unchanged
+    waiting.catch(() => {}) // a dropped reservation that nobody awaits is not an error
+    return { slot: waiting, cancel: () => cancel() }
+  }
+
+  /** Waits for a generation slot; rejects if `signal` aborts while waiting. */
+  acquire(signal?: AbortSignal): Promise<Slot> {
+    try {
+      return this.reserve(signal).slot
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
   /**
@@ -182,12 +230,23 @@ export class Scheduler {
   step<T>(task: () => Promise<T>, decode = false, signal?: AbortSignal): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason)
-      this.steps.push({
+      const step: Step = {
         decode,
-        signal,
         run: () => Promise.resolve().then(task).then(resolve, reject),
-        drop: reject,
-      })
+      }
+      // The listener runs in the signal's own request; the step loop, which may run in another
+      // request's context (workerd), never touches the signal.
+      signal?.addEventListener(
+        'abort',
+        () => {
+          const at = this.steps.indexOf(step)
+          if (at === -1) return // already running or done
+          this.steps.splice(at, 1)
+          reject(signal.reason)
+        },
+        { once: true },
+      )
+      this.steps.push(step)
       void this.pump()
     })
   }
@@ -198,6 +257,8 @@ export class Scheduler {
     try {
       while (this.steps.length > 0) {
         await this.yieldIfDue()
+        if (this.steps.length === 0) break // the steps left were dropped while we yielded
+
         let at = 0
         if (!this.lastWasDecode)
           at = Math.max(
@@ -205,10 +266,6 @@ export class Scheduler {
             this.steps.findIndex((s) => s.decode),
           )
         const [next] = this.steps.splice(at, 1)
-        if (next.signal?.aborted) {
-          next.drop(next.signal.reason)
-          continue
-        }
         this.lastWasDecode = next.decode
         await next.run() // settles the caller's promise; a failed step must not block the queue
       }

@@ -466,6 +466,20 @@ describe('bounded work', () => {
   )
   const labels = ['yes', 'no']
 
+  it('a chat takes its place when admitted, not when its events are first read', async () => {
+    const pkg = await loadHfFolder(await ensureModel('tiny', 'fp32'))
+    const one = await QwenEngine.create(pkg, { contextLength: 256, maxActive: 1, maxQueued: 1 })
+    const a = await one.chat(hi, { maxNewTokens: 2 })
+    const b = await one.chat(hi, { maxNewTokens: 2 })
+    // both admitted, neither read yet: a third is refused now, not later mid-stream
+    await expect(one.chat(hi, { maxNewTokens: 2 })).rejects.toMatchObject({ code: 'queue_full' })
+    expect(one.stats()).toMatchObject({ active: 1, queued: 1 })
+    await b.events[Symbol.asyncIterator]().return?.() // admitted, never read, closed
+    expect(one.stats()).toMatchObject({ active: 1, queued: 0 })
+    expect((await drain(a)).end.finishReason).toBe('length')
+    expect(one.stats()).toMatchObject({ active: 0, queued: 0 })
+  })
+
   it('admits classifications by tokens and refuses the rest with queue_full', async () => {
     const cost = texts.reduce((n, t) => n + bounded.classifier.prepare(t, labels).tokens, 0)
     expect(cost).toBeGreaterThan(100) // precondition: two requests do not fit in 200 tokens

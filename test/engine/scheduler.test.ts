@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, onTestFinished } from 'vitest'
 import { Scheduler } from '../../src/engine/scheduler.ts'
 
 const tick = () => new Promise((r) => setTimeout(r, 1))
@@ -116,7 +116,9 @@ describe('Scheduler', () => {
     } catch (err) {
       expect(err).toMatchObject({ details: { retryAfterSeconds: 7 } })
     }
-    a.release() // text 1 was never started: its tokens go back
+    a.drop() // text 1 was never started: its tokens go back; text 0 is done
+    expect([s.queued, s.queuedTokens]).toEqual([1, 40])
+    a.release()
     b.start(0)
     b.release() // abandoned mid-way
     a.release() // idempotent
@@ -150,5 +152,46 @@ describe('Scheduler', () => {
     // an already aborted signal never queues
     await expect(s.step(async () => ran.push('late'), false, ac.signal)).rejects.toThrow()
     expect(ran).toEqual(['kept'])
+  })
+
+  it('reserves a place when a generation is admitted; cancel gives it back in any state', async () => {
+    const s = new Scheduler({ maxActive: 1, maxQueued: 1 })
+    const a = s.reserve()
+    const b = s.reserve()
+    expect([s.active, s.queued]).toEqual([1, 1])
+    expect(() => s.reserve()).toThrow(expect.objectContaining({ code: 'queue_full' }))
+    b.cancel() // admitted, never run: its queue place is free again
+    await expect(b.slot).rejects.toThrow()
+    expect([s.active, s.queued]).toEqual([1, 0])
+    const c = s.reserve()
+    a.cancel() // the running one gives its slot to the next in line
+    const slot = await c.slot
+    expect([s.active, s.queued]).toEqual([1, 0])
+    slot.release()
+    c.cancel() // idempotent after release
+    expect([s.active, s.queued]).toEqual([0, 0])
+  })
+
+  it('survives its last queued step being dropped while it yields to the event loop', async () => {
+    // a throw in the step loop is an unhandled rejection: it would take the server down
+    const crashes: unknown[] = []
+    const onCrash = (err: unknown) => crashes.push(err)
+    process.on('unhandledRejection', onCrash)
+    onTestFinished(() => void process.off('unhandledRejection', onCrash))
+    const s = new Scheduler({ maxActive: 4, maxQueued: 4 })
+    // a step long enough that the loop yields (a macrotask turn) before the next one
+    const slow = s.step(async () => {
+      const until = performance.now() + 20
+      while (performance.now() < until);
+    })
+    const ac = new AbortController()
+    const dropped = s.step(async () => 'ran', false, ac.signal)
+    await slow // the loop now waits for a macrotask turn before taking the next step...
+    await new Promise((r) => setTimeout(r, 0)) // (a timer queued before the loop's own)
+    ac.abort(new Error('client left')) // ...and the step goes away meanwhile
+    await expect(dropped).rejects.toThrow('client left')
+    await new Promise((r) => setTimeout(r, 20))
+    expect(crashes).toEqual([])
+    await expect(s.step(async () => 'next')).resolves.toBe('next')
   })
 })

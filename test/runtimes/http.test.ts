@@ -218,7 +218,8 @@ describeMatrix(
 
       const stream = await openai().chat.completions.create({ ...body, stream: true })
       const streamed = []
-      for await (const chunk of stream) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []))
+      for await (const chunk of stream)
+        streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []))
       expect(streamed).toEqual(entries) // same seed, same prompt: the same numbers
     })
 

@@ -36,21 +36,29 @@ export type RuntimeName = 'node' | 'deno' | 'workers'
 
 export interface Runtime {
   name: RuntimeName
-  start(): Promise<ServerProcess>
+  /** Starts the server with SERVER_ENV, and `env` on top of it. */
+  start(env?: Record<string, string>): Promise<ServerProcess>
 }
 
 const quiet = { NO_COLOR: '1', FORCE_COLOR: '0' }
 
 export const node: Runtime = {
   name: 'node',
-  async start() {
+  async start(extra = {}) {
     const port = await freePort()
     return startServer({
       name: 'node (npm start)',
       command: 'npm',
       args: ['run', '--silent', 'start'],
       cwd: ROOT,
-      env: { ...quiet, ...SERVER_ENV, PORT: String(port), HOST: '127.0.0.1', MODEL: MODEL_ID },
+      env: {
+        ...quiet,
+        ...SERVER_ENV,
+        ...extra,
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        MODEL: MODEL_ID,
+      },
       port,
       readyTimeoutMs: 60_000,
     })
@@ -59,7 +67,7 @@ export const node: Runtime = {
 
 export const deno: Runtime = {
   name: 'deno',
-  async start() {
+  async start(extra = {}) {
     const port = await freePort()
     return startServer({
       name: 'deno (npm run start:deno)',
@@ -69,6 +77,7 @@ export const deno: Runtime = {
       env: {
         ...quiet,
         ...SERVER_ENV,
+        ...extra,
         PORT: String(port),
         HOST: '127.0.0.1',
         MODEL: MODEL_ID,
@@ -88,7 +97,7 @@ export const deno: Runtime = {
  */
 export const workers: Runtime = {
   name: 'workers',
-  async start() {
+  async start(extra = {}) {
     const { persistTo, save } = await localR2Folder()
     const snapshot = await snapshotProject()
     const [port, inspectorPort] = [await freePort(), await freePort()]
@@ -107,7 +116,7 @@ export const workers: Runtime = {
           ...['--inspector-port', String(inspectorPort)],
           ...['--persist-to', persistTo],
           '--show-interactive-dev-session=false',
-          ...Object.entries({ ...SERVER_ENV, MODEL: MODEL_ID }).flatMap(([k, v]) => [
+          ...Object.entries({ ...SERVER_ENV, ...extra, MODEL: MODEL_ID }).flatMap(([k, v]) => [
             '--var',
             `${k}:${v}`,
           ]),
@@ -123,6 +132,7 @@ export const workers: Runtime = {
     }
     return {
       ...server,
+      dir: snapshot,
       stop: async () => {
         await server.stop()
         await save()

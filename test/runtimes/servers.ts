@@ -12,6 +12,8 @@ export interface ServerProcess {
   /** `http://127.0.0.1:<port>` */
   base: string
   pid: number
+  /** The project folder it runs from, when not the repository (wrangler dev: a snapshot). */
+  dir?: string
   /** The last lines of stdout and stderr, interleaved. */
   logs(): string
   /** Resolves with the exit code (or the signal's name) once the process exits. */

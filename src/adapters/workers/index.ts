@@ -30,6 +30,7 @@ export interface Env {
   CONTEXT_LENGTH?: string
   MAX_ACTIVE?: string
   MAX_QUEUED?: string
+  MAX_QUEUED_TOKENS?: string
 }
 
 const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
