@@ -1,7 +1,7 @@
 /**
- * A static file server on 127.0.0.1 for the package tests: serves a folder, supports Range
- * (and If-Range) requests, logs every request and can misbehave on demand (answer 503, cut the connection
- * halfway through a body).
+ * A static file server on 127.0.0.1 for the package tests: serves a folder, supports Range (and
+ * If-Range) requests, logs every request and can misbehave on demand (answer 503, cut the
+ * connection halfway through a body).
  */
 import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
@@ -91,11 +91,13 @@ export async function startFileServer(
       return status
     }
     if (fault === 'cut') {
-      // Send half the body, then drop the connection: the client sees a truncated response.
+      // Send half the body, then close the connection: the client sees a truncated response.
+      // Closed with end(), not destroy(): a reset can discard bytes already sent, and the
+      // client would stop at a byte the test cannot know.
       const half = Math.floor(length / 2)
       const stream = createReadStream(file, { start, end: start + half - 1 })
       stream.on('data', (chunk) => res.write(chunk))
-      stream.on('end', () => setTimeout(() => res.socket?.destroy(), 20))
+      stream.on('end', () => res.socket?.end())
       return status
     }
     createReadStream(file, { start, end }).pipe(res)

@@ -106,8 +106,9 @@ export function httpSource(baseUrl: string | URL, options: HttpSourceOptions = {
           } catch (err) {
             if (received >= size || resumes >= maxResumes) {
               const tries = resumes ? ` (resumed ${resumes} times)` : ''
+              const why = (err as Error).message
               throw new SourceError(
-                `GET ${url}: body failed after ${received} bytes${tries}: ${(err as Error).message}`,
+                `GET ${url}: body failed after ${received} bytes${tries}: ${why}`,
                 true,
                 { cause: err },
               )
