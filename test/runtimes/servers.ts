@@ -28,6 +28,11 @@ export interface StartOptions {
   port: number
   /** How long the server may take to answer `GET /health` with 200 (model loaded). */
   readyTimeoutMs: number
+  /**
+   * When the server counts as started, from a `GET /health` answer; default: status 200. A test
+   * of a load that must fail waits for that instead.
+   */
+  ready?: (status: number, body: string) => boolean
 }
 
 const LOG_LIMIT = 64 * 1024
@@ -54,7 +59,7 @@ export async function freePort(): Promise<number> {
   })
 }
 
-/** Starts a server and waits until `/health` answers 200; on failure it is stopped. */
+/** Starts a server and waits until it is ready (`/health` answers 200); if not, it is stopped. */
 export async function startServer(o: StartOptions): Promise<ServerProcess> {
   const child = spawn(o.command, o.args, {
     cwd: o.cwd,
@@ -84,7 +89,7 @@ export async function startServer(o: StartOptions): Promise<ServerProcess> {
     stop: () => stopProcess(child, exited),
   }
   try {
-    await waitUntilHealthy(server, o.readyTimeoutMs)
+    await waitUntilHealthy(server, o.readyTimeoutMs, o.ready ?? ((status) => status === 200))
   } catch (err) {
     await server.stop()
     throw err
@@ -92,7 +97,11 @@ export async function startServer(o: StartOptions): Promise<ServerProcess> {
   return server
 }
 
-async function waitUntilHealthy(server: ServerProcess, timeoutMs: number): Promise<void> {
+async function waitUntilHealthy(
+  server: ServerProcess,
+  timeoutMs: number,
+  ready: (status: number, body: string) => boolean,
+): Promise<void> {
   const started = Date.now()
   let exit: number | string | undefined
   void server.exited.then((code) => (exit = code))
@@ -105,15 +114,16 @@ async function waitUntilHealthy(server: ServerProcess, timeoutMs: number): Promi
     }
     try {
       const res = await fetch(`${server.base}/health`, { signal: AbortSignal.timeout(10_000) })
-      last = `${res.status} ${await res.text()}`
-      if (res.status === 200) return
+      const body = await res.text()
+      last = `${res.status} ${body}`
+      if (ready(res.status, body)) return
     } catch (err) {
       last = (err as Error).message
     }
     await sleep(250)
   }
   throw new Error(
-    `${server.name} was not healthy within ${timeoutMs} ms (last /health: ${last}).\n` +
+    `${server.name} was not ready within ${timeoutMs} ms (last /health: ${last}).\n` +
       `--- output ---\n${server.logs()}`,
   )
 }
