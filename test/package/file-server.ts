@@ -1,7 +1,7 @@
 /**
- * A static file server on 127.0.0.1 for the package tests: serves a folder, supports Range
- * requests, logs every request and can misbehave on demand (answer 503, cut the connection
- * halfway through a body).
+ * A static file server on 127.0.0.1 for the package tests: serves a folder, supports Range (and
+ * If-Range) requests, logs every request and can misbehave on demand (answer 503, cut the
+ * connection halfway through a body).
  */
 import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
@@ -12,6 +12,7 @@ import { join, normalize, resolve, sep } from 'node:path'
 export interface LoggedRequest {
   path: string
   range?: string
+  ifRange?: string
   authorization?: string
   status: number
 }
@@ -62,7 +63,10 @@ export async function startFileServer(
     let start = 0
     let end = st.size - 1
     let status = 200
-    const range = options.ranges === false ? undefined : req.headers.range
+    const etag = `"${st.size}-${st.mtimeMs}"`
+    // If-Range names the version the client has part of: another version is sent whole
+    const sameVersion = (req.headers['if-range'] ?? etag) === etag
+    const range = options.ranges === false || !sameVersion ? undefined : req.headers.range
     if (range) {
       const m = /^bytes=(\d+)-(\d*)$/.exec(range)
       if (!m || Number(m[1]) >= st.size) {
@@ -78,7 +82,7 @@ export async function startFileServer(
       'content-length': length,
       'content-type': 'application/octet-stream',
       'accept-ranges': options.ranges === false ? 'none' : 'bytes',
-      etag: `"${st.size}-${st.mtimeMs}"`,
+      etag,
     }
     if (status === 206) headers['content-range'] = `bytes ${start}-${end}/${st.size}`
     res.writeHead(status, headers)
@@ -87,11 +91,13 @@ export async function startFileServer(
       return status
     }
     if (fault === 'cut') {
-      // Send half the body, then drop the connection: the client sees a truncated response.
+      // Send half the body, then close the connection: the client sees a truncated response.
+      // Closed with end(), not destroy(): a reset can discard bytes already sent, and the
+      // client would stop at a byte the test cannot know.
       const half = Math.floor(length / 2)
       const stream = createReadStream(file, { start, end: start + half - 1 })
       stream.on('data', (chunk) => res.write(chunk))
-      stream.on('end', () => setTimeout(() => res.socket?.destroy(), 20))
+      stream.on('end', () => res.socket?.end())
       return status
     }
     createReadStream(file, { start, end }).pipe(res)
@@ -102,6 +108,8 @@ export async function startFileServer(
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)
     const entry: LoggedRequest = { path, status: 0 }
     if (req.headers.range) entry.range = req.headers.range
+    const ifRange = req.headers['if-range']
+    if (typeof ifRange === 'string') entry.ifRange = ifRange
     if (req.headers.authorization) entry.authorization = req.headers.authorization
     requests.push(entry)
     handle(req, res).then(

@@ -30,6 +30,11 @@ export interface StartOptions {
   port: number
   /** How long the server may take to answer `GET /health` with 200 (model loaded). */
   readyTimeoutMs: number
+  /**
+   * When the server counts as started, from a `GET /health` answer; default: status 200. A test
+   * of a load that must fail waits for that instead.
+   */
+  ready?: (status: number, body: string) => boolean
 }
 
 const LOG_LIMIT = 64 * 1024
@@ -56,7 +61,7 @@ export async function freePort(): Promise<number> {
   })
 }
 
-/** Starts a server and waits until `/health` answers 200; on failure it is stopped. */
+/** Starts a server and waits until it is ready (`/health` answers 200); if not, it is stopped. */
 export async function startServer(o: StartOptions): Promise<ServerProcess> {
   const child = spawn(o.command, o.args, {
     cwd: o.cwd,
@@ -86,7 +91,7 @@ export async function startServer(o: StartOptions): Promise<ServerProcess> {
     stop: () => stopProcess(child, exited),
   }
   try {
-    await waitUntilHealthy(server, o.readyTimeoutMs)
+    await waitUntilHealthy(server, o.readyTimeoutMs, o.ready ?? ((status) => status === 200))
   } catch (err) {
     await server.stop()
     throw err
@@ -94,7 +99,11 @@ export async function startServer(o: StartOptions): Promise<ServerProcess> {
   return server
 }
 
-async function waitUntilHealthy(server: ServerProcess, timeoutMs: number): Promise<void> {
+async function waitUntilHealthy(
+  server: ServerProcess,
+  timeoutMs: number,
+  ready: (status: number, body: string) => boolean,
+): Promise<void> {
   const started = Date.now()
   let exit: number | string | undefined
   void server.exited.then((code) => (exit = code))
@@ -107,15 +116,16 @@ async function waitUntilHealthy(server: ServerProcess, timeoutMs: number): Promi
     }
     try {
       const res = await fetch(`${server.base}/health`, { signal: AbortSignal.timeout(10_000) })
-      last = `${res.status} ${await res.text()}`
-      if (res.status === 200) return
+      const body = await res.text()
+      last = `${res.status} ${body}`
+      if (ready(res.status, body)) return
     } catch (err) {
       last = (err as Error).message
     }
     await sleep(250)
   }
   throw new Error(
-    `${server.name} was not healthy within ${timeoutMs} ms (last /health: ${last}).\n` +
+    `${server.name} was not ready within ${timeoutMs} ms (last /health: ${last}).\n` +
       `--- output ---\n${server.logs()}`,
   )
 }

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BENCH_CLI } from '../../scripts/bench.ts'
 import { BUILD_KERNELS_CLI } from '../../scripts/build-kernels.ts'
+import { DEPLOY_DENO_CLI } from '../../scripts/deploy-deno.ts'
 import { FETCH_CLI } from '../../scripts/fetch-model.ts'
 import { helpText, wantsHelp, type CliSpec } from '../../scripts/lib/cli.ts'
 import { MAKE_MODEL_CLI } from '../../scripts/make-model.ts'
@@ -31,6 +32,7 @@ const SPECS: Record<string, CliSpec> = {
   'scripts/bench.ts': BENCH_CLI,
   'scripts/worker.ts': WORKER_CLI,
   'scripts/build-kernels.ts': BUILD_KERNELS_CLI,
+  'scripts/deploy-deno.ts': DEPLOY_DENO_CLI,
 }
 
 // the npm scripts the README names, as package.json runs them: ['scripts/x.ts', ...fixed args]
@@ -106,6 +108,7 @@ it('covers every tsx script in package.json, the ones the README names', () => {
       'bench:engine',
       'build:kernels',
       'deploy',
+      'deploy:deno',
       'dev:worker',
       'model:fetch',
       'model:make',

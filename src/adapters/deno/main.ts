@@ -5,6 +5,13 @@
  *
  * Packages come from the project's node_modules (deno.json: `"nodeModulesDir": "manual"`), so
  * Deno needs no registry access of its own: run `npm install` first.
+ *
+ * Deno Deploy (`npm run deploy:deno`) starts this file itself, with --allow-all and no other
+ * flags, so whatever else Deno must know lives in deno.json: `"unstable": ["no-legacy-abort"]`,
+ * without which Deno.serve aborts request.signal after every successful response too and a
+ * client that left could not be told from a reply that finished. Deploy sets DENO_DEPLOY=true;
+ * without PORT and HOST the server then takes Deno.serve's own defaults, as Deploy's examples
+ * do.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
@@ -18,7 +25,11 @@ interface DenoServer {
 declare const Deno: {
   env: { toObject(): Record<string, string> }
   serve(
-    options: { port: number; hostname: string; onListen?: (addr: { port: number }) => void },
+    options: {
+      port: number
+      hostname: string
+      onListen?: (addr: { hostname?: string; port?: number; path?: string }) => void
+    },
     handler: (request: Request) => Response | Promise<Response>,
   ): DenoServer
   addSignalListener(signal: 'SIGINT' | 'SIGTERM', handler: () => void): void
@@ -38,15 +49,18 @@ const app = createApp({
   },
 })
 
-const port = Number(env.PORT ?? 8787)
-const hostname = env.HOST || '127.0.0.1'
+const onDeploy = env.DENO_DEPLOY === 'true'
+const port = Number(env.PORT ?? (onDeploy ? 8000 : 8787))
+const hostname = env.HOST || (onDeploy ? '0.0.0.0' : '127.0.0.1')
 const server = Deno.serve(
   {
     port,
     hostname,
+    // the address Deno actually bound: DENO_SERVE_ADDRESS overrides the one asked for
     onListen: (addr) =>
       console.log(
-        `qwen-edge listening on http://${hostname}:${addr.port} (model: ${location.describe})`,
+        `qwen-edge listening on ${addr.path ?? `http://${addr.hostname}:${addr.port}`} ` +
+          `(model: ${location.describe})`,
       ),
   },
   // Only the request: Hono would take Deno's second argument (connection info) for bindings.
