@@ -3,9 +3,10 @@
  * (`npm run dev:worker`), each with small bounds so that the load crosses them:
  * - a flood of sentiment batches past MAX_QUEUED_TOKENS is refused with 429 `queue_full` JSON
  *   and a Retry-After, and the server answers the next request;
- * - abandoned sentiment batches are dropped before they reach the model (Node, Deno: the next
- *   request does not wait for them; local workerd never tells a pending request that its client
- *   left, so there the work runs to its end and its place is given back);
+ * - abandoned sentiment batches are dropped before they reach the model, and a chat whose
+ *   client leaves during a long prefill stops at the next chunk (Node, Deno; local workerd never
+ *   tells a pending request, nor a stream that has sent nothing yet, that its client left, so
+ *   there the work runs to its end and its place is given back);
  * - two rounds of mixed requests (sentiment, streamed chat, OpenAI streamed and not, /analyze,
  *   clients cutting streams off mid-reply, floods): every answer is 200 or a JSON 429 with
  *   Retry-After, the server drains to 0/0/0 after each round, the decoder's KV sequences go back
@@ -14,9 +15,10 @@
  * SOAK_ROUNDS and SOAK_REQUESTS make it longer (`SOAK_ROUNDS=5 SOAK_REQUESTS=400 npx vitest run
  * test/runtimes/soak.test.ts`).
  */
-import { readFile, readdir } from 'node:fs/promises'
+import { appendFile, readFile, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
 import { expect, it } from 'vitest'
-import { eventReader, health, json, post, waitForHealth, type Target } from './client.ts'
+import { eventReader, health, json, post, request, waitForHealth, type Target } from './client.ts'
 import { describeMatrix } from './matrix.ts'
 import { RUNTIMES, type Runtime } from './runtimes.ts'
 import type { ServerProcess } from './servers.ts'
@@ -27,6 +29,7 @@ const SOAK_ENV = {
   MAX_QUEUED_TOKENS: '1500',
   CONTEXT_LENGTH: '2048',
   MAX_TOKENS_CEILING: '2048',
+  PREFILL_CHUNK: '16', // many prefill steps: a client can leave in the middle of a long prompt
 }
 const ROUNDS = Number(process.env.SOAK_ROUNDS ?? 2)
 const REQUESTS = Number(process.env.SOAK_REQUESTS ?? 120)
@@ -259,6 +262,36 @@ describeMatrix(
       await waitForHealth(t, drained, 60_000, 'abandoned work drained')
     })
 
+    it('a chat whose client leaves during a long prefill stops at the next chunk', async () => {
+      const long = [{ role: 'user', content: 'word '.repeat(1700) }]
+      const body = { messages: long, max_tokens: 1, seed: 5 }
+      let started = Date.now()
+      const whole = await post(t, '/v1/chat', { ...body, stream: false })
+      const prefill = Date.now() - started
+      expect(whole.status).toBe(200)
+      expect((await json(whole)).usage.prompt_tokens).toBeGreaterThan(1600) // ~100 chunks
+      const before = await healthOf(t)
+      const ac = new AbortController()
+      const res = await post(t, '/v1/chat', { ...body, max_tokens: 4 }, { signal: ac.signal })
+      expect(res.status).toBe(200) // the stream is open; the prompt is being computed
+      await waitForHealth(t, (h) => h.active === 1, 5_000, 'prefill running')
+      ac.abort()
+      started = Date.now()
+      await waitForHealth(t, drained, 60_000, 'stopped')
+      const stopped = Date.now() - started
+      const after = await healthOf(t)
+      console.log(
+        `${t.runtime}: whole prefill ${prefill} ms; left mid-prefill, stopped in ${stopped} ms`,
+      )
+      // Node and Deno: it never reached its first decode step, and stopped well before its
+      // prompt was done. Local workerd does not tell a stream that has sent nothing yet that its
+      // client left (see the file's header): there the reply runs on and gives its place back.
+      if (t.runtime !== 'workers') {
+        expect((after as any).decode.steps).toBe((before as any).decode.steps)
+        expect(stopped).toBeLessThan(prefill / 2)
+      }
+    })
+
     it(`${ROUNDS} rounds of ${REQUESTS} mixed requests: only 200s and JSON 429s, no leak`, async () => {
       const rounds: { rss: number; wasm: number; kinds: Record<string, number> }[] = []
       for (let round = 0; round < ROUNDS; round++) {
@@ -291,6 +324,42 @@ describeMatrix(
       if (first.rss > 0) expect(last.rss).toBeLessThan(first.rss * 1.25 + 64 * MiB)
       expect((await post(t, '/v1/sentiment', { text: 'still here?' })).status).toBe(200)
     }, 600_000)
+
+    // What a client sees when the isolate goes away mid-reply (a deploy, an eviction, a crash):
+    // wrangler dev starts a new isolate when a source file changes, which is the one reset that
+    // can be made here.
+    it.skipIf(t.runtime !== 'workers')(
+      'an isolate reset mid-stream ends the stream without done; a new isolate serves next',
+      async () => {
+        const res = await post(t, '/v1/chat', {
+          messages: [{ role: 'user', content: 'hi' }],
+          max_tokens: 1500,
+        })
+        expect(res.status).toBe(200)
+        const reader = eventReader(res)
+        const events: string[] = []
+        for (let e = await reader.next(); e; e = await reader.next()) {
+          events.push(e.event ?? 'message')
+          if (events.length === 5) {
+            // wrangler dev rebuilds and replaces the Worker's isolate
+            await appendFile(join(t.server.dir!, 'src/adapters/workers/index.ts'), '\n// reset\n')
+          }
+        }
+        expect(events.length).toBeGreaterThanOrEqual(5) // precondition: it was streaming
+        expect(events.length).toBeLessThan(1500) // cut short
+        // the isolate is gone: no done event, and no error event either (nothing is left to
+        // send one); a client must treat a stream without its done event as interrupted
+        expect(events.filter((e) => e !== 'delta')).toEqual([])
+        let ready = false
+        for (const until = Date.now() + 60_000; !ready && Date.now() < until;) {
+          ready = (await request(t, '/health', { auth: false })).status === 200
+          if (!ready) await new Promise((r) => setTimeout(r, 250))
+        }
+        expect(ready).toBe(true)
+        expect((await post(t, '/v1/sentiment', { text: 'back?' })).status).toBe(200)
+      },
+      120_000,
+    )
   },
   { early: ['workers'] },
 )
