@@ -1,5 +1,5 @@
 /**
- * Assembles the engine's hand-written WASM kernels (src/engine/kernels/*.wat) with wabt:
+ * Assembles the engine's hand-written WASM kernels (src/engine/wasm/kernels/*.wat) with wabt:
  *
  *   npm run build:kernels
  *
@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url'
 import wabtInit from 'wabt'
 import { isMain, parseCli, runMain } from './lib/cli.ts'
 
-export const KERNELS_DIR = fileURLToPath(new URL('../src/engine/kernels/', import.meta.url))
+export const KERNELS_DIR = fileURLToPath(new URL('../src/engine/wasm/kernels/', import.meta.url))
 export const KERNELS = ['q8-head'] as const
 
 export async function assemble(name: string, wat: string): Promise<Uint8Array> {
@@ -47,7 +47,7 @@ export const BUILD_KERNELS_CLI = {
   command: 'npm run build:kernels --',
   usage: ['npm run build:kernels'],
   summary: [
-    "Assembles the engine's WASM kernels (src/engine/kernels/*.wat) with wabt into <name>.wasm",
+    "Assembles the engine's WASM kernels (src/engine/wasm/kernels/*.wat) with wabt into <name>.wasm",
     '(for the Workers adapter) and <name>-wasm.ts (the same bytes as base64, for Node and Deno),',
     'both committed. test/engine/head-kernel.test.ts fails when they are out of date.',
   ],

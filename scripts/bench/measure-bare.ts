@@ -49,7 +49,7 @@ export async function createWebSession(
   modelDir: string,
   options: WebSessionOptions = {},
 ): Promise<{ ort: OrtApi; session: InferenceSession }> {
-  const { ort } = await import('../../src/engine/ort.ts')
+  const { ort } = await import('../../src/engine/graph/ort.ts')
   const file = onnxFileIn(modelDir)
   const graph = new Uint8Array(await readFile(join(modelDir, file)))
   const data = new Uint8Array(await readFile(join(modelDir, `${file}_data`)))

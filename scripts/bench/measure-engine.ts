@@ -6,9 +6,9 @@
  */
 import { basename, dirname } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import type { LabelExample } from '../../src/engine/classify.ts'
+import type { LabelExample } from '../../src/engine/serve/classify.ts'
 import type { QwenEngine } from '../../src/engine/engine.ts'
-import type { KvCache, QwenModel, StepResult } from '../../src/engine/model.ts'
+import type { KvCache, QwenModel, StepResult } from '../../src/engine/graph/model.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
 import { maxGapMs } from './greedy-loop.ts'
 import { median, peakRssBytes, repeat, round } from './stats.ts'
@@ -180,9 +180,9 @@ export async function measureEngine(
   log('loading…')
   const t0 = performance.now()
   const { fsSource } = await import('../../src/adapters/node/fs-source.ts')
-  const { loadPackage } = await import('../../src/engine/package-loader.ts')
+  const { loadPackage } = await import('../../src/engine/package/loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
-  const { installMacrotask } = await import('../../src/engine/macrotask.ts')
+  const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
   installMacrotask(setImmediate) // as the Node server does (src/adapters/node/main.ts)
   const source = fsSource(dirname(plan.packageDir))
   // not kept in a variable: the package's JS copy of the weights is dropped after the load

@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { QwenTokenizer } from '../../src/engine/tokenizer.ts'
+import { QwenTokenizer } from '../../src/engine/text/tokenizer.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
 import type { BenchPrompt } from './types.ts'
 

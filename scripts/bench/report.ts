@@ -67,7 +67,7 @@ const pct = (x?: number) =>
 /** How each engine is driven (the backend it ran on is in the table). */
 const HOW: Record<string, string> = {
   engine:
-    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, and the decoder map (`decoder` in the manifest) with which decode steps run every layer in the engine's own WASM SIMD kernels (`src/engine/decoder.ts`, `src/engine/head.ts`) from the same weights; prompts (prefill) run in onnxruntime-web as for the peers.",
+    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, and the decoder map (`decoder` in the manifest) with which decode steps run every layer in the engine's own WASM SIMD kernels (`src/engine/wasm/decoder.ts`, `src/engine/wasm/head.ts`) from the same weights; prompts (prefill) run in onnxruntime-web as for the peers.",
   'ort-web':
     'a bare greedy loop on an onnxruntime-web session built like the engine’s (same bundle, options, external data): feeds, `session.run`, argmax, present → past. The floor of engine overhead on the graph as exported (lm_head inside the graph).',
   'tjs-web':

@@ -31,7 +31,7 @@ import type {
   DecoderLayerData,
   DecoderMatrixData,
   DecoderWeights,
-} from '../../src/engine/decoder-weights.ts'
+} from '../../src/engine/wasm/decoder-weights.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'

@@ -49,7 +49,7 @@ import type {
   DecoderLayerData,
   DecoderMatrixData,
   DecoderWeights,
-} from '../../src/engine/decoder-weights.ts'
+} from '../../src/engine/wasm/decoder-weights.ts'
 import { indexGraph, nodeReads } from './graph-rewrite.ts'
 import {
   DataType,

@@ -185,7 +185,7 @@ export interface DecoderLayerRef {
 
 /**
  * The graph's decoder layers as tensors the engine can run itself (`model:prepare --decoder
- * wasm`, the default with a head split; src/engine/decoder-weights.ts resolves them): every
+ * wasm`, the default with a head split; src/engine/wasm/decoder-weights.ts resolves them): every
  * DynamicQuantizeMatMul operand and RMSNorm weight of every layer, and the final norm, whose
  * output is the graph's `hidden_states`. The tensors are not copied: big ones are byte ranges of
  * the graph's own external data (`file` = its index in `stages[0].externalData`); the small

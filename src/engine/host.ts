@@ -4,7 +4,7 @@
  */
 import { AppError, isAppError } from '../core/errors.ts'
 import { QwenEngine, type EngineOptions } from './engine.ts'
-import type { LoadedPackage } from './model-package.ts'
+import type { LoadedPackage } from './package/model-package.ts'
 
 export type EngineLoader = () => Promise<QwenEngine>
 

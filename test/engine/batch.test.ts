@@ -4,9 +4,9 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { DecodeBatcher, type BatchModel } from '../../src/engine/batcher.ts'
-import { QwenModel, type KvCache, type StepResult } from '../../src/engine/model.ts'
-import { Scheduler } from '../../src/engine/scheduler.ts'
+import { DecodeBatcher, type BatchModel } from '../../src/engine/serve/batcher.ts'
+import { QwenModel, type KvCache, type StepResult } from '../../src/engine/graph/model.ts'
+import { Scheduler } from '../../src/engine/serve/scheduler.ts'
 import { ensureModel } from '../helpers/models.ts'
 
 function maxDiff(a: Float32Array, b: Float32Array) {

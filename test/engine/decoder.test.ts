@@ -12,12 +12,12 @@ import { resolveDims } from '../../scripts/lib/model-presets.ts'
 import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
-import { Q8Decoder, ResidentCache } from '../../src/engine/decoder.ts'
+import { Q8Decoder, ResidentCache } from '../../src/engine/wasm/decoder.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
-import { QwenModel, type KvCache } from '../../src/engine/model.ts'
-import type { LoadedPackage } from '../../src/engine/model-package.ts'
-import { loadPackage } from '../../src/engine/package-loader.ts'
-import type { Tensor } from '../../src/engine/ort.ts'
+import { QwenModel, type KvCache } from '../../src/engine/graph/model.ts'
+import type { LoadedPackage } from '../../src/engine/package/model-package.ts'
+import { loadPackage } from '../../src/engine/package/loader.ts'
+import type { Tensor } from '../../src/engine/graph/ort.ts'
 import { decoderWeightsByName } from '../helpers/decoder-by-name.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
@@ -288,7 +288,7 @@ describe('the decoder kernels', () => {
   }
   let k: Kernels
   beforeAll(async () => {
-    const { kernelModule } = await import('../../src/engine/head.ts')
+    const { kernelModule } = await import('../../src/engine/wasm/head.ts')
     k = (await WebAssembly.instantiate(kernelModule(), {})).exports as unknown as Kernels
     k.memory.grow(4)
   })

@@ -4,14 +4,18 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { DEFAULT_EXAMPLES, DEFAULT_LABELS, instructionFor } from '../../src/engine/classify.ts'
+import {
+  DEFAULT_EXAMPLES,
+  DEFAULT_LABELS,
+  instructionFor,
+} from '../../src/engine/serve/classify.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
 import type { ChatEvent, ChatMessage, ChatRun, TokenLogprob } from '../../src/engine/types.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 import { resolveDims } from '../../scripts/lib/model-presets.ts'
 import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
-import type { PreparedText } from '../../src/engine/classify.ts'
+import type { PreparedText } from '../../src/engine/serve/classify.ts'
 
 let engine: QwenEngine
 const hi: ChatMessage[] = [{ role: 'user', content: '你好，今天天气怎么样？' }]
@@ -721,7 +725,7 @@ describe('KV reuse across chat turns', () => {
 
 describe('engine settings from the environment', () => {
   it('reads integers, keeps defaults for unset ones, rejects garbage', async () => {
-    const { engineOptionsFromEnv } = await import('../../src/engine/engine-env.ts')
+    const { engineOptionsFromEnv } = await import('../../src/engine/env.ts')
     expect(
       engineOptionsFromEnv({ CONTEXT_LENGTH: '2048', MAX_TOKENS_DEFAULT: '64', MAX_ACTIVE: '' }),
     ).toMatchObject({

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { generateTokens, type StepModel } from '../../src/engine/generate.ts'
-import type { KvCache, StepResult } from '../../src/engine/model.ts'
+import { generateTokens, type StepModel } from '../../src/engine/serve/generate.ts'
+import type { KvCache, StepResult } from '../../src/engine/graph/model.ts'
 
 const VOCAB = 151936 // Qwen's, so the real eos ids fit
 const greedy = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }

@@ -1,5 +1,5 @@
 /**
- * The split lm_head's WASM SIMD kernel (src/engine/kernels/q8-head.wat) through `Q8Head`,
+ * The split lm_head's WASM SIMD kernel (src/engine/wasm/kernels/q8-head.wat) through `Q8Head`,
  * against plain TypeScript arithmetic on random heads; and the committed kernel bytes against
  * a fresh assembly of the .wat.
  */
@@ -8,8 +8,8 @@ import { describe, expect, it } from 'vitest'
 import { KERNELS_DIR, assemble } from '../../scripts/build-kernels.ts'
 import { isAppError } from '../../src/core/errors.ts'
 import { headLayout } from '../../src/core/manifest.ts'
-import { Q8Head, type HeadWeights } from '../../src/engine/head.ts'
-import { WASM_BASE64 } from '../../src/engine/kernels/q8-head-wasm.ts'
+import { Q8Head, type HeadWeights } from '../../src/engine/wasm/head.ts'
+import { WASM_BASE64 } from '../../src/engine/wasm/kernels/q8-head-wasm.ts'
 
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {

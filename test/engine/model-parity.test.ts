@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { resolveDims, type PresetName } from '../../scripts/lib/model-presets.ts'
 import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { QwenModel } from '../../src/engine/model.ts'
+import { QwenModel } from '../../src/engine/graph/model.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 

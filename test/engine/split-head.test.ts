@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
-import type { KvCache } from '../../src/engine/model.ts'
-import { loadPackage } from '../../src/engine/package-loader.ts'
+import type { KvCache } from '../../src/engine/graph/model.ts'
+import { loadPackage } from '../../src/engine/package/loader.ts'
 import { ensureModel } from '../helpers/models.ts'
 
 const PROMPT = [151644, 872, 198, 105043, 100165, 11319, 151645, 198, 151644, 77091, 198]

@@ -4,9 +4,9 @@
  */
 import { describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { QwenModel, type KvCache } from '../../src/engine/model.ts'
-import { ort } from '../../src/engine/ort.ts'
-import { sliceKvCache, TurnCache } from '../../src/engine/turn-cache.ts'
+import { QwenModel, type KvCache } from '../../src/engine/graph/model.ts'
+import { ort } from '../../src/engine/graph/ort.ts'
+import { sliceKvCache, TurnCache } from '../../src/engine/kv/turn-cache.ts'
 import { ensureModel } from '../helpers/models.ts'
 
 const NAMES = [

@@ -9,8 +9,8 @@ import {
   tensorToFloat32,
   type TensorProto,
 } from '../../scripts/lib/onnx.ts'
-import type { DecoderMatrixData, DecoderWeights } from '../../src/engine/decoder-weights.ts'
-import type { LoadedPackage } from '../../src/engine/model-package.ts'
+import type { DecoderMatrixData, DecoderWeights } from '../../src/engine/wasm/decoder-weights.ts'
+import type { LoadedPackage } from '../../src/engine/package/model-package.ts'
 
 export function decoderWeightsByName(pkg: LoadedPackage): DecoderWeights {
   const model = decodeModel(pkg.graph)

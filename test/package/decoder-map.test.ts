@@ -19,8 +19,11 @@ import {
   type Manifest,
 } from '../../src/core/manifest.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
-import { resolveDecoderWeights, type DecoderMatrixData } from '../../src/engine/decoder-weights.ts'
-import { loadPackage } from '../../src/engine/package-loader.ts'
+import {
+  resolveDecoderWeights,
+  type DecoderMatrixData,
+} from '../../src/engine/wasm/decoder-weights.ts'
+import { loadPackage } from '../../src/engine/package/loader.ts'
 import { DECODER_TOLERANCE, checkDecoder } from '../../scripts/lib/decoder-check.ts'
 import {
   findDecoder,

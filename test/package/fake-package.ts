@@ -13,7 +13,7 @@ import {
   type Manifest,
   type ManifestFile,
 } from '../../src/core/manifest.ts'
-import type { ModelSource, SourceObject } from '../../src/engine/sources/model-source.ts'
+import type { ModelSource, SourceObject } from '../../src/engine/package/sources/model-source.ts'
 
 export const TINY_CONFIG = {
   model_type: 'qwen2',

@@ -10,10 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { isAppError } from '../../src/core/errors.ts'
 import type { Manifest } from '../../src/core/manifest.ts'
-import { memoizeLoad } from '../../src/engine/memoize-load.ts'
-import { loadPackage, type LoadedModelPackage } from '../../src/engine/package-loader.ts'
-import { httpSource } from '../../src/engine/sources/http-source.ts'
-import type { ModelSource } from '../../src/engine/sources/model-source.ts'
+import { memoizeLoad } from '../../src/core/memoize-load.ts'
+import { loadPackage, type LoadedModelPackage } from '../../src/engine/package/loader.ts'
+import { httpSource } from '../../src/engine/package/sources/http-source.ts'
+import type { ModelSource } from '../../src/engine/package/sources/model-source.ts'
 import {
   DataType,
   decodeModel,

@@ -5,7 +5,7 @@ import { Miniflare } from 'miniflare'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { MAX_OBJECT_BYTES, type Manifest } from '../../src/core/manifest.ts'
 import { r2Source, type R2BucketLike } from '../../src/adapters/workers/r2-source.ts'
-import { loadPackage } from '../../src/engine/package-loader.ts'
+import { loadPackage } from '../../src/engine/package/loader.ts'
 import {
   planUpload,
   runWrangler,

@@ -6,7 +6,7 @@ import {
   SourceError,
   type ModelSource,
   type SourceObject,
-} from '../../engine/sources/model-source.ts'
+} from '../../engine/package/sources/model-source.ts'
 
 interface DenoFsFile {
   readonly readable: ReadableStream<Uint8Array>

@@ -14,7 +14,7 @@
  * do.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import { engineOptionsFromEnv } from '../../engine/env.ts'
 import { createEngineHost } from '../../engine/host.ts'
 import { resolveModelLocation } from './model-location.ts'
 

@@ -4,9 +4,9 @@
  * entry, minus Hugging Face export folders: package those with `npm run model:prepare` first.
  */
 import { isValidPackageId } from '../../core/manifest.ts'
-import type { LoadedPackage } from '../../engine/model-package.ts'
-import { loadPackage } from '../../engine/package-loader.ts'
-import { httpSource } from '../../engine/sources/http-source.ts'
+import type { LoadedPackage } from '../../engine/package/model-package.ts'
+import { loadPackage } from '../../engine/package/loader.ts'
+import { httpSource } from '../../engine/package/sources/http-source.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'

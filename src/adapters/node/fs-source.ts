@@ -8,7 +8,7 @@ import {
   SourceError,
   type ModelSource,
   type SourceObject,
-} from '../../engine/sources/model-source.ts'
+} from '../../engine/package/sources/model-source.ts'
 
 const CHUNK = 1024 * 1024
 

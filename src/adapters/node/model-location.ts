@@ -5,9 +5,9 @@
  */
 import { existsSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
-import type { LoadedPackage } from '../../engine/model-package.ts'
-import { loadPackage } from '../../engine/package-loader.ts'
-import { httpSource } from '../../engine/sources/http-source.ts'
+import type { LoadedPackage } from '../../engine/package/model-package.ts'
+import { loadPackage } from '../../engine/package/loader.ts'
+import { httpSource } from '../../engine/package/sources/http-source.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'

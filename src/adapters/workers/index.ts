@@ -3,12 +3,12 @@
  * the R2 bucket bound as MODEL_BUCKET, once per isolate, on the first request that needs it.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import { engineOptionsFromEnv } from '../../engine/engine-env.ts'
+import { engineOptionsFromEnv } from '../../engine/env.ts'
 import type { QwenEngine } from '../../engine/engine.ts'
-import { useQ8HeadModule } from '../../engine/head.ts'
+import { useQ8HeadModule } from '../../engine/wasm/head.ts'
 import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
-import q8HeadKernel from '../../engine/kernels/q8-head.wasm'
-import { loadPackage } from '../../engine/package-loader.ts'
+import q8HeadKernel from '../../engine/wasm/kernels/q8-head.wasm'
+import { loadPackage } from '../../engine/package/loader.ts'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'

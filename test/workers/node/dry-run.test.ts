@@ -28,7 +28,7 @@ const STARTUP_LIMIT_MS = 1000
 const require = createRequire(import.meta.url)
 const WRANGLER = join(dirname(require.resolve('wrangler/package.json')), 'bin', 'wrangler.js')
 const ORT_WASM = require.resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm')
-const HEAD_WASM = join(REPO_ROOT, 'src', 'engine', 'kernels', 'q8-head.wasm')
+const HEAD_WASM = join(REPO_ROOT, 'src', 'engine', 'wasm', 'kernels', 'q8-head.wasm')
 
 let outdir: string
 let output: string

@@ -7,7 +7,7 @@
 import type { TestProject } from 'vitest/node'
 import { createApp } from '../../../src/app.ts'
 import { QwenEngine } from '../../../src/engine/engine.ts'
-import { loadPackage } from '../../../src/engine/package-loader.ts'
+import { loadPackage } from '../../../src/engine/package/loader.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import {
   CHAT_BODY,

@@ -19,7 +19,7 @@
  * quantizes each row on its own (`exactBatches`): there a row's numbers do not depend on its
  * batch, so solo streams share runs like the others.
  */
-import type { KvCache, StepResult } from './model.ts'
+import type { KvCache, StepResult } from '../graph/model.ts'
 import type { StepRunner } from './generate.ts'
 import { macrotask } from './macrotask.ts'
 

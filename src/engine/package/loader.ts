@@ -12,7 +12,7 @@
  * No caching: callers memoise the promise (see memoize-load.ts) and must drop the returned
  * buffers once the session exists, or the weights stay in memory twice.
  */
-import { AppError, isAppError } from '../core/errors.ts'
+import { AppError, isAppError } from '../../core/errors.ts'
 import {
   MANIFEST_FILE,
   packageKey,
@@ -20,8 +20,8 @@ import {
   type Manifest,
   type ManifestFile,
   type Stage,
-} from '../core/manifest.ts'
-import { resolveDecoderWeights } from './decoder-weights.ts'
+} from '../../core/manifest.ts'
+import { resolveDecoderWeights } from '../wasm/decoder-weights.ts'
 import type { GenerationConfig, LoadedPackage, Qwen2Config } from './model-package.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 

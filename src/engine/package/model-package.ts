@@ -2,8 +2,8 @@
  * What the engine needs to build a model, whatever it was loaded from (a Hugging Face layout
  * folder in tests and scripts, a model package from a folder, HTTP or R2 in the servers).
  */
-import type { DecoderWeights } from './decoder-weights.ts'
-import type { HeadWeights } from './head.ts'
+import type { DecoderWeights } from '../wasm/decoder-weights.ts'
+import type { HeadWeights } from '../wasm/head.ts'
 
 /** The fields of a Hugging Face Qwen2 `config.json` the engine reads. */
 export interface Qwen2Config {

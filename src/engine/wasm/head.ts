@@ -21,8 +21,8 @@
  *   then scratch for `capacity` vectors: x int16 [capacity, S], sum f32 [capacity],
  *   scale f32 [capacity], out f32 [capacity, V]
  */
-import { AppError } from '../core/errors.ts'
-import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../core/manifest.ts'
+import { AppError } from '../../core/errors.ts'
+import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../../core/manifest.ts'
 import { WASM_BASE64 } from './kernels/q8-head-wasm.ts'
 
 export interface HeadWeights {

@@ -6,8 +6,8 @@
  * linear scan comparing token arrays. Caches are immutable (see model.ts): an entry matched in
  * full is handed out as is; a partial match is a sliced copy, so the entry itself stays valid.
  */
-import { ownCache, type KvCache } from './model.ts'
-import { ort, type Tensor } from './ort.ts'
+import { ownCache, type KvCache } from '../graph/model.ts'
+import { ort, type Tensor } from '../graph/ort.ts'
 
 export interface TurnCacheOptions {
   /**

@@ -24,11 +24,11 @@
  *   per layer: qkv, o, gate+up, down as 'q8-rows' matrices (rows of int8, stride a multiple of
  *   32, int8 zero point and f32 scale per row), then scratch, then the KV arena (grows).
  */
-import { AppError } from '../core/errors.ts'
+import { AppError } from '../../core/errors.ts'
 import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
 import { kernelModule, type KernelExports, type Q8Head, type RowsArgs } from './head.ts'
-import type { KvCache } from './model.ts'
-import { ort, type Tensor } from './ort.ts'
+import type { KvCache } from '../graph/model.ts'
+import { ort, type Tensor } from '../graph/ort.ts'
 
 export interface DecoderShape {
   hidden: number

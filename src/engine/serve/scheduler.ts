@@ -16,7 +16,7 @@
  * included: the loop hangs). So a request's signal is only ever read by listeners that request
  * registered; the loop and the slot hand-over look at plain state.
  */
-import { AppError } from '../core/errors.ts'
+import { AppError } from '../../core/errors.ts'
 import { macrotask } from './macrotask.ts'
 
 export interface SchedulerOptions {

@@ -12,8 +12,8 @@
  */
 import { Template } from '@huggingface/jinja'
 import { Tokenizer } from '@huggingface/tokenizers'
-import { AppError } from '../core/errors.ts'
-import type { ChatMessage } from './types.ts'
+import { AppError } from '../../core/errors.ts'
+import type { ChatMessage } from '../types.ts'
 
 export class QwenTokenizer {
   private readonly tokenizer: Tokenizer

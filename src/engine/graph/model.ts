@@ -18,10 +18,10 @@
  * (continuous batching of concurrent decodes, see batcher.ts). `decode` is the decode step the
  * batcher uses: in the package's own decoder (decoder.ts) when it has one, else in the graph.
  */
-import { AppError } from '../core/errors.ts'
-import { Q8Decoder, ResidentCache, type DecoderShape } from './decoder.ts'
-import { Q8Head } from './head.ts'
-import type { LoadedPackage, Qwen2Config } from './model-package.ts'
+import { AppError } from '../../core/errors.ts'
+import { Q8Decoder, ResidentCache, type DecoderShape } from '../wasm/decoder.ts'
+import { Q8Head } from '../wasm/head.ts'
+import type { LoadedPackage, Qwen2Config } from '../package/model-package.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
 
 /** The KV cache of one sequence. Immutable: a step returns a new cache, the old one stays valid. */

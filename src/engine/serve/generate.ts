@@ -3,9 +3,9 @@
  * serialised by the scheduler), logits processing and sampling (core/sampling.ts); text,
  * stop strings and events are the caller's job (engine.ts).
  */
-import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../core/sampling.ts'
-import type { FinishReason } from './types.ts'
-import type { KvCache, QwenModel, StepResult } from './model.ts'
+import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../../core/sampling.ts'
+import type { FinishReason } from '../types.ts'
+import type { KvCache, QwenModel, StepResult } from '../graph/model.ts'
 
 /** What the loop needs of a model: lets tests script logits exactly. */
 export type StepModel = Pick<QwenModel, 'forward' | 'emptyCache'>

@@ -8,12 +8,12 @@
  * the text is the same for every request with that label set and those examples, so its KV
  * cache is computed once and reused: the examples cost nothing per request.
  */
-import { AppError } from '../core/errors.ts'
-import { detectLanguage, type Language } from '../core/language.ts'
+import { AppError } from '../../core/errors.ts'
+import { detectLanguage, type Language } from '../../core/language.ts'
 import { prefill, type StepRunner } from './generate.ts'
-import type { KvCache, QwenModel } from './model.ts'
-import type { QwenTokenizer } from './tokenizer.ts'
-import type { ChatMessage, ClassifyResult } from './types.ts'
+import type { KvCache, QwenModel } from '../graph/model.ts'
+import type { QwenTokenizer } from '../text/tokenizer.ts'
+import type { ChatMessage, ClassifyResult } from '../types.ts'
 
 export const DEFAULT_LABELS: Record<Language, readonly string[]> = {
   zh: ['正面', '负面'],
