@@ -5,7 +5,8 @@
 import { beforeAll, describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
 import { DecodeBatcher, type BatchModel } from '../../src/engine/serve/batcher.ts'
-import { QwenModel, type KvCache, type StepResult } from '../../src/engine/graph/model.ts'
+import { QwenModel, type StepResult } from '../../src/engine/graph/model.ts'
+import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { Scheduler } from '../../src/engine/serve/scheduler.ts'
 import { ensureModel } from '../helpers/models.ts'
 

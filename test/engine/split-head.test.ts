@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
-import type { KvCache } from '../../src/engine/graph/model.ts'
+import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import { ensureModel } from '../helpers/models.ts'
 

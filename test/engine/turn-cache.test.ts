@@ -4,9 +4,11 @@
  */
 import { describe, expect, it } from 'vitest'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { QwenModel, type KvCache } from '../../src/engine/graph/model.ts'
+import { QwenModel } from '../../src/engine/graph/model.ts'
+import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { ort } from '../../src/engine/graph/ort.ts'
-import { sliceKvCache, TurnCache } from '../../src/engine/kv/turn-cache.ts'
+import { sliceKvCache } from '../../src/engine/kv/kv-cache.ts'
+import { TurnCache } from '../../src/engine/kv/turn-cache.ts'
 import { ensureModel } from '../helpers/models.ts'
 
 const NAMES = [

@@ -19,18 +19,11 @@
  * batcher uses: in the package's own decoder (decoder.ts) when it has one, else in the graph.
  */
 import { AppError } from '../../core/errors.ts'
-import { Q8Decoder, ResidentCache, type DecoderShape } from '../wasm/decoder.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
+import { Q8Decoder, type DecoderShape } from '../wasm/decoder.ts'
 import { Q8Head } from '../wasm/head.ts'
 import type { LoadedPackage, Qwen2Config } from '../package/model-package.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
-
-/** The KV cache of one sequence. Immutable: a step returns a new cache, the old one stays valid. */
-export interface KvCache {
-  /** Tokens already in the cache. */
-  readonly length: number
-  /** Keyed by input name: past_key_values.{i}.key|value → [1, kv_heads, length, head_dim]. */
-  readonly tensors: Readonly<Record<string, Tensor>>
-}
 
 export interface StepResult {
   /**
@@ -428,17 +421,10 @@ class BatchRowCache implements KvCache {
   get tensors(): Record<string, Tensor> {
     return (this.own ??= this.cut())
   }
-}
 
-/**
- * A cache that holds only its own sequence's tensors. One left by a batched run still holds the
- * whole batch's present, and one left by the decoder lives in its memory until its stream ends:
- * call this before keeping it for long (turn-cache.ts).
- */
-export function ownCache(cache: KvCache): KvCache {
-  return cache instanceof BatchRowCache || cache instanceof ResidentCache
-    ? { length: cache.length, tensors: cache.tensors }
-    : cache
+  detach(): KvCache {
+    return { length: this.length, tensors: this.tensors }
+  }
 }
 
 export interface SessionOptions {

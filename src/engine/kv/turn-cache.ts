@@ -6,7 +6,7 @@
  * linear scan comparing token arrays. Caches are immutable (see model.ts): an entry matched in
  * full is handed out as is; a partial match is a sliced copy, so the entry itself stays valid.
  */
-import { ownCache, type KvCache } from '../graph/model.ts'
+import { detachKvCache, sliceKvCache, type KvCache } from './kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
 export interface TurnCacheOptions {
@@ -104,7 +104,7 @@ export class TurnCache {
       return false
     })
     // a cache left by a batched run would keep the whole batch's tensors alive
-    this.entries.push({ ids: ids.slice(), cache: ownCache(cache) })
+    this.entries.push({ ids: ids.slice(), cache: detachKvCache(cache) })
     this.total += ids.length
     while (this.total > this.maxTokens) this.total -= this.entries.shift()!.ids.length
   }
@@ -119,38 +119,4 @@ function isPrefix(prefix: readonly number[], ids: readonly number[]): boolean {
   if (prefix.length > ids.length) return false
   for (let i = 0; i < prefix.length; i++) if (prefix[i] !== ids[i]) return false
   return true
-}
-
-type KvData = Float32Array | Uint16Array
-type KvDataConstructor = new (length: number) => KvData
-
-/**
- * The first `length` positions of every tensor along the sequence axis (axis 2), as new
- * tensors: [1, kv_heads, cache.length, head_dim] → [1, kv_heads, length, head_dim]. Works on
- * float32 and float16 data (Uint16Array on Node 20, Float16Array on workerd and Deno) alike.
- */
-export function sliceKvCache(cache: KvCache, length: number): KvCache {
-  if (!Number.isInteger(length) || length < 0 || length > cache.length) {
-    throw new RangeError(`sliceKvCache: length ${length} outside [0, ${cache.length}]`)
-  }
-  const tensors: Record<string, Tensor> = {}
-  for (const [name, t] of Object.entries(cache.tensors)) {
-    const [batch, heads, past, headDim] = t.dims
-    if (t.dims.length !== 4 || batch !== 1 || past !== cache.length) {
-      throw new Error(
-        `sliceKvCache: ${name} has dims [${t.dims}], expected [1, h, ${cache.length}, d]`,
-      )
-    }
-    if (!ArrayBuffer.isView(t.data)) throw new Error(`sliceKvCache: ${name} has ${t.type} data`)
-    // Same typed-array class as the source, so float16 stays in whatever form ORT gave it.
-    const src = t.data as KvData
-    const out = new (src.constructor as KvDataConstructor)(heads * length * headDim)
-    const rows = length * headDim
-    for (let h = 0; h < heads; h++) {
-      const from = h * past * headDim
-      out.set(src.subarray(from, from + rows), h * rows)
-    }
-    tensors[name] = new ort.Tensor(t.type, out, [1, heads, length, headDim])
-  }
-  return { length, tensors }
 }

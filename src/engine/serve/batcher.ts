@@ -19,7 +19,8 @@
  * quantizes each row on its own (`exactBatches`): there a row's numbers do not depend on its
  * batch, so solo streams share runs like the others.
  */
-import type { KvCache, StepResult } from '../graph/model.ts'
+import type { StepResult } from '../graph/model.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
 import type { StepRunner } from './generate.ts'
 import { macrotask } from './macrotask.ts'
 

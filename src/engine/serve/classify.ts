@@ -11,7 +11,8 @@
 import { AppError } from '../../core/errors.ts'
 import { detectLanguage, type Language } from '../../core/language.ts'
 import { prefill, type StepRunner } from './generate.ts'
-import type { KvCache, QwenModel } from '../graph/model.ts'
+import type { QwenModel } from '../graph/model.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
 import type { QwenTokenizer } from '../text/tokenizer.ts'
 import type { ChatMessage, ClassifyResult } from '../types.ts'
 

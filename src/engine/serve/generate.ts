@@ -5,7 +5,8 @@
  */
 import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../../core/sampling.ts'
 import type { FinishReason } from '../types.ts'
-import type { KvCache, QwenModel, StepResult } from '../graph/model.ts'
+import type { QwenModel, StepResult } from '../graph/model.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
 
 /** What the loop needs of a model: lets tests script logits exactly. */
 export type StepModel = Pick<QwenModel, 'forward' | 'emptyCache'>

@@ -27,7 +27,7 @@
 import { AppError } from '../../core/errors.ts'
 import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
 import { kernelModule, type KernelExports, type Q8Head, type RowsArgs } from './head.ts'
-import type { KvCache } from '../graph/model.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
 export interface DecoderShape {
@@ -93,6 +93,10 @@ export class ResidentCache implements KvCache {
   /** The graph's layout, copied out (once per cache). */
   get tensors(): Record<string, Tensor> {
     return (this.exported ??= this.sequence.decoder.exportKv(this.sequence, this.length))
+  }
+
+  detach(): KvCache {
+    return { length: this.length, tensors: this.tensors }
   }
 }
 
