@@ -14,6 +14,7 @@ import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { Q8Decoder, ResidentCache } from '../../src/engine/wasm/decoder.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
+import { instantiateKernels, type KernelExports } from '../../src/engine/wasm/kernel.ts'
 import { QwenModel } from '../../src/engine/graph/model.ts'
 import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import type { LoadedPackage } from '../../src/engine/package/model-package.ts'
@@ -281,16 +282,9 @@ describe('the decoder (tiny, q8)', () => {
 })
 
 describe('the decoder kernels', () => {
-  interface Kernels {
-    memory: WebAssembly.Memory
-    dots(q: number, k: number, n: number, dim: number, out: number): void
-    mix(p: number, v: number, n: number, dim: number, out: number): void
-    silu_mul(g: number, u: number, n: number, out: number): void
-  }
-  let k: Kernels
+  let k: KernelExports
   beforeAll(async () => {
-    const { kernelModule } = await import('../../src/engine/wasm/head.ts')
-    k = (await WebAssembly.instantiate(kernelModule(), {})).exports as unknown as Kernels
+    k = await instantiateKernels()
     k.memory.grow(4)
   })
 

@@ -5,7 +5,7 @@
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { engineOptionsFromEnv } from '../../engine/env.ts'
 import type { QwenEngine } from '../../engine/engine.ts'
-import { useQ8HeadModule } from '../../engine/wasm/head.ts'
+import { useKernelModule } from '../../engine/wasm/kernel.ts'
 import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
 import q8HeadKernel from '../../engine/wasm/kernels/q8-head.wasm'
 import { loadPackage } from '../../engine/package/loader.ts'
@@ -15,7 +15,7 @@ import { r2Source, type R2BucketLike } from './r2-source.ts'
 
 installPrecompiledOrtWasm()
 // the split lm_head's kernel (head.ts), precompiled by wrangler like ORT's own wasm
-useQ8HeadModule(q8HeadKernel)
+useKernelModule(q8HeadKernel)
 
 /** Bindings and vars (wrangler.toml; API_KEY as a secret: `wrangler secret put API_KEY`). */
 export interface Env {

@@ -26,7 +26,8 @@
  */
 import { AppError } from '../../core/errors.ts'
 import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
-import { kernelModule, type KernelExports, type Q8Head, type RowsArgs } from './head.ts'
+import type { Q8Head } from './head.ts'
+import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
@@ -223,8 +224,7 @@ export class Q8Decoder {
       if (l.inputNorm.length !== H || l.postNorm.length !== H)
         throw new AppError('model_invalid', `decoder layer ${i}: norm size`)
     })
-    const instance = await WebAssembly.instantiate(kernelModule(), {})
-    return new Q8Decoder(instance.exports as unknown as KernelExports, shape, head, weights)
+    return new Q8Decoder(await instantiateKernels(), shape, head, weights)
   }
 
   /** Why the decoder cannot run a model of this shape, or undefined if it can. */

@@ -23,7 +23,7 @@
  */
 import { AppError } from '../../core/errors.ts'
 import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../../core/manifest.ts'
-import { WASM_BASE64 } from './kernels/q8-head-wasm.ts'
+import { instantiateKernels, type KernelExports } from './kernel.ts'
 
 export interface HeadWeights {
   format: HeadFormat
@@ -35,60 +35,6 @@ export interface HeadWeights {
   embedding: boolean
   /** The head file (layout above). */
   data: Uint8Array
-}
-
-/** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (kernels/q8-head.wat). */
-export type RowsArgs = [
-  w: number,
-  stride: number,
-  zp: number,
-  scale: number,
-  v0: number,
-  v1: number,
-  x: number,
-  sumx: number,
-  xscale: number,
-]
-
-/** The kernel module's exports (kernels/q8-head.wat); the decoder (decoder.ts) uses all of them. */
-export interface KernelExports {
-  memory: WebAssembly.Memory
-  rows(...a: [...RowsArgs, n: number, out: number, ldo: number]): void
-  rows4(...a: [...RowsArgs, out: number, ldo: number]): void
-  /** out[t] = q · k[t], t < n (f32, dim a multiple of 16). */
-  dots(q: number, k: number, n: number, dim: number, out: number): void
-  /** out = Σ_t p[t] · v[t], t < n. */
-  mix(p: number, v: number, n: number, dim: number, out: number): void
-  /** out[i] = silu(g[i]) · u[i], i < n (a multiple of 4). */
-  silu_mul(g: number, u: number, n: number, out: number): void
-}
-
-let precompiled: WebAssembly.Module | undefined
-
-/**
- * Hands over the kernel compiled ahead of time. Workers must (they cannot compile WASM from
- * bytes: the adapter imports kernels/q8-head.wasm); elsewhere the embedded bytes are compiled on
- * first use.
- */
-export function useQ8HeadModule(module: WebAssembly.Module): void {
-  precompiled = module
-}
-
-export function kernelModule(): WebAssembly.Module {
-  if (!precompiled) {
-    const bytes = Uint8Array.from(atob(WASM_BASE64), (c) => c.charCodeAt(0))
-    try {
-      precompiled = new WebAssembly.Module(bytes)
-    } catch (err) {
-      throw new AppError(
-        'model_invalid',
-        'The q8 head kernel could not be compiled here (on Workers, the adapter must call ' +
-          'useQ8HeadModule with the imported kernels/q8-head.wasm)',
-        { cause: err },
-      )
-    }
-  }
-  return precompiled
 }
 
 const PAGE = 65536
@@ -140,8 +86,7 @@ export class Q8Head {
         `The head file has ${w.data.byteLength} bytes, its shape needs ${bytes}`,
       )
     }
-    const instance = await WebAssembly.instantiate(kernelModule(), {})
-    const head = new Q8Head(instance.exports as unknown as KernelExports, w)
+    const head = new Q8Head(await instantiateKernels(), w)
     head.reserve(1)
     new Uint8Array(head.kernel.memory.buffer).set(w.data, 0)
     return head
