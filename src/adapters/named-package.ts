@@ -2,7 +2,7 @@
  * A package named by its location (MODEL=/data/models/x-backup, MODEL=https://cdn/x) is an
  * explicit choice: it is served under its manifest's id, whatever the folder is called now.
  */
-import type { LoadPackageOptions } from '../engine/package/loader.ts'
+import type { LoadPackageOptions } from '../engine/index.ts'
 
 export const BY_PATH: LoadPackageOptions = { anyId: true }
 

@@ -144,6 +144,14 @@ export class QwenEngine implements Engine {
     return new QwenEngine(model, tokenizer, pkg, options, Math.round(performance.now() - started))
   }
 
+  /**
+   * Resolves when no forward run is queued or running. On Workers a request stays until then:
+   * the step loop runs in the context of whichever request resumed it last (workers adapter).
+   */
+  idle(): Promise<void> {
+    return this.scheduler.idle()
+  }
+
   stats(): EngineStats {
     const b = this.batcher.stats
     return {

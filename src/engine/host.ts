@@ -1,8 +1,10 @@
 /**
  * One engine per isolate, loaded on first use. The promise is shared, so concurrent first
- * requests cause one load; a failed load is dropped, so the next request tries again.
+ * requests cause one load; a failed load is dropped, so the next request tries again
+ * (core/memoize-load.ts).
  */
 import { AppError, isAppError } from '../core/errors.ts'
+import { memoizeLoad } from '../core/memoize-load.ts'
 import { QwenEngine, type EngineOptions } from './engine.ts'
 import type { LoadedPackage } from './package/model-package.ts'
 
@@ -12,16 +14,14 @@ export function createEngineHost(
   load: () => Promise<LoadedPackage>,
   options: EngineOptions = {},
 ): EngineLoader {
-  let pending: Promise<QwenEngine> | undefined
-  return () => {
-    pending ??= loadEngine(load, options).catch((err: unknown) => {
-      pending = undefined
+  const engine = memoizeLoad(() =>
+    loadEngine(load, options).catch((err: unknown) => {
       throw isAppError(err)
         ? err
         : new AppError('model_unavailable', 'The model failed to load; retry later', { cause: err })
-    })
-    return pending
-  }
+    }),
+  )
+  return () => engine('model')
 }
 
 async function loadEngine(load: () => Promise<LoadedPackage>, options: EngineOptions) {

@@ -1,12 +1,8 @@
+import { type ModelSource, SourceError, type SourceObject } from '../../engine/index.ts'
 /**
  * Model source over a local folder for Deno (`--allow-read` on the folder). Declares the few
  * Deno APIs it uses so the project type-checks without Deno's types.
  */
-import {
-  SourceError,
-  type ModelSource,
-  type SourceObject,
-} from '../../engine/package/sources/model-source.ts'
 
 interface DenoFsFile {
   readonly readable: ReadableStream<Uint8Array>

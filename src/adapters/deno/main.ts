@@ -14,9 +14,8 @@
  * do.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import { engineOptionsFromEnv } from '../../engine/env.ts'
-import { createEngineHost } from '../../engine/host.ts'
 import { resolveModelLocation } from './model-location.ts'
+import { createEngineHost, engineOptionsFromEnv } from '../../engine/index.ts'
 
 // The few Deno APIs used here, so the project type-checks without Deno's types.
 interface DenoServer {

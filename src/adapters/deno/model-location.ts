@@ -4,12 +4,10 @@
  * entry, minus Hugging Face export folders: package those with `npm run model:prepare` first.
  */
 import { isValidPackageId } from '../../core/manifest.ts'
-import type { LoadedPackage } from '../../engine/package/model-package.ts'
-import { loadPackage } from '../../engine/package/loader.ts'
-import { httpSource } from '../../engine/package/sources/http-source.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
+import { httpSource, type LoadedPackage, loadPackage } from '../../engine/index.ts'
 
 export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 export const DEFAULT_STORE = 'model-shards'

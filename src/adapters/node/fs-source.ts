@@ -4,11 +4,7 @@
  */
 import { open, readFile } from 'node:fs/promises'
 import { resolve, sep } from 'node:path'
-import {
-  SourceError,
-  type ModelSource,
-  type SourceObject,
-} from '../../engine/package/sources/model-source.ts'
+import { type ModelSource, SourceError, type SourceObject } from '../../engine/index.ts'
 
 const CHUNK = 1024 * 1024
 

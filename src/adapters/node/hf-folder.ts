@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs'
 import { readFile, readdir } from 'node:fs/promises'
 import { basename, join } from 'node:path'
-import type { LoadedPackage } from '../../engine/package/model-package.ts'
+import { type LoadedPackage } from '../../engine/index.ts'
 
 /** Preferred ONNX file names, fastest on WASM first. */
 const ONNX_ORDER = ['model_quantized.onnx', 'model.onnx', 'model_q4.onnx']

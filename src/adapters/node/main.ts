@@ -4,10 +4,8 @@
  */
 import { serve } from '@hono/node-server'
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import { createEngineHost } from '../../engine/host.ts'
-import { engineOptionsFromEnv } from '../../engine/env.ts'
-import { installMacrotask } from '../../engine/serve/macrotask.ts'
 import { resolveModelLocation } from './model-location.ts'
+import { createEngineHost, engineOptionsFromEnv, installMacrotask } from '../../engine/index.ts'
 
 // the engine's turns to the event loop without setTimeout's 1 ms clamp (engine/macrotask.ts)
 installMacrotask(setImmediate)

@@ -5,13 +5,11 @@
  */
 import { existsSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
-import type { LoadedPackage } from '../../engine/package/model-package.ts'
-import { loadPackage } from '../../engine/package/loader.ts'
-import { httpSource } from '../../engine/package/sources/http-source.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
 import { loadHfFolder } from './hf-folder.ts'
+import { httpSource, type LoadedPackage, loadPackage } from '../../engine/index.ts'
 
 export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 export const DEFAULT_STORE = 'model-shards'

@@ -3,15 +3,18 @@
  * the R2 bucket bound as MODEL_BUCKET, once per isolate, on the first request that needs it.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import { engineOptionsFromEnv } from '../../engine/env.ts'
-import type { QwenEngine } from '../../engine/engine.ts'
-import { useKernelModule } from '../../engine/wasm/kernel.ts'
-import { createEngineHost, type EngineLoader } from '../../engine/host.ts'
 import q8HeadKernel from '../../engine/wasm/kernels/q8-head.wasm'
-import { loadPackage } from '../../engine/package/loader.ts'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
+import {
+  createEngineHost,
+  type EngineLoader,
+  engineOptionsFromEnv,
+  loadPackage,
+  type QwenEngine,
+  useKernelModule,
+} from '../../engine/index.ts'
 
 installPrecompiledOrtWasm()
 // the split lm_head's kernel (head.ts), precompiled by wrangler like ORT's own wasm
@@ -66,6 +69,6 @@ export default {
   // (client-lifetime.ts: a disconnect must stop the generation, not strand it).
   fetch: tieToClient<Env>(
     (request, env, ctx) => app.fetch(request, env, ctx),
-    () => loaded?.scheduler.idle() ?? Promise.resolve(),
+    () => loaded?.idle() ?? Promise.resolve(),
   ),
 }

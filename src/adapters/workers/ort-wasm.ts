@@ -5,7 +5,7 @@
  * Remove when onnxruntime-web accepts a `WebAssembly.Module` (env.wasm has no such option in 1.30).
  */
 import wasmModule from 'onnxruntime-web/ort-wasm-simd-threaded.wasm'
-import { ort } from '../../engine/graph/ort.ts'
+import { ort } from '../../engine/index.ts'
 
 const MARKER = new TextEncoder().encode('\0asmqwen-edge:precompiled')
 

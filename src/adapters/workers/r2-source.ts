@@ -1,8 +1,8 @@
+import { type ModelSource, type SourceObject } from '../../engine/index.ts'
 /**
  * Model source over an R2 bucket binding (Workers, and miniflare's local R2 under `wrangler dev`
  * or vitest-pool-workers). Object keys are `<id>/<file>`, as `npm run model:upload` writes them.
  */
-import type { ModelSource, SourceObject } from '../../engine/package/sources/model-source.ts'
 
 /**
  * The part of the `R2Bucket` binding type this source uses, declared structurally so the

@@ -1,0 +1,17 @@
+/**
+ * The engine as the runtime adapters see it: build one from a model package, read its settings
+ * from the environment, and the model sources it can load from. The HTTP layer depends only on
+ * the contract (./types.ts), which this module re-exports.
+ * @module
+ */
+export * from './types.ts'
+export { QwenEngine, type EngineOptions } from './engine.ts'
+export { createEngineHost, type EngineLoader } from './host.ts'
+export { engineOptionsFromEnv } from './env.ts'
+export { installMacrotask } from './serve/macrotask.ts'
+export { loadPackage, type LoadPackageOptions, type LoadProgress } from './package/loader.ts'
+export type { LoadedPackage } from './package/model-package.ts'
+export { httpSource, type HttpSourceOptions } from './package/sources/http-source.ts'
+export { SourceError, type ModelSource, type SourceObject } from './package/sources/model-source.ts'
+export { useKernelModule } from './wasm/kernel.ts'
+export { ort } from './graph/ort.ts'
