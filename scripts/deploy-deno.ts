@@ -16,9 +16,9 @@
 import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { MANIFEST_FILE, isValidPackageId, packageKey, parseManifest } from '../src/core/manifest.ts'
+import { MANIFEST_FILE, isValidPackageId, packageKey, parseManifest } from '../src/format/index.ts'
 import { splitPackageUrl } from '../src/adapters/package-url.ts'
-import { httpSource } from '../src/engine/package/sources/http-source.ts'
+import { httpSource } from '../src/engine/index.ts'
 import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { formatBytes } from './lib/progress.ts'
 

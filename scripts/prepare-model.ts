@@ -58,14 +58,14 @@ import {
   MANIFEST_VERSION,
   externalDataName,
   isValidPackageId,
-  parseArchitectureConfig,
+  parseQwen2Config,
   parseManifest,
   shardName,
-  type ArchitectureConfig,
+  type Qwen2Config,
   type DecoderEntry,
   type Manifest,
   type ManifestFile,
-} from '../src/core/manifest.ts'
+} from '../src/format/index.ts'
 import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { checkDecoder, type DecoderCheck } from './lib/decoder-check.ts'
 import { findDecoder, mapDecoder, type DecoderNames } from './lib/decoder-map.ts'
@@ -239,9 +239,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
   if (missing.length)
     throw new Error(`${folder} is not a Hugging Face model folder: no ${missing.join(', ')}`)
 
-  const config = parseArchitectureConfig(
-    JSON.parse(await readFile(join(folder, 'config.json'), 'utf8')),
-  )
+  const config = parseQwen2Config(JSON.parse(await readFile(join(folder, 'config.json'), 'utf8')))
   const generationConfig = (await isFile(join(folder, 'generation_config.json')))
     ? (JSON.parse(await readFile(join(folder, 'generation_config.json'), 'utf8')) as Record<
         string,
@@ -445,7 +443,7 @@ export interface TransformOptions {
   input: string
   /** The input graph file: the reference when no fp32 graph has to be built. */
   inputPath: string
-  config: ArchitectureConfig
+  config: Qwen2Config
   format: PrepareFormat
   logitsRewrite: boolean
   verify: boolean
@@ -645,7 +643,7 @@ export async function pickOnnxFile(folder: string): Promise<string> {
  * The Optimum decoder-with-past signature the engine drives: input_ids, attention_mask and
  * past_key_values.{i}.key|value in, logits and present.{i}.key|value out, one pair per layer.
  */
-export function checkSignature(graph: GraphProto, config: ArchitectureConfig, file: string): void {
+export function checkSignature(graph: GraphProto, config: Qwen2Config, file: string): void {
   const inputs = new Set((graph.input ?? []).map((v) => v.name))
   const outputs = new Set((graph.output ?? []).map((v) => v.name))
   const missing: string[] = []

@@ -23,7 +23,7 @@ import {
   listFiles,
   packageKey,
   parseManifest,
-} from '../src/core/manifest.ts'
+} from '../src/format/index.ts'
 import { formatBytes, progressBar } from './lib/progress.ts'
 import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
 import { sha256File } from './prepare-model.ts'

@@ -26,12 +26,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InferenceSession, Tensor } from 'onnxruntime-node'
-import type { ArchitectureConfig } from '../../src/core/manifest.ts'
-import type {
-  DecoderLayerData,
-  DecoderMatrixData,
-  DecoderWeights,
-} from '../../src/engine/wasm/decoder-weights.ts'
+import type { Qwen2Config } from '../../src/format/index.ts'
+import type { DecoderLayerData, DecoderMatrixData, DecoderWeights } from '../../src/format/index.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
@@ -82,7 +78,7 @@ export interface DecoderCheck extends DecoderErrors {
 }
 
 type Config = Pick<
-  ArchitectureConfig,
+  Qwen2Config,
   | 'hidden_size'
   | 'num_hidden_layers'
   | 'num_attention_heads'

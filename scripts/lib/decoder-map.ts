@@ -38,18 +38,14 @@
  */
 import {
   decoderTensorBytes,
-  type ArchitectureConfig,
+  type Qwen2Config,
   type DecoderEntry,
   type DecoderLayerRef,
   type DecoderMatrixRef,
   type DecoderTensorRef,
   type DecoderTensorType,
-} from '../../src/core/manifest.ts'
-import type {
-  DecoderLayerData,
-  DecoderMatrixData,
-  DecoderWeights,
-} from '../../src/engine/wasm/decoder-weights.ts'
+} from '../../src/format/index.ts'
+import type { DecoderLayerData, DecoderMatrixData, DecoderWeights } from '../../src/format/index.ts'
 import { indexGraph, nodeReads } from './graph-rewrite.ts'
 import {
   DataType,
@@ -118,7 +114,7 @@ class Skip extends Error {}
 export function findDecoder(
   model: ModelProto,
   config: Pick<
-    ArchitectureConfig,
+    Qwen2Config,
     | 'hidden_size'
     | 'intermediate_size'
     | 'num_hidden_layers'

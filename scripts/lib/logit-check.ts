@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Tensor } from 'onnxruntime-node'
-import type { ArchitectureConfig } from '../../src/core/manifest.ts'
+import type { Qwen2Config } from '../../src/format/index.ts'
 import { halfToFloat } from './graph-rewrite.ts'
 import {
   DataType,
@@ -51,7 +51,7 @@ export type GraphRef = { path: string } | { model: ModelProto }
 export async function checkLogits(
   reference: GraphRef,
   converted: GraphRef,
-  config: ArchitectureConfig,
+  config: Qwen2Config,
 ): Promise<LogitCheck> {
   const tokens = CHECK_TOKENS.map((t) => t % config.vocab_size)
   const dir = await mkdtemp(join(tmpdir(), 'qwen-edge-logit-check-'))
@@ -89,7 +89,7 @@ export async function checkLogits(
 /** One prefill of `tokens` with an empty cache; the logits of the last position. */
 async function lastLogits(
   graph: GraphRef,
-  config: ArchitectureConfig,
+  config: Qwen2Config,
   tokens: number[],
   dir: string,
   file: string,

@@ -2,7 +2,7 @@
  * Model shapes for the synthetic generator: named presets, overrides, and the Hugging Face
  * `config.json` / `generation_config.json` written next to the graph.
  */
-import type { GenerationConfig, Qwen2Config } from '../../src/engine/package/model-package.ts'
+import type { GenerationConfig, Qwen2Config } from '../../src/format/index.ts'
 
 /** Everything that decides the graph and the weights' shapes. */
 export interface ModelDims {

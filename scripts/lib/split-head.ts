@@ -27,7 +27,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InferenceSession, Tensor } from 'onnxruntime-node'
-import { headLayout, headStride, type ArchitectureConfig } from '../../src/core/manifest.ts'
+import { headLayout, headStride, type Qwen2Config } from '../../src/format/index.ts'
 import { indexGraph, nodeReads, pruneInitializers, uniqueNamer } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
 import {
@@ -97,7 +97,7 @@ export type SplitHeadResult =
  */
 export function splitHead(
   model: ModelProto,
-  config: Pick<ArchitectureConfig, 'vocab_size' | 'hidden_size'>,
+  config: Pick<Qwen2Config, 'vocab_size' | 'hidden_size'>,
 ): SplitHeadResult {
   const graph = model.graph
   const skip = (reason: string) => ({ applied: false as const, reason, model })
@@ -470,7 +470,7 @@ export async function checkSplitHead(
   original: ModelProto,
   split: ModelProto,
   head: HeadRows,
-  config: ArchitectureConfig,
+  config: Qwen2Config,
 ): Promise<HeadCheck> {
   const ort = await import('onnxruntime-node')
   const tokens = CHECK_TOKENS.map((t) => t % config.vocab_size)

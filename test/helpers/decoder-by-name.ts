@@ -9,7 +9,7 @@ import {
   tensorToFloat32,
   type TensorProto,
 } from '../../scripts/lib/onnx.ts'
-import type { DecoderMatrixData, DecoderWeights } from '../../src/engine/wasm/decoder-weights.ts'
+import type { DecoderMatrixData, DecoderWeights } from '../../src/format/index.ts'
 import type { LoadedPackage } from '../../src/engine/package/model-package.ts'
 
 export function decoderWeightsByName(pkg: LoadedPackage): DecoderWeights {

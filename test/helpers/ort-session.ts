@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import * as ort from 'onnxruntime-web'
-import type { Qwen2Config } from '../../src/engine/package/model-package.ts'
+import type { Qwen2Config } from '../../src/format/index.ts'
 
 ort.env.wasm.numThreads = 1
 

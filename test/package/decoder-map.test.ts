@@ -15,14 +15,11 @@ import {
   DECODER_FILE,
   listFiles,
   parseManifest,
-  type ArchitectureConfig,
+  type Qwen2Config,
   type Manifest,
-} from '../../src/core/manifest.ts'
+} from '../../src/format/index.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
-import {
-  resolveDecoderWeights,
-  type DecoderMatrixData,
-} from '../../src/engine/wasm/decoder-weights.ts'
+import { resolveDecoderWeights, type DecoderMatrixData } from '../../src/format/index.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import { DECODER_TOLERANCE, checkDecoder } from '../../scripts/lib/decoder-check.ts'
 import {
@@ -56,7 +53,7 @@ import { ensureModel } from '../helpers/models.ts'
 
 interface Export {
   dir: string
-  config: ArchitectureConfig
+  config: Qwen2Config
   /** The export's graph, data inline. */
   model: ModelProto
 }
@@ -79,7 +76,7 @@ async function readExport(dir: string, file = 'onnx/model_quantized.onnx'): Prom
 interface Split {
   model: ModelProto
   head: HeadRows
-  config: ArchitectureConfig
+  config: Qwen2Config
 }
 
 function split(e: Pick<Export, 'model' | 'config'>): Split {

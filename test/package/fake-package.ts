@@ -12,7 +12,7 @@ import {
   shardRanges,
   type Manifest,
   type ManifestFile,
-} from '../../src/core/manifest.ts'
+} from '../../src/format/index.ts'
 import type { ModelSource, SourceObject } from '../../src/engine/package/sources/model-source.ts'
 
 export const TINY_CONFIG = {

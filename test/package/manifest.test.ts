@@ -11,7 +11,7 @@ import {
   shardName,
   shardRanges,
   type Manifest,
-} from '../../src/core/manifest.ts'
+} from '../../src/format/index.ts'
 import { makeFakePackage } from './fake-package.ts'
 
 /** A valid manifest (as JSON) to break one field at a time. */

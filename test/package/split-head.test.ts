@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as ort from 'onnxruntime-node'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { listFiles, parseManifest, type ArchitectureConfig } from '../../src/core/manifest.ts'
+import { listFiles, parseManifest, type Qwen2Config } from '../../src/format/index.ts'
 import {
   DataType,
   decodeModel,
@@ -42,7 +42,7 @@ const PROMPT = [0, 17, V - 1, 1234, 5, 2999, 42, 7]
 
 interface Loaded {
   dir: string
-  config: ArchitectureConfig
+  config: Qwen2Config
   model: ModelProto
 }
 
@@ -94,7 +94,7 @@ async function open(model: ModelProto): Promise<ort.InferenceSession> {
   })
 }
 
-function emptyPast(config: ArchitectureConfig): Past {
+function emptyPast(config: Qwen2Config): Past {
   const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads
   const past: Past = {}
   for (let i = 0; i < config.num_hidden_layers; i++)
@@ -233,7 +233,7 @@ function argmax(x: ArrayLike<number>): number {
  * graph's, same top-1, and equal to the graph's once A is quantized as the graph does; (b) every
  * present.* output equal to 1e-6.
  */
-async function compareOverSteps(original: ModelProto, config: ArchitectureConfig, decode = 3) {
+async function compareOverSteps(original: ModelProto, config: Qwen2Config, decode = 3) {
   const split = applied(splitHead(original, config))
   const a = await open(original)
   const b = await open(split.model)

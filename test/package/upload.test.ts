@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Miniflare } from 'miniflare'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { MAX_OBJECT_BYTES, type Manifest } from '../../src/core/manifest.ts'
+import { MAX_OBJECT_BYTES, type Manifest } from '../../src/format/index.ts'
 import { r2Source, type R2BucketLike } from '../../src/adapters/workers/r2-source.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import {

@@ -5,7 +5,7 @@
  * the HOST_FILES service binding.
  */
 import { env } from 'cloudflare:workers'
-import { MANIFEST_FILE, listFiles, parseManifest } from '../../src/core/manifest.ts'
+import { MANIFEST_FILE, listFiles, parseManifest } from '../../src/format/index.ts'
 
 export interface SeedOptions {
   /** Store the package under another id (its manifest says so too). */

@@ -3,7 +3,7 @@
  * folder (with manifest.json), or an http(s) base URL of a package. Same rules as the Node
  * entry, minus Hugging Face export folders: package those with `npm run model:prepare` first.
  */
-import { isValidPackageId } from '../../core/manifest.ts'
+import { isValidPackageId } from '../../format/index.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'

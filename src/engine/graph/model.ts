@@ -22,7 +22,8 @@ import { AppError } from '../../core/errors.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import { Q8Decoder, type DecoderShape } from '../wasm/decoder.ts'
 import { Q8Head } from '../wasm/head.ts'
-import type { LoadedPackage, Qwen2Config } from '../package/model-package.ts'
+import type { LoadedPackage } from '../package/model-package.ts'
+import type { Qwen2Config } from '../../format/index.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
 
 export interface StepResult {

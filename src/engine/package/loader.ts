@@ -20,9 +20,10 @@ import {
   type Manifest,
   type ManifestFile,
   type Stage,
-} from '../../core/manifest.ts'
-import { resolveDecoderWeights } from '../wasm/decoder-weights.ts'
-import type { GenerationConfig, LoadedPackage, Qwen2Config } from './model-package.ts'
+} from '../../format/index.ts'
+import { resolveDecoderWeights } from '../../format/index.ts'
+import type { LoadedPackage } from './model-package.ts'
+import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 
 export interface LoadProgress {

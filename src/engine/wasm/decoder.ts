@@ -25,7 +25,7 @@
  *   32, int8 zero point and f32 scale per row), then scratch, then the KV arena (grows).
  */
 import { AppError } from '../../core/errors.ts'
-import type { DecoderMatrixData, DecoderWeights } from './decoder-weights.ts'
+import type { DecoderMatrixData, DecoderWeights } from '../../format/index.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import type { KvCache } from '../kv/kv-cache.ts'

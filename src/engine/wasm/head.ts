@@ -22,7 +22,7 @@
  *   scale f32 [capacity], out f32 [capacity, V]
  */
 import { AppError } from '../../core/errors.ts'
-import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../../core/manifest.ts'
+import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../../format/index.ts'
 import { instantiateKernels, type KernelExports } from './kernel.ts'
 
 export interface HeadWeights {

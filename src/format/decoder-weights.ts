@@ -4,13 +4,13 @@
  * the q8 graph's DynamicQuantizeMatMul operands as they are: B [k, n] row-major (y = x · B),
  * one scale and zero point per column (or one for the whole matrix), an optional bias.
  */
-import { AppError } from '../../core/errors.ts'
+import { AppError } from '../core/errors.ts'
 import {
   decoderTensorBytes,
   type DecoderEntry,
   type DecoderMatrixRef,
   type DecoderTensorRef,
-} from '../../core/manifest.ts'
+} from './manifest.ts'
 
 export interface DecoderMatrixData {
   /** Input size (rows of B). */
