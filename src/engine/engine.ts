@@ -30,7 +30,14 @@ import type {
   TokenLogprob,
   TokenText,
 } from './types.ts'
-import { MAX_TOP_LOGPROBS } from './types.ts'
+import {
+  badRequest,
+  checkNumber,
+  MAX_TOP_LOGPROBS,
+  validateMessages,
+  validateSampling,
+  validateStops,
+} from './limits.ts'
 
 export interface EngineOptions {
   /** Tokens of prompt + reply one sequence may hold. Default: min(model's context, 4096). */
@@ -63,10 +70,6 @@ export interface EngineOptions {
 const TEXT = new TextDecoder('utf-8')
 /** Shorter shared prefixes are computed again: a copy of the cache would save little. */
 const MIN_KV_REUSE = 16
-const ROLES = new Set(['system', 'user', 'assistant'])
-const MAX_MESSAGES = 256
-const MAX_STOPS = 8
-const MAX_STOP_LENGTH = 64
 
 export class QwenEngine implements Engine {
   readonly info: ModelInfo
@@ -183,17 +186,9 @@ export class QwenEngine implements Engine {
     const prompt = this.promptIds(messages)
     const sampling = this.sampling(options)
     const stops = validateStops(options.stop)
-    if (
-      options.logprobs !== undefined &&
-      (!Number.isInteger(options.logprobs) ||
-        options.logprobs < 0 ||
-        options.logprobs > MAX_TOP_LOGPROBS)
-    ) {
-      throw new AppError(
-        'bad_request',
-        `top_logprobs must be an integer in [0, ${MAX_TOP_LOGPROBS}]`,
-      )
-    }
+    const top = { param: 'top_logprobs', min: 0, max: MAX_TOP_LOGPROBS, integer: true }
+    const badTop = options.logprobs === undefined ? undefined : checkNumber(options.logprobs, top)
+    if (badTop) throw badRequest('top_logprobs', badTop)
     const room = this.contextLength - prompt.length
     let maxNewTokens: number
     if (options.maxNewTokens !== undefined) {
@@ -393,18 +388,7 @@ export class QwenEngine implements Engine {
       topK: o.topK ?? this.defaults.topK,
       repetitionPenalty: o.repetitionPenalty ?? this.defaults.repetitionPenalty,
     }
-    const bad = (field: string, rule: string) =>
-      new AppError('bad_request', `${field} must be ${rule}`)
-    if (!Number.isFinite(p.temperature) || p.temperature < 0 || p.temperature > 2)
-      throw bad('temperature', 'between 0 and 2')
-    if (!Number.isFinite(p.topP) || p.topP <= 0 || p.topP > 1) throw bad('top_p', 'in (0, 1]')
-    if (!Number.isInteger(p.topK) || p.topK < 0) throw bad('top_k', 'a non-negative integer')
-    if (
-      !Number.isFinite(p.repetitionPenalty) ||
-      p.repetitionPenalty <= 0 ||
-      p.repetitionPenalty > 10
-    )
-      throw bad('repetition_penalty', 'in (0, 10]')
+    validateSampling(p)
     return p
   }
 }
@@ -434,49 +418,6 @@ function releaseIfUnread(
       },
     }),
   }
-}
-
-function validateMessages(messages: unknown): asserts messages is ChatMessage[] {
-  if (!Array.isArray(messages) || messages.length === 0) {
-    throw new AppError('bad_request', 'messages must be a non-empty array')
-  }
-  if (messages.length > MAX_MESSAGES) {
-    throw new AppError('bad_request', `messages may hold at most ${MAX_MESSAGES} entries`)
-  }
-  messages.forEach((m, i) => {
-    if (typeof m !== 'object' || m === null) {
-      throw new AppError('bad_request', `messages[${i}] must be an object`)
-    }
-    const { role, content } = m as { role?: unknown; content?: unknown }
-    if (typeof role !== 'string' || !ROLES.has(role)) {
-      throw new AppError(
-        'bad_request',
-        `messages[${i}].role must be one of system, user, assistant`,
-      )
-    }
-    if (typeof content !== 'string') {
-      throw new AppError('bad_request', `messages[${i}].content must be a string`)
-    }
-  })
-  if (!messages.some((m) => (m as ChatMessage).content.trim().length > 0)) {
-    throw new AppError('bad_request', 'messages must contain some text')
-  }
-}
-
-function validateStops(stop: unknown): string[] {
-  if (stop === undefined) return []
-  if (!Array.isArray(stop) || stop.length > MAX_STOPS) {
-    throw new AppError('bad_request', `stop must be an array of at most ${MAX_STOPS} strings`)
-  }
-  for (const s of stop) {
-    if (typeof s !== 'string' || s.length === 0 || s.length > MAX_STOP_LENGTH) {
-      throw new AppError(
-        'bad_request',
-        `each stop string must have 1 to ${MAX_STOP_LENGTH} characters`,
-      )
-    }
-  }
-  return stop as string[]
 }
 
 /** Every id that ends a reply: config, generation_config, tokenizer's eos, and ChatML's <|im_end|>. */

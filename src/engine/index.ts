@@ -5,6 +5,7 @@
  * @module
  */
 export * from './types.ts'
+export * from './limits.ts'
 export { QwenEngine, type EngineOptions } from './engine.ts'
 export { createEngineHost, type EngineLoader } from './host.ts'
 export { engineOptionsFromEnv } from './env.ts'

@@ -9,9 +9,6 @@ export interface ChatMessage {
   content: string
 }
 
-/** The most alternatives `logprobs` may ask for (OpenAI's bound for `top_logprobs`). */
-export const MAX_TOP_LOGPROBS = 20
-
 /** Sampling and stopping. Unset fields fall back to the model's generation_config. */
 export interface GenerationOptions {
   maxNewTokens?: number

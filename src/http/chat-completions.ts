@@ -6,7 +6,7 @@
  * Errors before the stream are OpenAI's `{error: {message, type, param, code}}` (see onError).
  */
 import { Hono, type Env } from 'hono'
-import { abandonRun, collectRun, linkClientSignal, pumpRun, requireEnd } from './chat-run.ts'
+import { abandonRun, collectRun, pumpRun, requireEnd, startChatRun } from './chat-run.ts'
 import { openAIErrorBody } from './error-response.ts'
 import { openEventStream } from './event-stream.ts'
 import { chunkBody, completionBody, newCompletionIds, usageChunkBody } from './openai-shapes.ts'
@@ -18,16 +18,8 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
   return new Hono<E>().post('/', async (c) => {
     const config = deps.config(c)
     const input = parseOpenAIChatBody(await readJsonBody(c.req.raw, config.maxBodyBytes), config)
-    const engine = await deps.engine(c)
+    const { engine, run, cancel } = await startChatRun(deps, c, input.messages, input.options)
     const ids = newCompletionIds(config.modelId ?? engine.info.id)
-    const cancel = linkClientSignal(c.req.raw)
-    let run
-    try {
-      run = await engine.chat(input.messages, { ...input.options, signal: cancel.signal })
-    } catch (err) {
-      cancel.dispose()
-      throw err
-    }
 
     if (!input.stream) {
       try {
@@ -39,7 +31,6 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
       }
     }
 
-    const started = run
     const frame = (body: unknown) => ({ data: JSON.stringify(body) })
     // with logprobs, a content chunk carries a list (maybe empty: its tokens came earlier)
     const none = input.options.logprobs === undefined ? undefined : []
@@ -49,10 +40,10 @@ export function chatCompletionsRoute<E extends Env>(deps: RouteDeps<E>): Hono<E>
       async (send) => {
         const usage = input.includeUsage
         if (!(await send(frame(chunkBody(ids, { role: 'assistant', content: '' }, null, usage))))) {
-          return abandonRun(started) // the client left before the first token
+          return abandonRun(run) // the client left before the first token
         }
         const end = requireEnd(
-          await pumpRun(started, (text, logprobs) =>
+          await pumpRun(run, (text, logprobs) =>
             send(frame(chunkBody(ids, { content: text }, null, usage, logprobs ?? none))),
           ),
           cancel.signal,

@@ -4,7 +4,17 @@
  * generation's place in the scheduler), whether the reply finished, failed, or the client left.
  */
 import { AppError } from '../core/errors.ts'
-import type { ChatEvent, ChatRun, TokenLogprob, Usage } from '../engine/types.ts'
+import type { Context, Env } from 'hono'
+import type {
+  ChatEvent,
+  ChatMessage,
+  ChatRun,
+  Engine,
+  GenerationOptions,
+  TokenLogprob,
+  Usage,
+} from '../engine/types.ts'
+import type { RouteDeps } from './route-deps.ts'
 
 export type EndEvent = Extract<ChatEvent, { type: 'end' }>
 
@@ -29,6 +39,28 @@ export function linkClientSignal(request: Request): Cancellation {
     signal: controller.signal,
     abort: (reason) => controller.abort(reason ?? new Error('client disconnected')),
     dispose: () => client?.removeEventListener('abort', onAbort),
+  }
+}
+
+/**
+ * The start every chat route shares: load the engine (before anything is streamed, so a failed
+ * load is a JSON 503), tie a cancellation to the client's connection, and admit the generation
+ * (validation, context length, queue: JSON errors too). On failure the link is dropped.
+ */
+export async function startChatRun<E extends Env>(
+  deps: RouteDeps<E>,
+  c: Context<E>,
+  messages: ChatMessage[],
+  options: Omit<GenerationOptions, 'signal'>,
+): Promise<{ engine: Engine; run: ChatRun; cancel: Cancellation }> {
+  const engine = await deps.engine(c)
+  const cancel = linkClientSignal(c.req.raw)
+  try {
+    const run = await engine.chat(messages, { ...options, signal: cancel.signal })
+    return { engine, run, cancel }
+  } catch (err) {
+    cancel.dispose()
+    throw err
   }
 }
 

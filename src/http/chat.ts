@@ -6,7 +6,7 @@
  * With `stream: false`: `{model, message: {role, content}, finish_reason, usage}`.
  */
 import { Hono, type Env } from 'hono'
-import { collectRun, linkClientSignal, pumpRun, requireEnd, usageBody } from './chat-run.ts'
+import { collectRun, pumpRun, requireEnd, startChatRun, usageBody } from './chat-run.ts'
 import { errorBody } from './error-response.ts'
 import { openEventStream } from './event-stream.ts'
 import { parseChatBody } from './parse-chat-body.ts'
@@ -17,16 +17,8 @@ export function chatRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
   return new Hono<E>().post('/', async (c) => {
     const config = deps.config(c)
     const input = parseChatBody(await readJsonBody(c.req.raw, config.maxBodyBytes), config)
-    const engine = await deps.engine(c) // load before streaming: a failed load is a JSON 503
+    const { engine, run, cancel } = await startChatRun(deps, c, input.messages, input.options)
     const model = config.modelId ?? engine.info.id
-    const cancel = linkClientSignal(c.req.raw)
-    let run
-    try {
-      run = await engine.chat(input.messages, { ...input.options, signal: cancel.signal })
-    } catch (err) {
-      cancel.dispose()
-      throw err // context_length_exceeded, queue_full, ...: a JSON error, nothing streamed yet
-    }
 
     if (!input.stream) {
       try {
@@ -42,15 +34,12 @@ export function chatRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       }
     }
 
-    const started = run
     return openEventStream(
       c,
       cancel,
       async (send) => {
         const end = requireEnd(
-          await pumpRun(started, (text) =>
-            send({ event: 'delta', data: JSON.stringify({ text }) }),
-          ),
+          await pumpRun(run, (text) => send({ event: 'delta', data: JSON.stringify({ text }) })),
           cancel.signal,
         )
         if (!end) return // the client left; the iterator is closed and the signal aborted

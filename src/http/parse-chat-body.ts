@@ -5,7 +5,14 @@
  * only for what needs the tokenizer (context length) or the scheduler (queue full).
  */
 import type { ChatMessage, GenerationOptions, Role } from '../engine/types.ts'
-import { MAX_TOP_LOGPROBS } from '../engine/types.ts'
+import {
+  MAX_MESSAGES,
+  MAX_STOP_LENGTH,
+  MAX_STOPS,
+  MAX_TOP_LOGPROBS,
+  ROLES,
+  SAMPLING_RULES,
+} from '../engine/limits.ts'
 import type { AppConfig } from './config.ts'
 import {
   badRequest,
@@ -15,11 +22,6 @@ import {
   readNumber,
   type JsonObject,
 } from './parse-fields.ts'
-
-export const MAX_MESSAGES = 256
-export const MAX_STOPS = 8
-export const MAX_STOP_LENGTH = 64
-export const MAX_TOP_K = 1_000_000
 
 /** Sampling and stopping, without the signal (the route adds it). */
 export type SamplingOptions = Omit<GenerationOptions, 'signal'>
@@ -36,8 +38,6 @@ export interface OpenAIChatRequest extends ChatRequest {
 }
 
 type Limits = Pick<AppConfig, 'maxTokensDefault' | 'maxTokensCeiling'>
-
-const ROLES: readonly Role[] = ['system', 'user', 'assistant']
 
 /** `POST /v1/chat`: `{messages, max_tokens?, temperature?, ..., stop?, stream? = true}`. */
 export function parseChatBody(body: unknown, limits: Limits): ChatRequest {
@@ -155,13 +155,9 @@ export function parseSamplingFields(
   const set = <K extends keyof SamplingOptions>(key: K, v: SamplingOptions[K] | undefined) => {
     if (v !== undefined) options[key] = v
   }
-  set('temperature', readNumber(obj, 'temperature', { min: 0, max: 2 }))
-  set('topP', readNumber(obj, 'top_p', { min: 0, max: 1, minExclusive: true }))
-  set('topK', readNumber(obj, 'top_k', { min: 0, max: MAX_TOP_K, integer: true }))
-  set(
-    'repetitionPenalty',
-    readNumber(obj, 'repetition_penalty', { min: 0, max: 10, minExclusive: true }),
-  )
+  for (const [key, rule] of Object.entries(SAMPLING_RULES)) {
+    set(key as keyof typeof SAMPLING_RULES, readNumber(obj, rule.param, rule))
+  }
   set(
     'seed',
     readNumber(obj, 'seed', {

@@ -4,12 +4,10 @@
  * AppError('bad_request') with `details.param` set, so the OpenAI route can fill `param`.
  */
 import { AppError } from '../core/errors.ts'
+import { badRequest, checkNumber, type NumberRule } from '../engine/limits.ts'
 
+export { badRequest }
 export type JsonObject = Record<string, unknown>
-
-export function badRequest(param: string, message: string): AppError {
-  return new AppError('bad_request', message, { details: { param } })
-}
 
 export function expectObject(value: unknown, what = 'Request body'): JsonObject {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
@@ -36,24 +34,15 @@ export function readBoolean(obj: JsonObject, param: string): boolean | undefined
   return v
 }
 
-export interface NumberRule {
-  min: number
-  max: number
-  /** `min` itself is not allowed. */
-  minExclusive?: boolean
-  integer?: boolean
-}
-
-export function readNumber(obj: JsonObject, param: string, rule: NumberRule): number | undefined {
+/** `obj[param]` checked against `rule` (its range; the field is read under `param`). */
+export function readNumber(
+  obj: JsonObject,
+  param: string,
+  rule: Omit<NumberRule, 'param'>,
+): number | undefined {
   const v = obj[param]
   if (isAbsent(v)) return undefined
-  const range = `${rule.minExclusive ? '(' : '['}${rule.min}, ${rule.max}]`
-  const kind = rule.integer ? 'an integer' : 'a number'
-  if (typeof v !== 'number' || !Number.isFinite(v) || (rule.integer && !Number.isSafeInteger(v))) {
-    throw badRequest(param, `${param} must be ${kind} in ${range}`)
-  }
-  if (v > rule.max || (rule.minExclusive ? v <= rule.min : v < rule.min)) {
-    throw badRequest(param, `${param} must be ${kind} in ${range}, got ${v}`)
-  }
-  return v
+  const problem = checkNumber(v, { ...rule, param })
+  if (problem) throw badRequest(param, problem)
+  return v as number
 }
