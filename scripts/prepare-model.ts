@@ -1,5 +1,5 @@
 /**
- * Turns a Hugging Face layout export into a model package (DESIGN.md §3):
+ * Turns a Hugging Face layout export into a model package (src/format, README "Model packages"):
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]

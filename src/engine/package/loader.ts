@@ -1,5 +1,5 @@
 /**
- * Loads a model package (DESIGN.md §3) from any `ModelSource`: reads the manifest once, fetches
+ * Loads a model package (src/format: the manifest and its files) from any `ModelSource`: reads the manifest once, fetches
  * the tokenizer files, the stage's graph and its weight shards with bounded parallelism,
  * verifies every file's sha256 with WebCrypto and assembles each external-data file in ONE
  * preallocated buffer, ready for onnxruntime-web's `externalData` session option.

@@ -2,9 +2,9 @@
  * Continuous batching of decode steps. Each concurrent generation asks for its next step
  * (one token after its cache); the requests waiting when the step lock comes free run as ONE
  * batched forward pass. A single WASM decode step is bound by reading the weights, and a batch
- * reads them once: at 0.5B shapes a batch of 4 costs about 3 single steps in the engine's
- * decoder (1.4 in onnxruntime, whose single step is slower), and every stream gets a token
- * every step.
+ * reads them once, so a batch costs less than its steps one by one (how much less depends on
+ * whether the kernel is compute bound at that batch size: BENCHMARKS.md), and every stream gets
+ * a token every step.
  *
  * The batch is gathered when the run starts, not when it is queued: sequences that just got
  * their token from the previous batch are still sampling and detokenizing, so when fewer

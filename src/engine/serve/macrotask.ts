@@ -3,8 +3,8 @@
  * scheduler takes one between forward runs (at most every YIELD_EVERY_MS), the batcher one while
  * it gathers streams.
  *
- * The default, `setTimeout(0)`, works everywhere but waits for the timer clamp: about 1.2 ms of
- * every decode step on Node 20 (measured). The Node adapter installs `setImmediate`, which runs
+ * The default, `setTimeout(0)`, works everywhere but waits for the timer clamp, a noticeable
+ * share of every decode step on Node. The Node adapter installs `setImmediate`, which runs
  * right after Node's I/O phase. Deno's `setImmediate` does not let incoming requests in (tested:
  * test/runtimes), so Deno and workerd keep the default.
  */

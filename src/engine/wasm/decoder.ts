@@ -2,9 +2,9 @@
  * The engine's own decode step: one new token for each of one or more sequences, through all
  * decoder layers, without onnxruntime. Prefill (prompts, several tokens at a time) stays in the
  * ONNX graph; a decode step is a matrix-vector product per weight matrix, bound by reading the
- * weights, and onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run and
- * reads them at 5-7 GB/s. The q8 kernel (kernels/q8-head.wat, the same one as the lm_head's)
- * reads rows packed once at load at about 20 GB/s.
+ * weights, and onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run. The
+ * engine's kernels (kernel.ts) read rows packed once at load, which streams them several times
+ * faster (BENCHMARKS.md has the numbers).
  *
  * What it computes is the graph's arithmetic (Qwen2: RMSNorm, q/k/v with bias, rotate-half RoPE,
  * grouped-query causal attention, o, SiLU-gated MLP, residuals, final RMSNorm), with one

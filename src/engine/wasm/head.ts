@@ -4,10 +4,10 @@
  * `hidden_states`, and its q8 head rows run in this project's WASM SIMD kernel
  * (kernels/q8-head.wat).
  *
- * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run and streams them
- * at 6-7 GB/s; the 151936 x 896 head of Qwen2.5-0.5B took 20 ms of a 79 ms decode step. The
- * kernel reads rows packed once at load at 18-23 GB/s (6-7 ms), and a sentiment request scores
- * only the rows of its labels.
+ * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run, and the 151936
+ * x 896 head of Qwen2.5-0.5B is a quarter of a decode step's weights. The kernel reads rows
+ * packed once at load (BENCHMARKS.md: several times faster), and a sentiment request scores only
+ * the rows of its labels.
  *
  * Numerics: each hidden row is quantized to int16 with its own scale (ORT quantizes activations
  * to uint8, one scale per run), so a row's logits do not depend on the other rows of a batch,
