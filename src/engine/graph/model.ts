@@ -231,8 +231,7 @@ export class QwenModel {
 
   /**
    * One new token for each of several sequences in ONE run: the weights are read once for the
-   * whole batch, which is what a decode step on WASM is bound by (a batch of 4 costs about 1.4
-   * single steps). Caches of different lengths are left-padded to the longest (masked out by
+   * whole batch, which is what a decode step on WASM is bound by. Caches of different lengths are left-padded to the longest (masked out by
    * attention_mask; position_ids keep each row's true positions), and each row's present is cut
    * back to its own length, but only when read: while the batch stays the same (the same
    * sequences, in the same order), each run is fed the last run's present as it is. A batch that
