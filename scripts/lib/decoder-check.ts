@@ -20,7 +20,7 @@
  * - the plain float one (activations not quantized), reported as `float`: how far the graph's
  *   activation quantization is from the float model the weights describe.
  * A wrong mapping (k and v swapped, gate and up swapped, one norm weight for another, a
- * missing bias) is an error of 0.1 to 2 (test/package/decoder-map.test.ts).
+ * missing bias) is an error of 0.1 to 2 (test/toolchain/decoder-map.test.ts).
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'

@@ -17,7 +17,7 @@ import {
   shellLine,
   type DenoDeployOptions,
 } from '../../scripts/deploy-deno.ts'
-import { startFileServer, type FileServer } from '../package/file-server.ts'
+import { startFileServer, type FileServer } from '../helpers/file-server.ts'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const ID = 'qwen2-tiny-random-q8'

@@ -10,9 +10,9 @@ import { writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { httpSource } from '../../src/engine/package/sources/http-source.ts'
-import { SourceError } from '../../src/engine/package/sources/model-source.ts'
-import { startFileServer, type Fault, type FileServer } from './file-server.ts'
+import { httpSource } from '../../../src/engine/package/sources/http-source.ts'
+import { SourceError } from '../../../src/engine/package/sources/model-source.ts'
+import { startFileServer, type Fault, type FileServer } from '../../helpers/file-server.ts'
 
 const SIZE = 1_000_003
 let dir: string

@@ -12,8 +12,8 @@ import {
   shardRanges,
   type Manifest,
   type ManifestFile,
-} from '../../src/format/index.ts'
-import type { ModelSource, SourceObject } from '../../src/engine/package/sources/model-source.ts'
+} from '../../../src/format/index.ts'
+import type { ModelSource, SourceObject } from '../../../src/engine/package/sources/model-source.ts'
 
 export const TINY_CONFIG = {
   model_type: 'qwen2',

@@ -28,7 +28,7 @@ import {
   type SplitHeadResult,
 } from '../../scripts/lib/split-head.ts'
 import { REPORT_FILE, preparePackage } from '../../scripts/prepare-model.ts'
-import { sha256 } from './fake-package.ts'
+import { sha256 } from '../engine/package/fake-package.ts'
 import { ensureModel } from '../helpers/models.ts'
 
 // tiny with a small vocabulary (fast) and a hidden size that is not a multiple of 32, so rows

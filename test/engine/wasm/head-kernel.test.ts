@@ -5,11 +5,11 @@
  */
 import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { KERNELS_DIR, assemble } from '../../scripts/build-kernels.ts'
-import { isAppError } from '../../src/core/errors.ts'
-import { headLayout } from '../../src/format/index.ts'
-import { Q8Head, type HeadWeights } from '../../src/engine/wasm/head.ts'
-import { WASM_BASE64 } from '../../src/engine/wasm/kernels/q8-head-wasm.ts'
+import { KERNELS_DIR, assemble } from '../../../scripts/build-kernels.ts'
+import { isAppError } from '../../../src/core/errors.ts'
+import { headLayout } from '../../../src/format/index.ts'
+import { Q8Head, type HeadWeights } from '../../../src/engine/wasm/head.ts'
+import { WASM_BASE64 } from '../../../src/engine/wasm/kernels/q8-head-wasm.ts'
 
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {

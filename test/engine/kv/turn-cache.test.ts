@@ -3,13 +3,13 @@
  * values encode (tensor, head, position, dim), and sliceKvCache on the real tiny model.
  */
 import { describe, expect, it } from 'vitest'
-import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { QwenModel } from '../../src/engine/graph/model.ts'
-import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
-import { ort } from '../../src/engine/graph/ort.ts'
-import { sliceKvCache } from '../../src/engine/kv/kv-cache.ts'
-import { TurnCache } from '../../src/engine/kv/turn-cache.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { loadHfFolder } from '../../../src/adapters/node/hf-folder.ts'
+import { QwenModel } from '../../../src/engine/graph/model.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { ort } from '../../../src/engine/graph/ort.ts'
+import { sliceKvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { TurnCache } from '../../../src/engine/kv/turn-cache.ts'
+import { ensureModel } from '../../helpers/models.ts'
 
 const NAMES = [
   'past_key_values.0.key',

@@ -13,7 +13,7 @@ import {
   uploadPackage,
   type UploadObject,
 } from '../../scripts/upload-model.ts'
-import { makeFakePackage, sha256 } from './fake-package.ts'
+import { makeFakePackage, sha256 } from '../engine/package/fake-package.ts'
 
 const obj = (key: string, bytes: number, sha = 'a'.repeat(64)): UploadObject => ({
   key,

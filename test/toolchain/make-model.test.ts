@@ -8,21 +8,21 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { Template } from '@huggingface/jinja'
 import { afterAll, describe, expect, it } from 'vitest'
-import { DataType, decodeModel, initializers, type ModelProto } from '../scripts/lib/onnx.ts'
+import { DataType, decodeModel, initializers, type ModelProto } from '../../scripts/lib/onnx.ts'
 import {
   hfConfig,
   hfGenerationConfig,
   resolveDims,
   type PresetName,
-} from '../scripts/lib/model-presets.ts'
-import { buildQwen2Graph } from '../scripts/lib/qwen2-graph.ts'
+} from '../../scripts/lib/model-presets.ts'
+import { buildQwen2Graph } from '../../scripts/lib/qwen2-graph.ts'
 import {
   EXTERNAL_DATA_THRESHOLD,
   makeModel,
   type MakeModelOptions,
-} from '../scripts/lib/synth-model.ts'
-import { tensorByteLength } from '../scripts/lib/onnx.ts'
-import { REPO_ROOT, ensureModel } from './helpers/models.ts'
+} from '../../scripts/lib/synth-model.ts'
+import { tensorByteLength } from '../../scripts/lib/onnx.ts'
+import { REPO_ROOT, ensureModel } from '../helpers/models.ts'
 
 const tmp = mkdtempSync(join(tmpdir(), 'qwen-edge-make-model-'))
 afterAll(() => rmSync(tmp, { recursive: true, force: true }))

@@ -4,7 +4,7 @@
  * /health does not answer and a client disconnect is not seen until the reply ends.
  */
 import { describe, expect, it } from 'vitest'
-import { Scheduler, YIELD_EVERY_MS } from '../../src/engine/serve/scheduler.ts'
+import { Scheduler, YIELD_EVERY_MS } from '../../../src/engine/serve/scheduler.ts'
 
 /** A step that keeps the thread busy and settles without any macrotask, like an ORT run. */
 const busyStep = (ms: number) => async () => {

@@ -3,12 +3,12 @@
  * steps, last-position logits) against the TypeScript reference, on both graph variants.
  */
 import { describe, expect, it } from 'vitest'
-import { resolveDims, type PresetName } from '../../scripts/lib/model-presets.ts'
-import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
-import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { QwenModel } from '../../src/engine/graph/model.ts'
-import { ensureModel } from '../helpers/models.ts'
-import { Qwen2Reference } from '../reference/qwen2-reference.ts'
+import { resolveDims, type PresetName } from '../../../scripts/lib/model-presets.ts'
+import { synthesizeWeights } from '../../../scripts/lib/synth-weights.ts'
+import { loadHfFolder } from '../../../src/adapters/node/hf-folder.ts'
+import { QwenModel } from '../../../src/engine/graph/model.ts'
+import { ensureModel } from '../../helpers/models.ts'
+import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
 
 const PROMPT = [151644, 872, 198, 108386, 3837, 99489, 6313] // <|im_start|>user\n你好，世界！
 const STEPS = [151645, 198, 151644]

@@ -20,7 +20,7 @@ import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { QwenModel } from '../../src/engine/graph/model.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import { ensureModel } from '../helpers/models.ts'
-import { startFileServer } from './file-server.ts'
+import { startFileServer } from '../helpers/file-server.ts'
 
 const REPO = 'test-org/Tiny-Qwen-Optimum'
 const PREFIX = `/${REPO}/resolve/main/`

@@ -21,9 +21,9 @@ import {
   tensorToFloat32,
   valueInfo,
   type ModelProto,
-} from '../scripts/lib/onnx.ts'
-import { ensureModel } from './helpers/models.ts'
-import { emptyPast, maxAbsDiff, runStep, type LoadedModel } from './helpers/ort-session.ts'
+} from '../../scripts/lib/onnx.ts'
+import { ensureModel } from '../helpers/models.ts'
+import { emptyPast, maxAbsDiff, runStep, type LoadedModel } from '../helpers/ort-session.ts'
 import * as ort from 'onnxruntime-web'
 
 const INT64_MAX = 9223372036854775807n

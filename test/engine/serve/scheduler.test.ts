@@ -1,5 +1,5 @@
 import { describe, expect, it, onTestFinished } from 'vitest'
-import { Scheduler } from '../../src/engine/serve/scheduler.ts'
+import { Scheduler } from '../../../src/engine/serve/scheduler.ts'
 
 const tick = () => new Promise((r) => setTimeout(r, 1))
 

@@ -16,9 +16,9 @@
  *   argmax must be in the reference's top 5 every step and equal its top 1 in most steps.
  */
 import { beforeAll, describe, expect, it } from 'vitest'
-import { resolveDims, type PresetName } from '../scripts/lib/model-presets.ts'
-import { synthesizeQ8Codes, synthesizeWeights } from '../scripts/lib/synth-weights.ts'
-import { ensureModel } from './helpers/models.ts'
+import { resolveDims, type PresetName } from '../../scripts/lib/model-presets.ts'
+import { synthesizeQ8Codes, synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
+import { ensureModel } from '../helpers/models.ts'
 import {
   argmax,
   emptyPast,
@@ -27,8 +27,8 @@ import {
   maxAbsDiff,
   runStep,
   type LoadedModel,
-} from './helpers/ort-session.ts'
-import { Qwen2Reference } from './reference/qwen2-reference.ts'
+} from '../helpers/ort-session.ts'
+import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498]
 const CONTINUATION = [30, 151645, 198, 151644, 77091, 198]

@@ -12,7 +12,7 @@ import {
   shardRanges,
   type Manifest,
 } from '../../src/format/index.ts'
-import { makeFakePackage } from './fake-package.ts'
+import { makeFakePackage } from '../engine/package/fake-package.ts'
 
 /** A valid manifest (as JSON) to break one field at a time. */
 function valid(): Record<string, any> {

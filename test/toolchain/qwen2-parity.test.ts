@@ -4,9 +4,9 @@
  * num_logits_to_keep slice, external data, and a left-padded batch.
  */
 import { beforeAll, describe, expect, it } from 'vitest'
-import { resolveDims, type PresetName } from '../scripts/lib/model-presets.ts'
-import { synthesizeWeights } from '../scripts/lib/synth-weights.ts'
-import { ensureModel } from './helpers/models.ts'
+import { resolveDims, type PresetName } from '../../scripts/lib/model-presets.ts'
+import { synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
+import { ensureModel } from '../helpers/models.ts'
 import {
   emptyPast,
   loadModel,
@@ -14,8 +14,8 @@ import {
   maxAbsDiff,
   runStep,
   type LoadedModel,
-} from './helpers/ort-session.ts'
-import { Qwen2Reference } from './reference/qwen2-reference.ts'
+} from '../helpers/ort-session.ts'
+import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 
 /** `<|im_start|>user\nHello, how are you` with the Qwen tokenizer. */
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498]

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest'
-import { isAppError } from '../../src/core/errors.ts'
-import { memoizeLoad } from '../../src/core/memoize-load.ts'
-import { loadPackage, type LoadProgress } from '../../src/engine/package/loader.ts'
-import { SourceError } from '../../src/engine/package/sources/model-source.ts'
+import { isAppError } from '../../../src/core/errors.ts'
+import { memoizeLoad } from '../../../src/core/memoize-load.ts'
+import { loadPackage, type LoadProgress } from '../../../src/engine/package/loader.ts'
+import { SourceError } from '../../../src/engine/package/sources/model-source.ts'
 import { makeFakePackage, memorySource } from './fake-package.ts'
 
 const fast = { retryDelayMs: 1 }

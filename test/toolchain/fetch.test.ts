@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { defaultPackageId, downloadFile, fetchModel } from '../../scripts/fetch-model.ts'
 import { pickOnnxFile, preparePackage } from '../../scripts/prepare-model.ts'
 import { ensureModel } from '../helpers/models.ts'
-import { startFileServer, type FileServer } from './file-server.ts'
+import { startFileServer, type FileServer } from '../helpers/file-server.ts'
 
 const REPO = 'test-org/Tiny-Qwen'
 const PREFIX = `/${REPO}/resolve/main/`

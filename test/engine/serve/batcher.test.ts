@@ -3,12 +3,12 @@
  * and the `DecodeBatcher`'s gathering on a scripted model.
  */
 import { beforeAll, describe, expect, it } from 'vitest'
-import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
-import { DecodeBatcher, type BatchModel } from '../../src/engine/serve/batcher.ts'
-import { QwenModel, type StepResult } from '../../src/engine/graph/model.ts'
-import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
-import { Scheduler } from '../../src/engine/serve/scheduler.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { loadHfFolder } from '../../../src/adapters/node/hf-folder.ts'
+import { DecodeBatcher, type BatchModel } from '../../../src/engine/serve/batcher.ts'
+import { QwenModel, type StepResult } from '../../../src/engine/graph/model.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { Scheduler } from '../../../src/engine/serve/scheduler.ts'
+import { ensureModel } from '../../helpers/models.ts'
 
 function maxDiff(a: Float32Array, b: Float32Array) {
   expect(a.length).toBe(b.length)

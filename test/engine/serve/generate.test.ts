@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
-import { generateTokens, type StepModel } from '../../src/engine/serve/generate.ts'
-import type { StepResult } from '../../src/engine/graph/model.ts'
-import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
+import { generateTokens, type StepModel } from '../../../src/engine/serve/generate.ts'
+import type { StepResult } from '../../../src/engine/graph/model.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 
 const VOCAB = 151936 // Qwen's, so the real eos ids fit
 const greedy = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }

@@ -29,7 +29,7 @@ import {
 } from '../../scripts/lib/onnx.ts'
 import { pickOnnxFile, preparePackage } from '../../scripts/prepare-model.ts'
 import { ensureModel } from '../helpers/models.ts'
-import { startFileServer, type FileServer } from './file-server.ts'
+import { startFileServer, type FileServer } from '../helpers/file-server.ts'
 
 ort.env.wasm.numThreads = 1
 const ID = 'tiny-q8'

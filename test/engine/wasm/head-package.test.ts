@@ -8,12 +8,12 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { preparePackage } from '../../scripts/prepare-model.ts'
-import { fsSource } from '../../src/adapters/node/fs-source.ts'
-import { QwenEngine } from '../../src/engine/engine.ts'
-import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
-import { loadPackage } from '../../src/engine/package/loader.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { preparePackage } from '../../../scripts/prepare-model.ts'
+import { fsSource } from '../../../src/adapters/node/fs-source.ts'
+import { QwenEngine } from '../../../src/engine/engine.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { loadPackage } from '../../../src/engine/package/loader.ts'
+import { ensureModel } from '../../helpers/models.ts'
 
 const PROMPT = [151644, 872, 198, 105043, 100165, 11319, 151645, 198, 151644, 77091, 198]
 
