@@ -27,7 +27,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InferenceSession, Tensor } from 'onnxruntime-node'
 import type { Qwen2Config } from '../../src/format/index.ts'
-import type { DecoderLayerData, DecoderMatrixData, DecoderWeights } from '../../src/format/index.ts'
+import {
+  quantizeLikeDynamicQuantizeLinear,
+  type DecoderLayerData,
+  type DecoderMatrixData,
+  type DecoderWeights,
+} from '../../src/format/index.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
@@ -446,17 +451,10 @@ function linearQ8(
   const a = new Float64Array(rows * K)
   let scaleA = 1
   if (quantize) {
-    let min = 0
-    let max = 0
-    for (let i = 0; i < rows * K; i++) {
-      if (x[i] < min) min = x[i]
-      if (x[i] > max) max = x[i]
-    }
-    scaleA = max === min ? 1 : Math.fround(Math.fround(max - min) / 255)
-    const zpA = roundHalfEven(clamp(Math.fround(0 - Math.fround(min / scaleA)), 0, 255))
-    for (let i = 0; i < rows * K; i++)
-      // q − zero point: the sums below are exact integers
-      a[i] = clamp(roundHalfEven(Math.fround(x[i] / scaleA)) + zpA, 0, 255) - zpA
+    // q − zero point: the sums below are exact integers
+    const q = quantizeLikeDynamicQuantizeLinear(x.subarray(0, rows * K))
+    a.set(q.centered)
+    scaleA = q.scale
   } else a.set(x)
   // Σ_k a[k] (B[k][j] − zp[j]) = Σ_k a[k] B[k][j] − zp[j] Σ_k a[k]; B read once for all rows
   const acc = new Float64Array(rows * N)
@@ -482,14 +480,4 @@ function linearQ8(
         : d * scale + bias
     }
   return out
-}
-
-function clamp(x: number, lo: number, hi: number): number {
-  return Math.min(hi, Math.max(lo, x))
-}
-
-/** IEEE round half to even (std::nearbyint in the default rounding mode). */
-function roundHalfEven(x: number): number {
-  const r = Math.round(x)
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
 }

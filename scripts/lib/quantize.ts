@@ -12,7 +12,7 @@
  * | MatMul / MatMulNBits followed by Add(bias [N]) | same with the bias as DQMM's 5th input |
  * | Gather(E [V, H] float initializer, ids) | Gather of the uint8 [H, V] matrix + dequantize (the generator's q8 embedding) |
  *
- * Quantization is `quantizeRowsU8` of synth-weights.ts: asymmetric uint8, one scale and zero
+ * Quantization is `quantizeRowsU8` of src/format/quant.ts: asymmetric uint8, one scale and zero
  * point per output column, range always including 0 (uint8, not int8: signed weights give wrong
  * results on onnxruntime-node / AVX2). A matrix quantized once is shared by every node that
  * uses it, and two matrices with identical quantized bytes become one initializer, so a tied
@@ -44,7 +44,8 @@ import {
   type NodeProto,
   type TensorProto,
 } from './onnx.ts'
-import { quantizeRowsU8, transpose } from './synth-weights.ts'
+import { quantizeRowsU8 } from '../../src/format/index.ts'
+import { transpose } from './synth-weights.ts'
 
 const MS = 'com.microsoft'
 
@@ -170,7 +171,7 @@ export function dequantizeMatMulNBits(
 }
 
 /**
- * `quantizeRowsU8` (synth-weights.ts) of the transposed matrix, same bytes, without transposing:
+ * `quantizeRowsU8` (src/format/quant.ts) of the transposed matrix, same bytes, without transposing:
  * w is [K, N] and gets one scale and zero point per column; q is [K, N].
  */
 export function quantizeColumnsU8(w: Float32Array, k: number, n: number) {

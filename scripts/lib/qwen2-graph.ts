@@ -29,13 +29,8 @@ import {
   type TensorProto,
 } from './onnx.ts'
 import type { ModelDims, WeightFormat } from './model-presets.ts'
-import {
-  Q4_BLOCK_SIZE,
-  hfTensorSpecs,
-  weightNames,
-  weightSlots,
-  type WeightSlot,
-} from './synth-weights.ts'
+import { Q4_BLOCK_SIZE } from '../../src/format/index.ts'
+import { hfTensorSpecs, weightNames, weightSlots, type WeightSlot } from './synth-weights.ts'
 
 /**
  * ai.onnx opset of the generated graphs. ORT-web's wasm backend is the full CPU execution

@@ -12,11 +12,17 @@
  * q/k/v biases have std 0.2. Uniform distributions: cheap, and the shape of the distribution
  * does not matter for random weights.
  */
+import {
+  Q4_BLOCK_SIZE,
+  dequantizeBlocksQ4,
+  dequantizeRowsU8,
+  quantizeBlocksQ4,
+  quantizeRowsU8,
+} from '../../src/format/index.ts'
 import { DataType } from './onnx.ts'
 import type { ModelDims, WeightFormat } from './model-presets.ts'
 
 /** Block size of the q4 (MatMulNBits) format, as the onnx-community q4 exports use. */
-export const Q4_BLOCK_SIZE = 32
 
 export type HfTensorKind = 'embedding' | 'linear' | 'bias' | 'norm'
 
@@ -99,116 +105,6 @@ export function generateHfTensor(spec: HfTensorSpec, seed: number): Float32Array
   if (spec.kind === 'norm') return fillUniform(out, s, 1, 0.2 / Math.sqrt(3))
   if (spec.kind === 'bias') return fillUniform(out, s, 0, 0.2)
   return fillUniform(out, s, 0, 1 / Math.sqrt(fanIn)) // embedding: fan_in = hidden
-}
-
-// ---------------------------------------------------------------- quantization
-
-/**
- * uint8, asymmetric, one scale and zero point per row of `w` ([rows, cols]); the range always
- * includes 0, as ORT's quantizer does. Dequantized value: (q - zeroPoint[r]) * scale[r].
- */
-export function quantizeRowsU8(w: Float32Array, rows: number, cols: number) {
-  const q = new Uint8Array(rows * cols)
-  const scale = new Float32Array(rows)
-  const zeroPoint = new Uint8Array(rows)
-  for (let r = 0; r < rows; r++) {
-    const off = r * cols
-    let min = 0
-    let max = 0
-    for (let c = 0; c < cols; c++) {
-      const v = w[off + c]
-      if (v < min) min = v
-      if (v > max) max = v
-    }
-    const s = Math.fround(max > min ? (max - min) / 255 : 1)
-    const zp = Math.min(255, Math.max(0, Math.round(-min / s)))
-    scale[r] = s
-    zeroPoint[r] = zp
-    for (let c = 0; c < cols; c++)
-      q[off + c] = Math.min(255, Math.max(0, Math.round(w[off + c] / s) + zp))
-  }
-  return { q, scale, zeroPoint }
-}
-
-export function dequantizeRowsU8(
-  q: Uint8Array,
-  scale: Float32Array,
-  zeroPoint: Uint8Array,
-  rows: number,
-  cols: number,
-): Float32Array {
-  const out = new Float32Array(rows * cols)
-  for (let r = 0; r < rows; r++)
-    for (let c = 0; c < cols; c++) out[r * cols + c] = (q[r * cols + c] - zeroPoint[r]) * scale[r]
-  return out
-}
-
-/**
- * 4-bit blocks along each row, MatMulNBits layout: `packed` [rows, blocks, blockSize/2]
- * (element 2j in the low nibble of byte j), `scales` [rows, blocks], `zeroPoints`
- * [rows, ceil(blocks/2)] (block 2j in the low nibble). A partial last block is padded with
- * zeros. Dequantized value: (q - zp) * scale.
- */
-export function quantizeBlocksQ4(
-  w: Float32Array,
-  rows: number,
-  cols: number,
-  blockSize = Q4_BLOCK_SIZE,
-) {
-  const blocks = Math.ceil(cols / blockSize)
-  const blob = blockSize / 2
-  const zpBytes = Math.ceil(blocks / 2)
-  const packed = new Uint8Array(rows * blocks * blob)
-  const scales = new Float32Array(rows * blocks)
-  const zeroPoints = new Uint8Array(rows * zpBytes)
-  for (let r = 0; r < rows; r++)
-    for (let b = 0; b < blocks; b++) {
-      const start = r * cols + b * blockSize
-      const end = r * cols + Math.min(cols, (b + 1) * blockSize)
-      let min = 0
-      let max = 0
-      for (let i = start; i < end; i++) {
-        if (w[i] < min) min = w[i]
-        if (w[i] > max) max = w[i]
-      }
-      const s = Math.fround(max > min ? (max - min) / 15 : 1)
-      const zp = Math.min(15, Math.max(0, Math.round(-min / s)))
-      scales[r * blocks + b] = s
-      zeroPoints[r * zpBytes + (b >> 1)] |= zp << ((b & 1) * 4)
-      const blobOff = (r * blocks + b) * blob
-      for (let j = 0; j < blockSize; j++) {
-        const i = start + j
-        const v = i < end ? Math.min(15, Math.max(0, Math.round(w[i] / s) + zp)) : zp
-        packed[blobOff + (j >> 1)] |= v << ((j & 1) * 4)
-      }
-    }
-  return { packed, scales, zeroPoints, blocks }
-}
-
-export function dequantizeBlocksQ4(
-  packed: Uint8Array,
-  scales: Float32Array,
-  zeroPoints: Uint8Array,
-  rows: number,
-  cols: number,
-  blockSize = Q4_BLOCK_SIZE,
-): Float32Array {
-  const blocks = Math.ceil(cols / blockSize)
-  const blob = blockSize / 2
-  const zpBytes = Math.ceil(blocks / 2)
-  const out = new Float32Array(rows * cols)
-  for (let r = 0; r < rows; r++)
-    for (let b = 0; b < blocks; b++) {
-      const zp = (zeroPoints[r * zpBytes + (b >> 1)] >> ((b & 1) * 4)) & 15
-      const scale = scales[r * blocks + b]
-      const blobOff = (r * blocks + b) * blob
-      const end = Math.min(blockSize, cols - b * blockSize)
-      for (let j = 0; j < end; j++) {
-        const q = (packed[blobOff + (j >> 1)] >> ((j & 1) * 4)) & 15
-        out[r * cols + b * blockSize + j] = (q - zp) * scale
-      }
-    }
-  return out
 }
 
 /** [rows, cols] → [cols, rows], in cache-sized tiles (the embedding is 151936 x 896). */

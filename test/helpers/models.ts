@@ -25,6 +25,7 @@ const GENERATOR_SOURCES = [
   'scripts/lib/qwen2-graph.ts',
   'scripts/lib/synth-weights.ts',
   'scripts/lib/synth-model.ts',
+  'src/format/quant.ts',
 ]
 
 export interface EnsureModelOptions {

@@ -8,6 +8,7 @@
  */
 import type { ModelDims } from '../../scripts/lib/model-presets.ts'
 import type { Q8Codes, Weights } from '../../scripts/lib/synth-weights.ts'
+import { quantizeLikeDynamicQuantizeLinear } from '../../src/format/index.ts'
 
 export interface ReferenceOptions {
   /**
@@ -174,12 +175,6 @@ function add(a: Float32Array, b: Float32Array): Float32Array {
   return a.map((v, i) => v + b[i])
 }
 
-/** IEEE round half to even, as std::nearbyint in the default rounding mode. */
-function roundHalfEven(x: number): number {
-  const r = Math.round(x)
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
-}
-
 /**
  * ORT DynamicQuantizeMatMul with uint8 weights: A is quantized per tensor (all rows together):
  * scale = (max(0, max) - min(0, min)) / 255, zero point = round(-min / scale), q = round(x /
@@ -189,21 +184,11 @@ function roundHalfEven(x: number): number {
 function linearU8(rows: Float32Array[], w: Q8Codes, bias?: Float32Array): Float32Array[] {
   const K = rows[0].length
   const N = w.scale.length
-  let min = 0
-  let max = 0
-  for (const x of rows)
-    for (let k = 0; k < K; k++) {
-      if (x[k] < min) min = x[k]
-      if (x[k] > max) max = x[k]
-    }
-  min = Math.fround(min)
-  max = Math.fround(max)
-  const scaleA = max === min ? 1 : Math.fround(Math.fround(max - min) / 255)
-  const zpA = roundHalfEven(Math.min(255, Math.max(0, Math.fround(0 - Math.fround(min / scaleA)))))
-  return rows.map((x) => {
-    const qa = new Int32Array(K) // qa - za
-    for (let k = 0; k < K; k++)
-      qa[k] = Math.min(255, Math.max(0, roundHalfEven(Math.fround(x[k] / scaleA)) + zpA)) - zpA
+  const all = new Float32Array(rows.length * K)
+  rows.forEach((x, r) => all.set(x, r * K))
+  const { centered, scale: scaleA } = quantizeLikeDynamicQuantizeLinear(all) // one scale per run
+  return rows.map((_, r) => {
+    const qa = centered.subarray(r * K, (r + 1) * K) // qa - za
     const y = new Float32Array(N)
     for (let n = 0; n < N; n++) {
       let acc = 0

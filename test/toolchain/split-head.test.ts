@@ -9,7 +9,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as ort from 'onnxruntime-node'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { listFiles, parseManifest, type Qwen2Config } from '../../src/format/index.ts'
+import {
+  listFiles,
+  parseManifest,
+  quantizeLikeDynamicQuantizeLinear,
+  type Qwen2Config,
+} from '../../src/format/index.ts'
 import {
   DataType,
   decodeModel,
@@ -197,28 +202,15 @@ function activationStep(hidden: Float32Array): number {
  */
 function logitsLikeDqmm(head: HeadRows, hidden: Float32Array): Float64Array {
   const r = readHead(head)
-  let min = 0
-  let max = 0
-  for (const x of hidden) {
-    min = Math.min(min, x)
-    max = Math.max(max, x)
-  }
   const f = Math.fround
-  const sA = max === min ? 1 : f(f(max - min) / 255)
-  const zpA = roundHalfEven(Math.min(255, Math.max(0, f(0 - f(min / sA)))))
-  const qA = Array.from(hidden, (x) => Math.min(255, Math.max(0, roundHalfEven(f(x / sA)) + zpA)))
+  const { centered: qA, scale: sA } = quantizeLikeDynamicQuantizeLinear(hidden)
   const out = new Float64Array(head.vocab)
   for (let v = 0; v < head.vocab; v++) {
     let acc = 0
-    for (let k = 0; k < head.hidden; k++) acc += (qA[k] - zpA) * (r.weight(v, k) - r.zeroPoint(v))
+    for (let k = 0; k < head.hidden; k++) acc += qA[k] * (r.weight(v, k) - r.zeroPoint(v))
     out[v] = f(acc * f(sA * r.scale(v)))
   }
   return out
-}
-
-function roundHalfEven(x: number): number {
-  const r = Math.round(x)
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
 }
 
 function argmax(x: ArrayLike<number>): number {
