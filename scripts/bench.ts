@@ -49,7 +49,7 @@ import {
 } from './bench/prompts.ts'
 import { checkGoals, decodeChartSvg, renderMarkdown, type BenchResults } from './bench/report.ts'
 import type { BandwidthResult, BenchPlan, EngineResult } from './bench/types.ts'
-import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx.ts'
+import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx/index.ts'
 
 const ENGINES = ['engine', 'ort-web', 'tjs-web', 'ort-node', 'tjs-node'] as const
 type EngineName = (typeof ENGINES)[number]

@@ -85,7 +85,7 @@ import {
   type GraphProto,
   type ModelProto,
   type TensorProto,
-} from './lib/onnx.ts'
+} from './lib/onnx/index.ts'
 import { progressBar } from './lib/progress.ts'
 import { convertToQ8, dequantizeToFloat, type Q8Stats } from './lib/quantize.ts'
 import { checkSplitHead, splitHead, type HeadCheck, type HeadRows } from './lib/split-head.ts'

@@ -59,7 +59,7 @@ import {
   type ModelProto,
   type NodeProto,
   type TensorProto,
-} from '../lib/onnx.ts'
+} from '../lib/onnx/index.ts'
 import { isMain, runMain } from '../lib/cli.ts'
 import { decodeRate, greedyDecode, GreedyLoop } from './greedy-loop.ts'
 import { createWebSession, loopShape } from './measure-bare.ts'

@@ -36,7 +36,7 @@ import {
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
-import { DataType, valueInfo, type ModelProto, type ValueInfoProto } from './onnx.ts'
+import { DataType, valueInfo, type ModelProto, type ValueInfoProto } from './onnx/index.ts'
 import { HIDDEN_STATES, INPUTS_EMBEDS, headEmbedding, type HeadRows } from './split-head.ts'
 
 /**

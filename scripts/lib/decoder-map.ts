@@ -55,7 +55,7 @@ import {
   type ModelProto,
   type NodeProto,
   type TensorProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 import { floatValues } from './quantize.ts'
 import { HIDDEN_STATES, INPUTS_EMBEDS } from './split-head.ts'
 

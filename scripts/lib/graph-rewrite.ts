@@ -25,7 +25,7 @@ import {
   type TensorProto,
   type TypeProto,
   type ValueInfoProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 
 export const LOGITS_TO_KEEP = 'num_logits_to_keep'
 

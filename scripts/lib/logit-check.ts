@@ -21,7 +21,7 @@ import {
   tensorRawData,
   type ModelProto,
   type TensorProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 
 /**
  * "The capital of France is Paris. 今天天气很好，我们去公园散步" in the Qwen tokenizer: 16 ids

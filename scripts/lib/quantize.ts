@@ -43,7 +43,7 @@ import {
   type ModelProto,
   type NodeProto,
   type TensorProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 import { quantizeRowsU8 } from '../../src/format/index.ts'
 import { transpose } from './synth-weights.ts'
 

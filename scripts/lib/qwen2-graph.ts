@@ -27,7 +27,7 @@ import {
   type ModelProto,
   type NodeProto,
   type TensorProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 import type { ModelDims, WeightFormat } from './model-presets.ts'
 import { Q4_BLOCK_SIZE } from '../../src/format/index.ts'
 import { hfTensorSpecs, weightNames, weightSlots, type WeightSlot } from './synth-weights.ts'

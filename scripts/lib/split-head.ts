@@ -41,7 +41,7 @@ import {
   type TensorProto,
   type TensorShapeDimension,
   type ValueInfoProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 import { floatValues } from './quantize.ts'
 
 export const HIDDEN_STATES = 'hidden_states'

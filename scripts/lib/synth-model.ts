@@ -25,7 +25,7 @@ import {
   setExternalData,
   tensorByteLength,
   type TensorProto,
-} from './onnx.ts'
+} from './onnx/index.ts'
 import {
   hfConfig,
   hfGenerationConfig,

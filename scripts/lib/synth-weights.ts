@@ -19,7 +19,7 @@ import {
   quantizeBlocksQ4,
   quantizeRowsU8,
 } from '../../src/format/index.ts'
-import { DataType } from './onnx.ts'
+import { DataType } from './onnx/index.ts'
 import type { ModelDims, WeightFormat } from './model-presets.ts'
 
 /** Block size of the q4 (MatMulNBits) format, as the onnx-community q4 exports use. */

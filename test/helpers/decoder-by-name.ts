@@ -8,7 +8,7 @@ import {
   tensorRawData,
   tensorToFloat32,
   type TensorProto,
-} from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
 import type { DecoderMatrixData, DecoderWeights } from '../../src/format/index.ts'
 import type { LoadedPackage } from '../../src/engine/package/model-package.ts'
 

@@ -20,7 +20,7 @@ const MARKER = '.qwen-edge-complete.json'
 
 /** The files whose code decides a generated model's bytes. */
 const GENERATOR_SOURCES = [
-  'scripts/lib/onnx.ts',
+  'scripts/lib/onnx/index.ts',
   'scripts/lib/model-presets.ts',
   'scripts/lib/qwen2-graph.ts',
   'scripts/lib/synth-weights.ts',

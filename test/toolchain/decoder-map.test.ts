@@ -44,7 +44,7 @@ import {
   type ModelProto,
   type NodeProto,
   type TensorProto,
-} from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
 import { floatValues } from '../../scripts/lib/quantize.ts'
 import { splitHead, type HeadRows } from '../../scripts/lib/split-head.ts'
 import { transpose } from '../../scripts/lib/synth-weights.ts'

@@ -8,7 +8,12 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { Template } from '@huggingface/jinja'
 import { afterAll, describe, expect, it } from 'vitest'
-import { DataType, decodeModel, initializers, type ModelProto } from '../../scripts/lib/onnx.ts'
+import {
+  DataType,
+  decodeModel,
+  initializers,
+  type ModelProto,
+} from '../../scripts/lib/onnx/index.ts'
 import {
   hfConfig,
   hfGenerationConfig,
@@ -21,7 +26,7 @@ import {
   makeModel,
   type MakeModelOptions,
 } from '../../scripts/lib/synth-model.ts'
-import { tensorByteLength } from '../../scripts/lib/onnx.ts'
+import { tensorByteLength } from '../../scripts/lib/onnx/index.ts'
 import { REPO_ROOT, ensureModel } from '../helpers/models.ts'
 
 const tmp = mkdtempSync(join(tmpdir(), 'qwen-edge-make-model-'))

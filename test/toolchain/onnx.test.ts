@@ -21,7 +21,7 @@ import {
   tensorToFloat32,
   valueInfo,
   type ModelProto,
-} from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { emptyPast, maxAbsDiff, runStep, type LoadedModel } from '../helpers/ort-session.ts'
 import * as ort from 'onnxruntime-web'

@@ -26,7 +26,7 @@ import {
   opset,
   tensorRawData,
   valueInfo,
-} from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
 import { pickOnnxFile, preparePackage } from '../../scripts/prepare-model.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { startFileServer, type FileServer } from '../helpers/file-server.ts'

@@ -22,7 +22,7 @@ import {
   initializers,
   tensorRawData,
   type ModelProto,
-} from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
 import {
   REPORT_FILE,
   preparePackage,

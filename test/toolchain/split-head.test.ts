@@ -21,8 +21,8 @@ import {
   encodeModel,
   tensorRawData,
   valueInfo,
-} from '../../scripts/lib/onnx.ts'
-import type { ModelProto, NodeProto, TensorProto } from '../../scripts/lib/onnx.ts'
+} from '../../scripts/lib/onnx/index.ts'
+import type { ModelProto, NodeProto, TensorProto } from '../../scripts/lib/onnx/index.ts'
 import { CHECK_TOKENS } from '../../scripts/lib/logit-check.ts'
 import {
   checkSplitHead,
