@@ -212,6 +212,93 @@ export interface PrepareResult {
 }
 
 export async function preparePackage(options: PrepareOptions): Promise<PrepareResult> {
+  const settings = checkOptions(options)
+  const { id, log } = settings
+  const input = await readExport(options.folder, options.file)
+  const out = resolve(options.out ?? 'model-shards')
+  const final = join(out, id)
+  const tmp = join(out, `.${id}.partial-${process.pid}`)
+  await rm(tmp, { recursive: true, force: true })
+  await mkdir(tmp, { recursive: true })
+  try {
+    let model = decodeModel(readFileSync(input.onnxPath))
+    if (!model.graph) throw new Error(`${input.onnxFile} has no graph`)
+    checkSignature(model.graph, input.config, input.onnxFile)
+
+    let graphFile = basename(input.onnxFile)
+    let report: PrepareReport | undefined
+    let head: HeadRows | undefined
+    let decoderNames: DecoderNames | undefined
+    const { format, headMode, decoderMode } = settings
+    if (format !== 'keep' || options.logitsRewrite || headMode === 'wasm') {
+      // views into the external files read once anyway (readExternal caches them): no copy
+      for (const t of initializers(model))
+        if (isExternal(t)) setRawData(t, tensorRawData(t, input.readExternal))
+      ;({
+        model,
+        report,
+        head,
+        decoder: decoderNames,
+      } = await transformExport(model, {
+        input: relative(input.folder, input.onnxPath).split(sep).join('/'),
+        inputPath: input.onnxPath,
+        config: input.config,
+        format,
+        logitsRewrite: options.logitsRewrite ?? false,
+        verify: options.verify ?? true,
+        head: headMode,
+        decoder: decoderMode,
+        log,
+      }))
+      if (format === 'q8') graphFile = 'model_quantized.onnx'
+    }
+
+    const files = writeWeights(model, head, input, tmp, graphFile, settings)
+    const decoder =
+      decoderNames && report?.decoder
+        ? writeDecoderEntry(model, decoderNames, report.decoder, input, files, tmp, settings)
+        : undefined
+    files.bar.finish(
+      `${files.moved} initializers, ${files.data.shards.length} shards` +
+        (head ? `; ${HEAD_FILE} in ${files.head.length}` : '') +
+        (decoder?.file ? `; ${DECODER_FILE} in ${decoder.file.shards.length}` : ''),
+    )
+
+    const graph = encodeModel(model)
+    await writeFile(join(tmp, graphFile), graph)
+    const manifest = await manifestOf(input, tmp, {
+      id,
+      graphFile,
+      graph,
+      files,
+      head,
+      decoder,
+      shardBytes: settings.shardBytes,
+      source: options.source,
+    })
+    parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
+    if (report) await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
+    await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
+    await rm(final, { recursive: true, force: true })
+    await rename(tmp, final)
+    return { id, dir: final, manifest, report }
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true })
+    throw err
+  }
+}
+
+interface Settings {
+  id: string
+  format: PrepareFormat
+  headMode: PrepareHead
+  decoderMode: PrepareDecoder
+  shardBytes: number
+  quiet: boolean
+  log: (line: string) => void
+}
+
+function checkOptions(options: PrepareOptions): Settings {
   const { id } = options
   if (!isValidPackageId(id)) {
     throw new Error(
@@ -227,18 +314,33 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
   const decoderMode = options.decoder ?? 'wasm'
   if (decoderMode !== 'wasm' && decoderMode !== 'graph')
     throw new Error(`Unknown decoder ${JSON.stringify(decoderMode)}: use wasm or graph`)
-  const log = options.quiet ? () => {} : (line: string) => console.error(line)
   const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
   if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
     throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
   }
-  const folder = resolve(options.folder)
+  const quiet = options.quiet ?? false
+  const log = quiet ? () => {} : (line: string) => console.error(line)
+  return { id, format, headMode, decoderMode, shardBytes, quiet, log }
+}
+
+/** The export folder as read: its config files, its ONNX file, and a reader of its data files. */
+interface ExportInput {
+  folder: string
+  onnxFile: string
+  onnxPath: string
+  config: Qwen2Config
+  generationConfig: Record<string, unknown>
+  /** An external data file next to the graph, read once (a view is kept). */
+  readExternal(location: string): Uint8Array
+}
+
+async function readExport(dir: string, file: string | undefined): Promise<ExportInput> {
+  const folder = resolve(dir)
   const required = ['config.json', 'tokenizer.json', 'tokenizer_config.json']
   const missing = []
   for (const f of required) if (!(await isFile(join(folder, f)))) missing.push(f)
   if (missing.length)
     throw new Error(`${folder} is not a Hugging Face model folder: no ${missing.join(', ')}`)
-
   const config = parseQwen2Config(JSON.parse(await readFile(join(folder, 'config.json'), 'utf8')))
   const generationConfig = (await isFile(join(folder, 'generation_config.json')))
     ? (JSON.parse(await readFile(join(folder, 'generation_config.json'), 'utf8')) as Record<
@@ -246,195 +348,191 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         unknown
       >)
     : {}
-  const onnxFile = options.file ?? (await pickOnnxFile(folder))
+  const onnxFile = file ?? (await pickOnnxFile(folder))
   const onnxPath = resolve(folder, onnxFile)
   if (!(await isFile(onnxPath))) throw new Error(`No ONNX file ${onnxFile} in ${folder}`)
+  const externalFiles = new Map<string, Uint8Array>()
+  const readExternal = (loc: string) => {
+    let bytes = externalFiles.get(loc)
+    if (!bytes) {
+      const path = resolve(dirname(onnxPath), loc)
+      if (!path.startsWith(folder + sep))
+        throw new Error(`${onnxFile}: external data ${loc} is outside ${folder}`)
+      bytes = readFileSync(path)
+      externalFiles.set(loc, bytes)
+    }
+    return bytes
+  }
+  return { folder, onnxFile, onnxPath, config, generationConfig, readExternal }
+}
 
-  const out = resolve(options.out ?? 'model-shards')
-  const final = join(out, id)
-  const tmp = join(out, `.${id}.partial-${process.pid}`)
-  await rm(tmp, { recursive: true, force: true })
-  await mkdir(tmp, { recursive: true })
-  try {
-    let model = decodeModel(readFileSync(onnxPath))
-    if (!model.graph) throw new Error(`${onnxFile} has no graph`)
-    checkSignature(model.graph, config, onnxFile)
+/** What writeWeights wrote: the data file's shards, the head's, and the progress bar. */
+interface WrittenWeights {
+  data: { location: string; shards: ManifestFile[] }
+  head: ManifestFile[]
+  moved: number
+  bar: ReturnType<typeof progressBar>
+}
 
-    const externalFiles = new Map<string, Uint8Array>()
-    const readExternal = (loc: string) => {
-      let bytes = externalFiles.get(loc)
-      if (!bytes) {
-        const path = resolve(dirname(onnxPath), loc)
-        if (!path.startsWith(folder + sep))
-          throw new Error(`${onnxFile}: external data ${loc} is outside ${folder}`)
-        bytes = readFileSync(path)
-        externalFiles.set(loc, bytes)
-      }
-      return bytes
+/**
+ * Moves the initializers (all but small constants) into the external data file, cut into shards,
+ * and points them at it; writes the split head's rows as their own shards.
+ */
+function writeWeights(
+  model: ModelProto,
+  head: HeadRows | undefined,
+  input: ExportInput,
+  tmp: string,
+  graphFile: string,
+  settings: Settings,
+): WrittenWeights {
+  const location = externalDataName(graphFile)
+  const moving: TensorProto[] = []
+  for (const t of initializers(model)) {
+    if (t.data_type === DataType.STRING) {
+      if (isExternal(t))
+        throw new Error(`${input.onnxFile}: external string tensor ${t.name} is not supported`)
+      continue
     }
+    const bytes = isExternal(t) ? getExternalData(t)!.length : tensorRawData(t).byteLength
+    if (isExternal(t) || bytes >= MIN_EXTERNAL_BYTES) moving.push(t)
+  }
+  const total =
+    moving.reduce((n, t) => n + (getExternalData(t)?.length ?? tensorRawData(t).byteLength), 0) +
+    (head?.bytes.byteLength ?? 0)
+  const bar = progressBar(`prepare ${settings.id}`, total, { quiet: settings.quiet })
+  const writer = new ShardWriter(tmp, location, settings.shardBytes)
+  for (const t of moving) {
+    const bytes = tensorRawData(t, input.readExternal)
+    if (bytes.byteLength !== tensorByteLength(t)) {
+      throw new Error(
+        `${input.onnxFile}: initializer ${t.name} has ${bytes.byteLength} bytes, ` +
+          `its shape needs ${tensorByteLength(t)}`,
+      )
+    }
+    writer.pad(bytes.byteLength > BIG_TENSOR ? BIG_ALIGN : ALIGN)
+    const offset = writer.offset
+    writer.write(bytes)
+    setExternalData(t, { location, offset, length: bytes.byteLength })
+    bar.add(bytes.byteLength)
+  }
+  const shards = writer.finish()
+  let headShards: ManifestFile[] = []
+  if (head) {
+    // the head file is cut like external data, with its own name: head.q8.000 …
+    const headWriter = new ShardWriter(tmp, HEAD_FILE, settings.shardBytes)
+    headWriter.write(head.bytes)
+    headShards = headWriter.finish()
+    bar.add(head.bytes.byteLength)
+  }
+  return { data: { location, shards }, head: headShards, moved: moving.length, bar }
+}
 
-    let graphFile = basename(onnxFile)
-    let report: PrepareReport | undefined
-    let head: HeadRows | undefined
-    let decoderNames: DecoderNames | undefined
-    if (format !== 'keep' || options.logitsRewrite || headMode === 'wasm') {
-      // views into the external files read once anyway (readExternal caches them): no copy
-      for (const t of initializers(model))
-        if (isExternal(t)) setRawData(t, tensorRawData(t, readExternal))
-      ;({
-        model,
-        report,
-        head,
-        decoder: decoderNames,
-      } = await transformExport(model, {
-        input: relative(folder, onnxPath).split(sep).join('/'),
-        inputPath: onnxPath,
-        config,
-        format,
-        logitsRewrite: options.logitsRewrite ?? false,
-        verify: options.verify ?? true,
-        head: headMode,
-        decoder: decoderMode,
-        log,
-      }))
-      if (format === 'q8') graphFile = 'model_quantized.onnx'
-    }
-    const location = externalDataName(graphFile)
+/**
+ * The decoder map, now that the external data offsets are final; small tensors the graph holds
+ * inline go to decoder.bin. Undefined (and the report says why) when the map does not apply.
+ */
+function writeDecoderEntry(
+  model: ModelProto,
+  names: DecoderNames,
+  report: DecoderReport,
+  input: ExportInput,
+  files: WrittenWeights,
+  tmp: string,
+  settings: Settings,
+): DecoderEntry | undefined {
+  const mapped = mapDecoder(model, input.config, {
+    externalData: files.data.shards.length ? [files.data.location] : [],
+    names,
+  })
+  if (!mapped.applied) {
+    Object.assign(report, { applied: false, reason: mapped.reason })
+    settings.log(`decoder map: not applied (${mapped.reason})`)
+    return undefined
+  }
+  const decoder: DecoderEntry = mapped.entry
+  if (mapped.bytes.byteLength) {
+    // cut like external data: decoder.bin.000 …
+    const decoderWriter = new ShardWriter(tmp, DECODER_FILE, settings.shardBytes)
+    decoderWriter.write(mapped.bytes)
+    const shards = decoderWriter.finish()
+    decoder.file = { location: DECODER_FILE, bytes: mapped.bytes.byteLength, shards }
+  }
+  Object.assign(report, {
+    externalTensors: mapped.external,
+    inlineTensors: mapped.inline,
+    bytes: mapped.bytes.byteLength,
+  })
+  return decoder
+}
 
-    // Which tensors move, and how many bytes that is (for the progress bar).
-    const moving: TensorProto[] = []
-    for (const t of initializers(model)) {
-      if (t.data_type === DataType.STRING) {
-        if (isExternal(t))
-          throw new Error(`${onnxFile}: external string tensor ${t.name} is not supported`)
-        continue
-      }
-      const bytes = isExternal(t) ? getExternalData(t)!.length : tensorRawData(t).byteLength
-      if (isExternal(t) || bytes >= MIN_EXTERNAL_BYTES) moving.push(t)
-    }
-    const total =
-      moving.reduce((n, t) => n + (getExternalData(t)?.length ?? tensorRawData(t).byteLength), 0) +
-      (head?.bytes.byteLength ?? 0)
-    const bar = progressBar(`prepare ${id}`, total, { quiet: options.quiet })
-    const writer = new ShardWriter(tmp, location, shardBytes)
-    for (const t of moving) {
-      const bytes = tensorRawData(t, readExternal)
-      if (bytes.byteLength !== tensorByteLength(t)) {
-        throw new Error(
-          `${onnxFile}: initializer ${t.name} has ${bytes.byteLength} bytes, ` +
-            `its shape needs ${tensorByteLength(t)}`,
-        )
-      }
-      writer.pad(bytes.byteLength > BIG_TENSOR ? BIG_ALIGN : ALIGN)
-      const offset = writer.offset
-      writer.write(bytes)
-      setExternalData(t, { location, offset, length: bytes.byteLength })
-      bar.add(bytes.byteLength)
-    }
-    const shards = writer.finish()
-    let headShards: ManifestFile[] = []
-    if (head) {
-      // the head file is cut like external data, with its own name: head.q8.000 …
-      const headWriter = new ShardWriter(tmp, HEAD_FILE, shardBytes)
-      headWriter.write(head.bytes)
-      headShards = headWriter.finish()
-      bar.add(head.bytes.byteLength)
-    }
-
-    // the decoder map, now that the external data offsets are final
-    let decoder: DecoderEntry | undefined
-    if (decoderNames && report?.decoder) {
-      const mapped = mapDecoder(model, config, {
-        externalData: shards.length ? [location] : [],
-        names: decoderNames,
-      })
-      if (!mapped.applied) {
-        Object.assign(report.decoder, { applied: false, reason: mapped.reason })
-        log(`decoder map: not applied (${mapped.reason})`)
-      } else {
-        decoder = mapped.entry
-        if (mapped.bytes.byteLength) {
-          // small tensors the graph holds inline, cut like external data: decoder.bin.000 …
-          const decoderWriter = new ShardWriter(tmp, DECODER_FILE, shardBytes)
-          decoderWriter.write(mapped.bytes)
-          const decoderShards = decoderWriter.finish()
-          const bytes = mapped.bytes.byteLength
-          decoder.file = { location: DECODER_FILE, bytes, shards: decoderShards }
-        }
-        Object.assign(report.decoder, {
-          externalTensors: mapped.external,
-          inlineTensors: mapped.inline,
-          bytes: mapped.bytes.byteLength,
-        })
-      }
-    }
-    bar.finish(
-      `${moving.length} initializers, ${shards.length} shards` +
-        (head ? `; ${HEAD_FILE} in ${headShards.length}` : '') +
-        (decoder?.file ? `; ${DECODER_FILE} in ${decoder.file.shards.length}` : ''),
-    )
-
-    const graph = encodeModel(model)
-    await writeFile(join(tmp, graphFile), graph)
-    const tokenizerJson = await copyHashed(join(folder, 'tokenizer.json'), tmp, 'tokenizer.json')
-    const tokenizerConfig = await copyHashed(
-      join(folder, 'tokenizer_config.json'),
-      tmp,
-      'tokenizer_config.json',
-    )
-    const graphEntry: ManifestFile = {
-      path: graphFile,
-      bytes: graph.byteLength,
-      sha256: sha256(graph),
-    }
-    const dataBytes = shards.reduce((n, s) => n + s.bytes, 0)
-    const headBytes = head?.bytes.byteLength ?? 0
-    const decoderBytes = decoder?.file?.bytes ?? 0
-    const manifest: Manifest = {
-      version: MANIFEST_VERSION,
-      id,
-      synthetic: config.qwen_edge_synthetic !== undefined,
-      config,
-      generationConfig,
-      tokenizer: { json: tokenizerJson, config: tokenizerConfig },
-      stages: [
-        {
-          io: head ? (head.embedding ? 'embeds->hidden' : 'ids->hidden') : 'ids->logits',
-          layers: [0, config.num_hidden_layers],
-          graph: graphEntry,
-          externalData: shards.length ? [{ location, bytes: dataBytes, shards }] : [],
-        },
-      ],
-      ...(head && {
-        head: {
-          format: 'q8-rows' as const,
-          vocab: head.vocab,
-          hidden: head.hidden,
-          stride: head.stride,
-          embedding: head.embedding,
-          file: { location: HEAD_FILE, bytes: headBytes, shards: headShards },
-        },
-      }),
-      ...(decoder && { decoder }),
-      shardBytes,
-      totalBytes:
-        tokenizerJson.bytes +
-        tokenizerConfig.bytes +
-        graph.byteLength +
-        dataBytes +
-        headBytes +
-        decoderBytes,
-      source: { onnxFile: relative(folder, onnxPath).split(sep).join('/'), ...options.source },
-    }
-    parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
-    if (report) await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
-    await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
-    await rm(final, { recursive: true, force: true })
-    await rename(tmp, final)
-    return { id, dir: final, manifest, report }
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true })
-    throw err
+/** The manifest of what was written (the tokenizer files are copied and hashed here). */
+async function manifestOf(
+  input: ExportInput,
+  tmp: string,
+  w: {
+    id: string
+    graphFile: string
+    graph: Uint8Array
+    files: WrittenWeights
+    head: HeadRows | undefined
+    decoder: DecoderEntry | undefined
+    shardBytes: number
+    source: PrepareOptions['source']
+  },
+): Promise<Manifest> {
+  const { config, folder } = input
+  const tokenizerJson = await copyHashed(join(folder, 'tokenizer.json'), tmp, 'tokenizer.json')
+  const tokenizerConfig = await copyHashed(
+    join(folder, 'tokenizer_config.json'),
+    tmp,
+    'tokenizer_config.json',
+  )
+  const graphEntry: ManifestFile = {
+    path: w.graphFile,
+    bytes: w.graph.byteLength,
+    sha256: sha256(w.graph),
+  }
+  const { location, shards } = w.files.data
+  const dataBytes = shards.reduce((n, s) => n + s.bytes, 0)
+  const head = w.head
+  const headBytes = head?.bytes.byteLength ?? 0
+  const decoderBytes = w.decoder?.file?.bytes ?? 0
+  return {
+    version: MANIFEST_VERSION,
+    id: w.id,
+    synthetic: config.qwen_edge_synthetic !== undefined,
+    config,
+    generationConfig: input.generationConfig,
+    tokenizer: { json: tokenizerJson, config: tokenizerConfig },
+    stages: [
+      {
+        io: head ? (head.embedding ? 'embeds->hidden' : 'ids->hidden') : 'ids->logits',
+        layers: [0, config.num_hidden_layers],
+        graph: graphEntry,
+        externalData: shards.length ? [{ location, bytes: dataBytes, shards }] : [],
+      },
+    ],
+    ...(head && {
+      head: {
+        format: 'q8-rows' as const,
+        vocab: head.vocab,
+        hidden: head.hidden,
+        stride: head.stride,
+        embedding: head.embedding,
+        file: { location: HEAD_FILE, bytes: headBytes, shards: w.files.head },
+      },
+    }),
+    ...(w.decoder && { decoder: w.decoder }),
+    shardBytes: w.shardBytes,
+    totalBytes:
+      tokenizerJson.bytes +
+      tokenizerConfig.bytes +
+      w.graph.byteLength +
+      dataBytes +
+      headBytes +
+      decoderBytes,
+    source: { onnxFile: relative(folder, input.onnxPath).split(sep).join('/'), ...w.source },
   }
 }
 
