@@ -28,6 +28,7 @@ import { AppError } from '../../core/errors.ts'
 import type { DecoderMatrixData, DecoderWeights } from '../../format/index.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
+import { KvArena, type KvSequence } from './kv-arena.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
@@ -63,24 +64,7 @@ interface Layer {
   postNorm: Float32Array
 }
 
-const PAGE = 65536
 const ROW_ALIGN = 32
-/** Positions a new sequence gets beyond what it needs now. */
-const GROW_MIN = 64
-
-/** One decoding sequence's KV in the arena. */
-class Sequence {
-  freed = false
-  /** Claimed by the step running now (a cache stepped twice in one batch forks). */
-  busy = false
-  constructor(
-    readonly decoder: Q8Decoder,
-    public base: number,
-    public capacity: number,
-    /** Positions written: caches of this length or shorter are its prefixes. */
-    public filled: number,
-  ) {}
-}
 
 /** The first `length` positions of a sequence. */
 export class ResidentCache implements KvCache {
@@ -88,12 +72,13 @@ export class ResidentCache implements KvCache {
 
   constructor(
     readonly length: number,
-    readonly sequence: Sequence,
+    readonly sequence: KvSequence,
+    readonly decoder: Q8Decoder,
   ) {}
 
   /** The graph's layout, copied out (once per cache). */
   get tensors(): Record<string, Tensor> {
-    return (this.exported ??= this.sequence.decoder.exportKv(this.sequence, this.length))
+    return (this.exported ??= this.decoder.exportKv(this.sequence, this.length))
   }
 
   detach(): KvCache {
@@ -111,17 +96,19 @@ export class Q8Decoder {
   private readonly sumAt: number
   private readonly xScaleAt: number
   private readonly outStride: number
-  private readonly arenaAt: number
   /** Batch rows the scratch holds; larger batches run in slices. */
   private readonly maxRows = 4
   private readonly invFreq: Float32Array
-  private readonly free: Array<{ at: number; bytes: number }> = []
-  private arenaEnd: number
-  private readonly finalizer = new FinalizationRegistry<{ at: number; bytes: number }>((b) =>
-    this.drop(b.at, b.bytes),
-  )
-  /** Bytes of one position of one sequence over all layers. */
-  private readonly bytesPerPosition: number
+  /** KV caches and scratch, after the weights. */
+  private readonly arena: KvArena
+  private readonly finalNorm: Float32Array
+  /** Scratch of a step (reserveScratch): byte offsets of its parts, and what it holds. */
+  private outAt = 0
+  private actAt = 0
+  private attnAt = 0
+  private scratchBytes = 0
+  private scratchRows = 0
+  private scratchPositions = 0
 
   private constructor(
     private readonly kernel: KernelExports,
@@ -132,7 +119,6 @@ export class Q8Decoder {
     const { hidden: H, intermediate: I, heads, kvHeads, headDim: D, layers } = shape
     this.qDim = heads * D
     this.kvDim = kvHeads * D
-    this.bytesPerPosition = layers * 2 * kvHeads * D * 4
     const half = D / 2
     this.invFreq = Float32Array.from({ length: half }, (_, i) => 1 / shape.ropeTheta ** (i / half))
     const qkvRows = this.qDim + 2 * this.kvDim
@@ -161,9 +147,7 @@ export class Q8Decoder {
     this.xAt = at
     this.sumAt = align(this.xAt + 2 * this.maxRows * maxStride, 16)
     this.xScaleAt = this.sumAt + 4 * this.maxRows
-    this.arenaAt = align(this.xScaleAt + 4 * this.maxRows, 64)
-    this.arenaEnd = this.arenaAt
-    this.ensureMemory(this.arenaAt)
+    this.arena = new KvArena(kernel.memory, align(this.xScaleAt + 4 * this.maxRows, 64), shape)
     const mem = new Uint8Array(this.kernel.memory.buffer)
     weights.layers.forEach((lw, l) => {
       const p = plan[l]
@@ -186,8 +170,6 @@ export class Q8Decoder {
     })
     this.finalNorm = Float32Array.from(weights.finalNorm)
   }
-
-  private readonly finalNorm: Float32Array
 
   /**
    * Packs the weights into a new kernel instance (the caller may drop `weights` afterwards).
@@ -254,7 +236,7 @@ export class Q8Decoder {
     if (b === 0 || b !== caches.length) throw new Error('step needs one cache per token')
     const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
     const h = this.head.embed(tokens) // [b, H], the residual stream
-    const sequences: Sequence[] = []
+    const sequences: KvSequence[] = []
     try {
       for (const c of caches) {
         const s = this.claim(c)
@@ -286,7 +268,7 @@ export class Q8Decoder {
         const L = this.layers[l]
         rmsNorm(h, x, b, H, L.inputNorm, eps)
         const qkv = this.matmul(L.qkv, x, b)
-        const mem = this.f32()
+        const mem = this.arena.f32()
         for (let r = 0; r < b; r++) {
           const o = r * qkvRows
           const s = sequences[r]
@@ -294,8 +276,8 @@ export class Q8Decoder {
           for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
           // k (roped) and v into the cache at position p
           for (let g = 0; g < kvHeads; g++) {
-            const kAt = this.kvIndex(s, l, 0, g) + p * D
-            const vAt = this.kvIndex(s, l, 1, g) + p * D
+            const kAt = this.arena.kvIndex(s, l, 0, g) + p * D
+            const vAt = this.arena.kvIndex(s, l, 1, g) + p * D
             const kFrom = o + this.qDim + g * D
             const vFrom = o + this.qDim + this.kvDim + g * D
             rope(qkv, kFrom, mem, kAt, cos, sin, r * half, half, 1)
@@ -304,7 +286,11 @@ export class Q8Decoder {
           for (let hd = 0; hd < heads; hd++) {
             const g = Math.floor(hd / group)
             rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
-            this.attend(this.kvIndex(s, l, 0, g) * 4, this.kvIndex(s, l, 1, g) * 4, p + 1)
+            this.attend(
+              this.arena.kvIndex(s, l, 0, g) * 4,
+              this.arena.kvIndex(s, l, 1, g) * 4,
+              p + 1,
+            )
             const from = this.attnAt / 4 + D
             attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
           }
@@ -325,7 +311,7 @@ export class Q8Decoder {
         s.filled = positions[r] + 1
         return {
           logits: logits.subarray(r * vocab, (r + 1) * vocab),
-          cache: new ResidentCache(positions[r] + 1, s),
+          cache: new ResidentCache(positions[r] + 1, s, this),
         }
       })
     } finally {
@@ -335,20 +321,15 @@ export class Q8Decoder {
 
   /** Gives a cache's sequence memory back now (its stream ended); later reads of it throw. */
   release(cache: KvCache): void {
-    if (!(cache instanceof ResidentCache) || cache.sequence.decoder !== this) return
-    const s = cache.sequence
-    if (s.freed) return
-    s.freed = true
-    this.live--
-    this.finalizer.unregister(s)
-    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+    if (!(cache instanceof ResidentCache) || cache.sequence.arena !== this.arena) return
+    this.arena.release(cache.sequence)
   }
 
   /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
-  exportKv(s: Sequence, length: number): Record<string, Tensor> {
+  exportKv(s: KvSequence, length: number): Record<string, Tensor> {
     if (s.freed) throw new AppError('internal', 'A released KV cache was read')
     const { layers, kvHeads, headDim: D } = this.shape
-    const mem = this.f32()
+    const mem = this.arena.f32()
     const tensors: Record<string, Tensor> = {}
     for (let l = 0; l < layers; l++)
       for (const [kv, name] of [
@@ -357,7 +338,7 @@ export class Q8Decoder {
       ] as const) {
         const out = new Float32Array(kvHeads * length * D)
         for (let g = 0; g < kvHeads; g++) {
-          const from = this.kvIndex(s, l, kv, g)
+          const from = this.arena.kvIndex(s, l, kv, g)
           out.set(mem.subarray(from, from + length * D), g * length * D)
         }
         tensors[`past_key_values.${l}.${name}`] = new ort.Tensor('float32', out, [
@@ -370,34 +351,28 @@ export class Q8Decoder {
     return tensors
   }
 
-  /** Index (in floats) of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
-  private kvIndex(s: Sequence, l: number, kv: number, g: number): number {
-    const { kvHeads, headDim: D } = this.shape
-    return s.base / 4 + ((l * 2 + kv) * kvHeads + g) * s.capacity * D
-  }
-
   /** The sequence `cache` can grow by one position in. */
-  private claim(cache: KvCache): Sequence {
-    if (cache instanceof ResidentCache && cache.sequence.decoder === this) {
+  private claim(cache: KvCache): KvSequence {
+    if (cache instanceof ResidentCache && cache.sequence.arena === this.arena) {
       const s = cache.sequence
       if (s.freed) throw new AppError('internal', 'A released KV cache was stepped')
       if (s.filled === cache.length && !s.busy) {
-        if (s.capacity <= cache.length) this.grow(s, cache.length + 1)
+        if (s.capacity <= cache.length) this.arena.grow(s, cache.length + 1)
         return s
       }
       // an older cache of the sequence (or the same one twice in a batch): fork a copy
-      const copy = this.allocate(cache.length + 1)
-      this.copyPositions(s, copy, cache.length)
+      const copy = this.arena.allocate(cache.length + 1)
+      this.arena.copyPositions(s, copy, cache.length)
       copy.filled = cache.length
       return copy
     }
-    const s = this.allocate(cache.length + 1)
+    const s = this.arena.allocate(cache.length + 1)
     if (cache.length > 0) this.importKv(cache, s)
     s.filled = cache.length
     return s
   }
 
-  private importKv(cache: KvCache, s: Sequence): void {
+  private importKv(cache: KvCache, s: KvSequence): void {
     const { layers, kvHeads, headDim: D } = this.shape
     const n = cache.length
     for (let l = 0; l < layers; l++)
@@ -408,114 +383,16 @@ export class Q8Decoder {
         const t = cache.tensors[`past_key_values.${l}.${name}`]
         if (!t || !(t.data instanceof Float32Array) || t.data.length !== kvHeads * n * D)
           throw new AppError('internal', `The KV cache has no float32 ${name} of layer ${l}`)
-        const mem = this.f32()
+        const mem = this.arena.f32()
         for (let g = 0; g < kvHeads; g++)
-          mem.set(t.data.subarray(g * n * D, (g + 1) * n * D), this.kvIndex(s, l, kv, g))
+          mem.set(t.data.subarray(g * n * D, (g + 1) * n * D), this.arena.kvIndex(s, l, kv, g))
       }
-  }
-
-  /** A sequence the garbage collector found unreleased: its block goes back. */
-  private drop(at: number, bytes: number): void {
-    this.live--
-    this.giveBack(at, bytes)
   }
 
   /** Sequences holding arena memory (not yet released or collected). */
   get sequences(): number {
-    return this.live
+    return this.arena.sequences
   }
-  private live = 0
-
-  private allocate(positions: number): Sequence {
-    const capacity = align(positions + GROW_MIN, GROW_MIN)
-    const bytes = capacity * this.bytesPerPosition
-    const s = new Sequence(this, this.take(bytes), capacity, 0)
-    this.finalizer.register(s, { at: s.base, bytes }, s)
-    this.live++
-    return s
-  }
-
-  /** Moves `s` to a block of at least `positions` (doubling), keeping its filled positions. */
-  private grow(s: Sequence, positions: number): void {
-    const bigger = this.allocate(Math.max(positions, 2 * s.capacity))
-    this.copyPositions(s, bigger, s.filled)
-    this.finalizer.unregister(s)
-    this.finalizer.unregister(bigger)
-    this.live-- // `bigger` only lent its block to `s`
-    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
-    s.base = bigger.base
-    s.capacity = bigger.capacity
-    this.finalizer.register(s, { at: s.base, bytes: s.capacity * this.bytesPerPosition }, s)
-  }
-
-  private copyPositions(from: Sequence, to: Sequence, n: number): void {
-    const { layers, kvHeads, headDim: D } = this.shape
-    const mem = this.f32()
-    for (let l = 0; l < layers; l++)
-      for (let kv = 0; kv < 2; kv++)
-        for (let g = 0; g < kvHeads; g++) {
-          const src = this.kvIndex(from, l, kv, g)
-          mem.copyWithin(this.kvIndex(to, l, kv, g), src, src + n * D)
-        }
-  }
-
-  /** First fit from the free blocks, else the end of the arena (growing the memory). */
-  private take(bytes: number): number {
-    for (let i = 0; i < this.free.length; i++) {
-      const f = this.free[i]
-      if (f.bytes < bytes) continue
-      const at = f.at
-      if (f.bytes === bytes) this.free.splice(i, 1)
-      else {
-        f.at += bytes
-        f.bytes -= bytes
-      }
-      return at
-    }
-    const at = this.arenaEnd
-    this.ensureMemory(at + bytes)
-    this.arenaEnd = at + bytes
-    return at
-  }
-
-  private giveBack(at: number, bytes: number): void {
-    // keep the list sorted and merge neighbours; a block at the end shrinks the arena
-    let i = 0
-    while (i < this.free.length && this.free[i].at < at) i++
-    this.free.splice(i, 0, { at, bytes })
-    if (i + 1 < this.free.length && at + bytes === this.free[i + 1].at) {
-      this.free[i].bytes += this.free[i + 1].bytes
-      this.free.splice(i + 1, 1)
-    }
-    if (i > 0 && this.free[i - 1].at + this.free[i - 1].bytes === at) {
-      this.free[i - 1].bytes += this.free[i].bytes
-      this.free.splice(i, 1)
-      i--
-    }
-    const last = this.free[this.free.length - 1]
-    if (last && last.at + last.bytes === this.arenaEnd) {
-      this.arenaEnd = last.at
-      this.free.pop()
-    }
-  }
-
-  private ensureMemory(end: number): void {
-    const memory = this.kernel.memory
-    const pages = Math.ceil(end / PAGE) - memory.buffer.byteLength / PAGE
-    if (pages <= 0) return
-    try {
-      memory.grow(pages)
-    } catch (err) {
-      throw new AppError('model_unavailable', 'Out of memory for the KV cache', { cause: err })
-    }
-  }
-
-  private f32(): Float32Array {
-    const buf = this.kernel.memory.buffer
-    if (this.f32View?.buffer !== buf) this.f32View = new Float32Array(buf)
-    return this.f32View
-  }
-  private f32View?: Float32Array
 
   /**
    * `b` rows of `m.cols` floats (back to back in `input`) times the matrix: a view of the
@@ -536,7 +413,7 @@ export class Q8Decoder {
 
   /** `n` floats of kernel memory from byte `at`. */
   private view(at: number, n: number): Float32Array {
-    return this.f32().subarray(at / 4, at / 4 + n)
+    return this.arena.f32().subarray(at / 4, at / 4 + n)
   }
 
   /**
@@ -549,29 +426,23 @@ export class Q8Decoder {
     const rows = Math.max(b, this.scratchRows, this.maxRows)
     const positions = Math.max(align(n, 256), this.scratchPositions)
     const { headDim: D, intermediate: I } = this.shape
-    if (this.scratchBytes) this.giveBack(this.outAt, this.scratchBytes)
+    if (this.scratchBytes) this.arena.giveBack(this.outAt, this.scratchBytes)
     const outBytes = 4 * rows * this.outStride
     const actBytes = 4 * rows * I
     this.scratchBytes = align(outBytes + actBytes + 4 * (2 * D + positions), 64)
-    this.outAt = this.take(this.scratchBytes)
+    this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
     this.attnAt = this.actAt + actBytes
     this.scratchRows = rows
     this.scratchPositions = positions
   }
-  private outAt = 0
-  private actAt = 0
-  private attnAt = 0
-  private scratchBytes = 0
-  private scratchRows = 0
-  private scratchPositions = 0
 
   /** softmax(q · K) · V of the query head at attnAt over `n` positions, into attnAt + headDim. */
   private attend(kAt: number, vAt: number, n: number): void {
     const D = this.shape.headDim
     const scoresAt = this.attnAt + 8 * D
     this.kernel.dots(this.attnAt, kAt, n, D, scoresAt)
-    const mem = this.f32()
+    const mem = this.arena.f32()
     const s0 = scoresAt / 4
     let max = -Infinity
     for (let t = s0; t < s0 + n; t++) if (mem[t] > max) max = mem[t]

@@ -166,8 +166,8 @@ describe('decoder KV ownership, random operations against a model (tiny, q8)', (
 
     /** A decoder cache's positions read from its sequence now (not a copy kept by `tensors`). */
     const readNow = (cache: KvCache) => {
-      const { sequence, length } = cache as ResidentCache
-      return sequence.decoder.exportKv(sequence, length)
+      const { decoder, sequence, length } = cache as ResidentCache
+      return decoder.exportKv(sequence, length)
     }
 
     function round(seed: number, opCount: number) {

@@ -61,8 +61,8 @@ function samePrefix(a: KvCache, b: KvCache) {
 
 /** A decoder cache's KV copied out now (not the copy its `tensors` keeps from its first read). */
 function readNow(cache: KvCache): Record<string, Tensor> {
-  const { sequence, length } = cache as ResidentCache
-  return sequence.decoder.exportKv(sequence, length)
+  const { decoder, sequence, length } = cache as ResidentCache
+  return decoder.exportKv(sequence, length)
 }
 
 /** The KV tensors of `a` and `b` are equal exactly. */

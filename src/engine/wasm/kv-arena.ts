@@ -1,0 +1,174 @@
+/**
+ * The decoder's memory beyond its weights: an arena of blocks in the kernel's linear memory,
+ * handed out first fit and merged when given back (the memory itself only grows). Decoding
+ * sequences keep their KV cache in a block each; scratch takes blocks too.
+ *
+ * A sequence's block holds, per layer, key and value, per KV head, `capacity` positions of
+ * head_dim floats; it grows by moving to a block twice the size. Its block goes back when the
+ * sequence is released, or else when the garbage collector finds the sequence unreachable.
+ */
+import { AppError } from '../../core/errors.ts'
+
+const PAGE = 65536
+/** Positions a new sequence gets beyond what it needs now (and the capacity's granule). */
+const GROW_MIN = 64
+
+export interface KvShape {
+  layers: number
+  kvHeads: number
+  headDim: number
+}
+
+/** One decoding sequence's KV in the arena. */
+export class KvSequence {
+  freed = false
+  /** Claimed by the step running now (a cache stepped twice in one batch forks). */
+  busy = false
+  constructor(
+    readonly arena: KvArena,
+    public base: number,
+    public capacity: number,
+    /** Positions written: caches of this length or shorter are its prefixes. */
+    public filled: number,
+  ) {}
+}
+
+export class KvArena {
+  private readonly free: Array<{ at: number; bytes: number }> = []
+  private end: number
+  private live = 0
+  private readonly finalizer = new FinalizationRegistry<{ at: number; bytes: number }>((b) => {
+    this.live--
+    this.giveBack(b.at, b.bytes)
+  })
+  /** Bytes of one position of one sequence over all layers. */
+  private readonly bytesPerPosition: number
+  private f32View?: Float32Array
+
+  /** The arena starts at byte `start` of `memory` (after what the caller placed there). */
+  constructor(
+    private readonly memory: WebAssembly.Memory,
+    start: number,
+    private readonly shape: KvShape,
+  ) {
+    this.end = start
+    this.bytesPerPosition = shape.layers * 2 * shape.kvHeads * shape.headDim * 4
+    this.ensureMemory(start)
+  }
+
+  /** Sequences holding arena memory (not yet released or collected). */
+  get sequences(): number {
+    return this.live
+  }
+
+  /** A new sequence with room for `positions` (and some to grow into). */
+  allocate(positions: number): KvSequence {
+    const capacity = align(positions + GROW_MIN, GROW_MIN)
+    const bytes = capacity * this.bytesPerPosition
+    const s = new KvSequence(this, this.take(bytes), capacity, 0)
+    this.finalizer.register(s, { at: s.base, bytes }, s)
+    this.live++
+    return s
+  }
+
+  /** Moves `s` to a block of at least `positions` (doubling), keeping its filled positions. */
+  grow(s: KvSequence, positions: number): void {
+    const bigger = this.allocate(Math.max(positions, 2 * s.capacity))
+    this.copyPositions(s, bigger, s.filled)
+    this.finalizer.unregister(s)
+    this.finalizer.unregister(bigger)
+    this.live-- // `bigger` only lent its block to `s`
+    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+    s.base = bigger.base
+    s.capacity = bigger.capacity
+    this.finalizer.register(s, { at: s.base, bytes: s.capacity * this.bytesPerPosition }, s)
+  }
+
+  /** Gives `s`'s block back now; later reads of it must throw (the caller checks `freed`). */
+  release(s: KvSequence): void {
+    if (s.freed) return
+    s.freed = true
+    this.live--
+    this.finalizer.unregister(s)
+    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+  }
+
+  /** The first `n` positions of `from` into `to`. */
+  copyPositions(from: KvSequence, to: KvSequence, n: number): void {
+    const { layers, kvHeads, headDim: D } = this.shape
+    const mem = this.f32()
+    for (let l = 0; l < layers; l++)
+      for (let kv = 0; kv < 2; kv++)
+        for (let g = 0; g < kvHeads; g++) {
+          const src = this.kvIndex(from, l, kv, g)
+          mem.copyWithin(this.kvIndex(to, l, kv, g), src, src + n * D)
+        }
+  }
+
+  /** Index (in floats) of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
+  kvIndex(s: KvSequence, l: number, kv: number, g: number): number {
+    const { kvHeads, headDim: D } = this.shape
+    return s.base / 4 + ((l * 2 + kv) * kvHeads + g) * s.capacity * D
+  }
+
+  /** A block of `bytes`: first fit from the free blocks, else the end of the arena. */
+  take(bytes: number): number {
+    for (let i = 0; i < this.free.length; i++) {
+      const f = this.free[i]
+      if (f.bytes < bytes) continue
+      const at = f.at
+      if (f.bytes === bytes) this.free.splice(i, 1)
+      else {
+        f.at += bytes
+        f.bytes -= bytes
+      }
+      return at
+    }
+    const at = this.end
+    this.ensureMemory(at + bytes)
+    this.end = at + bytes
+    return at
+  }
+
+  giveBack(at: number, bytes: number): void {
+    // keep the list sorted and merge neighbours; a block at the end shrinks the arena
+    let i = 0
+    while (i < this.free.length && this.free[i].at < at) i++
+    this.free.splice(i, 0, { at, bytes })
+    if (i + 1 < this.free.length && at + bytes === this.free[i + 1].at) {
+      this.free[i].bytes += this.free[i + 1].bytes
+      this.free.splice(i + 1, 1)
+    }
+    if (i > 0 && this.free[i - 1].at + this.free[i - 1].bytes === at) {
+      this.free[i - 1].bytes += this.free[i].bytes
+      this.free.splice(i, 1)
+      i--
+    }
+    const last = this.free[this.free.length - 1]
+    if (last && last.at + last.bytes === this.end) {
+      this.end = last.at
+      this.free.pop()
+    }
+  }
+
+  /** The whole memory as floats (a new view after the memory grew). */
+  f32(): Float32Array {
+    const buf = this.memory.buffer
+    if (this.f32View?.buffer !== buf) this.f32View = new Float32Array(buf)
+    return this.f32View
+  }
+
+  private ensureMemory(end: number): void {
+    const pages = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE
+    if (pages <= 0) return
+    try {
+      this.memory.grow(pages)
+    } catch (err) {
+      throw new AppError('model_unavailable', 'Out of memory for the KV cache', { cause: err })
+    }
+  }
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to
+}
