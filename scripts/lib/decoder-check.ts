@@ -34,6 +34,13 @@ import {
   type DecoderWeights,
 } from '../../src/format/index.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
+import {
+  attentionBlock,
+  headDimOf,
+  mlpBlock,
+  rmsNorm,
+  type ReferenceLayer,
+} from './qwen2-reference.ts'
 import { LOGITS_TO_KEEP } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
 import { DataType, valueInfo, type ModelProto, type ValueInfoProto } from './onnx/index.ts'
@@ -200,12 +207,13 @@ export async function checkDecoder(
         )
         const mid = r.map((x, j) => x + o[j])
         for (const { quantize, errors } of passes) {
-          const a = attentionBlock(layer, config, r, n, pastKey, pastValue, quantize)
+          const ref = referenceLayer(layer, quantize)
+          const a = attentionBlock(ref, config, r, n, pastKey, pastValue)
           const where = `layer ${i}, ${at}`
           errors.note('attention', where, relativeError(o, a.out))
           errors.note('key', where, relativeError(key, a.key))
           errors.note('value', where, relativeError(value, a.value))
-          errors.note('mlp', where, relativeError(down, mlpBlock(layer, config, mid, n, quantize)))
+          errors.note('mlp', where, relativeError(down, mlpBlock(ref, config, mid, n)))
         }
         r.set(mid.map((x, j) => x + down[j]))
       }
@@ -287,148 +295,22 @@ function relativeError(a: Float32Array | undefined, b: Float32Array): number {
   return range > 0 ? diff / range : diff
 }
 
-// ---------------------------------------------------------------- the reference arithmetic
+// ---------------------------------------------------------------- the mapped matrices
 
-function headDimOf(c: Pick<Config, 'head_dim' | 'hidden_size' | 'num_attention_heads'>): number {
-  return c.head_dim ?? c.hidden_size / c.num_attention_heads
-}
-
-/**
- * One layer's attention block on the residual stream `x` ([n, H]: n new tokens after the p
- * cached ones, whose keys and values are [kv heads, p, head_dim]). Returns what it adds to the
- * residual stream ([n, H], o_proj's result) and the keys and values with the new rows
- * ([kv heads, p + n, head_dim], what the graph outputs as present.*). `quantize`: activations
- * of every matmul quantized as DynamicQuantizeMatMul does (see `linearQ8`).
- */
-export function attentionBlock(
-  layer: DecoderLayerData,
-  c: Config,
-  x: Float32Array,
-  n: number,
-  pastKey: Float32Array,
-  pastValue: Float32Array,
-  quantize: boolean,
-): { out: Float32Array; key: Float32Array; value: Float32Array } {
-  const nh = c.num_attention_heads
-  const kvh = c.num_key_value_heads
-  const hd = headDimOf(c)
-  const half = hd / 2
-  const p = pastKey.length / (kvh * hd)
-  const t = p + n
-  const xn = rmsNorm(x, n, layer.inputNorm, c.rms_norm_eps)
-  const q = linearQ8(xn, n, layer.q, quantize) // [n, nh * hd]
-  const k = linearQ8(xn, n, layer.k, quantize) // [n, kv * hd]
-  const v = linearQ8(xn, n, layer.v, quantize)
-
-  // rotate-half RoPE at positions p … p + n − 1: x * cos + concat(−x2, x1) * sin; the angle in
-  // float32 as the graph's (position x inv_freq) product
-  const invFreq = Float32Array.from({ length: half }, (_, j) => 1 / c.rope_theta ** (j / half))
-  const rope = (y: Float32Array, heads: number) => {
-    for (let i = 0; i < n; i++)
-      for (let j = 0; j < half; j++) {
-        const angle = Math.fround((p + i) * invFreq[j])
-        const cs = Math.cos(angle)
-        const sn = Math.sin(angle)
-        for (let h = 0; h < heads; h++) {
-          const at = (i * heads + h) * hd
-          const a = y[at + j]
-          const b = y[at + j + half]
-          y[at + j] = a * cs - b * sn
-          y[at + j + half] = b * cs + a * sn
-        }
-      }
+/** A layer of mapped q8 matrices as the reference's blocks take it (`quantize`: see linearQ8). */
+function referenceLayer(layer: DecoderLayerData, quantize: boolean): ReferenceLayer {
+  const lin = (m: DecoderMatrixData) => (x: Float32Array, n: number) => linearQ8(x, n, m, quantize)
+  return {
+    inputNorm: layer.inputNorm,
+    postNorm: layer.postNorm,
+    q: lin(layer.q),
+    k: lin(layer.k),
+    v: lin(layer.v),
+    o: lin(layer.o),
+    gate: lin(layer.gate),
+    up: lin(layer.up),
+    down: lin(layer.down),
   }
-  rope(q, nh)
-  rope(k, kvh)
-
-  const key = new Float32Array(kvh * t * hd)
-  const value = new Float32Array(kvh * t * hd)
-  for (let g = 0; g < kvh; g++) {
-    key.set(pastKey.subarray(g * p * hd, (g + 1) * p * hd), g * t * hd)
-    value.set(pastValue.subarray(g * p * hd, (g + 1) * p * hd), g * t * hd)
-    for (let i = 0; i < n; i++) {
-      key.set(k.subarray((i * kvh + g) * hd, (i * kvh + g + 1) * hd), (g * t + p + i) * hd)
-      value.set(v.subarray((i * kvh + g) * hd, (i * kvh + g + 1) * hd), (g * t + p + i) * hd)
-    }
-  }
-
-  const ctx = new Float32Array(n * nh * hd)
-  const scores = new Float64Array(t)
-  const group = nh / kvh
-  for (let i = 0; i < n; i++)
-    for (let h = 0; h < nh; h++) {
-      const g = Math.floor(h / group) // transformers' repeat_kv
-      const qRow = (i * nh + h) * hd
-      const visible = p + i + 1 // causal: keys 0 … p + i
-      let max = -Infinity
-      for (let j = 0; j < visible; j++) {
-        let dot = 0
-        for (let e = 0; e < hd; e++) dot += q[qRow + e] * key[(g * t + j) * hd + e]
-        scores[j] = dot / Math.sqrt(hd)
-        if (scores[j] > max) max = scores[j]
-      }
-      let sum = 0
-      for (let j = 0; j < visible; j++) sum += scores[j] = Math.exp(scores[j] - max)
-      for (let e = 0; e < hd; e++) {
-        let acc = 0
-        for (let j = 0; j < visible; j++) acc += scores[j] * value[(g * t + j) * hd + e]
-        ctx[qRow + e] = acc / sum
-      }
-    }
-  return { out: linearQ8(ctx, n, layer.o, quantize), key, value }
-}
-
-/** One layer's MLP on the residual stream `x` [n, H]: what it adds to it (down_proj's result). */
-export function mlpBlock(
-  layer: DecoderLayerData,
-  c: Pick<Config, 'rms_norm_eps'>,
-  x: Float32Array,
-  n: number,
-  quantize: boolean,
-): Float32Array {
-  const y = rmsNorm(x, n, layer.postNorm, c.rms_norm_eps)
-  const gate = linearQ8(y, n, layer.gate, quantize)
-  const up = linearQ8(y, n, layer.up, quantize)
-  for (let i = 0; i < gate.length; i++) gate[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i]
-  return linearQ8(gate, n, layer.down, quantize)
-}
-
-/**
- * Every layer and the final norm on the embeddings `x` [n, H] of n tokens after `cache.length`
- * cached ones: the final hidden states [n, H] and a new cache ([kv heads, positions, head_dim]
- * per layer; the one given is not changed).
- */
-export function referenceForward(
-  w: DecoderWeights,
-  c: Config,
-  x: Float32Array,
-  n: number,
-  cache: { length: number; key: Float32Array[]; value: Float32Array[] },
-  quantize = false,
-): { hidden: Float32Array; cache: { length: number; key: Float32Array[]; value: Float32Array[] } } {
-  const r = Float32Array.from(x)
-  const next = { length: cache.length + n, key: [] as Float32Array[], value: [] as Float32Array[] }
-  w.layers.forEach((layer, i) => {
-    const a = attentionBlock(layer, c, r, n, cache.key[i], cache.value[i], quantize)
-    next.key.push(a.key)
-    next.value.push(a.value)
-    for (let j = 0; j < r.length; j++) r[j] += a.out[j]
-    const down = mlpBlock(layer, c, r, n, quantize)
-    for (let j = 0; j < r.length; j++) r[j] += down[j]
-  })
-  return { hidden: rmsNorm(r, n, w.finalNorm, c.rms_norm_eps), cache: next }
-}
-
-function rmsNorm(x: Float32Array, rows: number, weight: Float32Array, eps: number): Float32Array {
-  const H = x.length / rows
-  const out = new Float32Array(x.length)
-  for (let r = 0; r < rows; r++) {
-    let ss = 0
-    for (let i = 0; i < H; i++) ss += x[r * H + i] ** 2
-    const inv = 1 / Math.sqrt(ss / H + eps)
-    for (let i = 0; i < H; i++) out[r * H + i] = x[r * H + i] * inv * weight[i]
-  }
-  return out
 }
 
 /**
