@@ -10,17 +10,18 @@
 ;; weight row v. Formats (byte offsets documented in src/engine/quant/): q8 rows (q8.ts: int8
 ;; rows of `stride`, a multiple of 32; per row zp int8 and scale f32) with 'a16-row'
 ;; activations (activations.ts: int16 rows of `stride`, sum f32 and scale f32 per row); q4
-;; (q4.ts: 'q4-b32', nibbles q, scales s f32, zero points z u8, kb blocks per row, a multiple
-;; of 4) with 'a8-b32' activations (activations.ts: int8 xq, scale xd f32, sum xs i32 per block,
-;; same block order as the weights). Activation row j is at x + j · (its row size).
+;; (q4.ts: 'q4-b32', kb blocks a row, a multiple of 4, in groups of 4 of 84 bytes: nibbles,
+;; scales f32, zero points u8; row v at w + 21·kb·v) with 'a8-b32' activations (activations.ts:
+;; groups of 160 bytes: int8 values in the weights' order, scales f32, sums i32; row j at
+;; x + 40·kb·j). A16 activation row j is at x + 2·stride·j.
 ;;
 ;;   rows(w, stride, zp, scale, v0, v1, x, sumx, xscale, n, out, ldo)   q8 · n a16 rows (decode)
 ;;   rows4(w, stride, zp, scale, v0, v1, x, sumx, xscale, out, ldo)     q8 · exactly 4 a16 rows
 ;;   q8_gemm(w, stride, zp, scale, v0, v1, x, sumx, xscale, t, out, ldo)  q8 · t a16 rows (prefill)
-;;   q4_gemv(wq, ws, wz, kb, v0, v1, xq, xd, xs, n, out, ldo)           q4 · n a8 rows (decode)
-;;   q4_gemm(wq, ws, wz, kb, v0, v1, xq, xd, xs, t, out, ldo)           q4 · t a8 rows (prefill)
-;;   quant_b32(x, ldx, k, t, xq, xd, xs)   t f32 rows of k (row j at x + 4·j·ldx, k a multiple
-;;                                         of 32) to a8-b32 with kb = 4·ceil(k/128) (padding 0)
+;;   q4_gemv(w, kb, v0, v1, x, n, out, ldo)    q4 · n a8 rows (decode)
+;;   q4_gemm(w, kb, v0, v1, x, t, out, ldo)    q4 · t a8 rows (prefill)
+;;   quant_b32(x, ldx, k, t, xa)   t f32 rows of k (row j at x + 4·j·ldx, k a multiple of 32)
+;;                                 to a8-b32 at xa, kb = 4·ceil(k/128) blocks a row (padding 0)
 ;;   dots(q, k, n, dim, out)   mix(p, v, n, dim, out)   silu_mul(g, u, n, out)   (attention, MLP)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
@@ -367,9 +368,8 @@
   ;; Per block of 32: d = max|x| / 127, q = nearest(x · (127 / max|x|)) (ties to even, in
   ;; [−127, 127]), Σ q; stored in the weights' block order (activations.ts).
   (func (export "quant_b32")
-    (param $x i32) (param $ldx i32) (param $k i32) (param $t i32)
-    (param $xq i32) (param $xd i32) (param $xs i32)
-    (local $kb i32) (local $j i32) (local $c i32) (local $src i32) (local $dst i32) (local $at i32)
+    (param $x i32) (param $ldx i32) (param $k i32) (param $t i32) (param $xa i32)
+    (local $kb i32) (local $j i32) (local $c i32) (local $src i32) (local $dst i32)
     (local $max f32) (local $inv v128) (local $sum v128)
     (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
     (local $v4 v128) (local $v5 v128) (local $v6 v128) (local $v7 v128)
@@ -385,14 +385,12 @@
         (block $blocks_done
           (loop $blocks
             (br_if $blocks_done (i32.ge_u (local.get $c) (local.get $kb)))
+            ;; the block's lane of its group: bytes at + 16m, scale at + 128, sum at + 144
             (local.set $dst
               (i32.add
-                (i32.add (local.get $xq)
-                  (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 5)))
-                (i32.add (i32.shl (i32.shr_u (local.get $c) (i32.const 2)) (i32.const 7))
+                (i32.add (local.get $xa) (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
+                (i32.add (i32.mul (i32.shr_u (local.get $c) (i32.const 2)) (i32.const 160))
                   (i32.shl (i32.and (local.get $c) (i32.const 3)) (i32.const 2)))))
-            (local.set $at (i32.shl (i32.add (i32.mul (local.get $j) (local.get $kb)) (local.get $c))
-              (i32.const 2)))
             (if (i32.lt_u (i32.shl (local.get $c) (i32.const 5)) (local.get $k))
               (then
                 (local.set $v0 (v128.load (local.get $src)))
@@ -449,9 +447,8 @@
                 (v128.store32_lane offset=80 1 (local.get $dst) (local.get $n1))
                 (v128.store32_lane offset=96 2 (local.get $dst) (local.get $n1))
                 (v128.store32_lane offset=112 3 (local.get $dst) (local.get $n1))
-                (f32.store (i32.add (local.get $xd) (local.get $at))
-                  (f32.div (local.get $max) (f32.const 127)))
-                (i32.store (i32.add (local.get $xs) (local.get $at))
+                (f32.store offset=128 (local.get $dst) (f32.div (local.get $max) (f32.const 127)))
+                (i32.store offset=144 (local.get $dst)
                   (i32.add
                     (i32.add (i32x4.extract_lane 0 (local.get $sum)) (i32x4.extract_lane 1 (local.get $sum)))
                     (i32.add (i32x4.extract_lane 2 (local.get $sum)) (i32x4.extract_lane 3 (local.get $sum))))))
@@ -464,8 +461,8 @@
                 (i32.store offset=80 (local.get $dst) (i32.const 0))
                 (i32.store offset=96 (local.get $dst) (i32.const 0))
                 (i32.store offset=112 (local.get $dst) (i32.const 0))
-                (f32.store (i32.add (local.get $xd) (local.get $at)) (f32.const 0))
-                (i32.store (i32.add (local.get $xs) (local.get $at)) (i32.const 0))))
+                (f32.store offset=128 (local.get $dst) (f32.const 0))
+                (i32.store offset=144 (local.get $dst) (i32.const 0))))
             (local.set $src (i32.add (local.get $src) (i32.const 128)))
             (local.set $c (i32.add (local.get $c) (i32.const 1)))
             (br $blocks)))
@@ -475,44 +472,47 @@
 
   ;; ---- q4 weights · a8-b32 activations ----
 
-  ;; One weight row (wq, ws, wz at the row) · one activation row (x, xd, xs at the row), stored
-  ;; at out. Per group of 4 blocks: 4 loads of 32 nibbles, their low and high halves against
+  ;; One weight row (at wq) · one activation row (at x), stored at out. Per group of 4 blocks: 4 loads of 32 nibbles, their low and high halves against
   ;; bytes 0..63 and 64..127 of the group's activations; the integer sums of the 4 blocks end
   ;; in the 4 lanes of one i32x4.
   (func $q4_tile1
-    (param $wq i32) (param $ws i32) (param $wz i32) (param $kb i32)
-    (param $x i32) (param $xd i32) (param $xs i32) (param $out i32)
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
     (local $end i32) (local $p v128) (local $lo v128) (local $hi v128) (local $m v128)
     (local $a0 v128) (local $a1 v128) (local $h0 v128) (local $h1 v128) (local $f v128)
-    (local.set $end (i32.add (local.get $wq) (i32.shl (local.get $kb) (i32.const 4))))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
         (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
 ;;#if relaxed
-        ;; nibbles 0..15 are the unsigned 7-bit operand: the dot is exact and deterministic
+        ;; nibbles 0..15 are the unsigned 7-bit operand, so each i16 lane (2 products) is exact
+        ;; and deterministic; 8 of them, |Σ| ≤ 8 · 2 · 128 · 15 < 2^15, sum exactly in i16 (on x64
+        ;; without AVX-VNNI one pmaddubsw each; the i32 form adds a pmaddwd and a paddd to each)
         (local.set $p (v128.load (local.get $wq)))
-        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x))
-          (v128.and (local.get $p) (local.get $m)) (v128.const i32x4 0 0 0 0)))
-        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x))
-          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m))
-          (v128.const i32x4 0 0 0 0)))
+        (local.set $a0 (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x))
+          (v128.and (local.get $p) (local.get $m))))
+        (local.set $a1 (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m))))
         (local.set $p (v128.load offset=16 (local.get $wq)))
-        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x))
-          (v128.and (local.get $p) (local.get $m)) (local.get $a0)))
-        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x))
-          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)) (local.get $a1)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=16 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=80 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
         (local.set $p (v128.load offset=32 (local.get $wq)))
-        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x))
-          (v128.and (local.get $p) (local.get $m)) (local.get $a0)))
-        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x))
-          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)) (local.get $a1)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=32 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=96 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
         (local.set $p (v128.load offset=48 (local.get $wq)))
-        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x))
-          (v128.and (local.get $p) (local.get $m)) (local.get $a0)))
-        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x))
-          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)) (local.get $a1)))
-        (local.set $a0 (i32x4.add (local.get $a0) (local.get $a1)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=48 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=112 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        ;; i32 lane b: the 4 bytes of block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (i16x8.add (local.get $a0) (local.get $a1))))
 ;;#else
         ;; widened to i16: the dot of the low 8 bytes gives lanes of blocks 0, 0, 1, 1, of the
         ;; high 8 bytes blocks 2, 2, 3, 3
@@ -578,42 +578,33 @@
                 (i32x4.sub (local.get $a0)
                   (i32x4.mul
                     (i32x4.extend_low_i16x8_u
-                      (i16x8.extend_low_i8x16_u (v128.load32_zero (local.get $wz))))
-                    (v128.load (local.get $xs)))))
-              (v128.load (local.get $ws)))
-            (v128.load (local.get $xd)))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 64)))
-        (local.set $x (i32.add (local.get $x) (i32.const 128)))
-        (local.set $ws (i32.add (local.get $ws) (i32.const 16)))
-        (local.set $wz (i32.add (local.get $wz) (i32.const 4)))
-        (local.set $xd (i32.add (local.get $xd) (i32.const 16)))
-        (local.set $xs (i32.add (local.get $xs) (i32.const 16)))
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq))))
+                    (v128.load offset=144 (local.get $x)))))
+              (v128.load offset=64 (local.get $wq)))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
     (f32.store (local.get $out) (call $hsum (local.get $f)))
   )
 
-  ;; One weight row · 4 activation rows (x at the first, the others kb · 32 bytes apart; xd, xs
-  ;; kb · 4 apart), stored at out + 4 · ldo · (0..3): each 16 weight bytes are loaded and
+  ;; One weight row · 4 activation rows (x at the first, the others 40 · kb bytes apart),
+  ;; stored at out + 4 · ldo · (0..3): each 16 weight bytes are loaded and
   ;; unpacked once for the 4.
   (func $q4_tile4
-    (param $wq i32) (param $ws i32) (param $wz i32) (param $kb i32)
-    (param $x i32) (param $xd i32) (param $xs i32) (param $out i32) (param $ldo i32)
-    (local $end i32) (local $quarter i32) (local $xst i32) (local $b1 i32) (local $b2 i32)
-    (local $b3 i32) (local $x1 i32) (local $x2 i32) (local $x3 i32)
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32) (param $ldo i32)
+    (local $end i32) (local $xst i32) (local $x1 i32) (local $x2 i32) (local $x3 i32)
     (local $p v128) (local $lo v128) (local $hi v128) (local $m v128) (local $zp v128)
     (local $sc v128)
     (local $w0 v128) (local $w1 v128) (local $w2 v128) (local $w3 v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $h0 v128) (local $h1 v128) (local $h2 v128) (local $h3 v128)
     (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
-    (local.set $end (i32.add (local.get $wq) (i32.shl (local.get $kb) (i32.const 4))))
-    (local.set $xst (i32.shl (local.get $kb) (i32.const 5)))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
     (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
     (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
     (local.set $x3 (i32.add (local.get $x2) (local.get $xst)))
-    (local.set $b1 (i32.shl (local.get $kb) (i32.const 2)))
-    (local.set $b2 (i32.shl (local.get $kb) (i32.const 3)))
-    (local.set $b3 (i32.add (local.get $b1) (local.get $b2)))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
@@ -628,66 +619,201 @@
         (local.set $h2 (v128.const i32x4 0 0 0 0))
         (local.set $h3 (v128.const i32x4 0 0 0 0))
 ;;#end
-        (local.set $quarter (i32.const 4))
-        (loop $quarters
-          (local.set $p (v128.load (local.get $wq)))
-          (local.set $lo (v128.and (local.get $p) (local.get $m)))
-          (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        ;; bytes 0..15 of the group's weights
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
 ;;#if relaxed
-          (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load (local.get $x)) (local.get $lo) (local.get $a0)))
-          (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load offset=64 (local.get $x)) (local.get $hi) (local.get $a0)))
-          (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load (local.get $x1)) (local.get $lo) (local.get $a1)))
-          (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load offset=64 (local.get $x1)) (local.get $hi) (local.get $a1)))
-          (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load (local.get $x2)) (local.get $lo) (local.get $a2)))
-          (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load offset=64 (local.get $x2)) (local.get $hi) (local.get $a2)))
-          (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load (local.get $x3)) (local.get $lo) (local.get $a3)))
-          (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s
-            (v128.load offset=64 (local.get $x3)) (local.get $hi) (local.get $a3)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
 ;;#else
-          (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
-          (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
-          (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
-          (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
-          (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x)))
-            (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x))))))
-          (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x)))
-            (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x))))))
-          (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x1)))
-            (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x1))))))
-          (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x1)))
-            (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x1))))))
-          (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x2)))
-            (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x2))))))
-          (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x2)))
-            (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x2))))))
-          (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x3)))
-            (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x3))))))
-          (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
-            (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x3)))
-            (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x3))))))
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x3))))))
 ;;#end
-          (local.set $wq (i32.add (local.get $wq) (i32.const 16)))
-          (local.set $x (i32.add (local.get $x) (i32.const 16)))
-          (local.set $x1 (i32.add (local.get $x1) (i32.const 16)))
-          (local.set $x2 (i32.add (local.get $x2) (i32.const 16)))
-          (local.set $x3 (i32.add (local.get $x3) (i32.const 16)))
-          (local.set $quarter (i32.sub (local.get $quarter) (i32.const 1)))
-          (br_if $quarters (local.get $quarter)))
-;;#if simd128
+        ;; bytes 16..31 of the group's weights
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x3))))))
+;;#end
+        ;; bytes 32..47 of the group's weights
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x3))))))
+;;#end
+        ;; bytes 48..63 of the group's weights
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x3))))))
+;;#end
+;;#if relaxed
+        ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+        (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
+        (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
+        (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
+;;#else
         ;; lanes of a: blocks 0, 0, 1, 1; of h: 2, 2, 3, 3
         (local.set $a0 (i32x4.add
           (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $h0))
@@ -702,46 +828,42 @@
           (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a3) (local.get $h3))
           (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a3) (local.get $h3))))
 ;;#end
-        ;; past the group's high halves
-        (local.set $x (i32.add (local.get $x) (i32.const 64)))
-        (local.set $x1 (i32.add (local.get $x1) (i32.const 64)))
-        (local.set $x2 (i32.add (local.get $x2) (i32.const 64)))
-        (local.set $x3 (i32.add (local.get $x3) (i32.const 64)))
         (local.set $zp (i32x4.extend_low_i16x8_u
-          (i16x8.extend_low_i8x16_u (v128.load32_zero (local.get $wz)))))
-        (local.set $sc (v128.load (local.get $ws)))
+          (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq)))))
+        (local.set $sc (v128.load offset=64 (local.get $wq)))
         (local.set $f0 (f32x4.add (local.get $f0)
           (f32x4.mul
             (f32x4.mul
               (f32x4.convert_i32x4_s (i32x4.sub (local.get $a0)
-                (i32x4.mul (local.get $zp) (v128.load (local.get $xs)))))
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x)))))
               (local.get $sc))
-            (v128.load (local.get $xd)))))
+            (v128.load offset=128 (local.get $x)))))
         (local.set $f1 (f32x4.add (local.get $f1)
           (f32x4.mul
             (f32x4.mul
               (f32x4.convert_i32x4_s (i32x4.sub (local.get $a1)
-                (i32x4.mul (local.get $zp) (v128.load (i32.add (local.get $xs) (local.get $b1))))))
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
               (local.get $sc))
-            (v128.load (i32.add (local.get $xd) (local.get $b1))))))
+            (v128.load offset=128 (local.get $x1)))))
         (local.set $f2 (f32x4.add (local.get $f2)
           (f32x4.mul
             (f32x4.mul
               (f32x4.convert_i32x4_s (i32x4.sub (local.get $a2)
-                (i32x4.mul (local.get $zp) (v128.load (i32.add (local.get $xs) (local.get $b2))))))
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x2)))))
               (local.get $sc))
-            (v128.load (i32.add (local.get $xd) (local.get $b2))))))
+            (v128.load offset=128 (local.get $x2)))))
         (local.set $f3 (f32x4.add (local.get $f3)
           (f32x4.mul
             (f32x4.mul
               (f32x4.convert_i32x4_s (i32x4.sub (local.get $a3)
-                (i32x4.mul (local.get $zp) (v128.load (i32.add (local.get $xs) (local.get $b3))))))
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
               (local.get $sc))
-            (v128.load (i32.add (local.get $xd) (local.get $b3))))))
-        (local.set $ws (i32.add (local.get $ws) (i32.const 16)))
-        (local.set $wz (i32.add (local.get $wz) (i32.const 4)))
-        (local.set $xd (i32.add (local.get $xd) (i32.const 16)))
-        (local.set $xs (i32.add (local.get $xs) (i32.const 16)))
+            (v128.load offset=128 (local.get $x3)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
+        (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
+        (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
         (br $groups)))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
     (f32.store (local.get $out) (call $hsum (local.get $f0)))
@@ -762,31 +884,22 @@
   ;; Weight rows [v0, v1) · n activation rows, row by row: each row is read from memory once
   ;; (then from L1) for tiles of 4 activation rows and the last n mod 4 one at a time.
   (func $q4_rows
-    (param $wq i32) (param $ws i32) (param $wz i32) (param $kb i32)
-    (param $v0 i32) (param $v1 i32)
-    (param $xq i32) (param $xd i32) (param $xs i32) (param $n i32)
-    (param $out i32) (param $ldo i32)
-    (local $v i32) (local $j i32) (local $rq i32) (local $rs i32) (local $rz i32) (local $o i32)
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (local $v i32) (local $j i32) (local $row i32)
     (local.set $v (local.get $v0))
     (block $done
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
-        (local.set $rq (i32.add (local.get $wq)
-          (i32.shl (i32.mul (local.get $v) (local.get $kb)) (i32.const 4))))
-        (local.set $rs (i32.add (local.get $ws)
-          (i32.shl (i32.mul (local.get $v) (local.get $kb)) (i32.const 2))))
-        (local.set $rz (i32.add (local.get $wz) (i32.mul (local.get $v) (local.get $kb))))
+        (local.set $row (i32.add (local.get $w)
+          (i32.mul (local.get $v) (i32.mul (local.get $kb) (i32.const 21)))))
         (local.set $j (i32.const 0))
         (block $tiles_done
           (loop $tiles
             (br_if $tiles_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
-            (call $q4_tile4 (local.get $rq) (local.get $rs) (local.get $rz) (local.get $kb)
-              (i32.add (local.get $xq)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 5)))
-              (i32.add (local.get $xd)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
-              (i32.add (local.get $xs)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
+            (call $q4_tile4 (local.get $row) (local.get $kb)
+              (i32.add (local.get $x)
+                (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
               (i32.add (local.get $out) (i32.shl
                 (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2)))
               (local.get $ldo))
@@ -795,13 +908,9 @@
         (block $ones_done
           (loop $ones
             (br_if $ones_done (i32.ge_u (local.get $j) (local.get $n)))
-            (call $q4_tile1 (local.get $rq) (local.get $rs) (local.get $rz) (local.get $kb)
-              (i32.add (local.get $xq)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 5)))
-              (i32.add (local.get $xd)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
-              (i32.add (local.get $xs)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
+            (call $q4_tile1 (local.get $row) (local.get $kb)
+              (i32.add (local.get $x)
+                (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
               (i32.add (local.get $out) (i32.shl
                 (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
@@ -812,23 +921,18 @@
 
   ;; q4 rows · n activation rows, for decode: the weights stream through the cache once.
   (func (export "q4_gemv")
-    (param $wq i32) (param $ws i32) (param $wz i32) (param $kb i32)
-    (param $v0 i32) (param $v1 i32)
-    (param $xq i32) (param $xd i32) (param $xs i32) (param $n i32)
-    (param $out i32) (param $ldo i32)
-    (call $q4_rows (local.get $wq) (local.get $ws) (local.get $wz) (local.get $kb)
-      (local.get $v0) (local.get $v1) (local.get $xq) (local.get $xd) (local.get $xs)
-      (local.get $n) (local.get $out) (local.get $ldo))
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (call $q4_rows (local.get $w) (local.get $kb) (local.get $v0) (local.get $v1)
+      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo))
   )
 
   ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (at least 4
   ;; rows), each block scored by every tile of 4 activation rows while it is in cache (the tile
-  ;; itself, 4 · kb · 40 bytes, stays in L1), then by the last t mod 4.
+  ;; itself, 4 · 40 · kb bytes, stays in L1), then by the last t mod 4.
   (func (export "q4_gemm")
-    (param $wq i32) (param $ws i32) (param $wz i32) (param $kb i32)
-    (param $v0 i32) (param $v1 i32)
-    (param $xq i32) (param $xd i32) (param $xs i32) (param $t i32)
-    (param $out i32) (param $ldo i32)
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $t i32) (param $out i32) (param $ldo i32)
     (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32) (local $n i32)
     (local.set $rb (i32.div_u (i32.const 65536) (i32.mul (local.get $kb) (i32.const 21))))
     (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
@@ -844,14 +948,9 @@
             (br_if $tiles_done (i32.ge_u (local.get $j) (local.get $t)))
             (local.set $n (i32.sub (local.get $t) (local.get $j)))
             (if (i32.gt_u (local.get $n) (i32.const 4)) (then (local.set $n (i32.const 4))))
-            (call $q4_rows (local.get $wq) (local.get $ws) (local.get $wz) (local.get $kb)
-              (local.get $vb) (local.get $ve)
-              (i32.add (local.get $xq)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 5)))
-              (i32.add (local.get $xd)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
-              (i32.add (local.get $xs)
-                (i32.shl (i32.mul (local.get $j) (local.get $kb)) (i32.const 2)))
+            (call $q4_rows (local.get $w) (local.get $kb) (local.get $vb) (local.get $ve)
+              (i32.add (local.get $x)
+                (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
               (local.get $n)
               (i32.add (local.get $out)
                 (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))

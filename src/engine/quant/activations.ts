@@ -5,12 +5,12 @@
  * 'a8-b32', for q4 weights (as llama.cpp pairs q4_0 weights with q8_0 activations): per block
  * of 32 inputs an int8 value each in [−127, 127], a scale d = max|x| / 127 (f32) and the sum of
  * the int8 values (i32, for the zero-point term: Σ (q − zp) · x = Σ q · x − zp · Σ x). Row j of
- * `t` rows, kb blocks (q4.ts: 4 · ceil(k / 128), zero padded), at:
+ * kb blocks (q4.ts: 4 · ceil(k / 128), zero padded) at 40·kb·j, group g (blocks 4g … 4g+3) at
+ * + 160g, each group
  *
- *   xq  t · kb · 32 int8   row j at 32·kb·j, group g at + 128g; in a group, byte 16m + 4b + r
- *                          (m in 0..7, b and r in 0..3) is x[128g + 32b + 4m + r]
- *   xd  t · kb f32         scale of block c of row j at byte 4(kb·j + c)
- *   xs  t · kb i32         sum of block c of row j at byte 4(kb·j + c)
+ *   bytes   0..127  byte 16m + 4b + r (m in 0..7, b and r in 0..3) is x[128g + 32b + 4m + r]
+ *   bytes 128..143  d of blocks 4g … 4g+3, f32
+ *   bytes 144..159  Σ q of blocks 4g … 4g+3, i32
  *
  * The order is the weights' (q4.ts): bytes 0..63 of a group meet the low nibbles of the
  * weights' 4 loads, bytes 64..127 the high ones, block b in the 4-byte lanes b.
@@ -21,22 +21,49 @@
  */
 import { Q4_BLOCK, q4Blocks } from './q4.ts'
 
+export const A8_GROUP_BYTES = 160
+
 export interface BlockActivations {
   /** Rows. */
   t: number
   /** Inputs per row. */
   k: number
   kb: number
-  xq: Int8Array
-  xd: Float32Array
-  xs: Int32Array
+  /** t · 40 · kb bytes. */
+  data: Uint8Array
 }
 
-/** Byte offset of input i in its row's xq. */
+/** Byte offset of input i in its row. */
 export function a8At(i: number): number {
   const block = i >> 5
   const r = i & 31
-  return 128 * (block >> 2) + 16 * (r >> 2) + 4 * (block & 3) + (r & 3)
+  return A8_GROUP_BYTES * (block >> 2) + 16 * (r >> 2) + 4 * (block & 3) + (r & 3)
+}
+
+/** Byte offsets of block c's scale (f32) and sum (i32) in its row. */
+export function a8ScaleAt(c: number): number {
+  return A8_GROUP_BYTES * (c >> 2) + 128 + 4 * (c & 3)
+}
+
+export function a8SumAt(c: number): number {
+  return A8_GROUP_BYTES * (c >> 2) + 144 + 4 * (c & 3)
+}
+
+function view(a: BlockActivations): DataView {
+  return new DataView(a.data.buffer, a.data.byteOffset, a.data.byteLength)
+}
+
+/** The int8 value of input i of row j. */
+export function a8Get(a: BlockActivations, j: number, i: number): number {
+  return (a.data[40 * a.kb * j + a8At(i)] << 24) >> 24
+}
+
+export function a8Scale(a: BlockActivations, j: number, c: number): number {
+  return view(a).getFloat32(40 * a.kb * j + a8ScaleAt(c), true)
+}
+
+export function a8Sum(a: BlockActivations, j: number, c: number): number {
+  return view(a).getInt32(40 * a.kb * j + a8SumAt(c), true)
 }
 
 /** Round half to even, as f32x4.nearest. */
@@ -51,14 +78,8 @@ export function roundEven(x: number): number {
  */
 export function quantizeBlocks(x: Float32Array, t: number, k: number, ldx = k): BlockActivations {
   const kb = q4Blocks(k)
-  const out: BlockActivations = {
-    t,
-    k,
-    kb,
-    xq: new Int8Array(t * kb * 32),
-    xd: new Float32Array(t * kb),
-    xs: new Int32Array(t * kb),
-  }
+  const out: BlockActivations = { t, k, kb, data: new Uint8Array(t * kb * 40) }
+  const dv = view(out)
   for (let j = 0; j < t; j++)
     for (let c = 0; c * Q4_BLOCK < k; c++) {
       const from = j * ldx + c * Q4_BLOCK
@@ -69,18 +90,18 @@ export function quantizeBlocks(x: Float32Array, t: number, k: number, ldx = k): 
       let sum = 0
       for (let i = 0; i < len; i++) {
         const q = roundEven(Math.fround(x[from + i] * inv))
-        out.xq[32 * kb * j + a8At(c * Q4_BLOCK + i)] = q
+        out.data[40 * kb * j + a8At(c * Q4_BLOCK + i)] = q & 255
         sum += q
       }
-      out.xd[kb * j + c] = Math.fround(max / 127)
-      out.xs[kb * j + c] = sum
+      dv.setFloat32(40 * kb * j + a8ScaleAt(c), Math.fround(max / 127), true)
+      dv.setInt32(40 * kb * j + a8SumAt(c), sum, true)
     }
   return out
 }
 
 /** The value of input i of row j: q · d. */
 export function dequantizeBlock(a: BlockActivations, j: number, i: number): number {
-  return a.xq[32 * a.kb * j + a8At(i)] * a.xd[a.kb * j + (i >> 5)]
+  return a8Get(a, j, i) * a8Scale(a, j, i >> 5)
 }
 
 export interface RowActivations {

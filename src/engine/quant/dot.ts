@@ -5,8 +5,8 @@
  * bound what the f32 epilogue costs.
  */
 import type { BlockActivations, RowActivations } from './activations.ts'
-import { a8At } from './activations.ts'
-import { q4Get, type Q4Matrix } from './q4.ts'
+import { a8Get, a8Scale, a8Sum } from './activations.ts'
+import { q4Get, q4Scale, q4Zero, type Q4Matrix } from './q4.ts'
 import type { Q8Rows } from './q8.ts'
 
 const f = Math.fround
@@ -14,8 +14,13 @@ const f = Math.fround
 /** Σ (q − zp) · x over block c of weight row v and activation row j: exact integer. */
 export function q4BlockInt(m: Q4Matrix, v: number, a: BlockActivations, j: number, c: number) {
   let dot = 0
-  for (let i = 32 * c; i < 32 * c + 32; i++) dot += q4Get(m, v, i) * a.xq[32 * a.kb * j + a8At(i)]
-  return dot - m.z[m.kb * v + c] * a.xs[a.kb * j + c]
+  for (let i = 32 * c; i < 32 * c + 32; i++) dot += q4Get(m, v, i) * a8Get(a, j, i)
+  return dot - q4Zero(m, v, c) * a8Sum(a, j, c)
+}
+
+/** Block c's term: the exact integer to f32, × weight scale, × activation scale. */
+function q4Term(m: Q4Matrix, v: number, a: BlockActivations, j: number, c: number): number {
+  return f(f(q4BlockInt(m, v, a, j, c) * q4Scale(m, v, c)) * a8Scale(a, j, c))
 }
 
 /**
@@ -26,10 +31,7 @@ export function q4BlockInt(m: Q4Matrix, v: number, a: BlockActivations, j: numbe
 export function q4Dot(m: Q4Matrix, v: number, a: BlockActivations, j: number): number {
   if (m.kb !== a.kb) throw new Error(`q4 row of ${m.kb} blocks, activations of ${a.kb}`)
   const lane = [0, 0, 0, 0]
-  for (let c = 0; c < m.kb; c++) {
-    const term = f(f(q4BlockInt(m, v, a, j, c) * m.s[m.kb * v + c]) * a.xd[a.kb * j + c])
-    lane[c & 3] = f(lane[c & 3] + term)
-  }
+  for (let c = 0; c < m.kb; c++) lane[c & 3] = f(lane[c & 3] + q4Term(m, v, a, j, c))
   return f(f(lane[0] + lane[1]) + f(lane[2] + lane[3]))
 }
 
@@ -37,7 +39,7 @@ export function q4Dot(m: Q4Matrix, v: number, a: BlockActivations, j: number): n
 export function q4DotF64(m: Q4Matrix, v: number, a: BlockActivations, j: number): number {
   let sum = 0
   for (let c = 0; c < m.kb; c++)
-    sum += q4BlockInt(m, v, a, j, c) * m.s[m.kb * v + c] * a.xd[a.kb * j + c]
+    sum += q4BlockInt(m, v, a, j, c) * q4Scale(m, v, c) * a8Scale(a, j, c)
   return sum
 }
 
@@ -45,7 +47,7 @@ export function q4DotF64(m: Q4Matrix, v: number, a: BlockActivations, j: number)
 export function q4DotAbs(m: Q4Matrix, v: number, a: BlockActivations, j: number): number {
   let sum = 0
   for (let c = 0; c < m.kb; c++)
-    sum += Math.abs(q4BlockInt(m, v, a, j, c) * m.s[m.kb * v + c] * a.xd[a.kb * j + c])
+    sum += Math.abs(q4BlockInt(m, v, a, j, c) * q4Scale(m, v, c) * a8Scale(a, j, c))
   return sum
 }
 

@@ -15,13 +15,13 @@ import type { IsaVariant } from '../kernels/variants.ts'
 export type { IsaVariant }
 
 /**
- * (module (func (param v128 v128 v128) (result v128)
- *   (i32x4.relaxed_dot_i8x16_i7x16_add_s (local.get 0) (local.get 1) (local.get 2))))
+ * (module (func (param v128 v128) (result v128)
+ *   (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))
  * with the function exported as "f": the instruction the relaxed variant depends on.
  */
 export const RELAXED_PROBE = Uint8Array.from([
-  0, 97, 115, 109, 1, 0, 0, 0, 1, 8, 1, 96, 3, 123, 123, 123, 1, 123, 3, 2, 1, 0, 7, 5, 1, 1, 102,
-  0, 0, 10, 13, 1, 11, 0, 32, 0, 32, 1, 32, 2, 253, 147, 2, 11,
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 123, 123, 1, 123, 3, 2, 1, 0, 7, 5, 1, 1, 102, 0, 0,
+  10, 11, 1, 9, 0, 32, 0, 32, 1, 253, 146, 2, 11,
 ])
 
 /** Whether this runtime runs relaxed SIMD (Node 20 only with --experimental-wasm-relaxed-simd). */
@@ -78,34 +78,26 @@ export interface EngineKernelExports {
     ldo: number,
   ): void
   q4_gemv(
-    wq: number,
-    ws: number,
-    wz: number,
+    w: number,
     kb: number,
     v0: number,
     v1: number,
-    xq: number,
-    xd: number,
-    xs: number,
+    x: number,
     n: number,
     out: number,
     ldo: number,
   ): void
   q4_gemm(
-    wq: number,
-    ws: number,
-    wz: number,
+    w: number,
     kb: number,
     v0: number,
     v1: number,
-    xq: number,
-    xd: number,
-    xs: number,
+    x: number,
     t: number,
     out: number,
     ldo: number,
   ): void
-  quant_b32(x: number, ldx: number, k: number, t: number, xq: number, xd: number, xs: number): void
+  quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
   dots(q: number, k: number, n: number, dim: number, out: number): void
   mix(p: number, v: number, n: number, dim: number, out: number): void
   silu_mul(g: number, u: number, n: number, out: number): void
@@ -141,7 +133,7 @@ export function relaxedSimdWorks(): Promise<boolean> {
   return relaxedWorks
 }
 
-/** The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (5 rows of 256 inputs). */
+/** The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs). */
 function selfCheck(k: EngineKernelExports): Uint32Array {
   const n = 6
   const kb = 8
@@ -154,25 +146,24 @@ function selfCheck(k: EngineKernelExports): Uint32Array {
     seed ^= seed << 5
     return seed >>> 0
   }
-  const wq = 0
-  const ws = wq + n * kb * 16
-  const wz = ws + n * kb * 4
-  const x = wz + n * kb
-  const xq = x + t * kb * 32 * 4
-  const xd = xq + t * kb * 32
-  const xs = xd + t * kb * 4
-  const out = xs + t * kb * 4
+  const w = 0
+  const x = w + n * kb * 21
+  const xa = x + t * kb * 32 * 4
+  const out = xa + t * kb * 40
+  // random nibbles, zero points and scales (the f32 bits of small random numbers)
   const bytes = new Uint8Array(mem)
-  for (let i = 0; i < n * kb * 16; i++) bytes[wq + i] = next()
-  const f32 = new Float32Array(mem)
-  for (let i = 0; i < n * kb; i++) {
-    f32[ws / 4 + i] = (next() / 2 ** 32 - 0.5) / 64
-    bytes[wz + i] = next() & 15
+  const view = new DataView(mem)
+  for (let g = 0; g < (n * kb) / 4; g++) {
+    for (let i = 0; i < 64; i++) bytes[84 * g + i] = next()
+    for (let b = 0; b < 4; b++) {
+      view.setFloat32(84 * g + 64 + 4 * b, (next() / 2 ** 32 - 0.5) / 64, true)
+      bytes[84 * g + 80 + b] = next() & 15
+    }
   }
-  for (let i = 0; i < t * kb * 32; i++) f32[x / 4 + i] = next() / 2 ** 31 - 1
-  k.quant_b32(x, kb * 32, kb * 32, t, xq, xd, xs)
-  k.q4_gemv(wq, ws, wz, kb, 0, n, xq, xd, xs, t, out, n)
-  k.q4_gemm(wq, ws, wz, kb, 0, n, xq, xd, xs, t, out + 4 * t * n, n)
+  for (let i = 0; i < t * kb * 32; i++) view.setFloat32(x + 4 * i, next() / 2 ** 31 - 1, true)
+  k.quant_b32(x, kb * 32, kb * 32, t, xa)
+  k.q4_gemv(w, kb, 0, n, xa, t, out, n)
+  k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
   return new Uint32Array(mem, out, 2 * t * n).slice()
 }
 

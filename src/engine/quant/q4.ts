@@ -4,37 +4,42 @@
  * quantizing float rows, dequantizing. Pure TypeScript: the model toolchain's converter and the
  * tests use it as is.
  *
- * A matrix of N rows (outputs) of K inputs, w[v, k] = (q − zp) · scale with q, zp in 0..15 per
+ * A matrix of N rows (outputs) of K inputs, w[v, i] = (q − zp) · scale with q, zp in 0..15 per
  * block of 32 inputs. kb = 4 · ceil(K / 128) blocks per row: a row is whole groups of 4 blocks
  * (128 inputs), the kernels' unit; blocks past ceil(K / 32) are padding (q 0, scale 0, zp 0).
- * Three arrays, each its own region of kernel memory:
+ * One array: row v at 21·kb·v, group g (blocks 4g … 4g+3) at + 84g, each group
  *
- *   q  N · kb · 16 bytes   row v at 16·kb·v, group g (blocks 4g … 4g+3) at + 64g. In a group,
- *                          byte 16j + 4b + r (j, b, r in 0..3) holds, for input i = 32(4g + b):
- *                            low nibble   w[v, i + 4j + r]
- *                            high nibble  w[v, i + 16 + 4j + r]
- *   s  N · kb f32          scale of block c of row v at byte 4(kb·v + c)
- *   z  N · kb u8           zero point of block c of row v at byte kb·v + c
+ *   bytes  0..63   nibbles: byte 16j + 4b + r (j, b, r in 0..3) holds, for i = 32(4g + b),
+ *                    low nibble   q[v, i + 4j + r]
+ *                    high nibble  q[v, i + 16 + 4j + r]
+ *   bytes 64..79   scales of blocks 4g … 4g+3, f32
+ *   bytes 80..83   zero points of blocks 4g … 4g+3, u8
  *
  * Why this order: a 16-byte load of a group holds 4 inputs of each of its 4 blocks, block b in
  * bytes 4b … 4b+3, so its nibbles (`& 15` and `>> 4`) are two vectors whose 4-byte lanes are
- * the 4 blocks. `i32x4.relaxed_dot_i8x16_i7x16_add_s` sums exactly 4 adjacent byte products
- * per i32 lane: over the group's 4 loads each lane accumulates the whole dot product of one
- * block, with no shuffle. Plain SIMD128 (`i32x4.dot_i16x8_s` sums byte pairs) needs one
- * shuffle-add per group. Activations (activations.ts) are stored in the same order.
+ * the 4 blocks. `i16x8.relaxed_dot_i8x16_i7x16_s` sums adjacent byte products in pairs, and
+ * `i32x4.extadd_pairwise_i16x8_s` those pairs again: after the group's 4 loads, i32 lane b holds
+ * the whole dot product of block b, with no shuffle (plain SIMD128, `i32x4.dot_i16x8_s` on
+ * widened halves, needs one shuffle-add per group). The scales and zero points of the 4 blocks
+ * are then one load each, at fixed offsets from the nibbles: a kernel walks one pointer per
+ * weight row and the prefetcher sees one stream. Activations (activations.ts) are grouped the
+ * same way.
  *
  * Why f32 scales: MatMulNBits exports of fp32 models carry f32 scales, which f16 could not hold
  * exactly; f16 would save 2 of the 21 bytes per block but needs a conversion in the kernel that
  * SIMD128 has no instruction for. Why a zero point per block: the onnxruntime quantizer is
  * asymmetric by default (exports carry zero_points), and for the toolchain's own conversion an
  * asymmetric block has a lower error than a symmetric one (see the report of issue 13); the
- * kernels handle it with one integer multiply per block. Why SoA: scales and zero points of 4
- * blocks are one load each (the kernels read 4 blocks at a time).
+ * kernels handle it with one integer multiply per block. Groups are 84 bytes, so loads are
+ * unaligned (no penalty on x64 and arm64 beyond cache-line splits).
  */
 
 export const Q4_BLOCK = 32
 /** Blocks per kernel group: rows hold whole groups. */
 export const Q4_GROUP = 4
+
+/** Bytes of one group: 64 of nibbles, 16 of scales, 4 of zero points. */
+export const Q4_GROUP_BYTES = 84
 
 /** A matrix in 'q4-b32' (layout above). */
 export interface Q4Matrix {
@@ -44,9 +49,8 @@ export interface Q4Matrix {
   k: number
   /** Blocks per row, padding included: 4 · ceil(k / 128). */
   kb: number
-  q: Uint8Array
-  s: Float32Array
-  z: Uint8Array
+  /** n · 21 · kb bytes. */
+  data: Uint8Array
 }
 
 /** Blocks per row of a matrix with k inputs. */
@@ -54,52 +58,70 @@ export function q4Blocks(k: number): number {
   return Math.ceil(k / (Q4_BLOCK * Q4_GROUP)) * Q4_GROUP
 }
 
-/** Byte offset of input i's nibble in its row's q, and whether it is the high nibble. */
+/** Byte offset of input i's nibble in its row, and whether it is the high nibble. */
 export function q4NibbleAt(i: number): { byte: number; high: boolean } {
   const block = i >> 5
   const r = i & 31
   return {
-    byte: 64 * (block >> 2) + 16 * ((r >> 2) & 3) + 4 * (block & 3) + (r & 3),
+    byte: Q4_GROUP_BYTES * (block >> 2) + 16 * ((r >> 2) & 3) + 4 * (block & 3) + (r & 3),
     high: r >= 16,
   }
+}
+
+/** Byte offset of block c's scale (f32) in its row. */
+export function q4ScaleAt(c: number): number {
+  return Q4_GROUP_BYTES * (c >> 2) + 64 + 4 * (c & 3)
+}
+
+/** Byte offset of block c's zero point (u8) in its row. */
+export function q4ZeroAt(c: number): number {
+  return Q4_GROUP_BYTES * (c >> 2) + 80 + (c & 3)
 }
 
 export function emptyQ4(n: number, k: number): Q4Matrix {
   if (!(Number.isInteger(n) && Number.isInteger(k) && n > 0 && k > 0))
     throw new Error(`bad q4 shape ${n} x ${k}`)
   const kb = q4Blocks(k)
-  return {
-    n,
-    k,
-    kb,
-    q: new Uint8Array(n * kb * 16),
-    s: new Float32Array(n * kb),
-    z: new Uint8Array(n * kb),
-  }
+  return { n, k, kb, data: new Uint8Array(n * kb * 21) }
+}
+
+function view(m: Q4Matrix): DataView {
+  return new DataView(m.data.buffer, m.data.byteOffset, m.data.byteLength)
 }
 
 /** q of input i of row v (0..15). */
 export function q4Get(m: Q4Matrix, v: number, i: number): number {
   const r = i & 31
-  const byte = 64 * (i >> 7) + 16 * ((r >> 2) & 3) + 4 * ((i >> 5) & 3) + (r & 3)
-  const b = m.q[16 * m.kb * v + byte]
+  const byte = Q4_GROUP_BYTES * (i >> 7) + 16 * ((r >> 2) & 3) + 4 * ((i >> 5) & 3) + (r & 3)
+  const b = m.data[21 * m.kb * v + byte]
   return r >= 16 ? b >> 4 : b & 15
 }
 
-function q4Set(m: Q4Matrix, v: number, i: number, q: number): void {
+export function q4Scale(m: Q4Matrix, v: number, c: number): number {
+  return view(m).getFloat32(21 * m.kb * v + q4ScaleAt(c), true)
+}
+
+export function q4Zero(m: Q4Matrix, v: number, c: number): number {
+  return m.data[21 * m.kb * v + q4ZeroAt(c)]
+}
+
+export function q4SetBlock(m: Q4Matrix, v: number, c: number, scale: number, zp: number): void {
+  view(m).setFloat32(21 * m.kb * v + q4ScaleAt(c), scale, true)
+  m.data[21 * m.kb * v + q4ZeroAt(c)] = zp
+}
+
+export function q4Set(m: Q4Matrix, v: number, i: number, q: number): void {
   const { byte, high } = q4NibbleAt(i)
-  const at = 16 * m.kb * v + byte
-  m.q[at] = high ? (m.q[at] & 0x0f) | (q << 4) : (m.q[at] & 0xf0) | q
+  const at = 21 * m.kb * v + byte
+  m.data[at] = high ? (m.data[at] & 0x0f) | (q << 4) : (m.data[at] & 0xf0) | q
 }
 
 /** The dequantized matrix, [n, k] row-major: (q − zp) · scale, rounded once to f32. */
 export function dequantizeQ4(m: Q4Matrix): Float32Array {
   const out = new Float32Array(m.n * m.k)
   for (let v = 0; v < m.n; v++)
-    for (let i = 0; i < m.k; i++) {
-      const c = m.kb * v + (i >> 5)
-      out[v * m.k + i] = (q4Get(m, v, i) - m.z[c]) * m.s[c]
-    }
+    for (let i = 0; i < m.k; i++)
+      out[v * m.k + i] = (q4Get(m, v, i) - q4Zero(m, v, i >> 5)) * q4Scale(m, v, i >> 5)
   return out
 }
 
@@ -154,11 +176,10 @@ export function packMatMulNBits(t: MatMulNBitsTensors): Q4Matrix {
     for (let c = 0; c < ourBlocks; c++) {
       const src = Math.floor((c * Q4_BLOCK) / blockSize)
       const raw = t.scales[v * nBlocks + src]
-      m.s[m.kb * v + c] = t.scales instanceof Uint16Array ? f16ToF32(raw) : raw
       const zp = t.zeroPoints
         ? (t.zeroPoints[v * zpBytes + (src >> 1)] >> (src & 1 ? 4 : 0)) & 15
         : 8
-      m.z[m.kb * v + c] = zp
+      q4SetBlock(m, v, c, t.scales instanceof Uint16Array ? f16ToF32(raw) : raw, zp)
     }
   }
   return m
@@ -218,8 +239,7 @@ export function quantizeQ4(
         const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + zp))
         q4Set(m, v, c * Q4_BLOCK + (i - from), q)
       }
-      m.s[m.kb * v + c] = scale
-      m.z[m.kb * v + c] = zp
+      q4SetBlock(m, v, c, scale, zp)
     }
   return m
 }

@@ -25,6 +25,7 @@ import { WASM_BASE64 as RELAXED_BASE64 } from '../../../src/engine/kernels/engin
 import { WASM_BASE64 as SIMD128_BASE64 } from '../../../src/engine/kernels/engine-simd128-wasm.ts'
 import { ISA_VARIANTS, kernelSource, selectVariant } from '../../../src/engine/kernels/variants.ts'
 import {
+  a8Get,
   quantizeBlocks,
   quantizeRows,
   type BlockActivations,
@@ -38,7 +39,13 @@ import {
   type EngineKernelExports,
   type IsaVariant,
 } from '../../../src/engine/quant/loader.ts'
-import { emptyQ4, quantizeQ4, type Q4Matrix } from '../../../src/engine/quant/q4.ts'
+import {
+  emptyQ4,
+  q4Set,
+  q4SetBlock,
+  quantizeQ4,
+  type Q4Matrix,
+} from '../../../src/engine/quant/q4.ts'
 import { quantizeQ8Rows, type Q8Rows } from '../../../src/engine/quant/q8.ts'
 
 /** xorshift32 in [0, 1) */
@@ -66,11 +73,10 @@ function randomRows(t: number, k: number, seed: number, outliers = 3): Float32Ar
 function randomQ4(n: number, k: number, seed: number): Q4Matrix {
   const r = rng(seed)
   const m = emptyQ4(n, k)
-  for (let i = 0; i < m.q.length; i++) m.q[i] = Math.floor(r() * 256)
-  for (let c = 0; c < m.s.length; c++) {
-    m.s[c] = (r() - 0.3) * 0.02 // some negative: exported scales are not all positive
-    m.z[c] = Math.floor(r() * 16)
-  }
+  for (let i = 0; i < m.data.length; i++) m.data[i] = Math.floor(r() * 256)
+  // some scales negative: exported ones are not all positive
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < m.kb; c++) q4SetBlock(m, v, c, (r() - 0.3) * 0.02, Math.floor(r() * 16))
   return m
 }
 
@@ -96,20 +102,6 @@ class Arena {
   f32(at: number, n: number): Float32Array {
     return new Float32Array(this.k.memory.buffer, at, n).slice()
   }
-}
-
-interface PlacedQ4 {
-  wq: number
-  ws: number
-  wz: number
-}
-
-function placeQ4(a: Arena, m: Q4Matrix): PlacedQ4 {
-  return { wq: a.put(m.q), ws: a.put(m.s), wz: a.put(m.z) }
-}
-
-function placeBlocks(a: Arena, x: BlockActivations) {
-  return { xq: a.put(x.xq), xd: a.put(x.xd), xs: a.put(x.xs) }
 }
 
 function placeQ8(a: Arena, w: Q8Rows) {
@@ -173,12 +165,12 @@ async function runQ4(
 ): Promise<Float32Array> {
   const { kernels } = await instantiateEngine(variant)
   const a = new Arena(kernels)
-  const w = placeQ4(a, m)
-  const xa = placeBlocks(a, x)
+  const w = a.put(m.data)
+  const xa = a.put(x.data)
   const out = a.take(4 * x.t * ldo)
   new Float32Array(kernels.memory.buffer, out, x.t * ldo).fill(NaN)
   const call = kernel === 'gemv' ? kernels.q4_gemv : kernels.q4_gemm
-  call(w.wq, w.ws, w.wz, m.kb, v0, v1, xa.xq, xa.xd, xa.xs, x.t, out, ldo)
+  call(w, m.kb, v0, v1, xa, x.t, out, ldo)
   return a.f32(out, x.t * ldo)
 }
 
@@ -201,7 +193,7 @@ describe('engine kernels: the committed bytes', () => {
     const simd = selectVariant(wat, 'simd128')
     const relaxed = selectVariant(wat, 'relaxed')
     expect(simd).not.toMatch(/relaxed_/)
-    expect(relaxed).toMatch(/relaxed_dot_i8x16_i7x16_add_s/)
+    expect(relaxed).toMatch(/i16x8.relaxed_dot_i8x16_i7x16_s/)
     const common = (s: string) =>
       s.split('\n').filter((l) => !/^\s*;;#/.test(l) && wat.split('\n').includes(l))
     expect(common(simd).length + common(relaxed).length).toBeGreaterThan(wat.split('\n').length)
@@ -215,8 +207,8 @@ describe('engine kernels: the committed bytes', () => {
     const wabt = await wabtInit()
     const parsed = wabt.parseWat(
       'probe.wat',
-      `(module (func (export "f") (param v128 v128 v128) (result v128)
-        (i32x4.relaxed_dot_i8x16_i7x16_add_s (local.get 0) (local.get 1) (local.get 2))))`,
+      `(module (func (export "f") (param v128 v128) (result v128)
+        (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))`,
       { simd: true, relaxed_simd: true },
     )
     const bytes = new Uint8Array(parsed.toBinary({}).buffer)
@@ -278,16 +270,13 @@ for (const variant of ISA_VARIANTS) {
         const a = new Arena(kernels)
         const at = a.put(x)
         const ref = quantizeBlocks(x, t, k, ldx)
-        const xq = a.take(ref.xq.byteLength)
-        const xd = a.take(ref.xd.byteLength)
-        const xs = a.take(ref.xs.byteLength)
-        new Uint8Array(kernels.memory.buffer, xq, ref.xq.byteLength).fill(0x55)
-        kernels.quant_b32(at, ldx, k, t, xq, xd, xs)
+        const xa = a.take(ref.data.byteLength)
+        new Uint8Array(kernels.memory.buffer, xa, ref.data.byteLength).fill(0x55)
+        kernels.quant_b32(at, ldx, k, t, xa)
         const buf = kernels.memory.buffer
-        expect(Array.from(new Int8Array(buf, xq, ref.xq.length))).toEqual(Array.from(ref.xq))
-        expect(Array.from(new Float32Array(buf, xd, ref.xd.length))).toEqual(Array.from(ref.xd))
-        expect(Array.from(new Int32Array(buf, xs, ref.xs.length))).toEqual(Array.from(ref.xs))
-        if (t > 2) expect(ref.xq[32 * ref.kb]).toBe(127)
+        // every byte: values, scales (f32 bits) and sums
+        expect(Array.from(new Uint8Array(buf, xa, ref.data.length))).toEqual(Array.from(ref.data))
+        if (t > 2) expect(a8Get(ref, 1, 0)).toBe(127)
       }
     })
 
@@ -326,20 +315,26 @@ for (const variant of ISA_VARIANTS) {
     it('q4 extremes: activations all ±127, q 15 with zp 0, q 0 with zp 15, zero scales', async () => {
       const k = 256
       const m = emptyQ4(4, k)
-      m.q.fill(0xff, 0, m.kb * 16) // row 0: q 15, zp 0: the largest positive sums
-      m.z.fill(0, 0, m.kb)
-      m.q.fill(0x00, m.kb * 16, 2 * m.kb * 16) // row 1: q 0, zp 15
-      m.z.fill(15, m.kb, 2 * m.kb)
-      m.q.fill(0xf0, 2 * m.kb * 16) // rows 2, 3: high nibbles 15, low 0
-      m.z.fill(8, 2 * m.kb)
-      m.s.fill(0.5)
-      m.s.fill(0, 3 * m.kb) // row 3: zero scales
+      // row 0: q 15, zp 0 (the largest positive sums); row 1: q 0, zp 15; rows 2, 3: high
+      // nibbles 15, low 0, zp 8; row 3: zero scales
+      for (let i = 0; i < k; i++) {
+        q4Set(m, 0, i, 15)
+        q4Set(m, 2, i, i % 32 >= 16 ? 15 : 0)
+        q4Set(m, 3, i, i % 32 >= 16 ? 15 : 0)
+      }
+      for (let c = 0; c < m.kb; c++) {
+        q4SetBlock(m, 0, c, 0.5, 0)
+        q4SetBlock(m, 1, c, 0.5, 15)
+        q4SetBlock(m, 2, c, 0.5, 8)
+        q4SetBlock(m, 3, c, 0, 8)
+      }
       const rows = new Float32Array(3 * k)
       rows.fill(1, 0, k) // all 127
       rows.fill(-2, k, 2 * k) // all -127
       for (let i = 0; i < k; i++) rows[2 * k + i] = i % 2 ? 1 : -1
       const x = quantizeBlocks(rows, 3, k)
-      expect(x.xq.every((q) => Math.abs(q) === 127)).toBe(true)
+      for (let j = 0; j < 3; j++)
+        for (let i = 0; i < k; i++) expect(Math.abs(a8Get(x, j, i))).toBe(127)
       for (const kernel of ['gemv', 'gemm'] as const) {
         const out = await runQ4(variant, kernel, m, x, 0, 4, 4)
         expectQ4(out, m, x, 0, 4, 4)

@@ -3,13 +3,22 @@
  * without changing a bit, the byte order the kernels rely on, and the quantizers' bounds.
  */
 import { describe, expect, it } from 'vitest'
-import { a8At, quantizeBlocks, dequantizeBlock } from '../../../src/engine/quant/activations.ts'
+import {
+  a8At,
+  a8Get,
+  a8Scale,
+  a8Sum,
+  dequantizeBlock,
+  quantizeBlocks,
+} from '../../../src/engine/quant/activations.ts'
 import {
   dequantizeQ4,
   f16ToF32,
   packMatMulNBits,
   q4Get,
   q4NibbleAt,
+  q4Scale,
+  q4Zero,
   quantizeQ4,
   type MatMulNBitsTensors,
 } from '../../../src/engine/quant/q4.ts'
@@ -71,13 +80,13 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
                 [0, 15, 15],
               ][v][c]
             : 8
-          expect(m.z[4 * v + c]).toBe(zp)
+          expect(q4Zero(m, v, c)).toBe(zp)
           const s =
             t.scales instanceof Uint16Array ? f16ToF32(t.scales[3 * v + c]) : t.scales[3 * v + c]
-          expect(Object.is(m.s[4 * v + c], s)).toBe(true)
+          expect(Object.is(q4Scale(m, v, c), s)).toBe(true)
         }
         // the padding block
-        expect([m.s[4 * v + 3], m.z[4 * v + 3]]).toEqual([0, 0])
+        expect([q4Scale(m, v, 3), q4Zero(m, v, 3)]).toEqual([0, 0])
         for (let k = 96; k < 128; k++) expect(q4Get(m, v, k)).toBe(0)
       }
       const w = dequantizeQ4(m)
@@ -90,15 +99,24 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
   it('the packed bytes, by hand', () => {
     const m = packMatMulNBits(cases[0][1])
     // byte 0 of row 0: input 0 (low nibble of B[0]) low, input 16 (low nibble of B[8]) high
-    expect(m.q[0]).toBe((B[0] & 15) | ((B[8] & 15) << 4))
+    const q = m.data
+    expect(q[0]).toBe((B[0] & 15) | ((B[8] & 15) << 4))
     // byte 1: inputs 1 (high nibble of B[0]) and 17 (high of B[8])
-    expect(m.q[1]).toBe((B[0] >> 4) | (B[8] & 0xf0))
+    expect(q[1]).toBe((B[0] >> 4) | (B[8] & 0xf0))
     // byte 4: block 1's inputs 32 and 48 (B[16], B[24] low nibbles)
-    expect(m.q[4]).toBe((B[16] & 15) | ((B[24] & 15) << 4))
+    expect(q[4]).toBe((B[16] & 15) | ((B[24] & 15) << 4))
     // byte 16 + 8 + 3: block 2, inputs 64 + 4 + 3 = 71 (high of B[35]) and 87 (high of B[43])
-    expect(m.q[27]).toBe((B[35] >> 4) | (B[43] & 0xf0))
-    // row 1 starts at 16 · kb = 64
-    expect(m.q[64]).toBe((B[48] & 15) | ((B[56] & 15) << 4))
+    expect(q[27]).toBe((B[35] >> 4) | (B[43] & 0xf0))
+    // the group's scales at 64 (f32, little-endian), zero points at 80: row 0's 10, 5, 3, 0
+    const f32 = new DataView(q.buffer, q.byteOffset)
+    expect([64, 68, 72, 76].map((at) => f32.getFloat32(at, true))).toEqual([
+      ...Array.from(SCALES.subarray(0, 3)),
+      0,
+    ])
+    expect(Array.from(q.subarray(80, 84))).toEqual([10, 5, 3, 0])
+    // row 1 starts at 21 · kb = 84
+    expect(q[84]).toBe((B[48] & 15) | ((B[56] & 15) << 4))
+    expect(Array.from(q.subarray(84 + 80, 84 + 84))).toEqual([0, 15, 15, 0])
     expect(f16ToF32(0x3555)).toBe(0.333251953125)
     expect(f16ToF32(0x0001)).toBe(2 ** -24)
     expect(Object.is(f16ToF32(0x8000), -0)).toBe(true)
@@ -136,13 +154,14 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
 })
 
 describe('the block order the kernels rely on', () => {
-  it('weights: a bijection; input i of block b in bytes 4b..4b+3 of a 16-byte row', () => {
+  it('weights: a bijection; input i of block b in bytes 4b..4b+3 of a 16-byte load', () => {
     const seen = new Set<string>()
     for (let i = 0; i < 256; i++) {
       const { byte, high } = q4NibbleAt(i)
       seen.add(`${byte}${high}`)
-      expect(Math.floor((byte % 16) / 4)).toBe((i >> 5) % 4)
-      expect(Math.floor(byte / 64)).toBe(i >> 7)
+      expect(Math.floor(((byte % 84) % 16) / 4)).toBe((i >> 5) % 4)
+      expect(Math.floor(byte / 84)).toBe(i >> 7)
+      expect(byte % 84).toBeLessThan(64)
     }
     expect(seen.size).toBe(256)
   })
@@ -152,7 +171,7 @@ describe('the block order the kernels rely on', () => {
     for (let i = 0; i < 256; i++) {
       const { byte, high } = q4NibbleAt(i)
       // low nibbles of the group's 64 bytes meet activation bytes 0..63, high ones 64..127
-      expect(a8At(i)).toBe(128 * Math.floor(byte / 64) + (byte % 64) + (high ? 64 : 0))
+      expect(a8At(i)).toBe(160 * Math.floor(byte / 84) + (byte % 84) + (high ? 64 : 0))
       seen.add(a8At(i))
     }
     expect(seen.size).toBe(256)
@@ -172,7 +191,7 @@ describe('scalar quantizers', () => {
     const d = dequantizeQ4(m)
     for (let v = 0; v < 4; v++)
       for (let k = 0; k < 100; k++) {
-        const s = Math.abs(m.s[m.kb * v + (k >> 5)])
+        const s = Math.abs(q4Scale(m, v, k >> 5))
         expect(Math.abs(d[v * 100 + k] - w[v * 100 + k])).toBeLessThanOrEqual(s / 2 + 1e-6 * s)
       }
     expect(d[5]).toBe(0)
@@ -181,10 +200,10 @@ describe('scalar quantizers', () => {
   it('symmetric q4: zero point 8, the extreme at −8, half a step (a step past +7)', () => {
     const m = quantizeQ4(w, 4, 100, 'symmetric')
     const d = dequantizeQ4(m)
-    expect(m.z.subarray(0, 4).every((z) => z === 8)).toBe(true)
+    for (let v = 0; v < 4; v++) expect(q4Zero(m, v, 0)).toBe(8)
     for (let v = 0; v < 4; v++)
       for (let k = 0; k < 100; k++) {
-        const s = Math.abs(m.s[m.kb * v + (k >> 5)])
+        const s = Math.abs(q4Scale(m, v, k >> 5))
         const x = w[v * 100 + k]
         // q4_0's range is [−8, 7] steps: the other side of the extreme clamps at 7
         const bound = Math.max(s / 2, Math.abs(x) - 7 * s)
@@ -194,16 +213,17 @@ describe('scalar quantizers', () => {
 
   it('a8-b32 activations: in [−127, 127], within half a step, the extreme exact in 127', () => {
     const a = quantizeBlocks(w, 4, 100)
-    expect(a.xq.every((q) => q >= -127 && q <= 127)).toBe(true)
+    for (let j = 0; j < 4; j++)
+      for (let k = 0; k < 100; k++) expect(Math.abs(a8Get(a, j, k))).toBeLessThanOrEqual(127)
     for (let j = 0; j < 4; j++)
       for (let k = 0; k < 100; k++) {
-        const d = a.xd[a.kb * j + (k >> 5)]
+        const d = a8Scale(a, 0 + j, k >> 5)
         expect(Math.abs(dequantizeBlock(a, j, k) - w[j * 100 + k])).toBeLessThanOrEqual(
           d / 2 + 1e-6 * d,
         )
       }
     let sum = 0
-    for (let k = 0; k < 32; k++) sum += a.xq[a8At(k)]
-    expect(a.xs[0]).toBe(sum)
+    for (let k = 0; k < 32; k++) sum += a8Get(a, 0, k)
+    expect(a8Sum(a, 0, 0)).toBe(sum)
   })
 })

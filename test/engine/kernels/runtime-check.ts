@@ -14,7 +14,7 @@ import {
   relaxedSimdWorks,
   type EngineKernelExports,
 } from '../../../src/engine/quant/loader.ts'
-import { emptyQ4 } from '../../../src/engine/quant/q4.ts'
+import { emptyQ4, q4SetBlock } from '../../../src/engine/quant/q4.ts'
 
 let seed = 12345
 const rnd = () => {
@@ -29,32 +29,28 @@ function mismatches(k: EngineKernelExports): number {
   const K = 384
   const t = 6
   const m = emptyQ4(n, K)
-  for (let i = 0; i < m.q.length; i++) m.q[i] = Math.floor(rnd() * 256)
-  for (let c = 0; c < m.s.length; c++) {
-    m.s[c] = rnd() - 0.5
-    m.z[c] = Math.floor(rnd() * 16)
-  }
+  for (let i = 0; i < m.data.length; i++) m.data[i] = Math.floor(rnd() * 256)
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < m.kb; c++) q4SetBlock(m, v, c, rnd() - 0.5, Math.floor(rnd() * 16))
   const x = new Float32Array(t * K).map((_, i) => (rnd() - 0.5) * (i % 97 === 3 ? 40 : 1))
   const ref = quantizeBlocks(x, t, K)
-  const mem = () => new Uint8Array(k.memory.buffer)
   k.memory.grow(4)
   let at = 1024
   const put = (a: ArrayBufferView) => {
     const p = at
-    mem().set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), p)
+    new Uint8Array(k.memory.buffer).set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), p)
     at = Math.ceil((at + a.byteLength) / 64) * 64
     return p
   }
-  const [wq, ws, wz, xf] = [put(m.q), put(m.s), put(m.z), put(x)]
-  const [xq, xd, xs] = [put(ref.xq), put(ref.xd), put(ref.xs)]
-  mem().fill(0, xq, at)
-  k.quant_b32(xf, K, K, t, xq, xd, xs)
+  const [w, xf] = [put(m.data), put(x)]
+  const xa = put(new Uint8Array(ref.data.length))
+  k.quant_b32(xf, K, K, t, xa)
   let bad = 0
-  const q = new Int8Array(k.memory.buffer, xq, ref.xq.length)
-  for (let i = 0; i < q.length; i++) if (q[i] !== ref.xq[i]) bad++
+  const q = new Uint8Array(k.memory.buffer, xa, ref.data.length)
+  for (let i = 0; i < q.length; i++) if (q[i] !== ref.data[i]) bad++
   const out = at
   for (const gemm of [false, true]) {
-    ;(gemm ? k.q4_gemm : k.q4_gemv)(wq, ws, wz, m.kb, 0, n, xq, xd, xs, t, out, n)
+    ;(gemm ? k.q4_gemm : k.q4_gemv)(w, m.kb, 0, n, xa, t, out, n)
     const y = new Float32Array(k.memory.buffer, out, t * n)
     for (let j = 0; j < t; j++)
       for (let v = 0; v < n; v++) if (!Object.is(y[j * n + v], q4Dot(m, v, ref, j))) bad++
