@@ -260,7 +260,11 @@ async function benchmarks(): Promise<void> {
   const read = await readBound(256 * MiB)
   console.log(`read bound (WASM SIMD, 256 MiB): ${read.toFixed(1)} GB/s`)
   console.log(`memcpy (TypedArray.set, 256 MiB): ${memcpy.toFixed(1)} GB/s copied`)
-  console.log(`relaxed SIMD usable: ${await relaxedSimdWorks()} (flags: relaxed on, Liftoff off)`)
+  const deno = (globalThis as { Deno?: { version: { deno: string; v8: string } } }).Deno
+  const runtime = deno
+    ? `Deno ${deno.version.deno} (V8 ${deno.version.v8})`
+    : `Node ${process.version} (V8 ${process.versions.v8}, relaxed SIMD and --no-liftoff set here)`
+  console.log(`${runtime}; relaxed SIMD usable: ${await relaxedSimdWorks()}`)
   const variants: IsaVariant[] = opts.only ? [opts.only as IsaVariant] : ['simd128', 'relaxed']
   const head = ['kernel'.padEnd(30)]
   for (const v of variants)

@@ -29,7 +29,7 @@
  * exactly; f16 would save 2 of the 21 bytes per block but needs a conversion in the kernel that
  * SIMD128 has no instruction for. Why a zero point per block: the onnxruntime quantizer is
  * asymmetric by default (exports carry zero_points), and for the toolchain's own conversion an
- * asymmetric block has a lower error than a symmetric one (see the report of issue 13); the
+ * asymmetric block has a lower error than a symmetric one (scripts/bench/kernels.ts --errors); the
  * kernels handle it with one integer multiply per block. Groups are 84 bytes, so loads are
  * unaligned (no penalty on x64 and arm64 beyond cache-line splits).
  */
