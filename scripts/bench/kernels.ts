@@ -5,7 +5,7 @@
  *   npx tsx scripts/bench/kernels.ts [--quick] [--only simd128|relaxed] [--errors]
  *
  * On Node 20 relaxed SIMD needs --experimental-wasm-relaxed-simd, and its baseline tier
- * (Liftoff) computes it wrong: this script sets the flag and --no-liftoff itself (every kernel
+ * (Liftoff) gets some of it wrong: this script sets the flag and --no-liftoff itself (every kernel
  * is timed in the optimizing tier, where both variants are exact; the tests check that).
  * `--errors` prints the error of y = W · x for the weight and activation formats instead.
  */

@@ -117,7 +117,8 @@ let relaxedWorks: Promise<boolean> | undefined
  * for bit, on a small q4 problem through quant_b32, q4_gemv and q4_gemm (their 1- and 4-row
  * tiles). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
  * still compute it wrong there (V8 11.3, Node 20 with --experimental-wasm-relaxed-simd, doubles
- * some relaxed dot products in Liftoff, depending on register allocation).
+ * i32x4.relaxed_dot_i8x16_i7x16_add_s in Liftoff depending on register allocation; the kernels
+ * now use the i16x8 form, which it gets right, but an experimental feature earns no trust).
  */
 export function relaxedSimdWorks(): Promise<boolean> {
   relaxedWorks ??= (async () => {
@@ -192,7 +193,7 @@ export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
   if (want === 'relaxed' && !relaxed)
     throw new Error(
       relaxedSimdSupported()
-        ? 'relaxed SIMD validates here but the relaxed kernels compute wrong results (V8 11.3 baseline tier)'
+        ? 'relaxed SIMD validates here but the relaxed kernels compute wrong results'
         : 'the relaxed SIMD kernels were asked for, but this runtime has no relaxed SIMD',
     )
   return relaxed ? 'relaxed' : 'simd128'
