@@ -1,0 +1,209 @@
+/**
+ * Picks and compiles the ISA variant of the engine's kernel module (kernels/engine.wat): the
+ * relaxed-SIMD build where the runtime validates relaxed SIMD and computes with it exactly
+ * (`relaxedSimdWorks`), else the plain SIMD128 one. Both have the same exports and give the
+ * same results bit for bit, so the choice changes only speed.
+ *
+ * Node and Deno compile the embedded bytes on first use. Workers cannot compile from bytes: their
+ * adapter imports both .wasm files (wrangler hands them over as precompiled modules) and passes
+ * them to `useEngineModules`; the pick is the same.
+ */
+import { WASM_BASE64 as RELAXED_BASE64 } from '../kernels/engine-relaxed-wasm.ts'
+import { WASM_BASE64 as SIMD128_BASE64 } from '../kernels/engine-simd128-wasm.ts'
+import type { IsaVariant } from '../kernels/variants.ts'
+
+export type { IsaVariant }
+
+/**
+ * (module (func (param v128 v128) (result v128)
+ *   (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))
+ * with the function exported as "f": the instruction the relaxed variant depends on.
+ */
+export const RELAXED_PROBE = Uint8Array.from([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 123, 123, 1, 123, 3, 2, 1, 0, 7, 5, 1, 1, 102, 0, 0,
+  10, 11, 1, 9, 0, 32, 0, 32, 1, 253, 146, 2, 11,
+])
+
+/** Whether this runtime runs relaxed SIMD (Node 20 only with --experimental-wasm-relaxed-simd). */
+export function relaxedSimdSupported(): boolean {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE)
+  } catch {
+    return false
+  }
+}
+
+/** Exports of engine.wat (its header is the ABI: formats, pointers, what each computes). */
+export interface EngineKernelExports {
+  memory: WebAssembly.Memory
+  rows(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  rows4(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    out: number,
+    ldo: number,
+  ): void
+  q8_gemm(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    t: number,
+    out: number,
+    ldo: number,
+  ): void
+  q4_gemv(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  q4_gemm(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    t: number,
+    out: number,
+    ldo: number,
+  ): void
+  quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
+  dots(q: number, k: number, n: number, dim: number, out: number): void
+  mix(p: number, v: number, n: number, dim: number, out: number): void
+  silu_mul(g: number, u: number, n: number, out: number): void
+}
+
+const modules: Partial<Record<IsaVariant, WebAssembly.Module>> = {}
+
+/** Hands over precompiled modules (Workers: the imported engine-*.wasm). */
+export function useEngineModules(given: Partial<Record<IsaVariant, WebAssembly.Module>>): void {
+  Object.assign(modules, given)
+}
+
+let relaxedWorks: Promise<boolean> | undefined
+
+/**
+ * Whether the relaxed build validates here and computes what the simd128 build computes, bit
+ * for bit, on a small q4 problem through quant_b32, q4_gemv and q4_gemm (their 1- and 4-row
+ * tiles). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
+ * still compute it wrong there (V8 11.3, Node 20 with --experimental-wasm-relaxed-simd, doubles
+ * i32x4.relaxed_dot_i8x16_i7x16_add_s in Liftoff depending on register allocation; the kernels
+ * now use the i16x8 form, which it gets right, but an experimental feature earns no trust).
+ */
+export function relaxedSimdWorks(): Promise<boolean> {
+  relaxedWorks ??= (async () => {
+    if (!relaxedSimdSupported()) return false
+    const results = await Promise.all(
+      (['relaxed', 'simd128'] as const).map(async (variant) => {
+        const instance = await WebAssembly.instantiate(engineModule(variant), {})
+        return selfCheck(instance.exports as unknown as EngineKernelExports)
+      }),
+    )
+    return results[0].every((word, i) => word === results[1][i])
+  })()
+  return relaxedWorks
+}
+
+/** The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs). */
+function selfCheck(k: EngineKernelExports): Uint32Array {
+  const n = 6
+  const kb = 8
+  const t = 5
+  const mem = k.memory.buffer
+  let seed = 0x9e3779b9
+  const next = () => {
+    seed ^= seed << 13
+    seed ^= seed >>> 17
+    seed ^= seed << 5
+    return seed >>> 0
+  }
+  const w = 0
+  const x = w + n * kb * 21
+  const xa = x + t * kb * 32 * 4
+  const out = xa + t * kb * 40
+  // random nibbles, zero points and scales (the f32 bits of small random numbers)
+  const bytes = new Uint8Array(mem)
+  const view = new DataView(mem)
+  for (let g = 0; g < (n * kb) / 4; g++) {
+    for (let i = 0; i < 64; i++) bytes[84 * g + i] = next()
+    for (let b = 0; b < 4; b++) {
+      view.setFloat32(84 * g + 64 + 4 * b, (next() / 2 ** 32 - 0.5) / 64, true)
+      bytes[84 * g + 80 + b] = next() & 15
+    }
+  }
+  for (let i = 0; i < t * kb * 32; i++) view.setFloat32(x + 4 * i, next() / 2 ** 31 - 1, true)
+  k.quant_b32(x, kb * 32, kb * 32, t, xa)
+  k.q4_gemv(w, kb, 0, n, xa, t, out, n)
+  k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
+  return new Uint32Array(mem, out, 2 * t * n).slice()
+}
+
+/** The compiled module of a variant (compiled from the embedded bytes on first use). */
+export function engineModule(variant: IsaVariant): WebAssembly.Module {
+  let module = modules[variant]
+  if (!module) {
+    const base64 = variant === 'relaxed' ? RELAXED_BASE64 : SIMD128_BASE64
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))
+    try {
+      module = modules[variant] = new WebAssembly.Module(bytes)
+    } catch (err) {
+      throw new Error(
+        `The ${variant} engine kernels could not be compiled here (on Workers, the adapter must ` +
+          'call useEngineModules with the imported kernels/engine-*.wasm)',
+        { cause: err },
+      )
+    }
+  }
+  return module
+}
+
+/** The variant to run: `want` if given (tests; an error if it cannot run exactly), else the best. */
+export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
+  const relaxed = want !== 'simd128' && (await relaxedSimdWorks())
+  if (want === 'relaxed' && !relaxed)
+    throw new Error(
+      relaxedSimdSupported()
+        ? 'relaxed SIMD validates here but the relaxed kernels compute wrong results'
+        : 'the relaxed SIMD kernels were asked for, but this runtime has no relaxed SIMD',
+    )
+  return relaxed ? 'relaxed' : 'simd128'
+}
+
+/** A new instance (its own memory) of the picked variant. */
+export async function instantiateEngine(
+  want?: IsaVariant,
+): Promise<{ variant: IsaVariant; kernels: EngineKernelExports }> {
+  const variant = await pickVariant(want)
+  const instance = await WebAssembly.instantiate(engineModule(variant), {})
+  return { variant, kernels: instance.exports as unknown as EngineKernelExports }
+}

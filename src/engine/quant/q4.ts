@@ -1,0 +1,245 @@
+/**
+ * 'q4-b32': 4-bit weights in blocks of 32 inputs, the format of the engine's q4 kernels
+ * (kernels/engine.wat), and its scalar reference: packing onnxruntime `MatMulNBits` tensors,
+ * quantizing float rows, dequantizing. Pure TypeScript: the model toolchain's converter and the
+ * tests use it as is.
+ *
+ * A matrix of N rows (outputs) of K inputs, w[v, i] = (q − zp) · scale with q, zp in 0..15 per
+ * block of 32 inputs. kb = 4 · ceil(K / 128) blocks per row: a row is whole groups of 4 blocks
+ * (128 inputs), the kernels' unit; blocks past ceil(K / 32) are padding (q 0, scale 0, zp 0).
+ * One array: row v at 21·kb·v, group g (blocks 4g … 4g+3) at + 84g, each group
+ *
+ *   bytes  0..63   nibbles: byte 16j + 4b + r (j, b, r in 0..3) holds, for i = 32(4g + b),
+ *                    low nibble   q[v, i + 4j + r]
+ *                    high nibble  q[v, i + 16 + 4j + r]
+ *   bytes 64..79   scales of blocks 4g … 4g+3, f32
+ *   bytes 80..83   zero points of blocks 4g … 4g+3, u8
+ *
+ * Why this order: a 16-byte load of a group holds 4 inputs of each of its 4 blocks, block b in
+ * bytes 4b … 4b+3, so its nibbles (`& 15` and `>> 4`) are two vectors whose 4-byte lanes are
+ * the 4 blocks. `i16x8.relaxed_dot_i8x16_i7x16_s` sums adjacent byte products in pairs, and
+ * `i32x4.extadd_pairwise_i16x8_s` those pairs again: after the group's 4 loads, i32 lane b holds
+ * the whole dot product of block b, with no shuffle (plain SIMD128, `i32x4.dot_i16x8_s` on
+ * widened halves, needs one shuffle-add per group). The scales and zero points of the 4 blocks
+ * are then one load each, at fixed offsets from the nibbles: a kernel walks one pointer per
+ * weight row and the prefetcher sees one stream. Activations (activations.ts) are grouped the
+ * same way.
+ *
+ * Why f32 scales: MatMulNBits exports of fp32 models carry f32 scales, which f16 could not hold
+ * exactly; f16 would save 2 of the 21 bytes per block but needs a conversion in the kernel that
+ * SIMD128 has no instruction for. Why a zero point per block: the onnxruntime quantizer is
+ * asymmetric by default (exports carry zero_points), and for the toolchain's own conversion an
+ * asymmetric block has a lower error than a symmetric one (scripts/bench/kernels.ts --errors); the
+ * kernels handle it with one integer multiply per block. Groups are 84 bytes, so loads are
+ * unaligned (no penalty on x64 and arm64 beyond cache-line splits).
+ */
+
+export const Q4_BLOCK = 32
+/** Blocks per kernel group: rows hold whole groups. */
+export const Q4_GROUP = 4
+
+/** Bytes of one group: 64 of nibbles, 16 of scales, 4 of zero points. */
+export const Q4_GROUP_BYTES = 84
+
+/** A matrix in 'q4-b32' (layout above). */
+export interface Q4Matrix {
+  /** Rows (outputs). */
+  n: number
+  /** Inputs per row. */
+  k: number
+  /** Blocks per row, padding included: 4 · ceil(k / 128). */
+  kb: number
+  /** n · 21 · kb bytes. */
+  data: Uint8Array
+}
+
+/** Blocks per row of a matrix with k inputs. */
+export function q4Blocks(k: number): number {
+  return Math.ceil(k / (Q4_BLOCK * Q4_GROUP)) * Q4_GROUP
+}
+
+/** Byte offset of input i's nibble in its row, and whether it is the high nibble. */
+export function q4NibbleAt(i: number): { byte: number; high: boolean } {
+  const block = i >> 5
+  const r = i & 31
+  return {
+    byte: Q4_GROUP_BYTES * (block >> 2) + 16 * ((r >> 2) & 3) + 4 * (block & 3) + (r & 3),
+    high: r >= 16,
+  }
+}
+
+/** Byte offset of block c's scale (f32) in its row. */
+export function q4ScaleAt(c: number): number {
+  return Q4_GROUP_BYTES * (c >> 2) + 64 + 4 * (c & 3)
+}
+
+/** Byte offset of block c's zero point (u8) in its row. */
+export function q4ZeroAt(c: number): number {
+  return Q4_GROUP_BYTES * (c >> 2) + 80 + (c & 3)
+}
+
+export function emptyQ4(n: number, k: number): Q4Matrix {
+  if (!(Number.isInteger(n) && Number.isInteger(k) && n > 0 && k > 0))
+    throw new Error(`bad q4 shape ${n} x ${k}`)
+  const kb = q4Blocks(k)
+  return { n, k, kb, data: new Uint8Array(n * kb * 21) }
+}
+
+function view(m: Q4Matrix): DataView {
+  return new DataView(m.data.buffer, m.data.byteOffset, m.data.byteLength)
+}
+
+/** q of input i of row v (0..15). */
+export function q4Get(m: Q4Matrix, v: number, i: number): number {
+  const r = i & 31
+  const byte = Q4_GROUP_BYTES * (i >> 7) + 16 * ((r >> 2) & 3) + 4 * ((i >> 5) & 3) + (r & 3)
+  const b = m.data[21 * m.kb * v + byte]
+  return r >= 16 ? b >> 4 : b & 15
+}
+
+export function q4Scale(m: Q4Matrix, v: number, c: number): number {
+  return view(m).getFloat32(21 * m.kb * v + q4ScaleAt(c), true)
+}
+
+export function q4Zero(m: Q4Matrix, v: number, c: number): number {
+  return m.data[21 * m.kb * v + q4ZeroAt(c)]
+}
+
+export function q4SetBlock(m: Q4Matrix, v: number, c: number, scale: number, zp: number): void {
+  view(m).setFloat32(21 * m.kb * v + q4ScaleAt(c), scale, true)
+  m.data[21 * m.kb * v + q4ZeroAt(c)] = zp
+}
+
+export function q4Set(m: Q4Matrix, v: number, i: number, q: number): void {
+  const { byte, high } = q4NibbleAt(i)
+  const at = 21 * m.kb * v + byte
+  m.data[at] = high ? (m.data[at] & 0x0f) | (q << 4) : (m.data[at] & 0xf0) | q
+}
+
+/** The dequantized matrix, [n, k] row-major: (q − zp) · scale, rounded once to f32. */
+export function dequantizeQ4(m: Q4Matrix): Float32Array {
+  const out = new Float32Array(m.n * m.k)
+  for (let v = 0; v < m.n; v++)
+    for (let i = 0; i < m.k; i++)
+      out[v * m.k + i] = (q4Get(m, v, i) - q4Zero(m, v, i >> 5)) * q4Scale(m, v, i >> 5)
+  return out
+}
+
+/** onnxruntime `MatMulNBits` (com.microsoft) inputs B, scales and zero_points, as stored. */
+export interface MatMulNBitsTensors {
+  /** Attribute N: output features (rows). */
+  n: number
+  /** Attribute K: input features. */
+  k: number
+  /** Attribute bits: only 4. */
+  bits: number
+  /** Attribute block_size: a multiple of 32 (a block of 64 or 128 becomes 2 or 4 blocks). */
+  blockSize: number
+  /** uint8 [N, n_blocks, block_size / 2]: input 2t in the low nibble of byte t, 2t+1 high. */
+  b: Uint8Array
+  /** [N · n_blocks]: float32, or float16 as its raw bits (Uint16Array). */
+  scales: Float32Array | Uint16Array
+  /** uint8 [N, ceil(n_blocks / 2)], block 2t in the low nibble of byte t; absent: all 8. */
+  zeroPoints?: Uint8Array
+}
+
+/**
+ * Packs MatMulNBits weights into 'q4-b32' without changing any value: every q, zero point and
+ * scale is the export's (f16 scales widen to f32 exactly), only their places change.
+ */
+export function packMatMulNBits(t: MatMulNBitsTensors): Q4Matrix {
+  const { n, k, blockSize } = t
+  if (t.bits !== 4) throw new Error(`MatMulNBits with bits=${t.bits}: only 4 is supported`)
+  if (!(blockSize >= Q4_BLOCK && blockSize % Q4_BLOCK === 0))
+    throw new Error(`MatMulNBits with block_size=${blockSize}: a multiple of 32 is needed`)
+  const nBlocks = Math.ceil(k / blockSize)
+  const blob = blockSize / 2
+  if (t.b.length !== n * nBlocks * blob)
+    throw new Error(
+      `B has ${t.b.length} bytes, [${n}, ${nBlocks}, ${blob}] needs ${n * nBlocks * blob}`,
+    )
+  if (t.scales.length !== n * nBlocks)
+    throw new Error(`scales has ${t.scales.length} values, ${n * nBlocks} needed`)
+  const zpBytes = Math.ceil(nBlocks / 2)
+  if (t.zeroPoints && t.zeroPoints.length !== n * zpBytes)
+    throw new Error(`zero_points has ${t.zeroPoints.length} bytes, ${n * zpBytes} needed`)
+  const m = emptyQ4(n, k)
+  // inputs past k in the last block are copied too: the blob is kept whole
+  const inputs = nBlocks * blockSize
+  const ourBlocks = inputs / Q4_BLOCK
+  for (let v = 0; v < n; v++) {
+    const row = v * nBlocks * blob
+    for (let i = 0; i < inputs; i++) {
+      const byte = t.b[row + (i >> 1)]
+      q4Set(m, v, i, i & 1 ? byte >> 4 : byte & 15)
+    }
+    for (let c = 0; c < ourBlocks; c++) {
+      const src = Math.floor((c * Q4_BLOCK) / blockSize)
+      const raw = t.scales[v * nBlocks + src]
+      const zp = t.zeroPoints
+        ? (t.zeroPoints[v * zpBytes + (src >> 1)] >> (src & 1 ? 4 : 0)) & 15
+        : 8
+      q4SetBlock(m, v, c, t.scales instanceof Uint16Array ? f16ToF32(raw) : raw, zp)
+    }
+  }
+  return m
+}
+
+/** IEEE binary16 bits to their (exactly representable) f32 value. */
+export function f16ToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1
+  const exp = (h >> 10) & 31
+  const frac = h & 1023
+  if (exp === 0) return sign * frac * 2 ** -24
+  if (exp === 31) return frac ? NaN : sign * Infinity
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15)
+}
+
+export type Q4Scheme = 'asymmetric' | 'symmetric'
+
+/**
+ * Quantizes float rows [n, k] to 'q4-b32' by rounding to nearest (`--format q4` conversion of
+ * fp32, fp16 or dequantized q8 weights). 'asymmetric' (the default): the block's [min, max]
+ * (widened to hold 0) onto 0..15, scale (max − min) / 15, zero point round(−min / scale). 'symmetric': llama.cpp's
+ * q4_0, scale = the signed extreme / −8, zero point 8.
+ */
+export function quantizeQ4(
+  w: Float32Array,
+  n: number,
+  k: number,
+  scheme: Q4Scheme = 'asymmetric',
+): Q4Matrix {
+  if (w.length !== n * k) throw new Error(`${w.length} weights, ${n} x ${k} expected`)
+  const m = emptyQ4(n, k)
+  const blocks = Math.ceil(k / Q4_BLOCK)
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < blocks; c++) {
+      const from = v * k + c * Q4_BLOCK
+      const to = v * k + Math.min(k, (c + 1) * Q4_BLOCK)
+      let scale: number
+      let zp: number
+      if (scheme === 'asymmetric') {
+        // the range holds 0: q = zp must stay representable with zp in 0..15
+        let min = 0
+        let max = 0
+        for (let i = from; i < to; i++) {
+          min = Math.min(min, w[i])
+          max = Math.max(max, w[i])
+        }
+        scale = Math.fround((max - min) / 15)
+        zp = scale > 0 ? Math.min(15, Math.max(0, Math.round(-min / scale))) : 0
+      } else {
+        let extreme = 0
+        for (let i = from; i < to; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
+        scale = Math.fround(extreme / -8)
+        zp = 8
+      }
+      const inv = scale !== 0 ? 1 / scale : 0
+      for (let i = from; i < to; i++) {
+        const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + zp))
+        q4Set(m, v, c * Q4_BLOCK + (i - from), q)
+      }
+      q4SetBlock(m, v, c, scale, zp)
+    }
+  return m
+}

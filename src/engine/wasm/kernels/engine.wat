@@ -1,0 +1,1137 @@
+;; The engine's kernels in one module, for q8 and q4 weights, decode and prefill. WASM SIMD 128,
+;; in two variants built from this one source by `npm run build:kernels` (variants.ts): lines
+;; between `;;#if relaxed` and `;;#else` (or `;;#end`) go only into engine-relaxed.wasm (relaxed
+;; SIMD), lines between `;;#if simd128` or that `;;#else` and `;;#end` only into
+;; engine-simd128.wasm. Both have the same exports and give the same results bit for bit (the
+;; integer sums are exact, the f32 epilogue is shared).
+;;
+;; ABI. One linear memory (weights, scratch and the KV arena all live in it); every pointer is a
+;; byte offset; every matrix result goes to out[j * ldo + v] (f32) for activation row j and
+;; weight row v. Formats (byte offsets documented in src/engine/quant/): q8 rows (q8.ts: int8
+;; rows of `stride`, a multiple of 32; per row zp int8 and scale f32) with 'a16-row'
+;; activations (activations.ts: int16 rows of `stride`, sum f32 and scale f32 per row); q4
+;; (q4.ts: 'q4-b32', kb blocks a row, a multiple of 4, in groups of 4 of 84 bytes: nibbles,
+;; scales f32, zero points u8; row v at w + 21·kb·v) with 'a8-b32' activations (activations.ts:
+;; groups of 160 bytes: int8 values in the weights' order, scales f32, sums i32; row j at
+;; x + 40·kb·j). A16 activation row j is at x + 2·stride·j.
+;;
+;;   rows(w, stride, zp, scale, v0, v1, x, sumx, xscale, n, out, ldo)   q8 · n a16 rows (decode)
+;;   rows4(w, stride, zp, scale, v0, v1, x, sumx, xscale, out, ldo)     q8 · exactly 4 a16 rows
+;;   q8_gemm(w, stride, zp, scale, v0, v1, x, sumx, xscale, t, out, ldo)  q8 · t a16 rows (prefill)
+;;   q4_gemv(w, kb, v0, v1, x, n, out, ldo)    q4 · n a8 rows (decode)
+;;   q4_gemm(w, kb, v0, v1, x, t, out, ldo)    q4 · t a8 rows (prefill)
+;;   quant_b32(x, ldx, k, t, xa)   t f32 rows of k (row j at x + 4·j·ldx, k a multiple of 32)
+;;                                 to a8-b32 at xa, kb = 4·ceil(k/128) blocks a row (padding 0)
+;;   dots(q, k, n, dim, out)   mix(p, v, n, dim, out)   silu_mul(g, u, n, out)   (attention, MLP)
+;;
+;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
+;; stays in L1 while they are scored); *_gemm block the weight rows so that a block stays in
+;; cache while every tile of 4 activation rows passes over it, each weight vector unpacked once
+;; per tile. q4 results: per block (Σ q·x − zp · Σ x) exact in i32, then to f32, × s × xd, added
+;; into lane (block mod 4) of an f32x4; the lanes summed (0+1)+(2+3) (dot.ts q4Dot). q8 results:
+;; as q8-head.wat (dot.ts q8RowDot).
+(module
+  (memory (export "memory") 1)
+
+  ;; ---- q8 rows · int16 activations: copied from q8-head.wat (decode and the lm_head) ----
+
+  ;; Horizontal sum of an i32x4 accumulator, corrected and scaled, stored as out[j * ldo + v].
+  (func $store
+    (param $acc v128) (param $j i32) (param $v i32)
+    (param $zp i32) (param $scale i32) (param $sumx i32) (param $xscale i32)
+    (param $out i32) (param $ldo i32)
+    (f32.store
+      (i32.add (local.get $out)
+        (i32.shl (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2)))
+      (f32.mul
+        (f32.mul
+          (f32.sub
+            (f32.convert_i32_s
+              (i32.add
+                (i32.add (i32x4.extract_lane 0 (local.get $acc)) (i32x4.extract_lane 1 (local.get $acc)))
+                (i32.add (i32x4.extract_lane 2 (local.get $acc)) (i32x4.extract_lane 3 (local.get $acc)))))
+            (f32.mul
+              (f32.convert_i32_s (i32.load8_s (i32.add (local.get $zp) (local.get $v))))
+              (f32.load (i32.add (local.get $sumx) (i32.shl (local.get $j) (i32.const 2))))))
+          (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2)))))
+        (f32.load (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))))))
+
+  ;; Rows [v0, v1) against `n` vectors at x (each `stride` int16), one vector at a time per
+  ;; row: the row stays in L1 while the vectors are scored. 32 weights per inner iteration,
+  ;; two accumulators.
+  (func $rows (export "rows")
+    (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
+    (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $sumx i32) (param $xscale i32) (param $n i32)
+    (param $out i32) (param $ldo i32)
+    (local $v i32) (local $row i32) (local $j i32) (local $xj i32) (local $k i32) (local $xk i32)
+    (local $a v128) (local $b v128) (local $w0 v128) (local $w1 v128)
+    (local.set $v (local.get $v0))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
+        (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
+        (local.set $j (i32.const 0))
+        (block $vectors_done
+          (loop $vectors
+            (br_if $vectors_done (i32.ge_u (local.get $j) (local.get $n)))
+            (local.set $xj
+              (i32.add (local.get $x)
+                (i32.shl (i32.mul (local.get $j) (local.get $stride)) (i32.const 1))))
+            (local.set $a (v128.const i32x4 0 0 0 0))
+            (local.set $b (v128.const i32x4 0 0 0 0))
+            (local.set $k (i32.const 0))
+            (block $k_done
+              (loop $k_loop
+                (br_if $k_done (i32.ge_u (local.get $k) (local.get $stride)))
+                (local.set $w0 (v128.load (i32.add (local.get $row) (local.get $k))))
+                (local.set $w1 (v128.load offset=16 (i32.add (local.get $row) (local.get $k))))
+                (local.set $xk (i32.add (local.get $xj) (i32.shl (local.get $k) (i32.const 1))))
+                (local.set $a
+                  (i32x4.add (local.get $a)
+                    (i32x4.dot_i16x8_s
+                      (i16x8.extend_low_i8x16_s (local.get $w0)) (v128.load (local.get $xk)))))
+                (local.set $b
+                  (i32x4.add (local.get $b)
+                    (i32x4.dot_i16x8_s
+                      (i16x8.extend_high_i8x16_s (local.get $w0))
+                      (v128.load offset=16 (local.get $xk)))))
+                (local.set $a
+                  (i32x4.add (local.get $a)
+                    (i32x4.dot_i16x8_s
+                      (i16x8.extend_low_i8x16_s (local.get $w1))
+                      (v128.load offset=32 (local.get $xk)))))
+                (local.set $b
+                  (i32x4.add (local.get $b)
+                    (i32x4.dot_i16x8_s
+                      (i16x8.extend_high_i8x16_s (local.get $w1))
+                      (v128.load offset=48 (local.get $xk)))))
+                (local.set $k (i32.add (local.get $k) (i32.const 32)))
+                (br $k_loop)))
+            (call $store
+              (i32x4.add (local.get $a) (local.get $b)) (local.get $j) (local.get $v)
+              (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)
+              (local.get $out) (local.get $ldo))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $vectors)))
+        (local.set $v (i32.add (local.get $v) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; Rows [v0, v1) against exactly 4 vectors at x: each 16 weights are loaded and widened once
+  ;; for all four (about 1.2x faster than `rows` with n = 4: the batch is compute bound).
+  (func $rows4 (export "rows4")
+    (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
+    (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $sumx i32) (param $xscale i32)
+    (param $out i32) (param $ldo i32)
+    (local $v i32) (local $row i32) (local $k i32) (local $wk i32)
+    (local $x0 i32) (local $x1 i32) (local $x2 i32) (local $x3 i32) (local $step i32)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $lo v128) (local $hi v128) (local $wv v128)
+    (local.set $step (i32.shl (local.get $stride) (i32.const 1)))
+    (local.set $v (local.get $v0))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
+        (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
+        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $a2 (v128.const i32x4 0 0 0 0))
+        (local.set $a3 (v128.const i32x4 0 0 0 0))
+        (local.set $k (i32.const 0))
+        (block $k_done
+          (loop $k_loop
+            (br_if $k_done (i32.ge_u (local.get $k) (local.get $stride)))
+            (local.set $wv (v128.load (i32.add (local.get $row) (local.get $k))))
+            (local.set $lo (i16x8.extend_low_i8x16_s (local.get $wv)))
+            (local.set $hi (i16x8.extend_high_i8x16_s (local.get $wv)))
+            (local.set $x0 (i32.add (local.get $x) (i32.shl (local.get $k) (i32.const 1))))
+            (local.set $x1 (i32.add (local.get $x0) (local.get $step)))
+            (local.set $x2 (i32.add (local.get $x1) (local.get $step)))
+            (local.set $x3 (i32.add (local.get $x2) (local.get $step)))
+            (local.set $a0
+              (i32x4.add (local.get $a0)
+                (i32x4.add
+                  (i32x4.dot_i16x8_s (local.get $lo) (v128.load (local.get $x0)))
+                  (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x0))))))
+            (local.set $a1
+              (i32x4.add (local.get $a1)
+                (i32x4.add
+                  (i32x4.dot_i16x8_s (local.get $lo) (v128.load (local.get $x1)))
+                  (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x1))))))
+            (local.set $a2
+              (i32x4.add (local.get $a2)
+                (i32x4.add
+                  (i32x4.dot_i16x8_s (local.get $lo) (v128.load (local.get $x2)))
+                  (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x2))))))
+            (local.set $a3
+              (i32x4.add (local.get $a3)
+                (i32x4.add
+                  (i32x4.dot_i16x8_s (local.get $lo) (v128.load (local.get $x3)))
+                  (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x3))))))
+            (local.set $k (i32.add (local.get $k) (i32.const 16)))
+            (br $k_loop)))
+        (call $store (local.get $a0) (i32.const 0) (local.get $v) (local.get $zp)
+          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (call $store (local.get $a1) (i32.const 1) (local.get $v) (local.get $zp)
+          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (call $store (local.get $a2) (i32.const 2) (local.get $v) (local.get $zp)
+          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (call $store (local.get $a3) (i32.const 3) (local.get $v) (local.get $zp)
+          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (local.set $v (i32.add (local.get $v) (i32.const 1)))
+        (br $rows)))
+  )
+  ;; Attention scores of one query head: out[t] = Σ_d q[d] · k[t·dim + d], t < n. dim is a
+  ;; multiple of 16; q, k and out are f32.
+  (func (export "dots")
+    (param $q i32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $row i32) (local $qd i32) (local $bytes i32)
+    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (local.set $row (local.get $k))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $t) (local.get $n)))
+        (local.set $a (v128.const i32x4 0 0 0 0))
+        (local.set $b (v128.const i32x4 0 0 0 0))
+        (local.set $c (v128.const i32x4 0 0 0 0))
+        (local.set $e (v128.const i32x4 0 0 0 0))
+        (local.set $d (i32.const 0))
+        (block $d_done
+          (loop $d_loop
+            (br_if $d_done (i32.ge_u (local.get $d) (local.get $bytes)))
+            (local.set $qd (i32.add (local.get $q) (local.get $d)))
+            (local.set $a (f32x4.add (local.get $a)
+              (f32x4.mul (v128.load (local.get $qd))
+                (v128.load (i32.add (local.get $row) (local.get $d))))))
+            (local.set $b (f32x4.add (local.get $b)
+              (f32x4.mul (v128.load offset=16 (local.get $qd))
+                (v128.load offset=16 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $c (f32x4.add (local.get $c)
+              (f32x4.mul (v128.load offset=32 (local.get $qd))
+                (v128.load offset=32 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $e (f32x4.add (local.get $e)
+              (f32x4.mul (v128.load offset=48 (local.get $qd))
+                (v128.load offset=48 (i32.add (local.get $row) (local.get $d))))))
+            (local.set $d (i32.add (local.get $d) (i32.const 64)))
+            (br $d_loop)))
+        (local.set $a (f32x4.add (f32x4.add (local.get $a) (local.get $b))
+          (f32x4.add (local.get $c) (local.get $e))))
+        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2)))
+          (f32.add
+            (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 1 (local.get $a)))
+            (f32.add (f32x4.extract_lane 2 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
+        (local.set $row (i32.add (local.get $row) (local.get $bytes)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; The weighted sum of one head's values: out[d] = Σ_t p[t] · v[t·dim + d], t < n. dim is a
+  ;; multiple of 16; 16 values at a time, each a cache line of every row.
+  (func (export "mix")
+    (param $p i32) (param $v i32) (param $n i32) (param $dim i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $at i32) (local $bytes i32) (local $w v128)
+    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (block $done
+      (loop $chunks
+        (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
+        (local.set $a (v128.const i32x4 0 0 0 0))
+        (local.set $b (v128.const i32x4 0 0 0 0))
+        (local.set $c (v128.const i32x4 0 0 0 0))
+        (local.set $e (v128.const i32x4 0 0 0 0))
+        (local.set $at (i32.add (local.get $v) (local.get $d)))
+        (local.set $t (i32.const 0))
+        (block $t_done
+          (loop $t_loop
+            (br_if $t_done (i32.ge_u (local.get $t) (local.get $n)))
+            (local.set $w
+              (f32x4.splat (f32.load (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))))
+            (local.set $a (f32x4.add (local.get $a) (f32x4.mul (local.get $w) (v128.load (local.get $at)))))
+            (local.set $b (f32x4.add (local.get $b)
+              (f32x4.mul (local.get $w) (v128.load offset=16 (local.get $at)))))
+            (local.set $c (f32x4.add (local.get $c)
+              (f32x4.mul (local.get $w) (v128.load offset=32 (local.get $at)))))
+            (local.set $e (f32x4.add (local.get $e)
+              (f32x4.mul (local.get $w) (v128.load offset=48 (local.get $at)))))
+            (local.set $at (i32.add (local.get $at) (local.get $bytes)))
+            (local.set $t (i32.add (local.get $t) (i32.const 1)))
+            (br $t_loop)))
+        (local.set $at (i32.add (local.get $out) (local.get $d)))
+        (v128.store (local.get $at) (local.get $a))
+        (v128.store offset=16 (local.get $at) (local.get $b))
+        (v128.store offset=32 (local.get $at) (local.get $c))
+        (v128.store offset=48 (local.get $at) (local.get $e))
+        (local.set $d (i32.add (local.get $d) (i32.const 64)))
+        (br $chunks)))
+  )
+  ;; The gated MLP activation: out[i] = silu(g[i]) · u[i] = g / (1 + e^−g) · u, i < n (a multiple
+  ;; of 4). e^x as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial (relative error
+  ;; about 1e-7), times 2^k built in the exponent bits; x is clamped to [−87.3, 88.7].
+  (func (export "silu_mul")
+    (param $g i32) (param $u i32) (param $n i32) (param $out i32)
+    (local $i i32) (local $x v128) (local $t v128) (local $k v128) (local $r v128) (local $y v128)
+    (local.set $n (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $x (v128.load (i32.add (local.get $g) (local.get $i))))
+        (local.set $t
+          (f32x4.min (f32x4.splat (f32.const 88.7))
+            (f32x4.max (f32x4.splat (f32.const -87.3)) (f32x4.neg (local.get $x)))))
+        (local.set $k
+          (f32x4.floor
+            (f32x4.add (f32x4.mul (local.get $t) (f32x4.splat (f32.const 1.44269504088896341)))
+              (f32x4.splat (f32.const 0.5)))))
+        (local.set $r
+          (f32x4.sub
+            (f32x4.sub (local.get $t) (f32x4.mul (local.get $k) (f32x4.splat (f32.const 0.693359375))))
+            (f32x4.mul (local.get $k) (f32x4.splat (f32.const -2.12194440e-4)))))
+        (local.set $y (f32x4.splat (f32.const 1.9875691500e-4)))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.3981999507e-3))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 8.3334519073e-3))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 4.1665795894e-2))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.6666665459e-1))))
+        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 5.0000001201e-1))))
+        (local.set $y
+          (f32x4.add
+            (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
+            (f32x4.splat (f32.const 1))))
+        ;; × 2^k
+        (local.set $y
+          (f32x4.mul (local.get $y)
+            (i32x4.shl
+              (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127)))
+              (i32.const 23))))
+        (v128.store (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (local.get $x) (f32x4.add (f32x4.splat (f32.const 1)) (local.get $y)))
+            (v128.load (i32.add (local.get $u) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $each)))
+  )
+
+  ;; ---- q8 prefill ----
+
+  ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (at least 4 rows), each block
+  ;; scored by every tile of 4 activation rows (rows4) while it is in cache, then by the last
+  ;; t mod 4 (rows).
+  (func (export "q8_gemm")
+    (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
+    (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $sumx i32) (param $xscale i32) (param $t i32)
+    (param $out i32) (param $ldo i32)
+    (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32)
+    (local.set $rb (i32.div_u (i32.const 65536) (local.get $stride)))
+    (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
+    (local.set $vb (local.get $v0))
+    (block $done
+      (loop $blocks
+        (br_if $done (i32.ge_u (local.get $vb) (local.get $v1)))
+        (local.set $ve (i32.add (local.get $vb) (local.get $rb)))
+        (if (i32.gt_u (local.get $ve) (local.get $v1)) (then (local.set $ve (local.get $v1))))
+        (local.set $j (i32.const 0))
+        (block $tiles_done
+          (loop $tiles
+            (br_if $tiles_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $t)))
+            (call $rows4 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+              (local.get $vb) (local.get $ve)
+              (i32.add (local.get $x)
+                (i32.shl (i32.mul (local.get $j) (local.get $stride)) (i32.const 1)))
+              (i32.add (local.get $sumx) (i32.shl (local.get $j) (i32.const 2)))
+              (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))
+              (i32.add (local.get $out)
+                (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
+              (local.get $ldo))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $tiles)))
+        (if (i32.lt_u (local.get $j) (local.get $t))
+          (then
+            (call $rows (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+              (local.get $vb) (local.get $ve)
+              (i32.add (local.get $x)
+                (i32.shl (i32.mul (local.get $j) (local.get $stride)) (i32.const 1)))
+              (i32.add (local.get $sumx) (i32.shl (local.get $j) (i32.const 2)))
+              (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))
+              (i32.sub (local.get $t) (local.get $j))
+              (i32.add (local.get $out)
+                (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
+              (local.get $ldo))))
+        (local.set $vb (local.get $ve))
+        (br $blocks)))
+  )
+
+  ;; ---- activations: f32 rows to a8-b32 ----
+
+  ;; Per block of 32: d = max|x| / 127, q = nearest(x · (127 / max|x|)) (ties to even, in
+  ;; [−127, 127]), Σ q; stored in the weights' block order (activations.ts).
+  (func (export "quant_b32")
+    (param $x i32) (param $ldx i32) (param $k i32) (param $t i32) (param $xa i32)
+    (local $kb i32) (local $j i32) (local $c i32) (local $src i32) (local $dst i32)
+    (local $max f32) (local $inv v128) (local $sum v128)
+    (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
+    (local $v4 v128) (local $v5 v128) (local $v6 v128) (local $v7 v128)
+    (local $m v128) (local $n0 v128) (local $n1 v128)
+    (local.set $kb (i32.shl (i32.shr_u (i32.add (local.get $k) (i32.const 127)) (i32.const 7))
+      (i32.const 2)))
+    (block $rows_done
+      (loop $rows
+        (br_if $rows_done (i32.ge_u (local.get $j) (local.get $t)))
+        (local.set $src
+          (i32.add (local.get $x) (i32.shl (i32.mul (local.get $j) (local.get $ldx)) (i32.const 2))))
+        (local.set $c (i32.const 0))
+        (block $blocks_done
+          (loop $blocks
+            (br_if $blocks_done (i32.ge_u (local.get $c) (local.get $kb)))
+            ;; the block's lane of its group: bytes at + 16m, scale at + 128, sum at + 144
+            (local.set $dst
+              (i32.add
+                (i32.add (local.get $xa) (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
+                (i32.add (i32.mul (i32.shr_u (local.get $c) (i32.const 2)) (i32.const 160))
+                  (i32.shl (i32.and (local.get $c) (i32.const 3)) (i32.const 2)))))
+            (if (i32.lt_u (i32.shl (local.get $c) (i32.const 5)) (local.get $k))
+              (then
+                (local.set $v0 (v128.load (local.get $src)))
+                (local.set $v1 (v128.load offset=16 (local.get $src)))
+                (local.set $v2 (v128.load offset=32 (local.get $src)))
+                (local.set $v3 (v128.load offset=48 (local.get $src)))
+                (local.set $v4 (v128.load offset=64 (local.get $src)))
+                (local.set $v5 (v128.load offset=80 (local.get $src)))
+                (local.set $v6 (v128.load offset=96 (local.get $src)))
+                (local.set $v7 (v128.load offset=112 (local.get $src)))
+                (local.set $m
+                  (f32x4.max
+                    (f32x4.max (f32x4.max (f32x4.abs (local.get $v0)) (f32x4.abs (local.get $v1)))
+                      (f32x4.max (f32x4.abs (local.get $v2)) (f32x4.abs (local.get $v3))))
+                    (f32x4.max (f32x4.max (f32x4.abs (local.get $v4)) (f32x4.abs (local.get $v5)))
+                      (f32x4.max (f32x4.abs (local.get $v6)) (f32x4.abs (local.get $v7))))))
+                (local.set $max
+                  (f32.max
+                    (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+                    (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+                (local.set $inv
+                  (f32x4.splat
+                    (select (f32.div (f32.const 127) (local.get $max)) (f32.const 0)
+                      (f32.gt (local.get $max) (f32.const 0)))))
+                (local.set $v0 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v0) (local.get $inv)))))
+                (local.set $v1 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v1) (local.get $inv)))))
+                (local.set $v2 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v2) (local.get $inv)))))
+                (local.set $v3 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v3) (local.get $inv)))))
+                (local.set $v4 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v4) (local.get $inv)))))
+                (local.set $v5 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v5) (local.get $inv)))))
+                (local.set $v6 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v6) (local.get $inv)))))
+                (local.set $v7 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v7) (local.get $inv)))))
+                (local.set $sum
+                  (i32x4.add
+                    (i32x4.add (i32x4.add (local.get $v0) (local.get $v1))
+                      (i32x4.add (local.get $v2) (local.get $v3)))
+                    (i32x4.add (i32x4.add (local.get $v4) (local.get $v5))
+                      (i32x4.add (local.get $v6) (local.get $v7)))))
+                ;; inputs 0..15 and 16..31 of the block, in order
+                (local.set $n0
+                  (i8x16.narrow_i16x8_s
+                    (i16x8.narrow_i32x4_s (local.get $v0) (local.get $v1))
+                    (i16x8.narrow_i32x4_s (local.get $v2) (local.get $v3))))
+                (local.set $n1
+                  (i8x16.narrow_i16x8_s
+                    (i16x8.narrow_i32x4_s (local.get $v4) (local.get $v5))
+                    (i16x8.narrow_i32x4_s (local.get $v6) (local.get $v7))))
+                ;; 4 inputs at a time to their lane of the group's 16-byte rows
+                (v128.store32_lane 0 (local.get $dst) (local.get $n0))
+                (v128.store32_lane offset=16 1 (local.get $dst) (local.get $n0))
+                (v128.store32_lane offset=32 2 (local.get $dst) (local.get $n0))
+                (v128.store32_lane offset=48 3 (local.get $dst) (local.get $n0))
+                (v128.store32_lane offset=64 0 (local.get $dst) (local.get $n1))
+                (v128.store32_lane offset=80 1 (local.get $dst) (local.get $n1))
+                (v128.store32_lane offset=96 2 (local.get $dst) (local.get $n1))
+                (v128.store32_lane offset=112 3 (local.get $dst) (local.get $n1))
+                (f32.store offset=128 (local.get $dst) (f32.div (local.get $max) (f32.const 127)))
+                (i32.store offset=144 (local.get $dst)
+                  (i32.add
+                    (i32.add (i32x4.extract_lane 0 (local.get $sum)) (i32x4.extract_lane 1 (local.get $sum)))
+                    (i32.add (i32x4.extract_lane 2 (local.get $sum)) (i32x4.extract_lane 3 (local.get $sum))))))
+              (else
+                (i32.store (local.get $dst) (i32.const 0))
+                (i32.store offset=16 (local.get $dst) (i32.const 0))
+                (i32.store offset=32 (local.get $dst) (i32.const 0))
+                (i32.store offset=48 (local.get $dst) (i32.const 0))
+                (i32.store offset=64 (local.get $dst) (i32.const 0))
+                (i32.store offset=80 (local.get $dst) (i32.const 0))
+                (i32.store offset=96 (local.get $dst) (i32.const 0))
+                (i32.store offset=112 (local.get $dst) (i32.const 0))
+                (f32.store offset=128 (local.get $dst) (f32.const 0))
+                (i32.store offset=144 (local.get $dst) (i32.const 0))))
+            (local.set $src (i32.add (local.get $src) (i32.const 128)))
+            (local.set $c (i32.add (local.get $c) (i32.const 1)))
+            (br $blocks)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; ---- q4 weights · a8-b32 activations ----
+
+  ;; One weight row (at wq) · one activation row (at x), stored at out. Per group of 4 blocks: 4 loads of 32 nibbles, their low and high halves against
+  ;; bytes 0..63 and 64..127 of the group's activations; the integer sums of the 4 blocks end
+  ;; in the 4 lanes of one i32x4.
+  (func $q4_tile1
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
+    (local $end i32) (local $p v128) (local $lo v128) (local $hi v128) (local $m v128)
+    (local $a0 v128) (local $a1 v128) (local $h0 v128) (local $h1 v128) (local $f v128)
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+;;#if relaxed
+        ;; nibbles 0..15 are the unsigned 7-bit operand, so each i16 lane (2 products) is exact
+        ;; and deterministic; 8 of them, |Σ| ≤ 8 · 2 · 128 · 15 < 2^15, sum exactly in i16 (on x64
+        ;; without AVX-VNNI one pmaddubsw each; the i32 form adds a pmaddwd and a paddd to each)
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $a0 (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x))
+          (v128.and (local.get $p) (local.get $m))))
+        (local.set $a1 (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m))))
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=16 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=80 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=32 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=96 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=48 (local.get $x)) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (v128.load offset=112 (local.get $x))
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        ;; i32 lane b: the 4 bytes of block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (i16x8.add (local.get $a0) (local.get $a1))))
+;;#else
+        ;; widened to i16: the dot of the low 8 bytes gives lanes of blocks 0, 0, 1, 1, of the
+        ;; high 8 bytes blocks 2, 2, 3, 3
+        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $h0 (v128.const i32x4 0 0 0 0))
+        (local.set $h1 (v128.const i32x4 0 0 0 0))
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $lo)) (v128.load8x8_s (local.get $x)))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $lo)) (v128.load8x8_s offset=8 (local.get $x)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $hi)) (v128.load8x8_s offset=64 (local.get $x)))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $hi)) (v128.load8x8_s offset=72 (local.get $x)))))
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $lo)) (v128.load8x8_s offset=16 (local.get $x)))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $lo)) (v128.load8x8_s offset=24 (local.get $x)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $hi)) (v128.load8x8_s offset=80 (local.get $x)))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $hi)) (v128.load8x8_s offset=88 (local.get $x)))))
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $lo)) (v128.load8x8_s offset=32 (local.get $x)))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $lo)) (v128.load8x8_s offset=40 (local.get $x)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $hi)) (v128.load8x8_s offset=96 (local.get $x)))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $hi)) (v128.load8x8_s offset=104 (local.get $x)))))
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $lo)) (v128.load8x8_s offset=48 (local.get $x)))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $lo)) (v128.load8x8_s offset=56 (local.get $x)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.dot_i16x8_s
+          (i16x8.extend_low_i8x16_u (local.get $hi)) (v128.load8x8_s offset=112 (local.get $x)))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.dot_i16x8_s
+          (i16x8.extend_high_i8x16_u (local.get $hi)) (v128.load8x8_s offset=120 (local.get $x)))))
+        (local.set $a0 (i32x4.add (local.get $a0) (local.get $a1)))
+        (local.set $h0 (i32x4.add (local.get $h0) (local.get $h1)))
+        (local.set $a0 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $h0))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a0) (local.get $h0))))
+;;#end
+        ;; f += f32(Σ q·x − zp · Σ x) · s · xd, block b of the group in lane b
+        (local.set $f (f32x4.add (local.get $f)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s
+                (i32x4.sub (local.get $a0)
+                  (i32x4.mul
+                    (i32x4.extend_low_i16x8_u
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq))))
+                    (v128.load offset=144 (local.get $x)))))
+              (v128.load offset=64 (local.get $wq)))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (br $groups)))
+    (f32.store (local.get $out) (call $hsum (local.get $f)))
+  )
+
+
+;;#if simd128
+  ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
+  ;; the activations are loaded (and widened) once for both rows, and the two rows are two
+  ;; streams for the memory system. As $q4_tile1 otherwise. SIMD128 only: it saves the
+  ;; widening of the activations, which relaxed SIMD does not do (there the second row's
+  ;; registers cost more than the shared loads save).
+  (func $q4_tile1x2
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
+    (local $end i32) (local $wr i32) (local $p v128) (local $lo v128) (local $hi v128)
+    (local $m v128) (local $xl v128) (local $xh v128)
+    (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
+    (local $a0 v128) (local $a1 v128) (local $b0 v128) (local $b1 v128)
+    (local $sx v128) (local $dx v128) (local $f v128) (local $g v128)
+    (local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (local.get $wr))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $b0 (v128.const i32x4 0 0 0 0))
+        (local.set $b1 (v128.const i32x4 0 0 0 0))
+        (local.set $x0 (v128.load8x8_s (local.get $x)))
+        (local.set $x1 (v128.load8x8_s offset=8 (local.get $x)))
+        (local.set $x2 (v128.load8x8_s offset=64 (local.get $x)))
+        (local.set $x3 (v128.load8x8_s offset=72 (local.get $x)))
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $p (v128.load (local.get $wr)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $b0 (i32x4.add (local.get $b0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $b1 (i32x4.add (local.get $b1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $x0 (v128.load8x8_s offset=16 (local.get $x)))
+        (local.set $x1 (v128.load8x8_s offset=24 (local.get $x)))
+        (local.set $x2 (v128.load8x8_s offset=80 (local.get $x)))
+        (local.set $x3 (v128.load8x8_s offset=88 (local.get $x)))
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $p (v128.load offset=16 (local.get $wr)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $b0 (i32x4.add (local.get $b0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $b1 (i32x4.add (local.get $b1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $x0 (v128.load8x8_s offset=32 (local.get $x)))
+        (local.set $x1 (v128.load8x8_s offset=40 (local.get $x)))
+        (local.set $x2 (v128.load8x8_s offset=96 (local.get $x)))
+        (local.set $x3 (v128.load8x8_s offset=104 (local.get $x)))
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $p (v128.load offset=32 (local.get $wr)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $b0 (i32x4.add (local.get $b0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $b1 (i32x4.add (local.get $b1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $x0 (v128.load8x8_s offset=48 (local.get $x)))
+        (local.set $x1 (v128.load8x8_s offset=56 (local.get $x)))
+        (local.set $x2 (v128.load8x8_s offset=112 (local.get $x)))
+        (local.set $x3 (v128.load8x8_s offset=120 (local.get $x)))
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        (local.set $p (v128.load offset=48 (local.get $wr)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $b0 (i32x4.add (local.get $b0) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $lo)) (local.get $x0))
+          (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_u (local.get $hi)) (local.get $x2)))))
+        (local.set $b1 (i32x4.add (local.get $b1) (i32x4.add
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $lo)) (local.get $x1))
+          (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_u (local.get $hi)) (local.get $x3)))))
+        ;; lanes of a0, b0: blocks 0, 0, 1, 1; of a1, b1: 2, 2, 3, 3
+        (local.set $a0 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $a1))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a0) (local.get $a1))))
+        (local.set $b0 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $b0) (local.get $b1))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $b0) (local.get $b1))))
+        (local.set $sx (v128.load offset=144 (local.get $x)))
+        (local.set $dx (v128.load offset=128 (local.get $x)))
+        (local.set $f (f32x4.add (local.get $f)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s
+                (i32x4.sub (local.get $a0)
+                  (i32x4.mul
+                    (i32x4.extend_low_i16x8_u
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq))))
+                    (local.get $sx))))
+              (v128.load offset=64 (local.get $wq)))
+            (local.get $dx))))
+        (local.set $g (f32x4.add (local.get $g)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s
+                (i32x4.sub (local.get $b0)
+                  (i32x4.mul
+                    (i32x4.extend_low_i16x8_u
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wr))))
+                    (local.get $sx))))
+              (v128.load offset=64 (local.get $wr)))
+            (local.get $dx))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (br $groups)))
+    (f32.store (local.get $out) (call $hsum (local.get $f)))
+    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g)))
+  )
+;;#end
+
+  ;; One weight row · 4 activation rows (x at the first, the others 40 · kb bytes apart),
+  ;; stored at out + 4 · ldo · (0..3): each 16 weight bytes are loaded and
+  ;; unpacked once for the 4.
+  (func $q4_tile4
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32) (param $ldo i32)
+    (local $end i32) (local $xst i32) (local $x1 i32) (local $x2 i32) (local $x3 i32)
+    (local $p v128) (local $lo v128) (local $hi v128) (local $m v128) (local $zp v128)
+    (local $sc v128)
+    (local $w0 v128) (local $w1 v128) (local $w2 v128) (local $w3 v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $h0 v128) (local $h1 v128) (local $h2 v128) (local $h3 v128)
+    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
+    (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
+    (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
+    (local.set $x3 (i32.add (local.get $x2) (local.get $xst)))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (local.set $a2 (v128.const i32x4 0 0 0 0))
+        (local.set $a3 (v128.const i32x4 0 0 0 0))
+;;#if simd128
+        (local.set $h0 (v128.const i32x4 0 0 0 0))
+        (local.set $h1 (v128.const i32x4 0 0 0 0))
+        (local.set $h2 (v128.const i32x4 0 0 0 0))
+        (local.set $h3 (v128.const i32x4 0 0 0 0))
+;;#end
+        ;; bytes 0..15 of the group's weights
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=64 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x3))))))
+;;#end
+        ;; bytes 16..31 of the group's weights
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=16 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=80 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x3))))))
+;;#end
+        ;; bytes 32..47 of the group's weights
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=32 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=96 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x3))))))
+;;#end
+        ;; bytes 48..63 of the group's weights
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
+;;#else
+        (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
+        (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
+        (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
+        (local.set $w3 (i16x8.extend_high_i8x16_u (local.get $hi)))
+        (local.set $a0 (i32x4.add (local.get $a0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x))))))
+        (local.set $h0 (i32x4.add (local.get $h0) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x))))))
+        (local.set $a1 (i32x4.add (local.get $a1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x1))))))
+        (local.set $h1 (i32x4.add (local.get $h1) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x1)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x1))))))
+        (local.set $a2 (i32x4.add (local.get $a2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x2))))))
+        (local.set $h2 (i32x4.add (local.get $h2) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x2)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x2))))))
+        (local.set $a3 (i32x4.add (local.get $a3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w0) (v128.load8x8_s offset=48 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w2) (v128.load8x8_s offset=112 (local.get $x3))))))
+        (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
+          (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x3)))
+          (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x3))))))
+;;#end
+;;#if relaxed
+        ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+        (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
+        (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
+        (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
+;;#else
+        ;; lanes of a: blocks 0, 0, 1, 1; of h: 2, 2, 3, 3
+        (local.set $a0 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $h0))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a0) (local.get $h0))))
+        (local.set $a1 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a1) (local.get $h1))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a1) (local.get $h1))))
+        (local.set $a2 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a2) (local.get $h2))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a2) (local.get $h2))))
+        (local.set $a3 (i32x4.add
+          (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a3) (local.get $h3))
+          (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $a3) (local.get $h3))))
+;;#end
+        (local.set $zp (i32x4.extend_low_i16x8_u
+          (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq)))))
+        (local.set $sc (v128.load offset=64 (local.get $wq)))
+        (local.set $f0 (f32x4.add (local.get $f0)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a0)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $f1 (f32x4.add (local.get $f1)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a1)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x1)))))
+        (local.set $f2 (f32x4.add (local.get $f2)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a2)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x2)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x2)))))
+        (local.set $f3 (f32x4.add (local.get $f3)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a3)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x3)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
+        (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
+        (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
+        (br $groups)))
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
+    (f32.store (local.get $out) (call $hsum (local.get $f0)))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (f32.store (local.get $out) (call $hsum (local.get $f1)))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (f32.store (local.get $out) (call $hsum (local.get $f2)))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (f32.store (local.get $out) (call $hsum (local.get $f3)))
+  )
+
+  ;; (f[0] + f[1]) + (f[2] + f[3])
+  (func $hsum (param $f v128) (result f32)
+    (f32.add
+      (f32.add (f32x4.extract_lane 0 (local.get $f)) (f32x4.extract_lane 1 (local.get $f)))
+      (f32.add (f32x4.extract_lane 2 (local.get $f)) (f32x4.extract_lane 3 (local.get $f)))))
+
+  ;; Weight rows [v0, v1) · n activation rows: each row is read from memory once (then from
+  ;; L1) for tiles of 4 activation rows and the last n mod 4 one at a time; in the SIMD128 build
+  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2).
+  (func $q4_rows
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (local $v i32) (local $j i32) (local $row i32) (local $bytes i32) (local $xst i32)
+    (local $pair i32) (local $o i32)
+    (local.set $bytes (i32.mul (local.get $kb) (i32.const 21)))
+    (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
+    (local.set $v (local.get $v0))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
+;;#if simd128
+        (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
+;;#end
+        (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
+        (local.set $j (i32.const 0))
+        (block $tiles_done
+          (loop $tiles
+            (br_if $tiles_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
+            (local.set $o (i32.add (local.get $out) (i32.shl
+              (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
+            (call $q4_tile4 (local.get $row) (local.get $kb)
+              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+              (local.get $o) (local.get $ldo))
+            (if (local.get $pair)
+              (then
+                (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br $tiles)))
+        (block $ones_done
+          (loop $ones
+            (br_if $ones_done (i32.ge_u (local.get $j) (local.get $n)))
+            (local.set $o (i32.add (local.get $out) (i32.shl
+              (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
+;;#if simd128
+            (if (local.get $pair)
+              (then
+                (call $q4_tile1x2 (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o)))
+              (else
+                (call $q4_tile1 (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o))))
+;;#else
+            (call $q4_tile1 (local.get $row) (local.get $kb)
+              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+              (local.get $o))
+;;#end
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $ones)))
+        (local.set $v (i32.add (local.get $v) (i32.add (local.get $pair) (i32.const 1))))
+        (br $rows)))
+  )
+
+  ;; q4 rows · n activation rows, for decode: the weights stream through the cache once.
+  (func (export "q4_gemv")
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (call $q4_rows (local.get $w) (local.get $kb) (local.get $v0) (local.get $v1)
+      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo))
+  )
+
+  ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (at least 4
+  ;; rows), each block scored by every tile of 4 activation rows while it is in cache (the tile
+  ;; itself, 4 · 40 · kb bytes, stays in L1), then by the last t mod 4.
+  (func (export "q4_gemm")
+    (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $t i32) (param $out i32) (param $ldo i32)
+    (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32) (local $n i32)
+    (local.set $rb (i32.div_u (i32.const 65536) (i32.mul (local.get $kb) (i32.const 21))))
+    (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
+    (local.set $vb (local.get $v0))
+    (block $done
+      (loop $blocks
+        (br_if $done (i32.ge_u (local.get $vb) (local.get $v1)))
+        (local.set $ve (i32.add (local.get $vb) (local.get $rb)))
+        (if (i32.gt_u (local.get $ve) (local.get $v1)) (then (local.set $ve (local.get $v1))))
+        (local.set $j (i32.const 0))
+        (block $tiles_done
+          (loop $tiles
+            (br_if $tiles_done (i32.ge_u (local.get $j) (local.get $t)))
+            (local.set $n (i32.sub (local.get $t) (local.get $j)))
+            (if (i32.gt_u (local.get $n) (i32.const 4)) (then (local.set $n (i32.const 4))))
+            (call $q4_rows (local.get $w) (local.get $kb) (local.get $vb) (local.get $ve)
+              (i32.add (local.get $x)
+                (i32.mul (local.get $j) (i32.mul (local.get $kb) (i32.const 40))))
+              (local.get $n)
+              (i32.add (local.get $out)
+                (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
+              (local.get $ldo))
+            (local.set $j (i32.add (local.get $j) (local.get $n)))
+            (br $tiles)))
+        (local.set $vb (local.get $ve))
+        (br $blocks)))
+  )
+)

@@ -1,0 +1,448 @@
+/**
+ * The engine's kernel module (src/engine/kernels/engine.wat) in both ISA variants against the
+ * scalar reference of src/engine/quant/: every result bit for bit (the kernels' integer sums are
+ * exact and their f32 epilogue is the reference's order), and the reference within a tight
+ * bound of float64. And the committed bytes against a fresh assembly of the .wat.
+ *
+ * Node 20 runs relaxed SIMD only behind --experimental-wasm-relaxed-simd, and its V8 (11.3)
+ * miscomputes i32x4.relaxed_dot_i8x16_i7x16_add_s in the baseline tier (Liftoff). So this file
+ * (its own process) sets the flag and --no-liftoff before anything compiles: every kernel runs
+ * here in the optimizing tier, the relaxed variant included, and it must (a runtime without it
+ * fails instead of skipping). Two child processes cover the other tiers: Node with the flag and
+ * Liftoff on, where the loader may use the relaxed build only if it is exact there, and Deno
+ * (relaxed SIMD on by default, a current V8), where it must pick it and both variants must give
+ * the reference's bits.
+ */
+import { setFlagsFromString } from 'node:v8'
+setFlagsFromString('--experimental-wasm-relaxed-simd')
+setFlagsFromString('--no-liftoff')
+
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import wabtInit from 'wabt'
+import { describe, expect, it } from 'vitest'
+import { KERNELS_DIR, assemble } from '../../../scripts/build-kernels.ts'
+import { WASM_BASE64 as RELAXED_BASE64 } from '../../../src/engine/kernels/engine-relaxed-wasm.ts'
+import { WASM_BASE64 as SIMD128_BASE64 } from '../../../src/engine/kernels/engine-simd128-wasm.ts'
+import { ISA_VARIANTS, kernelSource, selectVariant } from '../../../src/engine/kernels/variants.ts'
+import {
+  a8Get,
+  quantizeBlocks,
+  quantizeRows,
+  type BlockActivations,
+  type RowActivations,
+} from '../../../src/engine/quant/activations.ts'
+import { q4Dot, q4DotAbs, q4DotF64, q8RowDot, q8RowDotF64 } from '../../../src/engine/quant/dot.ts'
+import {
+  RELAXED_PROBE,
+  instantiateEngine,
+  relaxedSimdSupported,
+  type EngineKernelExports,
+  type IsaVariant,
+} from '../../../src/engine/quant/loader.ts'
+import {
+  emptyQ4,
+  q4Set,
+  q4SetBlock,
+  quantizeQ4,
+  type Q4Matrix,
+} from '../../../src/engine/quant/q4.ts'
+import { quantizeQ8Rows, type Q8Rows } from '../../../src/engine/quant/q8.ts'
+
+/** xorshift32 in [0, 1) */
+function rng(seed: number) {
+  let s = seed >>> 0 || 1
+  return () => {
+    s ^= s << 13
+    s ^= s >>> 17
+    s ^= s << 5
+    return (s >>> 0) / 2 ** 32
+  }
+}
+
+/** Heavy-tailed values (a Student-t-like ratio) with a few channels far larger. */
+function randomRows(t: number, k: number, seed: number, outliers = 3): Float32Array {
+  const r = rng(seed)
+  const x = new Float32Array(t * k)
+  for (let i = 0; i < x.length; i++) {
+    const g = (r() + r() + r() - 1.5) / (0.3 + r())
+    x[i] = (i % k) % Math.max(1, Math.floor(k / outliers)) === 5 ? 40 * g : g
+  }
+  return x
+}
+
+function randomQ4(n: number, k: number, seed: number): Q4Matrix {
+  const r = rng(seed)
+  const m = emptyQ4(n, k)
+  for (let i = 0; i < m.data.length; i++) m.data[i] = Math.floor(r() * 256)
+  // some scales negative: exported ones are not all positive
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < m.kb; c++) q4SetBlock(m, v, c, (r() - 0.3) * 0.02, Math.floor(r() * 16))
+  return m
+}
+
+/** Regions of kernel memory, 64-byte aligned, after a guard of 64 bytes. */
+class Arena {
+  private at = 64
+  constructor(readonly k: EngineKernelExports) {}
+  put(data: ArrayBufferView): number {
+    const at = this.take(data.byteLength)
+    new Uint8Array(this.k.memory.buffer, at, data.byteLength).set(
+      new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    )
+    return at
+  }
+  take(bytes: number): number {
+    const at = this.at
+    this.at = Math.ceil((at + bytes) / 64) * 64
+    const need = Math.ceil(this.at / 65536) - this.k.memory.buffer.byteLength / 65536
+    if (need > 0) this.k.memory.grow(need)
+    new Uint8Array(this.k.memory.buffer, at, bytes).fill(0)
+    return at
+  }
+  f32(at: number, n: number): Float32Array {
+    return new Float32Array(this.k.memory.buffer, at, n).slice()
+  }
+}
+
+function placeQ8(a: Arena, w: Q8Rows) {
+  return { w: a.put(w.q), zp: a.put(w.zp), scale: a.put(w.scale) }
+}
+
+function placeRows(a: Arena, x: RowActivations) {
+  return { x: a.put(x.x), sum: a.put(x.sum), scale: a.put(x.scale) }
+}
+
+/** Kernel q4 output [t, ldo] (rows [v0, v1) written) against q4Dot, bit for bit; NaN sentinel. */
+function expectQ4(
+  out: Float32Array,
+  m: Q4Matrix,
+  x: BlockActivations,
+  v0: number,
+  v1: number,
+  ldo: number,
+): void {
+  let checked = 0
+  for (let j = 0; j < x.t; j++)
+    for (let v = 0; v < ldo; v++) {
+      const got = out[j * ldo + v]
+      if (v < v0 || v >= v1) {
+        if (!Number.isNaN(got)) throw new Error(`wrote outside rows [${v0}, ${v1}): j ${j} v ${v}`)
+        continue
+      }
+      const want = q4Dot(m, v, x, j)
+      if (!Object.is(got, want)) throw new Error(`j ${j} v ${v}: kernel ${got}, reference ${want}`)
+      // the reference itself: f32 rounding of kb terms, against float64
+      const bound = (m.kb + 2) * 2 ** -23 * q4DotAbs(m, v, x, j) + 1e-30
+      if (!(Math.abs(want - q4DotF64(m, v, x, j)) <= bound))
+        throw new Error(`j ${j} v ${v}: reference ${want} is not float64's ${q4DotF64(m, v, x, j)}`)
+      checked++
+    }
+  expect(checked).toBe(x.t * (v1 - v0))
+}
+
+function expectQ8(out: Float32Array, w: Q8Rows, x: RowActivations, ldo: number): void {
+  for (let j = 0; j < x.t; j++)
+    for (let v = 0; v < w.n; v++) {
+      const got = out[j * ldo + v]
+      const want = q8RowDot(w, v, x, j)
+      if (!Object.is(got, want)) throw new Error(`j ${j} v ${v}: kernel ${got}, reference ${want}`)
+      const f64 = q8RowDotF64(w, v, x, j)
+      if (!(Math.abs(want - f64) <= 4 * 2 ** -23 * (Math.abs(f64) + 1e-6)))
+        throw new Error(`j ${j} v ${v}: reference ${want} is not float64's ${f64}`)
+    }
+}
+
+type Kernel = 'gemv' | 'gemm'
+
+async function runQ4(
+  variant: IsaVariant,
+  kernel: Kernel,
+  m: Q4Matrix,
+  x: BlockActivations,
+  v0 = 0,
+  v1 = m.n,
+  ldo = m.n + 3,
+): Promise<Float32Array> {
+  const { kernels } = await instantiateEngine(variant)
+  const a = new Arena(kernels)
+  const w = a.put(m.data)
+  const xa = a.put(x.data)
+  const out = a.take(4 * x.t * ldo)
+  new Float32Array(kernels.memory.buffer, out, x.t * ldo).fill(NaN)
+  const call = kernel === 'gemv' ? kernels.q4_gemv : kernels.q4_gemm
+  call(w, m.kb, v0, v1, xa, x.t, out, ldo)
+  return a.f32(out, x.t * ldo)
+}
+
+describe('engine kernels: the committed bytes', () => {
+  it('engine-{simd128,relaxed}.wasm and -wasm.ts are the assembly of engine.wat', async () => {
+    const read = (f: string) => readFileSync(`${KERNELS_DIR}${f}`, 'utf8')
+    for (const [v, base64] of [
+      ['simd128', SIMD128_BASE64],
+      ['relaxed', RELAXED_BASE64],
+    ] as const) {
+      const name = `engine-${v}`
+      const built = Buffer.from(await assemble(name, kernelSource(name, read)))
+      expect(built.equals(readFileSync(`${KERNELS_DIR}${name}.wasm`))).toBe(true)
+      expect(Buffer.from(base64, 'base64').equals(built)).toBe(true)
+    }
+  })
+
+  it('the variants differ only in the marked lines, and simd128 has no relaxed instruction', async () => {
+    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const simd = selectVariant(wat, 'simd128')
+    const relaxed = selectVariant(wat, 'relaxed')
+    expect(simd).not.toMatch(/relaxed_/)
+    expect(relaxed).toMatch(/i16x8.relaxed_dot_i8x16_i7x16_s/)
+    const common = (s: string) =>
+      s.split('\n').filter((l) => !/^\s*;;#/.test(l) && wat.split('\n').includes(l))
+    expect(common(simd).length + common(relaxed).length).toBeGreaterThan(wat.split('\n').length)
+    // without the feature wabt refuses the relaxed source: the simd128 build cannot use it
+    await expect(assemble('engine-simd128', relaxed)).rejects.toThrow()
+    expect(() => selectVariant(';;#if avx\n;;#end', 'simd128')).toThrow(/unknown variant/)
+    expect(() => selectVariant(';;#if relaxed\n', 'simd128')).toThrow(/not closed/)
+  })
+
+  it('the feature probe is the relaxed dot product, and it validates here', async () => {
+    const wabt = await wabtInit()
+    const parsed = wabt.parseWat(
+      'probe.wat',
+      `(module (func (export "f") (param v128 v128) (result v128)
+        (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))`,
+      { simd: true, relaxed_simd: true },
+    )
+    const bytes = new Uint8Array(parsed.toBinary({}).buffer)
+    parsed.destroy()
+    expect(Array.from(bytes)).toEqual(Array.from(RELAXED_PROBE))
+    // loud, not skipped: without this the relaxed variant below would not be tested
+    expect(
+      relaxedSimdSupported(),
+      'relaxed SIMD is not available in this runtime: the relaxed kernels cannot be tested',
+    ).toBe(true)
+    expect((await instantiateEngine()).variant).toBe('relaxed')
+    expect((await instantiateEngine('simd128')).variant).toBe('simd128')
+  })
+})
+
+describe('engine kernels in other runtimes', () => {
+  const script = 'test/engine/kernels/runtime-check.ts'
+  const run = (cmd: string, args: string[]) =>
+    JSON.parse(execFileSync(cmd, [...args, script], { encoding: 'utf8', timeout: 60_000 }))
+
+  it('Node with relaxed SIMD in the baseline tier: the loader trusts it only if it is exact', () => {
+    const r = run(process.execPath, ['--experimental-wasm-relaxed-simd', '--import', 'tsx'])
+    expect(r.validates).toBe(true)
+    expect(r.simd128Mismatches).toBe(0)
+    // whatever this Node's Liftoff computes, the loader's self-check must agree with it
+    expect(r.works).toBe(r.relaxedMismatches === 0)
+    expect(r.picked).toBe(r.works ? 'relaxed' : 'simd128')
+  })
+
+  it('Deno (relaxed SIMD on by default): relaxed picked, both variants exact', () => {
+    const r = run('npx', ['deno', 'run', '--no-prompt'])
+    expect(r).toEqual({
+      validates: true,
+      works: true,
+      picked: 'relaxed',
+      simd128Mismatches: 0,
+      relaxedMismatches: 0,
+    })
+  })
+})
+
+for (const variant of ISA_VARIANTS) {
+  describe(`engine kernels, ${variant}`, () => {
+    it('quant_b32 is quantizeBlocks bit for bit (padding, ldx > k, zero and extreme rows)', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      for (const [t, k, ldx] of [
+        [1, 32, 32],
+        [3, 96, 100], // 3 blocks, padded to 4; rows not back to back
+        [5, 160, 160],
+        [2, 896, 900],
+      ]) {
+        const x = randomRows(t, ldx, t * k)
+        x.fill(0, 0, k) // an all-zero row: scale 0
+        if (t > 2) {
+          x.fill(3.25, ldx, ldx + 32) // one block of a single value: all 127
+          x.fill(-1e-30, ldx + 32, ldx + 64) // subnormal-ish magnitudes
+          for (let i = 64; i < 96; i++) x[ldx + i] = (i - 80) * 0.5 // ties after scaling
+        }
+        const a = new Arena(kernels)
+        const at = a.put(x)
+        const ref = quantizeBlocks(x, t, k, ldx)
+        const xa = a.take(ref.data.byteLength)
+        new Uint8Array(kernels.memory.buffer, xa, ref.data.byteLength).fill(0x55)
+        kernels.quant_b32(at, ldx, k, t, xa)
+        const buf = kernels.memory.buffer
+        // every byte: values, scales (f32 bits) and sums
+        expect(Array.from(new Uint8Array(buf, xa, ref.data.length))).toEqual(Array.from(ref.data))
+        if (t > 2) expect(a8Get(ref, 1, 0)).toBe(127)
+      }
+    })
+
+    it('q4_gemv: n = 1..7 rows, odd N and K, a sub-range of rows, ldo > N', async () => {
+      for (const [n, k] of [
+        [1, 32],
+        [5, 96],
+        [37, 200], // a K that MatMulNBits can have: the last block is partial
+        [13, 896],
+      ]) {
+        const m = randomQ4(n, k, n + k)
+        for (let t = 1; t <= 7; t++) {
+          const x = quantizeBlocks(randomRows(t, k, 7 * t + k), t, k)
+          expectQ4(await runQ4(variant, 'gemv', m, x), m, x, 0, n, n + 3)
+        }
+        const x = quantizeBlocks(randomRows(3, k, 1), 3, k)
+        const v0 = Math.floor(n / 3)
+        const v1 = n - Math.floor(n / 4)
+        expectQ4(await runQ4(variant, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
+      }
+    })
+
+    it('q4_gemm: T not a multiple of the tile, several row blocks, equal to q4_gemv', async () => {
+      const n = 251 // 896 inputs: 111 rows a block, so 3 blocks, the last partial
+      const m = randomQ4(n, 896, 5)
+      for (const t of [1, 3, 4, 9]) {
+        const x = quantizeBlocks(randomRows(t, 896, t), t, 896)
+        const gemm = await runQ4(variant, 'gemm', m, x)
+        expectQ4(gemm, m, x, 0, n, n + 3)
+        expect(Object.is(gemm[0], (await runQ4(variant, 'gemv', m, x))[0])).toBe(true)
+      }
+      const x = quantizeBlocks(randomRows(6, 896, 2), 6, 896)
+      expectQ4(await runQ4(variant, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
+    })
+
+    it('q4 extremes: activations all ±127, q 15 with zp 0, q 0 with zp 15, zero scales', async () => {
+      const k = 256
+      const m = emptyQ4(4, k)
+      // row 0: q 15, zp 0 (the largest positive sums); row 1: q 0, zp 15; rows 2, 3: high
+      // nibbles 15, low 0, zp 8; row 3: zero scales
+      for (let i = 0; i < k; i++) {
+        q4Set(m, 0, i, 15)
+        q4Set(m, 2, i, i % 32 >= 16 ? 15 : 0)
+        q4Set(m, 3, i, i % 32 >= 16 ? 15 : 0)
+      }
+      for (let c = 0; c < m.kb; c++) {
+        q4SetBlock(m, 0, c, 0.5, 0)
+        q4SetBlock(m, 1, c, 0.5, 15)
+        q4SetBlock(m, 2, c, 0.5, 8)
+        q4SetBlock(m, 3, c, 0, 8)
+      }
+      const rows = new Float32Array(3 * k)
+      rows.fill(1, 0, k) // all 127
+      rows.fill(-2, k, 2 * k) // all -127
+      for (let i = 0; i < k; i++) rows[2 * k + i] = i % 2 ? 1 : -1
+      const x = quantizeBlocks(rows, 3, k)
+      for (let j = 0; j < 3; j++)
+        for (let i = 0; i < k; i++) expect(Math.abs(a8Get(x, j, i))).toBe(127)
+      for (const kernel of ['gemv', 'gemm'] as const) {
+        const out = await runQ4(variant, kernel, m, x, 0, 4, 4)
+        expectQ4(out, m, x, 0, 4, 4)
+        expect(out[0]).toBeCloseTo(k * 15 * 0.5, 3) // every block 32·15·127
+        expect(out[4 + 1]).toBeCloseTo(k * 15 * 0.5 * 2, 3) // (0 − 15) · −127
+        expect(out[3]).toBe(0)
+      }
+    })
+
+    it('q8_gemm: T not a multiple of 4, several row blocks; rows and rows4 as before', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const k = 72 // stride 96: padded rows; 682 rows a block
+      const w = quantizeQ8Rows(randomRows(1500, k, 3, 0), 1500, k)
+      for (const t of [1, 3, 4, 5, 9]) {
+        const x = quantizeRows(randomRows(t, k, 11 * t), t, k, w.stride)
+        const a = new Arena(kernels)
+        const wa = placeQ8(a, w)
+        const xa = placeRows(a, x)
+        const out = a.take(4 * t * (w.n + 1))
+        kernels.q8_gemm(
+          wa.w,
+          w.stride,
+          wa.zp,
+          wa.scale,
+          0,
+          w.n,
+          xa.x,
+          xa.sum,
+          xa.scale,
+          t,
+          out,
+          w.n + 1,
+        )
+        expectQ8(a.f32(out, t * (w.n + 1)), w, x, w.n + 1)
+        if (t === 4) {
+          kernels.rows4(wa.w, w.stride, wa.zp, wa.scale, 0, w.n, xa.x, xa.sum, xa.scale, out, w.n)
+          expectQ8(a.f32(out, t * w.n), w, x, w.n)
+        }
+        kernels.rows(wa.w, w.stride, wa.zp, wa.scale, 0, w.n, xa.x, xa.sum, xa.scale, t, out, w.n)
+        expectQ8(a.f32(out, t * w.n), w, x, w.n)
+      }
+    })
+
+    it('q8 extremes: weights ±128/127 against activations at the int16 limit', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const k = 896
+      const w: Q8Rows = {
+        n: 3,
+        k,
+        stride: k,
+        q: new Int8Array(3 * k),
+        zp: Int8Array.from([0, 127, -128]),
+        scale: Float32Array.from([1e-3, 2e-3, 0]),
+      }
+      w.q.fill(-128, 0, k)
+      w.q.fill(127, k, 2 * k)
+      const rows = new Float32Array(2 * k).fill(-3)
+      rows.fill(5, k)
+      const x = quantizeRows(rows, 2, k, k)
+      const a = new Arena(kernels)
+      const wa = placeQ8(a, w)
+      const xa = placeRows(a, x)
+      const out = a.take(4 * 2 * 3)
+      kernels.q8_gemm(wa.w, k, wa.zp, wa.scale, 0, 3, xa.x, xa.sum, xa.scale, 2, out, 3)
+      expectQ8(a.f32(out, 6), w, x, 3)
+    })
+
+    it('dots, mix and silu_mul (copied from q8-head.wat) compute what they did', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const a = new Arena(kernels)
+      const dim = 64
+      const n = 5
+      const q = randomRows(1, dim, 1)
+      const kv = randomRows(n, dim, 2)
+      const qa = a.put(q)
+      const ka = a.put(kv)
+      const out = a.take(4 * dim)
+      kernels.dots(qa, ka, n, dim, out)
+      const scores = a.f32(out, n)
+      for (let t = 0; t < n; t++) {
+        let s = 0
+        for (let d = 0; d < dim; d++) s += q[d] * kv[t * dim + d]
+        expect(scores[t]).toBeCloseTo(s, 3)
+      }
+      kernels.mix(ka, ka, n, dim, out) // weights: the first n floats
+      const mixed = a.f32(out, dim)
+      for (let d = 0; d < dim; d++) {
+        let s = 0
+        for (let t = 0; t < n; t++) s += kv[t] * kv[t * dim + d]
+        expect(mixed[d]).toBeCloseTo(s, 2)
+      }
+      kernels.silu_mul(qa, ka, dim, out)
+      const act = a.f32(out, dim)
+      for (let i = 0; i < dim; i++) {
+        const want = (q[i] / (1 + Math.exp(-q[i]))) * kv[i]
+        expect(Math.abs(act[i] - want)).toBeLessThanOrEqual(1e-5 * (Math.abs(want) + 1e-3))
+      }
+    })
+  })
+}
+
+describe('engine kernels: the variants agree', () => {
+  it('simd128 and relaxed give the same bits on a Qwen-shaped q4 GEMV', async () => {
+    const m = quantizeQ4(randomRows(64, 896, 9), 64, 896)
+    const x = quantizeBlocks(randomRows(2, 896, 10), 2, 896)
+    const simd = await runQ4('simd128', 'gemv', m, x)
+    const relaxed = await runQ4('relaxed', 'gemv', m, x)
+    expect(Buffer.from(relaxed.buffer).equals(Buffer.from(simd.buffer))).toBe(true)
+  })
+})

@@ -1,0 +1,75 @@
+/**
+ * Run by engine-kernels.test.ts in other runtimes (Node 20 with relaxed SIMD and its baseline
+ * tier on; Deno, where relaxed SIMD is on by default): which variant the loader picks, and how
+ * many of each variant's quant_b32, q4_gemv and q4_gemm results differ from the reference there
+ * (the relaxed build's too when the loader refuses it). Prints one line of JSON. Imports nothing
+ * outside src/engine.
+ */
+import { quantizeBlocks } from '../../../src/engine/quant/activations.ts'
+import { q4Dot } from '../../../src/engine/quant/dot.ts'
+import {
+  engineModule,
+  pickVariant,
+  relaxedSimdSupported,
+  relaxedSimdWorks,
+  type EngineKernelExports,
+} from '../../../src/engine/quant/loader.ts'
+import { emptyQ4, q4SetBlock } from '../../../src/engine/quant/q4.ts'
+
+let seed = 12345
+const rnd = () => {
+  seed ^= seed << 13
+  seed ^= seed >>> 17
+  seed ^= seed << 5
+  return (seed >>> 0) / 2 ** 32
+}
+
+function mismatches(k: EngineKernelExports): number {
+  const n = 23
+  const K = 384
+  const t = 6
+  const m = emptyQ4(n, K)
+  for (let i = 0; i < m.data.length; i++) m.data[i] = Math.floor(rnd() * 256)
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < m.kb; c++) q4SetBlock(m, v, c, rnd() - 0.5, Math.floor(rnd() * 16))
+  const x = new Float32Array(t * K).map((_, i) => (rnd() - 0.5) * (i % 97 === 3 ? 40 : 1))
+  const ref = quantizeBlocks(x, t, K)
+  k.memory.grow(4)
+  let at = 1024
+  const put = (a: ArrayBufferView) => {
+    const p = at
+    new Uint8Array(k.memory.buffer).set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength), p)
+    at = Math.ceil((at + a.byteLength) / 64) * 64
+    return p
+  }
+  const [w, xf] = [put(m.data), put(x)]
+  const xa = put(new Uint8Array(ref.data.length))
+  k.quant_b32(xf, K, K, t, xa)
+  let bad = 0
+  const q = new Uint8Array(k.memory.buffer, xa, ref.data.length)
+  for (let i = 0; i < q.length; i++) if (q[i] !== ref.data[i]) bad++
+  const out = at
+  for (const gemm of [false, true]) {
+    ;(gemm ? k.q4_gemm : k.q4_gemv)(w, m.kb, 0, n, xa, t, out, n)
+    const y = new Float32Array(k.memory.buffer, out, t * n)
+    for (let j = 0; j < t; j++)
+      for (let v = 0; v < n; v++) if (!Object.is(y[j * n + v], q4Dot(m, v, ref, j))) bad++
+  }
+  return bad
+}
+
+async function instance(variant: 'simd128' | 'relaxed'): Promise<EngineKernelExports> {
+  const { exports } = await WebAssembly.instantiate(engineModule(variant), {})
+  return exports as unknown as EngineKernelExports
+}
+
+const validates = relaxedSimdSupported()
+console.log(
+  JSON.stringify({
+    validates,
+    works: await relaxedSimdWorks(),
+    picked: await pickVariant(),
+    simd128Mismatches: mismatches(await instance('simd128')),
+    relaxedMismatches: validates ? mismatches(await instance('relaxed')) : null,
+  }),
+)
