@@ -8,7 +8,7 @@
  *   hands the import over as a precompiled `WebAssembly.Module`);
  * - `<name>-wasm.ts`: the same bytes as base64, compiled at load time on Node and Deno (no file
  *   access in the engine, and no bundler rule needed).
- * test/engine/wasm/head-kernel.test.ts fails when either is out of date with its .wat.
+ * test/engine/wasm/kernels/engine-kernels.test.ts fails when either is out of date with the .wat.
  */
 import { readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
@@ -53,7 +53,7 @@ export const BUILD_KERNELS_CLI = {
   summary: [
     "Assembles the engine's WASM kernels (src/engine/wasm/kernels/*.wat) with wabt into <name>.wasm",
     '(for the Workers adapter) and <name>-wasm.ts (the same bytes as base64, for Node and Deno),',
-    'both committed. test/engine/wasm/head-kernel.test.ts fails when they are out of date.',
+    'both committed. test/engine/wasm/kernels/engine-kernels.test.ts fails when they are out of date.',
   ],
   options: {},
   examples: ['npm run build:kernels'],

@@ -1,5 +1,5 @@
 /**
- * Microbenchmark of the engine's kernels (src/engine/kernels/engine.wat) at Qwen2.5-0.5B shapes,
+ * Microbenchmark of the engine's kernels (src/engine/wasm/kernels/engine.wat) at Qwen2.5-0.5B shapes,
  * both ISA variants, against a read-only bandwidth bound:
  *
  *   npx tsx scripts/bench/kernels.ts [--quick] [--only simd128|relaxed] [--errors]
@@ -15,20 +15,16 @@ setFlagsFromString('--no-liftoff')
 
 import { parseArgs } from 'node:util'
 import wabtInit from 'wabt'
-import {
-  dequantizeBlock,
-  quantizeBlocks,
-  quantizeRows,
-} from '../../src/engine/quant/activations.ts'
-import { q4Dot, q8RowDot } from '../../src/engine/quant/dot.ts'
+import { dequantizeBlock, quantizeBlocks, quantizeRows } from '../../src/engine/wasm/activations.ts'
+import { q4Dot, q8RowDot } from '../../src/engine/wasm/kernel-ref.ts'
 import {
   instantiateEngine,
   relaxedSimdWorks,
-  type EngineKernelExports,
+  type KernelExports,
   type IsaVariant,
-} from '../../src/engine/quant/loader.ts'
-import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/engine/quant/q4.ts'
-import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/engine/quant/q8.ts'
+} from '../../src/engine/wasm/kernel.ts'
+import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/format/q4-b32.ts'
+import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/format/q8-rows.ts'
 import { measureBandwidth } from './measure-bandwidth.ts'
 
 const { values: opts } = parseArgs({
@@ -105,7 +101,7 @@ async function readBound(bytes: number): Promise<number> {
 
 class Mem {
   private at = 64
-  constructor(readonly k: EngineKernelExports) {}
+  constructor(readonly k: KernelExports) {}
   take(bytes: number): number {
     const at = this.at
     this.at = Math.ceil((at + bytes) / 64) * 64
@@ -175,7 +171,7 @@ interface Case {
   bytes: number
   macs: number
   /** A fresh instance of the variant with its data in place: the call to time. */
-  make(k: EngineKernelExports): () => void
+  make(k: KernelExports): () => void
 }
 
 function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string): Case {

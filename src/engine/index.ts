@@ -14,5 +14,5 @@ export { loadPackage, type LoadPackageOptions, type LoadProgress } from './packa
 export type { LoadedPackage } from './package/model-package.ts'
 export { httpSource, type HttpSourceOptions } from './package/sources/http-source.ts'
 export { SourceError, type ModelSource, type SourceObject } from './package/sources/model-source.ts'
-export { useKernelModule } from './wasm/kernel.ts'
+export { useKernelModules } from './wasm/kernel.ts'
 export { ort } from './graph/ort.ts'

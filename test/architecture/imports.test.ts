@@ -1,7 +1,7 @@
 /**
  * The layout's rules, checked on the import graph (every `import`/`export … from`, type-only
  * ones included):
- * - no import cycles in src/;
+ * - no import cycles in src/; nothing in src/ imports scripts/;
  * - src/core/ imports nothing of the project; src/format/ only core and itself;
  * - only src/adapters/node/ touches node:* (the rest runs on workerd and Deno);
  * - the adapters reach the engine through src/engine/index.ts, the HTTP layer through the
@@ -83,6 +83,10 @@ describe('the layout', () => {
 
   it('has no import cycles in src/', () => {
     expect(cycles(src.filter(project)).map((c) => c.join(' → '))).toEqual([])
+  })
+
+  it('keeps src/ free of the toolchain', () => {
+    expect(bad(src.filter((e) => under('scripts/')(e.to)))).toEqual([])
   })
 
   it('keeps core pure and the format on core alone', () => {

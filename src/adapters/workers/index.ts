@@ -3,7 +3,8 @@
  * the R2 bucket bound as MODEL_BUCKET, once per isolate, on the first request that needs it.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
-import q8HeadKernel from '../../engine/wasm/kernels/q8-head.wasm'
+import relaxedKernels from '../../engine/wasm/kernels/engine-relaxed.wasm'
+import simd128Kernels from '../../engine/wasm/kernels/engine-simd128.wasm'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
@@ -13,12 +14,13 @@ import {
   engineOptionsFromEnv,
   loadPackage,
   type QwenEngine,
-  useKernelModule,
+  useKernelModules,
 } from '../../engine/index.ts'
 
 installPrecompiledOrtWasm()
-// the split lm_head's kernel (head.ts), precompiled by wrangler like ORT's own wasm
-useKernelModule(q8HeadKernel)
+// the engine's kernels (lm_head and decoder), both builds precompiled by wrangler like ORT's own
+// wasm; the engine picks the relaxed-SIMD one when it runs exactly here
+useKernelModules({ relaxed: relaxedKernels, simd128: simd128Kernels })
 
 /** Bindings and vars (wrangler.toml; API_KEY as a secret: `wrangler secret put API_KEY`). */
 export interface Env {

@@ -2,7 +2,7 @@
  * The lm_head (and, for tied weights, the embedding) outside onnxruntime: a model package with a
  * `head` (manifest.ts `HeadEntry`, written by `model:prepare`) has a graph that ends in
  * `hidden_states`, and its q8 head rows run in this project's WASM SIMD kernel
- * (kernels/q8-head.wat).
+ * (kernels/engine.wat, through kernel.ts).
  *
  * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run, and the 151936
  * x 896 head of Qwen2.5-0.5B is a quarter of a decode step's weights. The kernel reads rows

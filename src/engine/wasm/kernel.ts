@@ -1,17 +1,218 @@
 /**
- * The engine's WASM kernels: one module (kernels/q8-head.wat, assembled by `npm run
+ * The engine's WASM kernels: one module (kernels/engine.wat, assembled by `npm run
  * build:kernels`) with one linear memory per instance, and the ABI its exports share. Every
  * pointer is a byte offset into that memory; the caller lays out weights, activations and
- * outputs (head.ts for the lm_head, decoder.ts for the layers and the KV arena).
+ * outputs (head.ts for the lm_head, decoder.ts for the layers, kv-arena.ts for the KV caches).
+ * engine.wat's header documents each export; the formats are src/format's ('q8-rows',
+ * 'q4-b32') and activations.ts's ('a16-row', 'a8-b32').
  *
- * q8 weight rows: int8, `stride` bytes each (a multiple of 32, zero padded), a zero point (int8)
- * and a scale (f32) per row. Activations: int16 rows of `stride`, each with its sum and scale.
- *   out[j * ldo + v] = (Σ_k w[v, k] · x[j, k] − zp[v] · Σ_k x[j, k]) · scale[v] · xscale[j]
+ * Two builds of the one source: relaxed SIMD where the runtime validates it and computes with it
+ * exactly (`relaxedSimdWorks`), else plain SIMD128. Both give the same results bit for bit, so
+ * the choice changes only speed. Node and Deno compile the embedded bytes on first use. Workers
+ * cannot compile from bytes: their adapter imports both .wasm files (wrangler hands them over as
+ * precompiled modules) and passes them to `useKernelModules`; the pick is the same.
  */
-import { AppError } from '../../core/errors.ts'
-import { WASM_BASE64 } from './kernels/q8-head-wasm.ts'
+import { WASM_BASE64 as RELAXED_BASE64 } from './kernels/engine-relaxed-wasm.ts'
+import { WASM_BASE64 as SIMD128_BASE64 } from './kernels/engine-simd128-wasm.ts'
 
-/** Weight rows [v0, v1) and the vectors' int16 data, sums and scales. */
+/** The builds of kernels/engine.wat (`npm run build:kernels` makes one binary per variant). */
+export type IsaVariant = 'simd128' | 'relaxed'
+
+/**
+ * (module (func (param v128 v128) (result v128)
+ *   (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))
+ * with the function exported as "f": the instruction the relaxed variant depends on.
+ */
+export const RELAXED_PROBE = Uint8Array.from([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 123, 123, 1, 123, 3, 2, 1, 0, 7, 5, 1, 1, 102, 0, 0,
+  10, 11, 1, 9, 0, 32, 0, 32, 1, 253, 146, 2, 11,
+])
+
+/** Whether this runtime runs relaxed SIMD (Node 20 only with --experimental-wasm-relaxed-simd). */
+export function relaxedSimdSupported(): boolean {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE)
+  } catch {
+    return false
+  }
+}
+
+/** Exports of engine.wat (its header is the ABI: formats, pointers, what each computes). */
+export interface KernelExports {
+  memory: WebAssembly.Memory
+  rows(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  rows4(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    out: number,
+    ldo: number,
+  ): void
+  q8_gemm(
+    w: number,
+    stride: number,
+    zp: number,
+    scale: number,
+    v0: number,
+    v1: number,
+    x: number,
+    sumx: number,
+    xscale: number,
+    t: number,
+    out: number,
+    ldo: number,
+  ): void
+  q4_gemv(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  q4_gemm(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    t: number,
+    out: number,
+    ldo: number,
+  ): void
+  quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
+  dots(q: number, k: number, n: number, dim: number, out: number): void
+  mix(p: number, v: number, n: number, dim: number, out: number): void
+  silu_mul(g: number, u: number, n: number, out: number): void
+}
+
+const modules: Partial<Record<IsaVariant, WebAssembly.Module>> = {}
+
+/** Hands over precompiled modules (Workers: the imported kernels/engine-*.wasm). */
+export function useKernelModules(given: Partial<Record<IsaVariant, WebAssembly.Module>>): void {
+  Object.assign(modules, given)
+}
+
+let relaxedWorks: Promise<boolean> | undefined
+
+/**
+ * Whether the relaxed build validates here and computes what the simd128 build computes, bit
+ * for bit, on a small q4 problem through quant_b32, q4_gemv and q4_gemm (their 1- and 4-row
+ * tiles). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
+ * still compute it wrong there (V8 11.3, Node 20 with --experimental-wasm-relaxed-simd, doubles
+ * i32x4.relaxed_dot_i8x16_i7x16_add_s in Liftoff depending on register allocation; the kernels
+ * now use the i16x8 form, which it gets right, but an experimental feature earns no trust).
+ */
+export function relaxedSimdWorks(): Promise<boolean> {
+  relaxedWorks ??= (async () => {
+    if (!relaxedSimdSupported()) return false
+    const results = await Promise.all(
+      (['relaxed', 'simd128'] as const).map(async (variant) => {
+        const instance = await WebAssembly.instantiate(engineModule(variant), {})
+        return selfCheck(instance.exports as unknown as KernelExports)
+      }),
+    )
+    return results[0].every((word, i) => word === results[1][i])
+  })()
+  return relaxedWorks
+}
+
+/** The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs). */
+function selfCheck(k: KernelExports): Uint32Array {
+  const n = 6
+  const kb = 8
+  const t = 5
+  const mem = k.memory.buffer
+  let seed = 0x9e3779b9
+  const next = () => {
+    seed ^= seed << 13
+    seed ^= seed >>> 17
+    seed ^= seed << 5
+    return seed >>> 0
+  }
+  const w = 0
+  const x = w + n * kb * 21
+  const xa = x + t * kb * 32 * 4
+  const out = xa + t * kb * 40
+  // random nibbles, zero points and scales (the f32 bits of small random numbers)
+  const bytes = new Uint8Array(mem)
+  const view = new DataView(mem)
+  for (let g = 0; g < (n * kb) / 4; g++) {
+    for (let i = 0; i < 64; i++) bytes[84 * g + i] = next()
+    for (let b = 0; b < 4; b++) {
+      view.setFloat32(84 * g + 64 + 4 * b, (next() / 2 ** 32 - 0.5) / 64, true)
+      bytes[84 * g + 80 + b] = next() & 15
+    }
+  }
+  for (let i = 0; i < t * kb * 32; i++) view.setFloat32(x + 4 * i, next() / 2 ** 31 - 1, true)
+  k.quant_b32(x, kb * 32, kb * 32, t, xa)
+  k.q4_gemv(w, kb, 0, n, xa, t, out, n)
+  k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
+  return new Uint32Array(mem, out, 2 * t * n).slice()
+}
+
+/** The compiled module of a variant (compiled from the embedded bytes on first use). */
+export function engineModule(variant: IsaVariant): WebAssembly.Module {
+  let module = modules[variant]
+  if (!module) {
+    const base64 = variant === 'relaxed' ? RELAXED_BASE64 : SIMD128_BASE64
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))
+    try {
+      module = modules[variant] = new WebAssembly.Module(bytes)
+    } catch (err) {
+      throw new Error(
+        `The ${variant} engine kernels could not be compiled here (on Workers, the adapter must ` +
+          'call useKernelModules with the imported kernels/engine-*.wasm)',
+        { cause: err },
+      )
+    }
+  }
+  return module
+}
+
+/** The variant to run: `want` if given (tests; an error if it cannot run exactly), else the best. */
+export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
+  const relaxed = want !== 'simd128' && (await relaxedSimdWorks())
+  if (want === 'relaxed' && !relaxed)
+    throw new Error(
+      relaxedSimdSupported()
+        ? 'relaxed SIMD validates here but the relaxed kernels compute wrong results'
+        : 'the relaxed SIMD kernels were asked for, but this runtime has no relaxed SIMD',
+    )
+  return relaxed ? 'relaxed' : 'simd128'
+}
+
+/** A new instance (its own memory) of the picked variant. */
+export async function instantiateEngine(
+  want?: IsaVariant,
+): Promise<{ variant: IsaVariant; kernels: KernelExports }> {
+  const variant = await pickVariant(want)
+  const instance = await WebAssembly.instantiate(engineModule(variant), {})
+  return { variant, kernels: instance.exports as unknown as KernelExports }
+}
+
+/** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (the q8 `rows` kernels). */
 export type RowsArgs = [
   w: number,
   stride: number,
@@ -24,50 +225,7 @@ export type RowsArgs = [
   xscale: number,
 ]
 
-export interface KernelExports {
-  memory: WebAssembly.Memory
-  /** q8 rows against `n` activation vectors. */
-  rows(...a: [...RowsArgs, n: number, out: number, ldo: number]): void
-  /** q8 rows against exactly 4 activation vectors (each row's weights widened once). */
-  rows4(...a: [...RowsArgs, out: number, ldo: number]): void
-  /** out[t] = q · k[t], t < n (f32, dim a multiple of 16). */
-  dots(q: number, k: number, n: number, dim: number, out: number): void
-  /** out = Σ_t p[t] · v[t], t < n. */
-  mix(p: number, v: number, n: number, dim: number, out: number): void
-  /** out[i] = silu(g[i]) · u[i], i < n (a multiple of 4). */
-  silu_mul(g: number, u: number, n: number, out: number): void
-}
-
-let precompiled: WebAssembly.Module | undefined
-
-/**
- * Hands over the kernel module compiled ahead of time. Workers must (they cannot compile WASM
- * from bytes: the adapter imports kernels/q8-head.wasm); elsewhere the embedded bytes are
- * compiled on first use.
- */
-export function useKernelModule(module: WebAssembly.Module): void {
-  precompiled = module
-}
-
-export function kernelModule(): WebAssembly.Module {
-  if (!precompiled) {
-    const bytes = Uint8Array.from(atob(WASM_BASE64), (c) => c.charCodeAt(0))
-    try {
-      precompiled = new WebAssembly.Module(bytes)
-    } catch (err) {
-      throw new AppError(
-        'model_invalid',
-        'The WASM kernels could not be compiled here (on Workers, the adapter must call ' +
-          'useKernelModule with the imported kernels/q8-head.wasm)',
-        { cause: err },
-      )
-    }
-  }
-  return precompiled
-}
-
-/** A new instance of the kernels, with its own memory. */
+/** A new instance of the kernels (its own memory), in the best variant this runtime runs. */
 export async function instantiateKernels(): Promise<KernelExports> {
-  const instance = await WebAssembly.instantiate(kernelModule(), {})
-  return instance.exports as unknown as KernelExports
+  return (await instantiateEngine()).kernels
 }

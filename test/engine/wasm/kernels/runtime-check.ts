@@ -5,16 +5,16 @@
  * (the relaxed build's too when the loader refuses it). Prints one line of JSON. Imports nothing
  * outside src/engine.
  */
-import { quantizeBlocks } from '../../../src/engine/quant/activations.ts'
-import { q4Dot } from '../../../src/engine/quant/dot.ts'
+import { quantizeBlocks } from '../../../../src/engine/wasm/activations.ts'
+import { q4Dot } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
   engineModule,
   pickVariant,
   relaxedSimdSupported,
   relaxedSimdWorks,
-  type EngineKernelExports,
-} from '../../../src/engine/quant/loader.ts'
-import { emptyQ4, q4SetBlock } from '../../../src/engine/quant/q4.ts'
+  type KernelExports,
+} from '../../../../src/engine/wasm/kernel.ts'
+import { emptyQ4, q4SetBlock } from '../../../../src/format/q4-b32.ts'
 
 let seed = 12345
 const rnd = () => {
@@ -24,7 +24,7 @@ const rnd = () => {
   return (seed >>> 0) / 2 ** 32
 }
 
-function mismatches(k: EngineKernelExports): number {
+function mismatches(k: KernelExports): number {
   const n = 23
   const K = 384
   const t = 6
@@ -58,9 +58,9 @@ function mismatches(k: EngineKernelExports): number {
   return bad
 }
 
-async function instance(variant: 'simd128' | 'relaxed'): Promise<EngineKernelExports> {
+async function instance(variant: 'simd128' | 'relaxed'): Promise<KernelExports> {
   const { exports } = await WebAssembly.instantiate(engineModule(variant), {})
-  return exports as unknown as EngineKernelExports
+  return exports as unknown as KernelExports
 }
 
 const validates = relaxedSimdSupported()

@@ -5,21 +5,21 @@
  * 'a8-b32', for q4 weights (as llama.cpp pairs q4_0 weights with q8_0 activations): per block
  * of 32 inputs an int8 value each in [−127, 127], a scale d = max|x| / 127 (f32) and the sum of
  * the int8 values (i32, for the zero-point term: Σ (q − zp) · x = Σ q · x − zp · Σ x). Row j of
- * kb blocks (q4.ts: 4 · ceil(k / 128), zero padded) at 40·kb·j, group g (blocks 4g … 4g+3) at
+ * kb blocks (src/format/q4-b32.ts: 4 · ceil(k / 128), zero padded) at 40·kb·j, group g (blocks 4g … 4g+3) at
  * + 160g, each group
  *
  *   bytes   0..127  byte 16m + 4b + r (m in 0..7, b and r in 0..3) is x[128g + 32b + 4m + r]
  *   bytes 128..143  d of blocks 4g … 4g+3, f32
  *   bytes 144..159  Σ q of blocks 4g … 4g+3, i32
  *
- * The order is the weights' (q4.ts): bytes 0..63 of a group meet the low nibbles of the
+ * The order is the weights' (q4-b32.ts): bytes 0..63 of a group meet the low nibbles of the
  * weights' 4 loads, bytes 64..127 the high ones, block b in the 4-byte lanes b.
  *
  * 'a16-row', for today's q8 rows: one int16 row of `stride` per vector (zero padded), its scale
  * max|x| / limit with limit = min(32767, ⌊(2^31 − 1) / (128 · stride)⌋) so that every int32 dot
  * product is exact, and the sum of its values (f32). As decoder.ts and head.ts quantize.
  */
-import { Q4_BLOCK, q4Blocks } from './q4.ts'
+import { Q4_BLOCK, q4Blocks, roundHalfEven } from '../../format/index.ts'
 
 export const A8_GROUP_BYTES = 160
 
@@ -66,12 +66,6 @@ export function a8Sum(a: BlockActivations, j: number, c: number): number {
   return view(a).getInt32(40 * a.kb * j + a8SumAt(c), true)
 }
 
-/** Round half to even, as f32x4.nearest. */
-export function roundEven(x: number): number {
-  const r = Math.round(x)
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r
-}
-
 /**
  * Rows [t, k] of `x` (row j from float j · ldx) to 'a8-b32'. All f32 arithmetic, in the kernel's
  * order: d = max / 127, q = nearest(x · (127 / max)).
@@ -89,7 +83,7 @@ export function quantizeBlocks(x: Float32Array, t: number, k: number, ldx = k): 
       const inv = max > 0 ? Math.fround(127 / max) : 0
       let sum = 0
       for (let i = 0; i < len; i++) {
-        const q = roundEven(Math.fround(x[from + i] * inv))
+        const q = roundHalfEven(Math.fround(x[from + i] * inv))
         out.data[40 * kb * j + a8At(c * Q4_BLOCK + i)] = q & 255
         sum += q
       }

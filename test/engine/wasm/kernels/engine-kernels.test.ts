@@ -1,6 +1,6 @@
 /**
- * The engine's kernel module (src/engine/kernels/engine.wat) in both ISA variants against the
- * scalar reference of src/engine/quant/: every result bit for bit (the kernels' integer sums are
+ * The engine's kernel module (src/engine/wasm/kernels/engine.wat) in both ISA variants against the
+ * scalar reference (src/format/q4-b32.ts, q8-rows.ts; src/engine/wasm/activations.ts, kernel-ref.ts): every result bit for bit (the kernels' integer sums are
  * exact and their f32 epilogue is the reference's order), and the reference within a tight
  * bound of float64. And the committed bytes against a fresh assembly of the .wat.
  *
@@ -21,33 +21,43 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import wabtInit from 'wabt'
 import { describe, expect, it } from 'vitest'
-import { KERNELS_DIR, assemble } from '../../../scripts/build-kernels.ts'
-import { WASM_BASE64 as RELAXED_BASE64 } from '../../../src/engine/kernels/engine-relaxed-wasm.ts'
-import { WASM_BASE64 as SIMD128_BASE64 } from '../../../src/engine/kernels/engine-simd128-wasm.ts'
-import { ISA_VARIANTS, kernelSource, selectVariant } from '../../../src/engine/kernels/variants.ts'
+import { KERNELS_DIR, assemble } from '../../../../scripts/build-kernels.ts'
+import { WASM_BASE64 as RELAXED_BASE64 } from '../../../../src/engine/wasm/kernels/engine-relaxed-wasm.ts'
+import { WASM_BASE64 as SIMD128_BASE64 } from '../../../../src/engine/wasm/kernels/engine-simd128-wasm.ts'
+import {
+  ISA_VARIANTS,
+  kernelSource,
+  selectVariant,
+} from '../../../../scripts/lib/kernel-variants.ts'
 import {
   a8Get,
   quantizeBlocks,
   quantizeRows,
   type BlockActivations,
   type RowActivations,
-} from '../../../src/engine/quant/activations.ts'
-import { q4Dot, q4DotAbs, q4DotF64, q8RowDot, q8RowDotF64 } from '../../../src/engine/quant/dot.ts'
+} from '../../../../src/engine/wasm/activations.ts'
+import {
+  q4Dot,
+  q4DotAbs,
+  q4DotF64,
+  q8RowDot,
+  q8RowDotF64,
+} from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
   RELAXED_PROBE,
   instantiateEngine,
   relaxedSimdSupported,
-  type EngineKernelExports,
+  type KernelExports,
   type IsaVariant,
-} from '../../../src/engine/quant/loader.ts'
+} from '../../../../src/engine/wasm/kernel.ts'
 import {
   emptyQ4,
   q4Set,
   q4SetBlock,
   quantizeQ4,
   type Q4Matrix,
-} from '../../../src/engine/quant/q4.ts'
-import { quantizeQ8Rows, type Q8Rows } from '../../../src/engine/quant/q8.ts'
+} from '../../../../src/format/q4-b32.ts'
+import { quantizeQ8Rows, type Q8Rows } from '../../../../src/format/q8-rows.ts'
 
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {
@@ -84,7 +94,7 @@ function randomQ4(n: number, k: number, seed: number): Q4Matrix {
 /** Regions of kernel memory, 64-byte aligned, after a guard of 64 bytes. */
 class Arena {
   private at = 64
-  constructor(readonly k: EngineKernelExports) {}
+  constructor(readonly k: KernelExports) {}
   put(data: ArrayBufferView): number {
     const at = this.take(data.byteLength)
     new Uint8Array(this.k.memory.buffer, at, data.byteLength).set(
@@ -226,7 +236,7 @@ describe('engine kernels: the committed bytes', () => {
 })
 
 describe('engine kernels in other runtimes', () => {
-  const script = 'test/engine/kernels/runtime-check.ts'
+  const script = 'test/engine/wasm/kernels/runtime-check.ts'
   const run = (cmd: string, args: string[]) =>
     JSON.parse(execFileSync(cmd, [...args, script], { encoding: 'utf8', timeout: 60_000 }))
 

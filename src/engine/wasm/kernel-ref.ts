@@ -6,8 +6,8 @@
  */
 import type { BlockActivations, RowActivations } from './activations.ts'
 import { a8Get, a8Scale, a8Sum } from './activations.ts'
-import { q4Get, q4Scale, q4Zero, type Q4Matrix } from './q4.ts'
-import type { Q8Rows } from './q8.ts'
+import { q4Get, q4Scale, q4Zero, type Q4Matrix } from '../../format/q4-b32.ts'
+import type { Q8Rows } from '../../format/q8-rows.ts'
 
 const f = Math.fround
 

@@ -5,6 +5,7 @@
  * pointer. The quantizer is for comparisons (the error numbers of issue 13): real q8 weights come
  * from the graph's own quantization.
  */
+import { quantizeRowsU8 } from './quant.ts'
 
 export interface Q8Rows {
   n: number
@@ -19,33 +20,24 @@ export function q8Stride(k: number): number {
   return Math.ceil(k / 32) * 32
 }
 
-/** Per-row asymmetric uint8 (range widened to hold 0), stored shifted to int8 as decoder.ts does. */
+/**
+ * The format's q8 quantizer (quant.ts `quantizeRowsU8`: per-row asymmetric uint8, the range
+ * widened to hold 0), stored shifted to int8 as decoder.ts does.
+ */
 export function quantizeQ8Rows(w: Float32Array, n: number, k: number): Q8Rows {
   const stride = q8Stride(k)
+  const u8 = quantizeRowsU8(w, n, k)
   const out: Q8Rows = {
     n,
     k,
     stride,
     q: new Int8Array(n * stride),
     zp: new Int8Array(n),
-    scale: new Float32Array(n),
+    scale: u8.scale,
   }
   for (let v = 0; v < n; v++) {
-    let min = 0
-    let max = 0
-    for (let i = 0; i < k; i++) {
-      min = Math.min(min, w[v * k + i])
-      max = Math.max(max, w[v * k + i])
-    }
-    const scale = Math.fround((max - min) / 255)
-    const zp = scale > 0 ? Math.min(255, Math.max(0, Math.round(-min / scale))) : 0
-    const inv = scale > 0 ? 1 / scale : 0
-    for (let i = 0; i < k; i++) {
-      const q = Math.min(255, Math.max(0, Math.round(w[v * k + i] * inv) + zp))
-      out.q[v * stride + i] = q - 128
-    }
-    out.zp[v] = zp - 128
-    out.scale[v] = scale
+    for (let i = 0; i < k; i++) out.q[v * stride + i] = u8.q[v * k + i] - 128
+    out.zp[v] = u8.zeroPoint[v] - 128
   }
   return out
 }

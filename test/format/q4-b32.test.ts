@@ -1,5 +1,5 @@
 /**
- * The 'q4-b32' format and its scalar reference (src/engine/quant/): MatMulNBits tensors packed
+ * The 'q4-b32' format and its scalar reference (src/format/q4-b32.ts): MatMulNBits tensors packed
  * without changing a bit, the byte order the kernels rely on, and the quantizers' bounds.
  */
 import { describe, expect, it } from 'vitest'
@@ -10,7 +10,7 @@ import {
   a8Sum,
   dequantizeBlock,
   quantizeBlocks,
-} from '../../../src/engine/quant/activations.ts'
+} from '../../src/engine/wasm/activations.ts'
 import {
   dequantizeQ4,
   f16ToF32,
@@ -21,9 +21,9 @@ import {
   q4Zero,
   quantizeQ4,
   type MatMulNBitsTensors,
-} from '../../../src/engine/quant/q4.ts'
+} from '../../src/format/q4-b32.ts'
 
-/** onnxruntime's MatMulNBits dequantization, straight from its tensors (the spec, not q4.ts). */
+/** onnxruntime's MatMulNBits dequantization, straight from its tensors (the spec, not q4-b32.ts). */
 function matMulNBitsWeight(t: MatMulNBitsTensors, v: number, k: number): number {
   const nBlocks = Math.ceil(t.k / t.blockSize)
   const c = Math.floor(k / t.blockSize)
