@@ -234,8 +234,6 @@ export class Q8Decoder {
   ): Array<{ logits: Float32Array; cache: ResidentCache }> {
     const b = tokens.length
     if (b === 0 || b !== caches.length) throw new Error('step needs one cache per token')
-    const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
-    const h = this.head.embed(tokens) // [b, H], the residual stream
     const sequences: KvSequence[] = []
     try {
       for (const c of caches) {
@@ -249,62 +247,7 @@ export class Q8Decoder {
     }
     try {
       const positions = caches.map((c) => c.length)
-      const half = D / 2
-      const cos = new Float32Array(b * half)
-      const sin = new Float32Array(b * half)
-      for (let r = 0; r < b; r++)
-        for (let j = 0; j < half; j++) {
-          const angle = Math.fround(positions[r] * this.invFreq[j])
-          cos[r * half + j] = Math.cos(angle)
-          sin[r * half + j] = Math.sin(angle)
-        }
-      const qkvRows = this.qDim + 2 * this.kvDim
-      const x = new Float32Array(b * Math.max(H, this.qDim, I))
-      const attn = new Float32Array(b * this.qDim)
-      this.reserveScratch(b, Math.max(...positions) + 1)
-      const group = heads / kvHeads
-      const scale = 1 / Math.sqrt(D)
-      for (let l = 0; l < layers; l++) {
-        const L = this.layers[l]
-        rmsNorm(h, x, b, H, L.inputNorm, eps)
-        const qkv = this.matmul(L.qkv, x, b)
-        const mem = this.arena.f32()
-        for (let r = 0; r < b; r++) {
-          const o = r * qkvRows
-          const s = sequences[r]
-          const p = positions[r]
-          for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
-          // k (roped) and v into the cache at position p
-          for (let g = 0; g < kvHeads; g++) {
-            const kAt = this.arena.kvIndex(s, l, 0, g) + p * D
-            const vAt = this.arena.kvIndex(s, l, 1, g) + p * D
-            const kFrom = o + this.qDim + g * D
-            const vFrom = o + this.qDim + this.kvDim + g * D
-            rope(qkv, kFrom, mem, kAt, cos, sin, r * half, half, 1)
-            for (let d = 0; d < D; d++) mem[vAt + d] = qkv[vFrom + d]
-          }
-          for (let hd = 0; hd < heads; hd++) {
-            const g = Math.floor(hd / group)
-            rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
-            this.attend(
-              this.arena.kvIndex(s, l, 0, g) * 4,
-              this.arena.kvIndex(s, l, 1, g) * 4,
-              p + 1,
-            )
-            const from = this.attnAt / 4 + D
-            attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
-          }
-        }
-        addInto(h, this.matmul(L.o, attn, b), b, H)
-        rmsNorm(h, x, b, H, L.postNorm, eps)
-        this.matmul(L.gateUp, x, b)
-        for (let r = 0; r < b; r++) {
-          const gate = this.outAt + 4 * r * 2 * I
-          this.kernel.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
-        }
-        addInto(h, this.matmul(L.down, this.view(this.actAt, b * I), b), b, H)
-      }
-      rmsNorm(h, x, b, H, this.finalNorm, eps)
+      const x = this.layersForward(tokens, sequences, positions)
       const logits = this.head.logits(x, b)
       const vocab = this.head.vocab
       return sequences.map((s, r) => {
@@ -317,6 +260,109 @@ export class Q8Decoder {
     } finally {
       for (const s of sequences) s.busy = false
     }
+  }
+
+  /**
+   * A prompt chunk: `ids` after `cache`, all in one sequence, each token attending to the ones
+   * before it. Returns the logits of the last `keep` positions (all vocabulary entries, or only
+   * `columns`) and the new cache. What the ONNX graph's prefill computes, in the kernels.
+   */
+  prefill(
+    ids: readonly number[],
+    cache: KvCache,
+    keep: number,
+    columns?: readonly number[],
+  ): { logits: Float32Array; rows: number; cache: ResidentCache } {
+    const n = ids.length
+    if (n === 0) throw new Error('prefill needs at least one token')
+    keep = Math.max(0, Math.min(keep, n))
+    const s = this.claim(cache)
+    s.busy = true
+    try {
+      const p0 = cache.length
+      if (s.capacity < p0 + n) this.arena.grow(s, p0 + n)
+      const positions = Array.from({ length: n }, (_, i) => p0 + i)
+      const x = this.layersForward(ids, Array(n).fill(s), positions)
+      s.filled = p0 + n
+      const out = new ResidentCache(p0 + n, s, this)
+      if (keep === 0) return { logits: new Float32Array(0), rows: 0, cache: out }
+      const from = (n - keep) * this.shape.hidden
+      const logits =
+        columns && keep === 1
+          ? this.head.columns(x, columns, from)
+          : pickColumns(this.head.logits(x, keep, from), this.head.vocab, columns)
+      return { logits, rows: keep, cache: out }
+    } finally {
+      s.busy = false
+    }
+  }
+
+  /**
+   * Rows r = 0 … b−1: token r at position positions[r] of sequence sequences[r], through every
+   * layer (its key and value written into the sequence before it attends, so rows of one
+   * sequence see the rows before them) and the final norm: [b, hidden], normalised.
+   */
+  private layersForward(
+    tokens: readonly number[],
+    sequences: readonly KvSequence[],
+    positions: readonly number[],
+  ): Float32Array {
+    const b = tokens.length
+    const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
+    const h = this.head.embed(tokens) // [b, H], the residual stream
+    const half = D / 2
+    const cos = new Float32Array(b * half)
+    const sin = new Float32Array(b * half)
+    for (let r = 0; r < b; r++)
+      for (let j = 0; j < half; j++) {
+        const angle = Math.fround(positions[r] * this.invFreq[j])
+        cos[r * half + j] = Math.cos(angle)
+        sin[r * half + j] = Math.sin(angle)
+      }
+    const qkvRows = this.qDim + 2 * this.kvDim
+    const x = new Float32Array(b * Math.max(H, this.qDim, I))
+    const attn = new Float32Array(b * this.qDim)
+    this.reserveScratch(b, Math.max(...positions) + 1)
+    const group = heads / kvHeads
+    const scale = 1 / Math.sqrt(D)
+    for (let l = 0; l < layers; l++) {
+      const L = this.layers[l]
+      rmsNorm(h, x, b, H, L.inputNorm, eps)
+      const qkv = this.matmul(L.qkv, x, b)
+      const mem = this.arena.f32()
+      for (let r = 0; r < b; r++) {
+        const o = r * qkvRows
+        const s = sequences[r]
+        const p = positions[r]
+        for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
+        // k (roped) and v into the cache at position p
+        for (let g = 0; g < kvHeads; g++) {
+          const kAt = this.arena.kvIndex(s, l, 0, g) + p * D
+          const vAt = this.arena.kvIndex(s, l, 1, g) + p * D
+          const kFrom = o + this.qDim + g * D
+          const vFrom = o + this.qDim + this.kvDim + g * D
+          rope(qkv, kFrom, mem, kAt, cos, sin, r * half, half, 1)
+          for (let d = 0; d < D; d++) mem[vAt + d] = qkv[vFrom + d]
+        }
+        for (let hd = 0; hd < heads; hd++) {
+          const g = Math.floor(hd / group)
+          rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
+          this.attend(this.arena.kvIndex(s, l, 0, g) * 4, this.arena.kvIndex(s, l, 1, g) * 4, p + 1)
+          const from = this.attnAt / 4 + D
+          attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
+        }
+      }
+      addInto(h, this.matmul(L.o, attn, b), b, H)
+      rmsNorm(h, x, b, H, L.postNorm, eps)
+      this.matmul(L.gateUp, x, b)
+      for (let r = 0; r < b; r++) {
+        const gate = this.outAt + 4 * r * 2 * I
+        this.kernel.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
+      }
+      addInto(h, this.matmul(L.down, this.view(this.actAt, b * I), b), b, H)
+    }
+    rmsNorm(h, x, b, H, this.finalNorm, eps)
+    return x
   }
 
   /** Gives a cache's sequence memory back now (its stream ended); later reads of it throw. */
@@ -571,4 +617,19 @@ function rope(
 
 function align(n: number, to: number): number {
   return Math.ceil(n / to) * to
+}
+
+/** `rows` × vocab → `rows` × columns.length (no copy without columns). */
+function pickColumns(
+  logits: Float32Array,
+  vocab: number,
+  columns: readonly number[] | undefined,
+): Float32Array {
+  if (!columns) return logits
+  const rows = logits.length / vocab
+  const out = new Float32Array(rows * columns.length)
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < columns.length; i++)
+      out[r * columns.length + i] = logits[r * vocab + columns[i]]
+  return out
 }

@@ -59,6 +59,11 @@ function samePrefix(a: KvCache, b: KvCache) {
   }
 }
 
+/** A decoder cache as a plain cache of its positions now. */
+function readNowCache(cache: KvCache): KvCache {
+  return { length: cache.length, tensors: readNow(cache) }
+}
+
 /** A decoder cache's KV copied out now (not the copy its `tensors` keeps from its first read). */
 function readNow(cache: KvCache): Record<string, Tensor> {
   const { decoder, sequence, length } = cache as ResidentCache
@@ -151,6 +156,37 @@ describe('the decoder (tiny, q8)', () => {
     // the scales of any one matrix fails
     expect(worstOurs).toBeLessThan(3e-4)
     expect(worstOurs * 5).toBeLessThan(worstGraph)
+  })
+
+  it('prefills a prompt in the kernels exactly as it steps it one token at a time', async () => {
+    // one token at a time: each step's row is the prefill's row at that position
+    let stepped: KvCache = fast.emptyCache()
+    let last = new Float32Array(0)
+    for (const id of PROMPT) {
+      const r = decoder.step([id], [stepped])[0]
+      last = r.logits.slice()
+      stepped = r.cache
+    }
+    const whole = decoder.prefill(PROMPT, fast.emptyCache(), 1)
+    expect(whole.rows).toBe(1)
+    expect(maxDiff(whole.logits, last)).toBe(0) // rows do not depend on their neighbours
+    samePrefix(whole.cache, readNowCache(stepped))
+    // in chunks (prefill continues any cache, its own or a copy), and only some columns
+    const a = decoder.prefill(PROMPT.slice(0, 5), fast.emptyCache(), 0)
+    expect([a.rows, a.logits.length]).toEqual([0, 0])
+    const b = decoder.prefill(PROMPT.slice(5), a.cache, 2, [7, 1234, 151645])
+    expect(b.rows).toBe(2)
+    expect([...b.logits.subarray(3)]).toEqual([7, 1234, 151645].map((c) => last[c]))
+    samePrefix(b.cache, readNowCache(stepped))
+    const g = await graph.forward(PROMPT.slice(0, 5), graph.emptyCache(), 0)
+    const fromGraph = decoder.prefill(PROMPT.slice(5), g.cache, 1)
+    expect(argmax(fromGraph.logits)).toBe(argmax(last))
+    // and the float reference agrees as closely as with decode steps
+    const dims = resolveDims('tiny')
+    const ref = new Qwen2Reference(dims, synthesizeWeights(dims, 0, 'q8'))
+    const want = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
+    expect(maxDiff(whole.logits, want) / maxAbs(want)).toBeLessThan(3e-4)
+    for (const c of [whole.cache, a.cache, b.cache, fromGraph.cache, stepped]) decoder.release(c)
   })
 
   it('continues the graph prefill: the same greedy tokens as the graph decoding', async () => {
