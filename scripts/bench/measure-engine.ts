@@ -8,7 +8,7 @@ import { basename, dirname } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import type { LabelExample } from '../../src/engine/serve/classify.ts'
 import type { QwenEngine } from '../../src/engine/engine.ts'
-import type { QwenModel, StepResult } from '../../src/engine/graph/model.ts'
+import type { ForwardModel, StepResult } from '../../src/engine/forward.ts'
 import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
 import { maxGapMs } from './greedy-loop.ts'
@@ -44,15 +44,18 @@ export class StepRecorder {
   /** Durations of the split lm_head's full-vocabulary passes (head.ts), when there is one. */
   readonly headMs: number[] = []
 
-  constructor(model: QwenModel) {
-    const session = model.session as { run: QwenModel['session']['run'] }
-    const run = session.run.bind(model.session)
-    session.run = (async (...a: Parameters<typeof run>) => {
-      const s = performance.now()
-      const out = await run(...a)
-      this.runMs.push(performance.now() - s)
-      return out
-    }) as typeof run
+  constructor(model: ForwardModel) {
+    // onnxruntime's session, when the model runs in the graph (not in the kernels alone)
+    const session = (model as { session?: { run: (...a: never[]) => Promise<unknown> } }).session
+    if (session) {
+      const run = session.run.bind(session)
+      session.run = (async (...a: Parameters<typeof run>) => {
+        const s = performance.now()
+        const out = await run(...a)
+        this.runMs.push(performance.now() - s)
+        return out
+      }) as typeof run
+    }
     const head = model.head
     if (head) {
       const logits = head.logits.bind(head)
@@ -66,7 +69,7 @@ export class StepRecorder {
     if (model.decoder) {
       // decode steps in the package's own decoder (model.decode does not call forward then)
       const decode = model.decode.bind(model)
-      ;(model as { decode: QwenModel['decode'] }).decode = async (ids, caches) => {
+      ;(model as { decode: ForwardModel['decode'] }).decode = async (ids, caches) => {
         const seqs = caches.map((c) => this.seqOf.get(c) ?? -1)
         const start = performance.now()
         const rs = await decode(ids, caches)
@@ -76,7 +79,12 @@ export class StepRecorder {
       }
     }
     const forward = model.forward.bind(model)
-    ;(model as { forward: QwenModel['forward'] }).forward = async (ids, cache, keep, columns) => {
+    ;(model as { forward: ForwardModel['forward'] }).forward = async (
+      ids,
+      cache,
+      keep,
+      columns,
+    ) => {
       const seq = cache.length === 0 ? this.nextSeq++ : (this.seqOf.get(cache) ?? -1)
       const start = performance.now()
       const r: StepResult = await forward(ids, cache, keep, columns)
@@ -96,7 +104,10 @@ export class StepRecorder {
       return r
     }
     const forwardBatch = model.forwardBatch.bind(model)
-    ;(model as { forwardBatch: QwenModel['forwardBatch'] }).forwardBatch = async (ids, caches) => {
+    ;(model as { forwardBatch: ForwardModel['forwardBatch'] }).forwardBatch = async (
+      ids,
+      caches,
+    ) => {
       const seqs = caches.map((c) => this.seqOf.get(c) ?? -1)
       const start = performance.now()
       const rs = await forwardBatch(ids, caches)

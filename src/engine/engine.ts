@@ -11,7 +11,8 @@ import { LabelClassifier } from './serve/classify.ts'
 import { generateTokens } from './serve/generate.ts'
 import type { LoadedPackage } from './package/model-package.ts'
 import type { GenerationConfig } from '../format/index.ts'
-import { QwenModel, type SessionOptions } from './graph/model.ts'
+import type { ForwardModel } from './forward.ts'
+import { loadModel, type ModelOptions } from './load-model.ts'
 import { Scheduler, type Reservation } from './serve/scheduler.ts'
 import { QwenTokenizer } from './text/tokenizer.ts'
 import { TurnCache } from './kv/turn-cache.ts'
@@ -63,7 +64,7 @@ export interface EngineOptions {
    * Default: prefillChunk ÷ 4, at least 16. Seeded requests always use prefillChunk.
    */
   busyPrefillChunk?: number
-  session?: SessionOptions
+  session?: ModelOptions
 }
 
 /** Non-fatal: a token that ends inside a character shows U+FFFD (its bytes are exact). */
@@ -86,7 +87,7 @@ export class QwenEngine implements Engine {
   private readonly busyPrefillChunk: number
 
   private constructor(
-    readonly model: QwenModel,
+    readonly model: ForwardModel,
     readonly tokenizer: QwenTokenizer,
     pkg: LoadedPackage,
     options: EngineOptions,
@@ -144,7 +145,7 @@ export class QwenEngine implements Engine {
   static async create(pkg: LoadedPackage, options: EngineOptions = {}): Promise<QwenEngine> {
     const started = performance.now()
     const tokenizer = new QwenTokenizer(pkg.tokenizerJson, pkg.tokenizerConfig)
-    const model = await QwenModel.load(pkg, options.session)
+    const model = await loadModel(pkg, options.session)
     return new QwenEngine(model, tokenizer, pkg, options, Math.round(performance.now() - started))
   }
 
@@ -171,7 +172,10 @@ export class QwenEngine implements Engine {
         runs: b.runs,
         tokens: b.tokens,
         largestBatch: b.largest,
-        path: this.model.decoder ? 'decoder' : 'graph',
+        path: this.model.paths.decode,
+      },
+      prefill: {
+        path: this.model.paths.prefill,
       },
     }
   }

@@ -1,9 +1,11 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
  * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_QUEUED_TOKENS, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
- * KV_REUSE_TOKENS (0 allowed: turns reuse off), and DECODER ('wasm', the default: decode steps in
- * the package's own decoder when it has one; 'graph': always in onnxruntime, which saves the
- * decoder's copy of the layer weights). Unset or empty keeps the default.
+ * KV_REUSE_TOKENS (0 allowed: turns reuse off), DECODER ('wasm', the default: decode steps in the
+ * package's own decoder when it has one; 'graph': everything in onnxruntime) and PREFILL ('wasm',
+ * the default: prompts in the kernels too when the package allows, so no onnxruntime session
+ * holds the weights; 'graph': prompts in onnxruntime, next to the decoder's copy of the
+ * weights). Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
 
@@ -28,12 +30,19 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     prefillChunk: int('PREFILL_CHUNK'),
     busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),
     kvReuseTokens: int('KV_REUSE_TOKENS', 0),
-    ...decoder(vars.DECODER),
+    ...session(vars.DECODER, vars.PREFILL),
   }
 }
 
-function decoder(v: unknown): Pick<EngineOptions, 'session'> {
-  if (v === undefined || v === null || v === '' || v === 'wasm') return {}
-  if (v === 'graph') return { session: { decoder: false } }
-  throw new Error(`DECODER must be wasm or graph, got ${String(v)}`)
+function session(decoder: unknown, prefill: unknown): Pick<EngineOptions, 'session'> {
+  const unset = (v: unknown) => v === undefined || v === null || v === ''
+  if (!unset(decoder) && decoder !== 'wasm' && decoder !== 'graph')
+    throw new Error(`DECODER must be wasm or graph, got ${String(decoder)}`)
+  if (!unset(prefill) && prefill !== 'wasm' && prefill !== 'graph')
+    throw new Error(`PREFILL must be wasm or graph, got ${String(prefill)}`)
+  const options = {
+    ...(decoder === 'graph' && { decoder: false }),
+    ...(prefill === 'graph' && { prefill: 'graph' as const }),
+  }
+  return Object.keys(options).length ? { session: options } : {}
 }

@@ -125,6 +125,11 @@ export interface EngineStats {
     /** Where decode steps run: the package's own WASM decoder, or the ONNX graph. */
     path?: 'decoder' | 'graph'
   }
+  /**
+   * Where prompt chunks run: the engine's kernels (then no onnxruntime session holds the
+   * weights: one copy), or the ONNX graph.
+   */
+  prefill?: { path: 'decoder' | 'graph' }
 }
 
 export interface Engine {

@@ -30,7 +30,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
-    const { active, queued, queuedTokens, memory, decode } = engine.stats()
+    const { active, queued, queuedTokens, memory, decode, prefill } = engine.stats()
     const runtime = deps.memory?.() ?? {}
     return c.json(
       {
@@ -58,6 +58,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(decode.path && { path: decode.path }),
           },
         }),
+        ...(prefill && { prefill: { path: prefill.path } }),
       },
       200,
       { 'Cache-Control': 'no-store' },

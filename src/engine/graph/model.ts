@@ -19,31 +19,16 @@
  * batcher uses: in the package's own decoder (decoder.ts) when it has one, else in the graph.
  */
 import { AppError } from '../../core/errors.ts'
+import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
-import { Q8Decoder, type DecoderShape } from '../wasm/decoder.ts'
+import { Q8Decoder } from '../wasm/decoder.ts'
+import { decoderShape } from '../wasm/kernel-model.ts'
 import { Q8Head } from '../wasm/head.ts'
 import type { LoadedPackage } from '../package/model-package.ts'
 import type { Qwen2Config } from '../../format/index.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
 
-export interface StepResult {
-  /**
-   * `rows` × vocab logits for the last `rows` positions, most recent last; with `columns`, only
-   * those vocabulary entries (`rows` × columns.length); empty for `keep` 0.
-   */
-  logits: Float32Array
-  rows: number
-  cache: KvCache
-}
-
-export interface ModelShape {
-  vocabSize: number
-  layers: number
-  kvHeads: number
-  headDim: number
-}
-
-export class QwenModel {
+export class QwenModel implements ForwardModel {
   readonly shape: ModelShape
   private readonly hasPositionIds: boolean
   private readonly hasLogitsToKeep: boolean
@@ -54,6 +39,7 @@ export class QwenModel {
   readonly canBatch: boolean
   /** Decode steps run in the decoder, whose batched rows equal the rows run alone. */
   readonly exactBatches: boolean
+  readonly paths: ForwardModel['paths']
   /** present.{i}.key → past_key_values.{i}.key */
   private readonly presentToPast: [string, string][]
   private readonly empty: KvCache
@@ -98,6 +84,7 @@ export class QwenModel {
     this.hasLogitsToKeep = names.has('num_logits_to_keep')
     this.canBatch = this.hasPositionIds || decoder !== undefined
     this.exactBatches = decoder !== undefined
+    this.paths = { prefill: 'graph', decode: decoder ? 'decoder' : 'graph' }
     const pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'))
     this.presentToPast = pastNames.map((n) => [n.replace('past_key_values.', 'present.'), n])
     for (const [present] of this.presentToPast) {
@@ -368,20 +355,6 @@ export class QwenModel {
 
   async release(): Promise<void> {
     await this.session.release()
-  }
-}
-
-/** The decoder's view of config.json. */
-function decoderShape(c: Qwen2Config): DecoderShape {
-  return {
-    hidden: c.hidden_size,
-    intermediate: c.intermediate_size,
-    layers: c.num_hidden_layers,
-    heads: c.num_attention_heads,
-    kvHeads: c.num_key_value_heads,
-    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
-    eps: c.rms_norm_eps,
-    ropeTheta: c.rope_theta,
   }
 }
 

@@ -19,16 +19,16 @@
  * quantizes each row on its own (`exactBatches`): there a row's numbers do not depend on its
  * batch, so solo streams share runs like the others.
  */
-import type { StepResult } from '../graph/model.ts'
+import type { StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { StepRunner } from './generate.ts'
 import { macrotask } from './macrotask.ts'
 
-/** What batching needs of a model (QwenModel; tests script it). */
+/** What batching needs of a model (a ForwardModel; tests script it). */
 export interface BatchModel {
   forward(ids: readonly number[], cache: KvCache, keep?: number): Promise<StepResult>
   forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
-  /** QwenModel's decode step (its own decoder, else the two above); used when present. */
+  /** The model's decode step (its decoder, else the two above); used when present. */
   decode?(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
   /** Called with a stream's last cache when the stream closes. */
   releaseCache?(cache: KvCache): void

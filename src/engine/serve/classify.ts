@@ -11,7 +11,7 @@
 import { AppError } from '../../core/errors.ts'
 import { detectLanguage, type Language } from '../../core/language.ts'
 import { prefill, type StepRunner } from './generate.ts'
-import type { QwenModel } from '../graph/model.ts'
+import type { ForwardModel } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { QwenTokenizer } from '../text/tokenizer.ts'
 import type { ChatMessage, ClassifyResult } from '../types.ts'
@@ -108,7 +108,7 @@ export class LabelClassifier {
   prefixComputations = 0
 
   constructor(
-    private readonly model: QwenModel,
+    private readonly model: ForwardModel,
     private readonly tokenizer: QwenTokenizer,
     private readonly step: StepRunner,
     private readonly options: ClassifierOptions,

@@ -5,11 +5,11 @@
  */
 import { applyRepetitionPenalty, pickToken, type SamplingParams } from '../../core/sampling.ts'
 import type { FinishReason } from '../types.ts'
-import type { QwenModel, StepResult } from '../graph/model.ts'
+import type { ForwardModel, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 
 /** What the loop needs of a model: lets tests script logits exactly. */
-export type StepModel = Pick<QwenModel, 'forward' | 'emptyCache'>
+export type StepModel = Pick<ForwardModel, 'forward' | 'emptyCache'>
 
 /**
  * Runs one forward step when it is this generation's turn (Scheduler.step); a step whose

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { generateTokens, type StepModel } from '../../../src/engine/serve/generate.ts'
-import type { StepResult } from '../../../src/engine/graph/model.ts'
+import type { StepResult } from '../../../src/engine/forward.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 
 const VOCAB = 151936 // Qwen's, so the real eos ids fit

@@ -1,0 +1,27 @@
+/**
+ * Which model runs a package: the engine's kernels alone when its decoder map and head cover the
+ * whole model (one copy of the weights, no onnxruntime session), else the ONNX graph on
+ * onnxruntime-web, with decode steps in the engine's decoder when the package maps it.
+ * `prefill: 'graph'` keeps prompts in the graph (onnxruntime's prefill, next to the decoder's
+ * copy of the weights); `decoder: false` runs everything in the graph.
+ */
+import type { ForwardModel } from './forward.ts'
+import { QwenModel, type SessionOptions } from './graph/model.ts'
+import type { LoadedPackage } from './package/model-package.ts'
+import { KernelModel } from './wasm/kernel-model.ts'
+
+export interface ModelOptions extends SessionOptions {
+  /** Where prompt chunks run when the package allows the kernels: default 'wasm'. */
+  prefill?: 'wasm' | 'graph'
+}
+
+export async function loadModel(
+  pkg: LoadedPackage,
+  options: ModelOptions = {},
+): Promise<ForwardModel> {
+  const kernels =
+    options.decoder !== false &&
+    options.prefill !== 'graph' &&
+    KernelModel.unsupported(pkg) === undefined
+  return kernels ? KernelModel.load(pkg) : QwenModel.load(pkg, options)
+}

@@ -1,0 +1,93 @@
+/**
+ * The model in the engine's own kernels alone: prompt chunks (`Q8Decoder.prefill`) and decode
+ * steps (`step`) in the decoder, the embedding and the lm_head in the head. No onnxruntime
+ * session exists, so the layer weights are held once, in the kernels' memory; the package's
+ * buffers are free to go once the decoder has packed them. Needs a package whose decoder map
+ * and head (with the tied embedding) cover the whole model.
+ */
+import type { Qwen2Config } from '../../format/index.ts'
+import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
+import type { LoadedPackage } from '../package/model-package.ts'
+import { Q8Decoder, type DecoderShape } from './decoder.ts'
+import { Q8Head } from './head.ts'
+
+export class KernelModel implements ForwardModel {
+  readonly shape: ModelShape
+  readonly canBatch = true
+  readonly exactBatches = true
+  readonly paths = { prefill: 'decoder', decode: 'decoder' } as const
+  private readonly empty: KvCache = { length: 0, tensors: {} }
+
+  private constructor(
+    config: Qwen2Config,
+    readonly head: Q8Head,
+    readonly decoder: Q8Decoder,
+  ) {
+    this.shape = {
+      vocabSize: config.vocab_size,
+      layers: config.num_hidden_layers,
+      kvHeads: config.num_key_value_heads,
+      headDim: config.head_dim ?? config.hidden_size / config.num_attention_heads,
+    }
+  }
+
+  /** Why `pkg` cannot run in the kernels alone, or undefined if it can. */
+  static unsupported(pkg: LoadedPackage): string | undefined {
+    if (!pkg.head?.embedding) return 'the package has no head file with the tied embedding'
+    if (!pkg.decoder) return 'the package has no decoder map'
+    return Q8Decoder.unsupported(decoderShape(pkg.config))
+  }
+
+  /** Packs the head and the layers into the kernels. The caller drops `pkg` afterwards. */
+  static async load(pkg: LoadedPackage): Promise<KernelModel> {
+    const why = KernelModel.unsupported(pkg)
+    if (why) throw new Error(`KernelModel: ${why}`)
+    const head = await Q8Head.create(pkg.head!)
+    const decoder = await Q8Decoder.create(pkg.decoder!, decoderShape(pkg.config), head)
+    return new KernelModel(pkg.config, head, decoder)
+  }
+
+  emptyCache(): KvCache {
+    return this.empty
+  }
+
+  async forward(
+    ids: readonly number[],
+    cache: KvCache,
+    keep = 1,
+    columns?: readonly number[],
+  ): Promise<StepResult> {
+    return this.decoder.prefill(ids, cache, keep, columns)
+  }
+
+  forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]> {
+    return this.decode(tokens, caches)
+  }
+
+  async decode(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]> {
+    return this.decoder
+      .step(tokens, caches)
+      .map((r) => ({ logits: r.logits, rows: 1, cache: r.cache }))
+  }
+
+  releaseCache(cache: KvCache): void {
+    this.decoder.release(cache)
+  }
+
+  async release(): Promise<void> {}
+}
+
+/** The decoder's view of config.json. */
+export function decoderShape(c: Qwen2Config): DecoderShape {
+  return {
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    eps: c.rms_norm_eps,
+    ropeTheta: c.rope_theta,
+  }
+}
