@@ -12,7 +12,7 @@ import { AppError } from '../../core/errors.ts'
 import { detectLanguage, type Language } from '../../core/language.ts'
 import { prefill, type StepRunner } from './generate.ts'
 import type { ForwardModel } from '../forward.ts'
-import type { KvCache } from '../kv/kv-cache.ts'
+import { detachKvCache, type KvCache } from '../kv/kv-cache.ts'
 import type { QwenTokenizer } from '../text/tokenizer.ts'
 import type { ChatMessage, ClassifyResult } from '../types.ts'
 
@@ -197,26 +197,35 @@ export class LabelClassifier {
     const after = await prefill(this.model, run, ids, start, chunk, opts.signal, firsts)
     if (!after) throw cancelled()
 
+    // every cache this text made is given back when it is scored (in the decoder they hold
+    // arena memory until then)
+    const made: KvCache[] = [after.cache]
     const vocab = this.model.shape.vocabSize
-    const logp = await Promise.all(
-      labelIds.map(async (tokens) => {
-        let total = after.logits[firsts.indexOf(tokens[0])]
-        if (tokens.length > 1) {
-          // p(t1..tn | t0) from one more step over the label's own tokens
-          const rest = tokens.slice(0, -1)
-          const step = await run(
-            () => this.model.forward(rest, after.cache, rest.length),
-            opts.signal,
-          ).catch((err) => {
-            throw opts.signal?.aborted ? cancelled() : err
-          })
-          for (let j = 1; j < tokens.length; j++) {
-            total += logSoftmaxAt(step.logits, j - 1, vocab, tokens[j])
+    let logp: number[]
+    try {
+      logp = await Promise.all(
+        labelIds.map(async (tokens) => {
+          let total = after.logits[firsts.indexOf(tokens[0])]
+          if (tokens.length > 1) {
+            // p(t1..tn | t0) from one more step over the label's own tokens
+            const rest = tokens.slice(0, -1)
+            const step = await run(
+              () => this.model.forward(rest, after.cache, rest.length),
+              opts.signal,
+            ).catch((err) => {
+              throw opts.signal?.aborted ? cancelled() : err
+            })
+            made.push(step.cache)
+            for (let j = 1; j < tokens.length; j++) {
+              total += logSoftmaxAt(step.logits, j - 1, vocab, tokens[j])
+            }
           }
-        }
-        return total
-      }),
-    )
+          return total
+        }),
+      )
+    } finally {
+      for (const c of made) this.model.releaseCache(c)
+    }
     const max = Math.max(...logp)
     const weights = logp.map((l) => Math.exp(l - max))
     const sum = weights.reduce((a, b) => a + b, 0)
@@ -326,8 +335,14 @@ export class LabelClassifier {
     if (entry.cache) return entry.cache
     this.prefixComputations++
     const chunk = this.options.prefillChunk
+    // kept as its own tensors: a cache resident in the decoder would be extended in place by the
+    // first text and given back with it; each request starts from a copy instead
     entry.cache = prefill(this.model, this.step, entry.ids, this.model.emptyCache(), chunk)
-      .then((r) => r!.cache)
+      .then((r) => {
+        const kept = detachKvCache(r!.cache)
+        this.model.releaseCache(r!.cache)
+        return kept
+      })
       .catch((err) => {
         entry.cache = undefined // never cache a failure
         throw err

@@ -9,7 +9,8 @@ import type { ForwardModel, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 
 /** What the loop needs of a model: lets tests script logits exactly. */
-export type StepModel = Pick<ForwardModel, 'forward' | 'emptyCache'>
+export type StepModel = Pick<ForwardModel, 'forward' | 'emptyCache'> &
+  Partial<Pick<ForwardModel, 'releaseCache'>>
 
 /**
  * Runs one forward step when it is this generation's turn (Scheduler.step); a step whose
@@ -46,7 +47,9 @@ export interface DecodeOptions {
 /**
  * Feeds `ids` after `cache` in chunks; returns the last position's logits (all, or only
  * `columns`) and the new cache. Earlier chunks ask for no logits. Returns undefined if `signal`
- * aborted between chunks or while a chunk waited for its turn.
+ * aborted between chunks or while a chunk waited for its turn; then (and on an error) the cache
+ * the chunks made so far is released, so `cache` must be the caller's own (a plain cache, or one
+ * nothing else steps): in the decoder the chunks extend its sequence in place.
  */
 export async function prefill(
   model: StepModel,
@@ -58,8 +61,14 @@ export async function prefill(
   columns?: readonly number[],
 ): Promise<StepResult | undefined> {
   let result: StepResult | undefined
+  const abandon = () => {
+    if (result) model.releaseCache?.(result.cache)
+  }
   for (let i = 0; i < ids.length;) {
-    if (signal?.aborted) return undefined
+    if (signal?.aborted) {
+      abandon()
+      return undefined
+    }
     const from: KvCache = result?.cache ?? cache
     const at = i
     // the size is chosen when the step runs, not when it is queued: by then other streams may
@@ -71,6 +80,7 @@ export async function prefill(
         return model.forward(ids.slice(at, i), from, i >= ids.length ? 1 : 0, columns)
       }, signal)
     } catch (err) {
+      abandon()
       if (signal?.aborted) return undefined
       throw err
     }

@@ -447,4 +447,27 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
     expect(decoder.memoryBytes).toBe(bytes)
     expect(engine.stats()).toMatchObject({ active: 0, queued: 0, decode: { path: 'decoder' } })
   })
+
+  it('gives classification memory back: shared prefix, several-token labels, a cut-off text', async () => {
+    const decoder = engine.model.decoder!
+    expect(engine.model.paths.prefill).toBe('decoder') // the prompts run in the decoder too
+    expect(decoder.sequences).toBe(0)
+    const labels = ['very good indeed', 'rather bad', 'neutral']
+    const texts = ['今天天气很好', 'the service was slow and the food was cold', 'ok']
+    const first = await engine.classifyAll(texts, { labels })
+    expect(first.map((r) => Object.keys(r.scores))).toEqual(texts.map(() => labels))
+    expect(decoder.sequences).toBe(0)
+    // again, now from the kept prefix: same answers, still nothing held
+    expect(await engine.classifyAll(texts, { labels })).toEqual(first)
+    expect(decoder.sequences).toBe(0)
+    // a long text whose client leaves mid-prefill
+    const controller = new AbortController()
+    const long = 'a long review of the food and the service. '.repeat(60)
+    const cut = engine.classify(long, { labels, signal: controller.signal })
+    setTimeout(() => controller.abort(), 5)
+    await expect(cut).rejects.toThrow(/cancelled/)
+    expect(decoder.sequences).toBe(0)
+    expect(await engine.classifyAll(texts, { labels })).toEqual(first)
+    expect(decoder.sequences).toBe(0)
+  })
 })
