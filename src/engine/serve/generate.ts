@@ -39,7 +39,8 @@ export interface DecodeOptions {
   onSample?: (id: number, logits: Float32Array) => void
   /**
    * Called once when the loop ends (any reason, after the prefill) with the last cache and the
-   * ids it holds: the prompt and every generated token that was fed back (turn-cache.ts).
+   * ids it holds: the prompt and every generated token that was fed back (turn-cache.ts). The
+   * cache is released right after: keep a detached copy.
    */
   onEnd?: (cache: KvCache, ids: number[]) => void
 }
@@ -126,5 +127,8 @@ export async function* generateTokens(
     }
   } finally {
     o.onEnd?.(cache, prompt.concat(fed))
+    // the decoder's memory for the sequence (a kept turn was copied out by onEnd); also when no
+    // decode step ran, so the batcher never saw a cache of this stream
+    model.releaseCache?.(cache)
   }
 }
