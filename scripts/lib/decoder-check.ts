@@ -31,6 +31,9 @@ import {
   quantizeLikeDynamicQuantizeLinear,
   type DecoderLayerData,
   type DecoderMatrixData,
+  type NBitsMatrixData,
+  dequantizeQ4,
+  packMatMulNBits,
   type DecoderWeights,
 } from '../../src/format/index.ts'
 import { decoderWeightsOf, type DecoderNames } from './decoder-map.ts'
@@ -314,6 +317,23 @@ function referenceLayer(layer: DecoderLayerData, quantize: boolean): ReferenceLa
 }
 
 /**
+ * A MatMulNBits matrix: x [rows, K] · Wᵀ + bias with W [N, K] dequantized block by block, in
+ * float64 (onnxruntime's default accuracy level multiplies float activations).
+ */
+function linearNBits(x: Float32Array, rows: number, m: NBitsMatrixData): Float32Array {
+  const { k: K, n: N } = m
+  const w = dequantizeQ4(packMatMulNBits(m.tensors))
+  const out = new Float32Array(rows * N)
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < N; j++) {
+      let d = 0
+      for (let i = 0; i < K; i++) d += x[r * K + i] * w[j * K + i]
+      out[r * N + j] = d + (m.bias ? m.bias[j] : 0)
+    }
+  return out
+}
+
+/**
  * x [rows, K] · ((B − zp) · scale) + bias → [rows, N]; B is read once for all rows. With
  * `quantize`, x is first quantized as DynamicQuantizeMatMul does (DynamicQuantizeLinear: uint8,
  * one scale and zero point for the whole tensor, range including 0, round half to even), the
@@ -325,6 +345,7 @@ function linearQ8(
   m: DecoderMatrixData,
   quantize: boolean,
 ): Float32Array {
+  if (m.kind === 'nbits') return linearNBits(x, rows, m)
   const { k: K, n: N } = m
   // one loop for both signednesses: int8 s − zp = (s ^ 0x80 as uint8) − (zp + 128)
   const b = m.signed ? m.weight.map((u) => u ^ 0x80) : m.weight

@@ -1,10 +1,12 @@
 /**
- * The weights of the decoder layers as the engine's own decode path (decoder.ts) takes them:
- * views into the package's bytes, resolved from the manifest's `decoder` entry. The matrices are
- * the q8 graph's DynamicQuantizeMatMul operands as they are: B [k, n] row-major (y = x · B),
- * one scale and zero point per column (or one for the whole matrix), an optional bias.
+ * The weights of the decoder layers as the engine's own decoder (engine/wasm/decoder.ts) takes
+ * them: views into the package's bytes, resolved from the manifest's `decoder` entry. The
+ * matrices are the graph's operands as they are: a q8 graph's DynamicQuantizeMatMul (B [k, n]
+ * row-major, y = x · B, one scale and zero point per column or for the whole matrix) or a q4
+ * graph's MatMulNBits (q4-b32.ts `MatMulNBitsTensors`: rows of 4-bit blocks), and a bias.
  */
 import { AppError } from '../core/errors.ts'
+import type { MatMulNBitsTensors } from './q4-b32.ts'
 import {
   decoderTensorBytes,
   type DecoderEntry,
@@ -12,7 +14,10 @@ import {
   type DecoderTensorRef,
 } from './manifest.ts'
 
-export interface DecoderMatrixData {
+export type DecoderMatrixData = DqmmMatrixData | NBitsMatrixData
+
+export interface DqmmMatrixData {
+  kind?: 'dqmm'
   /** Input size (rows of B). */
   k: number
   /** Output size (columns of B). */
@@ -25,6 +30,15 @@ export interface DecoderMatrixData {
   /** n or 1 bytes, same signedness as `weight`. */
   zeroPoint: Uint8Array
   /** n values, added after the product. */
+  bias?: Float32Array
+}
+
+export interface NBitsMatrixData {
+  kind: 'nbits'
+  k: number
+  n: number
+  /** The operands as the graph holds them (float16 scales as raw bits). */
+  tensors: MatMulNBitsTensors
   bias?: Float32Array
 }
 
@@ -76,15 +90,44 @@ export function resolveDecoderWeights(
     const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b) // a copy, also of a Buffer
     return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4)
   }
-  const matrix = (m: DecoderMatrixRef, what: string): DecoderMatrixData => ({
-    k: m.weight.dims[0],
-    n: m.weight.dims[1],
-    weight: bytes(m.weight, `${what}.weight`),
-    signed: m.weight.type === 'int8',
-    scale: floats(m.scale, `${what}.scale`),
-    zeroPoint: bytes(m.zeroPoint, `${what}.zeroPoint`),
-    ...(m.bias && { bias: floats(m.bias, `${what}.bias`) }),
-  })
+  const matrix = (m: DecoderMatrixRef, what: string): DecoderMatrixData => {
+    const bias = m.bias && floats(m.bias, `${what}.bias`)
+    if (m.kind !== 'nbits')
+      return {
+        k: m.weight.dims[0],
+        n: m.weight.dims[1],
+        weight: bytes(m.weight, `${what}.weight`),
+        signed: m.weight.type === 'int8',
+        scale: floats(m.scale, `${what}.scale`),
+        zeroPoint: bytes(m.zeroPoint, `${what}.zeroPoint`),
+        ...(bias && { bias }),
+      }
+    const scaleBytes = bytes(m.scale, `${what}.scale`)
+    const scales =
+      m.scale.type === 'float16'
+        ? new Uint16Array(
+            (scaleBytes.byteOffset % 2 ? new Uint8Array(scaleBytes) : scaleBytes).buffer,
+            scaleBytes.byteOffset % 2 ? 0 : scaleBytes.byteOffset,
+            scaleBytes.byteLength / 2,
+          )
+        : floats(m.scale, `${what}.scale`)
+    const { k, n } = m
+    return {
+      kind: 'nbits',
+      k,
+      n,
+      tensors: {
+        n,
+        k,
+        bits: m.bits,
+        blockSize: m.blockSize,
+        b: bytes(m.weight, `${what}.weight`),
+        scales,
+        ...(m.zeroPoint && { zeroPoints: bytes(m.zeroPoint, `${what}.zeroPoint`) }),
+      },
+      ...(bias && { bias }),
+    }
+  }
   return {
     layers: entry.layers.map((l, i) => {
       const at = `layers[${i}]`

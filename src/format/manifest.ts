@@ -131,14 +131,20 @@ export function headLayout(
   return { rows: 0, zeroPoints, scales, bytes: scales + 4 * vocab }
 }
 
-export type DecoderFormat = 'dqmm'
-export const DECODER_FORMATS: readonly DecoderFormat[] = ['dqmm']
+/**
+ * 'dqmm': every matrix is a q8 graph's DynamicQuantizeMatMul; 'nbits': every matrix is a q4
+ * graph's MatMulNBits (4 bits), as onnx-community's q4 / q4f16 exports and `model:make --format
+ * q4` hold them.
+ */
+export type DecoderFormat = 'dqmm' | 'nbits'
+export const DECODER_FORMATS: readonly DecoderFormat[] = ['dqmm', 'nbits']
 
-export type DecoderTensorType = 'int8' | 'uint8' | 'float32'
+export type DecoderTensorType = 'int8' | 'uint8' | 'float32' | 'float16'
 export const DECODER_TENSOR_BYTES: Record<DecoderTensorType, number> = {
   int8: 1,
   uint8: 1,
   float32: 4,
+  float16: 2,
 }
 
 /** Where one tensor of the decoder layers is: a byte range of a package file, little-endian. */
@@ -155,7 +161,9 @@ export interface DecoderTensorRef {
  * One `com.microsoft DynamicQuantizeMatMul` of the graph, its operands as they are:
  * y = x · ((weight − zeroPoint) · scale) + bias, per column (or one scale / zero point for all).
  */
-export interface DecoderMatrixRef {
+export interface DqmmMatrixRef {
+  /** Absent in packages written before 'nbits' existed. */
+  kind?: 'dqmm'
   /** [K, N] row-major, int8 or uint8. */
   weight: DecoderTensorRef
   /** float32 [N], [1] or []. */
@@ -165,6 +173,32 @@ export interface DecoderMatrixRef {
   /** float32 [N]. */
   bias?: DecoderTensorRef
 }
+
+/**
+ * One `com.microsoft MatMulNBits` of the graph with bits 4, its operands as they are: output n
+ * is Σ_i x[i] · (q[n, i] − zp[n, b]) · scale[n, b] + bias[n], b = ⌊i / blockSize⌋; the engine
+ * repacks them into 'q4-b32' (q4-b32.ts) without changing a value.
+ */
+export interface NBitsMatrixRef {
+  kind: 'nbits'
+  bits: 4
+  /** Inputs (MatMulNBits' attribute K). */
+  k: number
+  /** Outputs (attribute N). */
+  n: number
+  /** Inputs per block: a multiple of 32. */
+  blockSize: number
+  /** uint8 [N, blocks, blockSize / 2]: input 2t of a block in the low nibble of byte t. */
+  weight: DecoderTensorRef
+  /** float32 or float16, [N · blocks] or [N, blocks]. */
+  scale: DecoderTensorRef
+  /** uint8 [N · ⌈blocks / 2⌉] or [N, ⌈blocks / 2⌉], block 2t in the low nibble; absent: 8. */
+  zeroPoint?: DecoderTensorRef
+  /** float32 [N]. */
+  bias?: DecoderTensorRef
+}
+
+export type DecoderMatrixRef = DqmmMatrixRef | NBitsMatrixRef
 
 /** One Qwen2 decoder layer. Shapes: H hidden, I intermediate, q = heads x head_dim, kv likewise. */
 export interface DecoderLayerRef {
@@ -190,8 +224,8 @@ export interface DecoderLayerRef {
 
 /**
  * The graph's decoder layers as tensors the engine can run itself (`model:prepare --decoder
- * wasm`, the default with a head split; src/engine/wasm/decoder-weights.ts resolves them): every
- * DynamicQuantizeMatMul operand and RMSNorm weight of every layer, and the final norm, whose
+ * wasm`, the default with a head split; decoder-weights.ts resolves them): every
+ * DynamicQuantizeMatMul (or MatMulNBits) operand and RMSNorm weight of every layer, and the final norm, whose
  * output is the graph's `hidden_states`. The tensors are not copied: big ones are byte ranges of
  * the graph's own external data (`file` = its index in `stages[0].externalData`); the small
  * ones the graph holds inline (norms, scales, zero points, biases under 1 KiB) are copied into

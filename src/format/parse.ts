@@ -20,6 +20,8 @@ import {
   type StageIo,
   type DecoderLayerRef,
   type DecoderMatrixRef,
+  type DqmmMatrixRef,
+  type NBitsMatrixRef,
   type DecoderTensorRef,
   type ExternalDataEntry,
   type HeadEntry,
@@ -273,18 +275,50 @@ function readDecoder(
     return ref
   }
   const norm = (v: unknown, where: string) => shape(tensor(v, where, ['float32']), where, [H])
-  const matrix = (v: unknown, where: string, k: number, n: number): DecoderMatrixRef => {
-    const m = object(v, where)
+  const bias = (m: Record<string, unknown>, where: string, n: number) =>
+    m.bias === undefined
+      ? undefined
+      : shape(tensor(m.bias, `${where}.bias`, ['float32']), `${where}.bias`, [n])
+  const dqmm = (m: Record<string, unknown>, where: string, k: number, n: number) => {
     const weight = tensor(m.weight, `${where}.weight`, ['int8', 'uint8'])
     shape(weight, `${where}.weight`, [k, n])
     const scale = tensor(m.scale, `${where}.scale`, ['float32'])
     shape(scale, `${where}.scale`, [n], [1], [])
     const zeroPoint = tensor(m.zeroPoint, `${where}.zeroPoint`, [weight.type])
     shape(zeroPoint, `${where}.zeroPoint`, [n], [1], [])
-    const out: DecoderMatrixRef = { weight, scale, zeroPoint }
-    if (m.bias !== undefined)
-      out.bias = shape(tensor(m.bias, `${where}.bias`, ['float32']), `${where}.bias`, [n])
+    const out: DqmmMatrixRef = { weight, scale, zeroPoint }
+    const b = bias(m, where, n)
+    if (b) out.bias = b
     return out
+  }
+  const nbits = (m: Record<string, unknown>, where: string, k: number, n: number) => {
+    if (m.bits !== 4) throw new Invalid(`${where}.bits ${JSON.stringify(m.bits)} is not 4`)
+    const blockSize = nonNegativeInt(m.blockSize, `${where}.blockSize`)
+    if (blockSize < 32 || blockSize % 32 !== 0)
+      throw new Invalid(`${where}.blockSize ${blockSize} is not a multiple of 32`)
+    const blocks = Math.ceil(k / blockSize)
+    const weight = tensor(m.weight, `${where}.weight`, ['uint8'])
+    shape(weight, `${where}.weight`, [n, blocks, blockSize / 2])
+    const scale = tensor(m.scale, `${where}.scale`, ['float32', 'float16'])
+    shape(scale, `${where}.scale`, [n * blocks], [n, blocks])
+    if (m.k !== k || m.n !== n)
+      throw new Invalid(`${where}: k ${String(m.k)} and n ${String(m.n)}, expected ${k} and ${n}`)
+    const out: NBitsMatrixRef = { kind: 'nbits', bits: 4, k, n, blockSize, weight, scale }
+    if (m.zeroPoint !== undefined) {
+      const zpBytes = Math.ceil(blocks / 2)
+      out.zeroPoint = tensor(m.zeroPoint, `${where}.zeroPoint`, ['uint8'])
+      shape(out.zeroPoint, `${where}.zeroPoint`, [n * zpBytes], [n, zpBytes])
+    }
+    const b = bias(m, where, n)
+    if (b) out.bias = b
+    return out
+  }
+  const matrix = (v: unknown, where: string, k: number, n: number): DecoderMatrixRef => {
+    const m = object(v, where)
+    const kind = m.kind ?? 'dqmm'
+    if (kind !== (format === 'nbits' ? 'nbits' : 'dqmm'))
+      throw new Invalid(`${where}.kind ${JSON.stringify(kind)} in a decoder of format ${format}`)
+    return format === 'nbits' ? nbits(m, where, k, n) : dqmm(m, where, k, n)
   }
 
   const layersJson = array(d.layers, `${at}.layers`)

@@ -19,7 +19,11 @@ import {
   type Manifest,
 } from '../../src/format/index.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
-import { resolveDecoderWeights, type DecoderMatrixData } from '../../src/format/index.ts'
+import {
+  resolveDecoderWeights,
+  type DqmmMatrixData,
+  type DqmmMatrixRef,
+} from '../../src/format/index.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import { DECODER_TOLERANCE, checkDecoder } from '../../scripts/lib/decoder-check.ts'
 import {
@@ -302,7 +306,7 @@ describe('mapDecoder', () => {
     const model = { ...s.model, graph: { ...graph, initializer, node } }
     const r = mapDecoder(model, s.config, { externalData: ['other', 'model.onnx_data'] })
     if (!r.applied) throw new Error(r.reason)
-    const q = r.entry.layers[0].q
+    const q = r.entry.layers[0].q as DqmmMatrixRef
     expect(q.weight).toEqual({ file: 1, offset: 4096, dims: [64, 64], type: 'uint8' })
     expect(q.zeroPoint).toMatchObject({ file: 'decoder', dims: [], type: 'uint8' })
     expect(r.bytes[q.zeroPoint.offset]).toBe(0)
@@ -324,8 +328,9 @@ describe('mapDecoder', () => {
       )
     }
     const w = resolveDecoderWeights(r.entry, [new Uint8Array(0), new Uint8Array(8192)], r.bytes)
-    expect([...w.layers[0].q.zeroPoint]).toEqual([0])
-    expect(w.layers[0].q.weight.byteOffset).toBe(4096)
+    const q0data = w.layers[0].q as DqmmMatrixData
+    expect([...q0data.zeroPoint]).toEqual([0])
+    expect(q0data.weight.byteOffset).toBe(4096)
 
     const elsewhere = mapDecoder(model, s.config, { externalData: ['other'] })
     expect(elsewhere).toEqual({
@@ -433,7 +438,7 @@ describe('model:prepare --decoder wasm', () => {
       same(l.inputNorm, want.inputNorm)
       same(l.postNorm, want.postNorm)
       for (const m of MATRICES) {
-        const got: DecoderMatrixData = l[m]
+        const got = l[m] as DqmmMatrixData
         const n = want[m] as { weight: string; scale: string; zeroPoint: string; bias?: string }
         same(got.weight, n.weight)
         same(got.scale, n.scale)
@@ -446,7 +451,7 @@ describe('model:prepare --decoder wasm', () => {
     })
     same(w.finalNorm, 'model.norm.weight')
     // views, not copies: the matrices live in the graph's external data buffer
-    expect(w.layers[1].down.weight.buffer).toBe(pkg.externalData[0].data.buffer)
+    expect((w.layers[1].down as DqmmMatrixData).weight.buffer).toBe(pkg.externalData[0].data.buffer)
   })
 
   it('leaves it out with --decoder graph, and says why without a head split', async () => {
@@ -559,7 +564,7 @@ describe('model:prepare --decoder wasm', () => {
     w.layers.forEach((l, i) => {
       for (const m of MATRICES) {
         const want = floatValues(original.get(rename.get(`${fp32Name(i, m)}.weight`)!)!)
-        const got = l[m]
+        const got = l[m] as DqmmMatrixData
         for (let k = 0; k < got.k; k++)
           for (let j = 0; j < got.n; j++) {
             const x = (got.weight[k * got.n + j] - got.zeroPoint[j]) * got.scale[j]

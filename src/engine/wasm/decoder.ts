@@ -1,16 +1,20 @@
 /**
- * The engine's own decode step: one new token for each of one or more sequences, through all
- * decoder layers, without onnxruntime. Prefill (prompts, several tokens at a time) stays in the
- * ONNX graph; a decode step is a matrix-vector product per weight matrix, bound by reading the
- * weights, and onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run. The
- * engine's kernels (kernel.ts) read rows packed once at load, which streams them several times
- * faster (BENCHMARKS.md has the numbers).
+ * The model's decoder layers in the engine's own kernels, without onnxruntime: decode steps (one
+ * new token for each of one or more sequences) and prompt chunks (`prefill`, the rows of one
+ * sequence). A decode step is a matrix-vector product per weight matrix, bound by reading the
+ * weights, which the kernels (kernel.ts) stream from rows packed once at load.
+ *
+ * The matrices keep the format the package holds them in: a q8 graph's DynamicQuantizeMatMul
+ * operands become 'q8-rows' (int16 activations, one scale per row), a q4 graph's MatMulNBits
+ * operands become 'q4-b32' (repacked, every value unchanged; int8 activations with one scale
+ * per block of 32, as llama.cpp pairs q4_0 weights with q8_0 activations, so one outlier channel
+ * cannot flatten the rest of its row).
  *
  * What it computes is the graph's arithmetic (Qwen2: RMSNorm, q/k/v with bias, rotate-half RoPE,
  * grouped-query causal attention, o, SiLU-gated MLP, residuals, final RMSNorm), with one
- * difference: each activation row is quantized to int16 with its own scale, where the graph
+ * difference: activations are quantized per row (or per block of a row), where the q8 graph
  * quantizes to uint8 with one scale per run. So a row's result does not depend on the other rows
- * of its batch, and it is closer to fp32 than the graph's.
+ * of its batch (a prompt chunk gives exactly the logits of stepping it token by token).
  *
  * The KV cache of a decoding sequence lives in the kernel's memory (a `Sequence`: per layer,
  * key and value, per KV head, `capacity` positions of head_dim floats) and grows in place: a
@@ -22,10 +26,18 @@
  *
  * Memory layout (one kernel instance per model):
  *   per layer: qkv, o, gate+up, down as 'q8-rows' matrices (rows of int8, stride a multiple of
- *   32, int8 zero point and f32 scale per row), then scratch, then the KV arena (grows).
+ *   32, int8 zero point and f32 scale per row) or 'q4-b32' ones, then the activations' rows,
+ *   then the KV arena (grows; scratch takes blocks of it).
  */
 import { AppError } from '../../core/errors.ts'
-import type { DecoderMatrixData, DecoderWeights } from '../../format/index.ts'
+import {
+  packMatMulNBits,
+  q4Blocks,
+  type DecoderMatrixData,
+  type DecoderWeights,
+  type DqmmMatrixData,
+  type NBitsMatrixData,
+} from '../../format/index.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
@@ -44,7 +56,8 @@ export interface DecoderShape {
 }
 
 /** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
-interface Matrix {
+interface Q8Matrix {
+  kind: 'q8'
   w: number
   stride: number
   zp: number
@@ -52,6 +65,17 @@ interface Matrix {
   rows: number
   cols: number
 }
+
+/** A q4-b32 matrix in kernel memory: `rows` outputs of `cols` inputs, `kb` blocks a row. */
+interface Q4Matrix {
+  kind: 'q4'
+  w: number
+  kb: number
+  rows: number
+  cols: number
+}
+
+type Matrix = Q8Matrix | Q4Matrix
 
 interface Layer {
   qkv: Matrix
@@ -65,6 +89,8 @@ interface Layer {
 }
 
 const ROW_ALIGN = 32
+/** Activation rows a q4 product quantizes and multiplies at a time (a prefill chunk's rows). */
+const Q4_ROWS = 64
 
 /** The first `length` positions of a sequence. */
 export class ResidentCache implements KvCache {
@@ -95,6 +121,10 @@ export class Q8Decoder {
   private readonly xAt: number
   private readonly sumAt: number
   private readonly xScaleAt: number
+  /** f32 activation rows for q4 matrices (Q4_ROWS of q4Stride floats) and their a8-b32 form. */
+  private readonly q4xAt: number
+  private readonly q4Stride: number
+  private readonly q4aAt: number
   private readonly outStride: number
   /** Batch rows the scratch holds; larger batches run in slices. */
   private readonly maxRows = 4
@@ -122,39 +152,51 @@ export class Q8Decoder {
     const half = D / 2
     this.invFreq = Float32Array.from({ length: half }, (_, i) => 1 / shape.ropeTheta ** (i / half))
     const qkvRows = this.qDim + 2 * this.kvDim
-    // weights
+    // weights: each fused matrix (q, k, v; gate, up) in the format of its parts
     let at = 0
-    const place = (rows: number, cols: number): Matrix => {
-      const stride = align(cols, ROW_ALIGN)
+    let q4Cols = 0
+    let q8Stride = 0
+    const place = (rows: number, cols: number, parts: DecoderMatrixData[]): Matrix => {
       const w = at
+      if (parts.every((p) => p.kind === 'nbits')) {
+        const kb = q4Blocks(cols)
+        at = align(w + rows * 21 * kb, 64)
+        q4Cols = Math.max(q4Cols, 32 * kb)
+        return { kind: 'q4', w, kb, rows, cols }
+      }
+      if (parts.some((p) => p.kind === 'nbits'))
+        throw new AppError('model_invalid', 'A fused decoder matrix mixes q4 and q8 parts')
+      const stride = align(cols, ROW_ALIGN)
       const zp = w + rows * stride
       const scale = align(zp + rows, 16)
       at = align(scale + 4 * rows, 64)
-      return { w, stride, zp, scale, rows, cols }
+      q8Stride = Math.max(q8Stride, stride)
+      return { kind: 'q8', w, stride, zp, scale, rows, cols }
     }
-    const plan = weights.layers.map(() => ({
-      qkv: place(qkvRows, H),
-      o: place(H, this.qDim),
-      gateUp: place(2 * I, H),
-      down: place(H, I),
+    const plan = weights.layers.map((lw) => ({
+      qkv: place(qkvRows, H, [lw.q, lw.k, lw.v]),
+      o: place(H, this.qDim, [lw.o]),
+      gateUp: place(2 * I, H, [lw.gate, lw.up]),
+      down: place(H, I, [lw.down]),
     }))
-    const maxStride = Math.max(
-      align(H, ROW_ALIGN),
-      align(this.qDim, ROW_ALIGN),
-      align(I, ROW_ALIGN),
-    )
     this.outStride = Math.max(qkvRows, 2 * I, H)
+    // activations: int16 rows for q8 matrices, f32 rows padded to whole groups and their
+    // a8-b32 blocks for q4 ones
     this.xAt = at
-    this.sumAt = align(this.xAt + 2 * this.maxRows * maxStride, 16)
+    this.sumAt = align(this.xAt + 2 * this.maxRows * q8Stride, 16)
     this.xScaleAt = this.sumAt + 4 * this.maxRows
-    this.arena = new KvArena(kernel.memory, align(this.xScaleAt + 4 * this.maxRows, 64), shape)
+    this.q4xAt = align(this.xScaleAt + 4 * this.maxRows, 64)
+    this.q4Stride = q4Cols
+    this.q4aAt = this.q4xAt + 4 * Q4_ROWS * q4Cols
+    const end = align(this.q4aAt + (Q4_ROWS * 40 * q4Cols) / 32, 64)
+    this.arena = new KvArena(kernel.memory, end, shape)
     const mem = new Uint8Array(this.kernel.memory.buffer)
     weights.layers.forEach((lw, l) => {
       const p = plan[l]
-      writeRows(mem, p.qkv, [lw.q, lw.k, lw.v])
-      writeRows(mem, p.o, [lw.o])
-      writeRows(mem, p.gateUp, [lw.gate, lw.up])
-      writeRows(mem, p.down, [lw.down])
+      writeMatrix(mem, p.qkv, [lw.q, lw.k, lw.v])
+      writeMatrix(mem, p.o, [lw.o])
+      writeMatrix(mem, p.gateUp, [lw.gate, lw.up])
+      writeMatrix(mem, p.down, [lw.down])
       const qkvBias = new Float32Array(qkvRows)
       let row = 0
       for (const m of [lw.q, lw.k, lw.v]) {
@@ -182,6 +224,13 @@ export class Q8Decoder {
   ): Promise<Q8Decoder> {
     const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
     const expect = (m: DecoderMatrixData, k: number, n: number, what: string) => {
+      if (m.kind === 'nbits') {
+        if (m.k !== k || m.n !== n || m.tensors.bits !== 4)
+          throw new AppError('model_invalid', `decoder ${what}: expected 4-bit ${k}x${n}`)
+        if (m.bias && m.bias.length !== n)
+          throw new AppError('model_invalid', `decoder ${what}: bias of ${m.bias.length}`)
+        return
+      }
       const perColumn = m.scale.length === n && m.zeroPoint.length === n
       const perTensor = m.scale.length === 1 && m.zeroPoint.length === 1
       if (m.k !== k || m.n !== n || m.weight.length !== k * n || !(perColumn || perTensor))
@@ -445,6 +494,7 @@ export class Q8Decoder {
    * kernel's output, `b` rows of `m.rows`, valid until the next call.
    */
   private matmul(m: Matrix, input: Float32Array, b: number): Float32Array {
+    if (m.kind === 'q4') return this.matmulQ4(m, input, b)
     const k = this.kernel
     for (let j0 = 0; j0 < b; j0 += this.maxRows) {
       const n = Math.min(this.maxRows, b - j0)
@@ -453,6 +503,32 @@ export class Q8Decoder {
       const out = this.outAt + 4 * j0 * m.rows
       if (n === 4) k.rows4(...(args as RowsArgs), out, m.rows)
       else k.rows(...(args as RowsArgs), n, out, m.rows)
+    }
+    return this.view(this.outAt, b * m.rows)
+  }
+
+  /**
+   * As `matmul`, for a q4 matrix: up to Q4_ROWS rows at a time are copied into kernel memory
+   * (zero padded to whole blocks), quantized per block of 32 (quant_b32), and multiplied, one
+   * weight pass for all of them (q4_gemv for a decode batch, q4_gemm for prompt chunks).
+   */
+  private matmulQ4(m: Q4Matrix, input: Float32Array, b: number): Float32Array {
+    const k = this.kernel
+    const cols = 32 * m.kb
+    for (let j0 = 0; j0 < b; j0 += Q4_ROWS) {
+      const n = Math.min(Q4_ROWS, b - j0)
+      const f = this.arena.f32()
+      const x0 = this.q4xAt / 4
+      for (let j = 0; j < n; j++) {
+        const from = (j0 + j) * m.cols
+        const to = x0 + j * this.q4Stride
+        f.set(input.subarray(from, from + m.cols), to)
+        f.fill(0, to + m.cols, to + cols)
+      }
+      k.quant_b32(this.q4xAt, this.q4Stride, cols, n, this.q4aAt)
+      const out = this.outAt + 4 * j0 * m.rows
+      if (n <= 4) k.q4_gemv(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
+      else k.q4_gemm(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
     }
     return this.view(this.outAt, b * m.rows)
   }
@@ -534,11 +610,25 @@ export class Q8Decoder {
   }
 }
 
+/** The parts' weights, one after another, into `m`'s place in kernel memory. */
+function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): void {
+  if (m.kind === 'q8') return writeRows(mem, m, parts as DqmmMatrixData[])
+  // MatMulNBits rows are already output rows: each part is repacked (no value changes) and
+  // its rows follow the previous part's
+  let at = m.w
+  for (const p of parts as NBitsMatrixData[]) {
+    const packed = packMatMulNBits(p.tensors)
+    if (packed.kb !== m.kb) throw new AppError('model_invalid', 'q4 parts of different widths')
+    mem.set(packed.data, at)
+    at += packed.data.length
+  }
+}
+
 /**
  * The matrices' B [k, n] (y = x · B) as rows of the kernel's layout: row `n` = column n of B,
  * int8 (uint8 shifted by 128 with its zero point, which leaves every B − zp unchanged).
  */
-function writeRows(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): void {
+function writeRows(mem: Uint8Array, m: Q8Matrix, parts: DqmmMatrixData[]): void {
   const rowsI8 = new Int8Array(mem.buffer, m.w, m.rows * m.stride)
   const zp = new Int8Array(mem.buffer, m.zp, m.rows)
   const scale = new Float32Array(mem.buffer, m.scale, m.rows)

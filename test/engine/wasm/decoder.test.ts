@@ -20,6 +20,7 @@ import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import type { LoadedPackage } from '../../../src/engine/package/model-package.ts'
 import { loadPackage } from '../../../src/engine/package/loader.ts'
 import type { Tensor } from '../../../src/engine/graph/ort.ts'
+import type { DqmmMatrixData } from '../../../src/format/index.ts'
 import { decoderWeightsByName } from '../../helpers/decoder-by-name.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
@@ -110,11 +111,12 @@ describe('the decoder (tiny, q8)', () => {
     expect(entry.layers.length).toBe(byName.layers.length)
     entry.layers.forEach((l, i) => {
       const want = byName.layers[i]
-      for (const m of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
-        expect(Buffer.compare(l[m].weight, want[m].weight), `${i} ${m}`).toBe(0)
-        expect([...l[m].scale]).toEqual([...want[m].scale])
-        expect([...l[m].zeroPoint]).toEqual([...want[m].zeroPoint])
-        expect(l[m].bias && [...l[m].bias]).toEqual(want[m].bias && [...want[m].bias])
+      for (const name of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
+        const [m, w] = [l[name], want[name]] as DqmmMatrixData[]
+        expect(Buffer.compare(m.weight, w.weight), `${i} ${name}`).toBe(0)
+        expect([...m.scale]).toEqual([...w.scale])
+        expect([...m.zeroPoint]).toEqual([...w.zeroPoint])
+        expect(m.bias && [...m.bias]).toEqual(w.bias && [...w.bias])
       }
       expect([...l.inputNorm]).toEqual([...want.inputNorm])
       expect([...l.postNorm]).toEqual([...want.postNorm])
@@ -444,6 +446,10 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
       expect(texts[2]).toBe(first[2])
       expect(decoder.sequences).toBe(0)
     }
+    // streams that end without a decode step: one token, or cut off at the first
+    const short = await Promise.all([chat('one token', 1), chat('cut off', 40, 1), chat('x', 1)])
+    expect(short.every((t) => t.length > 0)).toBe(true)
+    expect(decoder.sequences).toBe(0)
     expect(decoder.memoryBytes).toBe(bytes)
     expect(engine.stats()).toMatchObject({ active: 0, queued: 0, decode: { path: 'decoder' } })
   })

@@ -1,0 +1,186 @@
+/**
+ * The decoder with 4-bit layer matrices (MatMulNBits operands, repacked to q4-b32 at load): the
+ * tiny model's layers quantized to q4 blocks of 32, against the float reference on the very same
+ * dequantized weights. What is left between them is the activations' per-block int8 rounding.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { resolveDims, type ModelDims } from '../../../scripts/lib/model-presets.ts'
+import { synthesizeWeights, type Weights } from '../../../scripts/lib/synth-weights.ts'
+import { preparePackage } from '../../../scripts/prepare-model.ts'
+import { fsSource } from '../../../src/adapters/node/fs-source.ts'
+import { loadPackage } from '../../../src/engine/package/loader.ts'
+import { Q8Decoder } from '../../../src/engine/wasm/decoder.ts'
+import { Q8Head } from '../../../src/engine/wasm/head.ts'
+import { decoderShape } from '../../../src/engine/wasm/kernel-model.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import {
+  dequantizeBlocksQ4,
+  quantizeBlocksQ4,
+  type DecoderLayerData,
+  type DecoderWeights,
+  type NBitsMatrixData,
+} from '../../../src/format/index.ts'
+import { ensureModel } from '../../helpers/models.ts'
+import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+
+const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
+
+const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best] ? i : best), 0)
+const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0)
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length)
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
+  return m
+}
+
+/**
+ * The layers of `w` as MatMulNBits operands (q4, blocks of 32, asymmetric), and the weights
+ * with those matrices replaced by their dequantized values (what the q4 model computes).
+ * `breakZeroPoints` leaves the zero points out of what the decoder gets (a mutation).
+ */
+function q4Layers(
+  w: Weights,
+  dims: ModelDims,
+  breakZeroPoints = false,
+): { weights: DecoderWeights; dequantized: Weights } {
+  const dequantized = new Map(w)
+  const nbits = (name: string, n: number, bias?: string): NBitsMatrixData => {
+    const f = w.get(`${name}.weight`)!
+    const k = f.length / n
+    const q = quantizeBlocksQ4(f, n, k)
+    dequantized.set(`${name}.weight`, dequantizeBlocksQ4(q.packed, q.scales, q.zeroPoints, n, k))
+    const b = bias && w.get(`${name}.bias`)
+    return {
+      kind: 'nbits',
+      k,
+      n,
+      tensors: {
+        n,
+        k,
+        bits: 4,
+        blockSize: 32,
+        b: q.packed,
+        scales: q.scales,
+        ...(!breakZeroPoints && { zeroPoints: q.zeroPoints }),
+      },
+      ...(b && { bias: b }),
+    }
+  }
+  const { hiddenSize: H, intermediateSize: I, numHeads, numKvHeads, headDim: D } = dims
+  const layers: DecoderLayerData[] = []
+  for (let l = 0; l < dims.numLayers; l++) {
+    const p = `model.layers.${l}`
+    layers.push({
+      inputNorm: w.get(`${p}.input_layernorm.weight`)!,
+      postNorm: w.get(`${p}.post_attention_layernorm.weight`)!,
+      q: nbits(`${p}.self_attn.q_proj`, numHeads * D, 'bias'),
+      k: nbits(`${p}.self_attn.k_proj`, numKvHeads * D, 'bias'),
+      v: nbits(`${p}.self_attn.v_proj`, numKvHeads * D, 'bias'),
+      o: nbits(`${p}.self_attn.o_proj`, H),
+      gate: nbits(`${p}.mlp.gate_proj`, I),
+      up: nbits(`${p}.mlp.up_proj`, I),
+      down: nbits(`${p}.mlp.down_proj`, H),
+    })
+  }
+  return { weights: { layers, finalNorm: w.get('model.norm.weight')! }, dequantized }
+}
+
+/** Relative error (max |Δ| / range) of the decoder's steps over the prompt, and argmax agreement. */
+function stepError(decoder: Q8Decoder, ref: Qwen2Reference): { error: number; agree: number } {
+  let cache: KvCache = { length: 0, tensors: {} }
+  const refCache = ref.emptyCache()
+  let error = 0
+  let agree = 0
+  for (const id of PROMPT) {
+    const r = decoder.step([id], [cache])[0]
+    cache = r.cache
+    const want = ref.forward([id], refCache, 1)[0]
+    error = Math.max(error, maxDiff(r.logits, want) / maxAbs(want))
+    if (argmax(r.logits) === argmax(want)) agree++
+  }
+  decoder.release(cache)
+  return { error, agree: agree / PROMPT.length }
+}
+
+describe('the decoder with q4 layers (tiny)', () => {
+  let work: string
+  let head: Q8Head
+  let decoder: Q8Decoder
+  let ref: Qwen2Reference
+  let shape: ReturnType<typeof decoderShape>
+  let plain: Weights
+
+  beforeAll(async () => {
+    const hf = await ensureModel('tiny', 'q8')
+    work = await mkdtemp(join(tmpdir(), 'qwen-edge-decoder-q4-'))
+    await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
+    const pkg = await loadPackage(fsSource(work), 'tiny')
+    head = await Q8Head.create(pkg.head!)
+    shape = decoderShape(pkg.config)
+    const dims = resolveDims('tiny')
+    plain = synthesizeWeights(dims, 0, 'q8')
+    const { weights, dequantized } = q4Layers(plain, dims)
+    decoder = await Q8Decoder.create(weights, shape, head)
+    ref = new Qwen2Reference(dims, dequantized)
+  })
+
+  afterAll(async () => {
+    if (work) await rm(work, { recursive: true, force: true })
+  })
+
+  it('steps as the float reference on the same 4-bit weights, within the activation rounding', () => {
+    const { error, agree } = stepError(decoder, ref)
+    // measured 1.9e-2 of the logits' range: int8 activations per block of 32 against float
+    // ones (the q8 decoder's int16 rows give 9e-5; 127 levels against 32767 is 258x coarser)
+    expect(error).toBeLessThan(3e-2)
+    expect(agree).toBe(1)
+    // the precondition that makes this mean something: the q4 weights differ from the q8
+    // ones by far more than that (so a decoder that ignored the q4 values would fail)
+    const q8 = new Qwen2Reference(resolveDims('tiny'), plain)
+    const a = q8.forward(PROMPT, q8.emptyCache(), 1)[0]
+    const b = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
+    expect(maxDiff(a, b) / maxAbs(b)).toBeGreaterThan(5 * error)
+  })
+
+  it('misses the reference by far more when a weight operand is broken (zero points dropped)', async () => {
+    const dims = resolveDims('tiny')
+    const broken = q4Layers(plain, dims, true)
+    const bad = await Q8Decoder.create(broken.weights, shape, head)
+    const { error } = stepError(bad, ref)
+    expect(error).toBeGreaterThan(5 * stepError(decoder, ref).error)
+  })
+
+  it('prefills exactly as it steps, and batched rows are each the row alone', () => {
+    let stepped: KvCache = { length: 0, tensors: {} }
+    const rows: Float32Array[] = []
+    for (const id of PROMPT) {
+      const r = decoder.step([id], [stepped])[0]
+      rows.push(r.logits.slice())
+      stepped = r.cache
+    }
+    // the whole prompt in one chunk (q4_gemm over 14 rows) and in two, keeping 3 rows
+    const whole = decoder.prefill(PROMPT, { length: 0, tensors: {} }, 1)
+    expect(maxDiff(whole.logits, rows.at(-1)!)).toBe(0)
+    const a = decoder.prefill(PROMPT.slice(0, 6), { length: 0, tensors: {} }, 0)
+    const b = decoder.prefill(PROMPT.slice(6), a.cache, 3)
+    const vocab = head.vocab
+    for (let r = 0; r < 3; r++)
+      expect(
+        maxDiff(b.logits.subarray(r * vocab, (r + 1) * vocab), rows[PROMPT.length - 3 + r]),
+      ).toBe(0)
+    // three sequences at different positions in one decode step
+    const starts = [2, 7, 11].map(
+      (n) => decoder.prefill(PROMPT.slice(0, n), { length: 0, tensors: {} }, 0).cache,
+    )
+    const next = [PROMPT[2], PROMPT[7], PROMPT[11]]
+    const together = decoder.step(next, starts)
+    together.forEach((t, i) => expect(maxDiff(t.logits, rows[[2, 7, 11][i]])).toBe(0))
+    for (const c of [stepped, whole.cache, b.cache, ...together.map((t) => t.cache)])
+      decoder.release(c)
+    expect(decoder.sequences).toBe(0)
+  })
+})
