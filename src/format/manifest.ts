@@ -20,6 +20,7 @@
  * in its own isolate) use the same format; today every package has one stage: 'ids->logits', or
  * with a head file 'embeds->hidden' (tied embedding in the head) / 'ids->hidden'.
  */
+import { q4Blocks } from './q4-b32.ts'
 import type { Qwen2Config } from './config.ts'
 
 export const MANIFEST_VERSION = 1
@@ -84,8 +85,8 @@ export interface Stage {
   externalData: ExternalDataEntry[]
 }
 
-export type HeadFormat = 'q8-rows'
-export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows']
+export type HeadFormat = 'q8-rows' | 'q4-b32'
+export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows', 'q4-b32']
 
 /**
  * The lm_head moved out of the graph (`model:prepare --head wasm`), run by the engine's own
@@ -98,12 +99,15 @@ export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows']
  *
  *   logits[v]       = sum_k (row[v][k] - zeroPoint[v]) * scale[v] * hidden[k]
  *   embedding[t][k] = (row[t][k] - zeroPoint[t]) * scale[t]        (when `embedding`)
+ *
+ * 'q4-b32' (q4-b32.ts): row v at v * stride, stride = 21 * blocks bytes (4-bit values, f32
+ * scale and u8 zero point per block of 32 inputs); embedding[t][k] is its dequantized value.
  */
 export interface HeadEntry {
   format: HeadFormat
   vocab: number
   hidden: number
-  /** Bytes per row: hidden rounded up to a multiple of 32. */
+  /** Bytes per row: hidden rounded up to a multiple of 32 ('q8-rows'), 21 per block ('q4-b32'). */
   stride: number
   /** True when the graph takes `inputs_embeds`: the embedding is looked up from these rows (tied weights). */
   embedding: boolean
@@ -111,21 +115,34 @@ export interface HeadEntry {
   file: ExternalDataEntry
 }
 
-/** The head file prepare writes (its shards: `head.q8.000` …). */
+/** The head file prepare writes (its shards: `head.q8.000` …); a 'q4-b32' head is 'head.q4'. */
 export const HEAD_FILE = 'head.q8'
-/** Rows of the head file start on multiples of this many bytes. */
+/** Rows of a 'q8-rows' head file start on multiples of this many bytes. */
 export const HEAD_ROW_ALIGN = 32
 
-/** Bytes per head row for a hidden size: rounded up to a multiple of HEAD_ROW_ALIGN. */
-export function headStride(hidden: number): number {
+export function headFileName(format: HeadFormat): string {
+  return format === 'q4-b32' ? 'head.q4' : HEAD_FILE
+}
+
+/** Bytes per head row for a hidden size. */
+export function headStride(hidden: number, format: HeadFormat = 'q8-rows'): number {
+  if (format === 'q4-b32') return 21 * q4Blocks(hidden)
   return Math.ceil(hidden / HEAD_ROW_ALIGN) * HEAD_ROW_ALIGN
 }
 
-/** Byte offsets of the three parts of a 'q8-rows' head file, and its size. */
+/**
+ * Byte offsets of the parts of a head file, and its size ('q4-b32' has its scales and zero
+ * points inside the rows: both offsets are its size).
+ */
 export function headLayout(
   vocab: number,
   stride: number,
+  format: HeadFormat = 'q8-rows',
 ): { rows: 0; zeroPoints: number; scales: number; bytes: number } {
+  if (format === 'q4-b32') {
+    const bytes = vocab * stride
+    return { rows: 0, zeroPoints: bytes, scales: bytes, bytes }
+  }
   const zeroPoints = vocab * stride
   const scales = Math.ceil((zeroPoints + vocab) / 4) * 4
   return { rows: 0, zeroPoints, scales, bytes: scales + 4 * vocab }

@@ -200,13 +200,17 @@ function readHead(json: unknown, config: Qwen2Config, at: string): HeadEntry {
     throw new Invalid(`${at}.vocab is ${vocab} but config.vocab_size is ${config.vocab_size}`)
   if (hidden !== config.hidden_size)
     throw new Invalid(`${at}.hidden is ${hidden} but config.hidden_size is ${config.hidden_size}`)
-  if (stride % HEAD_ROW_ALIGN !== 0 || stride < hidden)
+  if (format === 'q4-b32' && stride !== headStride(hidden, format))
+    throw new Invalid(
+      `${at}.stride ${stride}: a q4-b32 row of ${hidden} inputs has ${headStride(hidden, format)} bytes`,
+    )
+  if (format === 'q8-rows' && (stride % HEAD_ROW_ALIGN !== 0 || stride < hidden))
     throw new Invalid(
       `${at}.stride ${stride} must be a multiple of ${HEAD_ROW_ALIGN} and at least hidden (${hidden})`,
     )
   if (typeof h.embedding !== 'boolean') throw new Invalid(`${at}.embedding must be a boolean`)
   const file = readExternalData(h.file, `${at}.file`)
-  const expected = headLayout(vocab, stride).bytes
+  const expected = headLayout(vocab, stride, format).bytes
   if (file.bytes !== expected)
     throw new Invalid(
       `${at}.file.bytes is ${file.bytes}, a ${format} head of ${vocab} x ${stride} has ${expected}`,

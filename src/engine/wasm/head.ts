@@ -1,8 +1,8 @@
 /**
  * The lm_head (and, for tied weights, the embedding) outside onnxruntime: a model package with a
  * `head` (manifest.ts `HeadEntry`, written by `model:prepare`) has a graph that ends in
- * `hidden_states`, and its q8 head rows run in this project's WASM SIMD kernel
- * (kernels/engine.wat, through kernel.ts).
+ * `hidden_states`, and its head rows ('q8-rows', or 'q4-b32' for 4-bit packages) run in this
+ * project's WASM SIMD kernels (kernels/engine.wat, through kernel.ts).
  *
  * Why: onnxruntime-web's DynamicQuantizeMatMul repacks its weights on every run, and the 151936
  * x 896 head of Qwen2.5-0.5B is a quarter of a decode step's weights. The kernel reads rows
@@ -14,22 +14,28 @@
  * and the int32 dot products are exact. The embedding is the graph's own arithmetic:
  * (q − zp) · scale, bit for bit.
  *
+ * A 'q4-b32' head quantizes each hidden row per block of 32 to int8 ('a8-b32', activations.ts)
+ * and runs q4_gemv; its embedding is (q − zp) · scale of the row's block, as the q4 graph's own
+ * Gather of the tied MatMulNBits weights computes it.
+ *
  * Memory layout (the kernel's own linear memory, one instance per model):
  *   [0, V·S)              weight rows, int8, S = stride bytes each (zero padded)
  *   [V·S, V·S + V)        zero points, int8
  *   [align4(V·S + V), +4V) scales, f32          ← the head file, copied in once as is
  *   then scratch for `capacity` vectors: x int16 [capacity, S], sum f32 [capacity],
  *   scale f32 [capacity], out f32 [capacity, V]
+ * or for 'q4-b32': [0, V·S) the rows (S = 21 · blocks), then scratch: x f32 [capacity, 32 ·
+ * blocks], its a8-b32 form [capacity, 40 · blocks], out f32 [capacity, V].
  */
 import { AppError } from '../../core/errors.ts'
-import { HEAD_ROW_ALIGN, headLayout, type HeadFormat } from '../../format/index.ts'
+import { headLayout, headStride, q4Blocks, type HeadFormat } from '../../format/index.ts'
 import { instantiateKernels, type KernelExports } from './kernel.ts'
 
 export interface HeadWeights {
   format: HeadFormat
   vocab: number
   hidden: number
-  /** Bytes per row: hidden rounded up to a multiple of 32. */
+  /** Bytes per row (manifest.ts `headStride`). */
   stride: number
   /** The graph takes `inputs_embeds`: the embedding is looked up from these rows. */
   embedding: boolean
@@ -40,6 +46,7 @@ export interface HeadWeights {
 const PAGE = 65536
 
 export class Q8Head {
+  readonly format: HeadFormat
   readonly vocab: number
   readonly hidden: number
   readonly stride: number
@@ -55,16 +62,21 @@ export class Q8Head {
   private xScaleAt = 0
   private outAt = 0
 
+  /** 'q4-b32': blocks per row. */
+  private readonly kb: number
+
   private constructor(
     private readonly kernel: KernelExports,
     w: HeadWeights,
   ) {
+    this.format = w.format
+    this.kb = q4Blocks(w.hidden)
     this.vocab = w.vocab
     this.hidden = w.hidden
     this.stride = w.stride
     this.embedding = w.embedding
     this.xLimit = Math.min(32767, Math.floor(0x7fffffff / (128 * w.stride)))
-    const layout = headLayout(w.vocab, w.stride)
+    const layout = headLayout(w.vocab, w.stride, w.format)
     this.zpAt = layout.zeroPoints
     this.scaleAt = layout.scales
     this.scratchAt = align(this.scaleAt + 4 * w.vocab, 16)
@@ -73,13 +85,13 @@ export class Q8Head {
   /** Copies the head file into a new kernel instance. The caller may drop `w.data` afterwards. */
   static async create(w: HeadWeights): Promise<Q8Head> {
     const { vocab, hidden, stride } = w
-    if (w.format !== 'q8-rows') {
+    if (w.format !== 'q8-rows' && w.format !== 'q4-b32') {
       throw new AppError('model_invalid', `Unknown head format ${JSON.stringify(w.format)}`)
     }
-    if (!(stride % HEAD_ROW_ALIGN === 0 && stride >= hidden && hidden > 0 && vocab > 0)) {
+    if (!(stride === headStride(hidden, w.format) && hidden > 0 && vocab > 0)) {
       throw new AppError('model_invalid', `Bad head shape: vocab ${vocab}, hidden ${hidden}`)
     }
-    const { bytes } = headLayout(vocab, stride)
+    const { bytes } = headLayout(vocab, stride, w.format)
     if (w.data.byteLength !== bytes) {
       throw new AppError(
         'model_invalid',
@@ -99,6 +111,7 @@ export class Q8Head {
 
   /** Embeddings of `ids`: [ids.length, hidden], as the graph's own Gather + dequantize. */
   embed(ids: readonly number[]): Float32Array {
+    if (this.format === 'q4-b32') return this.embedQ4(ids)
     const { hidden, stride, vocab } = this
     const buf = this.kernel.memory.buffer
     const rows = new Int8Array(buf, 0, this.zpAt)
@@ -118,6 +131,34 @@ export class Q8Head {
     return out
   }
 
+  /** `embed` of a 'q4-b32' head: each row's 4-bit values, (q − zp) · scale per block. */
+  private embedQ4(ids: readonly number[]): Float32Array {
+    const { hidden, stride, vocab } = this
+    const mem = new Uint8Array(this.kernel.memory.buffer)
+    const view = new DataView(this.kernel.memory.buffer)
+    const out = new Float32Array(ids.length * hidden)
+    for (let i = 0; i < ids.length; i++) {
+      const t = ids[i]
+      if (!(Number.isInteger(t) && t >= 0 && t < vocab))
+        throw new AppError('bad_request', `token id ${t} is out of range`)
+      const row = t * stride
+      for (let c = 0; 32 * c < hidden; c++) {
+        const group = row + 84 * (c >> 2)
+        const s = view.getFloat32(group + 64 + 4 * (c & 3), true)
+        const z = mem[group + 80 + (c & 3)]
+        const lane = group + 4 * (c & 3)
+        const to = i * hidden + 32 * c
+        const n = Math.min(32, hidden - 32 * c)
+        // inputs 4j + r in the low nibbles of byte 16j + r, 16 + 4j + r in the high ones
+        for (let r = 0; r < n; r++) {
+          const b = mem[lane + 16 * ((r >> 2) & 3) + (r & 3)]
+          out[to + r] = ((r < 16 ? b & 15 : b >> 4) - z) * s
+        }
+      }
+    }
+    return out
+  }
+
   /**
    * Logits of `n` hidden rows (`hidden` holds them back to back, `hidden` floats each, from
    * `offset` floats in): a new [n, vocab] array. The weights are read once for all n.
@@ -126,6 +167,10 @@ export class Q8Head {
     this.load(hidden, n, offset)
     const { vocab, stride, zpAt, scaleAt } = this
     const k = this.kernel
+    if (this.format === 'q4-b32') {
+      k.q4_gemv(0, this.kb, 0, vocab, this.xAt, n, this.outAt, vocab)
+      return new Float32Array(k.memory.buffer, this.outAt, n * vocab).slice()
+    }
     let j = 0
     for (; j + 4 <= n && n > 1; j += 4) {
       k.rows4(
@@ -167,18 +212,21 @@ export class Q8Head {
       if (!(Number.isInteger(v) && v >= 0 && v < vocab))
         throw new AppError('bad_request', `token id ${v} is out of range`)
       // out[v] of the scratch row, like a full pass would write it
-      this.kernel.rows(
-        0,
-        stride,
-        zpAt,
-        scaleAt,
-        v,
-        v + 1,
-        ...this.vectorArgs(0),
-        1,
-        this.outAt,
-        vocab,
-      )
+      if (this.format === 'q4-b32')
+        this.kernel.q4_gemv(0, this.kb, v, v + 1, this.xAt, 1, this.outAt, vocab)
+      else
+        this.kernel.rows(
+          0,
+          stride,
+          zpAt,
+          scaleAt,
+          v,
+          v + 1,
+          ...this.vectorArgs(0),
+          1,
+          this.outAt,
+          vocab,
+        )
       out[i] = new Float32Array(this.kernel.memory.buffer, this.outAt + 4 * v, 1)[0]
     }
     return out
@@ -188,11 +236,23 @@ export class Q8Head {
     return [this.xAt + 2 * j * this.stride, this.sumAt + 4 * j, this.xScaleAt + 4 * j]
   }
 
-  /** Quantizes `n` rows to int16 into the scratch area, one scale per row. */
+  /**
+   * Quantizes `n` rows into the scratch area: to int16 with one scale per row, or for a q4 head
+   * to int8 per block of 32 (quant_b32; its input, f32 rows zero padded, at the out area).
+   */
   private load(hidden: Float32Array, n: number, offset: number): void {
     const H = this.hidden
     if (offset + n * H > hidden.length) throw new Error('hidden rows out of range')
     this.reserve(n)
+    if (this.format === 'q4-b32') {
+      const cols = 32 * this.kb
+      const f = new Float32Array(this.kernel.memory.buffer, this.outAt, n * cols)
+      f.fill(0)
+      for (let j = 0; j < n; j++)
+        f.set(hidden.subarray(offset + j * H, offset + (j + 1) * H), j * cols)
+      this.kernel.quant_b32(this.outAt, cols, cols, n, this.xAt)
+      return
+    }
     const buf = this.kernel.memory.buffer
     const x = new Int16Array(buf, this.xAt, n * this.stride)
     const sums = new Float32Array(buf, this.sumAt, n)
@@ -222,10 +282,12 @@ export class Q8Head {
     const capacity = Math.max(n, 4)
     const { stride, vocab } = this
     const xAt = this.scratchAt
-    const sumAt = align(xAt + 2 * capacity * stride, 16)
+    // a q4 head's a8-b32 rows (its f32 input rows go to the out area, which is larger)
+    const xBytes = this.format === 'q4-b32' ? 40 * this.kb * capacity : 2 * capacity * stride
+    const sumAt = align(xAt + xBytes, 16)
     const xScaleAt = align(sumAt + 4 * capacity, 16)
     const outAt = align(xScaleAt + 4 * capacity, 16)
-    const end = outAt + 4 * capacity * vocab
+    const end = outAt + 4 * capacity * Math.max(vocab, 32 * this.kb)
     const memory = this.kernel.memory
     const pages = Math.ceil(end / PAGE) - memory.buffer.byteLength / PAGE
     if (pages > 0) {

@@ -5,7 +5,9 @@
  */
 import { describe, expect, it } from 'vitest'
 import { isAppError } from '../../../src/core/errors.ts'
-import { headLayout } from '../../../src/format/index.ts'
+import { dequantizeQ4, headLayout, headStride, quantizeQ4 } from '../../../src/format/index.ts'
+import { quantizeBlocks } from '../../../src/engine/wasm/activations.ts'
+import { q4Gemm } from '../../../src/engine/wasm/kernel-ref.ts'
 import { Q8Head, type HeadWeights } from '../../../src/engine/wasm/head.ts'
 
 /** xorshift32 in [0, 1) */
@@ -164,3 +166,74 @@ describe('q8 head kernel', () => {
     await expect(Q8Head.create({ ...weights, stride: 48 })).rejects.toThrow(/Bad head shape/)
   })
 })
+
+describe('a q4-b32 head', () => {
+  // hidden 80: rows of 4 blocks, the third half padding, the fourth all (groups of 128 inputs)
+  const vocab = 300
+  const hidden = 80
+  const r = rng(7)
+  const w = Float32Array.from(
+    { length: vocab * hidden },
+    () => (r() * 2 - 1) * (r() < 0.05 ? 4 : 1),
+  )
+  const m = quantizeQ4(w, vocab, hidden)
+  const weights: HeadWeights = {
+    format: 'q4-b32',
+    vocab,
+    hidden,
+    stride: headStride(hidden, 'q4-b32'),
+    embedding: true,
+    data: m.data,
+  }
+
+  it('gives the kernels reference logits bit for bit, for 1 to 6 rows and for label columns', async () => {
+    const head = await Q8Head.create(weights)
+    for (const n of [1, 4, 6]) {
+      const x = randomHidden(n, hidden, 40 + n)
+      const got = head.logits(x, n)
+      const want = q4Gemm(m, quantizeBlocks(x, n, hidden))
+      expect(got.length).toBe(n * vocab)
+      expect(maxAbsDiff(got, want)).toBe(0)
+      // and close to the float product with the 4-bit weights (the activations' int8 rounding)
+      const deq = dequantizeQ4(m)
+      let worst = 0
+      let range = 0
+      for (let v = 0; v < vocab; v++) {
+        let d = 0
+        for (let i = 0; i < hidden; i++) d += deq[v * hidden + i] * x[i]
+        worst = Math.max(worst, Math.abs(d - got[v]))
+        range = Math.max(range, Math.abs(d))
+      }
+      expect(worst / range).toBeLessThan(2e-2)
+    }
+    const x = randomHidden(3, hidden, 9)
+    const all = head.logits(x, 3)
+    const ids = [0, 17, 299, 17]
+    const cols = head.columns(x, ids, 2 * hidden)
+    expect([...cols]).toEqual(ids.map((v) => all[2 * vocab + v]))
+  })
+
+  it('looks up the embedding as the dequantized 4-bit rows, exactly', async () => {
+    const head = await Q8Head.create(weights)
+    const deq = dequantizeQ4(m)
+    const ids = [5, 0, 299, 5]
+    const got = head.embed(ids)
+    ids.forEach((t, i) =>
+      expect([...got.subarray(i * hidden, (i + 1) * hidden)]).toEqual([
+        ...deq.subarray(t * hidden, (t + 1) * hidden),
+      ]),
+    )
+    expect(() => head.embed([vocab])).toThrow(/out of range/)
+  })
+
+  it('refuses a file of the wrong size', async () => {
+    const err = await Q8Head.create({ ...weights, data: m.data.subarray(1) }).catch((e) => e)
+    expect(isAppError(err) && err.code).toBe('model_invalid')
+  })
+})
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
+  return m
+}
