@@ -215,7 +215,7 @@ describe('parseManifest with a head', () => {
     [
       'an unknown format',
       (m: any) => (m.head.format = 'q4-rows'),
-      'head.format "q4-rows" is not one of q8-rows',
+      'head.format "q4-rows" is not one of q8-rows, q4-b32',
     ],
     ['no vocab', (m: any) => delete m.head.vocab, 'head.vocab must be a non-negative integer'],
     ['a zero vocab', (m: any) => (m.head.vocab = 0), 'head.vocab must be positive'],
@@ -233,6 +233,11 @@ describe('parseManifest with a head', () => {
       'a hidden that is not the config’s',
       (m: any) => (m.head.hidden = 32),
       'head.hidden is 32 but config.hidden_size is 16',
+    ],
+    [
+      'a q4-b32 head whose stride is not 21 bytes a block',
+      (m: any) => (m.head.format = 'q4-b32'),
+      'head.stride 32: a q4-b32 row of 16 inputs has 84 bytes',
     ],
     [
       'a stride that is not a multiple of 32',
