@@ -33,6 +33,8 @@ import { AppError } from '../../core/errors.ts'
 import {
   packMatMulNBits,
   q4Blocks,
+  type DecoderFormat,
+  type DecoderLayerData,
   type DecoderMatrixData,
   type DecoderWeights,
   type DqmmMatrixData,
@@ -89,6 +91,7 @@ interface Layer {
 }
 
 const ROW_ALIGN = 32
+const MATRICES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const
 /** Activation rows a q4 product quantizes and multiplies at a time (a prefill chunk's rows). */
 const Q4_ROWS = 64
 
@@ -114,6 +117,11 @@ export class ResidentCache implements KvCache {
 
 export class Q8Decoder {
   private readonly layers: Layer[] = []
+  /** Where each layer's matrices go. */
+  private readonly plan: Array<Pick<Layer, 'qkv' | 'o' | 'gateUp' | 'down'>>
+  private written = 0
+  /** Bytes of the packed layer matrices. */
+  readonly weightBytes: number
   private readonly qDim: number
   private readonly kvDim: number
   /** Largest activation magnitude per input size: Σ w·x stays inside int32 (|w| ≤ 128). */
@@ -131,7 +139,7 @@ export class Q8Decoder {
   private readonly invFreq: Float32Array
   /** KV caches and scratch, after the weights. */
   private readonly arena: KvArena
-  private readonly finalNorm: Float32Array
+  private finalNorm = new Float32Array(0)
   /** Scratch of a step (reserveScratch): byte offsets of its parts, and what it holds. */
   private outAt = 0
   private actAt = 0
@@ -144,7 +152,8 @@ export class Q8Decoder {
     private readonly kernel: KernelExports,
     readonly shape: DecoderShape,
     private readonly head: Q8Head,
-    weights: DecoderWeights,
+    /** 'dqmm': q8 layers; 'nbits': q4 layers. */
+    readonly format: DecoderFormat,
   ) {
     const { hidden: H, intermediate: I, heads, kvHeads, headDim: D, layers } = shape
     this.qDim = heads * D
@@ -152,20 +161,18 @@ export class Q8Decoder {
     const half = D / 2
     this.invFreq = Float32Array.from({ length: half }, (_, i) => 1 / shape.ropeTheta ** (i / half))
     const qkvRows = this.qDim + 2 * this.kvDim
-    // weights: each fused matrix (q, k, v; gate, up) in the format of its parts
+    // weights: each fused matrix (q, k, v; gate, up) in the layers' format
     let at = 0
     let q4Cols = 0
     let q8Stride = 0
-    const place = (rows: number, cols: number, parts: DecoderMatrixData[]): Matrix => {
+    const place = (rows: number, cols: number): Matrix => {
       const w = at
-      if (parts.every((p) => p.kind === 'nbits')) {
+      if (format === 'nbits') {
         const kb = q4Blocks(cols)
         at = align(w + rows * 21 * kb, 64)
         q4Cols = Math.max(q4Cols, 32 * kb)
         return { kind: 'q4', w, kb, rows, cols }
       }
-      if (parts.some((p) => p.kind === 'nbits'))
-        throw new AppError('model_invalid', 'A fused decoder matrix mixes q4 and q8 parts')
       const stride = align(cols, ROW_ALIGN)
       const zp = w + rows * stride
       const scale = align(zp + rows, 16)
@@ -173,12 +180,13 @@ export class Q8Decoder {
       q8Stride = Math.max(q8Stride, stride)
       return { kind: 'q8', w, stride, zp, scale, rows, cols }
     }
-    const plan = weights.layers.map((lw) => ({
-      qkv: place(qkvRows, H, [lw.q, lw.k, lw.v]),
-      o: place(H, this.qDim, [lw.o]),
-      gateUp: place(2 * I, H, [lw.gate, lw.up]),
-      down: place(H, I, [lw.down]),
+    this.plan = Array.from({ length: layers }, () => ({
+      qkv: place(qkvRows, H),
+      o: place(H, this.qDim),
+      gateUp: place(2 * I, H),
+      down: place(H, I),
     }))
+    this.weightBytes = at
     this.outStride = Math.max(qkvRows, 2 * I, H)
     // activations: int16 rows for q8 matrices, f32 rows padded to whole groups and their
     // a8-b32 blocks for q4 ones
@@ -190,27 +198,6 @@ export class Q8Decoder {
     this.q4aAt = this.q4xAt + 4 * Q4_ROWS * q4Cols
     const end = align(this.q4aAt + (Q4_ROWS * 40 * q4Cols) / 32, 64)
     this.arena = new KvArena(kernel.memory, end, shape)
-    const mem = new Uint8Array(this.kernel.memory.buffer)
-    weights.layers.forEach((lw, l) => {
-      const p = plan[l]
-      writeMatrix(mem, p.qkv, [lw.q, lw.k, lw.v])
-      writeMatrix(mem, p.o, [lw.o])
-      writeMatrix(mem, p.gateUp, [lw.gate, lw.up])
-      writeMatrix(mem, p.down, [lw.down])
-      const qkvBias = new Float32Array(qkvRows)
-      let row = 0
-      for (const m of [lw.q, lw.k, lw.v]) {
-        if (m.bias) qkvBias.set(m.bias, row)
-        row += m.n
-      }
-      this.layers.push({
-        ...p,
-        qkvBias,
-        inputNorm: Float32Array.from(lw.inputNorm),
-        postNorm: Float32Array.from(lw.postNorm),
-      })
-    })
-    this.finalNorm = Float32Array.from(weights.finalNorm)
   }
 
   /**
@@ -222,40 +209,93 @@ export class Q8Decoder {
     shape: DecoderShape,
     head: Q8Head,
   ): Promise<Q8Decoder> {
-    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
+    if (weights.layers.length !== shape.layers)
+      throw new AppError('model_invalid', 'The decoder weights do not match config.json')
+    const kinds = new Set(weights.layers.flatMap((l) => MATRICES.map((m) => l[m].kind)))
+    if (kinds.has('nbits') && kinds.size > 1)
+      throw new AppError('model_invalid', 'The decoder layers mix q4 and q8 matrices')
+    const decoder = await Q8Decoder.allocate(shape, head, kinds.has('nbits') ? 'nbits' : 'dqmm')
+    weights.layers.forEach((l, i) => decoder.writeLayer(i, l))
+    decoder.writeFinalNorm(weights.finalNorm)
+    return decoder
+  }
+
+  /**
+   * A decoder whose memory is laid out for layers of `format` but holds no weights yet: each
+   * layer is written with `writeLayer` (in any order, as its bytes arrive: the package loader
+   * streams shards into place), then the final norm. It runs once all are written.
+   */
+  static async allocate(
+    shape: DecoderShape,
+    head: Q8Head,
+    format: DecoderFormat,
+  ): Promise<Q8Decoder> {
+    const unsupported = Q8Decoder.unsupported(shape)
+    if (unsupported) throw new AppError('model_invalid', unsupported)
+    if (head.hidden !== shape.hidden || !head.embedding)
+      throw new AppError('model_invalid', 'The decoder needs the head file with the embedding')
+    return new Q8Decoder(await instantiateKernels(), shape, head, format)
+  }
+
+  /** Packs layer `l`'s weights into their place. Throws `model_invalid` on a wrong size. */
+  writeLayer(l: number, lw: DecoderLayerData): void {
+    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = this.shape
+    const want = this.format === 'nbits' ? 'nbits' : 'dqmm'
     const expect = (m: DecoderMatrixData, k: number, n: number, what: string) => {
+      if ((m.kind ?? 'dqmm') !== want)
+        throw new AppError('model_invalid', `decoder ${what}: not a ${want} matrix`)
       if (m.kind === 'nbits') {
         if (m.k !== k || m.n !== n || m.tensors.bits !== 4)
           throw new AppError('model_invalid', `decoder ${what}: expected 4-bit ${k}x${n}`)
-        if (m.bias && m.bias.length !== n)
-          throw new AppError('model_invalid', `decoder ${what}: bias of ${m.bias.length}`)
-        return
+      } else {
+        const perColumn = m.scale.length === n && m.zeroPoint.length === n
+        const perTensor = m.scale.length === 1 && m.zeroPoint.length === 1
+        if (m.k !== k || m.n !== n || m.weight.length !== k * n || !(perColumn || perTensor))
+          throw new AppError('model_invalid', `decoder ${what}: expected ${k}x${n}`)
       }
-      const perColumn = m.scale.length === n && m.zeroPoint.length === n
-      const perTensor = m.scale.length === 1 && m.zeroPoint.length === 1
-      if (m.k !== k || m.n !== n || m.weight.length !== k * n || !(perColumn || perTensor))
-        throw new AppError('model_invalid', `decoder ${what}: expected ${k}x${n}`)
       if (m.bias && m.bias.length !== n)
         throw new AppError('model_invalid', `decoder ${what}: bias of ${m.bias.length}`)
     }
-    if (weights.layers.length !== shape.layers || weights.finalNorm.length !== H)
+    const p = this.plan[l]
+    if (!p) throw new AppError('model_invalid', `decoder layer ${l} does not exist`)
+    expect(lw.q, H, heads * D, `layer ${l} q`)
+    expect(lw.k, H, kvHeads * D, `layer ${l} k`)
+    expect(lw.v, H, kvHeads * D, `layer ${l} v`)
+    expect(lw.o, heads * D, H, `layer ${l} o`)
+    expect(lw.gate, H, I, `layer ${l} gate`)
+    expect(lw.up, H, I, `layer ${l} up`)
+    expect(lw.down, I, H, `layer ${l} down`)
+    if (lw.inputNorm.length !== H || lw.postNorm.length !== H)
+      throw new AppError('model_invalid', `decoder layer ${l}: norm size`)
+    const mem = new Uint8Array(this.kernel.memory.buffer)
+    writeMatrix(mem, p.qkv, [lw.q, lw.k, lw.v])
+    writeMatrix(mem, p.o, [lw.o])
+    writeMatrix(mem, p.gateUp, [lw.gate, lw.up])
+    writeMatrix(mem, p.down, [lw.down])
+    const qkvBias = new Float32Array(this.qDim + 2 * this.kvDim)
+    let row = 0
+    for (const m of [lw.q, lw.k, lw.v]) {
+      if (m.bias) qkvBias.set(m.bias, row)
+      row += m.n
+    }
+    if (!this.layers[l]) this.written++
+    this.layers[l] = {
+      ...p,
+      qkvBias,
+      inputNorm: Float32Array.from(lw.inputNorm),
+      postNorm: Float32Array.from(lw.postNorm),
+    }
+  }
+
+  writeFinalNorm(weight: Float32Array): void {
+    if (weight.length !== this.shape.hidden)
       throw new AppError('model_invalid', 'The decoder weights do not match config.json')
-    const unsupported = Q8Decoder.unsupported(shape)
-    if (unsupported) throw new AppError('model_invalid', unsupported)
-    if (head.hidden !== H || !head.embedding)
-      throw new AppError('model_invalid', 'The decoder needs the head file with the embedding')
-    weights.layers.forEach((l, i) => {
-      expect(l.q, H, heads * D, `layer ${i} q`)
-      expect(l.k, H, kvHeads * D, `layer ${i} k`)
-      expect(l.v, H, kvHeads * D, `layer ${i} v`)
-      expect(l.o, heads * D, H, `layer ${i} o`)
-      expect(l.gate, H, I, `layer ${i} gate`)
-      expect(l.up, H, I, `layer ${i} up`)
-      expect(l.down, I, H, `layer ${i} down`)
-      if (l.inputNorm.length !== H || l.postNorm.length !== H)
-        throw new AppError('model_invalid', `decoder layer ${i}: norm size`)
-    })
-    return new Q8Decoder(await instantiateKernels(), shape, head, weights)
+    this.finalNorm = Float32Array.from(weight)
+  }
+
+  /** Every layer and the final norm are written. */
+  get complete(): boolean {
+    return this.written === this.shape.layers && this.finalNorm.length === this.shape.hidden
   }
 
   /** Why the decoder cannot run a model of this shape, or undefined if it can. */
@@ -357,6 +397,7 @@ export class Q8Decoder {
     positions: readonly number[],
   ): Float32Array {
     const b = tokens.length
+    if (!this.complete) throw new AppError('internal', 'The decoder weights are not all loaded')
     const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
     const h = this.head.embed(tokens) // [b, H], the residual stream
     const half = D / 2

@@ -67,7 +67,7 @@ export class Q8Head {
 
   private constructor(
     private readonly kernel: KernelExports,
-    w: HeadWeights,
+    w: Omit<HeadWeights, 'data'>,
   ) {
     this.format = w.format
     this.kb = q4Blocks(w.hidden)
@@ -84,6 +84,22 @@ export class Q8Head {
 
   /** Copies the head file into a new kernel instance. The caller may drop `w.data` afterwards. */
   static async create(w: HeadWeights): Promise<Q8Head> {
+    const head = await Q8Head.allocate(w)
+    if (w.data.byteLength !== head.fileBytes) {
+      throw new AppError(
+        'model_invalid',
+        `The head file has ${w.data.byteLength} bytes, its shape needs ${head.fileBytes}`,
+      )
+    }
+    head.write(0, w.data)
+    return head
+  }
+
+  /**
+   * A head laid out for `w`'s shape, its file not yet written: `write` puts each piece (a shard,
+   * as the package loader reads it) at its offset; the file is copied in as is.
+   */
+  static async allocate(w: Omit<HeadWeights, 'data'>): Promise<Q8Head> {
     const { vocab, hidden, stride } = w
     if (w.format !== 'q8-rows' && w.format !== 'q4-b32') {
       throw new AppError('model_invalid', `Unknown head format ${JSON.stringify(w.format)}`)
@@ -91,17 +107,21 @@ export class Q8Head {
     if (!(stride === headStride(hidden, w.format) && hidden > 0 && vocab > 0)) {
       throw new AppError('model_invalid', `Bad head shape: vocab ${vocab}, hidden ${hidden}`)
     }
-    const { bytes } = headLayout(vocab, stride, w.format)
-    if (w.data.byteLength !== bytes) {
-      throw new AppError(
-        'model_invalid',
-        `The head file has ${w.data.byteLength} bytes, its shape needs ${bytes}`,
-      )
-    }
     const head = new Q8Head(await instantiateKernels(), w)
     head.reserve(1)
-    new Uint8Array(head.kernel.memory.buffer).set(w.data, 0)
     return head
+  }
+
+  /** Bytes of the head file. */
+  get fileBytes(): number {
+    return headLayout(this.vocab, this.stride, this.format).bytes
+  }
+
+  /** `bytes` of the head file at `offset`. */
+  write(offset: number, bytes: Uint8Array): void {
+    if (offset + bytes.byteLength > this.fileBytes)
+      throw new AppError('model_invalid', 'The head file is longer than its shape')
+    new Uint8Array(this.kernel.memory.buffer).set(bytes, offset)
   }
 
   /** Bytes of WASM memory the head holds (weights + scratch). */
