@@ -3,7 +3,8 @@
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
- *                            [--head wasm|graph] [--decoder wasm|graph] [--no-verify]
+ *                            [--head wasm|graph] [--head-format q4|q8] [--decoder wasm|graph]
+ *                            [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
@@ -24,12 +25,13 @@
  *   `DynamicQuantizeMatMul` form (lib/quantize.ts); the graph is then `model_quantized.onnx`.
  * - head split (`--head wasm`, the default; `--head graph` keeps the lm_head in the graph): when
  *   the prepared graph is in that q8 form, its lm_head (and a tied embedding) moves into
- *   `head.q8`, run by the engine's own kernel; the graph then ends in `hidden_states` (and
- *   takes `inputs_embeds` when tied), see lib/split-head.ts. Not q8 form: not applied, and the
- *   report says why.
+ *   `head.q8`, run by the engine's own kernel; a q4 export's MatMulNBits lm_head moves into
+ *   `head.q4` with its 4-bit values as exported (`--head-format q8`: requantized per row into
+ *   `head.q8`). The graph then ends in `hidden_states` (and takes `inputs_embeds` when tied),
+ *   see lib/split-head.ts. Neither form: not applied, and the report says why.
  * - decoder map (`--decoder wasm`, the default; needs the head split): the operands of every
- *   decoder layer's DynamicQuantizeMatMul and its norm weights are found in the split graph and
- *   recorded in the manifest (`decoder`, byte ranges of the graph's own data file; the small
+ *   decoder layer's DynamicQuantizeMatMul (or MatMulNBits) and its norm weights are found in the
+ *   split graph and recorded in the manifest (`decoder`, byte ranges of the graph's own data file; the small
  *   tensors the graph keeps inline are copied into `decoder.bin`), so the engine can run decode
  *   steps with its own kernels, see lib/decoder-map.ts. Skipped, with the reason in the report,
  *   when the graph is not in that form.
@@ -53,7 +55,7 @@ import { basename, dirname, join, relative, resolve, sep } from 'node:path'
 import {
   DECODER_FILE,
   DEFAULT_SHARD_BYTES,
-  HEAD_FILE,
+  headFileName,
   MANIFEST_FILE,
   MANIFEST_VERSION,
   externalDataName,
@@ -63,6 +65,7 @@ import {
   shardName,
   type Qwen2Config,
   type DecoderEntry,
+  type HeadFormat,
   type Manifest,
   type ManifestFile,
 } from '../src/format/index.ts'
@@ -88,7 +91,13 @@ import {
 } from './lib/onnx/index.ts'
 import { progressBar } from './lib/progress.ts'
 import { convertToQ8, dequantizeToFloat, type Q8Stats } from './lib/quantize.ts'
-import { checkSplitHead, splitHead, type HeadCheck, type HeadRows } from './lib/split-head.ts'
+import {
+  checkSplitHead,
+  splitHead,
+  type HeadCheck,
+  type HeadRows,
+  type SplitHeadFormat,
+} from './lib/split-head.ts'
 
 /** Initializers smaller than this stay inside the graph (onnx's own default threshold). */
 export const MIN_EXTERNAL_BYTES = 1024
@@ -104,8 +113,14 @@ export const REPORT_FILE = 'prepare-report.json'
 const SPLIT_KV_TOLERANCE = 1e-5
 
 export type PrepareFormat = 'keep' | 'q8'
-/** 'wasm': split the lm_head off into head.q8 when the graph is in the q8 form; 'graph': keep it. */
+/** 'wasm': split the lm_head off into a head file (q8 and q4 graphs); 'graph': keep it. */
 export type PrepareHead = 'wasm' | 'graph'
+/**
+ * The head file of a MatMulNBits lm_head: 'q4' (default) its 4-bit rows as exported ('q4-b32',
+ * head.q4: exact, 21 bytes per 32 inputs); 'q8' those rows requantized per row ('q8-rows',
+ * head.q8: one more rounding, 1.6x the bytes). A q8 graph's head is 'q8-rows' either way.
+ */
+export type PrepareHeadFormat = SplitHeadFormat
 /**
  * 'wasm': record the decoder layers' tensors in the manifest (after a head split) so the engine
  * can run decode steps itself; 'graph': the graph runs every step.
@@ -137,6 +152,8 @@ export interface PrepareOptions {
   head?: PrepareHead
   /** Default 'wasm': map the decoder layers when the head was split off. */
   decoder?: PrepareDecoder
+  /** The rows of a MatMulNBits lm_head; default 'q4' (as exported). */
+  headFormat?: PrepareHeadFormat
 }
 
 /** What `prepare-report.json` holds. */
@@ -171,11 +188,13 @@ export interface PrepareReport {
 export interface HeadReport extends Partial<HeadCheck> {
   applied: boolean
   reason?: string
+  /** The head file's format. */
+  format?: HeadFormat
   vocab?: number
   hidden?: number
   stride?: number
   embedding?: boolean
-  /** Size of head.q8. */
+  /** Size of the head file (head.q8 or head.q4). */
   bytes?: number
   /** The graph's lm_head node that was removed. */
   lmHead?: string
@@ -247,6 +266,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         logitsRewrite: options.logitsRewrite ?? false,
         verify: options.verify ?? true,
         head: headMode,
+        headFormat: settings.headFormat,
         decoder: decoderMode,
         log,
       }))
@@ -260,7 +280,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         : undefined
     files.bar.finish(
       `${files.moved} initializers, ${files.data.shards.length} shards` +
-        (head ? `; ${HEAD_FILE} in ${files.head.length}` : '') +
+        (head ? `; ${headFileName(head.format)} in ${files.head.length}` : '') +
         (decoder?.file ? `; ${DECODER_FILE} in ${decoder.file.shards.length}` : ''),
     )
 
@@ -292,6 +312,7 @@ interface Settings {
   id: string
   format: PrepareFormat
   headMode: PrepareHead
+  headFormat: PrepareHeadFormat | undefined
   decoderMode: PrepareDecoder
   shardBytes: number
   quiet: boolean
@@ -311,6 +332,9 @@ function checkOptions(options: PrepareOptions): Settings {
   const headMode = options.head ?? 'wasm'
   if (headMode !== 'wasm' && headMode !== 'graph')
     throw new Error(`Unknown head ${JSON.stringify(headMode)}: use wasm or graph`)
+  const headFormat = options.headFormat
+  if (headFormat !== undefined && headFormat !== 'q4' && headFormat !== 'q8')
+    throw new Error(`Unknown head format ${JSON.stringify(headFormat)}: use q4 or q8`)
   const decoderMode = options.decoder ?? 'wasm'
   if (decoderMode !== 'wasm' && decoderMode !== 'graph')
     throw new Error(`Unknown decoder ${JSON.stringify(decoderMode)}: use wasm or graph`)
@@ -320,7 +344,7 @@ function checkOptions(options: PrepareOptions): Settings {
   }
   const quiet = options.quiet ?? false
   const log = quiet ? () => {} : (line: string) => console.error(line)
-  return { id, format, headMode, decoderMode, shardBytes, quiet, log }
+  return { id, format, headMode, headFormat, decoderMode, shardBytes, quiet, log }
 }
 
 /** The export folder as read: its config files, its ONNX file, and a reader of its data files. */
@@ -419,8 +443,8 @@ function writeWeights(
   const shards = writer.finish()
   let headShards: ManifestFile[] = []
   if (head) {
-    // the head file is cut like external data, with its own name: head.q8.000 …
-    const headWriter = new ShardWriter(tmp, HEAD_FILE, settings.shardBytes)
+    // the head file is cut like external data, with its own name: head.q8.000 … (head.q4.000 …)
+    const headWriter = new ShardWriter(tmp, headFileName(head.format), settings.shardBytes)
     headWriter.write(head.bytes)
     headShards = headWriter.finish()
     bar.add(head.bytes.byteLength)
@@ -515,12 +539,12 @@ async function manifestOf(
     ],
     ...(head && {
       head: {
-        format: 'q8-rows' as const,
+        format: head.format,
         vocab: head.vocab,
         hidden: head.hidden,
         stride: head.stride,
         embedding: head.embedding,
-        file: { location: HEAD_FILE, bytes: headBytes, shards: w.files.head },
+        file: { location: headFileName(head.format), bytes: headBytes, shards: w.files.head },
       },
     }),
     ...(w.decoder && { decoder: w.decoder }),
@@ -547,6 +571,8 @@ export interface TransformOptions {
   verify: boolean
   /** Default 'graph' (no split). */
   head?: PrepareHead
+  /** The rows of a MatMulNBits lm_head; default 'q4'. */
+  headFormat?: PrepareHeadFormat
   /** Default 'graph' (no decoder map). */
   decoder?: PrepareDecoder
   log: (line: string) => void
@@ -622,17 +648,18 @@ export async function transformExport(
   let head: HeadRows | undefined
   if (o.head === 'wasm') {
     const started = performance.now()
-    const split = splitHead(model, o.config)
+    const split = splitHead(model, o.config, { format: o.headFormat })
     if (!split.applied) {
       report.head = { applied: false, reason: split.reason }
       o.log(`head split: not applied (${split.reason}); the lm_head stays in the graph`)
     } else {
       const before = model
-      const { model: after, head: rows, applied, ...stats } = split
+      const { model: after, head: rows, exact, applied, ...stats } = split
       head = rows
       model = after
       report.head = {
         applied,
+        format: rows.format,
         vocab: rows.vocab,
         hidden: rows.hidden,
         stride: rows.stride,
@@ -642,12 +669,15 @@ export async function transformExport(
       }
       o.log(
         `head split: ${stats.lmHead}${rows.embedding ? ' and the tied embedding' : ''} → ` +
-          `${HEAD_FILE} (${rows.vocab} rows of ${rows.stride} bytes, ` +
+          `${headFileName(rows.format)} (${rows.format}${exact ? ', requantized from 4 bits' : ''}, ` +
+          `${rows.vocab} rows of ${rows.stride} bytes, ` +
           `${(rows.bytes.byteLength / 1e6).toFixed(1)} MB); the graph ends in hidden_states` +
           (rows.embedding ? ' and takes inputs_embeds' : ''),
       )
       if (o.verify) {
-        const check = await checkSplitHead(before, after, rows, o.config)
+        // a requantized head is checked as exported (the KV cache must match exactly), and its
+        // own logits and embedding measured on the same steps
+        const check = await checkSplitHead(before, after, exact ?? rows, o.config, exact && rows)
         Object.assign(report.head, check)
         o.log(
           `head vs the graph's lm_head, ${check.steps} steps: logits max |Δ| ` +
@@ -657,6 +687,15 @@ export async function transformExport(
             `${check.presentMaxAbsError.toPrecision(3)} ` +
             `(${((performance.now() - started) / 1000).toFixed(1)} s, ${check.runtime})`,
         )
+        if (check.served)
+          o.log(
+            `${check.served.format} head requantized from the 4-bit rows: logits max |Δ| ` +
+              `${check.served.maxAbsError.toPrecision(3)}, mean ` +
+              `${check.served.meanAbsError.toPrecision(3)}; top-1 ` +
+              `${check.served.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
+              `${check.served.embeddingMaxAbsError.toPrecision(3)} ` +
+              `(|value| up to ${check.served.embeddingMaxAbs.toPrecision(3)})`,
+          )
         // the layers are the same ops on the same inputs: a KV difference means the rewrite
         // (or the embedding rows) is wrong, and the package must not be written
         if (!(check.presentMaxAbsError <= SPLIT_KV_TOLERANCE)) {
@@ -701,7 +740,9 @@ async function findAndCheckDecoder(
   const { layers } = found.names
   report.decoder = { applied: true, layers: layers.length }
   o.log(
-    `decoder map: ${layers.length} layers x 7 DynamicQuantizeMatMul + 2 norms, and the final norm`,
+    `decoder map: ${layers.length} layers x 7 ` +
+      `${layers[0]?.q.kind === 'nbits' ? 'MatMulNBits' : 'DynamicQuantizeMatMul'} + 2 norms, ` +
+      'and the final norm',
   )
   if (!o.verify) return found.names
   const started = performance.now()
@@ -893,7 +934,13 @@ export const PREPARE_CLI = {
       type: 'string',
       arg: '<wasm|graph>',
       default: 'wasm',
-      help: "wasm: split the lm_head off into head.q8 for the engine's kernel (q8 graphs only); graph: keep it in the graph",
+      help: "wasm: split the lm_head off into head.q8 / head.q4 for the engine's kernels (q8 and q4 graphs); graph: keep it in the graph",
+    },
+    'head-format': {
+      type: 'string',
+      arg: '<q4|q8>',
+      default: 'q4',
+      help: "a q4 export's split lm_head: q4 keeps its 4-bit rows as exported (head.q4); q8 requantizes them per row (head.q8)",
     },
     decoder: {
       type: 'string',
@@ -934,6 +981,7 @@ async function main(): Promise<void> {
     shardBytes: shardMb === undefined ? undefined : Math.round(shardMb * 1024 * 1024),
     format: values.format as PrepareFormat,
     head: values.head as PrepareHead,
+    headFormat: values['head-format'] as PrepareHeadFormat,
     decoder: values.decoder as PrepareDecoder,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
@@ -941,7 +989,7 @@ async function main(): Promise<void> {
   const secs = ((performance.now() - started) / 1000).toFixed(1)
   const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0
   console.error(
-    `${dir}: ${shards} shards${manifest.head ? ` + ${HEAD_FILE}` : ''}` +
+    `${dir}: ${shards} shards${manifest.head ? ` + ${manifest.head.file.location}` : ''}` +
       `${manifest.decoder ? ' + decoder map' : ''}, ` +
       `${manifest.totalBytes} bytes, ${secs} s` +
       (manifest.synthetic ? ' (synthetic weights)' : ''),

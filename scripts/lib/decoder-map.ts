@@ -1,9 +1,11 @@
 /**
  * The prepare-time "decoder map" (`model:prepare --decoder wasm`, the default with a head split):
- * find, in a q8 graph whose lm_head was split off (split-head.ts), the operands of every decoder
- * layer's `com.microsoft DynamicQuantizeMatMul` (DQMM) and its RMSNorm weights, and record where
- * their bytes are (manifest.ts `DecoderEntry`), so the engine can run single-token decode steps
- * with its own kernels on the very bytes onnxruntime uses.
+ * find, in a q8 or q4 graph whose lm_head was split off (split-head.ts), the operands of every
+ * decoder layer's `com.microsoft DynamicQuantizeMatMul` (DQMM, entry format 'dqmm') or
+ * `MatMulNBits` (bits 4, blocks of a multiple of 32, no g_idx: format 'nbits') and its RMSNorm
+ * weights, and record where their bytes are (manifest.ts `DecoderEntry`), so the engine can run
+ * the layers with its own kernels on the very bytes onnxruntime uses. Below, "DQMM" stands for
+ * either: a MatMulNBits' [K, N] are its attributes, its bias its 6th input. One kind per graph.
  *
  * Found by structure, not by name (real exports converted by quantize.ts `convertToQ8` name
  * their initializers `onnx::MatMul_123` and may keep a bias as an Add after the matmul), per
@@ -57,20 +59,26 @@ import {
   type TensorProto,
 } from './onnx/index.ts'
 import { floatValues } from './quantize.ts'
-import { HIDDEN_STATES, INPUTS_EMBEDS } from './split-head.ts'
+import { HIDDEN_STATES, INPUTS_EMBEDS, nbitsMatrix } from './split-head.ts'
 
 const MS = 'com.microsoft'
 /** Offsets of tensors in decoder.bin are multiples of this (as prepare aligns external data). */
 export const DECODER_FILE_ALIGN = 64
 
-/** The initializers of one DQMM. */
+/** The initializers of one DQMM or MatMulNBits. */
 export interface DecoderMatrixNames {
+  /** Absent: 'dqmm'. */
+  kind?: 'dqmm' | 'nbits'
   /** The node, for reports. */
   node: string
-  /** B [K, N], uint8 or int8. */
+  /** DQMM: B [K, N], uint8 or int8; MatMulNBits: B uint8 [N, blocks, blockSize / 2]. */
   weight: string
-  /** float [N], [1] or []. */
+  /** DQMM: float [N], [1] or []; MatMulNBits: float or float16 [N · blocks] or [N, blocks]. */
   scale: string
+  /** MatMulNBits: inputs, outputs and inputs per block (its attributes K, N, block_size). */
+  k?: number
+  n?: number
+  blockSize?: number
   /** Absent when the node has none (zero). */
   zeroPoint?: string
   /** float [N]: the node's 5th input, or the initializer of the Add right after it. */
@@ -149,7 +157,13 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
   const index = indexGraph(graph)
   const order = new Map((graph.node ?? []).map((n, i) => [n, i]))
   const isDqmm = (n: NodeProto) => n.op_type === 'DynamicQuantizeMatMul' && n.domain === MS
-  const dimsOf = (n: NodeProto) => (inits.get(n.input?.[1] ?? '')?.dims ?? []).map(Number)
+  const isNBits = (n: NodeProto) => n.op_type === 'MatMulNBits' && n.domain === MS
+  const isMatrix = (n: NodeProto) => isDqmm(n) || isNBits(n)
+  /** [K, N]: a DQMM's weight dims, a MatMulNBits' attributes. */
+  const dimsOf = (n: NodeProto) =>
+    isNBits(n)
+      ? [intAttr(n, 'K') ?? -1, intAttr(n, 'N') ?? -1]
+      : (inits.get(n.input?.[1] ?? '')?.dims ?? []).map(Number)
 
   for (let i = 0; i < L; i++)
     for (const kind of ['key', 'value']) {
@@ -161,7 +175,7 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
         )
     }
 
-  /** The one DQMM the new rows of `present` come from. */
+  /** The one matrix the new rows of `present` come from. */
   const projection = (present: string, past: string): NodeProto => {
     const concat = index.producer.get(present)
     const ins = concat?.input ?? []
@@ -186,12 +200,13 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
       seen.add(name)
       const p = index.producer.get(name)
       if (!p || p.op_type === 'Shape' || p.op_type === 'Size') continue
-      if (isDqmm(p)) found.add(p)
+      if (isMatrix(p)) found.add(p)
       else stack.push(...nodeReads(p))
     }
     if (found.size !== 1)
       throw new Skip(
-        `${present} depends on ${found.size} DynamicQuantizeMatMul nodes, expected one` +
+        `${present} depends on ${found.size} DynamicQuantizeMatMul or MatMulNBits nodes, ` +
+          'expected one' +
           (found.size ? ` (${[...found].slice(0, 3).map(describe).join(', ')})` : ''),
       )
     return [...found][0]
@@ -201,19 +216,65 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
     const t = name && constant(name) ? inits.get(name) : undefined
     return t?.data_type === DataType.FLOAT && sameDims(t.dims, [n])
   }
-  /** The Add of a float [n] initializer that is the only reader of a DQMM's output. */
-  const biasAdd = (dqmm: NodeProto, n: number) => {
-    const out = dqmm.output![0]
+  /** The Add of a float [n] initializer that is the only reader of a matrix's output. */
+  const biasAdd = (matrix: NodeProto, n: number) => {
+    const out = matrix.output![0]
     const readers = index.consumers.get(out) ?? []
     const add = readers[0]
     if (readers.length !== 1 || add.op_type !== 'Add' || add.domain || outputs.has(out)) return
     const bias = add.input?.[0] === out ? add.input?.[1] : add.input?.[0]
-    return dqmm.input?.[4] || !isBias(bias, n) ? undefined : { bias: bias!, output: add.output![0] }
+    const own = matrix.input?.[isNBits(matrix) ? 5 : 4]
+    return own || !isBias(bias, n) ? undefined : { bias: bias!, output: add.output![0] }
   }
   /** The tensor with a DQMM's result, bias included. */
   const result = (dqmm: NodeProto, n: number) => biasAdd(dqmm, n)?.output ?? dqmm.output![0]
 
-  const operands = (n: NodeProto, what: string, k: number, nOut: number): DecoderMatrixNames => {
+  const operands = (n: NodeProto, what: string, k: number, nOut: number): DecoderMatrixNames =>
+    isNBits(n) ? nbitsOperands(n, what, k, nOut) : dqmmOperands(n, what, k, nOut)
+
+  const nbitsOperands = (
+    n: NodeProto,
+    what: string,
+    k: number,
+    nOut: number,
+  ): DecoderMatrixNames => {
+    const [, b, s, z, g, bias] = n.input ?? []
+    const at = `${what} (${describe(n)})`
+    for (const [name, role] of [
+      [b, 'weight'],
+      [s, 'scales'],
+      [z, 'zero points'],
+      [bias, 'bias'],
+    ])
+      if (name && !constant(name))
+        throw new Skip(`${at}: its ${role} ${name} is not an initializer`)
+    if (g) throw new Skip(`${at}: a g_idx input (act-order blocks)`)
+    const m = nbitsMatrix(n, k, nOut, inits)
+    if (typeof m === 'string') throw new Skip(`${at}: ${m}`)
+    if (bias && !isBias(bias, nOut))
+      throw new Skip(`${at}: its bias ${bias} is not float [${nOut}]`)
+    const separate = bias ? undefined : biasAdd(n, nOut)
+    const names: DecoderMatrixNames = {
+      kind: 'nbits',
+      node: describe(n),
+      weight: b,
+      scale: s,
+      k,
+      n: nOut,
+      blockSize: m.blockSize,
+      output: separate?.output ?? n.output![0],
+    }
+    if (z) names.zeroPoint = z
+    if (bias || separate) names.bias = bias || separate!.bias
+    return names
+  }
+
+  const dqmmOperands = (
+    n: NodeProto,
+    what: string,
+    k: number,
+    nOut: number,
+  ): DecoderMatrixNames => {
     const [, b, s, z, bias] = n.input ?? []
     const at = `${what} (${describe(n)})`
     for (const [name, role] of [
@@ -301,11 +362,11 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
     const x = k.input![0]
     if (v.input![0] !== x) throw new Skip(`layer ${i}: k_proj and v_proj read different inputs`)
     const qs = (index.consumers.get(x) ?? []).filter(
-      (n) => isDqmm(n) && n !== k && n !== v && sameDims(dimsOf(n), [H, qDim]),
+      (n) => isMatrix(n) && n !== k && n !== v && sameDims(dimsOf(n), [H, qDim]),
     )
     if (qs.length !== 1)
       throw new Skip(
-        `layer ${i}: ${qs.length} DynamicQuantizeMatMul [${H}, ${qDim}] read k_proj's input, ` +
+        `layer ${i}: ${qs.length} matrices [${H}, ${qDim}] read k_proj's input, ` +
           'expected one (q_proj)',
       )
     attention.push([qs[0], k, v])
@@ -318,11 +379,11 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
     const lo = Math.max(...attention[i].map((n) => order.get(n)!))
     const hi = i + 1 < L ? Math.min(...attention[i + 1].map((n) => order.get(n)!)) : nodes.length
     if (hi <= lo) throw new Skip(`layer ${i + 1}'s q/k/v come before layer ${i}'s`)
-    const between = nodes.slice(lo + 1, hi).filter(isDqmm)
+    const between = nodes.slice(lo + 1, hi).filter(isMatrix)
     const mlpIn = between.filter((n) => sameDims(dimsOf(n), [H, I]))
     if (mlpIn.length !== 2 || mlpIn[0].input![0] !== mlpIn[1].input![0])
       throw new Skip(
-        `layer ${i}: ${mlpIn.length} DynamicQuantizeMatMul [${H}, ${I}] after the attention, ` +
+        `layer ${i}: ${mlpIn.length} matrices [${H}, ${I}] after the attention, ` +
           'expected two reading the same input (gate_proj, up_proj)',
       )
     const feedsSigmoid = (n: NodeProto) =>
@@ -341,7 +402,7 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
     const os = between.filter((n) => order.get(n)! < first && sameDims(dimsOf(n), [qDim, H]))
     if (downs.length !== 1 || os.length !== 1)
       throw new Skip(
-        `layer ${i}: ${os.length} DynamicQuantizeMatMul [${qDim}, ${H}] before gate/up and ` +
+        `layer ${i}: ${os.length} matrices [${qDim}, ${H}] before gate/up and ` +
           `${downs.length} [${I}, ${H}] after them, expected one each (o_proj, down_proj)`,
       )
     const known = new Set([...mlpIn, downs[0], os[0]])
@@ -368,6 +429,13 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
     p = index.producer.get(hidden)
   }
   const finalNorm = normWeight(hidden, 'final norm')
+
+  // the engine packs one kind of matrix per decoder (its entry's format)
+  const kinds = new Set(
+    layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].map((m) => m.kind ?? 'dqmm')),
+  )
+  if (kinds.size > 1)
+    throw new Skip('the layers mix DynamicQuantizeMatMul and MatMulNBits matrices')
 
   const names: DecoderNames = { layers, finalNorm }
   const embeddings = inputs.has(INPUTS_EMBEDS) ? INPUTS_EMBEDS : residualInput(layers[0].o.output)
@@ -476,6 +544,18 @@ export function mapDecoder(
   }
   const zeros = new Map<DecoderTensorType, DecoderTensorRef>()
   const matrix = (m: DecoderMatrixNames): DecoderMatrixRef => {
+    if (m.kind === 'nbits')
+      return {
+        kind: 'nbits',
+        bits: 4,
+        k: m.k!,
+        n: m.n!,
+        blockSize: m.blockSize!,
+        weight: ref(m.weight),
+        scale: ref(m.scale),
+        ...(m.zeroPoint && { zeroPoint: ref(m.zeroPoint) }),
+        ...(m.bias && { bias: ref(m.bias) }),
+      }
     const weight = ref(m.weight)
     let zeroPoint: DecoderTensorRef
     if (m.zeroPoint) zeroPoint = ref(m.zeroPoint)
@@ -503,7 +583,8 @@ export function mapDecoder(
       up: matrix(l.up),
       down: matrix(l.down),
     }))
-    const entry = { format: 'dqmm' as const, layers, finalNorm: ref(names.finalNorm) }
+    const format = names.layers[0]?.q.kind === 'nbits' ? ('nbits' as const) : ('dqmm' as const)
+    const entry = { format, layers, finalNorm: ref(names.finalNorm) }
     const bytes = new Uint8Array(size)
     let at = 0
     for (const p of parts) {
@@ -529,6 +610,27 @@ export function decoderWeightsOf(model: ModelProto, names: DecoderNames): Decode
     return t
   }
   const matrix = (m: DecoderMatrixNames): DecoderMatrixData => {
+    if (m.kind === 'nbits') {
+      const s = get(m.scale)
+      return {
+        kind: 'nbits',
+        k: m.k!,
+        n: m.n!,
+        tensors: {
+          n: m.n!,
+          k: m.k!,
+          bits: 4,
+          blockSize: m.blockSize!,
+          b: tensorRawData(get(m.weight)),
+          scales:
+            s.data_type === DataType.FLOAT16
+              ? new Uint16Array(new Uint8Array(tensorRawData(s)).buffer)
+              : floatValues(s),
+          ...(m.zeroPoint && { zeroPoints: tensorRawData(get(m.zeroPoint)) }),
+        },
+        ...(m.bias && { bias: floatValues(get(m.bias)) }),
+      }
+    }
     const w = get(m.weight)
     const [k, n] = (w.dims ?? []).map(Number)
     return {
@@ -563,7 +665,8 @@ function tensorType(t: TensorProto): DecoderTensorType {
   if (t.data_type === DataType.FLOAT) return 'float32'
   if (t.data_type === DataType.UINT8) return 'uint8'
   if (t.data_type === DataType.INT8) return 'int8'
-  throw new Skip(`${t.name} is ${typeName(t.data_type)}, not float32, uint8 or int8`)
+  if (t.data_type === DataType.FLOAT16) return 'float16'
+  throw new Skip(`${t.name} is ${typeName(t.data_type)}, not float32, float16, uint8 or int8`)
 }
 
 function describe(n: NodeProto): string {

@@ -1,23 +1,32 @@
 /**
  * The prepare-time "split head" (`model:prepare --head wasm`, the default): the lm_head of a q8
- * graph, and for tied weights the embedding lookup, move out of the ONNX graph into one file,
- * `head.q8`, which the engine runs with its own WASM SIMD kernel (about 3x faster than
+ * or q4 graph, and for tied weights the embedding lookup, move out of the ONNX graph into one
+ * file, which the engine runs with its own WASM SIMD kernels (about 3x faster than
  * onnxruntime-web's DynamicQuantizeMatMul on the 151936 x 896 lm_head of Qwen2.5-0.5B).
  *
- * What it applies to: the q8 form (qwen2-graph.ts `--format q8`, or quantize.ts `convertToQ8`),
- * where graph output `logits` [b, n, V] is `com.microsoft DynamicQuantizeMatMul(A, B, scale, zp)`
- * with B uint8 [H, V], scale float [V] and zp uint8 [V] initializers (per column), no bias. A
- * tied model also reads B, zp and scale with Gathers by `input_ids` and dequantizes the columns:
- * embedding[t][k] = (B[k][t] - zp[t]) * scale[t].
+ * What it applies to:
+ * - the q8 form (qwen2-graph.ts `--format q8`, or quantize.ts `convertToQ8`), where graph output
+ *   `logits` [b, n, V] is `com.microsoft DynamicQuantizeMatMul(A, B, scale, zp)` with B uint8
+ *   [H, V], scale float [V] and zp uint8 [V] initializers (per column), no bias. A tied model
+ *   also reads B, zp and scale with Gathers by `input_ids` and dequantizes the columns:
+ *   embedding[t][k] = (B[k][t] - zp[t]) * scale[t]. Head file: 'q8-rows', `head.q8`.
+ * - a q4 export (qwen2-graph.ts `--format q4`, onnx-community q4), where `logits` is
+ *   `com.microsoft MatMulNBits(A, B, scales, zero_points)` with bits 4, K = H, N = V, a block
+ *   size that is a multiple of 32, no g_idx, no bias, float32 logits (not q4f16). A tied model
+ *   Gathers rows of B, scales and zero points by `input_ids` and unpacks and dequantizes them
+ *   (nibbles by arithmetic or bit ops, (q − zp) · scale per block). Head file: 'q4-b32'
+ *   (`head.q4`, src/format/q4-b32.ts), the exported values repacked, none changed; or with
+ *   format 'q8' those rows dequantized and requantized per row into 'q8-rows', one rounding
+ *   more (the check measures it). An untied export keeps its own embedding in the graph.
  *
  * The graph after the split:
  *   outputs  hidden_states  float [b, n, H]   A, what the lm_head multiplied (replaces logits)
  *   inputs   inputs_embeds  float [b, s, H]   tied only: replaces the embedding subgraph; the
  *                                             engine looks the rows up in the head file
  *            input_ids      kept as an input even when nothing reads it any more
- * B, scale and zp are pruned when nothing else reads them.
+ * The lm_head's initializers are pruned when nothing else reads them.
  *
- * The head file ('q8-rows', src/core/manifest.ts `headLayout`), little-endian:
+ * The 'q8-rows' head file (src/format/manifest.ts `headLayout`), little-endian:
  *   [0, V*S)           row v: int8 B[k][v] - 128 for k < H, then zeros up to the stride S
  *   [V*S, V*S + V)     int8 zp[v] - 128
  *   [align4(..), +4V)  float32 scale[v]
@@ -27,7 +36,19 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { InferenceSession, Tensor } from 'onnxruntime-node'
-import { headLayout, headStride, type Qwen2Config } from '../../src/format/index.ts'
+import {
+  headLayout,
+  headStride,
+  packMatMulNBits,
+  q4NibbleAt,
+  q4ScaleAt,
+  q4ZeroAt,
+  quantizeRowsU8,
+  type HeadFormat,
+  type MatMulNBitsTensors,
+  type Q4Matrix,
+  type Qwen2Config,
+} from '../../src/format/index.ts'
 import { indexGraph, nodeReads, pruneInitializers, uniqueNamer } from './graph-rewrite.ts'
 import { CHECK_TOKENS, tokenFeeds, writeModelWithExternalData } from './logit-check.ts'
 import {
@@ -61,20 +82,46 @@ const EMBEDDING_OPS = new Set([
   'Identity',
 ])
 
+/**
+ * What a MatMulNBits head's embedding adds: its codes are two per byte, unpacked with
+ * arithmetic (the generator: Div, Floor, Sub, Concat) or bit ops, and cut to H with Slice.
+ */
+const NBITS_EMBEDDING_OPS = new Set([
+  ...EMBEDDING_OPS,
+  'Div',
+  'Floor',
+  'Add',
+  'Concat',
+  'Slice',
+  'Mod',
+  'BitShift',
+  'BitwiseAnd',
+  'Flatten',
+  'Expand',
+])
+
+/**
+ * How the head rows are written: 'q4' keeps a MatMulNBits lm_head's 4-bit values as exported
+ * ('q4-b32', exact), 'q8' requantizes its dequantized rows to uint8 per row ('q8-rows', 1.6x
+ * larger, adds a rounding). A DynamicQuantizeMatMul lm_head is always 'q8-rows'.
+ */
+export type SplitHeadFormat = 'q4' | 'q8'
+
 /** The head file's contents and shape. */
 export interface HeadRows {
+  format: HeadFormat
   vocab: number
   hidden: number
-  /** Bytes per row: hidden rounded up to a multiple of 32. */
+  /** Bytes per row: hidden rounded up to a multiple of 32 ('q8-rows'), 21 per block ('q4-b32'). */
   stride: number
   /** True when the graph takes `inputs_embeds` (tied weights: the rows are the embedding). */
   embedding: boolean
-  /** The 'q8-rows' file. */
+  /** The head file in `format`. */
   bytes: Uint8Array
 }
 
 export interface SplitHeadStats {
-  /** The DynamicQuantizeMatMul node removed. */
+  /** The DynamicQuantizeMatMul or MatMulNBits node removed. */
   lmHead: string
   /** The tensor now output as `hidden_states` (the lm_head's activation input). */
   hiddenTensor: string
@@ -87,24 +134,37 @@ export interface SplitHeadStats {
 }
 
 export type SplitHeadResult =
-  | ({ applied: true; model: ModelProto; head: HeadRows } & SplitHeadStats)
+  | ({
+      applied: true
+      model: ModelProto
+      /** What prepare writes. */
+      head: HeadRows
+      /**
+       * A MatMulNBits head written as 'q8-rows': its 4-bit rows as exported, exactly what the
+       * graph computed with (the check feeds the graph's embedding from these).
+       */
+      exact?: HeadRows
+    } & SplitHeadStats)
   | { applied: false; reason: string; model: ModelProto }
 
 /**
- * Move the lm_head (and a tied embedding) of a q8 graph into head rows. The model must hold its
- * data inline. Returns `applied: false` with a reason, and the model untouched, when the graph
- * is not in the expected form. The model given is never modified; unchanged tensors are shared.
+ * Move the lm_head (and a tied embedding) of a q8 or q4 graph into head rows. The model must hold
+ * its data inline. Returns `applied: false` with a reason, and the model untouched, when the
+ * graph is not in the expected form. The model given is never modified; unchanged tensors are
+ * shared. `format` applies to a MatMulNBits lm_head (default 'q4').
  */
 export function splitHead(
   model: ModelProto,
   config: Pick<Qwen2Config, 'vocab_size' | 'hidden_size'>,
+  options: { format?: SplitHeadFormat } = {},
 ): SplitHeadResult {
   const graph = model.graph
   const skip = (reason: string) => ({ applied: false as const, reason, model })
   if (!graph) return skip('the model has no graph')
   const H = config.hidden_size
   const V = config.vocab_size
-  if (!(graph.output ?? []).some((v) => v.name === 'logits')) return skip('no logits output')
+  const logitsOut = (graph.output ?? []).find((v) => v.name === 'logits')
+  if (!logitsOut) return skip('no logits output')
   const taken = uniqueNamer(graph)
   for (const name of [HIDDEN_STATES, INPUTS_EMBEDS])
     if (taken(name) !== name) return skip(`the graph already has a tensor named ${name}`)
@@ -112,36 +172,24 @@ export function splitHead(
   const index = indexGraph(graph)
   const head = index.producer.get('logits')
   if (!head) return skip('logits is not computed by a node')
-  if (head.op_type !== 'DynamicQuantizeMatMul' || head.domain !== MS) {
-    return skip(
-      `logits comes from ${describe(head)}, not a com.microsoft DynamicQuantizeMatMul ` +
-        '(the q8 form: --format q8)',
-    )
-  }
-  const [a, b, s, z, bias] = head.input ?? []
-  if (bias) return skip(`the lm_head ${describe(head)} has a bias`)
-  if (!z) return skip(`the lm_head ${describe(head)} has no zero point`)
   const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]))
   const graphInputs = new Set((graph.input ?? []).map((v) => v.name))
-  const B = inits.get(b)
-  const S = inits.get(s)
-  const Z = inits.get(z)
-  if (!B || !S || !Z || [b, s, z].some((n) => graphInputs.has(n)))
-    return skip(`the lm_head's weight, scale and zero point are not all initializers`)
-  const shape = (t: TensorProto) => `${typeName(t.data_type)} [${(t.dims ?? []).join(', ')}]`
-  if (B.data_type !== DataType.UINT8 || !sameDims(B.dims, [H, V]))
-    return skip(`the lm_head weight ${b} is ${shape(B)}, not uint8 [${H}, ${V}]`)
-  if (S.data_type !== DataType.FLOAT || !sameDims(S.dims, [V]))
-    return skip(`the lm_head scale ${s} is ${shape(S)}, not float [${V}] (one per column)`)
-  if (Z.data_type !== DataType.UINT8 || !sameDims(Z.dims, [V]))
-    return skip(`the lm_head zero point ${z} is ${shape(Z)}, not uint8 [${V}] (one per column)`)
-  for (const t of [B, S, Z])
-    if (isExternal(t)) throw new Error(`splitHead: ${t.name} is external data; load it inline`)
+  const found =
+    head.domain === MS && head.op_type === 'DynamicQuantizeMatMul'
+      ? dqmmHead(head, inits, graphInputs, H, V)
+      : head.domain === MS && head.op_type === 'MatMulNBits'
+        ? nbitsHead(head, inits, graphInputs, H, V, logitsOut, options.format ?? 'q4')
+        : `logits comes from ${describe(head)}, not a com.microsoft DynamicQuantizeMatMul ` +
+          '(the q8 form: --format q8) or MatMulNBits (a q4 export)'
+  if (typeof found === 'string') return skip(found)
+  const { a, operands, weightAxis, ops } = found
+  const [b] = operands
 
-  // ---- the embedding: Gathers of B / zp / scale by input_ids, and what computes from them only
+  // ---- the embedding: Gathers of the lm_head's operands by input_ids, and what computes from
+  // them only
 
   const seeds: NodeProto[] = []
-  for (const t of [b, s, z]) {
+  for (const t of operands) {
     for (const n of index.consumers.get(t) ?? []) {
       if (n === head || seeds.includes(n)) continue
       if (n.op_type === 'Gather' && !n.domain && n.input![0] === t && n.input![1] === 'input_ids') {
@@ -153,9 +201,9 @@ export function splitHead(
   }
   let embedding: { nodes: Set<NodeProto>; output: string } | undefined
   if (seeds.length) {
-    const found = findEmbedding(graph, index, seeds, b, inits)
-    if (typeof found === 'string') return skip(found)
-    embedding = found
+    const emb = findEmbedding(graph, index, seeds, b, weightAxis, ops, inits)
+    if (typeof emb === 'string') return skip(emb)
+    embedding = emb
   }
 
   // ---- the new graph
@@ -186,8 +234,7 @@ export function splitHead(
     })
   dropOrphans(nodes, removed, graph)
 
-  const logitsInfo = graph.output!.find((v) => v.name === 'logits')!
-  const logitsDims = logitsInfo.type?.tensor_type?.shape?.dim ?? []
+  const logitsDims = logitsOut.type?.tensor_type?.shape?.dim ?? []
   const hiddenInfo = valueInfoWithDims(HIDDEN_STATES, [
     logitsDims[0] ?? { dim_param: 'batch_size' },
     logitsDims[1] ?? { dim_param: 'sequence_length' },
@@ -225,17 +272,189 @@ export function splitHead(
   if (dangling.length)
     return skip(`the split would leave unresolved tensors: ${dangling.slice(0, 4).join(', ')}`)
 
-  const bytes = packHeadRows(tensorRawData(B), floatValues(S), tensorRawData(Z), H, V)
+  const rows = found.rows(!!embedding)
   return {
     applied: true,
     model: next,
-    head: { vocab: V, hidden: H, stride: headStride(H), embedding: !!embedding, bytes },
+    head: rows.head,
+    ...(rows.exact && { exact: rows.exact }),
     lmHead: describe(head),
     hiddenTensor: a,
     ...(embedding ? { embeddingTensor: embedding.output } : {}),
     embeddingNodes: embedding?.nodes.size ?? 0,
     removedInitializers: pruned.removed,
   }
+}
+
+/** An lm_head the split can take: its operands, how its embedding reads them, its rows. */
+interface LmHead {
+  /** The activation input. */
+  a: string
+  /** The initializers the lm_head reads (weight first); an embedding Gathers them. */
+  operands: string[]
+  /** The axis the embedding Gathers the weight on (token v is column v of a [H, V] weight). */
+  weightAxis: 0 | 1
+  ops: Set<string>
+  rows(embedding: boolean): { head: HeadRows; exact?: HeadRows }
+}
+
+/**
+ * A DynamicQuantizeMatMul lm_head: uint8 B [H, V], per-column float scale and uint8 zero point,
+ * no bias. Its rows are 'q8-rows', the very integers the graph used.
+ */
+function dqmmHead(
+  head: NodeProto,
+  inits: Map<string, TensorProto>,
+  graphInputs: Set<string | undefined>,
+  H: number,
+  V: number,
+): LmHead | string {
+  const [a, b, s, z, bias] = head.input ?? []
+  if (bias) return `the lm_head ${describe(head)} has a bias`
+  if (!z) return `the lm_head ${describe(head)} has no zero point`
+  const B = inits.get(b)
+  const S = inits.get(s)
+  const Z = inits.get(z)
+  if (!B || !S || !Z || [b, s, z].some((n) => graphInputs.has(n)))
+    return `the lm_head's weight, scale and zero point are not all initializers`
+  if (B.data_type !== DataType.UINT8 || !sameDims(B.dims, [H, V]))
+    return `the lm_head weight ${b} is ${shape(B)}, not uint8 [${H}, ${V}]`
+  if (S.data_type !== DataType.FLOAT || !sameDims(S.dims, [V]))
+    return `the lm_head scale ${s} is ${shape(S)}, not float [${V}] (one per column)`
+  if (Z.data_type !== DataType.UINT8 || !sameDims(Z.dims, [V]))
+    return `the lm_head zero point ${z} is ${shape(Z)}, not uint8 [${V}] (one per column)`
+  for (const t of [B, S, Z])
+    if (isExternal(t)) throw new Error(`splitHead: ${t.name} is external data; load it inline`)
+  return {
+    a,
+    operands: [b, s, z],
+    weightAxis: 1,
+    ops: EMBEDDING_OPS,
+    rows: (embedding) => ({
+      head: {
+        format: 'q8-rows',
+        vocab: V,
+        hidden: H,
+        stride: headStride(H),
+        embedding,
+        bytes: packHeadRows(tensorRawData(B), floatValues(S), tensorRawData(Z), H, V),
+      },
+    }),
+  }
+}
+
+/**
+ * A MatMulNBits lm_head (bits 4, K = H, N = V, blocks of a multiple of 32): B uint8 [V, blocks,
+ * block_size / 2], scales float or float16 [V · blocks] or [V, blocks], optional uint8 zero
+ * points [V · ⌈blocks / 2⌉] or [V, ⌈blocks / 2⌉]; no g_idx, no bias, float32 logits. Its rows
+ * are 'q4-b32' repacked without changing a value, or with `format` 'q8' requantized per row.
+ */
+function nbitsHead(
+  head: NodeProto,
+  inits: Map<string, TensorProto>,
+  graphInputs: Set<string | undefined>,
+  H: number,
+  V: number,
+  logitsOut: ValueInfoProto,
+  format: SplitHeadFormat,
+): LmHead | string {
+  const at = `the lm_head ${describe(head)}`
+  const [a, b, s, z, g, bias] = head.input ?? []
+  const matrix = nbitsMatrix(head, H, V, inits)
+  if (typeof matrix === 'string') return `${at}: ${matrix}`
+  if (g) return `${at} has a g_idx input (act-order blocks)`
+  if (bias) return `${at} has a bias`
+  const logitsType = logitsOut.type?.tensor_type?.elem_type
+  if (logitsType !== undefined && logitsType !== DataType.FLOAT)
+    return (
+      `the logits are ${typeName(logitsType)}, not float32 (a q4f16 export): the engine's ` +
+      'head takes float32 hidden states (--format q8 widens it)'
+    )
+  if ([b, s, z].some((n) => n && graphInputs.has(n)))
+    return `${at}: its weight, scales and zero points are not all initializers`
+  for (const n of [b, s, z]) {
+    const t = n ? inits.get(n) : undefined
+    if (t && isExternal(t)) throw new Error(`splitHead: ${t.name} is external data; load it inline`)
+  }
+  const tensors = (): MatMulNBitsTensors => {
+    const S = inits.get(s)!
+    return {
+      n: V,
+      k: H,
+      bits: 4,
+      blockSize: matrix.blockSize,
+      b: tensorRawData(inits.get(b)!),
+      scales:
+        S.data_type === DataType.FLOAT16
+          ? new Uint16Array(new Uint8Array(tensorRawData(S)).buffer)
+          : floatValues(S),
+      ...(z && { zeroPoints: tensorRawData(inits.get(z)!) }),
+    }
+  }
+  return {
+    a,
+    operands: z ? [b, s, z] : [b, s],
+    weightAxis: 0,
+    ops: NBITS_EMBEDDING_OPS,
+    rows: (embedding) => {
+      const m = packMatMulNBits(tensors())
+      const exact: HeadRows = {
+        format: 'q4-b32',
+        vocab: V,
+        hidden: H,
+        stride: headStride(H, 'q4-b32'),
+        embedding,
+        bytes: m.data,
+      }
+      if (format === 'q4') return { head: exact }
+      return { head: requantizeQ8(m, embedding), exact }
+    },
+  }
+}
+
+/**
+ * Whether a MatMulNBits node is one the engine's q4 kernels run as is: its attributes (K, N,
+ * bits 4, block_size a multiple of 32) and the shapes and types of its weight, scales and zero
+ * points, all initializers (checked against `k` × `n`). The reason when not.
+ */
+export function nbitsMatrix(
+  node: NodeProto,
+  k: number,
+  n: number,
+  inits: Map<string, TensorProto>,
+): { blockSize: number } | string {
+  const K = intAttr(node, 'K')
+  const N = intAttr(node, 'N')
+  const bits = intAttr(node, 'bits') ?? 4
+  const blockSize = intAttr(node, 'block_size') ?? 0
+  if (bits !== 4) return `${bits}-bit weights (the kernels take 4)`
+  if (!(blockSize >= 32 && blockSize % 32 === 0))
+    return `block_size ${blockSize} is not a multiple of 32`
+  if (K !== k || N !== n) return `K ${K} and N ${N}, not ${k} and ${n}`
+  const [, b, s, z, g] = node.input ?? []
+  if (g) return 'a g_idx input (act-order blocks)'
+  const blocks = Math.ceil(k / blockSize)
+  const zpBytes = Math.ceil(blocks / 2)
+  const B = inits.get(b ?? '')
+  const S = inits.get(s ?? '')
+  if (!B || !S) return 'its weight or scales are not initializers'
+  if (B.data_type !== DataType.UINT8 || !sameDims(B.dims, [n, blocks, blockSize / 2]))
+    return `its weight ${b} is ${shape(B)}, not uint8 [${n}, ${blocks}, ${blockSize / 2}]`
+  if (
+    (S.data_type !== DataType.FLOAT && S.data_type !== DataType.FLOAT16) ||
+    !(sameDims(S.dims, [n * blocks]) || sameDims(S.dims, [n, blocks]))
+  )
+    return `its scales ${s} are ${shape(S)}, not float or float16 [${n}, ${blocks}]`
+  if (z) {
+    const Z = inits.get(z)
+    if (!Z) return `its zero points ${z} are not an initializer`
+    if (
+      Z.data_type !== DataType.UINT8 ||
+      !(sameDims(Z.dims, [n * zpBytes]) || sameDims(Z.dims, [n, zpBytes]))
+    )
+      return `its zero points ${z} are ${shape(Z)}, not packed uint8 [${n}, ${zpBytes}]`
+  }
+  return { blockSize }
 }
 
 /**
@@ -248,13 +467,18 @@ function findEmbedding(
   index: ReturnType<typeof indexGraph>,
   seeds: NodeProto[],
   weight: string,
+  weightAxis: 0 | 1,
+  ops: Set<string>,
   inits: Map<string, TensorProto>,
 ): { nodes: Set<NodeProto>; output: string } | string {
   const weightGather = seeds.find((n) => n.input![0] === weight)
   if (!weightGather)
     return 'the lm_head scale or zero point is gathered by input_ids, its weight not'
-  if (intAttr(weightGather, 'axis') !== 1)
-    return `the embedding Gather ${describe(weightGather)} of the [H, V] weight is not on axis 1`
+  if ((intAttr(weightGather, 'axis') ?? 0) !== weightAxis)
+    return (
+      `the embedding Gather ${describe(weightGather)} of the lm_head weight is not on axis ` +
+      `${weightAxis} (its tokens)`
+    )
   for (const n of seeds)
     if (n !== weightGather && (intAttr(n, 'axis') ?? 0) !== 0)
       return `the embedding Gather ${describe(n)} is not on axis 0`
@@ -306,7 +530,7 @@ function findEmbedding(
       if (!(index.consumers.get(out) ?? []).length) continue
       const odd = [...nodes].find(
         (m) =>
-          !EMBEDDING_OPS.has(m.op_type ?? '') ||
+          !ops.has(m.op_type ?? '') ||
           !!m.domain ||
           (m.attribute ?? []).some((x) => x.g || x.graphs?.length),
       )
@@ -383,12 +607,65 @@ export function packHeadRows(
   return out
 }
 
-/** Typed views of a head file's parts. */
+/**
+ * 'q8-rows' from the dequantized rows of a 4-bit head (`--head-format q8`): uint8 per row,
+ * asymmetric, the range including 0 (quant.ts `quantizeRowsU8`, onnxruntime's quantizer). The
+ * one rounding this adds to the exported weights is what the report's `served` errors measure.
+ */
+export function requantizeQ8(m: Q4Matrix, embedding: boolean): HeadRows {
+  const { n: V, k: H } = m
+  const stride = headStride(H)
+  const layout = headLayout(V, stride)
+  const bytes = new Uint8Array(layout.bytes)
+  const scales = new Float32Array(bytes.buffer, layout.scales, V)
+  const row = new Float32Array(H)
+  const reader = q4RowReader(H)
+  for (let v = 0; v < V; v++) {
+    reader(m.data, 21 * m.kb, v, row)
+    const q = quantizeRowsU8(row, 1, H)
+    for (let k = 0; k < H; k++) bytes[v * stride + k] = q.q[k] ^ 0x80 // uint8 - 128
+    bytes[layout.zeroPoints + v] = q.zeroPoint[0] ^ 0x80
+    scales[v] = q.scale[0]
+  }
+  return { format: 'q8-rows', vocab: V, hidden: H, stride, embedding, bytes }
+}
+
+/**
+ * A reader of 'q4-b32' rows of `hidden` inputs: row v of `data` (rows `stride` bytes apart)
+ * dequantized into `out`, (q − zp) · scale rounded once to f32, as dequantizeQ4 and the q4
+ * graph's embedding compute it.
+ */
+function q4RowReader(
+  hidden: number,
+): (data: Uint8Array, stride: number, v: number, out: Float32Array) => void {
+  const nibble = new Int32Array(hidden) // byte offset in the row, + 1 << 30 for a high nibble
+  for (let i = 0; i < hidden; i++) {
+    const { byte, high } = q4NibbleAt(i)
+    nibble[i] = byte | (high ? 1 << 30 : 0)
+  }
+  const blocks = Math.ceil(hidden / 32)
+  return (data, stride, v, out) => {
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength)
+    const base = v * stride
+    for (let c = 0; c < blocks; c++) {
+      const scale = view.getFloat32(base + q4ScaleAt(c), true)
+      const zp = data[base + q4ZeroAt(c)]
+      for (let i = c * 32; i < Math.min(hidden, c * 32 + 32); i++) {
+        const at = nibble[i]
+        const byte = data[base + (at & 0x3fffffff)]
+        out[i] = ((at & (1 << 30) ? byte >> 4 : byte & 15) - zp) * scale
+      }
+    }
+  }
+}
+
+/** Typed views of a 'q8-rows' head file's parts. */
 export function headViews(head: HeadRows): {
   rows: Int8Array
   zeroPoints: Int8Array
   scales: Float32Array
 } {
+  if (head.format !== 'q8-rows') throw new Error(`headViews: a ${head.format} head has no views`)
   const layout = headLayout(head.vocab, head.stride)
   if (head.bytes.byteLength !== layout.bytes)
     throw new Error(`head file of ${head.bytes.byteLength} bytes, expected ${layout.bytes}`)
@@ -402,16 +679,45 @@ export function headViews(head: HeadRows): {
   }
 }
 
+/** Row v of the head, dequantized: [H] float32 (the embedding row of token v when tied). */
+function headRowReader(head: HeadRows): (v: number, out: Float32Array) => void {
+  const { hidden: H, stride } = head
+  if (head.format === 'q4-b32') {
+    if (stride !== headStride(H, 'q4-b32') || head.bytes.byteLength !== head.vocab * stride)
+      throw new Error(`q4 head of ${head.bytes.byteLength} bytes, stride ${stride}: wrong size`)
+    const read = q4RowReader(H)
+    return (v, out) => read(head.bytes, stride, v, out)
+  }
+  const { rows, zeroPoints, scales } = headViews(head)
+  return (v, out) => {
+    for (let k = 0; k < H; k++) out[k] = (rows[v * stride + k] - zeroPoints[v]) * scales[v]
+  }
+}
+
 /**
  * Logits from hidden states with the head rows, in plain TypeScript (float64 accumulation):
- * hidden [rows, H] → [rows, V]. The reference the engine's kernel is measured against.
+ * hidden [rows, H] → [rows, V]. The reference the engine's kernel is measured against. 'q8-rows':
+ * Σ (row − zp) · x, times the scale; 'q4-b32': the dequantized rows times x.
  */
 export function headLogits(head: HeadRows, hidden: Float32Array, rows = 1): Float32Array {
   const { vocab: V, hidden: H, stride } = head
   if (hidden.length !== rows * H)
     throw new Error(`headLogits: ${hidden.length} values, not ${rows} x ${H}`)
-  const { rows: q, zeroPoints, scales } = headViews(head)
   const out = new Float32Array(rows * V)
+  if (head.format === 'q4-b32') {
+    const read = headRowReader(head)
+    const w = new Float32Array(H)
+    for (let v = 0; v < V; v++) {
+      read(v, w)
+      for (let r = 0; r < rows; r++) {
+        let acc = 0
+        for (let k = 0; k < H; k++) acc += w[k] * hidden[r * H + k]
+        out[r * V + v] = acc
+      }
+    }
+    return out
+  }
+  const { rows: q, zeroPoints, scales } = headViews(head)
   for (let r = 0; r < rows; r++) {
     const x = hidden.subarray(r * H, (r + 1) * H)
     for (let v = 0; v < V; v++) {
@@ -431,13 +737,13 @@ export function headLogits(head: HeadRows, hidden: Float32Array, rows = 1): Floa
  * of the product).
  */
 export function headEmbedding(head: HeadRows, ids: ArrayLike<number>): Float32Array {
-  const { hidden: H, stride } = head
-  const { rows, zeroPoints, scales } = headViews(head)
+  const H = head.hidden
+  const read = headRowReader(head)
   const out = new Float32Array(ids.length * H)
   for (let i = 0; i < ids.length; i++) {
     const t = ids[i]
     if (!(t >= 0 && t < head.vocab)) throw new RangeError(`token ${t} is outside the vocabulary`)
-    for (let k = 0; k < H; k++) out[i * H + k] = (rows[t * stride + k] - zeroPoints[t]) * scales[t]
+    read(t, out.subarray(i * H, (i + 1) * H))
   }
   return out
 }
@@ -458,19 +764,37 @@ export interface HeadCheck {
   top1Agrees: boolean
   /** max |Δ| over every present.* output: 0 when the embedding from the head rows is exact. */
   presentMaxAbsError: number
+  /**
+   * A 4-bit head requantized to 'q8-rows' (`--head-format q8`): its logits on the same hidden
+   * states against the graph's, and its embedding rows of the check's tokens against the exact
+   * ones (the errors above are those of the exact 4-bit rows).
+   */
+  served?: {
+    format: HeadFormat
+    maxAbsError: number
+    meanAbsError: number
+    top1Agrees: boolean
+    /** max |Δ| of the embedding rows of every token fed, against the exported rows. */
+    embeddingMaxAbsError: number
+    /** max |value| of those rows, the scale it compares with. */
+    embeddingMaxAbs: number
+  }
 }
 
 /**
  * Run the graph before the split and after it (onnxruntime-node, one thread) on the same
  * prompt and two decode steps on the KV cache; the split graph gets `inputs_embeds` from the
  * head rows and its logits are `headLogits`. The logits differ only by the graph lm_head's
- * activation quantization (DynamicQuantizeMatMul quantizes A to uint8 per tensor).
+ * activation quantization (DynamicQuantizeMatMul quantizes A to uint8 per tensor; MatMulNBits
+ * multiplies float activations: float rounding only). `served`: rows written instead of `head`
+ * (a requantized 4-bit head), measured on the same hidden states.
  */
 export async function checkSplitHead(
   original: ModelProto,
   split: ModelProto,
   head: HeadRows,
   config: Qwen2Config,
+  served?: HeadRows,
 ): Promise<HeadCheck> {
   const ort = await import('onnxruntime-node')
   const tokens = CHECK_TOKENS.map((t) => t % config.vocab_size)
@@ -532,15 +856,19 @@ export async function checkSplitHead(
         if (name.startsWith('present.'))
           next[name.replace('present.', 'past_key_values.')] = out[name]
       let logits: Float32Array
+      let servedLogits: Float32Array | undefined
       if (out.logits) {
         const data = out.logits.data as Float32Array
         logits = data.subarray(data.length - head.vocab)
       } else {
         const data = out[HIDDEN_STATES].data as Float32Array
-        logits = headLogits(head, data.subarray(data.length - head.hidden))
+        const last = data.subarray(data.length - head.hidden)
+        logits = headLogits(head, last)
+        if (served) servedLogits = headLogits(served, last)
       }
-      return { logits, past: next }
+      return { logits, servedLogits, past: next }
     }
+    const servedErrors = { max: 0, sum: 0, top1Agrees: true, embedding: 0, embeddingMax: 0 }
 
     let max = 0
     let sum = 0
@@ -573,6 +901,24 @@ export async function checkSplitHead(
       }
       const next = argmax(a.logits)
       if (argmax(b.logits) !== next) top1Agrees = false
+      if (b.servedLogits) {
+        const c = b.servedLogits
+        for (let v = 0; v < a.logits.length; v++) {
+          const d = Math.abs(a.logits[v] - c[v])
+          if (!(d <= servedErrors.max)) servedErrors.max = d
+          servedErrors.sum += d
+        }
+        if (argmax(c) !== next) servedErrors.top1Agrees = false
+      }
+      if (served && head.embedding) {
+        const exact = headEmbedding(head, input)
+        const ours = headEmbedding(served, input)
+        for (let j = 0; j < exact.length; j++) {
+          const d = Math.abs(exact[j] - ours[j])
+          if (!(d <= servedErrors.embedding)) servedErrors.embedding = d
+          servedErrors.embeddingMax = Math.max(servedErrors.embeddingMax, Math.abs(exact[j]))
+        }
+      }
       pastA = a.past
       pastB = b.past
       input = [next]
@@ -586,6 +932,16 @@ export async function checkSplitHead(
       referenceMaxAbs: scale,
       top1Agrees,
       presentMaxAbsError: presentMax,
+      ...(served && {
+        served: {
+          format: served.format,
+          maxAbsError: servedErrors.max,
+          meanAbsError: servedErrors.sum / count,
+          top1Agrees: servedErrors.top1Agrees,
+          embeddingMaxAbsError: servedErrors.embedding,
+          embeddingMaxAbs: servedErrors.embeddingMax,
+        },
+      }),
     }
   } finally {
     for (const s of sessions) await s.release()
@@ -606,6 +962,10 @@ function intAttr(n: NodeProto, name: string): number | undefined {
 
 function sameDims(dims: number[] | undefined, expected: number[]): boolean {
   return (dims ?? []).length === expected.length && expected.every((d, i) => dims![i] === d)
+}
+
+function shape(t: TensorProto): string {
+  return `${typeName(t.data_type)} [${(t.dims ?? []).join(', ')}]`
 }
 
 function typeName(t: number | undefined): string {

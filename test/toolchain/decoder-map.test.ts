@@ -283,7 +283,9 @@ describe('findDecoder', () => {
         initializer: [...graph.initializer!, initializer('w', new Float32Array(64 * 32), [64, 32])],
       },
     }
-    expect(reason(fp)).toMatch(/^present\.0\.key depends on \d+ DynamicQuantizeMatMul nodes/)
+    expect(reason(fp)).toMatch(
+      /^present\.0\.key depends on \d+ DynamicQuantizeMatMul or MatMulNBits nodes/,
+    )
   })
 })
 
@@ -607,7 +609,7 @@ describe('model:prepare --decoder wasm', () => {
       [
         'an unknown format',
         (m: any) => (m.decoder.format = 'q4'),
-        'decoder.format "q4" is not one of dqmm',
+        'decoder.format "q4" is not one of dqmm, nbits',
       ],
       ['no head', (m: any) => delete m.head, /^stages\[0\]\.io embeds->hidden: takes embeds/],
       [

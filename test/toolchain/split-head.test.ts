@@ -427,7 +427,7 @@ describe('splitHead leaves other graphs alone, with a reason', () => {
     if (r.applied) return
     expect(r.reason).toBe(
       'logits comes from Reshape /lm_head/Reshape_1, not a com.microsoft DynamicQuantizeMatMul ' +
-        '(the q8 form: --format q8)',
+        '(the q8 form: --format q8) or MatMulNBits (a q4 export)',
     )
     expect(r.model).toBe(fp32.model)
   })
