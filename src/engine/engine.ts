@@ -9,7 +9,14 @@ import { StopMatcher } from '../core/stop.ts'
 import { DecodeBatcher } from './serve/batcher.ts'
 import { LabelClassifier } from './serve/classify.ts'
 import { generateTokens } from './serve/generate.ts'
+import type { PackageHandle } from './package/loader.ts'
 import type { LoadedPackage } from './package/model-package.ts'
+
+/** What the engine reads of a package besides its weights. */
+type PackageInfo = Pick<
+  LoadedPackage,
+  'id' | 'config' | 'generationConfig' | 'tokenizerJson' | 'tokenizerConfig'
+>
 import type { GenerationConfig } from '../format/index.ts'
 import type { ForwardModel } from './forward.ts'
 import { loadModel, type ModelOptions } from './load-model.ts'
@@ -89,7 +96,7 @@ export class QwenEngine implements Engine {
   private constructor(
     readonly model: ForwardModel,
     readonly tokenizer: QwenTokenizer,
-    pkg: LoadedPackage,
+    pkg: PackageInfo,
     options: EngineOptions,
     loadMs: number,
   ) {
@@ -141,8 +148,15 @@ export class QwenEngine implements Engine {
     }
   }
 
-  /** Builds the tokenizer and the ORT session. Drop `pkg` afterwards: the session owns the weights. */
-  static async create(pkg: LoadedPackage, options: EngineOptions = {}): Promise<QwenEngine> {
+  /**
+   * Builds the tokenizer and the model (load-model.ts). Drop `pkg` afterwards: the model owns the
+   * weights. A package handle (loader.ts `openPackage`) is streamed into the kernels when it can
+   * run there.
+   */
+  static async create(
+    pkg: LoadedPackage | PackageHandle,
+    options: EngineOptions = {},
+  ): Promise<QwenEngine> {
     const started = performance.now()
     const tokenizer = new QwenTokenizer(pkg.tokenizerJson, pkg.tokenizerConfig)
     const model = await loadModel(pkg, options.session)
@@ -425,7 +439,7 @@ function releaseIfUnread(
 }
 
 /** Every id that ends a reply: config, generation_config, tokenizer's eos, and ChatML's <|im_end|>. */
-function eosIdsOf(pkg: LoadedPackage, tokenizer: QwenTokenizer): Set<number> {
+function eosIdsOf(pkg: PackageInfo, tokenizer: QwenTokenizer): Set<number> {
   const ids = new Set<number>()
   const add = (v: unknown) => {
     for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'number') ids.add(x)

@@ -6,12 +6,13 @@
 import { AppError, isAppError } from '../core/errors.ts'
 import { memoizeLoad } from '../core/memoize-load.ts'
 import { QwenEngine, type EngineOptions } from './engine.ts'
+import type { PackageHandle } from './package/loader.ts'
 import type { LoadedPackage } from './package/model-package.ts'
 
 export type EngineLoader = () => Promise<QwenEngine>
 
 export function createEngineHost(
-  load: () => Promise<LoadedPackage>,
+  load: () => Promise<LoadedPackage | PackageHandle>,
   options: EngineOptions = {},
 ): EngineLoader {
   const engine = memoizeLoad(() =>
@@ -24,9 +25,13 @@ export function createEngineHost(
   return () => engine('model')
 }
 
-async function loadEngine(load: () => Promise<LoadedPackage>, options: EngineOptions) {
-  // `pkg` (graph + weights, hundreds of MB) is only referenced here: once the session owns the
-  // weights in WASM memory, this frame ends and the JS copy can be collected.
+async function loadEngine(
+  load: () => Promise<LoadedPackage | PackageHandle>,
+  options: EngineOptions,
+) {
+  // `pkg` (a handle whose weights stream into the kernels, or graph + weights, hundreds of MB) is
+  // only referenced here: once the model owns the weights in WASM memory, this frame ends and
+  // any JS copy can be collected.
   const pkg = await load()
   return QwenEngine.create(pkg, options)
 }

@@ -10,7 +10,13 @@ export { QwenEngine, type EngineOptions } from './engine.ts'
 export { createEngineHost, type EngineLoader } from './host.ts'
 export { engineOptionsFromEnv } from './env.ts'
 export { installMacrotask } from './serve/macrotask.ts'
-export { loadPackage, type LoadPackageOptions, type LoadProgress } from './package/loader.ts'
+export {
+  loadPackage,
+  openPackage,
+  type LoadPackageOptions,
+  type LoadProgress,
+  type PackageHandle,
+} from './package/loader.ts'
 export type { LoadedPackage } from './package/model-package.ts'
 export { httpSource, type HttpSourceOptions } from './package/sources/http-source.ts'
 export { SourceError, type ModelSource, type SourceObject } from './package/sources/model-source.ts'

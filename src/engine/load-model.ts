@@ -7,7 +7,9 @@
  */
 import type { ForwardModel } from './forward.ts'
 import { QwenModel, type SessionOptions } from './graph/model.ts'
+import type { PackageHandle } from './package/loader.ts'
 import type { LoadedPackage } from './package/model-package.ts'
+import { kernelsUnsupported, streamKernelModel } from './wasm/kernel-loader.ts'
 import { KernelModel } from './wasm/kernel-model.ts'
 
 export interface ModelOptions extends SessionOptions {
@@ -15,13 +17,19 @@ export interface ModelOptions extends SessionOptions {
   prefill?: 'wasm' | 'graph'
 }
 
+/**
+ * A package handle (loader.ts `openPackage`) that can run in the kernels is streamed into them
+ * (no second copy of the weights during the load); otherwise it is read whole first.
+ */
 export async function loadModel(
-  pkg: LoadedPackage,
+  pkg: LoadedPackage | PackageHandle,
   options: ModelOptions = {},
 ): Promise<ForwardModel> {
-  const kernels =
-    options.decoder !== false &&
-    options.prefill !== 'graph' &&
-    KernelModel.unsupported(pkg) === undefined
+  const allowed = options.decoder !== false && options.prefill !== 'graph'
+  if ('stream' in pkg) {
+    if (allowed && kernelsUnsupported(pkg.manifest) === undefined) return streamKernelModel(pkg)
+    pkg = await pkg.load()
+  }
+  const kernels = allowed && KernelModel.unsupported(pkg) === undefined
   return kernels ? KernelModel.load(pkg) : QwenModel.load(pkg, options)
 }

@@ -10,6 +10,7 @@ import type { MatMulNBitsTensors } from './q4-b32.ts'
 import {
   decoderTensorBytes,
   type DecoderEntry,
+  type DecoderLayerRef,
   type DecoderMatrixRef,
   type DecoderTensorRef,
 } from './manifest.ts'
@@ -62,6 +63,9 @@ export interface DecoderWeights {
   finalNorm: Float32Array
 }
 
+/** The bytes of one tensor of the decoder entry (`what` names it in errors). */
+export type DecoderTensorBytes = (ref: DecoderTensorRef, what: string) => Uint8Array
+
 /**
  * The decoder weights of a manifest's `decoder` entry as views into the loaded bytes: the stage's
  * external-data buffers (in `stages[0].externalData` order) and the decoder file. Nothing is
@@ -85,11 +89,41 @@ export function resolveDecoderWeights(
       )
     return file.subarray(ref.offset, ref.offset + length)
   }
-  const floats = (ref: DecoderTensorRef, what: string): Float32Array => {
-    const b = bytes(ref, what)
-    const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b) // a copy, also of a Buffer
-    return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4)
+  return {
+    layers: entry.layers.map((l, i) => resolveDecoderLayer(l, i, bytes)),
+    finalNorm: resolveDecoderFloats(entry.finalNorm, 'finalNorm', bytes),
   }
+}
+
+/** Every tensor a layer of the entry reads. */
+export function decoderLayerTensors(l: DecoderLayerRef): DecoderTensorRef[] {
+  const out = [l.inputNorm, l.postNorm]
+  for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) {
+    out.push(m.weight, m.scale)
+    if (m.zeroPoint) out.push(m.zeroPoint)
+    if (m.bias) out.push(m.bias)
+  }
+  return out
+}
+
+/** A float32 tensor as a Float32Array (a copy only when its bytes are not 4-byte aligned). */
+export function resolveDecoderFloats(
+  ref: DecoderTensorRef,
+  what: string,
+  bytes: DecoderTensorBytes,
+): Float32Array {
+  const b = bytes(ref, what)
+  const aligned = b.byteOffset % 4 === 0 ? b : new Uint8Array(b) // a copy, also of a Buffer
+  return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4)
+}
+
+/** Layer `i` of the entry, its tensors from `bytes`. */
+export function resolveDecoderLayer(
+  l: DecoderLayerRef,
+  i: number,
+  bytes: DecoderTensorBytes,
+): DecoderLayerData {
+  const floats = (ref: DecoderTensorRef, what: string) => resolveDecoderFloats(ref, what, bytes)
   const matrix = (m: DecoderMatrixRef, what: string): DecoderMatrixData => {
     const bias = m.bias && floats(m.bias, `${what}.bias`)
     if (m.kind !== 'nbits')
@@ -128,21 +162,16 @@ export function resolveDecoderWeights(
       ...(bias && { bias }),
     }
   }
+  const at = `layers[${i}]`
   return {
-    layers: entry.layers.map((l, i) => {
-      const at = `layers[${i}]`
-      return {
-        inputNorm: floats(l.inputNorm, `${at}.inputNorm`),
-        q: matrix(l.q, `${at}.q`),
-        k: matrix(l.k, `${at}.k`),
-        v: matrix(l.v, `${at}.v`),
-        o: matrix(l.o, `${at}.o`),
-        postNorm: floats(l.postNorm, `${at}.postNorm`),
-        gate: matrix(l.gate, `${at}.gate`),
-        up: matrix(l.up, `${at}.up`),
-        down: matrix(l.down, `${at}.down`),
-      }
-    }),
-    finalNorm: floats(entry.finalNorm, 'finalNorm'),
+    inputNorm: floats(l.inputNorm, `${at}.inputNorm`),
+    q: matrix(l.q, `${at}.q`),
+    k: matrix(l.k, `${at}.k`),
+    v: matrix(l.v, `${at}.v`),
+    o: matrix(l.o, `${at}.o`),
+    postNorm: floats(l.postNorm, `${at}.postNorm`),
+    gate: matrix(l.gate, `${at}.gate`),
+    up: matrix(l.up, `${at}.up`),
+    down: matrix(l.down, `${at}.down`),
   }
 }

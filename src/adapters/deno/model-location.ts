@@ -7,14 +7,19 @@ import { isValidPackageId } from '../../format/index.ts'
 import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
-import { httpSource, type LoadedPackage, loadPackage } from '../../engine/index.ts'
+import {
+  httpSource,
+  type LoadedPackage,
+  openPackage,
+  type PackageHandle,
+} from '../../engine/index.ts'
 
 export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 export const DEFAULT_STORE = 'model-shards'
 
 export interface ModelLocation {
   describe: string
-  load(): Promise<LoadedPackage>
+  load(): Promise<LoadedPackage | PackageHandle>
 }
 
 declare const Deno: {
@@ -30,7 +35,7 @@ export async function resolveModelLocation(
   if (url) {
     return {
       describe: model,
-      load: () => named(loadPackage(httpSource(url.base), url.id, BY_PATH), url.id),
+      load: () => named(openPackage(httpSource(url.base), url.id, BY_PATH), url.id),
     }
   }
 
@@ -38,7 +43,7 @@ export async function resolveModelLocation(
   if (await isFile(`${folder}/manifest.json`)) {
     const cut = folder.lastIndexOf('/')
     const [parent, id] = [folder.slice(0, cut) || '/', folder.slice(cut + 1)]
-    return { describe: folder, load: () => named(loadPackage(fsSource(parent), id, BY_PATH), id) }
+    return { describe: folder, load: () => named(openPackage(fsSource(parent), id, BY_PATH), id) }
   }
   if ((await isFile(`${folder}/config.json`)) && (await isDirectory(`${folder}/onnx`))) {
     throw new Error(
@@ -50,7 +55,7 @@ export async function resolveModelLocation(
     throw new Error(`MODEL=${model}: no manifest.json there, and not a package id either`)
   }
   const root = absolute(store).replace(/\/+$/, '')
-  return { describe: `${root}/${model}`, load: () => loadPackage(fsSource(root), model) }
+  return { describe: `${root}/${model}`, load: () => openPackage(fsSource(root), model) }
 }
 
 function absolute(path: string): string {

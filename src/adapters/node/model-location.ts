@@ -9,14 +9,19 @@ import { BY_PATH, named } from '../named-package.ts'
 import { splitPackageUrl } from '../package-url.ts'
 import { fsSource } from './fs-source.ts'
 import { loadHfFolder } from './hf-folder.ts'
-import { httpSource, type LoadedPackage, loadPackage } from '../../engine/index.ts'
+import {
+  httpSource,
+  type LoadedPackage,
+  openPackage,
+  type PackageHandle,
+} from '../../engine/index.ts'
 
 export const DEFAULT_MODEL = 'qwen2-tiny-random-q8'
 export const DEFAULT_STORE = 'model-shards'
 
 export interface ModelLocation {
   describe: string
-  load(): Promise<LoadedPackage>
+  load(): Promise<LoadedPackage | PackageHandle>
 }
 
 export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STORE): ModelLocation {
@@ -24,7 +29,7 @@ export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STOR
   if (url) {
     return {
       describe: model,
-      load: () => named(loadPackage(httpSource(url.base), url.id, BY_PATH), url.id),
+      load: () => named(openPackage(httpSource(url.base), url.id, BY_PATH), url.id),
     }
   }
   const asFolder = resolve(model)
@@ -32,12 +37,12 @@ export function resolveModelLocation(model = DEFAULT_MODEL, store = DEFAULT_STOR
     const id = basename(asFolder)
     return {
       describe: asFolder,
-      load: () => named(loadPackage(fsSource(dirname(asFolder)), id, BY_PATH), id),
+      load: () => named(openPackage(fsSource(dirname(asFolder)), id, BY_PATH), id),
     }
   }
   if (existsSync(join(asFolder, 'config.json')) && existsSync(join(asFolder, 'onnx'))) {
     return { describe: `${asFolder} (Hugging Face layout)`, load: () => loadHfFolder(asFolder) }
   }
   const root = resolve(store)
-  return { describe: join(root, model), load: () => loadPackage(fsSource(root), model) }
+  return { describe: join(root, model), load: () => openPackage(fsSource(root), model) }
 }

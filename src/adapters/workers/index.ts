@@ -12,7 +12,7 @@ import {
   createEngineHost,
   type EngineLoader,
   engineOptionsFromEnv,
-  loadPackage,
+  openPackage,
   type QwenEngine,
   useKernelModules,
 } from '../../engine/index.ts'
@@ -52,7 +52,7 @@ const app = createApp<{ Bindings: Env }>({
     const env = c.env // capture the bindings only: the first request's context must not live on
     getEngine ??= createEngineHost(
       () =>
-        loadPackage(
+        openPackage(
           r2Source(env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
           env.MODEL || DEFAULT_MODEL,
           {

@@ -17,6 +17,7 @@ import {
   MANIFEST_FILE,
   packageKey,
   parseManifest,
+  type ExternalDataEntry,
   type Manifest,
   type ManifestFile,
   type Stage,
@@ -64,11 +65,44 @@ const DEFAULT_RETRIES = 3
 const DEFAULT_RETRY_DELAY_MS = 250
 const MAX_RETRY_DELAY_MS = 8000
 
+/** One of the package's big files: an external-data file of the stage, the decoder file or the head file. */
+export type BigFile = { kind: 'external'; index: number } | { kind: 'decoder' } | { kind: 'head' }
+
+/** Takes a verified piece of a big file (`bytes` at `offset` of it); may keep `bytes`. */
+export type ShardSink = (file: BigFile, offset: number, bytes: Uint8Array) => void | Promise<void>
+
+/**
+ * A package whose manifest and small files (tokenizer, graph) are read and whose weights are
+ * still in the store: `load` reads them into one buffer per file (what onnxruntime takes),
+ * `stream` hands them over shard by shard so a consumer can put each in its final place and
+ * drop it (the engine's kernels: no second copy of the weights during the load).
+ */
+export interface PackageHandle extends Omit<
+  LoadedModelPackage,
+  'externalData' | 'head' | 'decoder'
+> {
+  load(): Promise<LoadedModelPackage>
+  stream(sink: ShardSink): Promise<void>
+}
+
+/** The whole package, weights in memory (`openPackage(...).load()`). */
 export async function loadPackage(
   source: ModelSource,
   id: string,
   options: LoadPackageOptions = {},
 ): Promise<LoadedModelPackage> {
+  return (await openPackage(source, id, options)).load()
+}
+
+/**
+ * Reads the manifest and the small files. Either `load` or `stream` may then be called once;
+ * both verify every shard's sha256 before anything uses it.
+ */
+export async function openPackage(
+  source: ModelSource,
+  id: string,
+  options: LoadPackageOptions = {},
+): Promise<PackageHandle> {
   const ctx = new LoadContext(source, id, options)
   const manifestKey = packageKey(id, MANIFEST_FILE)
   const manifestBytes = await ctx.withRetry(manifestKey, () => source.get(manifestKey))
@@ -93,60 +127,96 @@ export async function loadPackage(
       `Model package ${id} has no stage ${stageIndex} (it has ${manifest.stages.length})`,
     )
   }
-
   const small = [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph]
   // the decoder file (small tensors of the decoder entry) and the head file (a split lm_head,
   // head.ts) are cut into shards like external data; same order as listFiles
   const decoderFile = manifest.decoder?.file
-  const big = [
-    ...stage.externalData,
-    ...(decoderFile ? [decoderFile] : []),
-    ...(manifest.head ? [manifest.head.file] : []),
+  const big: Array<{ file: BigFile; entry: ExternalDataEntry }> = [
+    ...stage.externalData.map((entry, index) => ({
+      file: { kind: 'external', index } as BigFile,
+      entry,
+    })),
+    ...(decoderFile ? [{ file: { kind: 'decoder' } as BigFile, entry: decoderFile }] : []),
+    ...(manifest.head ? [{ file: { kind: 'head' } as BigFile, entry: manifest.head.file }] : []),
   ]
-  const buffers = big.map((ext) => new Uint8Array(new ArrayBuffer(ext.bytes)))
-  const shardJobs = big.flatMap((ext, i) => {
-    let offset = 0
-    return ext.shards.map((shard) => {
-      const target = buffers[i].subarray(offset, (offset += shard.bytes))
-      return { shard, target }
-    })
-  })
-  ctx.startProgress([...small, ...shardJobs.map((j) => j.shard)])
-
-  const results = await ctx.all<Uint8Array<ArrayBuffer> | void>([
-    ...small.map((f) => () => ctx.readWhole(f)),
-    ...shardJobs.map((job) => () => ctx.readInto(job.shard, job.target)),
-  ])
-  const [tokenizerJson, tokenizerConfig, graph] = results as Uint8Array<ArrayBuffer>[]
-  const head = manifest.head && {
-    format: manifest.head.format,
-    vocab: manifest.head.vocab,
-    hidden: manifest.head.hidden,
-    stride: manifest.head.stride,
-    embedding: manifest.head.embedding,
-    data: buffers[buffers.length - 1],
-  }
-  // the entry refers to stages[0]: a package with a decoder has only that one (parseManifest)
-  const decoder =
-    manifest.decoder &&
-    resolveDecoderWeights(
-      manifest.decoder,
-      buffers.slice(0, stage.externalData.length),
-      decoderFile && buffers[stage.externalData.length],
-    )
-  return {
+  ctx.startProgress([...small, ...big.flatMap((b) => b.entry.shards)])
+  const [tokenizerJson, tokenizerConfig, graph] = await ctx.all(
+    small.map((f) => () => ctx.readWhole(f)),
+  )
+  const base = {
     id: manifest.id,
     config: manifest.config as Qwen2Config,
     generationConfig: manifest.generationConfig as GenerationConfig,
     tokenizerJson: parseJsonObject(tokenizerJson, manifest.tokenizer.json.path),
     tokenizerConfig: parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path),
     graph,
-    externalData: stage.externalData.map((ext, i) => ({ path: ext.location, data: buffers[i] })),
-    ...(head && { head }),
-    ...(decoder && { decoder }),
     manifest,
     stage,
   }
+  let used = false
+  const once = () => {
+    if (used) throw new Error('a package handle is read once: load() or stream()')
+    used = true
+  }
+
+  const load = async (): Promise<LoadedModelPackage> => {
+    once()
+    const buffers = big.map((b) => new Uint8Array(new ArrayBuffer(b.entry.bytes)))
+    await ctx.all(
+      big.flatMap((b, i) => {
+        let offset = 0
+        return b.entry.shards.map((shard) => {
+          const target = buffers[i].subarray(offset, (offset += shard.bytes))
+          return () => ctx.readInto(shard, target)
+        })
+      }),
+    )
+    const head = manifest.head && {
+      format: manifest.head.format,
+      vocab: manifest.head.vocab,
+      hidden: manifest.head.hidden,
+      stride: manifest.head.stride,
+      embedding: manifest.head.embedding,
+      data: buffers[buffers.length - 1],
+    }
+    // the entry refers to stages[0]: a package with a decoder has only that one (parseManifest)
+    const decoder =
+      manifest.decoder &&
+      resolveDecoderWeights(
+        manifest.decoder,
+        buffers.slice(0, stage.externalData.length),
+        decoderFile && buffers[stage.externalData.length],
+      )
+    return {
+      ...base,
+      externalData: stage.externalData.map((ext, i) => ({ path: ext.location, data: buffers[i] })),
+      ...(head && { head }),
+      ...(decoder && { decoder }),
+    }
+  }
+
+  const stream = async (sink: ShardSink): Promise<void> => {
+    once()
+    // the decoder file first: its small tensors (norms, biases) complete the layers the large
+    // shards bring, so those can be written and dropped as they come
+    const order = [...big].sort((a, b) => rank(a.file) - rank(b.file))
+    await ctx.all(
+      order.flatMap((b) => {
+        let offset = 0
+        return b.entry.shards.map((shard) => {
+          const at = offset
+          offset += shard.bytes
+          return async () => {
+            const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
+            await ctx.readInto(shard, bytes)
+            await sink(b.file, at, bytes)
+          }
+        })
+      }),
+    )
+  }
+
+  return { ...base, load, stream }
 }
 
 class LoadContext {
@@ -357,6 +427,10 @@ export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string>
   let hex = ''
   for (const b of digest) hex += b.toString(16).padStart(2, '0')
   return hex
+}
+
+function rank(file: BigFile): number {
+  return file.kind === 'decoder' ? 0 : file.kind === 'external' ? 1 : 2
 }
 
 /** `instanceof ArrayBuffer` fails across realms; a SharedArrayBuffer-backed view must be copied. */

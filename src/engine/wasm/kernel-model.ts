@@ -39,6 +39,12 @@ export class KernelModel implements ForwardModel {
     return Q8Decoder.unsupported(decoderShape(pkg.config))
   }
 
+  /** A model of a head and a decoder already filled (kernel-loader.ts). */
+  static of(config: Qwen2Config, head: Q8Head, decoder: Q8Decoder): KernelModel {
+    if (!decoder.complete) throw new Error('KernelModel.of: the decoder is not complete')
+    return new KernelModel(config, head, decoder)
+  }
+
   /** Packs the head and the layers into the kernels. The caller drops `pkg` afterwards. */
   static async load(pkg: LoadedPackage): Promise<KernelModel> {
     const why = KernelModel.unsupported(pkg)

@@ -1,0 +1,141 @@
+/**
+ * Loads a package straight into the engine's kernels: the head file and the decoder layers are
+ * written into their final place in WASM memory as the shards arrive (each verified first), and
+ * a shard is dropped as soon as no layer still waiting needs its bytes. So the load never holds
+ * a second full copy of the weights: its peak is the kernels' memory plus the shards in flight
+ * and the few a layer spanning them keeps (a layer's matrices lie together in the data file).
+ */
+import { AppError } from '../../core/errors.ts'
+import {
+  decoderLayerTensors,
+  decoderTensorBytes,
+  resolveDecoderFloats,
+  resolveDecoderLayer,
+  type DecoderTensorRef,
+  type Manifest,
+} from '../../format/index.ts'
+import type { BigFile, PackageHandle } from '../package/loader.ts'
+import { Q8Decoder } from './decoder.ts'
+import { Q8Head } from './head.ts'
+import { KernelModel, decoderShape } from './kernel-model.ts'
+
+/** Why the manifest's package cannot run in the kernels alone, or undefined if it can. */
+export function kernelsUnsupported(manifest: Manifest): string | undefined {
+  if (!manifest.head?.embedding) return 'the package has no head file with the tied embedding'
+  if (!manifest.decoder) return 'the package has no decoder map'
+  return Q8Decoder.unsupported(decoderShape(manifest.config))
+}
+
+/** What a streamed load held besides the kernels' memory (tests and reports). */
+export interface StreamStats {
+  /** Most bytes of shards kept at once for layers that were not complete yet. */
+  peakHeldBytes: number
+}
+
+export async function streamKernelModel(
+  handle: PackageHandle,
+  stats: StreamStats = { peakHeldBytes: 0 },
+): Promise<KernelModel> {
+  const { manifest } = handle
+  const why = kernelsUnsupported(manifest)
+  if (why) throw new AppError('model_invalid', `The package cannot run in the kernels: ${why}`)
+  const entry = manifest.decoder!
+  const h = manifest.head!
+  const head = await Q8Head.allocate(h)
+  const decoder = await Q8Decoder.allocate(decoderShape(manifest.config), head, entry.format)
+  const pieces = new Pieces()
+  const waiting = new Map(entry.layers.map((l, i) => [i, decoderLayerTensors(l)]))
+  let finalNorm: DecoderTensorRef | undefined = entry.finalNorm
+  let headBytes = 0
+
+  const take = (file: BigFile, offset: number, bytes: Uint8Array) => {
+    if (file.kind === 'head') {
+      head.write(offset, bytes)
+      headBytes += bytes.byteLength
+      return
+    }
+    pieces.add(file.kind === 'decoder' ? 'decoder' : file.index, offset, bytes)
+    stats.peakHeldBytes = Math.max(stats.peakHeldBytes, pieces.heldBytes)
+    for (const [l, refs] of waiting) {
+      if (!refs.every((r) => pieces.has(r))) continue
+      decoder.writeLayer(l, resolveDecoderLayer(entry.layers[l], l, pieces.bytes))
+      waiting.delete(l)
+    }
+    if (finalNorm && pieces.has(finalNorm)) {
+      decoder.writeFinalNorm(resolveDecoderFloats(finalNorm, 'finalNorm', pieces.bytes))
+      finalNorm = undefined
+    }
+    const needed = [...waiting.values()].flat().concat(finalNorm ? [finalNorm] : [])
+    pieces.keepOnly(needed)
+  }
+  await handle.stream(take)
+  if (waiting.size || finalNorm || headBytes !== head.fileBytes)
+    throw new AppError('model_invalid', 'The package ended before its decoder map and head did')
+  return KernelModel.of(manifest.config, head, decoder)
+}
+
+type FileKey = number | 'decoder'
+
+/** Pieces of the package's files (shards), by file and offset. */
+class Pieces {
+  private readonly files = new Map<FileKey, Array<{ offset: number; bytes: Uint8Array }>>()
+
+  add(file: FileKey, offset: number, bytes: Uint8Array): void {
+    const list = this.files.get(file) ?? []
+    list.push({ offset, bytes })
+    list.sort((a, b) => a.offset - b.offset)
+    this.files.set(file, list)
+  }
+
+  /** Whether every byte of the tensor is here. */
+  has(ref: DecoderTensorRef): boolean {
+    let at = ref.offset
+    const end = at + decoderTensorBytes(ref)
+    for (const p of this.files.get(ref.file) ?? []) {
+      if (at >= end) break
+      if (p.offset > at) return false
+      at = Math.max(at, p.offset + p.bytes.byteLength)
+    }
+    return at >= end
+  }
+
+  /** The tensor's bytes: a view of its piece, or a copy when it spans several. */
+  readonly bytes = (ref: DecoderTensorRef): Uint8Array => {
+    const length = decoderTensorBytes(ref)
+    const list = this.files.get(ref.file) ?? []
+    const one = list.find(
+      (p) => p.offset <= ref.offset && ref.offset + length <= p.offset + p.bytes.byteLength,
+    )
+    if (one) return one.bytes.subarray(ref.offset - one.offset, ref.offset - one.offset + length)
+    const out = new Uint8Array(length)
+    for (const p of list) {
+      const from = Math.max(ref.offset, p.offset)
+      const to = Math.min(ref.offset + length, p.offset + p.bytes.byteLength)
+      if (from < to) out.set(p.bytes.subarray(from - p.offset, to - p.offset), from - ref.offset)
+    }
+    return out
+  }
+
+  /** Drops every piece no tensor of `refs` overlaps. */
+  keepOnly(refs: readonly DecoderTensorRef[]): void {
+    for (const [file, list] of this.files) {
+      const kept = list.filter((p) =>
+        refs.some(
+          (r) =>
+            r.file === file &&
+            r.offset < p.offset + p.bytes.byteLength &&
+            p.offset < r.offset + decoderTensorBytes(r),
+        ),
+      )
+      if (kept.length) this.files.set(file, kept)
+      else this.files.delete(file)
+    }
+  }
+
+  /** Bytes held. */
+  get heldBytes(): number {
+    let n = 0
+    for (const list of this.files.values()) for (const p of list) n += p.bytes.byteLength
+    return n
+  }
+}
