@@ -74,6 +74,12 @@ export interface MakeModelOptions {
   distribution?: WeightDistribution
   /** true / false forces it; default: external when the weights exceed 1 GiB. */
   externalData?: boolean
+  /**
+   * The fp32 tensors to write instead of the generated ones (Hugging Face name and layout),
+   * encoded in `format` as usual: lets a harness run weights it changed (say, quantized and
+   * dequantized again) in the same graph.
+   */
+  tensors?: (spec: HfTensorSpec) => Float32Array
 }
 
 export interface MadeModel {
@@ -140,7 +146,8 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   writeJson('tokenizer_config.json', hfTokenizerConfig(baseTokenizerConfig, dims))
 
   const onnxFile = `onnx/${ONNX_FILE_NAMES[format]}`
-  const tensors = (spec: HfTensorSpec) => generateHfTensor(spec, seed, distribution)
+  const tensors =
+    options.tensors ?? ((spec: HfTensorSpec) => generateHfTensor(spec, seed, distribution))
   const produced = produceWeights(dims, format, tensors)
   const next = (t: TensorProto) => {
     const r = produced.next()
