@@ -18,9 +18,13 @@
  *
  *   npm run bench [-- --quick] [--only engine,ort-web,...] [--no-explore] [--json]
  *   npm run bench -- --render    (BENCHMARKS.md and the chart again from bench/results.json)
+ *
+ * How close the quantized formats stay to fp32 (KL, top-1) is its own harness, on presets whose
+ * weights look trained: `npm run bench:fidelity` (bench/fidelity.ts). Its table goes into
+ * BENCHMARKS.md by hand, between `<!-- section:fidelity -->` markers, which a new report keeps.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
 import { isMain, parseCli, runMain } from './lib/cli.ts'
@@ -47,7 +51,13 @@ import {
   SENTIMENT_TEXT,
   STREAM_QUESTIONS,
 } from './bench/prompts.ts'
-import { checkGoals, decodeChartSvg, renderMarkdown, type BenchResults } from './bench/report.ts'
+import {
+  checkGoals,
+  decodeChartSvg,
+  keepSections,
+  renderMarkdown,
+  type BenchResults,
+} from './bench/report.ts'
 import type { BandwidthResult, BenchPlan, EngineResult } from './bench/types.ts'
 import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx/index.ts'
 
@@ -98,6 +108,10 @@ export const BENCH_CLI = {
     'npm run bench -- --only engine,ort-web --no-explore',
     'npm run bench -- --render',
   ],
+  notes: [
+    'Quantization fidelity (KL and top-1 against fp32, with and without outlier channels) is',
+    'measured separately: npm run bench:fidelity -- --help',
+  ],
 } as const
 
 /** Bytes of every initializer: a q8 decode step reads each weight once (the tied embedding is the lm_head). */
@@ -130,8 +144,12 @@ function describeSource(): BenchResults['source'] {
 function writeOutputs(results: BenchResults, outDir: string, writeReport: boolean, json: string) {
   writeFileSync(join(outDir, 'results.json'), json)
   writeFileSync(join(outDir, 'decode.svg'), decodeChartSvg(results))
-  const md = renderMarkdown(results)
-  writeFileSync(writeReport ? 'BENCHMARKS.md' : join(outDir, 'BENCHMARKS.md'), md)
+  const path = writeReport ? 'BENCHMARKS.md' : join(outDir, 'BENCHMARKS.md')
+  const md = keepSections(
+    existsSync(path) ? readFileSync(path, 'utf8') : '',
+    renderMarkdown(results),
+  )
+  writeFileSync(path, md)
   return md
 }
 

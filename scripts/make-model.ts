@@ -9,9 +9,11 @@ import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import { isMain, parseCli, type CliOption } from './lib/cli.ts'
 import {
+  PRESETS,
   WEIGHT_FORMATS,
   isPresetName,
   type ModelDims,
+  type WeightDistribution,
   type WeightFormat,
 } from './lib/model-presets.ts'
 import { makeModel } from './lib/synth-model.ts'
@@ -43,7 +45,11 @@ export const MAKE_MODEL_CLI = {
     preset: {
       type: 'string',
       arg: '<name>',
-      help: "shapes (required): tiny, tiny-mha, qwen2.5-0.5b (Qwen2.5-0.5B-Instruct's), qwen1.5-0.5b",
+      help:
+        'shapes (required): tiny, tiny-mha, small (4 layers, hidden 256), qwen2.5-0.5b ' +
+        "(Qwen2.5-0.5B-Instruct's), qwen1.5-0.5b; tiny-outliers, small-outliers, " +
+        'qwen2.5-0.5b-outliers: the same shapes with weights drawn like a trained model (heavy ' +
+        'tails, 3 outlier channels at 40x, logit entropy of a few nats)',
     },
     format: { type: 'string', arg: '<fp32|q8|q4>', default: 'fp32', help: 'weights format' },
     out: { type: 'string', arg: '<dir>', help: 'output folder (required)' },
@@ -68,6 +74,26 @@ export const MAKE_MODEL_CLI = {
       help: 'lm_head shares the embedding matrix',
       defaultHelp: "the preset's",
     },
+    outliers: {
+      type: 'string',
+      arg: '<count>x<gain>',
+      help:
+        'hidden channels whose layer-norm weights are <gain> times larger, in every layer ' +
+        '(3x40: three channels at 40x; 0: none)',
+      defaultHelp: "the preset's",
+    },
+    'tail-dof': {
+      type: 'string',
+      arg: '<n>',
+      help: 'Student-t degrees of freedom of the matrices (heavy tails; 0: uniform)',
+      defaultHelp: "the preset's",
+    },
+    'logit-scale': {
+      type: 'string',
+      arg: '<x>',
+      help: "the final norm's weights times <x>: a wider logit spread",
+      defaultHelp: "the preset's",
+    },
     ...Object.fromEntries(
       Object.keys(NUMERIC_OVERRIDES).map((k): [string, CliOption] => [
         k,
@@ -78,6 +104,7 @@ export const MAKE_MODEL_CLI = {
   examples: [
     'npm run model:make -- --preset tiny --format q8 --out .cache/models/tiny-q8',
     'npm run model:make -- --preset tiny-mha --format q4 --num-layers 1 --out /tmp/m --no-logits-to-keep',
+    'npm run model:make -- --preset small-outliers --format q4 --out .cache/models/small-outliers-q4',
   ],
 } as const
 
@@ -85,8 +112,7 @@ function main() {
   const { values } = parseCli(MAKE_MODEL_CLI)
   const preset = String(values.preset ?? '')
   const format = String(values.format) as WeightFormat
-  if (!isPresetName(preset))
-    throw new Error(`--preset: tiny, tiny-mha, qwen2.5-0.5b or qwen1.5-0.5b`)
+  if (!isPresetName(preset)) throw new Error(`--preset: ${Object.keys(PRESETS).join(', ')}`)
   if (!WEIGHT_FORMATS.includes(format)) throw new Error(`--format: ${WEIGHT_FORMATS.join(', ')}`)
   if (!values.out) throw new Error('--out <dir> is required')
   const seed = Number(values.seed)
@@ -104,6 +130,20 @@ function main() {
   if (values['tie-word-embeddings'] !== undefined)
     overrides.tieWordEmbeddings = values['tie-word-embeddings']
 
+  const distribution: WeightDistribution = {}
+  if (values.outliers !== undefined) {
+    const m = /^(\d+)(?:x([\d.]+))?$/.exec(values.outliers)
+    if (!m || (m[1] !== '0' && !m[2]))
+      throw new Error(`--outliers: <count>x<gain> (3x40) or 0, got ${values.outliers}`)
+    distribution.outliers = { count: Number(m[1]), gain: Number(m[2] ?? 1) }
+  }
+  if (values['tail-dof'] !== undefined) {
+    const dof = Number(values['tail-dof'])
+    if (!Number.isFinite(dof)) throw new Error(`--tail-dof must be a number`)
+    distribution.tailDof = dof === 0 ? undefined : dof
+  }
+  if (values['logit-scale'] !== undefined) distribution.logitScale = Number(values['logit-scale'])
+
   const started = performance.now()
   const made = makeModel({
     preset,
@@ -113,6 +153,7 @@ function main() {
     logitsToKeep: values['logits-to-keep'],
     externalData: values['external-data'],
     overrides,
+    distribution,
   })
   const seconds = ((performance.now() - started) / 1000).toFixed(1)
   console.log(`${preset} ${format} seed ${seed} → ${made.dir} in ${seconds} s`)

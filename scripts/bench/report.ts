@@ -153,6 +153,16 @@ export function decodeChartSvg(r: BenchResults): string {
   })
 }
 
+/**
+ * Sections of BENCHMARKS.md that other tools produce (`<!-- section:NAME -->` …
+ * `<!-- /section:NAME -->`, e.g. the fidelity tables of `npm run bench:fidelity`): a new report
+ * keeps them, in their order, at its end, instead of dropping what it did not measure.
+ */
+export function keepSections(previous: string, md: string): string {
+  const kept = previous.match(/<!-- section:([\w-]+) -->[\s\S]*?<!-- \/section:\1 -->/g) ?? []
+  return kept.length ? `${md.trimEnd()}\n\n${kept.join('\n\n')}\n` : md
+}
+
 export function renderMarkdown(r: BenchResults): string {
   const m = r.machine
   const engines = r.engines
@@ -302,6 +312,7 @@ export function renderMarkdown(r: BenchResults): string {
     'npm run bench -- --quick # short run: writes .cache/bench/quick/ only',
     'npm run bench:engine     # engine vs the bare ORT-web loop only',
     'npm run bench -- --render # BENCHMARKS.md and the chart again from bench/results.json',
+    "npm run bench:fidelity   # quantized formats' logits against fp32 (KL, top-1) on synthetic presets",
     '```',
     '',
     'Run it on a quiet machine (load average well under 1.5 on 2 cores): every number here is one thread competing with whatever else runs.',

@@ -23,7 +23,15 @@ export interface ModelDims {
   maxPositionEmbeddings: number
 }
 
-export type PresetName = 'tiny' | 'tiny-mha' | 'qwen2.5-0.5b' | 'qwen1.5-0.5b'
+export type PresetName =
+  | 'tiny'
+  | 'tiny-mha'
+  | 'tiny-outliers'
+  | 'small'
+  | 'small-outliers'
+  | 'qwen2.5-0.5b'
+  | 'qwen2.5-0.5b-outliers'
+  | 'qwen1.5-0.5b'
 export type WeightFormat = 'fp32' | 'q8' | 'q4'
 
 export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'q8', 'q4']
@@ -46,17 +54,31 @@ const QWEN25_05B: ModelDims = {
   maxPositionEmbeddings: 32768,
 }
 
+// A few MB beyond the embedding; GQA with 2 query heads per kv head.
+const TINY: ModelDims = {
+  ...QWEN25_05B,
+  hiddenSize: 64,
+  intermediateSize: 176, // not a multiple of the q4 block size (32): exercises padded blocks
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 16,
+}
+
+// Big enough for quantization error to build up over layers, small enough to iterate on: a
+// decode step is dominated by the 151936-row head. head_dim 64 as in Qwen2.5-0.5B.
+const SMALL: ModelDims = {
+  ...QWEN25_05B,
+  hiddenSize: 256,
+  intermediateSize: 1024,
+  numLayers: 4,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 64,
+}
+
 export const PRESETS: Record<PresetName, ModelDims> = {
-  // A few MB beyond the embedding; GQA with 2 query heads per kv head.
-  tiny: {
-    ...QWEN25_05B,
-    hiddenSize: 64,
-    intermediateSize: 176, // not a multiple of the q4 block size (32): exercises padded blocks
-    numLayers: 2,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 16,
-  },
+  tiny: TINY,
   // Plain multi-head attention, small head_dim, separate lm_head.
   'tiny-mha': {
     ...QWEN25_05B,
@@ -70,7 +92,11 @@ export const PRESETS: Record<PresetName, ModelDims> = {
     rmsNormEps: 1e-5,
     tieWordEmbeddings: false,
   },
+  'tiny-outliers': TINY,
+  small: SMALL,
+  'small-outliers': SMALL,
   'qwen2.5-0.5b': QWEN25_05B,
+  'qwen2.5-0.5b-outliers': QWEN25_05B,
   // Qwen1.5-0.5B(-Chat): no GQA, wider.
   'qwen1.5-0.5b': {
     ...QWEN25_05B,
@@ -79,6 +105,76 @@ export const PRESETS: Record<PresetName, ModelDims> = {
     numHeads: 16,
     numKvHeads: 16,
   },
+}
+
+/**
+ * How the random weights are drawn, beyond their shapes. The plain presets draw every matrix
+ * uniform with std 1/sqrt(fan_in): no activation outliers, light tails, and logits so flat that
+ * the next token is nearly uniform over the vocabulary, which flatters every quantized format's
+ * error. The `-outliers` presets draw what trained checkpoints show instead.
+ */
+export interface WeightDistribution {
+  /**
+   * Student-t degrees of freedom of the linear and embedding weights, at the uniform draw's
+   * std; undefined: uniform. Trained weights are heavy-tailed, and the few values far out set
+   * the scale of their row (q8) or block (q4).
+   */
+  tailDof?: number
+  /**
+   * `count` hidden channels, the same in every layer, whose input_layernorm and
+   * post_attention_layernorm weights are `gain` times larger, so the normalised activations
+   * entering q/k/v and gate/up carry a few channels tens of times above the rest (LLM.int8()
+   * found such fixed outlier dimensions in every large model). The matrix columns reading them
+   * are divided by sqrt(gain): those channels then carry a large but not dominant share of each
+   * projection's input, so quantizing them badly costs accuracy, as it does in real models.
+   */
+  outliers?: { count: number; gain: number }
+  /**
+   * The final norm's weights times this: logits spread like a trained model's (next-token
+   * entropy of a few nats) instead of a random model's near-uniform ~ln(vocab).
+   */
+  logitScale?: number
+}
+
+/**
+ * What the `-outliers` presets draw: Student-t(5) matrices (kurtosis 9), three outlier channels
+ * at 40x (the issue's measurement), and a logit scale per preset measured with the TS reference
+ * to give a next-token entropy of a few nats: heavy-tailed head rows spread the logits more the
+ * narrower the hidden size, so the smaller presets need less.
+ */
+const trainedLike = (logitScale: number): WeightDistribution => ({
+  tailDof: 5,
+  outliers: { count: 3, gain: 40 },
+  logitScale,
+})
+
+export const PRESET_DISTRIBUTIONS: Record<PresetName, WeightDistribution> = {
+  tiny: {},
+  'tiny-mha': {},
+  'tiny-outliers': trainedLike(2.25),
+  small: {},
+  'small-outliers': trainedLike(2.25),
+  'qwen2.5-0.5b': {},
+  'qwen2.5-0.5b-outliers': trainedLike(4),
+  'qwen1.5-0.5b': {},
+}
+
+/** The preset's distribution with overrides applied, checked. */
+export function resolveDistribution(
+  preset: PresetName,
+  overrides: WeightDistribution = {},
+): WeightDistribution {
+  const d = { ...PRESET_DISTRIBUTIONS[preset], ...overrides }
+  if (d.tailDof !== undefined && !(d.tailDof > 2))
+    throw new Error(`tailDof must be above 2 (finite variance), got ${d.tailDof}`)
+  if (d.outliers) {
+    const { count, gain } = d.outliers
+    if (!Number.isInteger(count) || count < 0) throw new Error(`outlier count: ${count}`)
+    if (!(gain > 0)) throw new Error(`outlier gain must be positive, got ${gain}`)
+  }
+  if (d.logitScale !== undefined && !(d.logitScale > 0))
+    throw new Error(`logitScale must be positive, got ${d.logitScale}`)
+  return d
 }
 
 export function isPresetName(name: string): name is PresetName {
@@ -125,7 +221,7 @@ export const TOKENS = { endoftext: 151643, imStart: 151644, imEnd: 151645 } as c
 export function hfConfig(
   preset: PresetName,
   dims: ModelDims,
-  synthetic: { seed: number; format: WeightFormat },
+  synthetic: { seed: number; format: WeightFormat; distribution?: WeightDistribution },
 ): Qwen2Config & Record<string, unknown> {
   const config: Qwen2Config & Record<string, unknown> = {
     architectures: ['Qwen2ForCausalLM'],
@@ -156,10 +252,12 @@ export function hfConfig(
   if (dims.headDim * dims.numHeads !== dims.hiddenSize) config.head_dim = dims.headDim
   // Not a transformers field: lets readers know q/k/v carry a bias (always true in Qwen2).
   if (!dims.qkvBias) config.qwen_edge_qkv_bias = false
+  const { distribution } = synthetic
   config.qwen_edge_synthetic = {
     seed: synthetic.seed,
     format: synthetic.format,
     preset,
+    ...(distribution && Object.keys(distribution).length ? { distribution } : {}),
     note: 'random weights: output is noise, not model quality',
   }
   return config

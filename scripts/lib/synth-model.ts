@@ -31,8 +31,10 @@ import {
   hfGenerationConfig,
   hfTokenizerConfig,
   resolveDims,
+  resolveDistribution,
   type ModelDims,
   type PresetName,
+  type WeightDistribution,
   type WeightFormat,
 } from './model-presets.ts'
 import { buildQwen2Graph } from './qwen2-graph.ts'
@@ -41,6 +43,7 @@ import {
   generateHfTensor,
   hfTensorSpecs,
   weightSlots,
+  type HfTensorSpec,
   type WeightSlot,
 } from './synth-weights.ts'
 
@@ -67,8 +70,16 @@ export interface MakeModelOptions {
   logitsToKeep?: boolean
   /** Change any dimension of the preset. */
   overrides?: Partial<ModelDims>
+  /** Change how the preset's weights are drawn (tails, outlier channels, logit spread). */
+  distribution?: WeightDistribution
   /** true / false forces it; default: external when the weights exceed 1 GiB. */
   externalData?: boolean
+  /**
+   * The fp32 tensors to write instead of the generated ones (Hugging Face name and layout),
+   * encoded in `format` as usual: lets a harness run weights it changed (say, quantized and
+   * dequantized again) in the same graph.
+   */
+  tensors?: (spec: HfTensorSpec) => Float32Array
 }
 
 export interface MadeModel {
@@ -78,6 +89,7 @@ export interface MadeModel {
   /** `onnx/<name>.onnx_data` when the weights are external. */
   externalDataFile?: string
   dims: ModelDims
+  distribution: WeightDistribution
   seed: number
   /** Bytes of weight data (excluding the graph's own constants). */
   weightBytes: number
@@ -88,11 +100,11 @@ export interface MadeModel {
 /** The tensors of the graph's weight initializers, in graph order. */
 function* produceWeights(
   dims: ModelDims,
-  seed: number,
   format: WeightFormat,
+  tensors: (spec: HfTensorSpec) => Float32Array,
 ): Generator<{ slot: WeightSlot; data: Uint8Array }> {
   for (const spec of hfTensorSpecs(dims)) {
-    const data = encodeTensorData(spec, format, generateHfTensor(spec, seed))
+    const data = encodeTensorData(spec, format, tensors(spec))
     const slots = weightSlots(spec, format)
     for (let i = 0; i < slots.length; i++) yield { slot: slots[i], data: data[i] }
   }
@@ -103,6 +115,7 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   const { preset, format, outDir } = options
   const seed = options.seed ?? 0
   const dims = resolveDims(preset, options.overrides)
+  const distribution = resolveDistribution(preset, options.distribution)
   const { model, weights } = buildQwen2Graph(dims, {
     format,
     logitsToKeep: options.logitsToKeep ?? true,
@@ -119,7 +132,7 @@ export function makeModel(options: MakeModelOptions): MadeModel {
     writeFileSync(join(outDir, name), JSON.stringify(value, null, 2) + '\n')
     files.push(name)
   }
-  writeJson('config.json', hfConfig(preset, dims, { seed, format }))
+  writeJson('config.json', hfConfig(preset, dims, { seed, format, distribution }))
   writeJson('generation_config.json', hfGenerationConfig(preset))
   const require = createRequire(import.meta.url)
   copyFileSync(
@@ -133,7 +146,9 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   writeJson('tokenizer_config.json', hfTokenizerConfig(baseTokenizerConfig, dims))
 
   const onnxFile = `onnx/${ONNX_FILE_NAMES[format]}`
-  const produced = produceWeights(dims, seed, format)
+  const tensors =
+    options.tensors ?? ((spec: HfTensorSpec) => generateHfTensor(spec, seed, distribution))
+  const produced = produceWeights(dims, format, tensors)
   const next = (t: TensorProto) => {
     const r = produced.next()
     if (r.done || r.value.slot.name !== t.name)
@@ -174,7 +189,17 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   if (!produced.next().done) throw new Error('more weights produced than the graph holds')
   files.push(onnxFile)
   if (externalDataFile) files.push(externalDataFile)
-  return { dir: outDir, onnxFile, externalDataFile, dims, seed, weightBytes, files: files.sort() }
+  const sorted = files.sort()
+  return {
+    dir: outDir,
+    onnxFile,
+    externalDataFile,
+    dims,
+    distribution,
+    seed,
+    weightBytes,
+    files: sorted,
+  }
 }
 
 /** writeSync may write less than asked (large buffers): loop until all is written. */

@@ -9,8 +9,10 @@
  * Scales keep activations O(1) through the layers: linear weights have std 1/sqrt(fan_in) (so
  * attention scores are O(1) and RoPE / masking errors show up in the logits), the embedding
  * has std 1/sqrt(hidden) (tied lm_head logits then have std ~1), norm weights are 1 ± 0.2,
- * q/k/v biases have std 0.2. Uniform distributions: cheap, and the shape of the distribution
- * does not matter for random weights.
+ * q/k/v biases have std 0.2. Uniform distributions: cheap, and enough to check that a graph
+ * computes what it should. Measuring how much a format loses needs weights that look trained:
+ * a `WeightDistribution` (model-presets.ts) adds heavy tails, outlier channels and a logit
+ * spread on top of the same scales.
  */
 import {
   Q4_BLOCK_SIZE,
@@ -20,7 +22,7 @@ import {
   quantizeRowsU8,
 } from '../../src/format/index.ts'
 import { DataType } from './onnx/index.ts'
-import type { ModelDims, WeightFormat } from './model-presets.ts'
+import type { ModelDims, WeightDistribution, WeightFormat } from './model-presets.ts'
 
 /** Block size of the q4 (MatMulNBits) format, as the onnx-community q4 exports use. */
 
@@ -97,14 +99,77 @@ export function fillUniform(out: Float32Array, streamSeed: number, mean: number,
   return out
 }
 
+/**
+ * Fill `out` with Student-t values of `dof` degrees of freedom, scaled to standard deviation
+ * `std` (Bailey's polar method: two uniforms per try, no tables, same stream as fillUniform).
+ */
+export function fillStudentT(out: Float32Array, streamSeed: number, std: number, dof: number) {
+  const scale = std * Math.sqrt((dof - 2) / dof) // t has variance dof / (dof - 2)
+  const uniform = mulberry32(streamSeed)
+  for (let i = 0; i < out.length;) {
+    const u = 2 * uniform() - 1
+    const v = 2 * uniform() - 1
+    const w = u * u + v * v
+    if (w >= 1 || w === 0) continue
+    out[i++] = scale * u * Math.sqrt((dof * (Math.pow(w, -2 / dof) - 1)) / w)
+  }
+  return out
+}
+
+/**
+ * The hidden channels a distribution's outliers sit on: `count` distinct ones drawn from the
+ * seed, sorted. The same in every layer.
+ */
+export function outlierChannels(dist: WeightDistribution, hidden: number, seed: number): number[] {
+  const count = Math.min(dist.outliers?.count ?? 0, hidden)
+  const picked = new Set<number>()
+  const uniform = mulberry32(tensorSeed(seed, 'outlier_channels'))
+  while (picked.size < count) picked.add(Math.floor(uniform() * hidden))
+  return [...picked].sort((x, y) => x - y)
+}
+
+/** The norms whose output feeds q/k/v or gate/up, and the matrices that read those outputs. */
+const OUTLIER_NORM = /\.(input_layernorm|post_attention_layernorm)\.weight$/
+const OUTLIER_READER = /\.(self_attn\.[qkv]_proj|mlp\.(gate|up)_proj)\.weight$/
+
+/** The mulberry32 stream of fillUniform, one value in [0, 1) per call. */
+function mulberry32(streamSeed: number): () => number {
+  let a = streamSeed | 0
+  return () => {
+    a = (a + 0x6d2b79f5) | 0
+    let t = Math.imul(a ^ (a >>> 15), 1 | a)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
 /** The fp32 tensor in Hugging Face layout, before any quantization. */
-export function generateHfTensor(spec: HfTensorSpec, seed: number): Float32Array {
+export function generateHfTensor(
+  spec: HfTensorSpec,
+  seed: number,
+  dist: WeightDistribution = {},
+): Float32Array {
   const out = new Float32Array(spec.shape.reduce((n, d) => n * d, 1))
   const s = tensorSeed(seed, spec.name)
   const fanIn = spec.shape[spec.shape.length - 1]
-  if (spec.kind === 'norm') return fillUniform(out, s, 1, 0.2 / Math.sqrt(3))
+  if (spec.kind === 'norm') {
+    fillUniform(out, s, 1, 0.2 / Math.sqrt(3))
+    if (dist.outliers && OUTLIER_NORM.test(spec.name))
+      for (const c of outlierChannels(dist, fanIn, seed)) out[c] *= dist.outliers.gain
+    if (dist.logitScale !== undefined && spec.name === 'model.norm.weight')
+      for (let i = 0; i < out.length; i++) out[i] *= dist.logitScale
+    return out
+  }
   if (spec.kind === 'bias') return fillUniform(out, s, 0, 0.2)
-  return fillUniform(out, s, 0, 1 / Math.sqrt(fanIn)) // embedding: fan_in = hidden
+  const std = 1 / Math.sqrt(fanIn) // embedding: fan_in = hidden
+  if (dist.tailDof === undefined) fillUniform(out, s, 0, std)
+  else fillStudentT(out, s, std, dist.tailDof)
+  if (dist.outliers && OUTLIER_READER.test(spec.name)) {
+    const shrink = 1 / Math.sqrt(dist.outliers.gain)
+    const channels = outlierChannels(dist, fanIn, seed)
+    for (let r = 0; r < spec.shape[0]; r++) for (const c of channels) out[r * fanIn + c] *= shrink
+  }
+  return out
 }
 
 /** [rows, cols] → [cols, rows], in cache-sized tiles (the embedding is 151936 x 896). */
@@ -242,10 +307,15 @@ export type Weights = Map<string, Float32Array>
  * and q4 the dequantized values, exactly (the graph's dequantization is exact in fp32). A tied
  * model has no `lm_head.weight` entry: use the embedding.
  */
-export function synthesizeWeights(dims: ModelDims, seed: number, format: WeightFormat): Weights {
+export function synthesizeWeights(
+  dims: ModelDims,
+  seed: number,
+  format: WeightFormat,
+  dist: WeightDistribution = {},
+): Weights {
   const out: Weights = new Map()
   for (const spec of hfTensorSpecs(dims))
-    out.set(spec.name, encodeTensor(spec, format, generateHfTensor(spec, seed)).dequantized)
+    out.set(spec.name, encodeTensor(spec, format, generateHfTensor(spec, seed, dist)).dequantized)
   return out
 }
 
@@ -260,12 +330,16 @@ export interface Q8Codes {
  * lm_head), keyed by Hugging Face name, so a reference can multiply in integers as
  * DynamicQuantizeMatMul does. `dequantized = codes * scale[row]`.
  */
-export function synthesizeQ8Codes(dims: ModelDims, seed: number): Map<string, Q8Codes> {
+export function synthesizeQ8Codes(
+  dims: ModelDims,
+  seed: number,
+  dist: WeightDistribution = {},
+): Map<string, Q8Codes> {
   const out = new Map<string, Q8Codes>()
   for (const spec of hfTensorSpecs(dims)) {
     if (spec.kind !== 'linear' && spec.kind !== 'embedding') continue
     const [n, k] = spec.shape
-    const { q, scale, zeroPoint } = quantizeRowsU8(generateHfTensor(spec, seed), n, k)
+    const { q, scale, zeroPoint } = quantizeRowsU8(generateHfTensor(spec, seed, dist), n, k)
     const codes = new Int16Array(n * k)
     for (let r = 0; r < n; r++)
       for (let c = 0; c < k; c++) codes[r * k + c] = q[r * k + c] - zeroPoint[r]

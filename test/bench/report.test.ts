@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest'
 import {
   checkGoals,
   decodeChartSvg,
+  keepSections,
   renderMarkdown,
   type BenchResults,
 } from '../../scripts/bench/report.ts'
@@ -112,5 +113,21 @@ describe('report', () => {
     const svg = decodeChartSvg(r)
     expect(svg).toContain('transformers.js &lt;wasm&gt;')
     expect(svg).toContain('bandwidth bound')
+  })
+})
+
+describe('keepSections', () => {
+  it('carries the sections other tools wrote over to a new report, and nothing else', () => {
+    const a = '<!-- section:fidelity -->\n## Fidelity\n\n| a |\n<!-- /section:fidelity -->'
+    const b = '<!-- section:other -->\nx\n<!-- /section:other -->'
+    const previous = `# Benchmarks\n\nold numbers\n\n${a}\n\nstale text\n\n${b}\n`
+    const md = keepSections(previous, '# Benchmarks\n\nnew numbers\n')
+    expect(md).toBe(`# Benchmarks\n\nnew numbers\n\n${a}\n\n${b}\n`)
+    expect(keepSections(md, '# Benchmarks\n\nnewer\n')).toBe(
+      `# Benchmarks\n\nnewer\n\n${a}\n\n${b}\n`,
+    )
+    expect(keepSections('# old, no sections\n', 'new\n')).toBe('new\n')
+    // an unclosed or mismatched marker keeps nothing
+    expect(keepSections('<!-- section:a -->\nx\n<!-- /section:b -->', 'new\n')).toBe('new\n')
   })
 })

@@ -25,6 +25,12 @@ export interface ReferenceOptions {
    * integers: this reproduces the q8 graph rather than approximating it.
    */
   q8Codes?: Map<string, Q8Codes>
+  /**
+   * Called with the input of every matrix product (`rows` rows of x), by weight name, before it
+   * runs: what activation statistics (outlier channels, calibration for quantization) are
+   * taken from.
+   */
+  observe?: (weightName: string, x: Float32Array, rows: number) => void
 }
 
 /** Keys and values of every cached position, per layer [kv_heads, length, head_dim]. */
@@ -99,6 +105,7 @@ export class Qwen2Reference {
   /** x [n, K] · W[N, K]ᵀ (+ bias) → [n, N], W the weight called `name` (float, or its q8 codes). */
   private linear(name: string, bias?: Float32Array): Linear {
     return (x, n) => {
+      this.options.observe?.(name, x, n)
       const q8 = this.options.q8Codes?.get(name)
       if (q8) return linearU8(x, n, q8, bias)
       const w = this.weight(name)

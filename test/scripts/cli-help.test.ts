@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BENCH_CLI } from '../../scripts/bench.ts'
+import { FIDELITY_CLI } from '../../scripts/bench/fidelity.ts'
 import { BUILD_KERNELS_CLI } from '../../scripts/build-kernels.ts'
 import { DEPLOY_DENO_CLI } from '../../scripts/deploy-deno.ts'
 import { FETCH_CLI } from '../../scripts/fetch-model.ts'
@@ -30,6 +31,7 @@ const SPECS: Record<string, CliSpec> = {
   'scripts/fetch-model.ts': FETCH_CLI,
   'scripts/upload-model.ts': UPLOAD_CLI,
   'scripts/bench.ts': BENCH_CLI,
+  'scripts/bench/fidelity.ts': FIDELITY_CLI,
   'scripts/worker.ts': WORKER_CLI,
   'scripts/build-kernels.ts': BUILD_KERNELS_CLI,
   'scripts/deploy-deno.ts': DEPLOY_DENO_CLI,
@@ -106,6 +108,7 @@ it('covers every tsx script in package.json, the ones the README names', () => {
     [
       'bench',
       'bench:engine',
+      'bench:fidelity',
       'build:kernels',
       'deploy',
       'deploy:deno',
