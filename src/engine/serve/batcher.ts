@@ -30,8 +30,6 @@ export interface BatchModel {
   forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
   /** The model's decode step (its decoder, else the two above); used when present. */
   decode?(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
-  /** Called with a stream's last cache when the stream closes. */
-  releaseCache?(cache: KvCache): void
   readonly canBatch: boolean
   /** Each row of a batched step is exactly that row's step alone (the engine's decoder). */
   readonly exactBatches?: boolean
@@ -98,7 +96,6 @@ export class DecodeBatcher {
     const solo = reproducible && !this.model.exactBatches
     let joined = false
     let closed = false
-    let last: KvCache | undefined
     return {
       step: async (token, cache) => {
         if (closed) throw new Error('decode stream is closed')
@@ -107,18 +104,14 @@ export class DecodeBatcher {
           if (solo) this.decodingSolo++
           else this.decoding++
         }
-        const result = await this.enqueue(token, cache, solo)
-        last = result.cache
-        if (closed) this.model.releaseCache?.(last)
-        return result
+        return this.enqueue(token, cache, solo)
       },
       close: () => {
         if (closed) return
         closed = true
         if (joined && solo) this.decodingSolo--
         else if (joined) this.decoding--
-        // the decoder's memory for this sequence (kept turns were copied out before)
-        if (last) this.model.releaseCache?.(last)
+        // the sequence's memory is given back by the decode loop (generate.ts), which owns it
       },
     }
   }
