@@ -9,7 +9,7 @@ import type { ForwardModel } from './forward.ts'
 import { QwenModel, type SessionOptions } from './graph/model.ts'
 import type { PackageHandle } from './package/loader.ts'
 import type { LoadedPackage } from './package/model-package.ts'
-import { kernelsUnsupported, streamKernelModel } from './wasm/kernel-loader.ts'
+import { streamKernelModel } from './wasm/kernel-loader.ts'
 import { KernelModel } from './wasm/kernel-model.ts'
 
 export interface ModelOptions extends SessionOptions {
@@ -27,7 +27,8 @@ export async function loadModel(
 ): Promise<ForwardModel> {
   const allowed = options.decoder !== false && options.prefill !== 'graph'
   if ('stream' in pkg) {
-    if (allowed && kernelsUnsupported(pkg.manifest) === undefined) return streamKernelModel(pkg)
+    if (allowed && KernelModel.unsupported(pkg.manifest) === undefined)
+      return streamKernelModel(pkg)
     pkg = await pkg.load()
   }
   const kernels = allowed && KernelModel.unsupported(pkg) === undefined

@@ -163,13 +163,13 @@ export async function openPackage(
     once()
     const buffers = big.map((b) => new Uint8Array(new ArrayBuffer(b.entry.bytes)))
     await ctx.all(
-      big.flatMap((b, i) => {
-        let offset = 0
-        return b.entry.shards.map((shard) => {
-          const target = buffers[i].subarray(offset, (offset += shard.bytes))
-          return () => ctx.readInto(shard, target)
-        })
-      }),
+      big.flatMap((b, i) =>
+        shardsOf(b.entry).map(
+          ({ shard, offset }) =>
+            () =>
+              ctx.readInto(shard, buffers[i].subarray(offset, offset + shard.bytes)),
+        ),
+      ),
     )
     const head = manifest.head && {
       format: manifest.head.format,
@@ -201,18 +201,13 @@ export async function openPackage(
     // shards bring, so those can be written and dropped as they come
     const order = [...big].sort((a, b) => rank(a.file) - rank(b.file))
     await ctx.all(
-      order.flatMap((b) => {
-        let offset = 0
-        return b.entry.shards.map((shard) => {
-          const at = offset
-          offset += shard.bytes
-          return async () => {
-            const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
-            await ctx.readInto(shard, bytes)
-            await sink(b.file, at, bytes)
-          }
-        })
-      }),
+      order.flatMap((b) =>
+        shardsOf(b.entry).map(({ shard, offset }) => async () => {
+          const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
+          await ctx.readInto(shard, bytes)
+          await sink(b.file, offset, bytes)
+        }),
+      ),
     )
   }
 
@@ -427,6 +422,12 @@ export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string>
   let hex = ''
   for (const b of digest) hex += b.toString(16).padStart(2, '0')
   return hex
+}
+
+/** The shards of a big file, each with its byte offset in the file. */
+function shardsOf(entry: ExternalDataEntry): Array<{ shard: ManifestFile; offset: number }> {
+  let offset = 0
+  return entry.shards.map((shard) => ({ shard, offset: (offset += shard.bytes) - shard.bytes }))
 }
 
 function rank(file: BigFile): number {

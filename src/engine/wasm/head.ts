@@ -28,7 +28,15 @@
  * blocks], its a8-b32 form [capacity, 40 · blocks], out f32 [capacity, V].
  */
 import { AppError } from '../../core/errors.ts'
-import { headLayout, headStride, q4Blocks, type HeadFormat } from '../../format/index.ts'
+import {
+  headLayout,
+  headStride,
+  q4Blocks,
+  q4NibbleAt,
+  q4ScaleAt,
+  q4ZeroAt,
+  type HeadFormat,
+} from '../../format/index.ts'
 import { instantiateKernels, type KernelExports } from './kernel.ts'
 
 export interface HeadWeights {
@@ -162,17 +170,14 @@ export class Q8Head {
       if (!(Number.isInteger(t) && t >= 0 && t < vocab))
         throw new AppError('bad_request', `token id ${t} is out of range`)
       const row = t * stride
+      // the format's own offsets (q4-b32.ts): scale and zero point per block, a nibble per input
       for (let c = 0; 32 * c < hidden; c++) {
-        const group = row + 84 * (c >> 2)
-        const s = view.getFloat32(group + 64 + 4 * (c & 3), true)
-        const z = mem[group + 80 + (c & 3)]
-        const lane = group + 4 * (c & 3)
-        const to = i * hidden + 32 * c
-        const n = Math.min(32, hidden - 32 * c)
-        // inputs 4j + r in the low nibbles of byte 16j + r, 16 + 4j + r in the high ones
-        for (let r = 0; r < n; r++) {
-          const b = mem[lane + 16 * ((r >> 2) & 3) + (r & 3)]
-          out[to + r] = ((r < 16 ? b & 15 : b >> 4) - z) * s
+        const s = view.getFloat32(row + q4ScaleAt(c), true)
+        const z = mem[row + q4ZeroAt(c)]
+        for (let k = 32 * c; k < Math.min(hidden, 32 * c + 32); k++) {
+          const { byte, high } = q4NibbleAt(k)
+          const b = mem[row + byte]
+          out[i * hidden + k] = ((high ? b >> 4 : b & 15) - z) * s
         }
       }
     }

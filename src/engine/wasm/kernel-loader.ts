@@ -12,19 +12,11 @@ import {
   resolveDecoderFloats,
   resolveDecoderLayer,
   type DecoderTensorRef,
-  type Manifest,
 } from '../../format/index.ts'
 import type { BigFile, PackageHandle } from '../package/loader.ts'
 import { Q8Decoder } from './decoder.ts'
 import { Q8Head } from './head.ts'
 import { KernelModel, decoderShape } from './kernel-model.ts'
-
-/** Why the manifest's package cannot run in the kernels alone, or undefined if it can. */
-export function kernelsUnsupported(manifest: Manifest): string | undefined {
-  if (!manifest.head?.embedding) return 'the package has no head file with the tied embedding'
-  if (!manifest.decoder) return 'the package has no decoder map'
-  return Q8Decoder.unsupported(decoderShape(manifest.config))
-}
 
 /** What a streamed load held besides the kernels' memory (tests and reports). */
 export interface StreamStats {
@@ -37,7 +29,7 @@ export async function streamKernelModel(
   stats: StreamStats = { peakHeldBytes: 0 },
 ): Promise<KernelModel> {
   const { manifest } = handle
-  const why = kernelsUnsupported(manifest)
+  const why = KernelModel.unsupported(manifest)
   if (why) throw new AppError('model_invalid', `The package cannot run in the kernels: ${why}`)
   const entry = manifest.decoder!
   const h = manifest.head!

@@ -32,8 +32,15 @@ export class KernelModel implements ForwardModel {
     }
   }
 
-  /** Why `pkg` cannot run in the kernels alone, or undefined if it can. */
-  static unsupported(pkg: LoadedPackage): string | undefined {
+  /**
+   * Why a package cannot run in the kernels alone, or undefined if it can: a loaded package, or
+   * its manifest before its weights are read (the same fields: head, decoder, config).
+   */
+  static unsupported(pkg: {
+    config: Qwen2Config
+    head?: { embedding: boolean }
+    decoder?: object
+  }): string | undefined {
     if (!pkg.head?.embedding) return 'the package has no head file with the tied embedding'
     if (!pkg.decoder) return 'the package has no decoder map'
     return Q8Decoder.unsupported(decoderShape(pkg.config))
