@@ -22,6 +22,7 @@
  */
 import { q4Blocks } from './q4-b32.ts'
 import type { Qwen2Config } from './config.ts'
+import type { PipelineEntry } from './pipeline.ts'
 
 export const MANIFEST_VERSION = 1
 export const MANIFEST_FILE = 'manifest.json'
@@ -282,6 +283,11 @@ export interface Manifest {
   head?: HeadEntry
   /** Present when the engine can run the decoder layers itself (needs `head`). */
   decoder?: DecoderEntry
+  /**
+   * Present when the package is split into stages for small isolates (pipeline.ts; needs
+   * `decoder` and a head with the embedding). Readers that ignore it still run the whole model.
+   */
+  pipeline?: PipelineEntry
   /** Nominal shard size the package was cut with (the last shard of a file is shorter). */
   shardBytes: number
   /** Sum of every file listed (tokenizer, graphs, shards, head, decoder); the manifest not included. */

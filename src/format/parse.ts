@@ -29,6 +29,7 @@ import {
   type Manifest,
   type Stage,
 } from './manifest.ts'
+import type { PipelineEntry, PipelineStage } from './pipeline.ts'
 import { isSafeRelativePath, isValidPackageId, listFiles, SHA256_RE } from './names.ts'
 
 /**
@@ -88,6 +89,7 @@ function readManifest(json: unknown): Manifest {
   }
   if (head) manifest.head = head
   if (decoder) manifest.decoder = decoder
+  if (m.pipeline !== undefined) manifest.pipeline = readPipeline(m.pipeline, manifest, 'pipeline')
   if (m.synthetic !== undefined && m.synthetic !== manifest.synthetic) {
     throw new Invalid(`synthetic is ${String(m.synthetic)} but config says ${manifest.synthetic}`)
   }
@@ -111,6 +113,59 @@ function readManifest(json: unknown): Manifest {
   }
   if (m.createdAt !== undefined) manifest.createdAt = string(m.createdAt, 'createdAt')
   return manifest
+}
+
+/**
+ * A stage plan (pipeline.ts): layer ranges that tile [0, layers) in order, then row ranges
+ * that tile [0, vocab), each with its estimate; the package runs in the kernels.
+ */
+function readPipeline(json: unknown, m: Manifest, at: string): PipelineEntry {
+  const p = object(json, at)
+  if (!m.decoder || !m.head?.embedding)
+    throw new Invalid(`${at} needs a decoder map and a head with the embedding`)
+  const range = (v: unknown, where: string): [number, number] => {
+    const r = array(v, where)
+    if (r.length !== 2) throw new Invalid(`${where} must be [start, end)`)
+    const out: [number, number] = [
+      nonNegativeInt(r[0], `${where}[0]`),
+      nonNegativeInt(r[1], `${where}[1]`),
+    ]
+    if (out[1] <= out[0]) throw new Invalid(`${where} [${out}] is empty`)
+    return out
+  }
+  let layerEnd = 0
+  let rowEnd = 0
+  const stages = array(p.stages, `${at}.stages`).map((v, i): PipelineStage => {
+    const where = `${at}.stages[${i}]`
+    const s = object(v, where)
+    const residentBytes = positiveInt(s.residentBytes, `${where}.residentBytes`)
+    if ((s.layers === undefined) === (s.rows === undefined))
+      throw new Invalid(`${where} holds either layers or rows`)
+    if (s.layers !== undefined) {
+      const layers = range(s.layers, `${where}.layers`)
+      if (rowEnd > 0 || layers[0] !== layerEnd)
+        throw new Invalid(`${where}.layers must start at ${layerEnd}, before any rows`)
+      layerEnd = layers[1]
+      return { layers, residentBytes }
+    }
+    const rows = range(s.rows, `${where}.rows`)
+    if (rows[0] !== rowEnd) throw new Invalid(`${where}.rows must start at ${rowEnd}`)
+    rowEnd = rows[1]
+    return { rows, residentBytes }
+  })
+  if (layerEnd !== m.config.num_hidden_layers)
+    throw new Invalid(
+      `${at}: the layer stages end at ${layerEnd}, not ${m.config.num_hidden_layers}`,
+    )
+  if (rowEnd !== m.head.vocab)
+    throw new Invalid(`${at}: the row stages end at ${rowEnd}, not ${m.head.vocab}`)
+  return {
+    budgetBytes: positiveInt(p.budgetBytes, `${at}.budgetBytes`),
+    contextLength: positiveInt(p.contextLength, `${at}.contextLength`),
+    sequences: positiveInt(p.sequences, `${at}.sequences`),
+    chunkRows: positiveInt(p.chunkRows, `${at}.chunkRows`),
+    stages,
+  }
 }
 
 function readStage(json: unknown, at: string): Stage {

@@ -151,11 +151,15 @@ export class Q8Decoder {
   private constructor(
     private readonly kernel: KernelExports,
     readonly shape: DecoderShape,
-    private readonly head: Q8Head,
+    /** The embedding and lm_head (absent in a pipeline stage, which takes and gives hidden rows). */
+    private readonly head: Q8Head | undefined,
     /** 'dqmm': q8 layers; 'nbits': q4 layers. */
     readonly format: DecoderFormat,
+    /** The layers [start, end) this decoder holds; the last layer's also applies the final norm. */
+    readonly range: readonly [number, number],
   ) {
-    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D, layers } = shape
+    const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
+    const layers = range[1] - range[0]
     this.qDim = heads * D
     this.kvDim = kvHeads * D
     const half = D / 2
@@ -197,7 +201,7 @@ export class Q8Decoder {
     this.q4Stride = q4Cols
     this.q4aAt = this.q4xAt + 4 * Q4_ROWS * q4Cols
     const end = align(this.q4aAt + (Q4_ROWS * 40 * q4Cols) / 32, 64)
-    this.arena = new KvArena(kernel.memory, end, shape)
+    this.arena = new KvArena(kernel.memory, end, { ...shape, layers })
   }
 
   /**
@@ -230,11 +234,27 @@ export class Q8Decoder {
     head: Q8Head,
     format: DecoderFormat,
   ): Promise<Q8Decoder> {
-    const unsupported = Q8Decoder.unsupported(shape)
-    if (unsupported) throw new AppError('model_invalid', unsupported)
     if (head.hidden !== shape.hidden || !head.embedding)
       throw new AppError('model_invalid', 'The decoder needs the head file with the embedding')
-    return new Q8Decoder(await instantiateKernels(), shape, head, format)
+    return Q8Decoder.allocateLayers(shape, format, [0, shape.layers], head)
+  }
+
+  /**
+   * A decoder of the layers [start, end) alone, for a pipeline stage: `forwardRows` takes rows
+   * of the residual stream and gives them back after its layers (normalised by the final norm
+   * when it holds the last layer). Written like `allocate`'s.
+   */
+  static async allocateLayers(
+    shape: DecoderShape,
+    format: DecoderFormat,
+    range: readonly [number, number],
+    head?: Q8Head,
+  ): Promise<Q8Decoder> {
+    const unsupported = Q8Decoder.unsupported(shape)
+    if (unsupported) throw new AppError('model_invalid', unsupported)
+    if (!(range[0] >= 0 && range[0] < range[1] && range[1] <= shape.layers))
+      throw new AppError('model_invalid', `No decoder layers [${range}] in ${shape.layers}`)
+    return new Q8Decoder(await instantiateKernels(), shape, head, format, range)
   }
 
   /** Packs layer `l`'s weights into their place. Throws `model_invalid` on a wrong size. */
@@ -256,8 +276,8 @@ export class Q8Decoder {
       if (m.bias && m.bias.length !== n)
         throw new AppError('model_invalid', `decoder ${what}: bias of ${m.bias.length}`)
     }
-    const p = this.plan[l]
-    if (!p) throw new AppError('model_invalid', `decoder layer ${l} does not exist`)
+    const p = this.plan[l - this.range[0]]
+    if (!p) throw new AppError('model_invalid', `decoder layer ${l} is not one of this decoder's`)
     expect(lw.q, H, heads * D, `layer ${l} q`)
     expect(lw.k, H, kvHeads * D, `layer ${l} k`)
     expect(lw.v, H, kvHeads * D, `layer ${l} v`)
@@ -278,8 +298,8 @@ export class Q8Decoder {
       if (m.bias) qkvBias.set(m.bias, row)
       row += m.n
     }
-    if (!this.layers[l]) this.written++
-    this.layers[l] = {
+    if (!this.layers[l - this.range[0]]) this.written++
+    this.layers[l - this.range[0]] = {
       ...p,
       qkvBias,
       inputNorm: Float32Array.from(lw.inputNorm),
@@ -293,9 +313,15 @@ export class Q8Decoder {
     this.finalNorm = Float32Array.from(weight)
   }
 
-  /** Every layer and the final norm are written. */
+  /** Whether this decoder ends the model: its output is normalised by the final norm. */
+  get last(): boolean {
+    return this.range[1] === this.shape.layers
+  }
+
+  /** Every layer and (when it holds the last) the final norm are written. */
   get complete(): boolean {
-    return this.written === this.shape.layers && this.finalNorm.length === this.shape.hidden
+    const layers = this.range[1] - this.range[0]
+    return this.written === layers && (!this.last || this.finalNorm.length === this.shape.hidden)
   }
 
   /** Why the decoder cannot run a model of this shape, or undefined if it can. */
@@ -323,32 +349,64 @@ export class Q8Decoder {
   ): Array<{ logits: Float32Array; cache: ResidentCache }> {
     const b = tokens.length
     if (b === 0 || b !== caches.length) throw new Error('step needs one cache per token')
-    const sequences: KvSequence[] = []
+    const head = this.withHead()
+    const run = this.forwardRows(
+      head.embed(tokens),
+      caches.map((cache) => ({ cache, count: 1 })),
+    )
+    const logits = head.logits(run.hidden, b)
+    const vocab = head.vocab
+    return run.caches.map((cache, r) => ({
+      logits: logits.subarray(r * vocab, (r + 1) * vocab),
+      cache,
+    }))
+  }
+
+  /**
+   * Rows of the residual stream (`hidden`, [rows, hidden]) through this decoder's layers: the
+   * first `groups[0].count` rows are the next tokens after `groups[0].cache`, and so on. Returns
+   * the rows after the last layer (normalised when this decoder ends the model), the new cache
+   * of each group, and takes the KV of every row. What `step` and `prefill` run between the
+   * embedding and the head, and what a pipeline stage runs on the rows it is sent.
+   */
+  forwardRows(
+    hidden: Float32Array,
+    groups: ReadonlyArray<{ cache: KvCache; count: number }>,
+  ): { hidden: Float32Array; caches: ResidentCache[] } {
+    const rows = groups.reduce((n, g) => n + g.count, 0)
+    if (rows === 0 || groups.some((g) => !(g.count >= 1)))
+      throw new Error('forwardRows needs at least one row per group')
+    if (hidden.length < rows * this.shape.hidden) throw new Error('forwardRows: too few rows')
+    const claimed: KvSequence[] = []
     try {
-      for (const c of caches) {
-        const s = this.claim(c)
+      for (const g of groups) {
+        const s = this.claim(g.cache)
         s.busy = true
-        sequences.push(s)
+        claimed.push(s)
+        if (s.capacity < g.cache.length + g.count) this.arena.grow(s, g.cache.length + g.count)
       }
-    } catch (err) {
-      for (const s of sequences) s.busy = false
-      throw err
-    }
-    try {
-      const positions = caches.map((c) => c.length)
-      const x = this.layersForward(tokens, sequences, positions)
-      const logits = this.head.logits(x, b)
-      const vocab = this.head.vocab
-      return sequences.map((s, r) => {
-        s.filled = positions[r] + 1
-        return {
-          logits: logits.subarray(r * vocab, (r + 1) * vocab),
-          cache: new ResidentCache(positions[r] + 1, s, this),
+      const sequences: KvSequence[] = []
+      const positions: number[] = []
+      groups.forEach((g, i) => {
+        for (let j = 0; j < g.count; j++) {
+          sequences.push(claimed[i])
+          positions.push(g.cache.length + j)
         }
       })
+      const out = this.layersForward(hidden, sequences, positions)
+      const caches = groups.map((g, i) => {
+        claimed[i].filled = g.cache.length + g.count
+        return new ResidentCache(g.cache.length + g.count, claimed[i], this)
+      })
+      return { hidden: out, caches }
     } finally {
-      for (const s of sequences) s.busy = false
+      for (const s of claimed) s.busy = false
     }
+  }
+
+  private withHead(): Q8Head {
+    if (!this.head) throw new Error('this decoder has no head (a pipeline stage)')
+    return this.head
   }
 
   /**
@@ -365,41 +423,34 @@ export class Q8Decoder {
     const n = ids.length
     if (n === 0) throw new Error('prefill needs at least one token')
     keep = Math.max(0, Math.min(keep, n))
-    const s = this.claim(cache)
-    s.busy = true
-    try {
-      const p0 = cache.length
-      if (s.capacity < p0 + n) this.arena.grow(s, p0 + n)
-      const positions = Array.from({ length: n }, (_, i) => p0 + i)
-      const x = this.layersForward(ids, Array(n).fill(s), positions)
-      s.filled = p0 + n
-      const out = new ResidentCache(p0 + n, s, this)
-      if (keep === 0) return { logits: new Float32Array(0), rows: 0, cache: out }
-      const from = (n - keep) * this.shape.hidden
-      const logits =
-        columns && keep === 1
-          ? this.head.columns(x, columns, from)
-          : pickColumns(this.head.logits(x, keep, from), this.head.vocab, columns)
-      return { logits, rows: keep, cache: out }
-    } finally {
-      s.busy = false
-    }
+    const head = this.withHead()
+    const run = this.forwardRows(head.embed(ids), [{ cache, count: n }])
+    const x = run.hidden
+    const out = run.caches[0]
+    if (keep === 0) return { logits: new Float32Array(0), rows: 0, cache: out }
+    const from = (n - keep) * this.shape.hidden
+    const logits =
+      columns && keep === 1
+        ? head.columns(x, columns, from)
+        : pickColumns(head.logits(x, keep, from), head.vocab, columns)
+    return { logits, rows: keep, cache: out }
   }
 
   /**
-   * Rows r = 0 … b−1: token r at position positions[r] of sequence sequences[r], through every
-   * layer (its key and value written into the sequence before it attends, so rows of one
-   * sequence see the rows before them) and the final norm: [b, hidden], normalised.
+   * Rows r = 0 … b−1 of the residual stream `h` (changed in place): row r at position
+   * positions[r] of sequence sequences[r], through this decoder's layers (its key and value
+   * written into the sequence before it attends, so rows of one sequence see the rows before
+   * them), then the final norm if it holds the last layer: [b, hidden] (h itself otherwise).
    */
   private layersForward(
-    tokens: readonly number[],
+    h: Float32Array,
     sequences: readonly KvSequence[],
     positions: readonly number[],
   ): Float32Array {
-    const b = tokens.length
+    const b = sequences.length
     if (!this.complete) throw new AppError('internal', 'The decoder weights are not all loaded')
-    const { hidden: H, intermediate: I, layers, kvHeads, heads, headDim: D, eps } = this.shape
-    const h = this.head.embed(tokens) // [b, H], the residual stream
+    const { hidden: H, intermediate: I, kvHeads, heads, headDim: D, eps } = this.shape
+    const layers = this.range[1] - this.range[0]
     const half = D / 2
     const cos = new Float32Array(b * half)
     const sin = new Float32Array(b * half)
@@ -451,6 +502,7 @@ export class Q8Decoder {
       }
       addInto(h, this.matmul(L.down, this.view(this.actAt, b * I), b), b, H)
     }
+    if (!this.last) return h
     rmsNorm(h, x, b, H, this.finalNorm, eps)
     return x
   }
@@ -464,10 +516,10 @@ export class Q8Decoder {
   /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
   exportKv(s: KvSequence, length: number): Record<string, Tensor> {
     if (s.freed) throw new AppError('internal', 'A released KV cache was read')
-    const { layers, kvHeads, headDim: D } = this.shape
+    const { kvHeads, headDim: D } = this.shape
     const mem = this.arena.f32()
     const tensors: Record<string, Tensor> = {}
-    for (let l = 0; l < layers; l++)
+    for (let l = 0; l < this.range[1] - this.range[0]; l++)
       for (const [kv, name] of [
         [0, 'key'],
         [1, 'value'],
@@ -477,7 +529,7 @@ export class Q8Decoder {
           const from = this.arena.kvIndex(s, l, kv, g)
           out.set(mem.subarray(from, from + length * D), g * length * D)
         }
-        tensors[`past_key_values.${l}.${name}`] = new ort.Tensor('float32', out, [
+        tensors[`past_key_values.${this.range[0] + l}.${name}`] = new ort.Tensor('float32', out, [
           1,
           kvHeads,
           length,
@@ -509,14 +561,14 @@ export class Q8Decoder {
   }
 
   private importKv(cache: KvCache, s: KvSequence): void {
-    const { layers, kvHeads, headDim: D } = this.shape
+    const { kvHeads, headDim: D } = this.shape
     const n = cache.length
-    for (let l = 0; l < layers; l++)
+    for (let l = 0; l < this.range[1] - this.range[0]; l++)
       for (const [kv, name] of [
         [0, 'key'],
         [1, 'value'],
       ] as const) {
-        const t = cache.tensors[`past_key_values.${l}.${name}`]
+        const t = cache.tensors[`past_key_values.${this.range[0] + l}.${name}`]
         if (!t || !(t.data instanceof Float32Array) || t.data.length !== kvHeads * n * D)
           throw new AppError('internal', `The KV cache has no float32 ${name} of layer ${l}`)
         const mem = this.arena.f32()

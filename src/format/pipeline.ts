@@ -1,0 +1,215 @@
+/**
+ * A package split into stages for isolates too small to hold the whole model (a Worker or a
+ * Durable Object has 128 MB): `model:prepare --stage-budget-mib N` records a plan in the
+ * manifest (`pipeline`), and each stage loads only the bytes of its part of the package:
+ *
+ *   - a layer stage: the decoder layers [start, end) in the engine's kernels, with their KV cache
+ *     per sequence; the last one also applies the final norm;
+ *   - a row stage: the head rows [start, end) (a slice of the vocabulary), which serves both the
+ *     tied embedding of the token ids in its range and the logits of its range.
+ *
+ * The package's files do not change: a stage reads the shards that overlap its byte ranges.
+ * The plan's `residentBytes` is this module's estimate of what the stage holds (weights in the
+ * kernels' layout, the KV cache for `contextLength` positions of `sequences` sequences, scratch,
+ * and a fixed allowance for the isolate's JS and code); a stage measures its own after loading
+ * and refuses to run past `budgetBytes`.
+ */
+import type { DecoderFormat, HeadFormat } from './manifest.ts'
+import { headLayout, headStride } from './manifest.ts'
+import type { Qwen2Config } from './config.ts'
+
+const MiB = 1024 * 1024
+
+export interface PipelineStage {
+  /** Decoder layers [start, end) (a layer stage). */
+  layers?: [number, number]
+  /** Head rows [start, end) (a row stage: embedding lookups and logits of those tokens). */
+  rows?: [number, number]
+  /** The plan's estimate of the stage's resident memory (see `stageResidentBytes`). */
+  residentBytes: number
+}
+
+export interface PipelineEntry {
+  /** Most bytes one stage may hold (its isolate's share of memory). */
+  budgetBytes: number
+  /** Positions of KV cache per sequence a layer stage plans for. */
+  contextLength: number
+  /** Sequences at `contextLength` a layer stage plans for at once. */
+  sequences: number
+  /** Prompt rows per forward run a stage plans scratch for. */
+  chunkRows: number
+  /** Layer stages in order (their ranges tile [0, layers)), then row stages (tiling [0, vocab)). */
+  stages: PipelineStage[]
+}
+
+/**
+ * Memory a stage holds besides its weights, KV and scratch: the isolate's JS heap (the stage's
+ * code, the manifest, the decoder's small tensors), the compiled kernel module and V8's own
+ * structures. Measured on workerd's inspector for the stage worker (README, "Workers").
+ */
+export const STAGE_BASE_BYTES = 12 * MiB
+
+/** The shape numbers a plan needs. */
+export interface PipelineShape {
+  hidden: number
+  intermediate: number
+  layers: number
+  heads: number
+  kvHeads: number
+  headDim: number
+  vocab: number
+}
+
+export function pipelineShape(c: Qwen2Config): PipelineShape {
+  return {
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    vocab: c.vocab_size,
+  }
+}
+
+/**
+ * Bytes of one weight matrix of `rows` outputs and `cols` inputs in the decoder's kernel layout:
+ * 'dqmm' as q8-rows (rows padded to 32 bytes, an int8 zero point and an f32 scale per row),
+ * 'nbits' as q4-b32 (21 bytes per block of 32 inputs); each matrix starts 64-byte aligned.
+ */
+export function kernelMatrixBytes(rows: number, cols: number, format: DecoderFormat): number {
+  if (format === 'nbits') return align(rows * 21 * Math.ceil(cols / 32), 64)
+  const stride = align(cols, 32)
+  const scale = align(rows * stride + rows, 16)
+  return align(scale + 4 * rows, 64)
+}
+
+/** Bytes of one decoder layer's matrices in the kernels (q, k, v fused; gate, up fused; o; down). */
+export function kernelLayerBytes(s: PipelineShape, format: DecoderFormat): number {
+  const q = s.heads * s.headDim
+  const kv = s.kvHeads * s.headDim
+  return (
+    kernelMatrixBytes(q + 2 * kv, s.hidden, format) +
+    kernelMatrixBytes(s.hidden, q, format) +
+    kernelMatrixBytes(2 * s.intermediate, s.hidden, format) +
+    kernelMatrixBytes(s.hidden, s.intermediate, format)
+  )
+}
+
+/** KV cache bytes of one position of one sequence in one layer (f32 keys and values). */
+export function kvBytesPerPosition(s: PipelineShape): number {
+  return 2 * s.kvHeads * s.headDim * 4
+}
+
+export interface StagePlanOptions {
+  contextLength: number
+  sequences: number
+  chunkRows: number
+}
+
+/**
+ * The estimate of a stage's resident memory. Layer stages: weights, the KV cache of
+ * `sequences` × `contextLength` positions, the step scratch for `chunkRows` rows, and the JS
+ * copies of each layer's norms and biases. Row stages: the rows, and logits scratch for
+ * `max(4, chunkRows)` hidden rows. Both plus STAGE_BASE_BYTES.
+ */
+export function stageResidentBytes(
+  s: PipelineShape,
+  part: Pick<PipelineStage, 'layers' | 'rows'>,
+  decoder: DecoderFormat,
+  head: HeadFormat,
+  o: StagePlanOptions,
+): number {
+  if (part.layers) {
+    const n = part.layers[1] - part.layers[0]
+    const q = s.heads * s.headDim
+    const kv = s.kvHeads * s.headDim
+    const widest = Math.max(q + 2 * kv, 2 * s.intermediate, s.hidden)
+    const rows = Math.max(o.chunkRows, 4)
+    const scratch = 4 * rows * (widest + s.intermediate) + 4 * o.contextLength + 64 * 1024
+    // the JS side of a forward run: residual, normed rows, attention output (f32 each)
+    const js = 4 * rows * (2 * s.hidden + q + Math.max(s.hidden, q, s.intermediate))
+    const small = n * 4 * (2 * s.hidden + q + 2 * kv)
+    return (
+      STAGE_BASE_BYTES +
+      n * kernelLayerBytes(s, decoder) +
+      n * o.sequences * o.contextLength * kvBytesPerPosition(s) +
+      scratch +
+      js +
+      small
+    )
+  }
+  if (part.rows) {
+    const n = part.rows[1] - part.rows[0]
+    const stride = headStride(s.hidden, head)
+    const weights = headLayout(n, stride, head).bytes
+    const rows = Math.max(o.chunkRows, 4)
+    const scratch = rows * (4 * Math.max(n, s.hidden) + 2 * stride + 64)
+    return STAGE_BASE_BYTES + weights + 2 * scratch
+  }
+  throw new Error('a stage holds layers or rows')
+}
+
+/**
+ * The plan for a budget: as few layer stages as fit (consecutive layers, in order), then the
+ * head's rows cut into as few equal slices as fit. Throws when one layer, or one row slice of
+ * a thousand tokens, does not fit.
+ */
+export function planPipeline(
+  s: PipelineShape,
+  decoder: DecoderFormat,
+  head: HeadFormat,
+  budgetBytes: number,
+  o: StagePlanOptions,
+): PipelineEntry {
+  const stages: PipelineStage[] = []
+  const est = (part: Pick<PipelineStage, 'layers' | 'rows'>) =>
+    stageResidentBytes(s, part, decoder, head, o)
+  let start = 0
+  while (start < s.layers) {
+    let end = start + 1
+    if (est({ layers: [start, end] }) > budgetBytes)
+      throw new Error(
+        `one decoder layer needs ${mib(est({ layers: [start, end] }))} MiB with a ` +
+          `${o.contextLength}-position KV cache for ${o.sequences} sequences: more than ` +
+          `the budget of ${mib(budgetBytes)} MiB`,
+      )
+    while (end < s.layers && est({ layers: [start, end + 1] }) <= budgetBytes) end++
+    stages.push({ layers: [start, end], residentBytes: est({ layers: [start, end] }) })
+    start = end
+  }
+  for (let slices = 1; ; slices++) {
+    const size = Math.ceil(s.vocab / slices)
+    if (size < 1000)
+      throw new Error(`the head does not fit the budget of ${mib(budgetBytes)} MiB in any slices`)
+    if (est({ rows: [0, size] }) > budgetBytes) continue
+    for (let r = 0; r < s.vocab; r += size) {
+      const rows: [number, number] = [r, Math.min(s.vocab, r + size)]
+      stages.push({ rows, residentBytes: est({ rows }) })
+    }
+    break
+  }
+  return { budgetBytes, ...o, stages }
+}
+
+/** The layer stages of a plan, in order, and its row stages. */
+export function pipelineParts(p: PipelineEntry): {
+  layers: Array<{ index: number; layers: [number, number] }>
+  rows: Array<{ index: number; rows: [number, number] }>
+} {
+  const layers: Array<{ index: number; layers: [number, number] }> = []
+  const rows: Array<{ index: number; rows: [number, number] }> = []
+  p.stages.forEach((st, index) => {
+    if (st.layers) layers.push({ index, layers: st.layers })
+    else if (st.rows) rows.push({ index, rows: st.rows })
+  })
+  return { layers, rows }
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to
+}
+
+function mib(n: number): string {
+  return (n / MiB).toFixed(1)
+}
