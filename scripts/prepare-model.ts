@@ -57,6 +57,8 @@ import {
   DEFAULT_SHARD_BYTES,
   headFileName,
   MANIFEST_FILE,
+  pipelineShape,
+  planPipeline,
   MANIFEST_VERSION,
   externalDataName,
   isValidPackageId,
@@ -154,7 +156,22 @@ export interface PrepareOptions {
   decoder?: PrepareDecoder
   /** The rows of a MatMulNBits lm_head; default 'q4' (as exported). */
   headFormat?: PrepareHeadFormat
+  /**
+   * Split the package into stages of at most this many bytes each (src/format/pipeline.ts), for
+   * isolates too small for the whole model; needs the head split and the decoder map. The
+   * files stay the same; the manifest gains the plan. Shards default to 4 MiB then.
+   */
+  stageBudgetBytes?: number
+  /** KV positions per sequence a layer stage plans for; default 2048. */
+  stageContext?: number
+  /** Sequences at full context a layer stage plans for; default 2. */
+  stageSequences?: number
 }
+
+/** A staged package's shards: a stage loading 4 at a time holds 16 MiB in flight. */
+const STAGED_SHARD_BYTES = 4 * 1024 * 1024
+/** Prompt rows per forward run (the engine's default prefill chunk). */
+const STAGE_CHUNK_ROWS = 128
 
 /** What `prepare-report.json` holds. */
 export interface PrepareReport {
@@ -296,6 +313,29 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
       shardBytes: settings.shardBytes,
       source: options.source,
     })
+    if (options.stageBudgetBytes !== undefined) {
+      if (!manifest.decoder || !manifest.head?.embedding)
+        throw new Error(
+          '--stage-budget-mib needs a package that runs in the kernels: the head split with the ' +
+            'embedding and the decoder map (see prepare-report.json for why they are missing)',
+        )
+      manifest.pipeline = planPipeline(
+        pipelineShape(manifest.config),
+        manifest.decoder.format,
+        manifest.head.format,
+        options.stageBudgetBytes,
+        {
+          contextLength: options.stageContext ?? 2048,
+          sequences: options.stageSequences ?? 2,
+          chunkRows: STAGE_CHUNK_ROWS,
+        },
+      )
+      for (const [i, st] of manifest.pipeline.stages.entries())
+        log(
+          `stage ${i}: ${st.layers ? `layers ${st.layers[0]}-${st.layers[1] - 1}` : `rows ${st.rows![0]}-${st.rows![1] - 1}`}, ` +
+            `~${(st.residentBytes / 1048576).toFixed(1)} MiB resident`,
+        )
+    }
     parseManifest(JSON.parse(JSON.stringify(manifest))) // what we write must read back
     if (report) await writeFile(join(tmp, REPORT_FILE), JSON.stringify(report, null, 2) + '\n')
     await writeFile(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n')
@@ -338,7 +378,11 @@ function checkOptions(options: PrepareOptions): Settings {
   const decoderMode = options.decoder ?? 'wasm'
   if (decoderMode !== 'wasm' && decoderMode !== 'graph')
     throw new Error(`Unknown decoder ${JSON.stringify(decoderMode)}: use wasm or graph`)
-  const shardBytes = options.shardBytes ?? DEFAULT_SHARD_BYTES
+  const shardBytes =
+    options.shardBytes ??
+    (options.stageBudgetBytes !== undefined ? STAGED_SHARD_BYTES : DEFAULT_SHARD_BYTES)
+  if (options.stageBudgetBytes !== undefined && !(options.stageBudgetBytes > 0))
+    throw new Error('The stage budget must be a positive number of bytes')
   if (!Number.isSafeInteger(shardBytes) || shardBytes < 4096) {
     throw new Error(`Shard size must be a whole number of bytes, at least 4096; got ${shardBytes}`)
   }
@@ -958,12 +1002,49 @@ export const PREPARE_CLI = {
       default: true,
       help: "after a conversion or rewrite, compare the last-position logits with the input's fp32 graph",
     },
+    'stage-budget-mib': {
+      type: 'string',
+      arg: '<n>',
+      help: 'split the model into stages of at most n MiB each (layer ranges, head row slices) for small isolates (Workers: 128 MB); shards default to 4 MiB',
+    },
+    'stage-context': {
+      type: 'string',
+      arg: '<n>',
+      default: '2048',
+      help: 'KV positions per sequence a stage plans for',
+    },
+    'stage-sequences': {
+      type: 'string',
+      arg: '<n>',
+      default: '2',
+      help: 'sequences at full context a stage plans for',
+    },
   },
   examples: [
     'npm run model:prepare -- .cache/models/tiny-q8 --id my-tiny --shard-mb 16',
     'npm run model:prepare -- .cache/hub/<repo>/main --id <id> --file onnx/model.onnx --format q8',
+    'npm run model:prepare -- .cache/models/qwen2.5-0.5b-q8 --id qwen-staged --stage-budget-mib 100',
   ],
 } as const
+
+function stageOptions(values: {
+  'stage-budget-mib'?: string
+  'stage-context'?: string
+  'stage-sequences'?: string
+}): Pick<PrepareOptions, 'stageBudgetBytes' | 'stageContext' | 'stageSequences'> {
+  if (values['stage-budget-mib'] === undefined) return {}
+  const budget = Number(values['stage-budget-mib'])
+  const context = Number(values['stage-context'] ?? 2048)
+  const sequences = Number(values['stage-sequences'] ?? 2)
+  if (!(budget > 0)) throw new Error('--stage-budget-mib must be a positive number')
+  if (!(Number.isInteger(context) && context > 0 && Number.isInteger(sequences) && sequences > 0))
+    throw new Error('--stage-context and --stage-sequences must be positive integers')
+  return {
+    stageBudgetBytes: Math.floor(budget * 1024 * 1024),
+    stageContext: context,
+    stageSequences: sequences,
+  }
+}
 
 async function main(): Promise<void> {
   const { values, positionals } = parseCli(PREPARE_CLI)
@@ -985,6 +1066,7 @@ async function main(): Promise<void> {
     decoder: values.decoder as PrepareDecoder,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
+    ...stageOptions(values),
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)
   const shards = manifest.stages[0].externalData[0]?.shards.length ?? 0

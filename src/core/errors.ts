@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'model_unavailable' // the model failed to load (the next request retries)
   | 'model_loading' // still loading
   | 'model_invalid' // the model package is broken: bad checksum, missing file, unknown version
+  | 'stage_unavailable' // a pipeline stage restarted (its KV cache is gone) or cannot run
   | 'internal'
 
 const STATUS: Record<ErrorCode, number> = {
@@ -27,6 +28,7 @@ const STATUS: Record<ErrorCode, number> = {
   model_unavailable: 503,
   model_loading: 503,
   model_invalid: 503,
+  stage_unavailable: 503,
   internal: 500,
 }
 

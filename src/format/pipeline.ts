@@ -49,6 +49,9 @@ export interface PipelineEntry {
  */
 export const STAGE_BASE_BYTES = 12 * MiB
 
+/** Hidden rows a row stage plans its logits for at once (a decode batch). */
+export const HEAD_BATCH_ROWS = 8
+
 /** The shape numbers a plan needs. */
 export interface PipelineShape {
   hidden: number
@@ -111,7 +114,7 @@ export interface StagePlanOptions {
  * The estimate of a stage's resident memory. Layer stages: weights, the KV cache of
  * `sequences` × `contextLength` positions, the step scratch for `chunkRows` rows, and the JS
  * copies of each layer's norms and biases. Row stages: the rows, and logits scratch for
- * `max(4, chunkRows)` hidden rows. Both plus STAGE_BASE_BYTES.
+ * HEAD_BATCH_ROWS hidden rows. Both plus STAGE_BASE_BYTES.
  */
 export function stageResidentBytes(
   s: PipelineShape,
@@ -143,8 +146,8 @@ export function stageResidentBytes(
     const n = part.rows[1] - part.rows[0]
     const stride = headStride(s.hidden, head)
     const weights = headLayout(n, stride, head).bytes
-    const rows = Math.max(o.chunkRows, 4)
-    const scratch = rows * (4 * Math.max(n, s.hidden) + 2 * stride + 64)
+    // logits of a decode batch (a prompt needs its last row only), and the JS copy sent back
+    const scratch = HEAD_BATCH_ROWS * (4 * Math.max(n, s.hidden) + 2 * stride + 64)
     return STAGE_BASE_BYTES + weights + 2 * scratch
   }
   throw new Error('a stage holds layers or rows')
@@ -212,4 +215,58 @@ function align(n: number, to: number): number {
 
 function mib(n: number): string {
   return (n / MiB).toFixed(1)
+}
+
+/** A byte range [from, to) of a file, and where it goes in the stage's copy (`at`). */
+export interface FileSegment {
+  from: number
+  to: number
+  at: number
+}
+
+/**
+ * The parts of the head file a row stage holds, and where each goes in the file of a head of
+ * just those rows (`headLayout(end - start, stride, format)`): the rows, and for 'q8-rows'
+ * their zero points and scales.
+ */
+export function headSliceSegments(
+  head: { format: HeadFormat; vocab: number; stride: number },
+  rows: readonly [number, number],
+): FileSegment[] {
+  const [a, b] = rows
+  const whole = headLayout(head.vocab, head.stride, head.format)
+  const part = headLayout(b - a, head.stride, head.format)
+  const segments = [{ from: a * head.stride, to: b * head.stride, at: 0 }]
+  if (head.format === 'q8-rows')
+    segments.push(
+      { from: whole.zeroPoints + a, to: whole.zeroPoints + b, at: part.zeroPoints },
+      { from: whole.scales + 4 * a, to: whole.scales + 4 * b, at: part.scales },
+    )
+  return segments
+}
+
+/** The pieces of `bytes` (at `offset` of the file) that fall in `segments`, placed. */
+export function placeSegments(
+  segments: readonly FileSegment[],
+  offset: number,
+  bytes: Uint8Array,
+): Array<{ at: number; bytes: Uint8Array }> {
+  const out: Array<{ at: number; bytes: Uint8Array }> = []
+  const end = offset + bytes.byteLength
+  for (const s of segments) {
+    const from = Math.max(s.from, offset)
+    const to = Math.min(s.to, end)
+    if (from < to)
+      out.push({ at: s.at + from - s.from, bytes: bytes.subarray(from - offset, to - offset) })
+  }
+  return out
+}
+
+/** Whether [offset, offset + bytes) overlaps a segment. */
+export function overlapsSegments(
+  segments: readonly FileSegment[],
+  offset: number,
+  bytes: number,
+): boolean {
+  return segments.some((s) => s.from < offset + bytes && offset < s.to)
 }

@@ -18,6 +18,11 @@ export interface KvCache {
    * until its stream ends. Absent: the cache is already its own.
    */
   detach?(): KvCache
+  /**
+   * Its first `length` positions, for a cache that cannot be read as tensors (a pipeline's,
+   * whose KV lives in its stages). Absent: sliceKvCache copies the tensors.
+   */
+  slice?(length: number): KvCache
 }
 
 /** `cache` as a plain cache of its own tensors (see KvCache.detach). */
@@ -37,6 +42,7 @@ export function sliceKvCache(cache: KvCache, length: number): KvCache {
   if (!Number.isInteger(length) || length < 0 || length > cache.length) {
     throw new RangeError(`sliceKvCache: length ${length} outside [0, ${cache.length}]`)
   }
+  if (cache.slice) return cache.slice(length)
   const tensors: Record<string, Tensor> = {}
   for (const [name, t] of Object.entries(cache.tensors)) {
     const [batch, heads, past, headDim] = t.dims

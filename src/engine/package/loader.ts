@@ -44,6 +44,12 @@ export interface LoadPackageOptions {
    * store lookup must find the package it asked for.
    */
   anyId?: boolean
+  /**
+   * Default true. False: only the manifest is read before `stream` (a pipeline stage, which
+   * needs no tokenizer or graph): the handle's tokenizer fields are empty objects and its graph
+   * is empty.
+   */
+  smallFiles?: boolean
   /** Files read at the same time; default 4. Use 1-2 inside a 128 MB Worker. */
   concurrency?: number
   /** Extra attempts after a transient failure; default 3. */
@@ -71,6 +77,9 @@ export type BigFile = { kind: 'external'; index: number } | { kind: 'decoder' } 
 /** Takes a verified piece of a big file (`bytes` at `offset` of it); may keep `bytes`. */
 export type ShardSink = (file: BigFile, offset: number, bytes: Uint8Array) => void | Promise<void>
 
+/** Whether a stream reads the shard of `file` covering [offset, offset + bytes). */
+export type ShardFilter = (file: BigFile, offset: number, bytes: number) => boolean
+
 /**
  * A package whose manifest and small files (tokenizer, graph) are read and whose weights are
  * still in the store: `load` reads them into one buffer per file (what onnxruntime takes),
@@ -82,7 +91,8 @@ export interface PackageHandle extends Omit<
   'externalData' | 'head' | 'decoder'
 > {
   load(): Promise<LoadedModelPackage>
-  stream(sink: ShardSink): Promise<void>
+  /** Every shard (or those `wanted` says), verified, to `sink`. */
+  stream(sink: ShardSink, wanted?: ShardFilter): Promise<void>
 }
 
 /** The whole package, weights in memory (`openPackage(...).load()`). */
@@ -127,7 +137,8 @@ export async function openPackage(
       `Model package ${id} has no stage ${stageIndex} (it has ${manifest.stages.length})`,
     )
   }
-  const small = [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph]
+  const readSmall = options.smallFiles !== false
+  const small = readSmall ? [manifest.tokenizer.json, manifest.tokenizer.config, stage.graph] : []
   // the decoder file (small tensors of the decoder entry) and the head file (a split lm_head,
   // head.ts) are cut into shards like external data; same order as listFiles
   const decoderFile = manifest.decoder?.file
@@ -147,9 +158,11 @@ export async function openPackage(
     id: manifest.id,
     config: manifest.config as Qwen2Config,
     generationConfig: manifest.generationConfig as GenerationConfig,
-    tokenizerJson: parseJsonObject(tokenizerJson, manifest.tokenizer.json.path),
-    tokenizerConfig: parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path),
-    graph,
+    tokenizerJson: readSmall ? parseJsonObject(tokenizerJson, manifest.tokenizer.json.path) : {},
+    tokenizerConfig: readSmall
+      ? parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path)
+      : {},
+    graph: graph ?? new Uint8Array(0),
     manifest,
     stage,
   }
@@ -195,18 +208,20 @@ export async function openPackage(
     }
   }
 
-  const stream = async (sink: ShardSink): Promise<void> => {
+  const stream = async (sink: ShardSink, wanted?: ShardFilter): Promise<void> => {
     once()
     // the decoder file first: its small tensors (norms, biases) complete the layers the large
     // shards bring, so those can be written and dropped as they come
     const order = [...big].sort((a, b) => rank(a.file) - rank(b.file))
     await ctx.all(
       order.flatMap((b) =>
-        shardsOf(b.entry).map(({ shard, offset }) => async () => {
-          const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
-          await ctx.readInto(shard, bytes)
-          await sink(b.file, offset, bytes)
-        }),
+        shardsOf(b.entry)
+          .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
+          .map(({ shard, offset }) => async () => {
+            const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
+            await ctx.readInto(shard, bytes)
+            await sink(b.file, offset, bytes)
+          }),
       ),
     )
   }

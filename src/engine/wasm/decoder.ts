@@ -333,6 +333,14 @@ export class Q8Decoder {
     return undefined
   }
 
+  /** Bytes of the arrays the decoder keeps in JS (each layer's norms and biases). */
+  get jsBytes(): number {
+    let n = this.finalNorm.byteLength
+    for (const L of this.layers)
+      if (L) n += L.qkvBias.byteLength + L.inputNorm.byteLength + L.postNorm.byteLength
+    return n
+  }
+
   /** Bytes of WASM memory the decoder holds (weights, scratch, KV arena). */
   get memoryBytes(): number {
     return this.kernel.memory.buffer.byteLength
@@ -505,6 +513,21 @@ export class Q8Decoder {
     if (!this.last) return h
     rmsNorm(h, x, b, H, this.finalNorm, eps)
     return x
+  }
+
+  /**
+   * A sequence of its own holding the first `length` positions of `cache` (one this decoder
+   * made): what a pipeline stage keeps when the front forks a sequence.
+   */
+  copy(cache: KvCache, length: number): ResidentCache {
+    if (!(cache instanceof ResidentCache) || cache.sequence.arena !== this.arena)
+      throw new Error('copy: not a cache of this decoder')
+    if (!(length >= 0 && length <= cache.length)) throw new Error(`copy: bad length ${length}`)
+    if (cache.sequence.freed) throw new AppError('internal', 'A released KV cache was copied')
+    const s = this.arena.allocate(length + 1)
+    this.arena.copyPositions(cache.sequence, s, length)
+    s.filled = length
+    return new ResidentCache(length, s, this)
   }
 
   /** Gives a cache's sequence memory back now (its stream ended); later reads of it throw. */

@@ -9,9 +9,12 @@ import { AppError } from '../../core/errors.ts'
 import {
   decoderLayerTensors,
   decoderTensorBytes,
+  overlapsSegments,
+  placeSegments,
   resolveDecoderFloats,
   resolveDecoderLayer,
   type DecoderTensorRef,
+  type FileSegment,
 } from '../../format/index.ts'
 import type { BigFile, PackageHandle } from '../package/loader.ts'
 import { Q8Decoder } from './decoder.ts'
@@ -31,39 +34,81 @@ export async function streamKernelModel(
   const { manifest } = handle
   const why = KernelModel.unsupported(manifest)
   if (why) throw new AppError('model_invalid', `The package cannot run in the kernels: ${why}`)
-  const entry = manifest.decoder!
-  const h = manifest.head!
-  const head = await Q8Head.allocate(h)
-  const decoder = await Q8Decoder.allocate(decoderShape(manifest.config), head, entry.format)
+  const head = await Q8Head.allocate(manifest.head!)
+  const decoder = await Q8Decoder.allocate(
+    decoderShape(manifest.config),
+    head,
+    manifest.decoder!.format,
+  )
+  await streamParts(handle, { decoder, head }, stats)
+  return KernelModel.of(manifest.config, head, decoder)
+}
+
+/** What a streamed load fills: a decoder (its `range` of layers) and/or a head (or its rows). */
+export interface StreamTargets {
+  decoder?: Q8Decoder
+  head?: Q8Head
+  /** The parts of the head file `head` holds and where (a row stage); absent: the whole file. */
+  headSegments?: FileSegment[]
+}
+
+/**
+ * Streams the shards the targets need (and only those) into them: the decoder's layers are
+ * written as soon as all their tensors have arrived, the head's bytes as they come.
+ */
+export async function streamParts(
+  handle: PackageHandle,
+  targets: StreamTargets,
+  stats: StreamStats = { peakHeldBytes: 0 },
+): Promise<void> {
+  const { manifest } = handle
+  const { decoder, head } = targets
+  const entry = manifest.decoder
+  if (decoder && !entry) throw new AppError('model_invalid', 'The package has no decoder map')
+  if (head && !manifest.head) throw new AppError('model_invalid', 'The package has no head file')
+  const segments = head ? (targets.headSegments ?? [{ from: 0, to: head.fileBytes, at: 0 }]) : []
+  const headWant = segments.reduce((n, s) => n + s.to - s.from, 0)
   const pieces = new Pieces()
-  const waiting = new Map(entry.layers.map((l, i) => [i, decoderLayerTensors(l)]))
-  let finalNorm: DecoderTensorRef | undefined = entry.finalNorm
+  const range = decoder?.range ?? [0, 0]
+  const waiting = new Map<number, DecoderTensorRef[]>()
+  for (let l = range[0]; l < range[1]; l++) waiting.set(l, decoderLayerTensors(entry!.layers[l]))
+  let finalNorm: DecoderTensorRef | undefined = decoder?.last ? entry!.finalNorm : undefined
+  const refs = [...waiting.values()].flat().concat(finalNorm ? [finalNorm] : [])
   let headBytes = 0
 
+  const wanted = (file: BigFile, offset: number, bytes: number): boolean => {
+    if (file.kind === 'head') return overlapsSegments(segments, offset, bytes)
+    const key: FileKey = file.kind === 'decoder' ? 'decoder' : file.index
+    return refs.some(
+      (r) =>
+        r.file === key && r.offset < offset + bytes && offset < r.offset + decoderTensorBytes(r),
+    )
+  }
   const take = (file: BigFile, offset: number, bytes: Uint8Array) => {
     if (file.kind === 'head') {
-      head.write(offset, bytes)
-      headBytes += bytes.byteLength
+      for (const p of placeSegments(segments, offset, bytes)) {
+        head!.write(p.at, p.bytes)
+        headBytes += p.bytes.byteLength
+      }
       return
     }
     pieces.add(file.kind === 'decoder' ? 'decoder' : file.index, offset, bytes)
     stats.peakHeldBytes = Math.max(stats.peakHeldBytes, pieces.heldBytes)
-    for (const [l, refs] of waiting) {
-      if (!refs.every((r) => pieces.has(r))) continue
-      decoder.writeLayer(l, resolveDecoderLayer(entry.layers[l], l, pieces.bytes))
+    for (const [l, layerRefs] of waiting) {
+      if (!layerRefs.every((r) => pieces.has(r))) continue
+      decoder!.writeLayer(l, resolveDecoderLayer(entry!.layers[l], l, pieces.bytes))
       waiting.delete(l)
     }
     if (finalNorm && pieces.has(finalNorm)) {
-      decoder.writeFinalNorm(resolveDecoderFloats(finalNorm, 'finalNorm', pieces.bytes))
+      decoder!.writeFinalNorm(resolveDecoderFloats(finalNorm, 'finalNorm', pieces.bytes))
       finalNorm = undefined
     }
     const needed = [...waiting.values()].flat().concat(finalNorm ? [finalNorm] : [])
     pieces.keepOnly(needed)
   }
-  await handle.stream(take)
-  if (waiting.size || finalNorm || headBytes !== head.fileBytes)
+  await handle.stream(take, wanted)
+  if (waiting.size || finalNorm || headBytes !== headWant)
     throw new AppError('model_invalid', 'The package ended before its decoder map and head did')
-  return KernelModel.of(manifest.config, head, decoder)
 }
 
 type FileKey = number | 'decoder'

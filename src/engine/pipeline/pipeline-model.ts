@@ -1,0 +1,426 @@
+/**
+ * The model as the front runs it when the package is split into stages (stage.ts): the same
+ * ForwardModel the serving layer drives everywhere, whose forward runs travel through the
+ * stages. Per run: the token ids to the row stages that hold them (embeddings back), the rows
+ * through each layer stage in order, the last rows to every row stage (their slices of the
+ * logits back, put together here, so sampling and label scoring see exactly what one process
+ * computes).
+ *
+ * Sequences. A KV cache here is a sequence number and a length; the layer stages hold the KV.
+ * Caches stay immutable to their users as in the kernels: stepping a cache that is not its
+ * sequence's newest forks a new sequence (the fork rides ahead of the rows, as an op), and
+ * `detach` (a cache kept long: turn cache, classification prefix) is such a fork too. A
+ * released sequence is released in every layer stage (a call of its own, queued behind the
+ * stage's other calls: calls to one stage never overtake each other).
+ *
+ * Restarts. Each stage's replies carry its epoch; a new one (or a stage that no longer holds a
+ * sequence) means an isolate restarted and lost its KV. The front then resets every layer
+ * stage and runs the call again: each sequence it needs is recomputed from its tokens (kept
+ * here, a few bytes a token), so a reply goes on as if nothing happened; it costs a prefill.
+ */
+import { AppError, isAppError } from '../../core/errors.ts'
+import { pipelineParts, type Manifest } from '../../format/index.ts'
+import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
+import type { KvCache } from '../kv/kv-cache.ts'
+import type { StageApi, StageGroup, StageOp, StageState } from './stage.ts'
+
+/** One sequence as the front tracks it: the tokens in its KV (in the stages), in order. */
+class Sequence {
+  released = false
+  constructor(
+    readonly id: string,
+    readonly generation: number,
+    /** Tokens whose KV the stages hold (positions 0 … filled − 1). */
+    readonly tokens: number[],
+  ) {}
+  get filled(): number {
+    return this.tokens.length
+  }
+}
+
+/** The first `length` positions of a sequence (none yet: `seq` undefined). */
+export class PipelineCache implements KvCache {
+  constructor(
+    readonly length: number,
+    readonly seq: Sequence | undefined,
+    private readonly model: PipelineModel,
+  ) {}
+
+  get tensors(): never {
+    throw new AppError('internal', 'A pipeline KV cache lives in its stages and cannot be read')
+  }
+
+  /** A sequence of its own with these positions (a fork in the stages, sent with the next call). */
+  detach(): KvCache {
+    return this.model.fork(this)
+  }
+
+  slice(length: number): KvCache {
+    return new PipelineCache(length, this.seq, this.model)
+  }
+}
+
+interface Link {
+  api: StageApi
+  /** Calls to this stage run one after another, in the order they were made. */
+  tail: Promise<unknown>
+  /** Ops for the next call (layer stages). */
+  ops: StageOp[]
+  state?: StageState
+}
+
+export class PipelineModel implements ForwardModel {
+  readonly shape: ModelShape
+  readonly canBatch = true
+  readonly exactBatches = true
+  readonly paths = { prefill: 'decoder', decode: 'decoder' } as const
+  private readonly layerLinks: Link[]
+  private readonly rowLinks: Array<Link & { rows: [number, number] }>
+  private readonly hidden: number
+  private readonly chunkRows: number
+  private nextSeq = 1
+  /** This front's name in the stages: its sequences are `<front>/<n>`. */
+  readonly front = crypto.randomUUID()
+  private generation = 0
+  /** Stage restarts seen (and recovered from). */
+  restarts = 0
+  private readonly finalizer = new FinalizationRegistry<{ id: string; generation: number }>((s) =>
+    this.dropSequence(s.id, s.generation),
+  )
+
+  constructor(manifest: Manifest, stages: readonly StageApi[]) {
+    const plan = manifest.pipeline
+    if (!plan) throw new AppError('model_invalid', `Package ${manifest.id} has no pipeline`)
+    if (stages.length !== plan.stages.length)
+      throw new Error(`PipelineModel: ${stages.length} stages for a plan of ${plan.stages.length}`)
+    const c = manifest.config
+    this.shape = {
+      vocabSize: c.vocab_size,
+      layers: c.num_hidden_layers,
+      kvHeads: c.num_key_value_heads,
+      headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    }
+    this.hidden = c.hidden_size
+    this.chunkRows = plan.chunkRows
+    const parts = pipelineParts(plan)
+    const link = (i: number): Link => ({ api: stages[i], tail: Promise.resolve(), ops: [] })
+    this.layerLinks = parts.layers.map((p) => link(p.index))
+    this.rowLinks = parts.rows.map((p) => ({ ...link(p.index), rows: p.rows }))
+  }
+
+  /** The stages as they last answered (plan order: layer stages, then row stages). */
+  get stages(): Array<StageState | undefined> {
+    return [...this.layerLinks, ...this.rowLinks].map((l) => l.state)
+  }
+
+  /** Asks every stage for its state (loading the ones not loaded yet). */
+  async refresh(): Promise<StageState[]> {
+    const all = [...this.layerLinks, ...this.rowLinks]
+    return Promise.all(
+      all.map((l) =>
+        this.call(
+          l,
+          () => l.api.state(),
+          (s) => s,
+        ),
+      ),
+    )
+  }
+
+  emptyCache(): KvCache {
+    return new PipelineCache(0, undefined, this)
+  }
+
+  async forward(
+    ids: readonly number[],
+    cache: KvCache,
+    keep = 1,
+    columns?: readonly number[],
+  ): Promise<StepResult> {
+    if (ids.length === 0) throw new Error('forward needs at least one token')
+    keep = Math.max(0, Math.min(keep, ids.length))
+    return this.retrying(async () => {
+      const [seq] = await this.claim([this.own(cache)])
+      const hidden = await this.run([seq], [ids], keep)
+      const rows = keep
+      const logits = rows ? await this.logits(hidden, rows, columns) : new Float32Array(0)
+      return { logits, rows, cache: new PipelineCache(seq.filled, seq, this) }
+    })
+  }
+
+  forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]> {
+    return this.decode(tokens, caches)
+  }
+
+  async decode(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]> {
+    if (tokens.length === 0 || tokens.length !== caches.length)
+      throw new Error('decode needs one cache per token')
+    return this.retrying(async () => {
+      const seqs = await this.claim(caches.map((c) => this.own(c)))
+      const hidden = await this.run(
+        seqs,
+        tokens.map((t) => [t]),
+        1,
+      )
+      const logits = await this.logits(hidden, tokens.length)
+      const V = this.shape.vocabSize
+      return seqs.map((s, r) => ({
+        logits: logits.subarray(r * V, (r + 1) * V),
+        rows: 1,
+        cache: new PipelineCache(s.filled, s, this),
+      }))
+    })
+  }
+
+  releaseCache(cache: KvCache): void {
+    if (!(cache instanceof PipelineCache) || !cache.seq || cache.seq.released) return
+    const s = cache.seq
+    s.released = true
+    this.finalizer.unregister(s)
+    if (s.generation !== this.generation) return
+    for (const l of this.layerLinks) {
+      l.ops.push({ release: s.id })
+      void this.flush(l)
+    }
+  }
+
+  async release(): Promise<void> {}
+
+  /** A new sequence holding `cache`'s positions (PipelineCache.detach). */
+  fork(cache: PipelineCache): KvCache {
+    const from = cache.seq
+    if (!from || cache.length === 0) return new PipelineCache(0, undefined, this)
+    const seq = this.newSequence(from.tokens.slice(0, cache.length))
+    if (from.generation === this.generation && !from.released)
+      for (const l of this.layerLinks)
+        l.ops.push({ fork: { from: from.id, to: seq.id, length: cache.length } })
+    // else the next call that needs it recomputes it from its tokens
+    else this.stale.add(seq.id)
+    return new PipelineCache(cache.length, seq, this)
+  }
+
+  /** Sequences whose KV the stages do not hold (made while their source was lost): recompute. */
+  private readonly stale = new Set<string>()
+
+  /** `cache` as one of this model's (an empty plain cache is the same as `emptyCache()`). */
+  private own(cache: KvCache): PipelineCache {
+    if (cache instanceof PipelineCache) return cache
+    if (cache.length === 0) return new PipelineCache(0, undefined, this)
+    throw new AppError('internal', 'A pipeline model was given a KV cache it did not make')
+  }
+
+  /**
+   * The sequence each cache's next rows go to: its own when the cache is its newest and not
+   * used twice here, else a fork; recomputed first when the stages lost it.
+   */
+  private async claim(caches: PipelineCache[]): Promise<Sequence[]> {
+    const used = new Set<Sequence>()
+    const out: Sequence[] = []
+    for (const c of caches) {
+      const s = c.seq
+      if (s?.released) throw new AppError('internal', 'A released KV cache was stepped')
+      let seq: Sequence
+      if (!s) seq = this.newSequence([])
+      else if (s.generation !== this.generation || this.stale.has(s.id)) {
+        seq = this.newSequence([])
+        await this.recompute(seq, s.tokens.slice(0, c.length))
+      } else if (s.filled === c.length && !used.has(s)) seq = s
+      else {
+        seq = this.newSequence(s.tokens.slice(0, c.length))
+        for (const l of this.layerLinks)
+          l.ops.push({ fork: { from: s.id, to: seq.id, length: c.length } })
+      }
+      used.add(seq)
+      out.push(seq)
+    }
+    return out
+  }
+
+  private newSequence(tokens: number[]): Sequence {
+    const seq = new Sequence(`${this.front}/${this.nextSeq++}`, this.generation, tokens)
+    this.finalizer.register(seq, { id: seq.id, generation: seq.generation }, seq)
+    return seq
+  }
+
+  /** A sequence the stages lost, computed again from its tokens (no logits). */
+  private async recompute(seq: Sequence, tokens: number[]): Promise<void> {
+    for (let i = 0; i < tokens.length; i += this.chunkRows)
+      await this.run([seq], [tokens.slice(i, i + this.chunkRows)], 0)
+  }
+
+  /**
+   * Rows `ids[i]` after `seqs[i]` through the embedding and every layer stage; the sequences
+   * take the tokens. Returns the last `keep` rows of each (normalised hidden states).
+   */
+  private async run(
+    seqs: Sequence[],
+    ids: ReadonlyArray<readonly number[]>,
+    keep: number,
+  ): Promise<Float32Array> {
+    const flat = ids.flat()
+    let hidden = await this.embed(flat)
+    const groups: StageGroup[] = seqs.map((s, i) => ({
+      seq: s.id,
+      position: s.filled,
+      count: ids[i].length,
+    }))
+    const last = this.layerLinks.length - 1
+    for (let k = 0; k <= last; k++) {
+      const l = this.layerLinks[k]
+      const input = hidden
+      hidden = await this.call(
+        l,
+        () => {
+          const ops = l.ops.splice(0)
+          return l.api.forward(input, groups, ops, k === last ? keep : undefined)
+        },
+        (r) => r.state,
+        (r) => r.hidden,
+      )
+    }
+    seqs.forEach((s, i) => s.tokens.push(...ids[i]))
+    return hidden
+  }
+
+  /** Embeddings of `ids` from the row stages that hold them: [ids.length, hidden]. */
+  private async embed(ids: readonly number[]): Promise<Float32Array> {
+    for (const t of ids)
+      if (!(Number.isInteger(t) && t >= 0 && t < this.shape.vocabSize))
+        throw new AppError('bad_request', `token id ${t} is out of range`)
+    const H = this.hidden
+    const out = new Float32Array(ids.length * H)
+    await Promise.all(
+      this.rowLinks.map(async (l) => {
+        const at: number[] = []
+        ids.forEach((t, i) => {
+          if (t >= l.rows[0] && t < l.rows[1]) at.push(i)
+        })
+        if (!at.length) return
+        const got = await this.call(
+          l,
+          () => l.api.embed(at.map((i) => ids[i])),
+          (r) => r.state,
+          (r) => r.hidden,
+        )
+        at.forEach((i, j) => out.set(got.subarray(j * H, (j + 1) * H), i * H))
+      }),
+    )
+    return out
+  }
+
+  /** Logits of `rows` hidden rows from every row stage: [rows, vocab] (or [rows, columns]). */
+  private async logits(
+    hidden: Float32Array,
+    rows: number,
+    columns?: readonly number[],
+  ): Promise<Float32Array> {
+    for (const v of columns ?? [])
+      if (!(Number.isInteger(v) && v >= 0 && v < this.shape.vocabSize))
+        throw new AppError('bad_request', `token id ${v} is out of range`)
+    const width = columns ? columns.length : this.shape.vocabSize
+    const out = new Float32Array(rows * width)
+    await Promise.all(
+      this.rowLinks.map(async (l) => {
+        const [a, b] = l.rows
+        if (columns) {
+          const at: number[] = []
+          columns.forEach((v, i) => {
+            if (v >= a && v < b) at.push(i)
+          })
+          if (!at.length) return
+          const got = await this.call(
+            l,
+            () =>
+              l.api.logits(
+                hidden,
+                rows,
+                at.map((i) => columns[i]),
+              ),
+            (r) => r.state,
+            (r) => r.logits,
+          )
+          for (let r = 0; r < rows; r++)
+            at.forEach((i, j) => (out[r * width + i] = got[r * at.length + j]))
+          return
+        }
+        const got = await this.call(
+          l,
+          () => l.api.logits(hidden, rows),
+          (r) => r.state,
+          (r) => r.logits,
+        )
+        for (let r = 0; r < rows; r++)
+          out.set(got.subarray(r * (b - a), (r + 1) * (b - a)), r * width + a)
+      }),
+    )
+    return out
+  }
+
+  /**
+   * One call to a stage, after the ones made before it; its reply's state is checked: a new
+   * epoch from a stage that answered before means it restarted.
+   */
+  private call<R, T = R>(
+    l: Link,
+    send: () => Promise<R>,
+    stateOf: (r: R) => StageState,
+    pick: (r: R) => T = (r) => r as unknown as T,
+  ): Promise<T> {
+    const result = l.tail.then(send).then((r) => {
+      const state = stateOf(r)
+      const before = l.state?.epoch
+      l.state = state
+      if (before !== undefined && before !== state.epoch)
+        throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
+          details: { restarted: true },
+        })
+      return pick(r)
+    })
+    l.tail = result.catch(() => {})
+    return result
+  }
+
+  /** Sends a layer stage its queued ops (releases) on their own. */
+  private flush(l: Link): Promise<unknown> {
+    return this.call(
+      l,
+      async () => {
+        const ops = l.ops.splice(0)
+        return ops.length ? l.api.apply(ops) : (l.state ?? l.api.state())
+      },
+      (s) => s,
+    ).catch(() => {})
+  }
+
+  /** A sequence nothing refers to any more: released in the stages (if they still hold it). */
+  private dropSequence(id: string, generation: number): void {
+    this.stale.delete(id)
+    if (generation !== this.generation) return
+    for (const l of this.layerLinks) {
+      l.ops.push({ release: id })
+      void this.flush(l)
+    }
+  }
+
+  /**
+   * Runs `work`; when a stage turns out to have restarted (lost KV), every layer stage is reset
+   * and `work` runs once more, recomputing the sequences it needs.
+   */
+  private async retrying<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work()
+    } catch (err) {
+      if (!(isAppError(err) && err.code === 'stage_unavailable')) throw err
+      this.restarts++
+      this.generation++
+      this.stale.clear()
+      await Promise.all(
+        this.layerLinks.map((l) => {
+          l.ops = [{ reset: this.front }]
+          return this.flush(l)
+        }),
+      )
+      return work()
+    }
+  }
+}
