@@ -173,6 +173,7 @@ export class QwenEngine implements Engine {
 
   stats(): EngineStats {
     const b = this.batcher.stats
+    const stages = this.model.stageReports?.()
     return {
       active: this.scheduler.active,
       queued: this.scheduler.queued,
@@ -180,6 +181,9 @@ export class QwenEngine implements Engine {
       memory: {
         wasmBytes: wasmMemoryBytes(),
         ...(this.model.decoder && { kvSequences: this.model.decoder.sequences }),
+        ...(stages && {
+          kvSequences: Math.max(0, ...stages.map((s) => s.sequences ?? 0)),
+        }),
         turnCacheTokens: this.turns.tokens,
       },
       decode: {
@@ -191,6 +195,7 @@ export class QwenEngine implements Engine {
       prefill: {
         path: this.model.paths.prefill,
       },
+      ...(stages && { stages }),
     }
   }
 

@@ -5,7 +5,8 @@
  * package's own decoder when it has one; 'graph': everything in onnxruntime) and PREFILL ('wasm',
  * the default: prompts in the kernels too when the package allows, so no onnxruntime session
  * holds the weights; 'graph': prompts in onnxruntime, next to the decoder's copy of the
- * weights). Unset or empty keeps the default.
+ * weights), PIPELINE ('stages', the default for a package split into stages: each stage apart,
+ * all in this process; 'whole': one model). Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
 
@@ -30,12 +31,18 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     prefillChunk: int('PREFILL_CHUNK'),
     busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),
     kvReuseTokens: int('KV_REUSE_TOKENS', 0),
-    ...session(vars.DECODER, vars.PREFILL),
+    ...session(vars.DECODER, vars.PREFILL, vars.PIPELINE),
   }
 }
 
-function session(decoder: unknown, prefill: unknown): Pick<EngineOptions, 'session'> {
+function session(
+  decoder: unknown,
+  prefill: unknown,
+  pipeline: unknown,
+): Pick<EngineOptions, 'session'> {
   const unset = (v: unknown) => v === undefined || v === null || v === ''
+  if (!unset(pipeline) && pipeline !== 'stages' && pipeline !== 'whole')
+    throw new Error(`PIPELINE must be stages or whole, got ${String(pipeline)}`)
   if (!unset(decoder) && decoder !== 'wasm' && decoder !== 'graph')
     throw new Error(`DECODER must be wasm or graph, got ${String(decoder)}`)
   if (!unset(prefill) && prefill !== 'wasm' && prefill !== 'graph')
@@ -43,6 +50,7 @@ function session(decoder: unknown, prefill: unknown): Pick<EngineOptions, 'sessi
   const options = {
     ...(decoder === 'graph' && { decoder: false }),
     ...(prefill === 'graph' && { prefill: 'graph' as const }),
+    ...(pipeline === 'whole' && { pipeline: 'whole' as const }),
   }
   return Object.keys(options).length ? { session: options } : {}
 }

@@ -6,6 +6,7 @@
  * of the weights). load-model.ts picks one.
  */
 import type { KvCache } from './kv/kv-cache.ts'
+import type { StageReport } from './types.ts'
 import type { Q8Decoder } from './wasm/decoder.ts'
 import type { Q8Head } from './wasm/head.ts'
 
@@ -56,6 +57,8 @@ export interface ForwardModel {
   forwardBatch(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
   /** One decode step for each of one or more sequences, where decode steps run. */
   decode(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
+  /** A package split into stages: each stage as it last answered (pipeline-model.ts). */
+  readonly stageReports?: () => StageReport[]
   /** A cache nothing will step or read again: memory it holds is given back now. */
   releaseCache(cache: KvCache): void
   release(): Promise<void>

@@ -21,4 +21,12 @@ export type { LoadedPackage } from './package/model-package.ts'
 export { httpSource, type HttpSourceOptions } from './package/sources/http-source.ts'
 export { SourceError, type ModelSource, type SourceObject } from './package/sources/model-source.ts'
 export { useKernelModules } from './wasm/kernel.ts'
+export {
+  ModelStage,
+  type StageApi,
+  type StageGroup,
+  type StageOp,
+  type StageState,
+} from './pipeline/stage.ts'
+export { AppError, isAppError } from '../core/errors.ts'
 export { ort } from './graph/ort.ts'

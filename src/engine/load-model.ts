@@ -3,18 +3,33 @@
  * whole model (one copy of the weights, no onnxruntime session), else the ONNX graph on
  * onnxruntime-web, with decode steps in the engine's decoder when the package maps it.
  * `prefill: 'graph'` keeps prompts in the graph (onnxruntime's prefill, next to the decoder's
- * copy of the weights); `decoder: false` runs everything in the graph.
+ * copy of the weights); `decoder: false` runs everything in the graph. A package split into
+ * stages runs them, all in this process, behind the front's PipelineModel.
  */
 import type { ForwardModel } from './forward.ts'
 import { QwenModel, type SessionOptions } from './graph/model.ts'
 import type { PackageHandle } from './package/loader.ts'
 import type { LoadedPackage } from './package/model-package.ts'
+import type { Manifest } from '../format/index.ts'
+import { loadPipelineInProcess } from './pipeline/in-process.ts'
+import { PipelineModel } from './pipeline/pipeline-model.ts'
+import type { StageApi } from './pipeline/stage.ts'
 import { streamKernelModel } from './wasm/kernel-loader.ts'
 import { KernelModel } from './wasm/kernel-model.ts'
 
 export interface ModelOptions extends SessionOptions {
   /** Where prompt chunks run when the package allows the kernels: default 'wasm'. */
   prefill?: 'wasm' | 'graph'
+  /**
+   * A package split into stages: 'stages' (default) runs each stage apart, all in this
+   * process (the front and stages Workers run); 'whole' runs it as one model.
+   */
+  pipeline?: 'stages' | 'whole'
+  /**
+   * A package split into stages runs them elsewhere (Workers: a Durable Object per stage): the
+   * links to its stages, in plan order. The front then reads none of the weights.
+   */
+  stageLinks?: (manifest: Manifest) => StageApi[]
 }
 
 /**
@@ -27,6 +42,12 @@ export async function loadModel(
 ): Promise<ForwardModel> {
   const allowed = options.decoder !== false && options.prefill !== 'graph'
   if ('stream' in pkg) {
+    if (allowed && pkg.manifest.pipeline && options.pipeline !== 'whole') {
+      if (!options.stageLinks) return loadPipelineInProcess(pkg)
+      const model = new PipelineModel(pkg.manifest, options.stageLinks(pkg.manifest))
+      await model.refresh() // every stage loads now, side by side; a failure names its stage
+      return model
+    }
     if (allowed && KernelModel.unsupported(pkg.manifest) === undefined)
       return streamKernelModel(pkg)
     pkg = await pkg.load()

@@ -130,6 +130,24 @@ export interface EngineStats {
    * weights: one copy), or the ONNX graph.
    */
   prefill?: { path: 'decoder' | 'graph' }
+  /**
+   * A package split into stages (each its own isolate on Workers, all in this process on Node
+   * and Deno): every stage as it last answered, in plan order.
+   */
+  stages?: StageReport[]
+}
+
+export interface StageReport {
+  /** Decoder layers [start, end) of a layer stage. */
+  layers?: [number, number]
+  /** Head rows [start, end) of a row stage (a slice of the vocabulary). */
+  rows?: [number, number]
+  /** What the stage holds, as it counted on its last answer (undefined: not heard from yet). */
+  residentBytes?: number
+  budgetBytes?: number
+  /** KV sequences the stage holds (layer stages). */
+  sequences?: number
+  status: 'ready' | 'unknown'
 }
 
 export interface Engine {

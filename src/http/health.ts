@@ -30,7 +30,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
-    const { active, queued, queuedTokens, memory, decode, prefill } = engine.stats()
+    const { active, queued, queuedTokens, memory, decode, prefill, stages } = engine.stats()
     const runtime = deps.memory?.() ?? {}
     return c.json(
       {
@@ -59,6 +59,16 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
           },
         }),
         ...(prefill && { prefill: { path: prefill.path } }),
+        ...(stages && {
+          stages: stages.map((s) => ({
+            ...(s.layers && { layers: s.layers }),
+            ...(s.rows && { rows: s.rows }),
+            status: s.status,
+            ...(s.residentBytes !== undefined && { residentBytes: s.residentBytes }),
+            ...(s.budgetBytes !== undefined && { budgetBytes: s.budgetBytes }),
+            ...(s.sequences !== undefined && s.layers && { sequences: s.sequences }),
+          })),
+        }),
       },
       200,
       { 'Cache-Control': 'no-store' },

@@ -28,6 +28,8 @@ interface WorkersTestEnv {
   MODEL_BUCKET: TestR2Bucket
   MODEL?: string
   [variable: string]: unknown
+  /** The Durable Object class of a staged package's stages (wrangler.toml). */
+  STAGES: import('../../src/adapters/workers/stage-object.ts').StageNamespace
   /** Node-side service binding (test/workers/node/host-files.ts). */
   HOST_FILES: { fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> }
   /** vitest-pool-workers' own unsafe-eval binding (internal to 0.15.1). */

@@ -34,7 +34,16 @@ export interface ChatAnswer {
 export interface NodeReference {
   sentiment: SentimentAnswer[]
   chat: ChatAnswer
+  /** The same requests over the staged package (STAGED_PACKAGE), its stages in one process. */
+  staged: { sentiment: SentimentAnswer[]; chat: ChatAnswer; stages: number }
 }
+
+/**
+ * A package split into stages (global-setup.ts prepares it from the tiny preset with 4 layers):
+ * two layer stages and the head in two vocabulary slices. Served from `packages/` of the host.
+ */
+export const STAGED_PACKAGE = 'tiny-staged'
+export const STAGED_BUDGET_BYTES = 22 * 1024 * 1024
 
 declare module 'vitest' {
   export interface ProvidedContext {

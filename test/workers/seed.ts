@@ -8,6 +8,8 @@ import { env } from 'cloudflare:workers'
 import { MANIFEST_FILE, listFiles, parseManifest } from '../../src/format/index.ts'
 
 export interface SeedOptions {
+  /** The host folder the package is in: model-shards/ (default) or the prepared packages/. */
+  root?: 'model-shards' | 'packages'
   /** Store the package under another id (its manifest says so too). */
   as?: string
   /** Change one file's bytes on the way, e.g. to flip a byte in a shard. */
@@ -30,13 +32,14 @@ export async function hostFile(path: string): Promise<Uint8Array> {
 
 export async function seedPackage(id: string, options: SeedOptions = {}): Promise<SeededPackage> {
   const target = options.as ?? id
-  const manifestBytes = await hostFile(`model-shards/${id}/${MANIFEST_FILE}`)
+  const root = options.root ?? 'model-shards'
+  const manifestBytes = await hostFile(`${root}/${id}/${MANIFEST_FILE}`)
   const manifestJson = JSON.parse(new TextDecoder().decode(manifestBytes))
   const manifest = parseManifest(manifestJson)
   const files = new Map<string, Uint8Array>()
   const keys: string[] = []
   for (const file of listFiles(manifest)) {
-    const bytes = await hostFile(`model-shards/${id}/${file.path}`)
+    const bytes = await hostFile(`${root}/${id}/${file.path}`)
     files.set(file.path, bytes)
     await env.MODEL_BUCKET.put(`${target}/${file.path}`, options.alter?.(file.path, bytes) ?? bytes)
     keys.push(`${target}/${file.path}`)

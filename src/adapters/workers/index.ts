@@ -8,9 +8,11 @@ import simd128Kernels from '../../engine/wasm/kernels/engine-simd128.wasm'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
+import { stageLink, type StageNamespace } from './stage-object.ts'
 import {
   createEngineHost,
   type EngineLoader,
+  type EngineOptions,
   engineOptionsFromEnv,
   openPackage,
   type QwenEngine,
@@ -28,6 +30,11 @@ export interface Env {
   MODEL_BUCKET: R2BucketLike
   /** Package id inside the bucket. */
   MODEL?: string
+  /**
+   * The stages of a package split into stages (a Durable Object each, wrangler.toml); unused
+   * for a package that is one model.
+   */
+  STAGES?: StageNamespace
   API_KEY?: string
   CORS_ORIGINS?: string
   MAX_TOKENS_DEFAULT?: string
@@ -59,12 +66,29 @@ const app = createApp<{ Bindings: Env }>({
             concurrency: 2, // each shard in flight is one more shard of memory in a 128 MB isolate
           },
         ),
-      engineOptionsFromEnv(env as unknown as Record<string, unknown>),
+      withStages(engineOptionsFromEnv(env as unknown as Record<string, unknown>), env),
     )
     return getEngine().then((engine) => (loaded = engine))
   },
   config: (c) => readConfigFromEnv(c.env as unknown as Record<string, unknown>),
 })
+
+/** A staged package's stages are Durable Objects (the STAGES binding), one per stage. */
+function withStages(options: EngineOptions, env: Env): EngineOptions {
+  const ns = env.STAGES
+  if (!ns) return options
+  return {
+    ...options,
+    session: {
+      ...options.session,
+      stageLinks: (manifest) =>
+        manifest.pipeline!.stages.map((_, i) => stageLink(ns, manifest.id, i)),
+    },
+  }
+}
+
+// the stage class must be a named export of the main module for workerd to find it
+export { ModelStageObject } from './stage-object.ts'
 
 export default {
   // Hono's fetch, with each request's work kept alive until its client is served or has left

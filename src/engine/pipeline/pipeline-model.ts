@@ -19,9 +19,10 @@
  * here, a few bytes a token), so a reply goes on as if nothing happened; it costs a prefill.
  */
 import { AppError, isAppError } from '../../core/errors.ts'
-import { pipelineParts, type Manifest } from '../../format/index.ts'
+import { pipelineParts, type Manifest, type PipelineEntry } from '../../format/index.ts'
 import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
+import type { StageReport } from '../types.ts'
 import type { StageApi, StageGroup, StageOp, StageState } from './stage.ts'
 
 /** One sequence as the front tracks it: the tokens in its KV (in the stages), in order. */
@@ -74,6 +75,9 @@ export class PipelineModel implements ForwardModel {
   readonly canBatch = true
   readonly exactBatches = true
   readonly paths = { prefill: 'decoder', decode: 'decoder' } as const
+  private readonly plan: PipelineEntry
+  /** One per stage, in plan order. */
+  private readonly links: Link[]
   private readonly layerLinks: Link[]
   private readonly rowLinks: Array<Link & { rows: [number, number] }>
   private readonly hidden: number
@@ -102,22 +106,33 @@ export class PipelineModel implements ForwardModel {
     }
     this.hidden = c.hidden_size
     this.chunkRows = plan.chunkRows
+    this.plan = plan
     const parts = pipelineParts(plan)
-    const link = (i: number): Link => ({ api: stages[i], tail: Promise.resolve(), ops: [] })
-    this.layerLinks = parts.layers.map((p) => link(p.index))
-    this.rowLinks = parts.rows.map((p) => ({ ...link(p.index), rows: p.rows }))
+    this.links = stages.map((api) => ({ api, tail: Promise.resolve(), ops: [] }))
+    this.layerLinks = parts.layers.map((p) => this.links[p.index])
+    this.rowLinks = parts.rows.map((p) => Object.assign(this.links[p.index], { rows: p.rows }))
   }
 
-  /** The stages as they last answered (plan order: layer stages, then row stages). */
-  get stages(): Array<StageState | undefined> {
-    return [...this.layerLinks, ...this.rowLinks].map((l) => l.state)
-  }
+  /** Each stage as it last answered, in plan order. */
+  readonly stageReports = (): StageReport[] =>
+    this.plan.stages.map((part, i) => {
+      const state = this.links[i].state
+      return {
+        ...(part.layers && { layers: part.layers }),
+        ...(part.rows && { rows: part.rows }),
+        status: state ? 'ready' : 'unknown',
+        ...(state && {
+          residentBytes: state.residentBytes,
+          budgetBytes: state.budgetBytes,
+          sequences: state.sequences,
+        }),
+      }
+    })
 
-  /** Asks every stage for its state (loading the ones not loaded yet). */
+  /** Asks every stage for its state (on Workers, loading the ones not loaded yet). */
   async refresh(): Promise<StageState[]> {
-    const all = [...this.layerLinks, ...this.rowLinks]
     return Promise.all(
-      all.map((l) =>
+      this.links.map((l) =>
         this.call(
           l,
           () => l.api.state(),

@@ -7,19 +7,45 @@
 import type { TestProject } from 'vitest/node'
 import { createApp } from '../../../src/app.ts'
 import { QwenEngine } from '../../../src/engine/engine.ts'
-import { loadPackage } from '../../../src/engine/package/loader.ts'
+import { loadPackage, openPackage } from '../../../src/engine/package/loader.ts'
+import { preparePackage } from '../../../scripts/prepare-model.ts'
+import { ensureModel } from '../../helpers/models.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import {
   CHAT_BODY,
   PACKAGE_ID,
   SENTIMENT_TEXTS,
+  STAGED_BUDGET_BYTES,
+  STAGED_PACKAGE,
   type ChatAnswer,
+  type NodeReference,
   type SentimentAnswer,
 } from '../fixtures.ts'
-import { MODEL_SHARDS_DIR } from './host-files.ts'
+import { MODEL_SHARDS_DIR, TEST_PACKAGES_DIR } from './host-files.ts'
 
 export default async function setup(project: TestProject): Promise<void> {
-  const engine = await QwenEngine.create(await loadPackage(fsSource(MODEL_SHARDS_DIR), PACKAGE_ID))
+  const whole = await answers(
+    await QwenEngine.create(await loadPackage(fsSource(MODEL_SHARDS_DIR), PACKAGE_ID)),
+  )
+  // the staged package, its stages in this process (the front the Worker runs, the same stages)
+  await preparePackage({
+    folder: await ensureModel('tiny', 'q8', { overrides: { numLayers: 4 } }),
+    id: STAGED_PACKAGE,
+    out: TEST_PACKAGES_DIR,
+    shardBytes: 256 * 1024,
+    quiet: true,
+    verify: false,
+    stageBudgetBytes: STAGED_BUDGET_BYTES,
+    stageContext: 8192,
+  })
+  const handle = await openPackage(fsSource(TEST_PACKAGES_DIR), STAGED_PACKAGE)
+  const stages = handle.manifest.pipeline!.stages.length
+  const staged = await answers(await QwenEngine.create(handle))
+  project.provide('nodeReference', { ...whole, staged: { ...staged, stages } })
+}
+
+/** The fixtures' requests, answered by `engine` through the app. */
+async function answers(engine: QwenEngine): Promise<Omit<NodeReference, 'staged'>> {
   const app = createApp({ getEngine: async () => engine })
   const post = async (path: string, body: unknown) => {
     const res = await app.request(path, {
@@ -38,5 +64,5 @@ export default async function setup(project: TestProject): Promise<void> {
     finish_reason: chat.finish_reason,
     usage: chat.usage,
   }
-  project.provide('nodeReference', { sentiment, chat: answer })
+  return { sentiment, chat: answer }
 }

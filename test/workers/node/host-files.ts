@@ -6,6 +6,7 @@
  * themselves (test/workers/seed.ts).
  *
  *   GET /model-shards/<id>/<file>   a file of a model package
+ *   GET /packages/<id>/<file>       a file of a package the global setup prepared
  *   GET /ort-wasm                   onnxruntime-web's wasm (see test/workers/ort-wasm-module.ts)
  */
 import { readFile } from 'node:fs/promises'
@@ -15,6 +16,10 @@ import { fileURLToPath } from 'node:url'
 import { Response } from 'miniflare'
 
 export const MODEL_SHARDS_DIR = fileURLToPath(new URL('../../../model-shards', import.meta.url))
+/** Packages the workers project's global setup prepares (test/workers/fixtures.ts). */
+export const TEST_PACKAGES_DIR = fileURLToPath(
+  new URL('../../../.cache/test-packages', import.meta.url),
+)
 export const ORT_WASM_FILE = createRequire(import.meta.url).resolve(
   'onnxruntime-web/ort-wasm-simd-threaded.wasm',
 )
@@ -23,10 +28,15 @@ export async function serveHostFile(request: { url: string }): Promise<Response>
   const { pathname } = new URL(request.url)
   let file: string | undefined
   if (pathname === '/ort-wasm') file = ORT_WASM_FILE
-  else if (pathname.startsWith('/model-shards/')) {
-    const path = resolve(MODEL_SHARDS_DIR, decodeURIComponent(pathname.slice(14)))
-    if (path.startsWith(MODEL_SHARDS_DIR + sep)) file = path
-  }
+  else
+    for (const [prefix, dir] of [
+      ['/model-shards/', MODEL_SHARDS_DIR],
+      ['/packages/', TEST_PACKAGES_DIR],
+    ] as const)
+      if (pathname.startsWith(prefix)) {
+        const path = resolve(dir, decodeURIComponent(pathname.slice(prefix.length)))
+        if (path.startsWith(dir + sep)) file = path
+      }
   if (!file) return new Response(`no such host file: ${pathname}`, { status: 404 })
   try {
     return new Response(await readFile(file))

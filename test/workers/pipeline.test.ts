@@ -1,0 +1,168 @@
+/**
+ * A package split into stages, served by the real Worker inside workerd: the front (the Hono
+ * app) keeps tokenizer, sampling and HTTP; each stage is a Durable Object of the STAGES class
+ * that loads its own part of the package from local R2. Answers equal Node's (the same staged
+ * package, its stages in one process) bit for bit; KV is released in the stages when a reply
+ * ends; a stage evicted mid-reply is reloaded and the reply goes on unchanged.
+ */
+import { env } from 'cloudflare:workers'
+import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
+import { EventSourceParserStream, type EventSourceMessage } from 'eventsource-parser/stream'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
+import worker from '../../src/adapters/workers/index.ts'
+import { CHAT_BODY, SENTIMENT_TEXTS, STAGED_BUDGET_BYTES, STAGED_PACKAGE } from './fixtures.ts'
+import { seedPackage } from './seed.ts'
+
+const testEnv = { ...env, MODEL: STAGED_PACKAGE }
+
+async function call(path: string, init?: RequestInit): Promise<Response> {
+  const ctx = createExecutionContext()
+  const res = await worker.fetch(new Request(`http://worker${path}`, init), testEnv, ctx)
+  await waitOnExecutionContext(ctx)
+  return res
+}
+
+const post = (path: string, body: unknown) =>
+  call(path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  })
+
+/** A streamed reply: its body is read while the request's work is still running. */
+async function stream(
+  path: string,
+  body: unknown,
+): Promise<{ res: Response; done: Promise<void> }> {
+  const ctx = createExecutionContext()
+  const res = await worker.fetch(
+    new Request(`http://worker${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    }),
+    testEnv,
+    ctx,
+  )
+  return { res, done: waitOnExecutionContext(ctx) }
+}
+
+async function readEvents(
+  res: Response,
+  onEvent?: (e: EventSourceMessage, i: number) => Promise<void>,
+): Promise<EventSourceMessage[]> {
+  const events: EventSourceMessage[] = []
+  const reader = res
+    .body!.pipeThrough(new TextDecoderStream())
+    .pipeThrough(new EventSourceParserStream())
+    .getReader()
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    events.push(r.value)
+    await onEvent?.(r.value, events.length - 1)
+  }
+  return events
+}
+
+interface StageHealth {
+  layers?: [number, number]
+  rows?: [number, number]
+  status: string
+  residentBytes: number
+  sequences?: number
+}
+
+async function stages(): Promise<StageHealth[]> {
+  const res = await call('/health')
+  expect(res.status).toBe(200)
+  return (await res.json()).stages
+}
+
+/** KV sequences held by the layer stages (each holds the same ones). */
+async function held(): Promise<number[]> {
+  return (await stages()).filter((s) => s.layers).map((s) => s.sequences ?? -1)
+}
+
+beforeAll(async () => {
+  await seedPackage(STAGED_PACKAGE, { root: 'packages' })
+})
+
+describe('a staged package on Workers: a Durable Object per stage', () => {
+  it('lists every stage in /health, each loaded and within its budget', async () => {
+    const first = await call('/health')
+    expect(first.status).toBe(503)
+    let res = first
+    const deadline = Date.now() + 30_000
+    while (res.status !== 200 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100))
+      res = await call('/health')
+    }
+    expect(res.status).toBe(200)
+    const body = await res.json()
+    expect(body.model).toBe(STAGED_PACKAGE)
+    const list: StageHealth[] = body.stages
+    expect(list.length).toBe(inject('nodeReference').staged.stages)
+    expect(list.filter((s) => s.rows).length).toBeGreaterThanOrEqual(2) // a vocabulary split
+    expect(list.filter((s) => s.layers).length).toBeGreaterThanOrEqual(2)
+    for (const s of list) {
+      expect(s.status).toBe('ready')
+      expect(s.residentBytes).toBeGreaterThan(0)
+      expect(s.residentBytes).toBeLessThanOrEqual(STAGED_BUDGET_BYTES)
+    }
+  })
+
+  it('scores sentiment exactly as Node does over the same stages', async () => {
+    const node = inject('nodeReference').staged.sentiment
+    for (const [i, text] of SENTIMENT_TEXTS.entries()) {
+      const res = await post('/v1/sentiment', { text })
+      expect(res.status).toBe(200)
+      expect(await res.json()).toEqual(node[i])
+    }
+  })
+
+  it('streams the greedy reply Node gives, and releases its KV in every stage', async () => {
+    const node = inject('nodeReference').staged.chat
+    const before = await held()
+    const { res, done } = await stream('/v1/chat', CHAT_BODY)
+    expect(res.status).toBe(200)
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/)
+    const events = await readEvents(res)
+    await done
+    expect(events.at(-1)?.event).toBe('done')
+    const text = events
+      .filter((e) => e.event === 'delta')
+      .map((e) => JSON.parse(e.data).text as string)
+      .join('')
+    expect(JSON.parse(events.at(-1)!.data).usage).toEqual(node.usage)
+    expect(text).toBe(node.content)
+    // the release reaches the stages right after the reply: poll a little
+    let after = await held()
+    for (let i = 0; i < 50 && after.join() !== before.join(); i++) {
+      await new Promise((r) => setTimeout(r, 20))
+      after = await held()
+    }
+    expect(after).toEqual(before)
+  })
+
+  it('goes on unchanged when a stage is evicted mid-reply (the lost KV is recomputed)', async () => {
+    const node = inject('nodeReference').staged.chat
+    const { res, done } = await stream('/v1/chat', CHAT_BODY)
+    expect(res.status).toBe(200)
+    let evicted = false
+    const events = await readEvents(res, async (e) => {
+      if (evicted || e.event !== 'delta') return
+      // the second layer stage loses everything: a new load, a new epoch, no KV
+      await env.STAGES.get(env.STAGES.idFromName(`${STAGED_PACKAGE}#1`)).evict()
+      evicted = true
+    })
+    await done
+    expect(evicted).toBe(true)
+    expect(events.at(-1)?.event).toBe('done')
+    const text = events
+      .filter((e) => e.event === 'delta')
+      .map((e) => JSON.parse(e.data).text as string)
+      .join('')
+    expect(text).toBe(node.content)
+    const list = await stages()
+    expect(list.every((s) => s.status === 'ready')).toBe(true)
+  })
+})
