@@ -148,6 +148,13 @@ export interface StageReport {
   /** KV sequences the stage holds (layer stages). */
   sequences?: number
   status: 'ready' | 'unknown'
+  /** Times the front saw the stage restart (a new load: evicted, or its isolate reset). */
+  restarts?: number
+  /** Calls the front made to the stage, and their milliseconds from sending to the answer. */
+  calls?: number
+  callMs?: number
+  /** Of which computing, as the stage counted (since its load): the rest is the hop. */
+  computeMs?: number
 }
 
 export interface Engine {

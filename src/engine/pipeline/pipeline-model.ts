@@ -45,6 +45,11 @@ export class PipelineCache implements KvCache {
     readonly length: number,
     readonly seq: Sequence | undefined,
     private readonly model: PipelineModel,
+    /**
+     * A kept cache (`detach`): its sequence is never stepped in place, so what is made from it
+     * (and released after) never takes its positions with it.
+     */
+    readonly pinned = false,
   ) {}
 
   get tensors(): never {
@@ -57,7 +62,7 @@ export class PipelineCache implements KvCache {
   }
 
   slice(length: number): KvCache {
-    return new PipelineCache(length, this.seq, this.model)
+    return new PipelineCache(length, this.seq, this.model, this.pinned)
   }
 }
 
@@ -68,6 +73,11 @@ interface Link {
   /** Ops for the next call (layer stages). */
   ops: StageOp[]
   state?: StageState
+  /** Times the stage answered with a new epoch (restarted: evicted, or its isolate reset). */
+  restarts: number
+  /** Calls answered, and the milliseconds from sending each to its answer (hop and compute). */
+  calls: number
+  ms: number
 }
 
 export class PipelineModel implements ForwardModel {
@@ -108,7 +118,14 @@ export class PipelineModel implements ForwardModel {
     this.chunkRows = plan.chunkRows
     this.plan = plan
     const parts = pipelineParts(plan)
-    this.links = stages.map((api) => ({ api, tail: Promise.resolve(), ops: [] }))
+    this.links = stages.map((api) => ({
+      api,
+      tail: Promise.resolve(),
+      ops: [],
+      restarts: 0,
+      calls: 0,
+      ms: 0,
+    }))
     this.layerLinks = parts.layers.map((p) => this.links[p.index])
     this.rowLinks = parts.rows.map((p) => Object.assign(this.links[p.index], { rows: p.rows }))
   }
@@ -121,10 +138,14 @@ export class PipelineModel implements ForwardModel {
         ...(part.layers && { layers: part.layers }),
         ...(part.rows && { rows: part.rows }),
         status: state ? 'ready' : 'unknown',
+        restarts: this.links[i].restarts,
+        calls: this.links[i].calls,
+        callMs: this.links[i].ms,
         ...(state && {
           residentBytes: state.residentBytes,
           budgetBytes: state.budgetBytes,
           sequences: state.sequences,
+          computeMs: state.computeMs,
         }),
       }
     })
@@ -137,6 +158,8 @@ export class PipelineModel implements ForwardModel {
           l,
           () => l.api.state(),
           (s) => s,
+          undefined,
+          false,
         ),
       ),
     )
@@ -211,7 +234,7 @@ export class PipelineModel implements ForwardModel {
         l.ops.push({ fork: { from: from.id, to: seq.id, length: cache.length } })
     // else the next call that needs it recomputes it from its tokens
     else this.stale.add(seq.id)
-    return new PipelineCache(cache.length, seq, this)
+    return new PipelineCache(cache.length, seq, this, true)
   }
 
   /** Sequences whose KV the stages do not hold (made while their source was lost): recompute. */
@@ -239,7 +262,7 @@ export class PipelineModel implements ForwardModel {
       else if (s.generation !== this.generation || this.stale.has(s.id)) {
         seq = this.newSequence([])
         await this.recompute(seq, s.tokens.slice(0, c.length))
-      } else if (s.filled === c.length && !used.has(s)) seq = s
+      } else if (s.filled === c.length && !used.has(s) && !c.pinned) seq = s
       else {
         seq = this.newSequence(s.tokens.slice(0, c.length))
         for (const l of this.layerLinks)
@@ -380,17 +403,31 @@ export class PipelineModel implements ForwardModel {
     send: () => Promise<R>,
     stateOf: (r: R) => StageState,
     pick: (r: R) => T = (r) => r as unknown as T,
+    /** Counted in `calls` and `ms` (a forward run's hop; not a state query, which may load). */
+    counted = true,
   ): Promise<T> {
-    const result = l.tail.then(send).then((r) => {
-      const state = stateOf(r)
-      const before = l.state?.epoch
-      l.state = state
-      if (before !== undefined && before !== state.epoch)
-        throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
-          details: { restarted: true },
-        })
-      return pick(r)
-    })
+    let sent = 0
+    const result = l.tail
+      .then(() => {
+        sent = performance.now()
+        return send()
+      })
+      .then((r) => {
+        if (counted) {
+          l.calls++
+          l.ms += performance.now() - sent
+        }
+        const state = stateOf(r)
+        const before = l.state?.epoch
+        l.state = state
+        if (before !== undefined && before !== state.epoch) l.restarts++
+        // a row stage keeps nothing between calls: its answer stands; a layer stage lost its KV
+        if (before !== undefined && before !== state.epoch && !('rows' in l))
+          throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
+            details: { restarted: true },
+          })
+        return pick(r)
+      })
     l.tail = result.catch(() => {})
     return result
   }
@@ -404,6 +441,8 @@ export class PipelineModel implements ForwardModel {
         return ops.length ? l.api.apply(ops) : (l.state ?? l.api.state())
       },
       (s) => s,
+      undefined,
+      false,
     ).catch(() => {})
   }
 

@@ -50,6 +50,9 @@ export interface StageState {
   budgetBytes: number
   /** Sequences whose KV cache the stage holds. */
   sequences: number
+  /** Calls answered since the load, and the milliseconds spent computing them (in the stage). */
+  calls: number
+  computeMs: number
 }
 
 /** What the front calls: a stage in-process, or a proxy of one in another isolate. */
@@ -85,6 +88,8 @@ export class ModelStage implements StageApi {
   readonly epoch = crypto.randomUUID()
   private readonly caches = new Map<string, ResidentCache>()
   private readonly empty: KvCache = { length: 0, tensors: {} }
+  private calls = 0
+  private computeMs = 0
 
   private constructor(
     readonly index: number,
@@ -142,6 +147,24 @@ export class ModelStage implements StageApi {
     ops: StageOp[],
     keep?: number,
   ): Promise<{ hidden: Float32Array; state: StageState }> {
+    return this.timed(() => this.run(hidden, groups, ops, keep))
+  }
+
+  /** Runs a call, counting it and the time computing it; its reply carries the state after. */
+  private timed<T extends object>(work: () => T): T & { state: StageState } {
+    const t0 = performance.now()
+    const result = work()
+    this.calls++
+    this.computeMs += performance.now() - t0
+    return { ...result, state: this.snapshot() }
+  }
+
+  private run(
+    hidden: Float32Array,
+    groups: StageGroup[],
+    ops: StageOp[],
+    keep?: number,
+  ): { hidden: Float32Array } {
     const decoder = this.layers()
     this.applyOps(ops)
     const caches = groups.map((g) => {
@@ -178,7 +201,7 @@ export class ModelStage implements StageApi {
         to += kept[i]
       })
     }
-    return { hidden: out, state: this.snapshot() }
+    return { hidden: out }
   }
 
   async apply(ops: StageOp[]): Promise<StageState> {
@@ -192,7 +215,7 @@ export class ModelStage implements StageApi {
     for (const t of ids)
       if (!(Number.isInteger(t) && t >= start && t < end))
         throw new AppError('bad_request', `token id ${t} is not in stage ${this.index}'s rows`)
-    return { hidden: this.head!.embed(ids.map((t) => t - start)), state: this.snapshot() }
+    return this.timed(() => ({ hidden: this.head!.embed(ids.map((t) => t - start)) }))
   }
 
   async logits(
@@ -202,15 +225,17 @@ export class ModelStage implements StageApi {
   ): Promise<{ logits: Float32Array; state: StageState }> {
     const [start] = this.rowRange()
     const head = this.head!
-    let logits: Float32Array
-    if (!columns) logits = head.logits(hidden, rows)
-    else {
-      const local = columns.map((c) => c - start)
-      logits = new Float32Array(rows * columns.length)
-      for (let r = 0; r < rows; r++)
-        logits.set(head.columns(hidden, local, r * head.hidden), r * columns.length)
-    }
-    return { logits, state: this.snapshot() }
+    return this.timed(() => {
+      let logits: Float32Array
+      if (!columns) logits = head.logits(hidden, rows)
+      else {
+        const local = columns.map((c) => c - start)
+        logits = new Float32Array(rows * columns.length)
+        for (let r = 0; r < rows; r++)
+          logits.set(head.columns(hidden, local, r * head.hidden), r * columns.length)
+      }
+      return { logits }
+    })
   }
 
   /** Bytes the stage holds: its kernels' memory, the JS arrays it keeps, the fixed allowance. */
@@ -266,6 +291,8 @@ export class ModelStage implements StageApi {
       residentBytes: this.residentBytes(),
       budgetBytes: this.budgetBytes,
       sequences: this.decoder?.sequences ?? 0,
+      calls: this.calls,
+      computeMs: this.computeMs,
     }
   }
 }

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { preparePackage } from '../../../scripts/prepare-model.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import { isAppError } from '../../../src/core/errors.ts'
+import { QwenEngine } from '../../../src/engine/engine.ts'
 import { openPackage } from '../../../src/engine/package/loader.ts'
 import type { ModelSource } from '../../../src/engine/package/sources/model-source.ts'
 import { PipelineModel } from '../../../src/engine/pipeline/pipeline-model.ts'
@@ -166,6 +167,47 @@ describe('a package split into stages (tiny q8, 4 layers)', () => {
     expect(same(other[0].logits, pb[0].logits)).toBe(false)
   })
 
+  it('keeps a detached cache whole through what is made from it and released', async () => {
+    const model = new PipelineModel(manifest, stages)
+    const r = await model.forward(PROMPT, model.emptyCache(), 1)
+    const kept = (r.cache as { detach(): typeof r.cache }).detach()
+    model.releaseCache(r.cache)
+    const w = await whole.forward(PROMPT, whole.emptyCache(), 1)
+    const want = await whole.forward([9707, 11], w.cache, 1)
+    for (let round = 0; round < 3; round++) {
+      // what classification does with its prefix: step from it, release what came of it
+      const got = await model.forward([9707, 11], kept, 1)
+      expect(same(got.logits, want.logits)).toBe(true)
+      model.releaseCache(got.cache)
+    }
+  })
+
+  it('answers as the whole model through the engine: the same label scores twice, greedy text', async () => {
+    const staged = await QwenEngine.create(await openPackage(fsSource(work), 'tiny'))
+    const one = await QwenEngine.create(await openPackage(fsSource(work), 'tiny'), {
+      session: { pipeline: 'whole' },
+    })
+    expect(staged.model).toBeInstanceOf(PipelineModel)
+    expect(one.model).not.toBeInstanceOf(PipelineModel)
+    for (let i = 0; i < 2; i++)
+      expect(await staged.classify('The food was cold.')).toEqual(
+        await one.classify('The food was cold.'),
+      )
+    const text = async (e: QwenEngine) => {
+      const run = await e.chat([{ role: 'user', content: 'Hello!' }], {
+        maxNewTokens: 8,
+        temperature: 0,
+      })
+      let out = ''
+      for await (const ev of run.events) if (ev.type === 'text') out += ev.text
+      return out
+    }
+    const a = await text(one)
+    expect(a.length).toBeGreaterThan(0)
+    expect(await text(staged)).toBe(a)
+    expect(staged.stats().stages?.length).toBe(manifest.pipeline!.stages.length)
+  })
+
   it('releases every sequence in every layer stage', async () => {
     const model = new PipelineModel(manifest, stages)
     const live = async () =>
@@ -174,10 +216,17 @@ describe('a package split into stages (tiny q8, 4 layers)', () => {
     const r = await model.forward(PROMPT, model.emptyCache(), 1)
     const kept = (r.cache as { detach(): unknown }).detach() as typeof r.cache
     const d = await model.decode([1, 2], [r.cache, kept])
-    expect(await live()).toBe(before + 2 * 2) // two sequences in each of two layer stages
+    // in each of the two layer stages: the prompt's sequence (stepped in place), the kept copy
+    // and the copy stepped from it (a kept cache is never stepped in place)
+    expect(await live()).toBe(before + 3 * 2)
     model.releaseCache(d[0].cache)
     model.releaseCache(d[1].cache)
     model.releaseCache(r.cache)
+    await new Promise((resolve) => setTimeout(resolve, 0))
+    await Promise.all(stages.map((s) => s.state()))
+    // the kept copy stays until it is dropped (then the front's finalizer releases it)
+    expect(await live()).toBe(before + 2)
+    model.releaseCache(kept)
     await new Promise((resolve) => setTimeout(resolve, 0))
     await Promise.all(stages.map((s) => s.state()))
     expect(await live()).toBe(before)
