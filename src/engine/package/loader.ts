@@ -74,7 +74,10 @@ const MAX_RETRY_DELAY_MS = 8000
 /** One of the package's big files: an external-data file of the stage, the decoder file or the head file. */
 export type BigFile = { kind: 'external'; index: number } | { kind: 'decoder' } | { kind: 'head' }
 
-/** Takes a verified piece of a big file (`bytes` at `offset` of it); may keep `bytes`. */
+/**
+ * Takes a verified piece of a big file (`bytes` at `offset` of it). `bytes` is lent: the loader
+ * reuses its buffer for another shard once the returned promise settles, so copy what must stay.
+ */
 export type ShardSink = (file: BigFile, offset: number, bytes: Uint8Array) => void | Promise<void>
 
 /** Whether a stream reads the shard of `file` covering [offset, offset + bytes). */
@@ -213,14 +216,24 @@ export async function openPackage(
     // the decoder file first: its small tensors (norms, biases) complete the layers the large
     // shards bring, so those can be written and dropped as they come
     const order = [...big].sort((a, b) => rank(a.file) - rank(b.file))
+    // One buffer per read in flight, reused from shard to shard: a fresh buffer for each (16 MiB)
+    // shard is garbage the collector frees late, and the runtime's allocator (glibc malloc under
+    // Deno) keeps what it freed, so hundreds of MB of shards stayed in the process after a load.
+    const largest = Math.max(0, ...big.flatMap((b) => b.entry.shards.map((s) => s.bytes)))
+    const free: ArrayBuffer[] = []
     await ctx.all(
       order.flatMap((b) =>
         shardsOf(b.entry)
           .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
           .map(({ shard, offset }) => async () => {
-            const bytes = new Uint8Array(new ArrayBuffer(shard.bytes))
-            await ctx.readInto(shard, bytes)
-            await sink(b.file, offset, bytes)
+            const buffer = free.pop() ?? new ArrayBuffer(largest)
+            try {
+              const bytes = new Uint8Array(buffer, 0, shard.bytes)
+              await ctx.readInto(shard, bytes)
+              await sink(b.file, offset, bytes)
+            } finally {
+              free.push(buffer)
+            }
           }),
       ),
     )

@@ -39,6 +39,7 @@ export class QwenTokenizer {
       )
     }
     this.tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig)
+    releaseParsedJson(this.tokenizer)
     const source = tokenizerConfig.chat_template
     if (typeof source !== 'string' || source.length === 0) {
       throw new AppError('model_invalid', 'tokenizer_config.json has no chat_template')
@@ -264,6 +265,25 @@ const PLAIN_PROBES = [
   '你好，世界！这部电影太好看了。😀 naïve café',
   ' <|im_end |> <| \u00a0 12345 ',
 ]
+
+/**
+ * The library keeps the JSON it was built from (the whole tokenizer.json as `tokenizer`, the
+ * model's vocab object and merges as `model.config` and `model.merges`), though it reads them
+ * only while building its own maps: for Qwen's 151k vocab about 22 MB of JS heap (half of what
+ * the tokenizer holds), and the caller's parsed copy stays alive with it. Drops those references.
+ */
+function releaseParsedJson(tokenizer: Tokenizer): void {
+  const lib = tokenizer as unknown as {
+    tokenizer?: unknown
+    model: { config?: Record<string, unknown>; merges?: unknown }
+  }
+  lib.tokenizer = undefined
+  if (lib.model.config) {
+    const { vocab: _vocab, merges: _merges, ...rest } = lib.model.config
+    lib.model.config = rest
+  }
+  lib.model.merges = undefined
+}
 
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')

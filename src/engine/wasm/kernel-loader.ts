@@ -104,7 +104,7 @@ export async function streamParts(
       finalNorm = undefined
     }
     const needed = [...waiting.values()].flat().concat(finalNorm ? [finalNorm] : [])
-    pieces.keepOnly(needed)
+    pieces.keepOnly(needed) // and copies out what it keeps of `bytes`: the loader reuses them
   }
   await handle.stream(take, wanted)
   if (waiting.size || finalNorm || headBytes !== headWant)
@@ -115,11 +115,15 @@ type FileKey = number | 'decoder'
 
 /** Pieces of the package's files (shards), by file and offset. */
 class Pieces {
-  private readonly files = new Map<FileKey, Array<{ offset: number; bytes: Uint8Array }>>()
+  private readonly files = new Map<
+    FileKey,
+    Array<{ offset: number; bytes: Uint8Array; lent?: boolean }>
+  >()
 
+  /** A piece lent by the loader (its buffer is reused once the sink returns). */
   add(file: FileKey, offset: number, bytes: Uint8Array): void {
     const list = this.files.get(file) ?? []
-    list.push({ offset, bytes })
+    list.push({ offset, bytes, lent: true })
     list.sort((a, b) => a.offset - b.offset)
     this.files.set(file, list)
   }
@@ -153,17 +157,27 @@ class Pieces {
     return out
   }
 
-  /** Drops every piece no tensor of `refs` overlaps. */
+  /**
+   * Drops every piece no tensor of `refs` overlaps, and replaces a lent piece that stays by a
+   * copy of the bytes those tensors need of it.
+   */
   keepOnly(refs: readonly DecoderTensorRef[]): void {
     for (const [file, list] of this.files) {
-      const kept = list.filter((p) =>
-        refs.some(
-          (r) =>
-            r.file === file &&
-            r.offset < p.offset + p.bytes.byteLength &&
-            p.offset < r.offset + decoderTensorBytes(r),
-        ),
-      )
+      const kept: typeof list = []
+      for (const p of list) {
+        const end = p.offset + p.bytes.byteLength
+        let from = end
+        let to = p.offset
+        for (const r of refs) {
+          const rEnd = r.offset + decoderTensorBytes(r)
+          if (r.file !== file || r.offset >= end || rEnd <= p.offset) continue
+          from = Math.min(from, Math.max(r.offset, p.offset))
+          to = Math.max(to, Math.min(rEnd, end))
+        }
+        if (from >= to) continue
+        if (!p.lent) kept.push(p)
+        else kept.push({ offset: from, bytes: p.bytes.slice(from - p.offset, to - p.offset) })
+      }
       if (kept.length) this.files.set(file, kept)
       else this.files.delete(file)
     }

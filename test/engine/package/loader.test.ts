@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { isAppError } from '../../../src/core/errors.ts'
 import { memoizeLoad } from '../../../src/core/memoize-load.ts'
-import { loadPackage, type LoadProgress } from '../../../src/engine/package/loader.ts'
+import { loadPackage, openPackage, type LoadProgress } from '../../../src/engine/package/loader.ts'
 import { SourceError } from '../../../src/engine/package/sources/model-source.ts'
 import { makeFakePackage, memorySource } from './fake-package.ts'
 
@@ -50,6 +50,27 @@ describe('loadPackage', () => {
     const src = memorySource(pkg.objects)
     await loadPackage(src, pkg.id, { concurrency: 3 })
     expect(src.maxInFlight).toBe(3)
+  })
+
+  it('streams the shards through one reused buffer per read in flight', async () => {
+    // a fresh buffer per shard (16 MiB in real packages) is garbage the runtime's allocator
+    // keeps after the collector frees it: the load would leave the process hundreds of MB larger
+    const pkg = makeFakePackage('fake', 200_000, 8192)
+    const handle = await openPackage(memorySource(pkg.objects), pkg.id, { concurrency: 3 })
+    const copy = new Uint8Array(pkg.data.byteLength)
+    const buffers = new Set<ArrayBufferLike>()
+    let shards = 0
+    await handle.stream(async (file, offset, bytes) => {
+      expect(file).toEqual({ kind: 'external', index: 0 })
+      buffers.add(bytes.buffer)
+      shards++
+      await new Promise((resolve) => setTimeout(resolve, 1)) // the others read meanwhile
+      copy.set(bytes, offset)
+    })
+    expect(shards).toBe(pkg.manifest.stages[0].externalData[0].shards.length)
+    expect(shards).toBeGreaterThan(20)
+    expect(buffers.size).toBeLessThanOrEqual(3)
+    expect(Buffer.from(copy).equals(Buffer.from(pkg.data))).toBe(true)
   })
 
   it('names the shard whose checksum does not match, and does not retry it', async () => {

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { Tokenizer } from '@huggingface/tokenizers'
@@ -169,5 +171,22 @@ describe('caller text is plain text (no template injection)', () => {
       expect(tok.decode(ids, false)).toBe(text)
     }
     expect(tok.encodeText('正面')).toEqual(library.encode('正面').ids)
+  })
+
+  it('keeps no reference to the parsed tokenizer.json once built', async () => {
+    // the library builds its maps from the JSON, then needs none of it: the vocab object and
+    // merges of a 151k vocab are ~22 MB of heap a server would hold for nothing
+    setFlagsFromString('--expose-gc')
+    const gc = runInNewContext('gc') as () => void
+    let json = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8'))
+    const config = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8'))
+    const refs = [json, json.model, json.model.vocab, json.model.merges].map((o) => new WeakRef(o))
+    const built = new QwenTokenizer(json, { ...config, chat_template: CHATML })
+    json = undefined
+    await new Promise((resolve) => setTimeout(resolve, 0)) // WeakRef targets live to the job's end
+    gc()
+    expect(refs.map((r) => r.deref() === undefined)).toEqual([true, true, true, true])
+    expect(built.encodeText('你好，世界！')).toEqual([108386, 3837, 99489, 6313])
+    expect(built.decode([108386, 3837, 99489, 6313])).toBe('你好，世界！')
   })
 })
