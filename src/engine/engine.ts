@@ -171,6 +171,12 @@ export class QwenEngine implements Engine {
     return this.scheduler.idle()
   }
 
+  probeStages(rounds: number): Promise<number[]> {
+    if (!this.model.probeStages)
+      throw new AppError('bad_request', 'The model is not split into stages: nothing to probe')
+    return this.model.probeStages(rounds)
+  }
+
   stats(): EngineStats {
     const b = this.batcher.stats
     const stages = this.model.stageReports?.()

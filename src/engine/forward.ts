@@ -59,6 +59,8 @@ export interface ForwardModel {
   decode(tokens: readonly number[], caches: readonly KvCache[]): Promise<StepResult[]>
   /** A package split into stages: each stage as it last answered (pipeline-model.ts). */
   readonly stageReports?: () => StageReport[]
+  /** A package split into stages: the median of `rounds` empty round trips to each stage. */
+  readonly probeStages?: (rounds: number) => Promise<number[]>
   /** A cache nothing will step or read again: memory it holds is given back now. */
   releaseCache(cache: KvCache): void
   release(): Promise<void>

@@ -168,4 +168,10 @@ export interface Engine {
    */
   classifyAll(texts: readonly string[], options?: ClassifyOptions): Promise<ClassifyResult[]>
   stats(): EngineStats
+  /**
+   * A package split into stages: `rounds` empty round trips to each stage (no compute), their
+   * median in milliseconds per stage in plan order: the hop cost, to set against the compute
+   * per token. Undefined for a package that is one model.
+   */
+  probeStages?(rounds: number): Promise<number[]>
 }

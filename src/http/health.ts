@@ -6,6 +6,7 @@
  * A probe of an idle server starts the load, so a health-checked deployment warms itself.
  */
 import { Hono, type Context, type Env } from 'hono'
+import { AppError } from '../core/errors.ts'
 import type { RouteDeps } from './route-deps.ts'
 
 export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
@@ -30,6 +31,10 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       )
     }
     const engine = await deps.engine(c)
+    const rounds = probeRounds(c.req.query('probe'))
+    const probe = rounds && engine.probeStages ? await engine.probeStages(rounds) : undefined
+    if (rounds && !probe)
+      throw new AppError('bad_request', 'probe: the model is not split into stages')
     const { active, queued, queuedTokens, memory, decode, prefill, stages } = engine.stats()
     const runtime = deps.memory?.() ?? {}
     return c.json(
@@ -60,7 +65,8 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         }),
         ...(prefill && { prefill: { path: prefill.path } }),
         ...(stages && {
-          stages: stages.map((s) => ({
+          stages: stages.map((s, i) => ({
+            ...(probe && { probeMs: Math.round(probe[i] * 1000) / 1000 }),
             ...(s.layers && { layers: s.layers }),
             ...(s.rows && { rows: s.rows }),
             status: s.status,
@@ -78,6 +84,15 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
       { 'Cache-Control': 'no-store' },
     )
   })
+}
+
+/** `?probe=N`: N round trips to each stage (1-100); absent: none. */
+function probeRounds(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const n = Number(value)
+  if (!(Number.isInteger(n) && n >= 1 && n <= 100))
+    throw new AppError('bad_request', 'probe must be a whole number of round trips, 1-100')
+  return n
 }
 
 /** On Workers, work left running after the response needs waitUntil to finish. */

@@ -82,6 +82,42 @@ describe('GET /health', () => {
     })
   })
 
+  it('probes stages only for a staged model, and only 1-100 round trips', async () => {
+    const { app } = makeApp()
+    await app.request('/v1/models') // loads the engine
+    expect((await app.request('/health')).status).toBe(200) // the precondition: ready
+    for (const q of ['2', '0', '101', 'x']) {
+      const res = await app.request(`/health?probe=${q}`)
+      expect(res.status).toBe(400)
+      expect((await res.json()).error.code).toBe('bad_request')
+    }
+    const staged = new FakeEngine()
+    let asked = 0
+    Object.assign(staged, {
+      probeStages: async (rounds: number) => {
+        asked = rounds
+        return [0.25, 1.5]
+      },
+      stats: () => ({
+        ...new FakeEngine().stats(),
+        stages: [
+          { layers: [0, 2], status: 'ready', residentBytes: 10 },
+          { rows: [0, 5], status: 'ready', residentBytes: 20 },
+        ],
+      }),
+    })
+    const stagedApp = makeApp(staged).app
+    await stagedApp.request('/v1/models')
+    const res = await stagedApp.request('/health?probe=3')
+    expect(res.status).toBe(200)
+    expect(asked).toBe(3)
+    const body = await res.json()
+    expect(body.stages).toEqual([
+      { probeMs: 0.25, layers: [0, 2], status: 'ready', residentBytes: 10 },
+      { probeMs: 1.5, rows: [0, 5], status: 'ready', residentBytes: 20 },
+    ])
+  })
+
   it('counts active generations', async () => {
     const engine = new FakeEngine({ hangAfter: 1 })
     const { app } = makeApp(engine)

@@ -110,6 +110,14 @@ describe('a staged package on Workers: a Durable Object per stage', () => {
     }
   })
 
+  it('measures the round trip to each stage on request (/health?probe=N)', async () => {
+    const res = await call('/health?probe=3')
+    expect(res.status).toBe(200)
+    const list: Array<StageHealth & { probeMs: number }> = (await res.json()).stages
+    expect(list.length).toBe(inject('nodeReference').staged.stages)
+    for (const s of list) expect(s.probeMs).toBeGreaterThan(0)
+  })
+
   it('scores sentiment exactly as Node does over the same stages', async () => {
     const node = inject('nodeReference').staged.sentiment
     for (const [i, text] of SENTIMENT_TEXTS.entries()) {

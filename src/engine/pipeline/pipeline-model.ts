@@ -165,6 +165,28 @@ export class PipelineModel implements ForwardModel {
     )
   }
 
+  /** `rounds` state queries to each stage in turn: the median milliseconds of each stage's. */
+  readonly probeStages = async (rounds: number): Promise<number[]> => {
+    const out: number[] = []
+    for (const l of this.links) {
+      const times: number[] = []
+      for (let i = 0; i < rounds; i++) {
+        const t0 = performance.now()
+        await this.call(
+          l,
+          () => l.api.state(),
+          (s) => s,
+          undefined,
+          false,
+        )
+        times.push(performance.now() - t0)
+      }
+      times.sort((a, b) => a - b)
+      out.push(times[Math.floor(times.length / 2)])
+    }
+    return out
+  }
+
   emptyCache(): KvCache {
     return new PipelineCache(0, undefined, this)
   }
