@@ -34,9 +34,31 @@ export interface StageAddress {
   index: number
 }
 
+/**
+ * How long a loaded stage keeps itself in memory after its last call. An idle Durable Object
+ * hibernates after 10 s with nothing scheduled (its memory, so its loaded weights, gone) and is
+ * evicted after 70-140 s without calls; reloading a stage reads tens of MB from R2 again. A
+ * pending timer keeps it from hibernating, so an active front's stages stay loaded between
+ * requests; after this long without calls the timer stops and the object may go.
+ */
+const KEEP_WARM_MS = 10 * 60_000
+const KEEP_WARM_TICK_MS = 5_000
+
 export class ModelStageObject extends DurableObject<StageEnv> {
   private loading?: Promise<ModelStage>
   private address?: string
+  private lastCall = 0
+  private warm?: ReturnType<typeof setInterval>
+
+  /** Keeps the object from hibernating until KEEP_WARM_MS after the last call. */
+  private keepWarm(): void {
+    this.lastCall = Date.now()
+    this.warm ??= setInterval(() => {
+      if (Date.now() - this.lastCall < KEEP_WARM_MS) return
+      clearInterval(this.warm)
+      this.warm = undefined
+    }, KEEP_WARM_TICK_MS)
+  }
 
   private stage(at: StageAddress): Promise<ModelStage> {
     const key = `${at.model}#${at.index}`
@@ -61,6 +83,7 @@ export class ModelStageObject extends DurableObject<StageEnv> {
   }
 
   private async reply<T>(at: StageAddress, work: (s: ModelStage) => Promise<T>): Promise<Reply<T>> {
+    this.keepWarm()
     try {
       return { ok: await work(await this.stage(at)) }
     } catch (err) {
