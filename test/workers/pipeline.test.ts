@@ -71,8 +71,9 @@ interface StageHealth {
   sequences?: number
 }
 
+/** Each stage as it answers now (`probe=1` asks every stage; plain /health shows its last answer). */
 async function stages(): Promise<StageHealth[]> {
-  const res = await call('/health')
+  const res = await call('/health?probe=1')
   expect(res.status).toBe(200)
   return (await res.json()).stages
 }
@@ -80,6 +81,21 @@ async function stages(): Promise<StageHealth[]> {
 /** KV sequences held by the layer stages (each holds the same ones). */
 async function held(): Promise<number[]> {
   return (await stages()).filter((s) => s.layers).map((s) => s.sequences ?? -1)
+}
+
+/** Tokens of KV the front keeps across chat turns (each kept turn is a sequence in the stages). */
+async function turnTokens(): Promise<number> {
+  return (await (await call('/health')).json()).memory.turn_cache_tokens
+}
+
+/** Waits (a little) for the layer stages to hold `want` sequences; fails if they do not. */
+async function settlesAt(want: number[]): Promise<void> {
+  let now = await held()
+  for (let i = 0; i < 50 && now.join() !== want.join(); i++) {
+    await new Promise((r) => setTimeout(r, 20))
+    now = await held()
+  }
+  expect(now).toEqual(want)
 }
 
 beforeAll(async () => {
@@ -130,6 +146,7 @@ describe('a staged package on Workers: a Durable Object per stage', () => {
   it('streams the greedy reply Node gives, and releases its KV in every stage', async () => {
     const node = inject('nodeReference').staged.chat
     const before = await held()
+    const keptBefore = await turnTokens()
     const { res, done } = await stream('/v1/chat', CHAT_BODY)
     expect(res.status).toBe(200)
     expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/)
@@ -142,13 +159,36 @@ describe('a staged package on Workers: a Durable Object per stage', () => {
       .join('')
     expect(JSON.parse(events.at(-1)!.data).usage).toEqual(node.usage)
     expect(text).toBe(node.content)
-    // the release reaches the stages right after the reply: poll a little
-    let after = await held()
-    for (let i = 0; i < 50 && after.join() !== before.join(); i++) {
-      await new Promise((r) => setTimeout(r, 20))
-      after = await held()
+    // the release reaches the stages right after the reply; what stays is the turn kept for
+    // reuse (a copy of its own), if the turn cache took it
+    const kept = (await turnTokens()) > keptBefore ? 1 : 0
+    await settlesAt(before.map((n) => n + kept))
+  })
+
+  it('releases the KV of a reply its client left, in every stage', async () => {
+    const before = await held()
+    const keptBefore = await turnTokens()
+    // a prompt of its own: the turn it leaves in the turn cache replaces no other
+    const { res, done } = await stream('/v1/chat', {
+      ...CHAT_BODY,
+      messages: [{ role: 'user', content: 'Count slowly from one to fifty.' }],
+      max_tokens: 64,
+    })
+    expect(res.status).toBe(200)
+    // read up to the first text: the reply is under way, its KV is in the stages
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()
+    let seen = ''
+    while (!seen.includes('event: delta')) {
+      const r = await reader.read()
+      expect(r.done).toBe(false)
+      seen += r.value
     }
-    expect(after).toEqual(before)
+    expect(seen).not.toContain('event: done')
+    await reader.cancel()
+    await done
+    // what stays: the turn kept for reuse (a copy of its own), if the turn cache took it
+    const kept = (await turnTokens()) > keptBefore ? 1 : 0
+    await settlesAt(before.map((n) => n + kept))
   })
 
   it('goes on unchanged when a stage is evicted mid-reply (the lost KV is recomputed)', async () => {

@@ -252,8 +252,10 @@ export class PipelineModel implements ForwardModel {
     if (!from || cache.length === 0) return new PipelineCache(0, undefined, this)
     const seq = this.newSequence(from.tokens.slice(0, cache.length))
     if (from.generation === this.generation && !from.released)
-      for (const l of this.layerLinks)
+      for (const l of this.layerLinks) {
         l.ops.push({ fork: { from: from.id, to: seq.id, length: cache.length } })
+        void this.flush(l) // now: the stages' memory should say what is kept
+      }
     // else the next call that needs it recomputes it from its tokens
     else this.stale.add(seq.id)
     return new PipelineCache(cache.length, seq, this, true)
