@@ -22,7 +22,6 @@
  */
 import { q4Blocks } from './q4-b32.ts'
 import type { Qwen2Config } from './config.ts'
-import type { PipelineEntry } from './pipeline.ts'
 
 export const MANIFEST_VERSION = 1
 export const MANIFEST_FILE = 'manifest.json'
@@ -266,6 +265,29 @@ export const DECODER_FILE = 'decoder.bin'
 /** Bytes of a decoder tensor: its element count times the element size. */
 export function decoderTensorBytes(ref: Pick<DecoderTensorRef, 'dims' | 'type'>): number {
   return ref.dims.reduce((n, d) => n * d, 1) * DECODER_TENSOR_BYTES[ref.type]
+}
+
+/** One stage of a package split for small isolates (pipeline.ts plans them). */
+export interface PipelineStage {
+  /** Decoder layers [start, end) (a layer stage). */
+  layers?: [number, number]
+  /** Head rows [start, end) (a row stage: embedding lookups and logits of those tokens). */
+  rows?: [number, number]
+  /** The plan's estimate of the stage's resident memory (see `stageResidentBytes`). */
+  residentBytes: number
+}
+
+export interface PipelineEntry {
+  /** Most bytes one stage may hold (its isolate's share of memory). */
+  budgetBytes: number
+  /** Positions of KV cache per sequence a layer stage plans for. */
+  contextLength: number
+  /** Sequences at `contextLength` a layer stage plans for at once. */
+  sequences: number
+  /** Prompt rows per forward run a stage plans scratch for. */
+  chunkRows: number
+  /** Layer stages in order (their ranges tile [0, layers)), then row stages (tiling [0, vocab)). */
+  stages: PipelineStage[]
 }
 
 export interface Manifest {

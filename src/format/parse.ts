@@ -29,7 +29,7 @@ import {
   type Manifest,
   type Stage,
 } from './manifest.ts'
-import type { PipelineEntry, PipelineStage } from './pipeline.ts'
+import type { PipelineEntry, PipelineStage } from './manifest.ts'
 import { isSafeRelativePath, isValidPackageId, listFiles, SHA256_RE } from './names.ts'
 
 /**

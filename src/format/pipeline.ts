@@ -14,33 +14,11 @@
  * and a fixed allowance for the isolate's JS and code); a stage measures its own after loading
  * and refuses to run past `budgetBytes`.
  */
-import type { DecoderFormat, HeadFormat } from './manifest.ts'
+import type { DecoderFormat, HeadFormat, PipelineEntry, PipelineStage } from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
 import type { Qwen2Config } from './config.ts'
 
 const MiB = 1024 * 1024
-
-export interface PipelineStage {
-  /** Decoder layers [start, end) (a layer stage). */
-  layers?: [number, number]
-  /** Head rows [start, end) (a row stage: embedding lookups and logits of those tokens). */
-  rows?: [number, number]
-  /** The plan's estimate of the stage's resident memory (see `stageResidentBytes`). */
-  residentBytes: number
-}
-
-export interface PipelineEntry {
-  /** Most bytes one stage may hold (its isolate's share of memory). */
-  budgetBytes: number
-  /** Positions of KV cache per sequence a layer stage plans for. */
-  contextLength: number
-  /** Sequences at `contextLength` a layer stage plans for at once. */
-  sequences: number
-  /** Prompt rows per forward run a stage plans scratch for. */
-  chunkRows: number
-  /** Layer stages in order (their ranges tile [0, layers)), then row stages (tiling [0, vocab)). */
-  stages: PipelineStage[]
-}
 
 /**
  * Memory a stage holds besides its weights, KV and scratch: the isolate's JS heap (the stage's

@@ -22,6 +22,7 @@ import {
   headFileName,
   headSliceSegments,
   overlapsSegments,
+  parseManifest,
   type Manifest,
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
@@ -120,6 +121,31 @@ describe.each(['q8', 'q4'] as const)(
         // the plan's estimate is an upper bound of what a fresh stage holds
         expect(state).toBeLessThanOrEqual(plan.stages[s.index].residentBytes)
       }
+    })
+
+    it('validates a plan: ranges that tile the layers and the vocabulary, a package in the kernels', () => {
+      const json = () => JSON.parse(JSON.stringify(manifest))
+      const reason = (m: Record<string, any>) => {
+        try {
+          parseManifest(m)
+          return 'accepted'
+        } catch (err) {
+          return isAppError(err) ? err.message : String(err)
+        }
+      }
+      expect(reason(json())).toBe('accepted') // the precondition
+      const gap = json()
+      gap.pipeline.stages[1].layers[0] += 1
+      expect(reason(gap)).toMatch(/pipeline\.stages\[1\]\.layers must start at 2/)
+      const short = json()
+      short.pipeline.stages.at(-1).rows[1] -= 1
+      expect(reason(short)).toMatch(/row stages end at 151935, not 151936/)
+      const both = json()
+      both.pipeline.stages[0].rows = [0, 10]
+      expect(reason(both)).toMatch(/holds either layers or rows/)
+      const noDecoder = json()
+      delete noDecoder.decoder
+      expect(reason(noDecoder)).toMatch(/pipeline needs a decoder map/)
     })
 
     it('reads only the shards of its part in each stage', async () => {
