@@ -95,7 +95,7 @@ export class ModelStage implements StageApi {
     readonly index: number,
     readonly part: PipelineStage,
     private readonly budgetBytes: number,
-    private readonly decoder?: Q8Decoder,
+    readonly decoder?: Q8Decoder,
     private readonly head?: Q8Head,
   ) {}
 
@@ -128,6 +128,8 @@ export class ModelStage implements StageApi {
       stage = new ModelStage(index, part, plan.budgetBytes, undefined, head)
     }
     const resident = stage.residentBytes()
+    // the KV cache may grow up to the budget, not past it
+    if (stage.decoder) stage.decoder.memoryLimit = plan.budgetBytes - (resident - stage.wasmBytes())
     if (resident > plan.budgetBytes)
       throw new AppError(
         'model_invalid',
@@ -240,8 +242,11 @@ export class ModelStage implements StageApi {
 
   /** Bytes the stage holds: its kernels' memory, the JS arrays it keeps, the fixed allowance. */
   residentBytes(): number {
-    const wasm = (this.decoder?.memoryBytes ?? 0) + (this.head?.memoryBytes ?? 0)
-    return STAGE_BASE_BYTES + wasm + (this.decoder?.jsBytes ?? 0)
+    return STAGE_BASE_BYTES + this.wasmBytes() + (this.decoder?.jsBytes ?? 0)
+  }
+
+  private wasmBytes(): number {
+    return (this.decoder?.memoryBytes ?? 0) + (this.head?.memoryBytes ?? 0)
   }
 
   private applyOps(ops: StageOp[]): void {

@@ -341,6 +341,11 @@ export class Q8Decoder {
     return n
   }
 
+  /** Caps the decoder's memory (weights, scratch, KV) at `bytes`: see KvArena.limitBytes. */
+  set memoryLimit(bytes: number) {
+    this.arena.limitBytes = bytes
+  }
+
   /** Bytes of WASM memory the decoder holds (weights, scratch, KV arena). */
   get memoryBytes(): number {
     return this.kernel.memory.buffer.byteLength

@@ -44,6 +44,11 @@ export class KvArena {
   /** Bytes of one position of one sequence over all layers. */
   private readonly bytesPerPosition: number
   private f32View?: Float32Array
+  /**
+   * Most bytes the memory may grow to (a pipeline stage's budget); past it, a sequence that
+   * needs more fails with `model_unavailable` and the memory stays as it was.
+   */
+  limitBytes = Infinity
 
   /** The arena starts at byte `start` of `memory` (after what the caller placed there). */
   constructor(
@@ -161,6 +166,12 @@ export class KvArena {
   private ensureMemory(end: number): void {
     const pages = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE
     if (pages <= 0) return
+    if (Math.ceil(end / PAGE) * PAGE > this.limitBytes)
+      throw new AppError(
+        'model_unavailable',
+        `No memory left for more KV cache: ${Math.ceil(end / 1048576)} MiB would pass the ` +
+          `limit of ${Math.floor(this.limitBytes / 1048576)} MiB; retry when other replies end`,
+      )
     try {
       this.memory.grow(pages)
     } catch (err) {

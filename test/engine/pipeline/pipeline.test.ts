@@ -243,6 +243,32 @@ describe.each(['q8', 'q4'] as const)(
       expect(staged.stats().stages?.length).toBe(manifest.pipeline!.stages.length)
     })
 
+    it('refuses KV past a stage budget with model_unavailable, and still serves what fits', async () => {
+      const H = manifest.config.hidden_size
+      const handle = await open()
+      const at = 64 * 1024
+      // the budget of a stage that fits its weights and little more
+      handle.manifest.pipeline!.budgetBytes = stages[0].residentBytes() + at
+      const tight = await ModelStage.load(handle, 0)
+      const rows = (n: number) => Float32Array.from({ length: n * H }, (_, i) => Math.sin(i))
+      const long = 1024 // 1024 positions x 2 layers x 256 bytes: more than 64 KiB
+      const err = await tight
+        .forward(rows(long), [{ seq: 'f/1', position: 0, count: long }], [])
+        .then(
+          () => 'ran',
+          (e: unknown) => (isAppError(e) ? e.code : String(e)),
+        )
+      expect(err).toBe('model_unavailable')
+      expect(tight.residentBytes()).toBeLessThanOrEqual(handle.manifest.pipeline!.budgetBytes)
+      // not poisoned: a short prompt runs, as on a stage without the cap
+      const short = [{ seq: 'f/2', position: 0, count: 8 }]
+      const got = await tight.forward(rows(8), short, [])
+      const want = await stages[0].forward(rows(8), short, [])
+      expect(got.hidden.length).toBe(8 * H)
+      expect(same(got.hidden, want.hidden)).toBe(true)
+      await stages[0].apply([{ release: 'f/2' }])
+    })
+
     it('releases every sequence in every layer stage', async () => {
       const model = new PipelineModel(manifest, stages)
       const live = async () =>
