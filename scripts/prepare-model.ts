@@ -57,8 +57,8 @@ import {
   DEFAULT_SHARD_BYTES,
   headFileName,
   MANIFEST_FILE,
-  pipelineShape,
   planPipeline,
+  qwen2Shape,
   MANIFEST_VERSION,
   externalDataName,
   isValidPackageId,
@@ -320,7 +320,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
             'embedding and the decoder map (see prepare-report.json for why they are missing)',
         )
       manifest.pipeline = planPipeline(
-        pipelineShape(manifest.config),
+        qwen2Shape(manifest.config),
         manifest.decoder.format,
         manifest.head.format,
         options.stageBudgetBytes,

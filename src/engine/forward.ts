@@ -5,6 +5,7 @@
  * alone (wasm/kernel-model.ts: prompts and decode steps, no onnxruntime session and so one copy
  * of the weights). load-model.ts picks one.
  */
+import { qwen2Shape, type Qwen2Config } from '../format/index.ts'
 import type { KvCache } from './kv/kv-cache.ts'
 import type { StageReport } from './types.ts'
 import type { Q8Decoder } from './wasm/decoder.ts'
@@ -25,6 +26,12 @@ export interface ModelShape {
   layers: number
   kvHeads: number
   headDim: number
+}
+
+/** A model's shape as config.json gives it (a graph may count its layers from its inputs). */
+export function modelShape(c: Qwen2Config): ModelShape {
+  const s = qwen2Shape(c)
+  return { vocabSize: s.vocab, layers: s.layers, kvHeads: s.kvHeads, headDim: s.headDim }
 }
 
 /** Where a kind of forward run happens: the engine's kernels, or onnxruntime-web's graph. */

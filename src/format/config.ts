@@ -39,6 +39,34 @@ export interface GenerationConfig {
   max_new_tokens?: number
 }
 
+/** The numbers of a Qwen2 model's shape, as the kernels, the decoder and the stage plan use them. */
+export interface Qwen2Shape {
+  hidden: number
+  intermediate: number
+  layers: number
+  heads: number
+  kvHeads: number
+  headDim: number
+  vocab: number
+  eps: number
+  ropeTheta: number
+}
+
+/** config.json's shape (head_dim, absent in most Qwen configs, is hidden_size / heads). */
+export function qwen2Shape(c: Qwen2Config): Qwen2Shape {
+  return {
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    vocab: c.vocab_size,
+    eps: c.rms_norm_eps,
+    ropeTheta: c.rope_theta,
+  }
+}
+
 const REQUIRED_INTS = [
   'vocab_size',
   'hidden_size',

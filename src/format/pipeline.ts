@@ -16,7 +16,7 @@
  */
 import type { DecoderFormat, HeadFormat, PipelineEntry, PipelineStage } from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
-import type { Qwen2Config } from './config.ts'
+import type { Qwen2Shape } from './config.ts'
 
 const MiB = 1024 * 1024
 
@@ -29,29 +29,6 @@ export const STAGE_BASE_BYTES = 12 * MiB
 
 /** Hidden rows a row stage plans its logits for at once (a decode batch). */
 export const HEAD_BATCH_ROWS = 8
-
-/** The shape numbers a plan needs. */
-export interface PipelineShape {
-  hidden: number
-  intermediate: number
-  layers: number
-  heads: number
-  kvHeads: number
-  headDim: number
-  vocab: number
-}
-
-export function pipelineShape(c: Qwen2Config): PipelineShape {
-  return {
-    hidden: c.hidden_size,
-    intermediate: c.intermediate_size,
-    layers: c.num_hidden_layers,
-    heads: c.num_attention_heads,
-    kvHeads: c.num_key_value_heads,
-    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
-    vocab: c.vocab_size,
-  }
-}
 
 /**
  * Bytes of one weight matrix of `rows` outputs and `cols` inputs in the decoder's kernel layout:
@@ -66,7 +43,7 @@ export function kernelMatrixBytes(rows: number, cols: number, format: DecoderFor
 }
 
 /** Bytes of one decoder layer's matrices in the kernels (q, k, v fused; gate, up fused; o; down). */
-export function kernelLayerBytes(s: PipelineShape, format: DecoderFormat): number {
+export function kernelLayerBytes(s: Qwen2Shape, format: DecoderFormat): number {
   const q = s.heads * s.headDim
   const kv = s.kvHeads * s.headDim
   return (
@@ -78,7 +55,7 @@ export function kernelLayerBytes(s: PipelineShape, format: DecoderFormat): numbe
 }
 
 /** KV cache bytes of one position of one sequence in one layer (f32 keys and values). */
-export function kvBytesPerPosition(s: PipelineShape): number {
+export function kvBytesPerPosition(s: Qwen2Shape): number {
   return 2 * s.kvHeads * s.headDim * 4
 }
 
@@ -95,7 +72,7 @@ export interface StagePlanOptions {
  * HEAD_BATCH_ROWS hidden rows. Both plus STAGE_BASE_BYTES.
  */
 export function stageResidentBytes(
-  s: PipelineShape,
+  s: Qwen2Shape,
   part: Pick<PipelineStage, 'layers' | 'rows'>,
   decoder: DecoderFormat,
   head: HeadFormat,
@@ -137,7 +114,7 @@ export function stageResidentBytes(
  * a thousand tokens, does not fit.
  */
 export function planPipeline(
-  s: PipelineShape,
+  s: Qwen2Shape,
   decoder: DecoderFormat,
   head: HeadFormat,
   budgetBytes: number,

@@ -22,10 +22,9 @@ import { AppError } from '../../core/errors.ts'
 import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import { Q8Decoder } from '../wasm/decoder.ts'
-import { decoderShape } from '../wasm/kernel-model.ts'
 import { Q8Head } from '../wasm/head.ts'
 import type { LoadedPackage } from '../package/model-package.ts'
-import type { Qwen2Config } from '../../format/index.ts'
+import { qwen2Shape, type Qwen2Config } from '../../format/index.ts'
 import { ort, type InferenceSession, type Tensor } from './ort.ts'
 
 export class QwenModel implements ForwardModel {
@@ -117,7 +116,7 @@ export class QwenModel implements ForwardModel {
     const head = pkg.head ? await Q8Head.create(pkg.head) : undefined
     // the decoder takes each token's embedding from the head file (tied weights); a package it
     // cannot run decodes in the graph (health shows decode.path)
-    const shape = decoderShape(pkg.config)
+    const shape = qwen2Shape(pkg.config)
     const decoder =
       pkg.decoder && head?.embedding && options.decoder !== false && !Q8Decoder.unsupported(shape)
         ? await Q8Decoder.create(pkg.decoder, shape, head)

@@ -20,7 +20,7 @@
  */
 import { AppError, isAppError } from '../../core/errors.ts'
 import { pipelineParts, type Manifest, type PipelineEntry } from '../../format/index.ts'
-import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
+import { modelShape, type ForwardModel, type ModelShape, type StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { StageReport } from '../types.ts'
 import type { StageApi, StageGroup, StageOp, StageState } from './stage.ts'
@@ -108,12 +108,7 @@ export class PipelineModel implements ForwardModel {
     if (stages.length !== plan.stages.length)
       throw new Error(`PipelineModel: ${stages.length} stages for a plan of ${plan.stages.length}`)
     const c = manifest.config
-    this.shape = {
-      vocabSize: c.vocab_size,
-      layers: c.num_hidden_layers,
-      kvHeads: c.num_key_value_heads,
-      headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
-    }
+    this.shape = modelShape(c)
     this.hidden = c.hidden_size
     this.chunkRows = plan.chunkRows
     this.plan = plan
@@ -237,11 +232,7 @@ export class PipelineModel implements ForwardModel {
     const s = cache.seq
     s.released = true
     this.finalizer.unregister(s)
-    if (s.generation !== this.generation) return
-    for (const l of this.layerLinks) {
-      l.ops.push({ release: s.id })
-      void this.flush(l)
-    }
+    this.dropSequence(s.id, s.generation)
   }
 
   async release(): Promise<void> {}
@@ -251,11 +242,9 @@ export class PipelineModel implements ForwardModel {
     const from = cache.seq
     if (!from || cache.length === 0) return new PipelineCache(0, undefined, this)
     const seq = this.newSequence(from.tokens.slice(0, cache.length))
+    // sent now: the stages' memory should say what is kept
     if (from.generation === this.generation && !from.released)
-      for (const l of this.layerLinks) {
-        l.ops.push({ fork: { from: from.id, to: seq.id, length: cache.length } })
-        void this.flush(l) // now: the stages' memory should say what is kept
-      }
+      this.toLayers({ fork: { from: from.id, to: seq.id, length: cache.length } })
     // else the next call that needs it recomputes it from its tokens
     else this.stale.add(seq.id)
     return new PipelineCache(cache.length, seq, this, true)
@@ -473,9 +462,13 @@ export class PipelineModel implements ForwardModel {
   /** A sequence nothing refers to any more: released in the stages (if they still hold it). */
   private dropSequence(id: string, generation: number): void {
     this.stale.delete(id)
-    if (generation !== this.generation) return
+    if (generation === this.generation) this.toLayers({ release: id })
+  }
+
+  /** `op` to every layer stage now, behind the calls already made to it. */
+  private toLayers(op: StageOp): void {
     for (const l of this.layerLinks) {
-      l.ops.push({ release: id })
+      l.ops.push(op)
       void this.flush(l)
     }
   }

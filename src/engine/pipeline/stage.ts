@@ -17,13 +17,17 @@
  * object serves in-process (Node, Deno, tests) and behind Durable Object RPC (Workers).
  */
 import { AppError } from '../../core/errors.ts'
-import { headSliceSegments, STAGE_BASE_BYTES, type PipelineStage } from '../../format/index.ts'
+import {
+  headSliceSegments,
+  qwen2Shape,
+  STAGE_BASE_BYTES,
+  type PipelineStage,
+} from '../../format/index.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { PackageHandle } from '../package/loader.ts'
 import { Q8Decoder, type ResidentCache } from '../wasm/decoder.ts'
 import { Q8Head } from '../wasm/head.ts'
 import { streamParts, type StreamStats } from '../wasm/kernel-loader.ts'
-import { decoderShape } from '../wasm/kernel-model.ts'
 
 /** Rows of one sequence in a forward call: `count` tokens from `position`. */
 export interface StageGroup {
@@ -114,7 +118,7 @@ export class ModelStage implements StageApi {
     const part = plan?.stages[index]
     if (!plan || !part)
       throw new AppError('model_invalid', `Package ${manifest.id} has no pipeline stage ${index}`)
-    const shape = decoderShape(manifest.config)
+    const shape = qwen2Shape(manifest.config)
     let stage: ModelStage
     if (part.layers) {
       const decoder = await Q8Decoder.allocateLayers(shape, manifest.decoder!.format, part.layers)

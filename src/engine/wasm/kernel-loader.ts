@@ -15,11 +15,12 @@ import {
   resolveDecoderLayer,
   type DecoderTensorRef,
   type FileSegment,
+  qwen2Shape,
 } from '../../format/index.ts'
 import type { BigFile, PackageHandle } from '../package/loader.ts'
 import { Q8Decoder } from './decoder.ts'
 import { Q8Head } from './head.ts'
-import { KernelModel, decoderShape } from './kernel-model.ts'
+import { KernelModel } from './kernel-model.ts'
 
 /** What a streamed load held besides the kernels' memory (tests and reports). */
 export interface StreamStats {
@@ -36,7 +37,7 @@ export async function streamKernelModel(
   if (why) throw new AppError('model_invalid', `The package cannot run in the kernels: ${why}`)
   const head = await Q8Head.allocate(manifest.head!)
   const decoder = await Q8Decoder.allocate(
-    decoderShape(manifest.config),
+    qwen2Shape(manifest.config),
     head,
     manifest.decoder!.format,
   )

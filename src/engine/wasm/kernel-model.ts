@@ -5,11 +5,11 @@
  * buffers are free to go once the decoder has packed them. Needs a package whose decoder map
  * and head (with the tied embedding) cover the whole model.
  */
-import type { Qwen2Config } from '../../format/index.ts'
-import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
+import { qwen2Shape, type Qwen2Config } from '../../format/index.ts'
+import { modelShape, type ForwardModel, type ModelShape, type StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { LoadedPackage } from '../package/model-package.ts'
-import { Q8Decoder, type DecoderShape } from './decoder.ts'
+import { Q8Decoder } from './decoder.ts'
 import { Q8Head } from './head.ts'
 
 export class KernelModel implements ForwardModel {
@@ -24,12 +24,7 @@ export class KernelModel implements ForwardModel {
     readonly head: Q8Head,
     readonly decoder: Q8Decoder,
   ) {
-    this.shape = {
-      vocabSize: config.vocab_size,
-      layers: config.num_hidden_layers,
-      kvHeads: config.num_key_value_heads,
-      headDim: config.head_dim ?? config.hidden_size / config.num_attention_heads,
-    }
+    this.shape = modelShape(config)
   }
 
   /**
@@ -43,7 +38,7 @@ export class KernelModel implements ForwardModel {
   }): string | undefined {
     if (!pkg.head?.embedding) return 'the package has no head file with the tied embedding'
     if (!pkg.decoder) return 'the package has no decoder map'
-    return Q8Decoder.unsupported(decoderShape(pkg.config))
+    return Q8Decoder.unsupported(qwen2Shape(pkg.config))
   }
 
   /** A model of a head and a decoder already filled (kernel-loader.ts). */
@@ -57,7 +52,7 @@ export class KernelModel implements ForwardModel {
     const why = KernelModel.unsupported(pkg)
     if (why) throw new Error(`KernelModel: ${why}`)
     const head = await Q8Head.create(pkg.head!)
-    const decoder = await Q8Decoder.create(pkg.decoder!, decoderShape(pkg.config), head)
+    const decoder = await Q8Decoder.create(pkg.decoder!, qwen2Shape(pkg.config), head)
     return new KernelModel(pkg.config, head, decoder)
   }
 
@@ -89,18 +84,4 @@ export class KernelModel implements ForwardModel {
   }
 
   async release(): Promise<void> {}
-}
-
-/** The decoder's view of config.json. */
-export function decoderShape(c: Qwen2Config): DecoderShape {
-  return {
-    hidden: c.hidden_size,
-    intermediate: c.intermediate_size,
-    layers: c.num_hidden_layers,
-    heads: c.num_attention_heads,
-    kvHeads: c.num_key_value_heads,
-    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
-    eps: c.rms_norm_eps,
-    ropeTheta: c.rope_theta,
-  }
 }

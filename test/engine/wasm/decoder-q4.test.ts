@@ -14,7 +14,6 @@ import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import { loadPackage } from '../../../src/engine/package/loader.ts'
 import { Q8Decoder } from '../../../src/engine/wasm/decoder.ts'
 import { Q8Head } from '../../../src/engine/wasm/head.ts'
-import { decoderShape } from '../../../src/engine/wasm/kernel-model.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import {
   dequantizeBlocksQ4,
@@ -22,6 +21,7 @@ import {
   type DecoderLayerData,
   type DecoderWeights,
   type NBitsMatrixData,
+  qwen2Shape,
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
@@ -111,7 +111,7 @@ describe('the decoder with q4 layers (tiny)', () => {
   let head: Q8Head
   let decoder: Q8Decoder
   let ref: Qwen2Reference
-  let shape: ReturnType<typeof decoderShape>
+  let shape: ReturnType<typeof qwen2Shape>
   let plain: Weights
 
   beforeAll(async () => {
@@ -120,7 +120,7 @@ describe('the decoder with q4 layers (tiny)', () => {
     await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
     const pkg = await loadPackage(fsSource(work), 'tiny')
     head = await Q8Head.create(pkg.head!)
-    shape = decoderShape(pkg.config)
+    shape = qwen2Shape(pkg.config)
     const dims = resolveDims('tiny')
     plain = synthesizeWeights(dims, 0, 'q8')
     const { weights, dequantized } = q4Layers(plain, dims)
