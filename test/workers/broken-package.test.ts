@@ -4,10 +4,9 @@
  * repaired. Its own file, so its own isolate: this Worker has loaded nothing yet.
  */
 import { env } from 'cloudflare:workers'
-import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { beforeAll, expect, it } from 'vitest'
-import worker from '../../src/adapters/workers/index.ts'
 import { PACKAGE_ID } from './fixtures.ts'
+import { workerWith } from './handler.ts'
 import { countingBucket, seedPackage, type SeededPackage } from './seed.ts'
 
 const BROKEN_ID = 'qwen2-tiny-broken'
@@ -17,19 +16,8 @@ const bucket = countingBucket(env.MODEL_BUCKET)
 // The real handler with this package's id; the bucket counts the reads of each load.
 const testEnv = { ...env, MODEL: BROKEN_ID, MODEL_BUCKET: bucket }
 
-async function call(path: string, init?: RequestInit): Promise<Response> {
-  const ctx = createExecutionContext()
-  const res = await worker.fetch(new Request(`http://worker${path}`, init), testEnv, ctx)
-  await waitOnExecutionContext(ctx)
-  return res
-}
-
-const sentiment = () =>
-  call('/v1/sentiment', {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ text: 'good' }),
-  })
+const { call, post } = workerWith(testEnv)
+const sentiment = () => post('/v1/sentiment', { text: 'good' })
 
 let seeded: SeededPackage
 

@@ -5,29 +5,17 @@
  * file, so its own isolate and Durable Objects that have loaded nothing.
  */
 import { env } from 'cloudflare:workers'
-import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { beforeAll, expect, it } from 'vitest'
-import worker from '../../src/adapters/workers/index.ts'
 import { parseManifest } from '../../src/format/index.ts'
 import { STAGED_PACKAGE } from './fixtures.ts'
+import { workerWith } from './handler.ts'
 import { hostFile, seedPackage, type SeededPackage } from './seed.ts'
 
 const BROKEN_ID = 'tiny-staged-broken'
 const testEnv = { ...env, MODEL: BROKEN_ID }
 
-async function call(path: string, init?: RequestInit): Promise<Response> {
-  const ctx = createExecutionContext()
-  const res = await worker.fetch(new Request(`http://worker${path}`, init), testEnv, ctx)
-  await waitOnExecutionContext(ctx)
-  return res
-}
-
-const sentiment = () =>
-  call('/v1/sentiment', {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ text: 'good' }),
-  })
+const { call, post } = workerWith(testEnv)
+const sentiment = () => post('/v1/sentiment', { text: 'good' })
 
 let seeded: SeededPackage
 let shard: string

@@ -6,46 +6,15 @@
  * ends; a stage evicted mid-reply is reloaded and the reply goes on unchanged.
  */
 import { env } from 'cloudflare:workers'
-import { createExecutionContext, waitOnExecutionContext } from 'cloudflare:test'
 import { EventSourceParserStream, type EventSourceMessage } from 'eventsource-parser/stream'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
-import worker from '../../src/adapters/workers/index.ts'
 import { CHAT_BODY, SENTIMENT_TEXTS, STAGED_BUDGET_BYTES, STAGED_PACKAGE } from './fixtures.ts'
+import { workerWith } from './handler.ts'
 import { seedPackage } from './seed.ts'
 
 const testEnv = { ...env, MODEL: STAGED_PACKAGE }
 
-async function call(path: string, init?: RequestInit): Promise<Response> {
-  const ctx = createExecutionContext()
-  const res = await worker.fetch(new Request(`http://worker${path}`, init), testEnv, ctx)
-  await waitOnExecutionContext(ctx)
-  return res
-}
-
-const post = (path: string, body: unknown) =>
-  call(path, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  })
-
-/** A streamed reply: its body is read while the request's work is still running. */
-async function stream(
-  path: string,
-  body: unknown,
-): Promise<{ res: Response; done: Promise<void> }> {
-  const ctx = createExecutionContext()
-  const res = await worker.fetch(
-    new Request(`http://worker${path}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    }),
-    testEnv,
-    ctx,
-  )
-  return { res, done: waitOnExecutionContext(ctx) }
-}
+const { call, post, stream } = workerWith(testEnv)
 
 async function readEvents(
   res: Response,
