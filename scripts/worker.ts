@@ -15,6 +15,7 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
+import { buildStageWorker } from './build-stage-worker.ts'
 import { exitWithHelpIfAsked, isMain, runMain, usageError } from './lib/cli.ts'
 import { DEFAULT_PERSIST_DIR, uploadPackage } from './upload-model.ts'
 
@@ -105,6 +106,7 @@ async function main(): Promise<void> {
     mode: mode === 'dev' ? 'local' : 'remote',
     persistTo: plan.persistTo,
   })
+  await buildStageWorker() // the code of a staged package's stage Workers (stage-host.ts)
   const require = createRequire(import.meta.url)
   const bin = join(dirname(require.resolve('wrangler/package.json')), 'bin', 'wrangler.js')
   const child = spawn(process.execPath, [bin, ...plan.wranglerArgs], { stdio: 'inherit' })

@@ -28,5 +28,5 @@ export {
   type StageOp,
   type StageState,
 } from './pipeline/stage.ts'
-export { AppError, isAppError } from '../core/errors.ts'
+export { AppError, isAppError, type ErrorCode } from '../core/errors.ts'
 export { ort } from './graph/ort.ts'

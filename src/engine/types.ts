@@ -142,6 +142,8 @@ export interface StageReport {
   layers?: [number, number]
   /** Head rows [start, end) of a row stage (a slice of the vocabulary). */
   rows?: [number, number]
+  /** The isolate the stage runs in: stages naming the same one share its memory limit. */
+  isolate?: string
   /** What the stage holds, as it counted on its last answer (undefined: not heard from yet). */
   residentBytes?: number
   budgetBytes?: number

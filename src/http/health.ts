@@ -70,6 +70,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(s.layers && { layers: s.layers }),
             ...(s.rows && { rows: s.rows }),
             status: s.status,
+            ...(s.isolate !== undefined && { isolate: s.isolate }),
             ...(s.restarts !== undefined && { restarts: s.restarts }),
             ...(s.calls !== undefined && { calls: s.calls }),
             ...(s.callMs !== undefined && { callMs: Math.round(s.callMs) }),

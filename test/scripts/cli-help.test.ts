@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BENCH_CLI } from '../../scripts/bench.ts'
 import { FIDELITY_CLI } from '../../scripts/bench/fidelity.ts'
 import { BUILD_KERNELS_CLI } from '../../scripts/build-kernels.ts'
+import { BUILD_STAGE_WORKER_CLI } from '../../scripts/build-stage-worker.ts'
 import { DEPLOY_DENO_CLI } from '../../scripts/deploy-deno.ts'
 import { FETCH_CLI } from '../../scripts/fetch-model.ts'
 import { helpText, wantsHelp, type CliSpec } from '../../scripts/lib/cli.ts'
@@ -34,6 +35,7 @@ const SPECS: Record<string, CliSpec> = {
   'scripts/bench/fidelity.ts': FIDELITY_CLI,
   'scripts/worker.ts': WORKER_CLI,
   'scripts/build-kernels.ts': BUILD_KERNELS_CLI,
+  'scripts/build-stage-worker.ts': BUILD_STAGE_WORKER_CLI,
   'scripts/deploy-deno.ts': DEPLOY_DENO_CLI,
 }
 
@@ -110,6 +112,7 @@ it('covers every tsx script in package.json, the ones the README names', () => {
       'bench:engine',
       'bench:fidelity',
       'build:kernels',
+      'build:stage-worker',
       'deploy',
       'deploy:deno',
       'dev:worker',

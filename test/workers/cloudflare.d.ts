@@ -28,8 +28,10 @@ interface WorkersTestEnv {
   MODEL_BUCKET: TestR2Bucket
   MODEL?: string
   [variable: string]: unknown
-  /** The Durable Object class of a staged package's stages (wrangler.toml). */
+  /** A staged package's stages: its host objects (with LOADER) and stage objects (wrangler.toml). */
+  STAGE_HOST: import('../../src/adapters/workers/stage-object.ts').StageNamespace
   STAGES: import('../../src/adapters/workers/stage-object.ts').StageNamespace
+  LOADER?: import('../../src/adapters/workers/stage-host.ts').WorkerLoader
   /** Node-side service binding (test/workers/node/host-files.ts). */
   HOST_FILES: { fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> }
   /** vitest-pool-workers' own unsafe-eval binding (internal to 0.15.1). */

@@ -7,4 +7,10 @@ declare module 'cloudflare:workers' {
     protected readonly env: Env
     constructor(ctx: unknown, env: Env)
   }
+  /** A named entrypoint of a Worker: its public methods are callable over RPC. */
+  export abstract class WorkerEntrypoint<Env = unknown, Props = unknown> {
+    protected readonly ctx: { props: Props }
+    protected readonly env: Env
+    constructor(ctx: unknown, env: Env)
+  }
 }

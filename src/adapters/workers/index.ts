@@ -8,7 +8,8 @@ import simd128Kernels from '../../engine/wasm/kernels/engine-simd128.wasm'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
-import { stageLink, type StageNamespace } from './stage-object.ts'
+import { hostedStageLink, type WorkerLoader } from './stage-host.ts'
+import { objectStageLink, type StageNamespace } from './stage-object.ts'
 import {
   createEngineHost,
   type EngineLoader,
@@ -31,9 +32,13 @@ export interface Env {
   /** Package id inside the bucket. */
   MODEL?: string
   /**
-   * The stages of a package split into stages (a Durable Object each, wrangler.toml); unused
-   * for a package that is one model.
+   * A package split into stages (unused for a package that is one model): with LOADER, each
+   * stage is a Worker of its own (its own isolate) behind the package's STAGE_HOST object;
+   * without, each stage is an object of the STAGES class (objects of a class may share an
+   * isolate). wrangler.toml declares all three.
    */
+  LOADER?: WorkerLoader
+  STAGE_HOST?: StageNamespace
   STAGES?: StageNamespace
   API_KEY?: string
   CORS_ORIGINS?: string
@@ -73,22 +78,27 @@ const app = createApp<{ Bindings: Env }>({
   config: (c) => readConfigFromEnv(c.env as unknown as Record<string, unknown>),
 })
 
-/** A staged package's stages are Durable Objects (the STAGES binding), one per stage. */
+/** Where a staged package's stages run: their own Workers (LOADER) or Durable Objects (STAGES). */
 function withStages(options: EngineOptions, env: Env): EngineOptions {
-  const ns = env.STAGES
-  if (!ns) return options
+  const host = env.LOADER ? env.STAGE_HOST : undefined
+  const objects = env.STAGES
+  if (!host && !objects) return options
   return {
     ...options,
     session: {
       ...options.session,
       stageLinks: (manifest) =>
-        manifest.pipeline!.stages.map((_, i) => stageLink(ns, manifest.id, i)),
+        manifest.pipeline!.stages.map((_, i) =>
+          host ? hostedStageLink(host, manifest.id, i) : objectStageLink(objects!, manifest.id, i),
+        ),
     },
   }
 }
 
-// the stage class must be a named export of the main module for workerd to find it
+// the stages' classes and entrypoints must be named exports of the main module for workerd to
+// find them
 export { ModelStageObject } from './stage-object.ts'
+export { PackageFiles, StageHostObject } from './stage-host.ts'
 
 export default {
   // Hono's fetch, with each request's work kept alive until its client is served or has left

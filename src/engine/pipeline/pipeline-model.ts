@@ -137,6 +137,7 @@ export class PipelineModel implements ForwardModel {
         calls: this.links[i].calls,
         callMs: this.links[i].ms,
         ...(state && {
+          isolate: state.isolate,
           residentBytes: state.residentBytes,
           budgetBytes: state.budgetBytes,
           sequences: state.sequences,

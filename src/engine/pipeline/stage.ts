@@ -49,6 +49,11 @@ export interface StageState {
   rows?: [number, number]
   /** New at each load: a different epoch means the stage restarted (its KV caches are gone). */
   epoch: string
+  /**
+   * Names the isolate (the JavaScript heap and memory) the stage runs in: stages with the same
+   * one share an isolate, so its memory limit.
+   */
+  isolate: string
   /** WASM memory plus the arrays the stage keeps in JS, plus the fixed allowance (pipeline.ts). */
   residentBytes: number
   budgetBytes: number
@@ -87,6 +92,11 @@ export interface StageApi {
 export interface StageLoadOptions {
   stats?: StreamStats
 }
+
+/** This isolate's name (module state lives once per isolate); made on first use, as workerd
+ * allows no random values in a module's global scope. */
+let isolate: string | undefined
+const isolateName = () => (isolate ??= crypto.randomUUID().slice(0, 8))
 
 export class ModelStage implements StageApi {
   readonly epoch = crypto.randomUUID()
@@ -297,6 +307,7 @@ export class ModelStage implements StageApi {
       ...(this.part.layers && { layers: this.part.layers }),
       ...(this.part.rows && { rows: this.part.rows }),
       epoch: this.epoch,
+      isolate: isolateName(),
       residentBytes: this.residentBytes(),
       budgetBytes: this.budgetBytes,
       sequences: this.decoder?.sequences ?? 0,

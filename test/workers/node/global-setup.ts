@@ -8,6 +8,7 @@ import type { TestProject } from 'vitest/node'
 import { createApp } from '../../../src/app.ts'
 import { QwenEngine } from '../../../src/engine/engine.ts'
 import { loadPackage, openPackage } from '../../../src/engine/package/loader.ts'
+import { buildStageWorker } from '../../../scripts/build-stage-worker.ts'
 import { preparePackage } from '../../../scripts/prepare-model.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
@@ -24,6 +25,7 @@ import {
 import { MODEL_SHARDS_DIR, TEST_PACKAGES_DIR } from './host-files.ts'
 
 export default async function setup(project: TestProject): Promise<void> {
+  await buildStageWorker() // the code the stage host hands to Worker Loader
   const whole = await answers(
     await QwenEngine.create(await loadPackage(fsSource(MODEL_SHARDS_DIR), PACKAGE_ID)),
   )
