@@ -93,11 +93,15 @@ export async function startFileServer(
     if (fault === 'cut') {
       // Send half the body, then close the connection: the client sees a truncated response.
       // Closed with end(), not destroy(): a reset can discard bytes already sent, and the
-      // client would stop at a byte the test cannot know.
+      // client would stop at a byte the test cannot know. Ended once the last chunk has reached
+      // the socket (its write callback): res.write may still hold chunks when the file ends.
       const half = Math.floor(length / 2)
       const stream = createReadStream(file, { start, end: start + half - 1 })
-      stream.on('data', (chunk) => res.write(chunk))
-      stream.on('end', () => res.socket?.end())
+      let written = Promise.resolve()
+      stream.on('data', (chunk) => {
+        written = new Promise((done) => res.write(chunk, () => done()))
+      })
+      stream.on('end', () => void written.then(() => res.socket?.end()))
       return status
     }
     createReadStream(file, { start, end }).pipe(res)

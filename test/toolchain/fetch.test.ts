@@ -61,10 +61,13 @@ describe('model:fetch', () => {
       })
       const onnxRequests = hub.requests.filter((r) => r.path === PREFIX + onnx)
       const size = (await stat(join(hf, onnx))).size
-      expect(onnxRequests.map((r) => r.range)).toEqual([
-        undefined,
-        `bytes=${Math.floor(size / 2)}-`,
-      ])
+      // the retry asks for the rest of what the client had kept: half the file at most (the
+      // server sent half), but the client's HTTP stack may drop the last chunks it buffered
+      // when the connection ends under them (seen under load: 5 MiB of 5.06 MiB kept)
+      expect(onnxRequests.map((r) => r.range?.replace(/\d+/, 'N'))).toEqual([undefined, 'bytes=N-'])
+      const resumedAt = Number(/\d+/.exec(onnxRequests[1].range!)![0])
+      expect(resumedAt).toBeGreaterThan(0)
+      expect(resumedAt).toBeLessThanOrEqual(Math.floor(size / 2))
       expect(onnxRequests[1].status).toBe(206)
       expect(hub.requests.every((r) => r.authorization === 'Bearer hf_secret')).toBe(true)
       const downloaded = await readFile(join(result.folder, onnx))
