@@ -28,5 +28,6 @@ export {
   type StageOp,
   type StageState,
 } from './pipeline/stage.ts'
+export { passOver, type PassReply, type PassRequest, type StagePass } from './pipeline/pass.ts'
 export { AppError, isAppError, type ErrorCode } from '../core/errors.ts'
 export { ort } from './graph/ort.ts'

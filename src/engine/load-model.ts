@@ -13,6 +13,7 @@ import type { LoadedPackage } from './package/model-package.ts'
 import type { Manifest } from '../format/index.ts'
 import { loadPipelineInProcess } from './pipeline/in-process.ts'
 import { PipelineModel } from './pipeline/pipeline-model.ts'
+import type { StagePass } from './pipeline/pass.ts'
 import type { StageApi } from './pipeline/stage.ts'
 import { streamKernelModel } from './wasm/kernel-loader.ts'
 import { KernelModel } from './wasm/kernel-model.ts'
@@ -30,6 +31,11 @@ export interface ModelOptions extends SessionOptions {
    * links to its stages, in plan order. The front then reads none of the weights.
    */
   stageLinks?: (manifest: Manifest) => StageApi[]
+  /**
+   * With `stageLinks`: who runs a forward pass through the stages (Workers: the stage host, next
+   * to them, one call from the front per pass); default the front, one call per stage.
+   */
+  stagePass?: (manifest: Manifest) => StagePass
 }
 
 /**
@@ -44,7 +50,11 @@ export async function loadModel(
   if ('stream' in pkg) {
     if (allowed && pkg.manifest.pipeline && options.pipeline !== 'whole') {
       if (!options.stageLinks) return loadPipelineInProcess(pkg)
-      const model = new PipelineModel(pkg.manifest, options.stageLinks(pkg.manifest))
+      const model = new PipelineModel(
+        pkg.manifest,
+        options.stageLinks(pkg.manifest),
+        options.stagePass?.(pkg.manifest),
+      )
       await model.refresh() // every stage loads now, side by side; a failure names its stage
       return model
     }

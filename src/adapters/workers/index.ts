@@ -3,12 +3,13 @@
  * the R2 bucket bound as MODEL_BUCKET, once per isolate, on the first request that needs it.
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
+import type { Manifest } from '../../format/index.ts'
 import relaxedKernels from '../../engine/wasm/kernels/engine-relaxed.wasm'
 import simd128Kernels from '../../engine/wasm/kernels/engine-simd128.wasm'
 import { tieToClient } from './client-lifetime.ts'
 import { installPrecompiledOrtWasm } from './ort-wasm.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
-import { hostedStageLink, type WorkerLoader } from './stage-host.ts'
+import { hostedStageLink, hostedStagePass, type WorkerLoader } from './stage-host.ts'
 import { objectStageLink, type StageNamespace } from './stage-object.ts'
 import {
   createEngineHost,
@@ -91,6 +92,8 @@ function withStages(options: EngineOptions, env: Env): EngineOptions {
         manifest.pipeline!.stages.map((_, i) =>
           host ? hostedStageLink(host, manifest.id, i) : objectStageLink(objects!, manifest.id, i),
         ),
+      // with a host, a forward pass is one call to it (it calls the stages, next to them)
+      ...(host && { stagePass: (manifest: Manifest) => hostedStagePass(host, manifest) }),
     },
   }
 }

@@ -10,7 +10,18 @@
  * the front's own script that reads the R2 bucket, handed to it as FILES.
  */
 import { DurableObject, WorkerEntrypoint } from 'cloudflare:workers'
-import { AppError, type StageApi, type StageOp } from '../../engine/index.ts'
+import {
+  AppError,
+  isAppError,
+  type ErrorCode,
+  passOver,
+  type PassReply,
+  type PassRequest,
+  type StageApi,
+  type StageOp,
+  type StagePass,
+} from '../../engine/index.ts'
+import type { Manifest, PipelineEntry } from '../../format/index.ts'
 import { STAGE_WORKER } from './generated/stage-worker.js'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
 import { keepWarm, type StageNamespace } from './stage-object.ts'
@@ -125,6 +136,48 @@ export class StageHostObject extends DurableObject<HostEnv> implements StageRpc 
   }
   async evict(at: StageAddress) {
     await this.stage(at).evict(at)
+  }
+
+  /**
+   * A whole forward pass of `model` (pass.ts), run here next to its stages: one call from the
+   * front per pass instead of one per stage. A stage's error comes back as the pass's.
+   */
+  async pass(model: string, shape: PassShape, req: PassRequest): Promise<Reply<PassReply>> {
+    this.touch()
+    const links = shape.plan.stages.map((_, index) =>
+      stageLink(() => this.stage({ model, index }), model, index),
+    )
+    try {
+      return { ok: await passOver(shape.plan, shape.hidden, shape.vocab, links)(req) }
+    } catch (err) {
+      if (isAppError(err)) return { error: { code: err.code, message: err.message } }
+      const message = err instanceof Error ? err.message : String(err)
+      return {
+        error: { code: 'stage_unavailable', message: `A stage's Worker failed: ${message}` },
+      }
+    }
+  }
+}
+
+/** What the host needs of a package to run its passes (the front sends it with each). */
+interface PassShape {
+  plan: PipelineEntry
+  hidden: number
+  vocab: number
+}
+
+/** The forward passes of `manifest`'s package, each run by its host object (STAGE_HOST). */
+export function hostedStagePass(ns: StageNamespace, manifest: Manifest): StagePass {
+  const shape: PassShape = {
+    plan: manifest.pipeline!,
+    hidden: manifest.config.hidden_size,
+    vocab: manifest.config.vocab_size,
+  }
+  return async (req) => {
+    const host = ns.get(ns.idFromName(manifest.id)) as unknown as StageHostObject
+    const r = await host.pass(manifest.id, shape, req)
+    if ('error' in r) throw new AppError(r.error.code as ErrorCode, r.error.message)
+    return r.ok
   }
 }
 

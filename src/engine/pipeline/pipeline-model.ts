@@ -23,7 +23,8 @@ import { pipelineParts, type Manifest, type PipelineEntry } from '../../format/i
 import { modelShape, type ForwardModel, type ModelShape, type StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { StageReport } from '../types.ts'
-import type { StageApi, StageGroup, StageOp, StageState } from './stage.ts'
+import { passOver, type PassReply, type StagePass } from './pass.ts'
+import type { StageApi, StageOp, StageState } from './stage.ts'
 
 /** One sequence as the front tracks it: the tokens in its KV (in the stages), in order. */
 class Sequence {
@@ -90,7 +91,6 @@ export class PipelineModel implements ForwardModel {
   private readonly links: Link[]
   private readonly layerLinks: Link[]
   private readonly rowLinks: Array<Link & { rows: [number, number] }>
-  private readonly hidden: number
   private readonly chunkRows: number
   private nextSeq = 1
   /** This front's name in the stages: its sequences are `<front>/<n>`. */
@@ -102,14 +102,20 @@ export class PipelineModel implements ForwardModel {
     this.dropSequence(s.id, s.generation),
   )
 
-  constructor(manifest: Manifest, stages: readonly StageApi[]) {
+  private readonly runPass: StagePass
+
+  /**
+   * `stages`: a link to each stage (plan order), for state queries, releases and forks; `pass`
+   * runs forward passes (default: over `stages` from here; a stage host runs them next to the
+   * stages instead).
+   */
+  constructor(manifest: Manifest, stages: readonly StageApi[], pass?: StagePass) {
     const plan = manifest.pipeline
     if (!plan) throw new AppError('model_invalid', `Package ${manifest.id} has no pipeline`)
     if (stages.length !== plan.stages.length)
       throw new Error(`PipelineModel: ${stages.length} stages for a plan of ${plan.stages.length}`)
     const c = manifest.config
     this.shape = modelShape(c)
-    this.hidden = c.hidden_size
     this.chunkRows = plan.chunkRows
     this.plan = plan
     const parts = pipelineParts(plan)
@@ -123,6 +129,7 @@ export class PipelineModel implements ForwardModel {
     }))
     this.layerLinks = parts.layers.map((p) => this.links[p.index])
     this.rowLinks = parts.rows.map((p) => Object.assign(this.links[p.index], { rows: p.rows }))
+    this.runPass = pass ?? passOver(plan, c.hidden_size, this.shape.vocabSize, stages)
   }
 
   /** Each stage as it last answered, in plan order. */
@@ -154,8 +161,6 @@ export class PipelineModel implements ForwardModel {
           l,
           () => l.api.state(),
           (s) => s,
-          undefined,
-          false,
         ),
       ),
     )
@@ -172,8 +177,6 @@ export class PipelineModel implements ForwardModel {
           l,
           () => l.api.state(),
           (s) => s,
-          undefined,
-          false,
         )
         times.push(performance.now() - t0)
       }
@@ -197,9 +200,9 @@ export class PipelineModel implements ForwardModel {
     keep = Math.max(0, Math.min(keep, ids.length))
     return this.retrying(async () => {
       const [seq] = await this.claim([this.own(cache)])
-      const hidden = await this.run([seq], [ids], keep)
       const rows = keep
-      const logits = rows ? await this.logits(hidden, rows, columns) : new Float32Array(0)
+      const reply = await this.pass([seq], [ids], keep, rows ? { rows, columns } : undefined)
+      const logits = reply.logits ?? new Float32Array(0)
       return { logits, rows, cache: new PipelineCache(seq.filled, seq, this) }
     })
   }
@@ -213,12 +216,13 @@ export class PipelineModel implements ForwardModel {
       throw new Error('decode needs one cache per token')
     return this.retrying(async () => {
       const seqs = await this.claim(caches.map((c) => this.own(c)))
-      const hidden = await this.run(
+      const reply = await this.pass(
         seqs,
         tokens.map((t) => [t]),
         1,
+        { rows: tokens.length },
       )
-      const logits = await this.logits(hidden, tokens.length)
+      const logits = reply.logits!
       const V = this.shape.vocabSize
       return seqs.map((s, r) => ({
         logits: logits.subarray(r * V, (r + 1) * V),
@@ -297,115 +301,49 @@ export class PipelineModel implements ForwardModel {
   /** A sequence the stages lost, computed again from its tokens (no logits). */
   private async recompute(seq: Sequence, tokens: number[]): Promise<void> {
     for (let i = 0; i < tokens.length; i += this.chunkRows)
-      await this.run([seq], [tokens.slice(i, i + this.chunkRows)], 0)
+      await this.pass([seq], [tokens.slice(i, i + this.chunkRows)], 0)
   }
 
   /**
-   * Rows `ids[i]` after `seqs[i]` through the embedding and every layer stage; the sequences
-   * take the tokens. Returns the last `keep` rows of each (normalised hidden states).
+   * Rows `ids[i]` after `seqs[i]` through the stages, after every call made to them before
+   * (a pass reaches every stage); the sequences take the tokens. Returns the logits asked for,
+   * else the last `keep` rows of each group (normalised hidden states).
    */
-  private async run(
+  private async pass(
     seqs: Sequence[],
     ids: ReadonlyArray<readonly number[]>,
     keep: number,
-  ): Promise<Float32Array> {
+    logits?: { rows: number; columns?: readonly number[] },
+  ): Promise<PassReply> {
     const flat = ids.flat()
-    let hidden = await this.embed(flat)
-    const groups: StageGroup[] = seqs.map((s, i) => ({
-      seq: s.id,
-      position: s.filled,
-      count: ids[i].length,
-    }))
-    const last = this.layerLinks.length - 1
-    for (let k = 0; k <= last; k++) {
-      const l = this.layerLinks[k]
-      const input = hidden
-      hidden = await this.call(
-        l,
-        () => {
-          const ops = l.ops.splice(0)
-          return l.api.forward(input, groups, ops, k === last ? keep : undefined)
-        },
-        (r) => r.state,
-        (r) => r.hidden,
-      )
-    }
-    seqs.forEach((s, i) => s.tokens.push(...ids[i]))
-    return hidden
-  }
-
-  /** Embeddings of `ids` from the row stages that hold them: [ids.length, hidden]. */
-  private async embed(ids: readonly number[]): Promise<Float32Array> {
-    for (const t of ids)
+    for (const t of [...flat, ...(logits?.columns ?? [])])
       if (!(Number.isInteger(t) && t >= 0 && t < this.shape.vocabSize))
         throw new AppError('bad_request', `token id ${t} is out of range`)
-    const H = this.hidden
-    const out = new Float32Array(ids.length * H)
-    await Promise.all(
-      this.rowLinks.map(async (l) => {
-        const at: number[] = []
-        ids.forEach((t, i) => {
-          if (t >= l.rows[0] && t < l.rows[1]) at.push(i)
-        })
-        if (!at.length) return
-        const got = await this.call(
-          l,
-          () => l.api.embed(at.map((i) => ids[i])),
-          (r) => r.state,
-          (r) => r.hidden,
-        )
-        at.forEach((i, j) => out.set(got.subarray(j * H, (j + 1) * H), i * H))
-      }),
-    )
-    return out
-  }
-
-  /** Logits of `rows` hidden rows from every row stage: [rows, vocab] (or [rows, columns]). */
-  private async logits(
-    hidden: Float32Array,
-    rows: number,
-    columns?: readonly number[],
-  ): Promise<Float32Array> {
-    for (const v of columns ?? [])
-      if (!(Number.isInteger(v) && v >= 0 && v < this.shape.vocabSize))
-        throw new AppError('bad_request', `token id ${v} is out of range`)
-    const width = columns ? columns.length : this.shape.vocabSize
-    const out = new Float32Array(rows * width)
-    await Promise.all(
-      this.rowLinks.map(async (l) => {
-        const [a, b] = l.rows
-        if (columns) {
-          const at: number[] = []
-          columns.forEach((v, i) => {
-            if (v >= a && v < b) at.push(i)
-          })
-          if (!at.length) return
-          const got = await this.call(
-            l,
-            () =>
-              l.api.logits(
-                hidden,
-                rows,
-                at.map((i) => columns[i]),
-              ),
-            (r) => r.state,
-            (r) => r.logits,
-          )
-          for (let r = 0; r < rows; r++)
-            at.forEach((i, j) => (out[r * width + i] = got[r * at.length + j]))
-          return
+    const groups = seqs.map((s, i) => ({ seq: s.id, position: s.filled, count: ids[i].length }))
+    const before = Promise.all(this.links.map((l) => l.tail))
+    const result = before.then(async () => {
+      const reply = await this.runPass({
+        ids: flat,
+        groups,
+        ops: this.layerLinks.map((l) => l.ops.splice(0)),
+        keep,
+        ...(logits && { logits: { rows: logits.rows, columns: logits.columns?.slice() } }),
+      })
+      // every answer is taken in (a restart throws once all are)
+      let restart: unknown
+      for (const a of reply.answers)
+        try {
+          this.observe(this.links[a.state.index], a.state, a.ms)
+        } catch (err) {
+          restart ??= err
         }
-        const got = await this.call(
-          l,
-          () => l.api.logits(hidden, rows),
-          (r) => r.state,
-          (r) => r.logits,
-        )
-        for (let r = 0; r < rows; r++)
-          out.set(got.subarray(r * (b - a), (r + 1) * (b - a)), r * width + a)
-      }),
-    )
-    return out
+      if (restart) throw restart
+      return reply
+    })
+    for (const l of this.links) l.tail = result.catch(() => {})
+    const reply = await result
+    seqs.forEach((s, i) => s.tokens.push(...ids[i]))
+    return reply
   }
 
   /**
@@ -417,33 +355,35 @@ export class PipelineModel implements ForwardModel {
     send: () => Promise<R>,
     stateOf: (r: R) => StageState,
     pick: (r: R) => T = (r) => r as unknown as T,
-    /** Counted in `calls` and `ms` (a forward run's hop; not a state query, which may load). */
-    counted = true,
   ): Promise<T> {
-    let sent = 0
     const result = l.tail
-      .then(() => {
-        sent = performance.now()
-        return send()
-      })
+      .then(() => send())
       .then((r) => {
-        if (counted) {
-          l.calls++
-          l.ms += performance.now() - sent
-        }
-        const state = stateOf(r)
-        const before = l.state?.epoch
-        l.state = state
-        if (before !== undefined && before !== state.epoch) l.restarts++
-        // a row stage keeps nothing between calls: its answer stands; a layer stage lost its KV
-        if (before !== undefined && before !== state.epoch && !('rows' in l))
-          throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
-            details: { restarted: true },
-          })
+        this.observe(l, stateOf(r))
         return pick(r)
       })
     l.tail = result.catch(() => {})
     return result
+  }
+
+  /**
+   * A stage's answer: its state kept, its time counted (`ms`: a forward pass's call; not a
+   * state query, which may load). A new epoch from a stage that answered before means it
+   * restarted: a layer stage lost its KV (`stage_unavailable`, so the work is done again).
+   */
+  private observe(l: Link, state: StageState, ms?: number): void {
+    if (ms !== undefined) {
+      l.calls++
+      l.ms += ms
+    }
+    const before = l.state?.epoch
+    l.state = state
+    if (before !== undefined && before !== state.epoch) l.restarts++
+    // a row stage keeps nothing between calls: its answer stands
+    if (before !== undefined && before !== state.epoch && !('rows' in l))
+      throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
+        details: { restarted: true },
+      })
   }
 
   /** Sends a layer stage its queued ops (releases) on their own. */
@@ -455,8 +395,6 @@ export class PipelineModel implements ForwardModel {
         return ops.length ? l.api.apply(ops) : (l.state ?? l.api.state())
       },
       (s) => s,
-      undefined,
-      false,
     ).catch(() => {})
   }
 

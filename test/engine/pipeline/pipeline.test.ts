@@ -14,6 +14,7 @@ import { isAppError } from '../../../src/core/errors.ts'
 import { QwenEngine } from '../../../src/engine/engine.ts'
 import { openPackage } from '../../../src/engine/package/loader.ts'
 import type { ModelSource } from '../../../src/engine/package/sources/model-source.ts'
+import { passOver } from '../../../src/engine/pipeline/pass.ts'
 import { PipelineModel } from '../../../src/engine/pipeline/pipeline-model.ts'
 import { ModelStage, type StageApi } from '../../../src/engine/pipeline/stage.ts'
 import { streamKernelModel } from '../../../src/engine/wasm/kernel-loader.ts'
@@ -200,6 +201,32 @@ describe.each(['q8', 'q4'] as const)(
       // and a mutation check: another token gives other logits
       const other = await model.decode([7], [pa[0].cache])
       expect(same(other[0].logits, pb[0].logits)).toBe(false)
+    })
+
+    it('hands every forward pass to the pass it is given (a stage host), whole, one call each', async () => {
+      // the front's own links, counted: with a pass given, forward runs must not use them
+      const direct = { forward: 0, embed: 0, logits: 0 }
+      const links: StageApi[] = stages.map((st) => ({
+        state: () => st.state(),
+        apply: (ops) => st.apply(ops),
+        forward: (...a) => (direct.forward++, st.forward(...a)),
+        embed: (...a) => (direct.embed++, st.embed(...a)),
+        logits: (...a) => (direct.logits++, st.logits(...a)),
+      }))
+      const runPass = passOver(manifest.pipeline!, manifest.config.hidden_size, 151936, stages)
+      let passes = 0
+      const model = new PipelineModel(manifest, links, (req) => (passes++, runPass(req)))
+      const w = await whole.forward(PROMPT, whole.emptyCache(), 1)
+      const p = await model.forward(PROMPT, model.emptyCache(), 1)
+      expect(passes).toBe(1) // the precondition: the prompt is one chunk
+      expect(same(w.logits, p.logits)).toBe(true)
+      const t = argmax(w.logits)
+      const wd = await whole.decode([t], [w.cache])
+      const pd = await model.decode([t], [p.cache])
+      expect(same(wd[0].logits, pd[0].logits)).toBe(true)
+      expect(passes).toBe(2)
+      expect(direct).toEqual({ forward: 0, embed: 0, logits: 0 })
+      model.releaseCache(pd[0].cache)
     })
 
     it('keeps a detached cache whole through what is made from it and released', async () => {
