@@ -91,7 +91,18 @@ export interface StageApi {
 
 export interface StageLoadOptions {
   stats?: StreamStats
+  /** How long a front may go unheard before its sequences here are freed (default 10 min). */
+  idleMs?: number
+  /** Milliseconds now (tests move it). */
+  clock?: () => number
 }
+
+/**
+ * A front not heard from for this long loses its sequences in the stages: freed, as a front
+ * whose isolate went away (common on Workers) never releases them. A front that comes back
+ * finds them gone and recomputes them from its tokens (pipeline-model.ts), as after a restart.
+ */
+export const FRONT_IDLE_MS = 10 * 60_000
 
 /** This isolate's name (module state lives once per isolate); made on first use, as workerd
  * allows no random values in a module's global scope. */
@@ -104,6 +115,10 @@ export class ModelStage implements StageApi {
   private readonly empty: KvCache = { length: 0, tensors: {} }
   private calls = 0
   private computeMs = 0
+  /** When each front (the `<front>` of its sequences `<front>/<n>`) was last heard from. */
+  private readonly heard = new Map<string, number>()
+  private idleMs = FRONT_IDLE_MS
+  private clock: () => number = Date.now
 
   private constructor(
     readonly index: number,
@@ -141,6 +156,8 @@ export class ModelStage implements StageApi {
       await streamParts(handle, { head, headSegments: headSliceSegments(h, rows) }, options.stats)
       stage = new ModelStage(index, part, plan.budgetBytes, undefined, head)
     }
+    stage.idleMs = options.idleMs ?? FRONT_IDLE_MS
+    stage.clock = options.clock ?? Date.now
     const resident = stage.residentBytes()
     // the KV cache may grow up to the budget, not past it
     if (stage.decoder) stage.decoder.memoryLimit = plan.budgetBytes - (resident - stage.wasmBytes())
@@ -182,6 +199,7 @@ export class ModelStage implements StageApi {
     keep?: number,
   ): { hidden: Float32Array } {
     const decoder = this.layers()
+    this.hear(groups, ops)
     this.applyOps(ops)
     const caches = groups.map((g) => {
       const cache = g.position === 0 ? this.empty : this.caches.get(g.seq)
@@ -222,8 +240,26 @@ export class ModelStage implements StageApi {
 
   async apply(ops: StageOp[]): Promise<StageState> {
     this.layers()
+    this.hear([], ops)
     this.applyOps(ops)
     return this.snapshot()
+  }
+
+  /** Notes the fronts a call comes from, then frees the sequences of fronts gone quiet. */
+  private hear(groups: StageGroup[], ops: StageOp[]): void {
+    const now = this.clock()
+    const front = (seq: string) => seq.slice(0, seq.lastIndexOf('/'))
+    for (const g of groups) this.heard.set(front(g.seq), now)
+    for (const op of ops)
+      this.heard.set(
+        'reset' in op ? op.reset : front('release' in op ? op.release : op.fork.to),
+        now,
+      )
+    for (const [f, at] of this.heard)
+      if (now - at > this.idleMs) {
+        this.heard.delete(f)
+        this.applyOps([{ reset: f }])
+      }
   }
 
   async embed(ids: number[]): Promise<{ hidden: Float32Array; state: StageState }> {

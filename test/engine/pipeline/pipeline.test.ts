@@ -320,6 +320,36 @@ describe.each(['q8', 'q4'] as const)(
       expect(await live()).toBe(before)
     })
 
+    it('frees the sequences of a front gone quiet; the front recomputes them if it comes back', async () => {
+      let now = 0
+      const timed = await Promise.all(
+        manifest.pipeline!.stages.map(async (_, i) =>
+          ModelStage.load(await open(), i, { idleMs: 1000, clock: () => now }),
+        ),
+      )
+      const layerStages = timed.filter((s) => s.decoder)
+      const held = async () =>
+        (await Promise.all(layerStages.map((s) => s.state()))).map((s) => s.sequences)
+      const quiet = new PipelineModel(manifest, timed)
+      const other = new PipelineModel(manifest, timed)
+      const a = await whole.forward(PROMPT, whole.emptyCache(), 1)
+      const q = await quiet.forward(PROMPT, quiet.emptyCache(), 1)
+      await other.forward([9707, 11], other.emptyCache(), 1)
+      expect(await held()).toEqual(layerStages.map(() => 2)) // the precondition: one each
+      now += 999
+      await other.forward([9707, 11], other.emptyCache(), 1)
+      expect(await held()).toEqual(layerStages.map(() => 3)) // not yet idle long enough
+      now += 2
+      await other.forward([9707, 11], other.emptyCache(), 1)
+      // the quiet front's sequence is gone; the other's three stay (none released by it)
+      expect(await held()).toEqual(layerStages.map(() => 3))
+      // the quiet front comes back: its cache is recomputed, the answer is the whole model's
+      const wa = await whole.decode([33], [a.cache])
+      const qa = await quiet.decode([33], [q.cache])
+      expect(quiet.restarts).toBe(1)
+      expect(same(wa[0].logits, qa[0].logits)).toBe(true)
+    })
+
     it('recomputes the sequences a restarted stage lost, and goes on bit for bit', async () => {
       const swappable = stages.map((s) => new Swappable(s))
       const model = new PipelineModel(manifest, swappable)
