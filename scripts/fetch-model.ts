@@ -3,7 +3,7 @@
  *
  *   npm run model:fetch -- <repo id> [--file onnx/model_quantized.onnx] [--revision main]
  *                          [--id <id>] [--shard-mb 16] [--out model-shards] [--cache .cache/hub]
- *                          [--format keep|q8] [--head wasm|graph] [--decoder wasm|graph]
+ *                          [--format keep|q8|q4] [--head wasm|graph] [--decoder wasm|graph]
  *
  * Files come from `${HF_ENDPOINT ?? 'https://huggingface.co'}/{repo}/resolve/{revision}/{path}`
  * (`Authorization: Bearer $HF_TOKEN` when set, for gated repos) into `<cache>/<repo>/<revision>/`

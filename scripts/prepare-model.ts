@@ -23,6 +23,8 @@
  *   gains it, and its lm_head runs on the last n positions only (lib/graph-rewrite.ts);
  * - `--format q8`: fp32, fp16 and q4 (`MatMulNBits`) weights become the generator's uint8
  *   `DynamicQuantizeMatMul` form (lib/quantize.ts); the graph is then `model_quantized.onnx`.
+ *   `--format q4`: fp32 and fp16 weights become 4-bit `MatMulNBits` in blocks of 32, as a q4
+ *   export (MatMulNBits already there is kept as exported); the graph is then `model_q4.onnx`.
  * - head split (`--head wasm`, the default; `--head graph` keeps the lm_head in the graph): when
  *   the prepared graph is in that q8 form, its lm_head (and a tied embedding) moves into
  *   `head.q8`, run by the engine's own kernel; a q4 export's MatMulNBits lm_head moves into
@@ -92,7 +94,7 @@ import {
   type TensorProto,
 } from './lib/onnx/index.ts'
 import { progressBar } from './lib/progress.ts'
-import { convertToQ8, dequantizeToFloat, type Q8Stats } from './lib/quantize.ts'
+import { convertWeights, dequantizeToFloat, type ConversionStats } from './lib/quantize.ts'
 import {
   checkSplitHead,
   splitHead,
@@ -114,7 +116,7 @@ export const REPORT_FILE = 'prepare-report.json'
 /** Largest KV cache difference the head split check accepts (measured: 0). */
 const SPLIT_KV_TOLERANCE = 1e-5
 
-export type PrepareFormat = 'keep' | 'q8'
+export type PrepareFormat = 'keep' | 'q8' | 'q4'
 /** 'wasm': split the lm_head off into a head file (q8 and q4 graphs); 'graph': keep it. */
 export type PrepareHead = 'wasm' | 'graph'
 /**
@@ -180,7 +182,7 @@ export interface PrepareReport {
   format: PrepareFormat
   /** Absent when the rewrite was not asked for. */
   logitsRewrite?: LogitsRewrite
-  conversion?: Q8Stats & {
+  conversion?: ConversionStats & {
     /** fp16 tensors (initializers, constants) widened to fp32. */
     fp16Tensors: number
     /**
@@ -288,6 +290,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         log,
       }))
       if (format === 'q8') graphFile = 'model_quantized.onnx'
+      if (format === 'q4') graphFile = 'model_q4.onnx'
     }
 
     const files = writeWeights(model, head, input, tmp, graphFile, settings)
@@ -367,8 +370,8 @@ function checkOptions(options: PrepareOptions): Settings {
     )
   }
   const format = options.format ?? 'keep'
-  if (format !== 'keep' && format !== 'q8')
-    throw new Error(`Unknown format ${JSON.stringify(format)}: use keep or q8`)
+  if (format !== 'keep' && format !== 'q8' && format !== 'q4')
+    throw new Error(`Unknown format ${JSON.stringify(format)}: use keep, q8 or q4`)
   const headMode = options.head ?? 'wasm'
   if (headMode !== 'wasm' && headMode !== 'graph')
     throw new Error(`Unknown head ${JSON.stringify(headMode)}: use wasm or graph`)
@@ -636,7 +639,7 @@ export async function transformExport(
   const report: PrepareReport = { input: o.input, format: o.format }
   let reference: GraphRef = { path: o.inputPath }
   let referenceName = 'the input graph'
-  if (o.format === 'q8') {
+  if (o.format === 'q8' || o.format === 'q4') {
     const started = performance.now()
     const widened = convertFloatType(model, DataType.FLOAT)
     // the reference costs fp32 weights in memory: only built when it is used
@@ -648,20 +651,24 @@ export async function transformExport(
         ...(fp32.nodes ? [`${fp32.nodes} MatMulNBits dequantized`] : []),
       ].join(', ')})`
     }
-    const q8 = convertToQ8(widened.model, { hiddenSize: o.config.hidden_size })
-    model = q8.model
-    const s = q8.stats
+    const converted = convertWeights(widened.model, {
+      hiddenSize: o.config.hidden_size,
+      to: o.format,
+    })
+    model = converted.model
+    const s = converted.stats
     report.conversion = {
       ...s,
       fp16Tensors: widened.stats.tensors,
       dequantizedForReference: fp32.nodes,
     }
     const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`
+    const into = o.format === 'q8' ? 'DynamicQuantizeMatMul' : 'MatMulNBits (4-bit, blocks of 32)'
     o.log(
-      `q8: ${s.matMul} MatMul, ${s.gemm} Gemm, ${s.matMulNBits} MatMulNBits → ` +
-        `DynamicQuantizeMatMul (${s.biases} biases folded); ${s.embeddings} embedding Gather ` +
-        `on uint8; ${s.shared} matrix shared; weights ${mb(s.bytesBefore)} → ` +
-        `${mb(s.bytesAfter)} (${((performance.now() - started) / 1000).toFixed(1)} s)`,
+      `${o.format}: ${s.matMul} MatMul, ${s.gemm} Gemm, ${s.matMulNBits} MatMulNBits → ${into}` +
+        (s.biases ? ` (${s.biases} biases folded)` : '') +
+        `; ${s.embeddings} embedding Gather on ${o.format}; ${s.shared} matrix shared; weights ` +
+        `${mb(s.bytesBefore)} → ${mb(s.bytesAfter)} (${((performance.now() - started) / 1000).toFixed(1)} s)`,
     )
   }
   if (o.logitsRewrite) {
@@ -970,9 +977,9 @@ export const PREPARE_CLI = {
     out: { type: 'string', arg: '<dir>', default: 'model-shards', help: 'packages folder' },
     format: {
       type: 'string',
-      arg: '<keep|q8>',
+      arg: '<keep|q8|q4>',
       default: 'keep',
-      help: 'weights as exported, or fp32/fp16/q4 converted to the fast uint8 DynamicQuantizeMatMul form',
+      help: 'weights as exported; q8: fp32/fp16/q4 converted to uint8 DynamicQuantizeMatMul; q4: fp32/fp16 converted to 4-bit MatMulNBits, blocks of 32 (a q4 export is kept as exported)',
     },
     head: {
       type: 'string',

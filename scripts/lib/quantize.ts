@@ -1,23 +1,25 @@
 /**
- * Weight conversion for `model:prepare --format q8`: an fp32 graph (fp16 exports are widened
- * first, see graph-rewrite.ts `convertFloatType`) whose matmuls become the q8 form this
- * project's generator writes (qwen2-graph.ts, synth-weights.ts), so onnxruntime-web runs the
- * same kernels as on a generated q8 model:
+ * Weight conversion for `model:prepare --format q8 | q4`: an fp32 graph (fp16 exports are widened
+ * first, see graph-rewrite.ts `convertFloatType`) whose matmuls become the forms this project's
+ * generator writes (qwen2-graph.ts, synth-weights.ts), so the engine maps it as it maps a
+ * generated model:
  *
- * | node | becomes |
- * |---|---|
- * | MatMul(x, B [K, N] float initializer) | DynamicQuantizeMatMul(x, [K, N] uint8, scale [N], zero point [N] uint8) |
- * | Gemm(x, B, C) (alpha 1, no transA; transB either way; C [N] with beta 1 or none) | same, C as bias |
- * | MatMulNBits (any bits 2/4/8, block size, zero points packed, float or absent, g_idx) | same, from the dequantized weights |
- * | MatMul / MatMulNBits followed by Add(bias [N]) | same with the bias as DQMM's 5th input |
- * | Gather(E [V, H] float initializer, ids) | Gather of the uint8 [H, V] matrix + dequantize (the generator's q8 embedding) |
+ * | node | q8 | q4 |
+ * |---|---|---|
+ * | MatMul(x, B [K, N] float initializer) | DynamicQuantizeMatMul(x, [K, N] uint8, scale [N], zero point [N] uint8) | MatMulNBits(x, [N, K/32, 16] uint8, scales [N, K/32], zero points [N, ceil(K/64)] uint8), bits 4, block 32 |
+ * | Gemm(x, B, C) (alpha 1, no transA; transB either way; C [N] with beta 1 or none) | same, C as bias | same, then Add(C) |
+ * | MatMulNBits (any bits 2/4/8, block size, zero points packed, float or absent, g_idx) | same, from the dequantized weights | kept as exported (never requantized) |
+ * | MatMul / MatMulNBits followed by Add(bias [N]) | same with the bias as DQMM's 5th input | the Add kept |
+ * | Gather(E [V, H] float initializer, ids) | Gather of the uint8 [H, V] matrix + dequantize (the generator's q8 embedding) | Gathers of the 4-bit rows, scales and zero points + unpack and dequantize (the generator's q4 embedding) |
  *
- * Quantization is `quantizeRowsU8` of src/format/quant.ts: asymmetric uint8, one scale and zero
- * point per output column, range always including 0 (uint8, not int8: signed weights give wrong
- * results on onnxruntime-node / AVX2). A matrix quantized once is shared by every node that
- * uses it, and two matrices with identical quantized bytes become one initializer, so a tied
- * embedding and lm_head (one [V, H] initializer, or a [V, H] and its transposed copy) end up as
- * one [H, V] uint8 matrix read by both the embedding Gather and the lm_head, as in the generator.
+ * q8 is `quantizeRowsU8` of src/format/quant.ts: asymmetric uint8, one scale and zero point per
+ * output column, range always including 0 (uint8, not int8: signed weights give wrong results
+ * on onnxruntime-node / AVX2). q4 is `quantizeBlocksQ4`: asymmetric 4-bit blocks of 32 inputs,
+ * a scale and zero point each, as onnx-community's q4 exports. A matrix quantized once is shared
+ * by every node that uses it, and two matrices with identical quantized bytes become one, so a
+ * tied embedding and lm_head (one [V, H] initializer, or a [V, H] and its transposed copy) end
+ * up as one matrix read by both the embedding and the lm_head, as in the generator. A q8 export
+ * is not converted to q4 (its weights would be rounded twice): convert its fp32 or fp16 export.
  *
  * `dequantizeToFloat`: the fp32 reference the conversion is measured against (MatMulNBits
  * becomes MatMul with its dequantized weights).
@@ -44,34 +46,39 @@ import {
   type NodeProto,
   type TensorProto,
 } from './onnx/index.ts'
-import { quantizeRowsU8 } from '../../src/format/index.ts'
+import { Q4_BLOCK_SIZE, quantizeBlocksQ4, quantizeRowsU8 } from '../../src/format/index.ts'
 import { transpose } from './synth-weights.ts'
 
 const MS = 'com.microsoft'
 
-export interface Q8Stats {
-  /** Nodes turned into DynamicQuantizeMatMul, by original op type. */
+/** What a conversion did. */
+export interface ConversionStats {
+  /** Nodes turned into DynamicQuantizeMatMul (q8) or MatMulNBits (q4), by original op type. */
   matMul: number
   gemm: number
   matMulNBits: number
-  /** Embedding Gathers now reading a uint8 matrix. */
+  /** Embedding Gathers now reading a quantized matrix. */
   embeddings: number
-  /** Bias Adds folded into DynamicQuantizeMatMul. */
+  /** Bias Adds folded into DynamicQuantizeMatMul (q8). */
   biases: number
-  /** uint8 matrices used by more than one node (a tied embedding + lm_head: 1). */
+  /** Quantized matrices used by more than one node (a tied embedding + lm_head: 1). */
   shared: number
   /** Initializer bytes before and after. */
   bytesBefore: number
   bytesAfter: number
 }
 
-interface Q8Matrix {
-  weight: string // [K, N] uint8
-  scale: string // [N] float
-  zeroPoint: string // [N] uint8
+/** A quantized matrix's initializers (q8: [K, N], [N], [N]; q4: [N, blocks, 16], [N, blocks], [N, ceil(blocks / 2)]). */
+interface QuantizedMatrix {
+  weight: string
+  scale: string
+  zeroPoint: string
   n: number
+  k: number
   users: number
 }
+
+export type ConvertFormat = 'q8' | 'q4'
 
 const intAttr = (n: NodeProto, name: string): number | undefined => {
   const a = n.attribute?.find((x) => x.name === name)
@@ -215,19 +222,25 @@ interface WeightSource {
 }
 
 /**
- * Convert every matmul with constant weights to DynamicQuantizeMatMul and the float embedding
- * Gather (a [rows, hidden] table indexed by a graph input) to the generator's uint8 form;
- * other Gathers (a q4 embedding's scales, small tables) stay as they are. The model must hold
- * its data inline (`raw_data`), fp32 (fp16 widened beforehand).
+ * Convert every matmul with constant weights to DynamicQuantizeMatMul (q8) or MatMulNBits (q4),
+ * and the float embedding Gather (a [rows, hidden] table indexed by a graph input) to the
+ * generator's form of the same; other Gathers (a q4 embedding's scales, small tables) stay as
+ * they are. The model must hold its data inline (`raw_data`), fp32 (fp16 widened beforehand).
  */
-export function convertToQ8(
+export function convertWeights(
   model: ModelProto,
-  options: { hiddenSize: number },
-): { model: ModelProto; stats: Q8Stats } {
+  options: { hiddenSize: number; to: ConvertFormat },
+): { model: ModelProto; stats: ConversionStats } {
   const graph = model.graph
   if (!graph) throw new Error('the model has no graph')
+  const { to } = options
+  if (to === 'q4' && (graph.node ?? []).some((n) => n.op_type === 'DynamicQuantizeMatMul'))
+    throw new Error(
+      'a q8 export (DynamicQuantizeMatMul) is not converted to q4: its weights would be rounded ' +
+        'twice; convert its fp32 or fp16 export (onnx/model.onnx, onnx/model_fp16.onnx)',
+    )
   const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]))
-  const stats: Q8Stats = {
+  const stats: ConversionStats = {
     matMul: 0,
     gemm: 0,
     matMulNBits: 0,
@@ -239,44 +252,67 @@ export function convertToQ8(
   }
   const name = uniqueNamer(graph)
   const added: TensorProto[] = []
-  const byKey = new Map<string, Q8Matrix>()
-  const byContent = new Map<string, Q8Matrix>()
+  const byKey = new Map<string, QuantizedMatrix>()
+  const byContent = new Map<string, QuantizedMatrix>()
   const consumers = new Map<string, NodeProto[]>()
   for (const n of graph.node ?? [])
     for (const i of n.input ?? []) consumers.set(i, [...(consumers.get(i) ?? []), n])
   const graphOutputs = new Set((graph.output ?? []).map((v) => v.name))
   const graphInputs = new Set((graph.input ?? []).map((v) => v.name))
 
-  const quantized = (src: WeightSource): Q8Matrix => {
+  /** `src` in the target form: its initializers' bytes, names and dims. */
+  const encode = (src: WeightSource) => {
+    const { values, layout, n, k } = src.matrix()
+    if (to === 'q4') {
+      const rows = layout === 'nk' ? values : transpose(values, k, n)
+      const { packed, scales, zeroPoints, blocks } = quantizeBlocksQ4(rows, n, k)
+      return {
+        n,
+        k,
+        data: [packed, scales, zeroPoints] as const,
+        names: [`${src.base}_Q4`, `${src.base}_scales`, `${src.base}_zp`],
+        dims: [
+          [n, blocks, Q4_BLOCK_SIZE / 2],
+          [n, blocks],
+          [n, Math.ceil(blocks / 2)],
+        ],
+      }
+    }
+    let weight: Uint8Array // [K, N]
+    let scale: Float32Array
+    let zeroPoint: Uint8Array
+    if (layout === 'kn') ({ q: weight, scale, zeroPoint } = quantizeColumnsU8(values, k, n))
+    else {
+      const r = quantizeRowsU8(values, n, k)
+      ;({ scale, zeroPoint } = r)
+      weight = transpose(r.q, n, k)
+    }
+    return {
+      n,
+      k,
+      data: [weight, scale, zeroPoint] as const,
+      names: [`${src.base}_quantized`, `${src.base}_scale`, `${src.base}_zero_point`],
+      dims: [[k, n], [n], [n]],
+    }
+  }
+
+  const quantized = (src: WeightSource): QuantizedMatrix => {
     let m = byKey.get(src.key)
     if (!m) {
-      const { values, layout, n, k } = src.matrix()
-      let weight: Uint8Array // [K, N]
-      let scale: Float32Array
-      let zeroPoint: Uint8Array
-      if (layout === 'kn') ({ q: weight, scale, zeroPoint } = quantizeColumnsU8(values, k, n))
-      else {
-        const r = quantizeRowsU8(values, n, k)
-        ;({ scale, zeroPoint } = r)
-        weight = transpose(r.q, n, k)
-      }
+      const e = encode(src)
       const hash = createHash('sha256')
-      for (const part of [weight, new Uint8Array(scale.buffer), zeroPoint]) hash.update(part)
-      hash.update(`${k}x${n}`)
+      for (const part of e.data)
+        hash.update(new Uint8Array(part.buffer, part.byteOffset, part.byteLength))
+      hash.update(`${e.k}x${e.n}`)
       const digest = hash.digest('hex')
       m = byContent.get(digest)
       if (!m) {
-        m = {
-          weight: name(`${src.base}_quantized`),
-          scale: name(`${src.base}_scale`),
-          zeroPoint: name(`${src.base}_zero_point`),
-          n,
-          users: 0,
-        }
+        const [weight, scale, zeroPoint] = e.names.map(name)
+        m = { weight, scale, zeroPoint, n: e.n, k: e.k, users: 0 }
         added.push(
-          initializer(m.weight, weight, [k, n]),
-          initializer(m.scale, scale, [n]),
-          initializer(m.zeroPoint, zeroPoint, [n]),
+          initializer(weight, e.data[0], e.dims[0]),
+          initializer(scale, e.data[1], e.dims[1]),
+          initializer(zeroPoint, e.data[2], e.dims[2]),
         )
         byContent.set(digest, m)
       }
@@ -300,7 +336,7 @@ export function convertToQ8(
 
   const removed = new Set<NodeProto>()
   const replaced = new Map<NodeProto, NodeProto[]>()
-  const dqmm = (
+  const linear = (
     n: NodeProto,
     x: string,
     src: WeightSource,
@@ -309,6 +345,16 @@ export function convertToQ8(
     const m = quantized(src)
     let bias = src.bias
     let out = n.output![0]
+    stats[kind]++
+    if (to === 'q4') {
+      const attrs = { K: m.k, N: m.n, bits: 4, block_size: Q4_BLOCK_SIZE }
+      const y = bias ? name(`${out}_nbits`) : out
+      const inputs = [x, m.weight, m.scale, m.zeroPoint]
+      const nodes = [node('MatMulNBits', inputs, [y], attrs, { name: n.name, domain: MS })]
+      if (bias) nodes.push(node('Add', [y, bias], [out], {}, { name: name(`${n.name}_bias`) }))
+      replaced.set(n, nodes)
+      return
+    }
     if (!bias) {
       const fold = foldableBias(out, m.n)
       if (fold) {
@@ -322,7 +368,6 @@ export function convertToQ8(
     replaced.set(n, [
       node('DynamicQuantizeMatMul', inputs, [out], {}, { name: n.name, domain: MS }),
     ])
-    stats[kind]++
   }
   const matrix = (t: TensorProto, layout: 'kn' | 'nk') => () => {
     const [a, b] = t.dims!
@@ -336,7 +381,7 @@ export function convertToQ8(
     if (n.op_type === 'MatMul' && !domain) {
       const w = inits.get(b)
       if (!isFloat(w) || w.dims?.length !== 2) continue
-      dqmm(n, x, { key: `${b}:kn`, base: b, matrix: matrix(w, 'kn') }, 'matMul')
+      linear(n, x, { key: `${b}:kn`, base: b, matrix: matrix(w, 'kn') }, 'matMul')
     } else if (n.op_type === 'Gemm' && !domain) {
       const w = inits.get(b)
       if (!isFloat(w) || w.dims?.length !== 2) continue
@@ -351,8 +396,8 @@ export function convertToQ8(
         bias = c
       }
       const layout = transB ? 'nk' : 'kn'
-      dqmm(n, x, { key: `${b}:${layout}`, base: b, matrix: matrix(w, layout), bias }, 'gemm')
-    } else if (n.op_type === 'MatMulNBits' && domain === MS) {
+      linear(n, x, { key: `${b}:${layout}`, base: b, matrix: matrix(w, layout), bias }, 'gemm')
+    } else if (n.op_type === 'MatMulNBits' && domain === MS && to === 'q8') {
       const bias = n.input?.[5] || undefined
       const src: WeightSource = {
         key: `${b}:nbits`,
@@ -363,7 +408,7 @@ export function convertToQ8(
         },
         bias,
       }
-      dqmm(n, x, src, 'matMulNBits')
+      linear(n, x, src, 'matMulNBits')
     } else if (n.op_type === 'Gather' && !domain) {
       const table = inits.get(n.input![0])
       const ids = n.input![1]
@@ -376,7 +421,11 @@ export function convertToQ8(
         base: table.name!,
         matrix: matrix(table, 'nk'),
       })
-      replaced.set(n, embeddingNodes(model, n, ids, rank, m, name, added))
+      const nodes =
+        to === 'q4'
+          ? q4EmbeddingNodes(model, n, ids, rank, m, name, added)
+          : embeddingNodes(model, n, ids, rank, m, name, added)
+      replaced.set(n, nodes)
       stats.embeddings++
     }
   }
@@ -403,7 +452,7 @@ function embeddingNodes(
   gather: NodeProto,
   ids: string,
   rank: number,
-  m: Q8Matrix,
+  m: QuantizedMatrix,
   name: (base: string) => string,
   added: TensorProto[],
 ): NodeProto[] {
@@ -440,6 +489,65 @@ function embeddingNodes(
     unsqueezeNode(model, sc, [-1], scU, v('Unsqueeze'), i64),
     op('Mul', [centered, scU], gather.output![0]),
   ]
+}
+
+/**
+ * The generator's q4 embedding (qwen2-graph.ts): rows of the [V, blocks, 16] 4-bit matrix the
+ * tied lm_head multiplies with, unpacked (low nibble first) and dequantized per block, cut to H.
+ * Output: the Gather's. Token ids of rank 2 ([batch, sequence]), as every Qwen export has.
+ */
+function q4EmbeddingNodes(
+  model: ModelProto,
+  gather: NodeProto,
+  ids: string,
+  rank: number,
+  m: QuantizedMatrix,
+  name: (base: string) => string,
+  added: TensorProto[],
+): NodeProto[] {
+  if (rank !== 2) throw new Error(`embedding ${gather.name}: token ids of rank ${rank}, not 2`)
+  const scope = gather.name || '/embed'
+  const nodes: NodeProto[] = []
+  const constant = (data: BigInt64Array | Float32Array, dims: number[]) => {
+    const t = initializer(name(`${scope}/const`), data, dims)
+    added.push(t)
+    return t.name!
+  }
+  const i64 = (values: number[]) => constant(BigInt64Array.from(values, BigInt), [values.length])
+  const op = (
+    type: string,
+    inputs: string[],
+    attrs = {},
+    out = name(`${scope}/${type}_output_0`),
+  ) => {
+    nodes.push(node(type, inputs, [out], attrs, { name: name(`${scope}/${type}`) }))
+    return out
+  }
+  const unsqueeze = (x: string) => {
+    const out = name(`${scope}/Unsqueeze_output_0`)
+    nodes.push(unsqueezeNode(model, x, [-1], out, name(`${scope}/Unsqueeze`), i64))
+    return out
+  }
+  const sixteen = constant(Float32Array.of(16), [])
+  /** uint8 bytes [b, s, ...lead, m] → float nibbles [b, s, ...lead, 2m] (low nibble first). */
+  const unpack = (bytes: string, lead: number[]) => {
+    const f = op('Cast', [bytes], { to: DataType.FLOAT })
+    const hi = op('Floor', [op('Div', [f, sixteen])])
+    const lo = op('Sub', [f, op('Mul', [hi, sixteen])])
+    const pair = op('Concat', [unsqueeze(lo), unsqueeze(hi)], { axis: -1 })
+    return op('Reshape', [pair, i64([0, 0, ...lead, -1])])
+  }
+  const blocks = Math.ceil(m.k / Q4_BLOCK_SIZE)
+  const codes = unpack(op('Gather', [m.weight, ids], { axis: 0 }), [blocks]) // [b, s, blocks, 32]
+  let zp = unpack(op('Gather', [m.zeroPoint, ids], { axis: 0 }), []) // [b, s, 2 ceil(blocks / 2)]
+  if (blocks % 2 === 1) zp = op('Slice', [zp, i64([0]), i64([blocks]), i64([2])])
+  const scales = op('Gather', [m.scale, ids], { axis: 0 }) // [b, s, blocks]
+  const values = op('Mul', [op('Sub', [codes, unsqueeze(zp)]), unsqueeze(scales)])
+  const out = gather.output![0]
+  const width = blocks * Q4_BLOCK_SIZE
+  const flat = op('Reshape', [values, i64([0, 0, width])], {}, width === m.k ? out : undefined)
+  if (width !== m.k) op('Slice', [flat, i64([0]), i64([m.k]), i64([2])], {}, out)
+  return nodes
 }
 
 /**

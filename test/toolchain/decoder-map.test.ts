@@ -20,9 +20,11 @@ import {
 } from '../../src/format/index.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import {
+  quantizeBlocksQ4,
   resolveDecoderWeights,
   type DqmmMatrixData,
   type DqmmMatrixRef,
+  type NBitsMatrixData,
 } from '../../src/format/index.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import { DECODER_TOLERANCE, checkDecoder } from '../../scripts/lib/decoder-check.ts'
@@ -498,95 +500,111 @@ describe('model:prepare --decoder wasm', () => {
     expect((await loadPackage(fsSource(out()), 'wrong-theta')).decoder).toBeUndefined()
   })
 
-  it('maps an Optimum-style fp32 export converted to q8: its matrices are the export weights', async () => {
-    // the generator's fp32 graph with other weight names and a MatMul lm_head on a transposed
-    // copy of the embedding, as torch.onnx writes it; converted by convertToQ8
-    const from = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
-    const folder = join(work, 'optimum')
-    await mkdir(join(folder, 'onnx'), { recursive: true })
-    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json'])
-      await cp(join(from, f), join(folder, f))
-    const fp32 = await readExport(from, 'onnx/model.onnx')
-    const graph = fp32.model.graph!
-    const { producer } = indexGraph(graph)
-    const gemm = producer.get(producer.get('logits')!.input![0])!
-    const hidden = producer.get(gemm.input![0])!.input![0]
-    const embed = graph.initializer!.find((t) => t.name === gemm.input![1])!
-    const [V, H] = embed.dims!.map(Number)
-    const original = new Map<string, TensorProto>() // new name → the fp32 tensor
-    const rename = new Map<string, string>()
-    graph.initializer!.forEach((t, i) => {
-      if (t.dims?.length === 2 && t !== embed) {
-        rename.set(t.name!, `onnx::MatMul_${1000 + i}`)
-        original.set(`onnx::MatMul_${1000 + i}`, t)
-      } else original.set(t.name!, t)
-    })
-    const model = pruneInitializers({
-      ...fp32.model,
-      graph: {
-        ...graph,
-        node: [
-          ...graph
-            .node!.filter((n) => !n.name!.startsWith('/lm_head/'))
-            .map((n) => ({ ...n, input: n.input!.map((x) => rename.get(x) ?? x) })),
-          node(
-            'MatMul',
-            [hidden, 'onnx::MatMul_4242'],
-            ['logits'],
-            {},
-            { name: '/lm_head/MatMul' },
-          ),
-        ],
-        initializer: [
-          ...graph.initializer!.map((t) => ({ ...t, name: rename.get(t.name!) ?? t.name })),
-          initializer('onnx::MatMul_4242', transpose(floatValues(embed), V, H), [H, V]),
-        ],
-      },
-    }).model
-    await writeFile(join(folder, 'onnx', 'model.onnx'), encodeModel(model))
+  it.each(['q8', 'q4'] as const)(
+    'maps an Optimum-style fp32 export converted to %s: its matrices are the export weights',
+    async (format) => {
+      // the generator's fp32 graph with other weight names and a MatMul lm_head on a transposed
+      // copy of the embedding, as torch.onnx writes it; converted by convertWeights
+      const from = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
+      const folder = join(work, `optimum-${format}`)
+      await mkdir(join(folder, 'onnx'), { recursive: true })
+      for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json'])
+        await cp(join(from, f), join(folder, f))
+      const fp32 = await readExport(from, 'onnx/model.onnx')
+      const graph = fp32.model.graph!
+      const { producer } = indexGraph(graph)
+      const gemm = producer.get(producer.get('logits')!.input![0])!
+      const hidden = producer.get(gemm.input![0])!.input![0]
+      const embed = graph.initializer!.find((t) => t.name === gemm.input![1])!
+      const [V, H] = embed.dims!.map(Number)
+      const original = new Map<string, TensorProto>() // new name → the fp32 tensor
+      const rename = new Map<string, string>()
+      graph.initializer!.forEach((t, i) => {
+        if (t.dims?.length === 2 && t !== embed) {
+          rename.set(t.name!, `onnx::MatMul_${1000 + i}`)
+          original.set(`onnx::MatMul_${1000 + i}`, t)
+        } else original.set(t.name!, t)
+      })
+      const model = pruneInitializers({
+        ...fp32.model,
+        graph: {
+          ...graph,
+          node: [
+            ...graph
+              .node!.filter((n) => !n.name!.startsWith('/lm_head/'))
+              .map((n) => ({ ...n, input: n.input!.map((x) => rename.get(x) ?? x) })),
+            node(
+              'MatMul',
+              [hidden, 'onnx::MatMul_4242'],
+              ['logits'],
+              {},
+              { name: '/lm_head/MatMul' },
+            ),
+          ],
+          initializer: [
+            ...graph.initializer!.map((t) => ({ ...t, name: rename.get(t.name!) ?? t.name })),
+            initializer('onnx::MatMul_4242', transpose(floatValues(embed), V, H), [H, V]),
+          ],
+        },
+      }).model
+      await writeFile(join(folder, 'onnx', 'model.onnx'), encodeModel(model))
 
-    const r = await preparePackage({
-      folder,
-      id: 'optimum',
-      file: 'onnx/model.onnx',
-      out: out(),
-      format: 'q8',
-      logitsRewrite: true,
-      quiet: true,
-    })
-    expect(r.report!.head?.applied).toBe(true)
-    expect(r.report!.decoder).toMatchObject({ applied: true, passed: true })
-    expect(r.report!.decoder!.maxError).toBeLessThan(1e-5)
-    expect(r.manifest.decoder!.layers[0].q.weight.type).toBe('uint8')
+      const id = `optimum-${format}`
+      const r = await preparePackage({
+        folder,
+        id,
+        file: 'onnx/model.onnx',
+        out: out(),
+        format,
+        logitsRewrite: true,
+        quiet: true,
+      })
+      expect(r.report!.head?.applied).toBe(true)
+      expect(r.report!.head?.embedding).toBe(true) // the tied embedding found in the converted graph
+      expect(r.report!.decoder).toMatchObject({ applied: true, passed: true })
+      expect(r.report!.decoder!.maxError).toBeLessThan(1e-5)
+      expect(r.manifest.decoder!.format).toBe(format === 'q8' ? 'dqmm' : 'nbits')
+      expect(r.manifest.head!.format).toBe(format === 'q8' ? 'q8-rows' : 'q4-b32')
 
-    // each matrix dequantized is the fp32 weight it was made from, within half a step
-    const w = (await loadPackage(fsSource(out()), 'optimum')).decoder!
-    const fp32Name = (i: number, m: string) =>
-      `model.layers.${i}.${['q', 'k', 'v', 'o'].includes(m) ? `self_attn.${m}_proj` : `mlp.${m}_proj`}`
-    w.layers.forEach((l, i) => {
-      for (const m of MATRICES) {
-        const want = floatValues(original.get(rename.get(`${fp32Name(i, m)}.weight`)!)!)
-        const got = l[m] as DqmmMatrixData
-        for (let k = 0; k < got.k; k++)
-          for (let j = 0; j < got.n; j++) {
-            const x = (got.weight[k * got.n + j] - got.zeroPoint[j]) * got.scale[j]
-            const d = Math.abs(x - want[k * got.n + j])
-            if (!(d <= got.scale[j] / 2 + 1e-6))
-              throw new Error(`layer ${i} ${m} [${k}, ${j}]: ${x} vs ${want[k * got.n + j]}`)
+      // each matrix dequantized is the fp32 weight it was made from, within half a step; q4:
+      // exactly the blocks quantizeBlocksQ4 makes of it
+      const w = (await loadPackage(fsSource(out()), id)).decoder!
+      const fp32Name = (i: number, m: string) =>
+        `model.layers.${i}.${['q', 'k', 'v', 'o'].includes(m) ? `self_attn.${m}_proj` : `mlp.${m}_proj`}`
+      w.layers.forEach((l, i) => {
+        for (const m of MATRICES) {
+          const want = floatValues(original.get(rename.get(`${fp32Name(i, m)}.weight`)!)!)
+          if (format === 'q4') {
+            const got = (l[m] as NBitsMatrixData).tensors
+            const q = quantizeBlocksQ4(transpose(want, got.k, got.n), got.n, got.k)
+            expect(got.blockSize).toBe(32)
+            expect(Buffer.from(got.b).equals(Buffer.from(q.packed))).toBe(true)
+            expect([...got.scales]).toEqual([...q.scales])
+            expect(Buffer.from(got.zeroPoints!).equals(Buffer.from(q.zeroPoints))).toBe(true)
+            continue
           }
-        const bias = original.get(`${fp32Name(i, m)}.bias`)
-        if (bias) expect([...l[m].bias!]).toEqual([...floatValues(bias)])
-        else expect(l[m].bias).toBeUndefined()
-      }
-      expect([...l.inputNorm]).toEqual([
-        ...floatValues(original.get(`model.layers.${i}.input_layernorm.weight`)!),
-      ])
-      expect([...l.postNorm]).toEqual([
-        ...floatValues(original.get(`model.layers.${i}.post_attention_layernorm.weight`)!),
-      ])
-    })
-    expect([...w.finalNorm]).toEqual([...floatValues(original.get('model.norm.weight')!)])
-  })
+          const got = l[m] as DqmmMatrixData
+          for (let k = 0; k < got.k; k++)
+            for (let j = 0; j < got.n; j++) {
+              const x = (got.weight[k * got.n + j] - got.zeroPoint[j]) * got.scale[j]
+              const d = Math.abs(x - want[k * got.n + j])
+              if (!(d <= got.scale[j] / 2 + 1e-6))
+                throw new Error(`layer ${i} ${m} [${k}, ${j}]: ${x} vs ${want[k * got.n + j]}`)
+            }
+          const bias = original.get(`${fp32Name(i, m)}.bias`)
+          if (bias) expect([...l[m].bias!]).toEqual([...floatValues(bias)])
+          else expect(l[m].bias).toBeUndefined()
+        }
+        expect([...l.inputNorm]).toEqual([
+          ...floatValues(original.get(`model.layers.${i}.input_layernorm.weight`)!),
+        ])
+        expect([...l.postNorm]).toEqual([
+          ...floatValues(original.get(`model.layers.${i}.post_attention_layernorm.weight`)!),
+        ])
+      })
+      expect([...w.finalNorm]).toEqual([...floatValues(original.get('model.norm.weight')!)])
+    },
+  )
 
   describe('parseManifest', () => {
     const json = () => JSON.parse(JSON.stringify(manifest)) as Record<string, any>

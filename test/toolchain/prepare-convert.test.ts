@@ -265,6 +265,58 @@ describe('--format q8', () => {
     expect(argmax(converted.data)).toBe(argmax(lastRows(reference.data, 1)))
   })
 
+  it('fp32 → q4: the generator’s own q4 weights, byte for byte, and its logits', async () => {
+    const hf = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
+    const result = await prepare(hf, 'tiny-fp32-q4', { format: 'q4' })
+    expect(result.manifest.stages[0].graph.path).toBe('model_q4.onnx')
+    const model = await preparedGraph(result)
+    expect(result.report!.conversion).toMatchObject({
+      matMul: 14,
+      gemm: 1,
+      matMulNBits: 0,
+      embeddings: 1,
+      biases: 0, // MatMulNBits keeps its Add
+      shared: 1, // tied embedding and lm_head: one 4-bit matrix
+    })
+    const nodes = model.graph!.node!
+    const weights = new Set([...initializers(model)].map((t) => t.name))
+    expect(nodes.filter((n) => n.op_type === 'MatMulNBits').length).toBe(15)
+    // the MatMuls left multiply activations (attention), none a weight
+    expect(nodes.filter((n) => n.op_type === 'MatMul' && weights.has(n.input![1]))).toEqual([])
+
+    // every 4-bit initializer of the generator's q4 graph exists with the same name and bytes
+    const generated = await ensureModel('tiny', 'q4')
+    const q4 = decodeModel(await readFile(join(generated, 'onnx/model_q4.onnx')))
+    const pkg = await loadPackage(fsSource(join(work, 'shards')), 'tiny-fp32-q4')
+    const data = pkg.externalData[0].data
+    const ours = new Map([...initializers(model)].map((t) => [t.name, t]))
+    let compared = 0
+    for (const t of initializers(q4)) {
+      if (!/_(Q4|scales|zp)$/.test(t.name!)) continue
+      const mine = ours.get(t.name)
+      expect(mine, t.name).toBeDefined()
+      const bytes = tensorRawData(mine!, () => data)
+      expect(Buffer.from(bytes).equals(Buffer.from(tensorRawData(t))), t.name).toBe(true)
+      compared++
+    }
+    expect(compared).toBe(3 * 15) // 14 linears + the tied embedding / lm_head
+
+    // and onnxruntime-web computes the generated q4 model's logits
+    const fromGenerator = await run(
+      await exportSession(generated, 'onnx/model_q4.onnx'),
+      CHECK_TOKENS,
+      1,
+    )
+    const converted = await run(await packageSession('tiny-fp32-q4'), CHECK_TOKENS, 1)
+    expect(errors(fromGenerator.data, converted.data).max).toBeLessThan(1e-5)
+
+    // a q8 export is not rounded a second time
+    const q8 = await ensureModel('tiny', 'q8')
+    await expect(prepare(q8, 'tiny-q8-q4', { format: 'q4' })).rejects.toThrow(
+      /q8 export .* is not converted to q4/,
+    )
+  })
+
   it('q4 (MatMulNBits) → q8: close to the dequantized q4 weights', async () => {
     const hf = await ensureModel('tiny', 'q4')
     const result = await prepare(hf, 'tiny-q4-q8', { format: 'q8' })
