@@ -1,8 +1,9 @@
 /**
  * Loads a model package (src/format: the manifest and its files) from any `ModelSource`: reads the manifest once, fetches
  * the tokenizer files, the stage's graph and its weight shards with bounded parallelism,
- * verifies every file's sha256 with WebCrypto and assembles each external-data file in ONE
- * preallocated buffer, ready for onnxruntime-web's `externalData` session option.
+ * verifies every file's sha256 (sha256.ts, hashed as the bytes arrive) and assembles each
+ * external-data file in ONE preallocated buffer, ready for onnxruntime-web's `externalData`
+ * session option.
  *
  * Failures:
  * - a file that is missing, has the wrong size or the wrong hash → AppError('model_invalid')
@@ -24,6 +25,7 @@ import {
 } from '../../format/index.ts'
 import { resolveDecoderWeights } from '../../format/index.ts'
 import type { LoadedPackage } from './model-package.ts'
+import { Sha256, sha256Hex } from './sha256.ts'
 import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 
@@ -317,20 +319,20 @@ class LoadContext {
     const own = isPlainArrayBuffer(bytes.buffer)
       ? (bytes as Uint8Array<ArrayBuffer>)
       : bytes.slice()
-    await this.verify(file, own)
+    this.verify(file, sha256Hex(own))
     this.loaded += file.bytes
     this.filesDone++
     this.report()
     return own
   }
 
-  /** A shard, written into its place in the preallocated buffer, then verified. */
+  /** A shard, written into its place in the preallocated buffer and hashed on the way, then verified. */
   async readInto(file: ManifestFile, target: Uint8Array<ArrayBuffer>): Promise<void> {
     const key = packageKey(this.id, file.path)
-    await this.withRetry(key, async () => {
+    const sha256 = await this.withRetry(key, async () => {
       let counted = 0
       try {
-        await this.fill(key, file, target, (n) => {
+        return await this.fill(key, file, target, (n) => {
           counted += n
           this.loaded += n
           this.report()
@@ -339,26 +341,26 @@ class LoadContext {
         this.loaded -= counted // counted once more below, or again by the next attempt
       }
     })
-    await this.verify(file, target)
+    this.verify(file, sha256)
     this.loaded += file.bytes
     this.filesDone++
     this.report()
   }
 
-  /** One attempt at reading `key` into `target`. */
+  /** One attempt at reading `key` into `target`: the sha256 of what it read. */
   private async fill(
     key: string,
     file: ManifestFile,
     target: Uint8Array,
     onBytes: (n: number) => void,
-  ): Promise<void> {
+  ): Promise<string> {
     if (!this.source.stream) {
       const bytes = await this.source.get(key)
       this.throwIfAborted()
       if (!bytes) throw this.missing(file)
       if (bytes.byteLength !== file.bytes) throw this.wrongSize(file, bytes.byteLength)
       target.set(bytes)
-      return
+      return sha256Hex(target)
     }
     const obj = await this.source.stream(key)
     if (!obj) throw this.missing(file)
@@ -367,6 +369,7 @@ class LoadContext {
       throw this.wrongSize(file, obj.size)
     }
     const reader = obj.body.getReader()
+    const hash = new Sha256()
     let n = 0
     try {
       for (;;) {
@@ -377,6 +380,7 @@ class LoadContext {
           throw this.wrongSize(file, n + value.byteLength, true)
         }
         target.set(value, n)
+        hash.update(value)
         n += value.byteLength
         onBytes(value.byteLength)
       }
@@ -387,6 +391,7 @@ class LoadContext {
       reader.releaseLock()
     }
     if (n !== file.bytes) throw this.wrongSize(file, n)
+    return hash.hex()
   }
 
   async withRetry<T>(key: string, attempt: () => Promise<T>): Promise<T> {
@@ -411,8 +416,7 @@ class LoadContext {
     }
   }
 
-  private async verify(file: ManifestFile, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
-    const actual = await sha256Hex(bytes)
+  private verify(file: ManifestFile, actual: string): void {
     if (actual !== file.sha256) {
       throw new AppError(
         'model_invalid',
@@ -443,13 +447,6 @@ class LoadContext {
       },
     )
   }
-}
-
-export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-  let hex = ''
-  for (const b of digest) hex += b.toString(16).padStart(2, '0')
-  return hex
 }
 
 /** The shards of a big file, each with its byte offset in the file. */
