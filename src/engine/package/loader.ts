@@ -1,8 +1,9 @@
 /**
  * Loads a model package (src/format: the manifest and its files) from any `ModelSource`: reads the manifest once, fetches
  * the tokenizer files, the stage's graph and its weight shards with bounded parallelism,
- * verifies every file's sha256 with WebCrypto and assembles each external-data file in ONE
- * preallocated buffer, ready for onnxruntime-web's `externalData` session option.
+ * verifies every file's sha256 (sha256.ts, hashed as the bytes arrive) and assembles each
+ * external-data file in ONE preallocated buffer, ready for onnxruntime-web's `externalData`
+ * session option.
  *
  * Failures:
  * - a file that is missing, has the wrong size or the wrong hash → AppError('model_invalid')
@@ -24,6 +25,7 @@ import {
 } from '../../format/index.ts'
 import { resolveDecoderWeights } from '../../format/index.ts'
 import type { LoadedPackage } from './model-package.ts'
+import { Sha256, sha256Hex } from './sha256.ts'
 import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 
@@ -226,13 +228,14 @@ export async function openPackage(
         shardsOf(b.entry)
           .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
           .map(({ shard, offset }) => async () => {
-            const buffer = free.pop() ?? new ArrayBuffer(largest)
+            let buffer = free.pop() ?? new ArrayBuffer(largest)
             try {
-              const bytes = new Uint8Array(buffer, 0, shard.bytes)
-              await ctx.readInto(shard, bytes)
+              const bytes = await ctx.readInto(shard, new Uint8Array(buffer, 0, shard.bytes), true)
+              buffer = bytes.buffer
               await sink(b.file, offset, bytes)
             } finally {
-              free.push(buffer)
+              // a read that failed may have taken the buffer with it (detached: no bytes left)
+              if (buffer.byteLength === largest) free.push(buffer)
             }
           }),
       ),
@@ -317,20 +320,30 @@ class LoadContext {
     const own = isPlainArrayBuffer(bytes.buffer)
       ? (bytes as Uint8Array<ArrayBuffer>)
       : bytes.slice()
-    await this.verify(file, own)
+    this.verify(file, sha256Hex(own))
     this.loaded += file.bytes
     this.filesDone++
     this.report()
     return own
   }
 
-  /** A shard, written into its place in the preallocated buffer, then verified. */
-  async readInto(file: ManifestFile, target: Uint8Array<ArrayBuffer>): Promise<void> {
+  /**
+   * A shard, written into `target` and hashed on the way, then verified. `owned`: nothing else
+   * uses target's buffer, so a byte stream may read straight into it; the buffer then moves
+   * (the old one is detached) and the returned view is over the new one.
+   */
+  async readInto(
+    file: ManifestFile,
+    target: Uint8Array<ArrayBuffer>,
+    owned = false,
+  ): Promise<Uint8Array<ArrayBuffer>> {
     const key = packageKey(this.id, file.path)
-    await this.withRetry(key, async () => {
+    const read = await this.withRetry(key, async () => {
       let counted = 0
+      // an attempt that failed in a byte stream's read kept the buffer: start on a new one
+      if (target.byteLength === 0) target = new Uint8Array(file.bytes)
       try {
-        await this.fill(key, file, target, (n) => {
+        return await this.fill(key, file, target, owned, (n) => {
           counted += n
           this.loaded += n
           this.report()
@@ -339,32 +352,40 @@ class LoadContext {
         this.loaded -= counted // counted once more below, or again by the next attempt
       }
     })
-    await this.verify(file, target)
+    this.verify(file, read.sha256)
     this.loaded += file.bytes
     this.filesDone++
     this.report()
+    return read.bytes
   }
 
-  /** One attempt at reading `key` into `target`. */
+  /** One attempt at reading `key` into `target` (see readInto): where and the sha256 of what it read. */
   private async fill(
     key: string,
     file: ManifestFile,
-    target: Uint8Array,
+    target: Uint8Array<ArrayBuffer>,
+    owned: boolean,
     onBytes: (n: number) => void,
-  ): Promise<void> {
+  ): Promise<{ bytes: Uint8Array<ArrayBuffer>; sha256: string }> {
     if (!this.source.stream) {
       const bytes = await this.source.get(key)
       this.throwIfAborted()
       if (!bytes) throw this.missing(file)
       if (bytes.byteLength !== file.bytes) throw this.wrongSize(file, bytes.byteLength)
       target.set(bytes)
-      return
+      return { bytes: target, sha256: sha256Hex(target) }
     }
     const obj = await this.source.stream(key)
     if (!obj) throw this.missing(file)
     if (obj.size !== undefined && obj.size !== file.bytes) {
       await obj.body.cancel().catch(() => {})
       throw this.wrongSize(file, obj.size)
+    }
+    const hash = new Sha256()
+    const byob = owned ? byobReader(obj.body) : undefined
+    if (byob) {
+      const bytes = await this.fillByob(byob, file, target, hash, onBytes)
+      return { bytes, sha256: hash.hex() }
     }
     const reader = obj.body.getReader()
     let n = 0
@@ -377,6 +398,7 @@ class LoadContext {
           throw this.wrongSize(file, n + value.byteLength, true)
         }
         target.set(value, n)
+        hash.update(value)
         n += value.byteLength
         onBytes(value.byteLength)
       }
@@ -387,6 +409,48 @@ class LoadContext {
       reader.releaseLock()
     }
     if (n !== file.bytes) throw this.wrongSize(file, n)
+    return { bytes: target, sha256: hash.hex() }
+  }
+
+  /**
+   * Reads a byte stream (a file, an R2 body) straight into target's buffer: no chunk allocated
+   * per read (64 KiB each from a Deno file, 300 MB of them for a 0.5B package, which the
+   * runtime's allocator kept after the collector freed them). Each read hands the buffer back
+   * moved; the view over where it ends is returned.
+   */
+  private async fillByob(
+    reader: ReadableStreamBYOBReader,
+    file: ManifestFile,
+    target: Uint8Array<ArrayBuffer>,
+    hash: Sha256,
+    onBytes: (n: number) => void,
+  ): Promise<Uint8Array<ArrayBuffer>> {
+    let buffer = target.buffer
+    const start = target.byteOffset
+    let n = 0
+    try {
+      while (n < file.bytes) {
+        this.throwIfAborted()
+        const { done, value } = await reader.read(new Uint8Array(buffer, start + n, file.bytes - n))
+        if (!value) break
+        buffer = value.buffer
+        if (done) break
+        hash.update(value)
+        n += value.byteLength
+        onBytes(value.byteLength)
+      }
+      if (n === file.bytes) {
+        const more = await reader.read(new Uint8Array(1)) // the stream must end here
+        if (!more.done) throw this.wrongSize(file, n + more.value.byteLength, true)
+      }
+    } catch (err) {
+      await reader.cancel().catch(() => {})
+      throw err
+    } finally {
+      reader.releaseLock()
+    }
+    if (n !== file.bytes) throw this.wrongSize(file, n)
+    return new Uint8Array(buffer, start, file.bytes)
   }
 
   async withRetry<T>(key: string, attempt: () => Promise<T>): Promise<T> {
@@ -411,8 +475,7 @@ class LoadContext {
     }
   }
 
-  private async verify(file: ManifestFile, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
-    const actual = await sha256Hex(bytes)
+  private verify(file: ManifestFile, actual: string): void {
     if (actual !== file.sha256) {
       throw new AppError(
         'model_invalid',
@@ -445,13 +508,6 @@ class LoadContext {
   }
 }
 
-export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))
-  let hex = ''
-  for (const b of digest) hex += b.toString(16).padStart(2, '0')
-  return hex
-}
-
 /** The shards of a big file, each with its byte offset in the file. */
 function shardsOf(entry: ExternalDataEntry): Array<{ shard: ManifestFile; offset: number }> {
   let offset = 0
@@ -460,6 +516,15 @@ function shardsOf(entry: ExternalDataEntry): Array<{ shard: ManifestFile; offset
 
 function rank(file: BigFile): number {
   return file.kind === 'decoder' ? 0 : file.kind === 'external' ? 1 : 2
+}
+
+/** A reader that fills the caller's buffers, when the stream is a byte stream. */
+function byobReader(body: ReadableStream<Uint8Array>): ReadableStreamBYOBReader | undefined {
+  try {
+    return body.getReader({ mode: 'byob' })
+  } catch {
+    return undefined // not a byte stream (TypeError): it still can be read by chunks
+  }
 }
 
 /** `instanceof ArrayBuffer` fails across realms; a SharedArrayBuffer-backed view must be copied. */

@@ -101,6 +101,9 @@ export interface CountingSource extends ModelSource {
   /** Reads running right now, and the most seen at once. */
   inFlight: number
   maxInFlight: number
+  /** Bytes a byte stream (`bytes` option) wrote into its reader's buffers, and enqueued as chunks. */
+  intoReader: number
+  enqueued: number
 }
 
 export interface MemorySourceOptions {
@@ -112,6 +115,8 @@ export interface MemorySourceOptions {
   chunk?: number
   /** Report this size instead of the real one (undefined: the real size). */
   size?: (key: string, real: number) => number | undefined
+  /** Byte streams, as files and R2 bodies are: they fill a BYOB reader's buffers. */
+  bytes?: boolean
 }
 
 /** A source over a Map that counts reads; the map can be edited between loads. */
@@ -124,6 +129,8 @@ export function memorySource(
     reads: new Map(),
     inFlight: 0,
     maxInFlight: 0,
+    intoReader: 0,
+    enqueued: 0,
     describe: () => 'memory',
     async get(key) {
       return (await read(key)) ?? null
@@ -148,12 +155,33 @@ export function memorySource(
       const bytes = await read(key)
       if (!bytes) return null
       let offset = 0
-      const body = new ReadableStream<Uint8Array>({
-        pull(controller) {
-          if (offset >= bytes.byteLength) return controller.close()
-          controller.enqueue(bytes.subarray(offset, (offset += chunk)))
-        },
-      })
+      const body = options.bytes
+        ? new ReadableStream({
+            type: 'bytes',
+            pull(controller) {
+              if (offset >= bytes.byteLength) {
+                controller.close()
+                return controller.byobRequest?.respond(0)
+              }
+              const view = controller.byobRequest?.view
+              if (!view) {
+                const piece = bytes.slice(offset, (offset += chunk))
+                src.enqueued += piece.byteLength
+                return controller.enqueue(piece)
+              }
+              const piece = bytes.subarray(offset, offset + Math.min(chunk, view.byteLength))
+              new Uint8Array(view.buffer, view.byteOffset, piece.byteLength).set(piece)
+              offset += piece.byteLength
+              src.intoReader += piece.byteLength
+              controller.byobRequest!.respond(piece.byteLength)
+            },
+          })
+        : new ReadableStream<Uint8Array>({
+            pull(controller) {
+              if (offset >= bytes.byteLength) return controller.close()
+              controller.enqueue(bytes.subarray(offset, (offset += chunk)))
+            },
+          })
       const size = options.size ? options.size(key, bytes.byteLength) : bytes.byteLength
       return { size, body }
     }

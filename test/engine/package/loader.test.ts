@@ -73,6 +73,30 @@ describe('loadPackage', () => {
     expect(Buffer.from(copy).equals(Buffer.from(pkg.data))).toBe(true)
   })
 
+  it('streams byte streams straight into its buffers, and checks them as well', async () => {
+    // a chunk allocated per read (64 KiB from a Deno file) is garbage the allocator keeps
+    const pkg = makeFakePackage('fake', 200_000, 8192)
+    const src = memorySource(pkg.objects, { bytes: true, chunk: 3000 })
+    const handle = await openPackage(src, pkg.id, { concurrency: 3 })
+    const copy = new Uint8Array(pkg.data.byteLength)
+    await handle.stream((_, offset, bytes) => copy.set(bytes, offset))
+    expect(Buffer.from(copy).equals(Buffer.from(pkg.data))).toBe(true)
+    expect(src.intoReader).toBe(pkg.data.byteLength)
+
+    const key = `${pkg.id}/model.onnx_data.003`
+    pkg.objects.get(key)![100] ^= 0xff
+    const broken = await openPackage(memorySource(pkg.objects, { bytes: true }), pkg.id)
+    const err = await loadError(broken.stream(() => {}))
+    expect(err.message).toMatch(/Checksum mismatch in fake\/model\.onnx_data\.003 \(memory\)/)
+    pkg.objects.get(key)![100] ^= 0xff
+    pkg.objects.set(key, new Uint8Array([...pkg.objects.get(key)!, 1]))
+    const long = await openPackage(
+      memorySource(pkg.objects, { bytes: true, size: () => undefined }),
+      pkg.id,
+    )
+    expect((await loadError(long.stream(() => {}))).message).toMatch(/is too long: at least/)
+  })
+
   it('names the shard whose checksum does not match, and does not retry it', async () => {
     const pkg = makeFakePackage()
     const key = `${pkg.id}/model.onnx_data.003`
