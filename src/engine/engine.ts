@@ -159,6 +159,7 @@ export class QwenEngine implements Engine {
   ): Promise<QwenEngine> {
     const started = performance.now()
     const tokenizer = new QwenTokenizer(pkg.tokenizerJson, pkg.tokenizerConfig)
+    if ('releaseTokenizerJson' in pkg) pkg.releaseTokenizerJson() // not held while weights load
     const model = await loadModel(pkg, options.session)
     return new QwenEngine(model, tokenizer, pkg, options, Math.round(performance.now() - started))
   }

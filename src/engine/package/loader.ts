@@ -98,6 +98,12 @@ export interface PackageHandle extends Omit<
   load(): Promise<LoadedModelPackage>
   /** Every shard (or those `wanted` says), verified, to `sink`. */
   stream(sink: ShardSink, wanted?: ShardFilter): Promise<void>
+  /**
+   * Lets go of the parsed tokenizer.json (tens of MB of JS objects for Qwen's 151k-token
+   * vocabulary) once the tokenizer is built, so it is not held while the weights arrive;
+   * `tokenizerJson` is then empty, here and in what `load` returns.
+   */
+  releaseTokenizerJson(): void
 }
 
 /** The whole package, weights in memory (`openPackage(...).load()`). */
@@ -242,7 +248,16 @@ export async function openPackage(
     )
   }
 
-  return { ...base, load, stream }
+  const handle: PackageHandle = {
+    ...base,
+    load,
+    stream,
+    releaseTokenizerJson: () => {
+      base.tokenizerJson = {}
+      handle.tokenizerJson = {}
+    },
+  }
+  return handle
 }
 
 class LoadContext {
