@@ -165,11 +165,14 @@ export class QwenEngine implements Engine {
   }
 
   /**
-   * Resolves when no forward run is queued or running. On Workers a request stays until then:
-   * the step loop runs in the context of whichever request resumed it last (workers adapter).
+   * Resolves when no forward run is queued or running, and a staged model's calls to its stages
+   * are answered. On Workers a request stays until then: the step loop runs in the context of
+   * whichever request resumed it last, and a call's answer goes to the request that made it
+   * (workers adapter).
    */
-  idle(): Promise<void> {
-    return this.scheduler.idle()
+  async idle(): Promise<void> {
+    await this.scheduler.idle()
+    await this.model.settled?.()
   }
 
   probeStages(rounds: number): Promise<number[]> {

@@ -68,6 +68,8 @@ export interface ForwardModel {
   readonly stageReports?: () => StageReport[]
   /** A package split into stages: the median of `rounds` empty round trips to each stage. */
   readonly probeStages?: (rounds: number) => Promise<number[]>
+  /** A package split into stages: resolves when every call made to the stages is answered. */
+  settled?(): Promise<void>
   /** A cache nothing will step or read again: memory it holds is given back now. */
   releaseCache(cache: KvCache): void
   release(): Promise<void>

@@ -37,7 +37,13 @@ export type RuntimeName = 'node' | 'deno' | 'workers'
 export interface Runtime {
   name: RuntimeName
   /** Starts the server with SERVER_ENV, and `env` on top of it. */
-  start(env?: Record<string, string>): Promise<ServerProcess>
+  start(env?: Record<string, string>, pkg?: PackageChoice): Promise<ServerProcess>
+}
+
+/** Another package than the bundled one: `id` in the packages folder `dir`. */
+export interface PackageChoice {
+  id: string
+  dir: string
 }
 
 const quiet = { NO_COLOR: '1', FORCE_COLOR: '0' }
@@ -97,9 +103,9 @@ export const deno: Runtime = {
  */
 export const workers: Runtime = {
   name: 'workers',
-  async start(extra = {}) {
-    const { persistTo, save } = await localR2Folder()
-    const snapshot = await snapshotProject()
+  async start(extra = {}, pkg = { id: MODEL_ID, dir: join(ROOT, 'model-shards') }) {
+    const { persistTo, save } = await localR2Folder(pkg)
+    const snapshot = await snapshotProject(pkg.dir)
     const [port, inspectorPort] = [await freePort(), await freePort()]
     const cleanup = () => removeDirs(persistTo, snapshot)
     let server: ServerProcess
@@ -116,7 +122,7 @@ export const workers: Runtime = {
           ...['--inspector-port', String(inspectorPort)],
           ...['--persist-to', persistTo],
           '--show-interactive-dev-session=false',
-          ...Object.entries({ ...SERVER_ENV, ...extra, MODEL: MODEL_ID }).flatMap(([k, v]) => [
+          ...Object.entries({ ...SERVER_ENV, ...extra, MODEL: pkg.id }).flatMap(([k, v]) => [
             '--var',
             `${k}:${v}`,
           ]),
@@ -152,10 +158,13 @@ export const RUNTIMES: Runtime[] = [node, deno, workers].filter(
  * cores) is kept under .cache/ per package version once a server has used it, and copied in
  * the next time, so that dev:worker finds every object already there.
  */
-async function localR2Folder(): Promise<{ persistTo: string; save: () => Promise<void> }> {
-  const manifest = await readFile(join(ROOT, 'model-shards', MODEL_ID, 'manifest.json'))
+async function localR2Folder(pkg: PackageChoice): Promise<{
+  persistTo: string
+  save: () => Promise<void>
+}> {
+  const manifest = await readFile(join(pkg.dir, pkg.id, 'manifest.json'))
   const version = createHash('sha256').update(manifest).digest('hex').slice(0, 16)
-  const cached = join(ROOT, '.cache', 'runtime-tests', `local-r2-${MODEL_ID}-${version}`)
+  const cached = join(ROOT, '.cache', 'runtime-tests', `local-r2-${pkg.id}-${version}`)
   const persistTo = await mkdtemp(join(tmpdir(), 'qwen-edge-r2-'))
   const hit = await exists(cached)
   if (hit) await cp(cached, persistTo, { recursive: true })
@@ -169,15 +178,17 @@ async function localR2Folder(): Promise<{ persistTo: string; save: () => Promise
   return { persistTo, save }
 }
 
-/** Copies what `npm run dev:worker` builds from; node_modules and model-shards are linked. */
-async function snapshotProject(): Promise<string> {
+/**
+ * Copies what `npm run dev:worker` builds from; node_modules is linked, and model-shards is the
+ * packages folder `packages`.
+ */
+async function snapshotProject(packages: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'qwen-edge-worker-'))
   for (const entry of ['src', 'scripts', 'wrangler.toml', 'package.json', 'tsconfig.json']) {
     await cp(join(ROOT, entry), join(dir, entry), { recursive: true })
   }
-  for (const entry of ['node_modules', 'model-shards']) {
-    await symlink(join(ROOT, entry), join(dir, entry), 'dir')
-  }
+  await symlink(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir')
+  await symlink(packages, join(dir, 'model-shards'), 'dir')
   return dir
 }
 

@@ -98,8 +98,13 @@ export class PipelineModel implements ForwardModel {
   private generation = 0
   /** Stage restarts seen (and recovered from). */
   restarts = 0
+  /**
+   * A sequence collected without a release: released with the next call to the stages (queued,
+   * not sent: a collector callback belongs to no request, and on Workers a call made outside a
+   * live request may never be answered).
+   */
   private readonly finalizer = new FinalizationRegistry<{ id: string; generation: number }>((s) =>
-    this.dropSequence(s.id, s.generation),
+    this.dropSequence(s.id, s.generation, false),
   )
 
   private readonly runPass: StagePass
@@ -399,16 +404,29 @@ export class PipelineModel implements ForwardModel {
   }
 
   /** A sequence nothing refers to any more: released in the stages (if they still hold it). */
-  private dropSequence(id: string, generation: number): void {
+  private dropSequence(id: string, generation: number, now = true): void {
     this.stale.delete(id)
-    if (generation === this.generation) this.toLayers({ release: id })
+    if (generation === this.generation) this.toLayers({ release: id }, now)
   }
 
-  /** `op` to every layer stage now, behind the calls already made to it. */
-  private toLayers(op: StageOp): void {
+  /** `op` to every layer stage, behind the calls already made to it: now, or with the next call. */
+  private toLayers(op: StageOp, now = true): void {
     for (const l of this.layerLinks) {
       l.ops.push(op)
-      void this.flush(l)
+      if (now) void this.flush(l)
+    }
+  }
+
+  /**
+   * Resolves once every call made to the stages so far has been answered (also those made while
+   * waiting). On Workers a request stays until then: a call's answer is delivered to the request
+   * that made it, and one whose request has ended is never answered.
+   */
+  async settled(): Promise<void> {
+    for (;;) {
+      const tails = this.links.map((l) => l.tail)
+      await Promise.all(tails)
+      if (this.links.every((l, i) => l.tail === tails[i])) return
     }
   }
 
