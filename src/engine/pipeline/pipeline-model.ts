@@ -81,6 +81,12 @@ interface Link {
   ms: number
 }
 
+/**
+ * How long a forward pass, a release or a probe may wait for the stages' answer. Generous: a
+ * stage that restarted reloads its part (seconds from R2) inside the call that finds it.
+ */
+export const STAGE_CALL_TIMEOUT_MS = 120_000
+
 export class PipelineModel implements ForwardModel {
   readonly shape: ModelShape
   readonly canBatch = true
@@ -114,7 +120,15 @@ export class PipelineModel implements ForwardModel {
    * runs forward passes (default: over `stages` from here; a stage host runs them next to the
    * stages instead).
    */
-  constructor(manifest: Manifest, stages: readonly StageApi[], pass?: StagePass) {
+  private readonly callTimeoutMs: number
+
+  constructor(
+    manifest: Manifest,
+    stages: readonly StageApi[],
+    pass?: StagePass,
+    options: { callTimeoutMs?: number } = {},
+  ) {
+    this.callTimeoutMs = options.callTimeoutMs ?? STAGE_CALL_TIMEOUT_MS
     const plan = manifest.pipeline
     if (!plan) throw new AppError('model_invalid', `Package ${manifest.id} has no pipeline`)
     if (stages.length !== plan.stages.length)
@@ -166,6 +180,8 @@ export class PipelineModel implements ForwardModel {
           l,
           () => l.api.state(),
           (s) => s,
+          undefined,
+          false, // the first answer waits for the stage's load
         ),
       ),
     )
@@ -327,13 +343,16 @@ export class PipelineModel implements ForwardModel {
     const groups = seqs.map((s, i) => ({ seq: s.id, position: s.filled, count: ids[i].length }))
     const before = Promise.all(this.links.map((l) => l.tail))
     const result = before.then(async () => {
-      const reply = await this.runPass({
-        ids: flat,
-        groups,
-        ops: this.layerLinks.map((l) => l.ops.splice(0)),
-        keep,
-        ...(logits && { logits: { rows: logits.rows, columns: logits.columns?.slice() } }),
-      })
+      const reply = await this.answered(
+        this.runPass({
+          ids: flat,
+          groups,
+          ops: this.layerLinks.map((l) => l.ops.splice(0)),
+          keep,
+          ...(logits && { logits: { rows: logits.rows, columns: logits.columns?.slice() } }),
+        }),
+        'A forward pass through the stages',
+      )
       // every answer is taken in (a restart throws once all are)
       let restart: unknown
       for (const a of reply.answers)
@@ -360,15 +379,40 @@ export class PipelineModel implements ForwardModel {
     send: () => Promise<R>,
     stateOf: (r: R) => StageState,
     pick: (r: R) => T = (r) => r as unknown as T,
+    /** Bounded by callTimeoutMs (all but the first state queries, which load the stages). */
+    bounded = true,
   ): Promise<T> {
+    const index = this.links.indexOf(l)
     const result = l.tail
-      .then(() => send())
+      .then(() => (bounded ? this.answered(send(), `Stage ${index}`) : send()))
       .then((r) => {
         this.observe(l, stateOf(r))
         return pick(r)
       })
     l.tail = result.catch(() => {})
     return result
+  }
+
+  /**
+   * `work`, or `stage_unavailable` when it has not settled after callTimeoutMs: an answer lost
+   * on the way (an isolate gone, a call whose request ended) must not hold every later call
+   * behind it for ever. The work is then done again (`retrying`); a late answer is ignored.
+   */
+  private answered<T>(work: Promise<T>, what: string): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new AppError(
+              'stage_unavailable',
+              `${what} did not answer within ${this.callTimeoutMs / 1000} s`,
+            ),
+          ),
+        this.callTimeoutMs,
+      )
+    })
+    return Promise.race([work, late]).finally(() => clearTimeout(timer))
   }
 
   /**

@@ -350,6 +350,31 @@ describe.each(['q8', 'q4'] as const)(
       expect(same(wa[0].logits, qa[0].logits)).toBe(true)
     })
 
+    it('does not wait for ever on an answer that never comes: the call is done again', async () => {
+      // the second layer stage's next forward call is lost on the way (its answer never comes)
+      const swappable = stages.map((s) => new Swappable(s))
+      const model = new PipelineModel(manifest, swappable, undefined, { callTimeoutMs: 300 })
+      const a = await whole.forward(PROMPT, whole.emptyCache(), 1)
+      const b = await model.forward(PROMPT, model.emptyCache(), 1)
+      let lost = 0
+      const layer = manifest.pipeline!.stages.findIndex((st, i) => st.layers && i > 0)
+      swappable[layer].forward = (...args) => {
+        if (lost++ === 0) return new Promise(() => {})
+        return stages[layer].forward(...args)
+      }
+      const wa = await whole.decode([33], [a.cache])
+      const pa = await Promise.race([
+        model.decode([33], [b.cache]),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('still waiting')), 10_000),
+        ),
+      ])
+      // the precondition: the first call was lost; then the prompt recomputed, the step again
+      expect(lost).toBe(3)
+      expect(model.restarts).toBe(1)
+      expect(same(wa[0].logits, pa[0].logits)).toBe(true)
+    })
+
     it('recomputes the sequences a restarted stage lost, and goes on bit for bit', async () => {
       const swappable = stages.map((s) => new Swappable(s))
       const model = new PipelineModel(manifest, swappable)
