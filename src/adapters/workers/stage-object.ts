@@ -8,9 +8,9 @@
  * class in one isolate; the README says what that means for a deployment.
  */
 import { DurableObject } from 'cloudflare:workers'
-import type { StageApi, StageOp } from '../../engine/index.ts'
+import type { StageApi } from '../../engine/index.ts'
 import { r2Source, type R2BucketLike } from './r2-source.ts'
-import { stageLink, stageName, StageSlot, type StageAddress, type StageRpc } from './stage-rpc.ts'
+import { servingSlot, stageLink, stageName, StageSlot, type StageRpc } from './stage-rpc.ts'
 
 export interface StageEnv {
   MODEL_BUCKET: R2BucketLike
@@ -40,30 +40,14 @@ export function keepWarm(): () => void {
   }
 }
 
-export class ModelStageObject extends DurableObject<StageEnv> implements StageRpc {
-  private readonly slot = new StageSlot(
+export class ModelStageObject extends servingSlot(DurableObject<StageEnv>) {
+  private readonly loaded = new StageSlot(
     () => r2Source(this.env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
     keepWarm(),
   )
 
-  // RPC serves methods of the class, not functions kept in fields: each is spelled out
-  state(at: StageAddress) {
-    return this.slot.state(at)
-  }
-  forward(...a: Parameters<StageRpc['forward']>) {
-    return this.slot.forward(...a)
-  }
-  apply(at: StageAddress, ops: StageOp[]) {
-    return this.slot.apply(at, ops)
-  }
-  embed(at: StageAddress, ids: number[]) {
-    return this.slot.embed(at, ids)
-  }
-  logits(...a: Parameters<StageRpc['logits']>) {
-    return this.slot.logits(...a)
-  }
-  evict() {
-    return this.slot.evict()
+  protected slot(): StageSlot {
+    return this.loaded
   }
 }
 
@@ -77,5 +61,3 @@ export interface StageNamespace {
 export function objectStageLink(ns: StageNamespace, model: string, index: number): StageApi {
   return stageLink(() => ns.get(ns.idFromName(stageName({ model, index }))), model, index)
 }
-
-export type { StageAddress }

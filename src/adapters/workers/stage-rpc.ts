@@ -125,6 +125,36 @@ export class StageSlot implements StageRpc {
   }
 }
 
+/**
+ * `Base` (DurableObject, WorkerEntrypoint) answering StageRpc's calls with the StageSlot its
+ * subclass gives (`slot()`). RPC serves methods of a class, not functions kept in fields, so
+ * each call is a method here, written once for every class that serves one stage.
+ */
+export function servingSlot<B extends abstract new (...args: any[]) => object>(Base: B) {
+  abstract class ServingSlot extends Base implements StageRpc {
+    protected abstract slot(): StageSlot
+    state(at: StageAddress) {
+      return this.slot().state(at)
+    }
+    forward(...a: Parameters<StageRpc['forward']>) {
+      return this.slot().forward(...a)
+    }
+    apply(at: StageAddress, ops: StageOp[]) {
+      return this.slot().apply(at, ops)
+    }
+    embed(at: StageAddress, ids: number[]) {
+      return this.slot().embed(at, ids)
+    }
+    logits(...a: Parameters<StageRpc['logits']>) {
+      return this.slot().logits(...a)
+    }
+    evict() {
+      return this.slot().evict()
+    }
+  }
+  return ServingSlot
+}
+
 /** `err` as a reply, its message naming the stage. */
 export function errorReply(
   at: StageAddress,

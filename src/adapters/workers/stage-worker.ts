@@ -12,13 +12,8 @@
 import { WorkerEntrypoint } from 'cloudflare:workers'
 import relaxedKernels from '../../engine/wasm/kernels/engine-relaxed.wasm'
 import simd128Kernels from '../../engine/wasm/kernels/engine-simd128.wasm'
-import {
-  type ModelSource,
-  type SourceObject,
-  type StageOp,
-  useKernelModules,
-} from '../../engine/index.ts'
-import { StageSlot, type StageAddress, type StageRpc } from './stage-rpc.ts'
+import { type ModelSource, type SourceObject, useKernelModules } from '../../engine/index.ts'
+import { servingSlot, StageSlot } from './stage-rpc.ts'
 
 useKernelModules({ relaxed: relaxedKernels, simd128: simd128Kernels })
 
@@ -33,8 +28,8 @@ export interface StageWorkerEnv {
 /** The isolate's one stage (its Worker id names one stage of one package). */
 let slot: StageSlot | undefined
 
-export class Stage extends WorkerEntrypoint<StageWorkerEnv> implements StageRpc {
-  private get slot(): StageSlot {
+export class Stage extends servingSlot(WorkerEntrypoint<StageWorkerEnv>) {
+  protected slot(): StageSlot {
     const files = this.env.FILES
     const source: ModelSource = {
       get: (key) => files.get(key),
@@ -42,26 +37,6 @@ export class Stage extends WorkerEntrypoint<StageWorkerEnv> implements StageRpc 
       describe: () => 'R2 bucket MODEL_BUCKET (read through the front Worker)',
     }
     return (slot ??= new StageSlot(() => source))
-  }
-
-  // RPC serves methods of the class: each is spelled out
-  state(at: StageAddress) {
-    return this.slot.state(at)
-  }
-  forward(...a: Parameters<StageRpc['forward']>) {
-    return this.slot.forward(...a)
-  }
-  apply(at: StageAddress, ops: StageOp[]) {
-    return this.slot.apply(at, ops)
-  }
-  embed(at: StageAddress, ids: number[]) {
-    return this.slot.embed(at, ids)
-  }
-  logits(...a: Parameters<StageRpc['logits']>) {
-    return this.slot.logits(...a)
-  }
-  evict() {
-    return this.slot.evict()
   }
 }
 
