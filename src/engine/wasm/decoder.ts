@@ -39,6 +39,7 @@ import {
   type DecoderWeights,
   type DqmmMatrixData,
   type NBitsMatrixData,
+  type Qwen2Shape,
 } from '../../format/index.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
@@ -46,16 +47,8 @@ import { KvArena, type KvSequence } from './kv-arena.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
-export interface DecoderShape {
-  hidden: number
-  intermediate: number
-  layers: number
-  heads: number
-  kvHeads: number
-  headDim: number
-  eps: number
-  ropeTheta: number
-}
+/** The model's shape as the decoder layers need it (the vocabulary is the head's). */
+export type DecoderShape = Omit<Qwen2Shape, 'vocab'>
 
 /** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
 interface Q8Matrix {
