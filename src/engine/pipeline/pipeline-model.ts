@@ -96,7 +96,6 @@ export class PipelineModel implements ForwardModel {
   /** One per stage, in plan order. */
   private readonly links: Link[]
   private readonly layerLinks: Link[]
-  private readonly rowLinks: Array<Link & { rows: [number, number] }>
   private readonly chunkRows: number
   private nextSeq = 1
   /** This front's name in the stages: its sequences are `<front>/<n>`. */
@@ -147,7 +146,6 @@ export class PipelineModel implements ForwardModel {
       ms: 0,
     }))
     this.layerLinks = parts.layers.map((p) => this.links[p.index])
-    this.rowLinks = parts.rows.map((p) => Object.assign(this.links[p.index], { rows: p.rows }))
     this.runPass = pass ?? passOver(plan, c.hidden_size, this.shape.vocabSize, stages)
   }
 
@@ -429,7 +427,7 @@ export class PipelineModel implements ForwardModel {
     l.state = state
     if (before !== undefined && before !== state.epoch) l.restarts++
     // a row stage keeps nothing between calls: its answer stands
-    if (before !== undefined && before !== state.epoch && !('rows' in l))
+    if (before !== undefined && before !== state.epoch && !state.rows)
       throw new AppError('stage_unavailable', `Stage ${state.index} restarted`, {
         details: { restarted: true },
       })
