@@ -39,9 +39,14 @@ import {
 import { describeMachine } from './bench/machine.ts'
 import {
   BENCH_MODEL_ID,
+  BENCH_Q4_MODEL_ID,
+  ensureAccuracyLevel,
   ensureBenchModel,
   ensureBenchPackage,
+  ensureBenchQ4Model,
   ensureModel,
+  ensurePackage,
+  packageWeightBytes,
 } from './bench/model-cache.ts'
 import { progressLog } from './bench/progress-log.ts'
 import {
@@ -58,11 +63,31 @@ import {
   renderMarkdown,
   type BenchResults,
 } from './bench/report.ts'
-import type { BandwidthResult, BenchPlan, EngineResult } from './bench/types.ts'
+import type {
+  BandwidthResult,
+  BenchPlan,
+  EngineResult,
+  KernelsResult,
+  ServeResult,
+} from './bench/types.ts'
 import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx/index.ts'
 
-const ENGINES = ['engine', 'ort-web', 'tjs-web', 'ort-node', 'tjs-node'] as const
+const ENGINES = [
+  'engine',
+  'engine-q4',
+  'engine-q4-relaxed',
+  'engine-graph',
+  'ort-web',
+  'tjs-web',
+  'ort-node',
+  'ort-node-q4',
+  'tjs-node',
+] as const
 type EngineName = (typeof ENGINES)[number]
+/** Parts besides the engines: the kernels alone, the servers on the q4 package, the probes. */
+const PARTS = ['kernels', 'serve', 'explore'] as const
+/** What needs the q4 export and its package. */
+const NEEDS_Q4 = new Set(['engine-q4', 'engine-q4-relaxed', 'ort-node-q4', 'serve'])
 
 export const BENCH_CLI = {
   name: 'bench',
@@ -82,7 +107,7 @@ export const BENCH_CLI = {
     only: {
       type: 'string',
       arg: '<list>',
-      help: `comma-separated subset of ${[...ENGINES, 'explore'].join(', ')}`,
+      help: `comma-separated subset of ${[...ENGINES, ...PARTS].join(', ')}`,
       defaultHelp: 'all',
     },
     'no-explore': {
@@ -170,7 +195,10 @@ async function main() {
   if (loadStart[0] > 1.5)
     log(`warning: load average ${loadStart[0].toFixed(2)}: numbers will be low`)
   const quick = args.quick
-  const only = new Set(args.only ? args.only.split(',') : [...ENGINES, 'explore'])
+  const only = new Set<string>(args.only ? args.only.split(',') : [...ENGINES, ...PARTS])
+  for (const name of only)
+    if (![...ENGINES, ...PARTS].includes(name as EngineName))
+      throw new Error(`--only: no part named ${name} (${[...ENGINES, ...PARTS].join(', ')})`)
   const explore = !args['no-explore'] && only.has('explore')
   // Only a full run of everything replaces the committed report; other runs go to .cache/.
   const writeReport = !quick && !args.out && !args.only && !args['no-explore']
@@ -179,6 +207,15 @@ async function main() {
 
   const modelDir = ensureBenchModel(log)
   const packageDir = await ensureBenchPackage(modelDir, log)
+  let q4: BenchPlan['q4']
+  if ([...only].some((x) => NEEDS_Q4.has(x))) {
+    const q4Dir = ensureBenchQ4Model(log)
+    q4 = {
+      modelDir: q4Dir,
+      packageDir: await ensurePackage(q4Dir, BENCH_Q4_MODEL_ID, log),
+      acc4Dir: ensureAccuracyLevel(q4Dir, 4, log),
+    }
+  }
   log('preparing prompts…')
   const tok = await loadTokenizer(modelDir)
   const streams = STREAM_QUESTIONS.map((q) => chatPrompt(tok, q))
@@ -193,6 +230,11 @@ async function main() {
     prompts: { p64: promptOfLength(tok, 64), p512: promptOfLength(tok, 512), streams },
     sentimentText: SENTIMENT_TEXT,
     weightBytes: weightBytesOf(join(modelDir, 'onnx', 'model_quantized.onnx')),
+    q4,
+    packageWeightBytes: {
+      q8: packageWeightBytes(packageDir),
+      ...(q4 && { q4: packageWeightBytes(q4.packageDir) }),
+    },
   }
   mkdirSync(outDir, { recursive: true })
   mkdirSync(join('.cache', 'bench'), { recursive: true })
@@ -213,6 +255,22 @@ async function main() {
   log('— memory bandwidth')
   const bw = await runWorker<BandwidthResult>('bandwidth', planPath)
   const bandwidth = { ...bw, boundTokS: bw.copyBytesPerS / plan.weightBytes }
+
+  let kernels: KernelsResult | undefined
+  if (only.has('kernels')) {
+    log('— kernels')
+    kernels = await runWorker<KernelsResult>('kernels', planPath)
+  }
+  const serve: ServeResult[] = []
+  if (only.has('serve'))
+    for (const runtime of ['node', 'deno'] as const) {
+      log(`— serve: ${runtime}`)
+      try {
+        serve.push(await runWorker<ServeResult>(`serve:${runtime}`, planPath))
+      } catch (err) {
+        log(`serve:${runtime} failed: ${(err as Error).message.split('\n')[0]}`)
+      }
+    }
 
   let exploreResults: BenchResults['explore']
   if (explore) {
@@ -274,7 +332,8 @@ async function main() {
     model: {
       id: BENCH_MODEL_ID,
       description:
-        'synthetic `qwen2.5-0.5b` (random weights; Qwen2.5-0.5B-Instruct shapes: 24 layers, hidden 896, 14/2 heads, vocab 151936, tied lm_head), q8 = `DynamicQuantizeMatMul` with uint8 weights, weights as external data',
+        'synthetic `qwen2.5-0.5b` (random weights; Qwen2.5-0.5B-Instruct shapes: 24 layers, hidden 896, 14/2 heads, vocab 151936, tied lm_head), q8 = `DynamicQuantizeMatMul` with uint8 weights, weights as external data' +
+        (q4 ? '; the q4 columns run its q4 export (`MatMulNBits`, blocks of 32, same seed)' : ''),
       weightBytesPerToken: plan.weightBytes,
       promptTokens: {
         p64: plan.prompts.p64.ids.length,
@@ -291,6 +350,9 @@ async function main() {
     },
     engines,
     bandwidth,
+    packageWeightBytes: plan.packageWeightBytes,
+    kernels,
+    serve: serve.length ? serve : undefined,
     explore: exploreResults,
     chartPath: `${outDir}/decode.svg`,
   }

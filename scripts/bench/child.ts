@@ -5,9 +5,14 @@ import type { WorkerKind } from './worker.ts'
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url))
 
+/** Node flags a worker kind needs: Node 20 runs relaxed SIMD only behind a flag. */
+const FLAGS: Partial<Record<WorkerKind, string[]>> = {
+  'engine-q4-relaxed': ['--experimental-wasm-relaxed-simd'],
+}
+
 export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<T> {
   const child = fork(WORKER, [kind, planPath], {
-    execArgv: ['--import', 'tsx', '--max-old-space-size=8192'],
+    execArgv: ['--import', 'tsx', '--max-old-space-size=8192', ...(FLAGS[kind] ?? [])],
     stdio: ['ignore', 2, 2, 'ipc'], // the child's stdout goes to stderr: progress only,
   })
   let message: { ok: boolean; result?: T; error?: string } | undefined

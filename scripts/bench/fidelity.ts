@@ -47,7 +47,8 @@ import {
   type WeightDistribution,
   type WeightFormat,
 } from '../lib/model-presets.ts'
-import { attribute, decodeModel, encodeModel } from '../lib/onnx/index.ts'
+import { setAccuracyLevel } from '../lib/graph-rewrite.ts'
+import { decodeModel, encodeModel } from '../lib/onnx/index.ts'
 import { makeModel } from '../lib/synth-model.ts'
 import {
   generateHfTensor,
@@ -81,6 +82,8 @@ export interface FidelityFormat {
   open(ctx: FidelityContext): Promise<Stepper>
 }
 
+export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head'
+
 export interface FidelityContext {
   preset: PresetName
   dims: ModelDims
@@ -88,8 +91,11 @@ export interface FidelityContext {
   seed: number
   /** The generated Hugging Face folder of the preset in `format`. */
   modelDir(format: WeightFormat): Promise<string>
-  /** The engine's package (model:prepare of the q8 folder: head and decoder in WASM). */
-  enginePackage(): Promise<string>
+  /**
+   * The engine's package (head and decoder in its kernels): model:prepare of the q8 folder, of
+   * the q4 folder as exported (q4 head), or of the q4 folder with `--head-format q8`.
+   */
+  enginePackage(kind?: EnginePackageKind): Promise<string>
   /** Token ids of the calibration prompts (for formats that calibrate; never the eval ones). */
   calibration: number[][]
   /** Where weights with float activations run (`dequantized`). */
@@ -114,6 +120,14 @@ export const FORMATS: Record<string, FidelityFormat> = {
   'engine-q8-prefill-graph': {
     note: 'PREFILL=graph: prompt in the ORT q8 graph (+ WASM head), decode steps in the kernels',
     open: (ctx) => engineStepper(ctx, 'served-graph'),
+  },
+  'engine-q4': {
+    note: 'the engine as served on the q4 export as is: 4-bit layers and head, int8 activations per block of 32',
+    open: (ctx) => engineStepper(ctx, 'kernels', 'q4'),
+  },
+  'engine-q4-q8head': {
+    note: 'the same with `model:prepare --head-format q8`: the lm_head rows requantized to q8',
+    open: (ctx) => engineStepper(ctx, 'kernels', 'q4-q8head'),
   },
   'ort-q4': {
     note: 'ORT MatMulNBits (block 32), accuracy_level 0 (float activations), q4 head',
@@ -206,11 +220,7 @@ function onnxFile(dir: string): string {
 /** The graph with every MatMulNBits at `level` (the generated graphs leave it at 0). */
 function withAccuracyLevel(file: string, level: number): Uint8Array {
   const model = decodeModel(readFileSync(file))
-  for (const n of model.graph!.node!)
-    if (n.op_type === 'MatMulNBits') {
-      n.attribute = (n.attribute ?? []).filter((a) => a.name !== 'accuracy_level')
-      n.attribute.push(attribute('accuracy_level', level))
-    }
+  setAccuracyLevel(model, level)
   return encodeModel(model)
 }
 
@@ -251,15 +261,16 @@ async function ortStepper(dir: string, bytes?: Uint8Array): Promise<Stepper> {
 // ---------------------------------------------------------------- the engine
 
 /**
- * The engine on the q8 package. 'kernels': as it serves by default, the prompt (prefill) and
+ * The engine on one of its packages (the q8 one unless `kind` says). 'kernels': as it serves by default, the prompt (prefill) and
  * every decode step in its own kernels, the head too; 'served-graph': PREFILL=graph, the prompt
  * in the onnxruntime-web q8 graph (then the head in the kernels), decode steps in the kernels.
  */
 async function engineStepper(
   ctx: FidelityContext,
   mode: 'kernels' | 'served-graph',
+  kind: EnginePackageKind = 'q8',
 ): Promise<Stepper> {
-  const dir = await ctx.enginePackage()
+  const dir = await ctx.enginePackage(kind)
   const { loadPackage, QwenEngine } = await import('../../src/engine/index.ts')
   const { fsSource } = await import('../../src/adapters/node/fs-source.ts')
   const pkg = await loadPackage(fsSource(dirname(dir)), basename(dir))
@@ -523,14 +534,21 @@ export async function runFidelity(options: {
   const fp32Dir = await modelDir('fp32')
   const tok = await loadTokenizer(fp32Dir)
   const ids = (q: string) => chatPrompt(tok, q).ids
-  let packageDir: Promise<string> | undefined
+  const packages = new Map<EnginePackageKind, Promise<string>>()
   const ctx: FidelityContext = {
     preset,
     dims: resolveDims(preset),
     dist: resolveDistribution(preset),
     seed: 0,
     modelDir,
-    enginePackage: () => (packageDir ??= preparedPackage(preset, modelDir('q8'), log)),
+    enginePackage: (kind = 'q8') => {
+      if (!packages.has(kind))
+        packages.set(
+          kind,
+          preparedPackage(preset, kind, modelDir(kind === 'q8' ? 'q8' : 'q4'), log),
+        )
+      return packages.get(kind)!
+    },
     calibration: CALIBRATION_QUESTIONS.map(ids),
     dequantizedIn: options.dequantizedIn,
     log,
@@ -606,12 +624,13 @@ export async function runFidelity(options: {
 /** The engine's package of the q8 folder, prepared again when the folder is newer. */
 async function preparedPackage(
   preset: string,
-  q8Dir: Promise<string>,
+  kind: EnginePackageKind,
+  exportDir: Promise<string>,
   log: (line: string) => void,
 ): Promise<string> {
-  const folder = await q8Dir
+  const folder = await exportDir
   const out = join('.cache', 'fidelity', 'packages')
-  const id = `${preset}-q8`
+  const id = `${preset}-${kind}`
   const manifest = join(out, id, 'manifest.json')
   if (
     existsSync(manifest) &&
@@ -621,7 +640,14 @@ async function preparedPackage(
   log(`preparing the engine's package ${join(out, id)}…`)
   mkdirSync(out, { recursive: true })
   const { preparePackage } = await import('../prepare-model.ts')
-  const { report } = await preparePackage({ folder, id, out, quiet: true, verify: false })
+  const { report } = await preparePackage({
+    folder,
+    id,
+    out,
+    quiet: true,
+    verify: false,
+    ...(kind === 'q4-q8head' && { headFormat: 'q8' as const }),
+  })
   if (!report?.decoder?.applied)
     throw new Error(`no decoder in the package: ${report?.decoder?.reason}`)
   return join(out, id)

@@ -14,6 +14,7 @@ setFlagsFromString('--experimental-wasm-relaxed-simd')
 setFlagsFromString('--no-liftoff')
 
 import { parseArgs } from 'node:util'
+import { isMain } from '../lib/cli.ts'
 import wabtInit from 'wabt'
 import { dequantizeBlock, quantizeBlocks, quantizeRows } from '../../src/engine/wasm/activations.ts'
 import { q4Dot, q8RowDot } from '../../src/engine/wasm/kernel-ref.ts'
@@ -26,15 +27,9 @@ import {
 import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/format/q4-b32.ts'
 import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/format/q8-rows.ts'
 import { measureBandwidth } from './measure-bandwidth.ts'
+import type { KernelsResult } from './types.ts'
 
-const { values: opts } = parseArgs({
-  options: {
-    quick: { type: 'boolean', default: false },
-    only: { type: 'string' },
-    errors: { type: 'boolean', default: false },
-  },
-})
-const quick = opts.quick
+let quick = false
 const MiB = 2 ** 20
 
 const H = 896
@@ -96,7 +91,7 @@ async function readBound(bytes: number): Promise<number> {
   e.memory.grow(bytes / 65536)
   new Uint8Array(e.memory.buffer).fill(1)
   const [ms] = timeTogether([() => e.read(bytes)])
-  return bytes / ms / 1e6
+  return bytes / ms / 1e6 // GB/s
 }
 
 class Mem {
@@ -251,38 +246,60 @@ const GROUPS: Case[][] = [
   ],
 ]
 
-async function benchmarks(): Promise<void> {
-  const memcpy = measureBandwidth(quick ? 3 : 8).copyBytesPerS / 1e9
-  const read = await readBound(256 * MiB)
-  console.log(`read bound (WASM SIMD, 256 MiB): ${read.toFixed(1)} GB/s`)
-  console.log(`memcpy (TypedArray.set, 256 MiB): ${memcpy.toFixed(1)} GB/s copied`)
+/**
+ * Every kernel case in both builds (or `only`), timed in turns per group, with the read bound
+ * and memcpy of this process. `quickRun`: shorter timing windows.
+ */
+export async function measureKernels(quickRun = false, only?: IsaVariant): Promise<KernelsResult> {
+  quick = quickRun
+  const copyBytesPerS = measureBandwidth(quick ? 3 : 8).copyBytesPerS
+  const readBytesPerS = (await readBound(256 * MiB)) * 1e9
   const deno = (globalThis as { Deno?: { version: { deno: string; v8: string } } }).Deno
   const runtime = deno
     ? `Deno ${deno.version.deno} (V8 ${deno.version.v8})`
     : `Node ${process.version} (V8 ${process.versions.v8}, relaxed SIMD and --no-liftoff set here)`
-  console.log(`${runtime}; relaxed SIMD usable: ${await relaxedSimdWorks()}`)
-  const variants: IsaVariant[] = opts.only ? [opts.only as IsaVariant] : ['simd128', 'relaxed']
-  const head = ['kernel'.padEnd(30)]
-  for (const v of variants)
-    head.push(`${v}: ms`.padStart(14), 'GB/s'.padStart(6), 'GMAC/s'.padStart(7))
-  console.log(head.join(' '))
+  const variants: IsaVariant[] = only ? [only] : ['simd128', 'relaxed']
+  const rows: KernelsResult['rows'] = []
   for (const group of GROUPS) {
     const fns: Array<() => void> = []
     for (const c of group)
       for (const v of variants) fns.push(c.make((await instantiateEngine(v)).kernels))
     const ms = timeTogether(fns)
-    group.forEach((c, i) => {
-      const cells = [c.kernel.padEnd(30)]
-      variants.forEach((_, vi) => {
+    group.forEach((c, i) =>
+      variants.forEach((variant, vi) => {
         const t = ms[i * variants.length + vi]
-        cells.push(
-          t.toFixed(3).padStart(14),
-          (c.bytes / t / 1e6).toFixed(1).padStart(6),
-          (c.macs / t / 1e6).toFixed(1).padStart(7),
-        )
-      })
-      console.log(cells.join(' '))
-    })
+        rows.push({
+          kernel: c.kernel.replace(/ +/g, ' '),
+          variant,
+          ms: t,
+          bytesPerS: (c.bytes / t) * 1000,
+          macsPerS: (c.macs / t) * 1000,
+        })
+      }),
+    )
+  }
+  return { runtime, relaxedUsable: await relaxedSimdWorks(), readBytesPerS, copyBytesPerS, rows }
+}
+
+async function benchmarks(only?: IsaVariant): Promise<void> {
+  const r = await measureKernels(quick, only)
+  console.log(`read bound (WASM SIMD, 256 MiB): ${(r.readBytesPerS / 1e9).toFixed(1)} GB/s`)
+  console.log(`memcpy (TypedArray.set, 256 MiB): ${(r.copyBytesPerS / 1e9).toFixed(1)} GB/s copied`)
+  console.log(`${r.runtime}; relaxed SIMD usable: ${r.relaxedUsable}`)
+  const variants = [...new Set(r.rows.map((x) => x.variant))]
+  const head = ['kernel'.padEnd(30)]
+  for (const v of variants)
+    head.push(`${v}: ms`.padStart(14), 'GB/s'.padStart(6), 'GMAC/s'.padStart(7))
+  console.log(head.join(' '))
+  for (const kernel of [...new Set(r.rows.map((x) => x.kernel))]) {
+    const cells = [kernel.padEnd(30)]
+    for (const x of r.rows.filter((x) => x.kernel === kernel))
+      cells.push(
+        x.ms.toFixed(3).padStart(14),
+        (x.bytesPerS / 1e9).toFixed(1).padStart(6),
+        (x.macsPerS / 1e9).toFixed(1).padStart(7),
+      )
+    console.log(cells.join(' '))
   }
   console.log('GB/s: weight bytes (q4 21 per 32 weights, q8 stride + 5 per row) / time;')
   console.log('quant_b32: f32 bytes read / time. Bound: the read loop above.')
@@ -367,5 +384,15 @@ function errors(): void {
   }
 }
 
-if (opts.errors) errors()
-else await benchmarks()
+if (isMain(import.meta.url)) {
+  const { values: opts } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      errors: { type: 'boolean', default: false },
+    },
+  })
+  quick = opts.quick
+  if (opts.errors) errors()
+  else await benchmarks(opts.only as IsaVariant | undefined)
+}

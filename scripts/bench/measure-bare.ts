@@ -23,8 +23,6 @@ import type { BenchPlan, EngineResult } from './types.ts'
 import { packageVersion } from './versions.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
 
-export const ONNX_FILE = join('onnx', 'model_quantized.onnx')
-
 /** The one .onnx file under `modelDir`/onnx (q8, fp32 and q4 folders name it differently). */
 function onnxFileIn(modelDir: string): string {
   const files = readdirSync(join(modelDir, 'onnx')).filter((f) => f.endsWith('.onnx'))
@@ -68,7 +66,7 @@ export async function createNodeSession(
   modelDir: string,
 ): Promise<{ ort: OrtApi; session: InferenceSession }> {
   const ort = await import('onnxruntime-node')
-  const session = await ort.InferenceSession.create(join(modelDir, ONNX_FILE), {
+  const session = await ort.InferenceSession.create(join(modelDir, onnxFileIn(modelDir)), {
     executionProviders: ['cpu'],
     intraOpNumThreads: 1,
     interOpNumThreads: 1,
@@ -82,27 +80,33 @@ export async function createNodeSession(
 }
 
 export async function measureBare(
-  kind: 'ort-web' | 'ort-node',
+  kind: 'ort-web' | 'ort-node' | 'ort-node-q4',
   plan: BenchPlan,
   log: (line: string) => void,
 ): Promise<EngineResult> {
   log('loading…')
+  const q4 = kind === 'ort-node-q4'
+  if (q4 && !plan.q4) throw new Error('the plan has no q4 model')
+  const dir = q4 ? plan.q4!.acc4Dir : plan.modelDir
   const t0 = performance.now()
   const { ort, session } =
-    kind === 'ort-web'
-      ? await createWebSession(plan.modelDir)
-      : await createNodeSession(plan.modelDir)
+    kind === 'ort-web' ? await createWebSession(dir) : await createNodeSession(dir)
   const loadMs = performance.now() - t0
   const wasmAfterLoad = wasmMemoryBytes()
-  const loop = new GreedyLoop(ort, session, await loopShape(plan.modelDir))
+  const loop = new GreedyLoop(ort, session, await loopShape(dir))
   const versions = packageVersion(kind === 'ort-web' ? 'onnxruntime-web' : 'onnxruntime-node')
   const result: EngineResult = {
     name: kind,
-    label: kind === 'ort-web' ? 'bare ORT-web loop' : 'bare ORT-node loop',
+    label: {
+      'ort-web': 'bare ORT-web loop',
+      'ort-node': 'bare ORT-node loop',
+      'ort-node-q4': 'bare ORT-node loop, q4',
+    }[kind],
+    format: q4 ? 'q4' : 'q8',
     backend:
       kind === 'ort-web'
         ? `onnxruntime-web ${versions} wasm (SIMD), 1 thread, in-process`
-        : `onnxruntime-node ${versions} native CPU EP, 1 intra-op thread`,
+        : `onnxruntime-node ${versions} native CPU EP, 1 intra-op thread${q4 ? ', `MatMulNBits` at accuracy_level 4' : ''}`,
     loadMs: round(loadMs, 0),
   }
   Object.assign(result, await measureLoop(loop, plan, log))

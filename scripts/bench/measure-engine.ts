@@ -185,29 +185,70 @@ async function runChat(
   return { completion, cached, text, firstEventAt, endedAt: performance.now() }
 }
 
+/** Which package the engine measures, and how it runs it. */
+export interface EngineVariant {
+  name: string
+  label: string
+  format: 'q8' | 'q4'
+  packageDir: string
+  /** `DECODER=graph`: everything in onnxruntime-web, as before the kernels (the baseline). */
+  graph?: boolean
+  /** Only load, time to first token, decode and sentiment (a baseline, not a full column). */
+  brief?: boolean
+}
+
+/** The engine variants the benchmark knows, by worker name. */
+export function engineVariant(name: string, plan: BenchPlan): EngineVariant {
+  if (name === 'engine')
+    return { name, label: 'qwen-edge engine', format: 'q8', packageDir: plan.packageDir }
+  if (name === 'engine-q4' || name === 'engine-q4-relaxed') {
+    if (!plan.q4) throw new Error('the plan has no q4 package')
+    const label =
+      name === 'engine-q4' ? 'qwen-edge engine, q4' : 'qwen-edge engine, q4, relaxed SIMD'
+    return { name, label, format: 'q4', packageDir: plan.q4.packageDir }
+  }
+  if (name === 'engine-graph')
+    return {
+      name,
+      label: 'qwen-edge engine, `DECODER=graph`',
+      format: 'q8',
+      packageDir: plan.packageDir,
+      graph: true,
+      brief: true,
+    }
+  throw new Error(`no engine variant ${name}`)
+}
+
 export async function measureEngine(
   plan: BenchPlan,
   log: (line: string) => void,
+  variant: EngineVariant = engineVariant('engine', plan),
 ): Promise<EngineResult> {
   log('loading…')
   const t0 = performance.now()
   const { fsSource } = await import('../../src/adapters/node/fs-source.ts')
-  const { loadPackage } = await import('../../src/engine/package/loader.ts')
+  const { loadPackage, openPackage } = await import('../../src/engine/package/loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
   const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
   installMacrotask(setImmediate) // as the Node server does (src/adapters/node/main.ts)
-  const source = fsSource(dirname(plan.packageDir))
-  // not kept in a variable: the package's JS copy of the weights is dropped after the load
-  const engine = await QwenEngine.create(await loadPackage(source, basename(plan.packageDir)), {
-    contextLength: 4096,
-  })
+  const source = fsSource(dirname(variant.packageDir))
+  const id = basename(variant.packageDir)
+  // as the servers open a package: streamed into the kernels, or whole for onnxruntime
+  const engine = await QwenEngine.create(
+    variant.graph ? await loadPackage(source, id) : await openPackage(source, id),
+    { contextLength: 4096, ...(variant.graph && { session: { decoder: false } }) },
+  )
   const loadMs = performance.now() - t0
   const wasmAfterLoad = wasmMemoryBytes()
   const rec = new StepRecorder(engine.model)
+  const inKernels = !!engine.model.decoder && !variant.graph
   const result: EngineResult = {
-    name: 'engine',
-    label: 'qwen-edge engine',
-    backend: `onnxruntime-web ${packageVersion('onnxruntime-web')} wasm (SIMD), 1 thread, in-process`,
+    name: variant.name,
+    label: variant.label,
+    format: variant.format,
+    backend: inKernels
+      ? `the engine's WASM SIMD kernels (${await kernelIsa()}), 1 thread, in-process; no onnxruntime session`
+      : `onnxruntime-web ${packageVersion('onnxruntime-web')} wasm (SIMD), 1 thread, in-process`,
     loadMs: round(loadMs, 0),
     notes: [],
   }
@@ -228,30 +269,6 @@ export async function measureEngine(
     if (n !== p.ids.length) result.notes!.push(`${key}: engine prompt has ${n} tokens`)
     log(`time to first token, ${n}-token prompt…`)
     result[key] = round(median(await repeat(plan.rounds, () => ttft(p.messages))), 0)
-  }
-
-  // A conversation's second turn: its prompt starts with turn 1's prompt and reply, whose KV
-  // the engine kept (turn-cache.ts), against the same prompt computed from scratch.
-  log('time to first token of a second turn, kept KV vs recomputed…')
-  const turn2 = async (reuse: boolean) => {
-    const first = await runChat(engine, plan.prompts.p64.messages, 32)
-    const messages: ChatMessage[] = [
-      ...plan.prompts.p64.messages,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: 'Thanks. Now say the same in two sentences, please.' },
-    ]
-    if (!reuse) engine.turns.clear()
-    const s = performance.now()
-    const r = await runChat(engine, messages, 1, true)
-    return { ms: r.firstEventAt - s, cached: r.cached, prompt: engine.promptIds(messages).length }
-  }
-  const kept = await repeat(plan.rounds, () => turn2(true))
-  const fresh = await repeat(plan.rounds, () => turn2(false))
-  result.turn2 = {
-    promptTokens: kept[0].prompt,
-    cachedTokens: kept[0].cached,
-    keptMs: round(median(kept.map((k) => k.ms)), 0),
-    recomputedMs: round(median(fresh.map((k) => k.ms)), 0),
   }
 
   // Decode rate: steps after the prefill, from the first token to the last.
@@ -318,6 +335,51 @@ export async function measureEngine(
     result.notes!.push(
       `sentiment scores with and without the cached prefix differ: ${a.score.toFixed(4)} vs ${b.score.toFixed(4)} (DynamicQuantizeMatMul quantizes activations per run, so splitting a prompt into runs changes the numbers)`,
     )
+  }
+
+  if (!variant.brief) await measureMore(engine, rec, plan, result, breakdown!, log)
+
+  result.wasmAfterLoadBytes = wasmAfterLoad
+  result.wasmPeakBytes = wasmMemoryBytes()
+  result.peakRssBytes = peakRssBytes()
+  return result
+}
+
+/**
+ * The full column: a second turn with and without its kept KV, 1 and 4 streams, a sentiment
+ * request during a long chat, and sentiment on a short text and without examples.
+ */
+async function measureMore(
+  engine: QwenEngine,
+  rec: StepRecorder,
+  plan: BenchPlan,
+  result: EngineResult,
+  breakdown: EngineExtra['decodeStep'],
+  log: (line: string) => void,
+): Promise<void> {
+  const text = plan.sentimentText
+  // A conversation's second turn: its prompt starts with turn 1's prompt and reply, whose KV
+  // the engine kept (turn-cache.ts), against the same prompt computed from scratch.
+  log('time to first token of a second turn, kept KV vs recomputed…')
+  const turn2 = async (reuse: boolean) => {
+    const first = await runChat(engine, plan.prompts.p64.messages, 32)
+    const messages: ChatMessage[] = [
+      ...plan.prompts.p64.messages,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: 'Thanks. Now say the same in two sentences, please.' },
+    ]
+    if (!reuse) engine.turns.clear()
+    const s = performance.now()
+    const r = await runChat(engine, messages, 1, true)
+    return { ms: r.firstEventAt - s, cached: r.cached, prompt: engine.promptIds(messages).length }
+  }
+  const kept = await repeat(plan.rounds, () => turn2(true))
+  const fresh = await repeat(plan.rounds, () => turn2(false))
+  result.turn2 = {
+    promptTokens: kept[0].prompt,
+    cachedTokens: kept[0].cached,
+    keptMs: round(median(kept.map((k) => k.ms)), 0),
+    recomputedMs: round(median(fresh.map((k) => k.ms)), 0),
   }
 
   // Throughput with 1 and 4 concurrent chats, interleaved by the scheduler.
@@ -394,18 +456,19 @@ export async function measureEngine(
   const zeroShotSentiment = await variant(text, [])
 
   result.extra = {
-    decodeStep: breakdown!,
+    decodeStep: breakdown,
     prefixComputations: engine.classifier.prefixComputations,
     sentimentPromptTokens,
     sentimentDuringChat: during,
     shortSentiment,
     zeroShotSentiment,
   }
+}
 
-  result.wasmAfterLoadBytes = wasmAfterLoad
-  result.wasmPeakBytes = wasmMemoryBytes()
-  result.peakRssBytes = peakRssBytes()
-  return result
+/** The kernels' build this runtime runs (relaxed SIMD where it works, else SIMD128). */
+async function kernelIsa(): Promise<string> {
+  const { pickVariant } = await import('../../src/engine/wasm/kernel.ts')
+  return (await pickVariant()) === 'relaxed' ? 'relaxed SIMD' : 'SIMD128'
 }
 
 export const SHORT_SENTIMENT_TEXT = 'Great screen, awful battery.'

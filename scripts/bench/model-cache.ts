@@ -5,9 +5,22 @@
  * Face layout folder; the engine reads the model package `model:prepare` makes of it (lm_head
  * split off into head.q8, as a server would load it), in `.cache/bench/packages/`.
  */
-import { existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { join } from 'node:path'
 import { preparePackage } from '../prepare-model.ts'
+import { setAccuracyLevel } from '../lib/graph-rewrite.ts'
+import { decodeModel, encodeModel } from '../lib/onnx/index.ts'
 import { makeModel, type MakeModelOptions } from '../lib/synth-model.ts'
 
 export const BENCH_MODEL_ID = 'qwen2.5-0.5b-q8-ext'
@@ -41,12 +54,31 @@ export function ensureBenchModel(log: (line: string) => void): string {
 
 export const PACKAGES_DIR = join('.cache', 'bench', 'packages')
 
-/** The engine's package of `modelDir` (prepared again when the folder is newer). */
-export async function ensureBenchPackage(
+/** The synthetic `qwen2.5-0.5b` q4 export (MatMulNBits, block 32) the q4 columns run. */
+export const BENCH_Q4_MODEL_ID = 'qwen2.5-0.5b-q4-ext'
+
+export function ensureBenchQ4Model(log: (line: string) => void): string {
+  return ensureModel(
+    BENCH_Q4_MODEL_ID,
+    { preset: 'qwen2.5-0.5b', format: 'q4', externalData: true },
+    log,
+  )
+}
+
+/** The engine's package of the q8 bench model (prepared again when the folder is newer). */
+export function ensureBenchPackage(modelDir: string, log: (line: string) => void) {
+  return ensurePackage(modelDir, BENCH_MODEL_ID, log)
+}
+
+/**
+ * The engine's package of `modelDir` as `model:prepare` makes it with no flags (prepared again
+ * when the folder is newer), with its head split and decoder map, or an error saying why not.
+ */
+export async function ensurePackage(
   modelDir: string,
+  id: string,
   log: (line: string) => void,
 ): Promise<string> {
-  const id = BENCH_MODEL_ID
   const manifest = join(PACKAGES_DIR, id, 'manifest.json')
   if (
     existsSync(manifest) &&
@@ -70,4 +102,40 @@ export async function ensureBenchPackage(
     throw new Error(`the decoder map was not applied: ${report.decoder?.reason}`)
   log(`prepared in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   return join(PACKAGES_DIR, id)
+}
+
+/** Files of a package that hold weights (not its manifest, graph, tokenizer or configs). */
+export function packageWeightBytes(packageDir: string): number {
+  const meta = /^(manifest|tokenizer|tokenizer_config|config|generation_config)\.json$|\.onnx$/
+  return readdirSync(packageDir)
+    .filter((f) => !meta.test(f))
+    .reduce((n, f) => n + statSync(join(packageDir, f)).size, 0)
+}
+
+/**
+ * A copy of the model folder whose graph runs every MatMulNBits at `accuracy_level` `level`
+ * (4: int8 activations per block, onnxruntime's fastest CPU path); the weights file is a hard
+ * link to the original's, not a copy.
+ */
+export function ensureAccuracyLevel(modelDir: string, level: number, log: (l: string) => void) {
+  const dir = `${modelDir}-acc${level}`
+  if (existsSync(join(dir, 'config.json'))) return dir
+  log(`writing ${dir} (accuracy_level ${level})…`)
+  const tmp = `${dir}.partial`
+  rmSync(tmp, { recursive: true, force: true })
+  mkdirSync(join(tmp, 'onnx'), { recursive: true })
+  for (const f of readdirSync(modelDir))
+    if (f !== 'onnx') copyFileSync(join(modelDir, f), join(tmp, f))
+  for (const f of readdirSync(join(modelDir, 'onnx'))) {
+    const from = join(modelDir, 'onnx', f)
+    if (!f.endsWith('.onnx')) {
+      linkSync(from, join(tmp, 'onnx', f))
+      continue
+    }
+    const model = decodeModel(new Uint8Array(readFileSync(from)))
+    setAccuracyLevel(model, level)
+    writeFileSync(join(tmp, 'onnx', f), encodeModel(model))
+  }
+  renameSync(tmp, dir)
+  return dir
 }

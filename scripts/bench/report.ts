@@ -6,7 +6,13 @@ import type { FormatProbe, LayersProbe, OptionsProbe, ShapesProbe } from './expl
 import type { MachineInfo } from './machine.ts'
 import { fitLine } from './stats.ts'
 import { barChart, type Bar } from './svg-chart.ts'
-import type { BandwidthResult, EngineExtra, EngineResult } from './types.ts'
+import type {
+  BandwidthResult,
+  EngineExtra,
+  EngineResult,
+  KernelsResult,
+  ServeResult,
+} from './types.ts'
 
 export interface BenchResults {
   generatedAt: string
@@ -32,6 +38,10 @@ export interface BenchResults {
   }
   engines: EngineResult[]
   bandwidth: BandwidthResult & { boundTokS: number }
+  /** Weight bytes of the engine's packages (what its kernels hold and a decode step reads). */
+  packageWeightBytes?: { q8: number; q4?: number }
+  kernels?: KernelsResult
+  serve?: ServeResult[]
   explore?: {
     options: OptionsProbe[]
     layers: LayersProbe[]
@@ -46,6 +56,17 @@ export const GOALS = {
   decodeOverBound: 0.4,
   sentimentCacheSpeedup: 3,
   streams4OverSingle: 1,
+} as const
+
+/** Issue 13's goals: q4 in the kernels, one copy of the weights, a 0.5B model in 512 MB. */
+export const Q4_GOALS = {
+  q4DecodeOverQ8: 1.4,
+  q4DecodeOverOrtNodeQ4: 1.5,
+  ttft512OverGraph: 2,
+  q4PrefillOverQ8: 1,
+  sentimentCachedOverGraph: 0.5,
+  wasmOverWeights: 1.1,
+  denoPeakMiB: 460,
 } as const
 
 const MiB = 2 ** 20
@@ -67,7 +88,15 @@ const pct = (x?: number) =>
 /** How each engine is driven (the backend it ran on is in the table). */
 const HOW: Record<string, string> = {
   engine:
-    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `loadPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the model folder, as a server loads it: the lm_head (and the tied embedding) split off the graph into `head.q8`, and the decoder map (`decoder` in the manifest) with which decode steps run every layer in the engine's own WASM SIMD kernels (`src/engine/wasm/decoder.ts`, `src/engine/wasm/head.ts`) from the same weights; prompts (prefill) run in onnxruntime-web as for the peers.",
+    "`QwenEngine` through its public API: `chat()` events (greedy, repetition penalty 1), `classify()`, its scheduler; `openPackage` + `QwenEngine.create` on the model package `model:prepare` makes of the q8 model folder with no flags, as a server opens it: the lm_head (and the tied embedding) split off the graph into `head.q8`, and the decoder map (`decoder` in the manifest), so prompts and decode steps run every layer in the engine's own WASM SIMD kernels (`src/engine/wasm/decoder.ts`, `src/engine/wasm/head.ts`), the weights streamed into them once, no onnxruntime session.",
+  'engine-q4':
+    'the same, on the package `model:prepare` makes (no flags) of the q4 export of the same model (`MatMulNBits`, 4-bit blocks of 32 with a scale and zero point each; lm_head and tied embedding in `head.q4`), mapped as exported: 4-bit weights, int8 activations per block of 32 in the kernels.',
+  'engine-q4-relaxed':
+    'the same q4 package in a Node started with `--experimental-wasm-relaxed-simd`: the kernels’ relaxed-SIMD build (`i16x8.relaxed_dot_i8x16_i7x16_s`), which workerd and Deno run by default and Node 20 only behind this flag; the engine takes it only where it computes exactly what the SIMD128 build does.',
+  'engine-graph':
+    'the same engine on the same q8 package with `DECODER=graph`: prompts and decode steps in onnxruntime-web, as the engine ran before its kernels (the baseline of issue 13’s prompt and sentiment goals); load, time to first token, decode and sentiment only.',
+  'ort-node-q4':
+    'the bare greedy loop on onnxruntime-node (CPU EP, one thread) running the q4 export with every `MatMulNBits` at `accuracy_level` 4 (int8 activations per block: onnxruntime’s fastest CPU path for 4-bit weights).',
   'ort-web':
     'a bare greedy loop on an onnxruntime-web session built like the engine’s (same bundle, options, external data): feeds, `session.run`, argmax, present → past. The floor of engine overhead on the graph as exported (lm_head inside the graph).',
   'tjs-web':
@@ -76,6 +105,13 @@ const HOW: Record<string, string> = {
     'the same bare greedy loop on an onnxruntime-node session (CPU EP, `intraOpNumThreads: 1`, `interOpNumThreads: 1`, the model path: native external-data loading).',
   'tjs-node':
     'transformers.js’ default Node path: onnxruntime-node CPU EP with `session_options: { intraOpNumThreads: 1, interOpNumThreads: 1 }`. Its concurrent `generate()` calls run on libuv threads, so 4 streams use both cores.',
+}
+
+/** Decode's bandwidth bound for the engine's format: memcpy ÷ the weight bytes it reads. */
+export function boundOf(r: BenchResults, e: EngineResult): number {
+  const q4 = r.packageWeightBytes?.q4
+  if (e.format === 'q4' && q4) return r.bandwidth.copyBytesPerS / q4
+  return r.bandwidth.boundTokS
 }
 
 export function byName(r: BenchResults, name: string): EngineResult | undefined {
@@ -126,6 +162,98 @@ export function checkGoals(r: BenchResults): GoalCheck[] {
   ]
 }
 
+/** Issue 13's goals, from the engines, the servers and the packages of one run. */
+export function checkQ4Goals(r: BenchResults): GoalCheck[] {
+  const q8 = byName(r, 'engine')
+  const q4 = byName(r, 'engine-q4')
+  const graph = byName(r, 'engine-graph')
+  const ortQ4 = byName(r, 'ort-node-q4')
+  const deno = r.serve?.find((x) => x.runtime === 'deno')
+  const node = r.serve?.find((x) => x.runtime === 'node')
+  const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
+  const atLeast = (x: number | undefined, t: number) => (x === undefined ? undefined : x >= t)
+  const atMost = (x: number | undefined, t: number) => (x === undefined ? undefined : x <= t)
+  const tok = (e?: EngineResult) => `${fmtNum(e?.decodeTokS)} tok/s`
+  const G = Q4_GOALS
+  const q4Relaxed = byName(r, 'engine-q4-relaxed')
+  const checks: GoalCheck[] = []
+  // the q4 decode goals for the SIMD128 build (Node 20's default) and, when measured, relaxed
+  for (const [e, build] of [
+    [q4, 'SIMD128'],
+    [q4Relaxed, 'relaxed SIMD'],
+  ] as const) {
+    if (build === 'relaxed SIMD' && !e) continue
+    checks.push(
+      {
+        goal: `q4 decode (${build}) vs the engine’s q8 decode`,
+        target: `≥ ${G.q4DecodeOverQ8}x`,
+        measured: `${fmtX(ratio(e?.decodeTokS, q8?.decodeTokS))} (${tok(e)} vs ${tok(q8)})`,
+        met: atLeast(ratio(e?.decodeTokS, q8?.decodeTokS), G.q4DecodeOverQ8),
+      },
+      {
+        goal: `q4 decode (${build}) vs onnxruntime-node q4 (accuracy_level 4)`,
+        target: `≥ ${G.q4DecodeOverOrtNodeQ4}x`,
+        measured: `${fmtX(ratio(e?.decodeTokS, ortQ4?.decodeTokS))} (${tok(e)} vs ${tok(ortQ4)})`,
+        met: atLeast(ratio(e?.decodeTokS, ortQ4?.decodeTokS), G.q4DecodeOverOrtNodeQ4),
+      },
+    )
+  }
+  checks.push(
+    {
+      goal: `time to first token, ${r.model.promptTokens.p512}-token prompt: q8 kernels vs \`DECODER=graph\``,
+      target: `≥ ${G.ttft512OverGraph}x faster`,
+      measured: `${fmtX(ratio(graph?.ttft512Ms, q8?.ttft512Ms))} (${fmtMs(graph?.ttft512Ms)} → ${fmtMs(q8?.ttft512Ms)})`,
+      met: atLeast(ratio(graph?.ttft512Ms, q8?.ttft512Ms), G.ttft512OverGraph),
+    },
+    {
+      goal: `q4 prefill vs q8 (time to first token, ${r.model.promptTokens.p512} tokens)`,
+      target: 'no slower',
+      measured: `${fmtX(ratio(q8?.ttft512Ms, q4?.ttft512Ms))} (q4 ${fmtMs(q4?.ttft512Ms)}, q8 ${fmtMs(q8?.ttft512Ms)})`,
+      met: atLeast(ratio(q8?.ttft512Ms, q4?.ttft512Ms), G.q4PrefillOverQ8),
+    },
+    {
+      goal: 'sentiment with the cached prefix vs `DECODER=graph`',
+      target: `≤ ${G.sentimentCachedOverGraph}x the latency`,
+      measured: `${fmtX(ratio(q8?.sentimentCachedMs, graph?.sentimentCachedMs))} (${fmtMs(graph?.sentimentCachedMs)} → ${fmtMs(q8?.sentimentCachedMs)}; q4 ${fmtMs(q4?.sentimentCachedMs)})`,
+      met: atMost(
+        ratio(q8?.sentimentCachedMs, graph?.sentimentCachedMs),
+        G.sentimentCachedOverGraph,
+      ),
+    },
+  )
+  for (const [e, bytes] of [
+    [q8, r.packageWeightBytes?.q8],
+    [q4, r.packageWeightBytes?.q4],
+  ] as const) {
+    const x = ratio(e?.wasmAfterLoadBytes, bytes)
+    checks.push({
+      goal: `WASM memory after load vs the package’s weight bytes, ${e?.format ?? (bytes === r.packageWeightBytes?.q4 ? 'q4' : 'q8')}`,
+      target: `≤ ${G.wasmOverWeights}x`,
+      measured: `${fmtX(x)} (${fmtMiB(e?.wasmAfterLoadBytes)} for ${fmtMiB(bytes)})`,
+      met: atMost(x, G.wasmOverWeights),
+    })
+  }
+  checks.push(
+    {
+      goal: 'Deno serving the q4 package: peak RSS through load and 4 concurrent 128-token chats',
+      target: `< ${G.denoPeakMiB} MiB`,
+      measured: deno
+        ? `${fmtMiB(deno.peakRssBytes)} (after the chats ${fmtMiB(deno.rssAfterChatsBytes)})`
+        : '–',
+      met: deno ? deno.peakRssBytes < G.denoPeakMiB * MiB : undefined,
+    },
+    {
+      goal: 'Node serving the q4 package: peak RSS, the same run',
+      target: 'reported',
+      measured: node
+        ? `${fmtMiB(node.peakRssBytes)} (after the chats ${fmtMiB(node.rssAfterChatsBytes)})`
+        : '–',
+      met: node ? true : undefined,
+    },
+  )
+  return checks
+}
+
 /** The decode chart: every engine's tok/s and the bandwidth bound, with 40% of it marked. */
 export function decodeChartSvg(r: BenchResults): string {
   const bound = r.bandwidth.boundTokS
@@ -134,8 +262,8 @@ export function decodeChartSvg(r: BenchResults): string {
     .map((e) => ({
       label: e.label,
       value: e.decodeTokS!,
-      group: e.name === 'engine' ? 'ours' : 'peer',
-      note: `${pct(e.decodeTokS! / bound)} of bound`,
+      group: e.name.startsWith('engine') ? 'ours' : 'peer',
+      note: `${pct(e.decodeTokS! / boundOf(r, e))} of ${e.format === 'q4' ? 'q4 ' : ''}bound`,
     }))
   bars.push({
     label: 'bandwidth bound',
@@ -208,7 +336,7 @@ export function renderMarkdown(r: BenchResults): string {
     fmtMs(e.ttft512Ms),
   )
   metric(`**decode, tok/s** (${r.plan.decodeTokens} tokens)`, (e) => `**${fmtNum(e.decodeTokS)}**`)
-  metric('decode, % of bandwidth bound', (e) => pct((e.decodeTokS ?? NaN) / r.bandwidth.boundTokS))
+  metric('decode, % of bandwidth bound', (e) => pct((e.decodeTokS ?? NaN) / boundOf(r, e)))
   metric('sentiment, uncached instruction prefix', (e) => fmtMs(e.sentimentColdMs))
   metric('sentiment, cached instruction prefix', (e) => fmtMs(e.sentimentCachedMs))
   metric('peak RSS', (e) => fmtMiB(e.peakRssBytes))
@@ -241,13 +369,12 @@ export function renderMarkdown(r: BenchResults): string {
       ? '–'
       : `${fmtMs(e.sentimentDuringChatMs)} (${fmtMs(e.sentimentAloneMs)})`,
   )
-  metric('first 16 greedy tokens = engine’s', (e) =>
-    !e.firstIds || !eng?.firstIds
-      ? '–'
-      : e.firstIds.every((id, i) => id === eng.firstIds![i])
-        ? 'yes'
-        : `${e.firstIds.filter((id, i) => id === eng.firstIds![i]).length}/${e.firstIds.length}`,
-  )
+  metric('first 16 greedy tokens = the engine’s on the same format', (e) => {
+    const ref = byName(r, e.format === 'q4' ? 'engine-q4' : 'engine')
+    if (!e.firstIds || !ref?.firstIds) return '–'
+    const same = e.firstIds.filter((id, i) => id === ref.firstIds![i]).length
+    return same === e.firstIds.length ? 'yes' : `${same}/${e.firstIds.length}`
+  })
   L.push('')
   for (const e of engines) if (HOW[e.name]) L.push(`- **${e.label}**: ${HOW[e.name]}`)
   const notes = engines.flatMap((e) => (e.notes ?? []).map((n) => `${e.label}: ${n}`))
@@ -260,7 +387,10 @@ export function renderMarkdown(r: BenchResults): string {
 
   const b = r.bandwidth
   L.push(
-    `**Bandwidth bound**: copying a ${fmtMiB(b.bufferBytes)} buffer with \`TypedArray.set\` runs at ${(b.copyBytesPerS / 1e9).toFixed(1)} GB/s (best of ${b.rounds}); ÷ ${(r.model.weightBytesPerToken / 1e6).toFixed(0)} MB of weights per token = **${fmtNum(b.boundTokS)} tok/s** on one core.` +
+    `**Bandwidth bound**: copying a ${fmtMiB(b.bufferBytes)} buffer with \`TypedArray.set\` runs at ${(b.copyBytesPerS / 1e9).toFixed(1)} GB/s (best of ${b.rounds}); ÷ ${(r.model.weightBytesPerToken / 1e6).toFixed(0)} MB of weights per token = **${fmtNum(b.boundTokS)} tok/s** on one core` +
+      (r.packageWeightBytes?.q4
+        ? ` (q4: ÷ ${(r.packageWeightBytes.q4 / 1e6).toFixed(0)} MB, the q4 package's weights = **${fmtNum(b.copyBytesPerS / r.packageWeightBytes.q4)} tok/s**).`
+        : '.') +
       (r.engines.some((e) => (e.decodeTokS ?? 0) > b.boundTokS)
         ? ' A copy reads and writes every byte; a decode step only reads its weights, so it can stream them faster than the copy and land above 100% of this bound.'
         : ''),
@@ -299,6 +429,21 @@ export function renderMarkdown(r: BenchResults): string {
   row(['---', '---', '---', '---'])
   for (const g of checkGoals(r))
     row([g.goal, g.target, g.measured, g.met === undefined ? '–' : g.met ? 'yes' : '**no**'])
+  if (byName(r, 'engine-q4') || byName(r, 'engine-graph') || r.serve) {
+    L.push(
+      '',
+      '## Goals (issue #13: q4 in the kernels, one copy of the weights, 0.5B in 512 MB)',
+      '',
+      'Fidelity (KL and top-1 against fp32, with and without outlier channels) has its own tool and section below (`npm run bench:fidelity`).',
+      '',
+    )
+    row(['goal', 'target', 'measured', 'met'])
+    row(['---', '---', '---', '---'])
+    for (const g of checkQ4Goals(r))
+      row([g.goal, g.target, g.measured, g.met === undefined ? '–' : g.met ? 'yes' : '**no**'])
+  }
+  if (r.serve?.length) renderServe(r.serve, L)
+  if (r.kernels) renderKernels(r, L)
 
   if (eng?.extra) renderEngineDetails(eng, L)
   if (r.explore) renderExplore(r, L)
@@ -346,8 +491,75 @@ function decodeStepLine(d: EngineExtra['decodeStep']): string {
     d.headMs !== undefined ? `the lm_head in the engine's own WASM kernel ${d.headMs} ms` : ''
   const between = `between steps (sampling, detokenizing, scheduling) ${d.betweenStepsMs} ms`
   if (d.decoderMs !== undefined)
-    return `- **A decode step** (medians): in the engine's own WASM decoder (decoder.ts, every layer and the lm_head; onnxruntime runs the prefill) ${d.decoderMs} ms${head ? `, of which ${head}` : ''}; ${between}.`
+    return `- **A decode step** (medians): in the engine's own WASM decoder (decoder.ts, every layer and the lm_head) ${d.decoderMs} ms${head ? `, of which ${head}` : ''}; ${between}.`
   return `- **A decode step** (medians): \`session.run\` ${d.runMs} ms, the rest of \`forward()\` (feeds, outputs${head ? `, and ${head}` : ''}) ${d.forwardExtraMs} ms, ${between}.`
+}
+
+function renderServe(serve: ServeResult[], L: string[]) {
+  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  L.push(
+    '',
+    '## Serving the q4 package: resident memory of the server process',
+    '',
+    `A real server started as a user starts it, on the q4 package: \`/health\` polled until 200, then ${serve[0].chats} concurrent greedy chats of up to 128 tokens over HTTP (SSE read to the end). VmHWM and VmRSS of the server process (the node or deno binary under npm) from \`/proc\`, VmRSS also sampled every 100 ms to tell the load's peak from the chats'.`,
+    '',
+  )
+  row([
+    'runtime',
+    'command',
+    'load',
+    'peak RSS (VmHWM)',
+    'sampled peak: load / chats',
+    'RSS after load',
+    'RSS after the chats',
+    'tokens per chat',
+    '/health memory after',
+  ])
+  row(['---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---'])
+  for (const x of serve)
+    row([
+      x.runtime,
+      `\`${x.command}\``,
+      fmtMs(x.loadMs),
+      `**${fmtMiB(x.peakRssBytes)}**`,
+      `${fmtMiB(x.sampledPeakLoadBytes)} / ${fmtMiB(x.sampledPeakChatsBytes)}`,
+      fmtMiB(x.rssAfterLoadBytes),
+      fmtMiB(x.rssAfterChatsBytes),
+      x.tokensPerChat.join(', '),
+      Object.entries(x.health ?? {})
+        .filter(([, v]) => typeof v === 'number')
+        .map(([k, v]) => `${k} ${k.endsWith('bytes') ? fmtMiB(v as number) : v}`)
+        .join(', '),
+    ])
+}
+
+function renderKernels(r: BenchResults, L: string[]) {
+  const k = r.kernels!
+  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const variants = [...new Set(k.rows.map((x) => x.variant))]
+  L.push(
+    '',
+    '## The kernels alone (Qwen2.5-0.5B shapes)',
+    '',
+    `\`scripts/bench/kernels.ts\` in its own process, ${k.runtime}; relaxed SIMD usable there: ${k.relaxedUsable ? 'yes' : 'no'}. **Read bound**: a WASM SIMD loop reading 256 MiB runs at **${(k.readBytesPerS / 1e9).toFixed(1)} GB/s** (memcpy in the same process: ${(k.copyBytesPerS / 1e9).toFixed(1)} GB/s copied). Each kernel's weight bytes read per second (q4: 21 bytes per 32 weights; q8: a row's stride + 5 bytes; quant_b32: f32 bytes) and multiply-accumulates per second, best time of calls made in turns with its neighbours; n: activation rows of a decode batch, T: prompt rows of a prefill chunk.`,
+    '',
+  )
+  row(['kernel', ...variants.flatMap((v) => [`${v}: ms`, 'GB/s', '% of read bound', 'GMAC/s'])])
+  row(['---', ...variants.flatMap(() => ['---:', '---:', '---:', '---:'])])
+  for (const kernel of [...new Set(k.rows.map((x) => x.kernel))])
+    row([
+      `\`${kernel}\``,
+      ...variants.flatMap((v) => {
+        const x = k.rows.find((y) => y.kernel === kernel && y.variant === v)
+        if (!x) return ['–', '–', '–', '–']
+        return [
+          x.ms.toFixed(3),
+          (x.bytesPerS / 1e9).toFixed(1),
+          pct(x.bytesPerS / k.readBytesPerS),
+          x.macsPerS ? (x.macsPerS / 1e9).toFixed(1) : '–',
+        ]
+      }),
+    ])
 }
 
 function renderEngineDetails(eng: EngineResult, L: string[]) {

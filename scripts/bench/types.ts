@@ -25,12 +25,23 @@ export interface BenchPlan {
   sentimentText: string
   /** Weight bytes the graph reads per decode step (all initializers). */
   weightBytes: number
+  /** The q4 side (issue 13): the MatMulNBits export, its package, its accuracy_level 4 copy. */
+  q4?: {
+    modelDir: string
+    packageDir: string
+    /** The export with every MatMulNBits at accuracy_level 4 (onnxruntime-node's peer). */
+    acc4Dir: string
+  }
+  /** Weight bytes of each package's files (what the kernels hold): q8, and q4 when measured. */
+  packageWeightBytes: { q8: number; q4?: number }
 }
 
 /** One engine's numbers; a metric an engine cannot do is left out. */
 export interface EngineResult {
   name: string
   label: string
+  /** The weights it ran: the q8 export or package (default), or the q4 one. */
+  format?: 'q8' | 'q4'
   /** What it ran on: runtime, execution provider, threads, version. */
   backend: string
   loadMs?: number
@@ -128,4 +139,41 @@ export interface BandwidthResult {
   /** Bytes copied per second (TypedArray.set), best of `rounds`. */
   copyBytesPerS: number
   rounds: number
+}
+
+/** The engine's kernels alone at Qwen2.5-0.5B shapes (scripts/bench/kernels.ts). */
+export interface KernelsResult {
+  runtime: string
+  relaxedUsable: boolean
+  /** A WASM SIMD loop reading 256 MiB: what a decode step's weight stream can reach. */
+  readBytesPerS: number
+  copyBytesPerS: number
+  rows: Array<{
+    kernel: string
+    variant: 'simd128' | 'relaxed'
+    ms: number
+    /** Weight bytes read per second (quant_b32: f32 bytes). */
+    bytesPerS: number
+    macsPerS: number
+  }>
+}
+
+/** A server process serving a package through load and concurrent chats (measure-serve.ts). */
+export interface ServeResult {
+  runtime: 'node' | 'deno'
+  command: string
+  packageId: string
+  /** VmHWM of the server process (the runtime binary, not npm's wrapper). */
+  peakRssBytes: number
+  /** VmRSS once /health first answered 200. */
+  rssAfterLoadBytes: number
+  rssAfterChatsBytes: number
+  /** The peak seen by sampling VmRSS every 100 ms: while loading / while chatting. */
+  sampledPeakLoadBytes: number
+  sampledPeakChatsBytes: number
+  loadMs: number
+  chats: number
+  tokensPerChat: number[]
+  /** /health's memory fields after the chats (wasm_bytes and the like), as reported. */
+  health?: Record<string, unknown>
 }

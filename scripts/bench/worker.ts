@@ -12,15 +12,33 @@ import { progressLog } from './progress-log.ts'
 import type { BenchPlan } from './types.ts'
 
 export type WorkerKind =
-  'engine' | 'ort-web' | 'ort-node' | 'tjs-web' | 'tjs-node' | 'bandwidth' | `explore:${string}`
+  | 'engine'
+  | 'engine-q4'
+  | 'engine-q4-relaxed'
+  | 'engine-graph'
+  | 'ort-web'
+  | 'ort-node'
+  | 'ort-node-q4'
+  | 'tjs-web'
+  | 'tjs-node'
+  | 'bandwidth'
+  | 'kernels'
+  | `serve:${'node' | 'deno'}`
+  | `explore:${string}`
 
 async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
   const log = progressLog(kind)
   switch (kind) {
     case 'engine':
-      return (await import('./measure-engine.ts')).measureEngine(plan, log)
+    case 'engine-q4':
+    case 'engine-q4-relaxed':
+    case 'engine-graph': {
+      const { measureEngine, engineVariant } = await import('./measure-engine.ts')
+      return measureEngine(plan, log, engineVariant(kind, plan))
+    }
     case 'ort-web':
     case 'ort-node':
+    case 'ort-node-q4':
       return (await import('./measure-bare.ts')).measureBare(kind, plan, log)
     case 'tjs-web':
     case 'tjs-node':
@@ -31,6 +49,15 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
       )
     case 'bandwidth':
       return (await import('./measure-bandwidth.ts')).measureBandwidth(plan.quick ? 3 : 10)
+    case 'kernels':
+      return (await import('./kernels.ts')).measureKernels(plan.quick)
+    case 'serve:node':
+    case 'serve:deno':
+      return (await import('./measure-serve.ts')).measureServe(
+        kind === 'serve:node' ? 'node' : 'deno',
+        plan,
+        log,
+      )
     default:
       return (await import('./explore.ts')).explore(kind.slice('explore:'.length), plan, log)
   }

@@ -11,6 +11,7 @@
  * change are shared between the two (same objects, same raw_data views).
  */
 import {
+  attribute,
   AttributeType,
   DataType,
   initializer,
@@ -450,4 +451,16 @@ export function pruneInitializers(model: ModelProto): { model: ModelProto; remov
     },
     removed,
   }
+}
+
+/**
+ * Sets every MatMulNBits' `accuracy_level` (0: float activations; 4: int8 activations per
+ * block, onnxruntime's fastest CPU path). Unlike the rewrites above it changes `model` in place.
+ */
+export function setAccuracyLevel(model: ModelProto, level: number): void {
+  for (const n of model.graph?.node ?? [])
+    if (n.op_type === 'MatMulNBits') {
+      n.attribute = (n.attribute ?? []).filter((a) => a.name !== 'accuracy_level')
+      n.attribute.push(attribute('accuracy_level', level))
+    }
 }

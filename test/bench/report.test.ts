@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest'
 import {
+  boundOf,
   checkGoals,
+  checkQ4Goals,
   decodeChartSvg,
   keepSections,
   renderMarkdown,
@@ -107,12 +109,102 @@ describe('report', () => {
     const md = renderMarkdown(r)
     expect(md).toContain('| **decode, tok/s** (128 tokens) | **12.00** | **8.00** |')
     expect(md).toContain('| decode tok/s | 1.50x | 46% |')
-    expect(md).toContain('| first 16 greedy tokens = engine’s | yes | 2/3 |')
+    expect(md).toContain('| first 16 greedy tokens = the engine’s on the same format | yes | 2/3 |')
     expect(md).toContain('![decode tokens per second](bench/decode.svg)')
     expect(md).toContain('Test CPU, 2 cores')
     const svg = decodeChartSvg(r)
     expect(svg).toContain('transformers.js &lt;wasm&gt;')
     expect(svg).toContain('bandwidth bound')
+  })
+})
+
+describe('issue 13 goals', () => {
+  const MiB = 2 ** 20
+  const q8: EngineResult = {
+    ...engine,
+    format: 'q8',
+    decodeTokS: 10,
+    ttft512Ms: 3000,
+    sentimentCachedMs: 200,
+    wasmAfterLoadBytes: 500 * MiB,
+  }
+  const q4: EngineResult = {
+    name: 'engine-q4',
+    label: 'q4',
+    backend: 'kernels',
+    format: 'q4',
+    decodeTokS: 15,
+    ttft512Ms: 2900,
+    sentimentCachedMs: 190,
+    wasmAfterLoadBytes: 340 * MiB,
+    firstIds: [7, 8],
+  }
+  const graph: EngineResult = {
+    name: 'engine-graph',
+    label: 'graph',
+    backend: 'ort-web',
+    ttft512Ms: 5000,
+    sentimentCachedMs: 300,
+  }
+  const ortQ4: EngineResult = {
+    name: 'ort-node-q4',
+    label: 'ort q4',
+    backend: 'ort-node',
+    format: 'q4',
+    decodeTokS: 12,
+    firstIds: [7, 9],
+  }
+  const withServe = (engines: EngineResult[], denoPeakMiB: number): BenchResults => ({
+    ...results(engines),
+    packageWeightBytes: { q8: 480 * MiB, q4: 300 * MiB },
+    serve: (['node', 'deno'] as const).map((runtime) => ({
+      runtime,
+      command: 'npm start',
+      packageId: 'p',
+      peakRssBytes: denoPeakMiB * MiB,
+      rssAfterLoadBytes: 0,
+      rssAfterChatsBytes: 0,
+      sampledPeakLoadBytes: 0,
+      sampledPeakChatsBytes: 0,
+      loadMs: 1,
+      chats: 4,
+      tokensPerChat: [128, 128, 128, 128],
+    })),
+  })
+
+  it('checks each goal from the engines, packages and servers of one run', () => {
+    const goals = checkQ4Goals(withServe([q8, q4, graph, ortQ4], 500))
+    expect(goals.map((g) => [g.goal.slice(0, 24), g.met])).toEqual([
+      ['q4 decode (SIMD128) vs t', true], // 1.5x ≥ 1.4x
+      ['q4 decode (SIMD128) vs o', false], // 1.25x < 1.5x
+      ['time to first token, 512', false], // 1.67x < 2x
+      ['q4 prefill vs q8 (time t', true], // 2900 ≤ 3000
+      ['sentiment with the cache', false], // 0.67x > 0.5x
+      ['WASM memory after load v', true], // 500 / 480
+      ['WASM memory after load v', false], // 340 / 300 = 1.13x
+      ['Deno serving the q4 pack', false], // 500 MiB
+      ['Node serving the q4 pack', true],
+    ])
+    expect(goals[0].measured).toContain('1.50x')
+    expect(goals[6].measured).toContain('1.13x')
+    expect(checkQ4Goals(withServe([q8, q4, graph, ortQ4], 450))[7].met).toBe(true)
+  })
+
+  it('leaves a goal open when a side did not run', () => {
+    const goals = checkQ4Goals(results([q8]))
+    expect(goals.every((g) => g.met === undefined)).toBe(true)
+  })
+
+  it('bounds q4 decode by the q4 package’s bytes, and compares q4 ids with the q4 engine', () => {
+    const r = withServe([q8, q4, graph, ortQ4], 450)
+    expect(boundOf(r, q8)).toBe(26)
+    expect(boundOf(r, q4)).toBeCloseTo(13e9 / (300 * MiB), 6)
+    const md = renderMarkdown(r)
+    expect(md).toContain(
+      '| first 16 greedy tokens = the engine’s on the same format | yes | yes | – | 1/2 |',
+    )
+    expect(md).toContain('## Goals (issue #13')
+    expect(md).toContain('## Serving the q4 package')
   })
 })
 

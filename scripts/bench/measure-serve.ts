@@ -1,0 +1,171 @@
+/**
+ * A real server on the q4 package, as a user starts it (`npm start` / `npm run start:deno`):
+ * through its load and four concurrent 128-token chats over HTTP, the peak resident memory of
+ * the server process (the node or deno binary, not npm's wrapper), from /proc: VmHWM at the
+ * end, and VmRSS sampled every 100 ms to say whether the peak came in the load or the chats.
+ */
+import { spawn } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { resolve } from 'node:path'
+import type { BenchPlan, ServeResult } from './types.ts'
+
+const COMMANDS = { node: 'npm start', deno: 'npm run start:deno' } as const
+const CHATS = 4
+const TOKENS = 128
+
+function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const s = createServer()
+    s.once('error', fail)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => done(port))
+    })
+  })
+}
+
+/** kB fields of /proc/<pid>/status, in bytes (undefined once the process is gone). */
+function status(pid: number): Record<string, number> | undefined {
+  try {
+    const out: Record<string, number> = {}
+    for (const line of readFileSync(`/proc/${pid}/status`, 'utf8').split('\n')) {
+      const m = /^(Vm\w+):\s+(\d+) kB/.exec(line)
+      if (m) out[m[1]] = Number(m[2]) * 1024
+    }
+    return out
+  } catch {
+    return undefined
+  }
+}
+
+/** Every process below `root` (npm → sh → the runtime, or tsx's child node). */
+function descendants(root: number): number[] {
+  const children = new Map<number, number[]>()
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)])
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = []
+  for (let queue = [root]; queue.length;) {
+    const kids = children.get(queue.pop()!) ?? []
+    out.push(...kids)
+    queue.push(...kids)
+  }
+  return out
+}
+
+/** The server: of the processes below npm, the one holding the most memory. */
+function serverPid(root: number): number | undefined {
+  let best: [number, number] | undefined
+  for (const pid of descendants(root)) {
+    const rss = status(pid)?.VmRSS ?? 0
+    if (!best || rss > best[1]) best = [pid, rss]
+  }
+  return best?.[0]
+}
+
+/** Reads an SSE chat to its end; returns the completion tokens its `done` event reports. */
+async function chat(base: string, content: string): Promise<number> {
+  const res = await fetch(`${base}/v1/chat`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      messages: [{ role: 'user', content }],
+      max_tokens: TOKENS,
+      temperature: 0,
+      repetition_penalty: 1,
+    }),
+  })
+  if (res.status !== 200) throw new Error(`chat: HTTP ${res.status} ${await res.text()}`)
+  const text = await res.text()
+  const done = /event: done\ndata: (.*)\n/.exec(text)
+  if (!done) throw new Error(`chat: no done event in ${text.slice(-300)}`)
+  return JSON.parse(done[1]).usage.completion_tokens
+}
+
+export async function measureServe(
+  runtime: 'node' | 'deno',
+  plan: BenchPlan,
+  log: (line: string) => void,
+): Promise<ServeResult> {
+  if (!plan.q4) throw new Error('the plan has no q4 package')
+  const port = await freePort()
+  const base = `http://127.0.0.1:${port}`
+  const child = spawn('npm', ['run', '--silent', runtime === 'node' ? 'start' : 'start:deno'], {
+    env: {
+      ...process.env,
+      MODEL: resolve(plan.q4.packageDir),
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      NO_COLOR: '1',
+      DENO_NO_UPDATE_CHECK: '1',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+    detached: true, // its own process group, so the whole tree is stopped at the end
+  })
+  let pid: number | undefined
+  let peak = 0
+  let phase: 'load' | 'chats' = 'load'
+  const sampled = { load: 0, chats: 0 }
+  // the server is the process holding the most memory below npm (tsx starts node in a child)
+  const sampler = setInterval(() => {
+    const p = pid ?? serverPid(child.pid!)
+    const rss = p ? (status(p)?.VmRSS ?? 0) : 0
+    sampled[phase] = Math.max(sampled[phase], rss)
+  }, 100)
+  try {
+    const started = performance.now()
+    log(`${COMMANDS[runtime]}: loading ${plan.q4.packageDir}…`)
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`the server exited (${child.exitCode})`)
+      if (performance.now() - started > 10 * 60_000) throw new Error('no /health 200 in 10 min')
+      const ok = await fetch(`${base}/health`)
+        .then((r) => r.status === 200)
+        .catch(() => false)
+      if (ok) break
+      await new Promise((r) => setTimeout(r, 250))
+    }
+    const loadMs = performance.now() - started
+    pid = serverPid(child.pid!)
+    if (!pid) throw new Error('no server process found')
+    const rssAfterLoad = status(pid)!.VmRSS
+    phase = 'chats'
+    log(`${CHATS} concurrent ${TOKENS}-token chats…`)
+    const tokens = await Promise.all(
+      Array.from({ length: CHATS }, (_, i) =>
+        chat(base, `Question ${i + 1}: tell me a long story about the number ${i + 7}.`),
+      ),
+    )
+    const health = (await (await fetch(`${base}/health`)).json()) as Record<string, unknown>
+    const s = status(pid)!
+    peak = s.VmHWM
+    return {
+      runtime,
+      command: `MODEL=<q4 package> ${COMMANDS[runtime]}`,
+      packageId: plan.q4.packageDir.split('/').pop()!,
+      peakRssBytes: peak,
+      rssAfterLoadBytes: rssAfterLoad,
+      rssAfterChatsBytes: s.VmRSS,
+      sampledPeakLoadBytes: sampled.load,
+      sampledPeakChatsBytes: sampled.chats,
+      loadMs: Math.round(loadMs),
+      chats: CHATS,
+      tokensPerChat: tokens,
+      health: (health.memory as Record<string, unknown>) ?? {},
+    }
+  } finally {
+    clearInterval(sampler)
+    try {
+      process.kill(-child.pid!, 'SIGTERM')
+    } catch {
+      // already gone
+    }
+  }
+}
