@@ -56,6 +56,45 @@
           (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2)))))
         (f32.load (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))))))
 
+  ;; $store for row v and the 4 vectors j = 0..3 at once: the four horizontal sums by
+  ;; shuffles (exact in i32), then the same f32 operations in the same order, lane j for
+  ;; vector j, each result stored to out[j * ldo + v].
+  (func $store4
+    (param $a0 v128) (param $a1 v128) (param $a2 v128) (param $a3 v128) (param $v i32)
+    (param $zp i32) (param $scale i32) (param $sumx i32) (param $xscale i32)
+    (param $out i32) (param $ldo i32)
+    (local $f v128)
+    ;; [a0.0 + a0.1, a1.0 + a1.1, a0.2 + a0.3, a1.2 + a1.3], and the same of a2, a3
+    (local.set $a0 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $a0) (local.get $a1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $a0) (local.get $a1))))
+    (local.set $a2 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $a2) (local.get $a3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $a2) (local.get $a3))))
+    ;; lane j: the sum of aj
+    (local.set $a0 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a0) (local.get $a2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $a0) (local.get $a2))))
+    (local.set $f
+      (f32x4.mul
+        (f32x4.mul
+          (f32x4.sub
+            (f32x4.convert_i32x4_s (local.get $a0))
+            (f32x4.mul
+              (f32x4.splat (f32.convert_i32_s (i32.load8_s (i32.add (local.get $zp) (local.get $v)))))
+              (v128.load (local.get $sumx))))
+          (f32x4.splat (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2))))))
+        (v128.load (local.get $xscale))))
+    (local.set $out (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2))))
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
+    (v128.store32_lane 0 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 1 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 2 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 3 (local.get $out) (local.get $f)))
+
   ;; Rows [v0, v1) against `n` vectors at x (each `stride` int16), one vector at a time per
   ;; row: the row stays in L1 while the vectors are scored. 32 weights per inner iteration,
   ;; two accumulators.
@@ -179,22 +218,12 @@
                 (local.set $wk (i32.add (local.get $wk) (i32.const 8)))
                 (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
                 (br $pair)))
-            (call $store (local.get $c00) (i32.const 0) (local.get $v) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c01) (i32.const 1) (local.get $v) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c02) (i32.const 2) (local.get $v) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c03) (i32.const 3) (local.get $v) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c10) (i32.const 0) (i32.add (local.get $v) (i32.const 1)) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c11) (i32.const 1) (i32.add (local.get $v) (i32.const 1)) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c12) (i32.const 2) (i32.add (local.get $v) (i32.const 1)) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-            (call $store (local.get $c13) (i32.const 3) (i32.add (local.get $v) (i32.const 1)) (local.get $zp)
-              (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+            (call $store4 (local.get $c00) (local.get $c01) (local.get $c02) (local.get $c03)
+              (local.get $v) (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)
+              (local.get $out) (local.get $ldo))
+            (call $store4 (local.get $c10) (local.get $c11) (local.get $c12) (local.get $c13)
+              (i32.add (local.get $v) (i32.const 1)) (local.get $zp) (local.get $scale)
+              (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
             (local.set $v (i32.add (local.get $v) (i32.const 2)))
             (br $rows)))
         (local.set $a0 (v128.const i32x4 0 0 0 0))
@@ -234,14 +263,9 @@
                   (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x3))))))
             (local.set $k (i32.add (local.get $k) (i32.const 16)))
             (br $k_loop)))
-        (call $store (local.get $a0) (i32.const 0) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a1) (i32.const 1) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a2) (i32.const 2) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a3) (i32.const 3) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (call $store4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)
+          (local.get $v) (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)
+          (local.get $out) (local.get $ldo))
         (local.set $v (i32.add (local.get $v) (i32.const 1)))
         (br $rows)))
   )
@@ -1079,14 +1103,25 @@
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
         (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
         (br $groups)))
+    ;; $hsum of f0..f3 at once, lane j of f0 for fj: [f0.0 + f0.1, f1.0 + f1.1, f0.2 + f0.3,
+    ;; f1.2 + f1.3] (and f2, f3 in f2), then lane j (fj.0 + fj.1) + (fj.2 + fj.3)
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $f1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $f1))))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $f3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $f3))))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $f0) (local.get $f2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $f0) (local.get $f2))))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
+    (v128.store32_lane 0 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f1)))
+    (v128.store32_lane 1 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f2)))
+    (v128.store32_lane 2 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f3)))
+    (v128.store32_lane 3 (local.get $out) (local.get $f0))
   )
 
   ;; (f[0] + f[1]) + (f[2] + f[3])
