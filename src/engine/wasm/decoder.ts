@@ -87,6 +87,12 @@ const ROW_ALIGN = 32
 const MATRICES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const
 /** Activation rows a q4 product quantizes and multiplies at a time (a prefill chunk's rows). */
 const Q4_ROWS = 64
+/**
+ * Activation rows a q8 product quantizes and multiplies at a time: batches of more than 4 go
+ * through q8_gemm, which keeps a block of weight rows in cache for all of them (instead of
+ * reading the whole matrix once per 4 rows). Its int16 scratch is 2 · Q8_ROWS · stride bytes.
+ */
+const Q8_ROWS = 32
 
 /** The first `length` positions of a sequence. */
 export class ResidentCache implements KvCache {
@@ -127,8 +133,8 @@ export class Q8Decoder {
   private readonly q4Stride: number
   private readonly q4aAt: number
   private readonly outStride: number
-  /** Batch rows the scratch holds; larger batches run in slices. */
-  private readonly maxRows = 4
+  /** Batch rows the q8 activation scratch holds; larger batches run in slices. */
+  private readonly maxRows = Q8_ROWS
   private readonly invFreq: Float32Array
   /** KV caches and scratch, after the weights. */
   private readonly arena: KvArena
@@ -616,7 +622,8 @@ export class Q8Decoder {
       const args = [m.w, m.stride, m.zp, m.scale, 0, m.rows, this.xAt, this.sumAt, this.xScaleAt]
       const out = this.outAt + 4 * j0 * m.rows
       if (n === 4) k.rows4(...(args as RowsArgs), out, m.rows)
-      else k.rows(...(args as RowsArgs), n, out, m.rows)
+      else if (n < 4) k.rows(...(args as RowsArgs), n, out, m.rows)
+      else k.q8_gemm(...(args as RowsArgs), n, out, m.rows)
     }
     return this.view(this.outAt, b * m.rows)
   }
@@ -659,7 +666,7 @@ export class Q8Decoder {
    */
   private reserveScratch(b: number, n: number): void {
     if (b <= this.scratchRows && n <= this.scratchPositions) return
-    const rows = Math.max(b, this.scratchRows, this.maxRows)
+    const rows = Math.max(b, this.scratchRows, 4)
     const positions = Math.max(align(n, 256), this.scratchPositions)
     const { headDim: D, intermediate: I } = this.shape
     if (this.scratchBytes) this.arena.giveBack(this.outAt, this.scratchBytes)

@@ -191,6 +191,21 @@ describe('the decoder (tiny, q8)', () => {
     for (const c of [whole.cache, a.cache, b.cache, fromGraph.cache, stepped]) decoder.release(c)
   })
 
+  it('prefills a prompt longer than one q8 slice (32 rows a q8_gemm call) exactly as it steps it', async () => {
+    const long = [...PROMPT, ...PROMPT, ...PROMPT, 1, 2, 3] // 45 rows: slices of 32 and 13
+    let stepped: KvCache = fast.emptyCache()
+    let last = new Float32Array(0)
+    for (const id of long) {
+      const r = decoder.step([id], [stepped])[0]
+      last = r.logits.slice()
+      stepped = r.cache
+    }
+    const whole = decoder.prefill(long, fast.emptyCache(), 1)
+    expect(maxDiff(whole.logits, last)).toBe(0)
+    samePrefix(whole.cache, readNowCache(stepped))
+    for (const c of [whole.cache, stepped]) decoder.release(c)
+  })
+
   it('continues the graph prefill: the same greedy tokens as the graph decoding', async () => {
     const first = await graph.forward(PROMPT, graph.emptyCache(), 1)
     let a: KvCache = first.cache

@@ -56,6 +56,45 @@
           (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2)))))
         (f32.load (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))))))
 
+  ;; $store for row v and the 4 vectors j = 0..3 at once: the four horizontal sums by
+  ;; shuffles (exact in i32), then the same f32 operations in the same order, lane j for
+  ;; vector j, each result stored to out[j * ldo + v].
+  (func $store4
+    (param $a0 v128) (param $a1 v128) (param $a2 v128) (param $a3 v128) (param $v i32)
+    (param $zp i32) (param $scale i32) (param $sumx i32) (param $xscale i32)
+    (param $out i32) (param $ldo i32)
+    (local $f v128)
+    ;; [a0.0 + a0.1, a1.0 + a1.1, a0.2 + a0.3, a1.2 + a1.3], and the same of a2, a3
+    (local.set $a0 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $a0) (local.get $a1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $a0) (local.get $a1))))
+    (local.set $a2 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $a2) (local.get $a3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $a2) (local.get $a3))))
+    ;; lane j: the sum of aj
+    (local.set $a0 (i32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $a0) (local.get $a2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $a0) (local.get $a2))))
+    (local.set $f
+      (f32x4.mul
+        (f32x4.mul
+          (f32x4.sub
+            (f32x4.convert_i32x4_s (local.get $a0))
+            (f32x4.mul
+              (f32x4.splat (f32.convert_i32_s (i32.load8_s (i32.add (local.get $zp) (local.get $v)))))
+              (v128.load (local.get $sumx))))
+          (f32x4.splat (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2))))))
+        (v128.load (local.get $xscale))))
+    (local.set $out (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2))))
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
+    (v128.store32_lane 0 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 1 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 2 (local.get $out) (local.get $f))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 3 (local.get $out) (local.get $f)))
+
   ;; Rows [v0, v1) against `n` vectors at x (each `stride` int16), one vector at a time per
   ;; row: the row stays in L1 while the vectors are scored. 32 weights per inner iteration,
   ;; two accumulators.
@@ -118,23 +157,75 @@
         (br $rows)))
   )
 
-  ;; Rows [v0, v1) against exactly 4 vectors at x: each 16 weights are loaded and widened once
-  ;; for all four (about 1.2x faster than `rows` with n = 4: the batch is compute bound).
+  ;; Rows [v0, v1) against exactly 4 vectors at x, two rows at a time (a last odd row alone as
+  ;; before): per 8 weights of both rows, 2 widening loads (v128.load8x8_s), 4 activation loads
+  ;; each used for both rows, 8 dots into 8 accumulators (row i, vector j). 8 weights a step, not
+  ;; 16: TurboFan schedules row 0's dots before row 1's, so every activation vector of a step
+  ;; stays live until row 1 uses it; 16 a step spills accumulators (8 + 8 + 2 > 15 registers).
+  ;; About 1.15-1.2x the one-row loop below (scripts/bench/kernels.ts).
   (func $rows4 (export "rows4")
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32)
     (param $out i32) (param $ldo i32)
-    (local $v i32) (local $row i32) (local $k i32) (local $wk i32)
+    (local $v i32) (local $row i32) (local $k i32) (local $wk i32) (local $wr i32) (local $end i32)
     (local $x0 i32) (local $x1 i32) (local $x2 i32) (local $x3 i32) (local $step i32)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $lo v128) (local $hi v128) (local $wv v128)
+    (local $c00 v128) (local $c01 v128) (local $c02 v128) (local $c03 v128)
+    (local $c10 v128) (local $c11 v128) (local $c12 v128) (local $c13 v128)
+    (local $l0 v128) (local $l1 v128)
     (local.set $step (i32.shl (local.get $stride) (i32.const 1)))
     (local.set $v (local.get $v0))
     (block $done
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
+        (if (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1))
+          (then
+            (local.set $c00 (v128.const i32x4 0 0 0 0))
+            (local.set $c01 (v128.const i32x4 0 0 0 0))
+            (local.set $c02 (v128.const i32x4 0 0 0 0))
+            (local.set $c03 (v128.const i32x4 0 0 0 0))
+            (local.set $c10 (v128.const i32x4 0 0 0 0))
+            (local.set $c11 (v128.const i32x4 0 0 0 0))
+            (local.set $c12 (v128.const i32x4 0 0 0 0))
+            (local.set $c13 (v128.const i32x4 0 0 0 0))
+            (local.set $wk (local.get $row))
+            (local.set $end (i32.add (local.get $row) (local.get $stride)))
+            (local.set $x0 (local.get $x))
+            (block $pair_done
+              (loop $pair
+                (br_if $pair_done (i32.ge_u (local.get $wk) (local.get $end)))
+                (local.set $wr (i32.add (local.get $wk) (local.get $stride)))
+                (local.set $x1 (i32.add (local.get $x0) (local.get $step)))
+                (local.set $x2 (i32.add (local.get $x1) (local.get $step)))
+                (local.set $x3 (i32.add (local.get $x2) (local.get $step)))
+                (local.set $l0 (v128.load8x8_s (local.get $wk)))
+                (local.set $l1 (v128.load8x8_s (local.get $wr)))
+                (local.set $wv (v128.load (local.get $x0)))
+                (local.set $c00 (i32x4.add (local.get $c00) (i32x4.dot_i16x8_s (local.get $l0) (local.get $wv))))
+                (local.set $c10 (i32x4.add (local.get $c10) (i32x4.dot_i16x8_s (local.get $l1) (local.get $wv))))
+                (local.set $wv (v128.load (local.get $x1)))
+                (local.set $c01 (i32x4.add (local.get $c01) (i32x4.dot_i16x8_s (local.get $l0) (local.get $wv))))
+                (local.set $c11 (i32x4.add (local.get $c11) (i32x4.dot_i16x8_s (local.get $l1) (local.get $wv))))
+                (local.set $wv (v128.load (local.get $x2)))
+                (local.set $c02 (i32x4.add (local.get $c02) (i32x4.dot_i16x8_s (local.get $l0) (local.get $wv))))
+                (local.set $c12 (i32x4.add (local.get $c12) (i32x4.dot_i16x8_s (local.get $l1) (local.get $wv))))
+                (local.set $wv (v128.load (local.get $x3)))
+                (local.set $c03 (i32x4.add (local.get $c03) (i32x4.dot_i16x8_s (local.get $l0) (local.get $wv))))
+                (local.set $c13 (i32x4.add (local.get $c13) (i32x4.dot_i16x8_s (local.get $l1) (local.get $wv))))
+                (local.set $wk (i32.add (local.get $wk) (i32.const 8)))
+                (local.set $x0 (i32.add (local.get $x0) (i32.const 16)))
+                (br $pair)))
+            (call $store4 (local.get $c00) (local.get $c01) (local.get $c02) (local.get $c03)
+              (local.get $v) (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)
+              (local.get $out) (local.get $ldo))
+            (call $store4 (local.get $c10) (local.get $c11) (local.get $c12) (local.get $c13)
+              (i32.add (local.get $v) (i32.const 1)) (local.get $zp) (local.get $scale)
+              (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+            (local.set $v (i32.add (local.get $v) (i32.const 2)))
+            (br $rows)))
         (local.set $a0 (v128.const i32x4 0 0 0 0))
         (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0))
@@ -172,14 +263,9 @@
                   (i32x4.dot_i16x8_s (local.get $hi) (v128.load offset=16 (local.get $x3))))))
             (local.set $k (i32.add (local.get $k) (i32.const 16)))
             (br $k_loop)))
-        (call $store (local.get $a0) (i32.const 0) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a1) (i32.const 1) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a2) (i32.const 2) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
-        (call $store (local.get $a3) (i32.const 3) (local.get $v) (local.get $zp)
-          (local.get $scale) (local.get $sumx) (local.get $xscale) (local.get $out) (local.get $ldo))
+        (call $store4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)
+          (local.get $v) (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)
+          (local.get $out) (local.get $ldo))
         (local.set $v (i32.add (local.get $v) (i32.const 1)))
         (br $rows)))
   )
@@ -315,16 +401,16 @@
 
   ;; ---- q8 prefill ----
 
-  ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (at least 4 rows), each block
-  ;; scored by every tile of 4 activation rows (rows4) while it is in cache, then by the last
-  ;; t mod 4 (rows).
+  ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (an even number of rows, at
+  ;; least 4, so that rows4 scores them in pairs), each block scored by every tile of 4
+  ;; activation rows (rows4) while it is in cache, then by the last t mod 4 (rows).
   (func (export "q8_gemm")
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32) (param $t i32)
     (param $out i32) (param $ldo i32)
     (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32)
-    (local.set $rb (i32.div_u (i32.const 65536) (local.get $stride)))
+    (local.set $rb (i32.and (i32.div_u (i32.const 65536) (local.get $stride)) (i32.const -2)))
     (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
     (local.set $vb (local.get $v0))
     (block $done
@@ -1017,14 +1103,25 @@
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
         (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
         (br $groups)))
+    ;; $hsum of f0..f3 at once, lane j of f0 for fj: [f0.0 + f0.1, f1.0 + f1.1, f0.2 + f0.3,
+    ;; f1.2 + f1.3] (and f2, f3 in f2), then lane j (fj.0 + fj.1) + (fj.2 + fj.3)
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $f1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $f1))))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $f3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $f3))))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $f0) (local.get $f2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $f0) (local.get $f2))))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
+    (v128.store32_lane 0 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f1)))
+    (v128.store32_lane 1 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f2)))
+    (v128.store32_lane 2 (local.get $out) (local.get $f0))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f3)))
+    (v128.store32_lane 3 (local.get $out) (local.get $f0))
   )
 
   ;; (f[0] + f[1]) + (f[2] + f[3])

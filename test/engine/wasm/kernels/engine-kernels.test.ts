@@ -389,6 +389,46 @@ for (const variant of ISA_VARIANTS) {
       }
     })
 
+    it('q8_gemm and rows4: a sub-range of rows with odd ends (rows scored in pairs), nothing written outside it', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const k = 200 // stride 224: 292 rows a block, so the last block of [3, 1500) is odd
+      const n = 1500
+      const w = quantizeQ8Rows(randomRows(n, k, 5, 0), n, k)
+      for (const [t, v0, v1] of [
+        [4, 1, 8],
+        [4, 0, 1],
+        [7, 3, n],
+        [9, 2, 1499],
+      ]) {
+        const x = quantizeRows(randomRows(t, k, 13 * t), t, k, w.stride)
+        const a = new Arena(kernels)
+        const wa = placeQ8(a, w)
+        const xa = placeRows(a, x)
+        const ldo = n + 1
+        const out = a.take(4 * t * ldo)
+        const check = () => {
+          const got = a.f32(out, t * ldo)
+          for (let j = 0; j < t; j++)
+            for (let v = 0; v < ldo; v++) {
+              const y = got[j * ldo + v]
+              if (v < v0 || v >= v1) {
+                if (!Number.isNaN(y)) throw new Error(`wrote outside [${v0}, ${v1}): j ${j} v ${v}`)
+              } else if (!Object.is(y, q8RowDot(w, v, x, j)))
+                throw new Error(`j ${j} v ${v}: kernel ${y}, reference ${q8RowDot(w, v, x, j)}`)
+            }
+        }
+        const args = [wa.w, w.stride, wa.zp, wa.scale, v0, v1, xa.x, xa.sum, xa.scale] as const
+        new Float32Array(kernels.memory.buffer, out, t * ldo).fill(NaN)
+        kernels.q8_gemm(...args, t, out, ldo)
+        check()
+        if (t === 4) {
+          new Float32Array(kernels.memory.buffer, out, t * ldo).fill(NaN)
+          kernels.rows4(...args, out, ldo)
+          check()
+        }
+      }
+    })
+
     it('q8 extremes: weights ±128/127 against activations at the int16 limit', async () => {
       const { kernels } = await instantiateEngine(variant)
       const k = 896
