@@ -25,6 +25,7 @@ import {
 } from '../../format/index.ts'
 import { resolveDecoderWeights } from '../../format/index.ts'
 import type { LoadedPackage } from './model-package.ts'
+import type { TokenizerJson } from '../text/tokenizer-json.ts'
 import { Sha256, sha256Hex } from './sha256.ts'
 import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
@@ -99,9 +100,9 @@ export interface PackageHandle extends Omit<
   /** Every shard (or those `wanted` says), verified, to `sink`. */
   stream(sink: ShardSink, wanted?: ShardFilter): Promise<void>
   /**
-   * Lets go of the parsed tokenizer.json (tens of MB of JS objects for Qwen's 151k-token
-   * vocabulary) once the tokenizer is built, so it is not held while the weights arrive;
-   * `tokenizerJson` is then empty, here and in what `load` returns.
+   * Lets go of tokenizer.json (its 11 MB of bytes for Qwen) once the tokenizer is built, so it
+   * is not held while the weights arrive; `tokenizerJson` is then empty, here and in what
+   * `load` returns.
    */
   releaseTokenizerJson(): void
 }
@@ -169,7 +170,9 @@ export async function openPackage(
     id: manifest.id,
     config: manifest.config as Qwen2Config,
     generationConfig: manifest.generationConfig as GenerationConfig,
-    tokenizerJson: readSmall ? parseJsonObject(tokenizerJson, manifest.tokenizer.json.path) : {},
+    // bytes: QwenTokenizer reads them (text/tokenizer-json.ts) without the 100+ MB of heap a
+    // JSON.parse of Qwen's 11 MB file and the library's maps built from it went through
+    tokenizerJson: readSmall ? (tokenizerJson as TokenizerJson) : ({} as TokenizerJson),
     tokenizerConfig: readSmall
       ? parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path)
       : {},
