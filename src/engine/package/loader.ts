@@ -14,6 +14,7 @@
  * buffers once the session exists, or the weights stay in memory twice.
  */
 import { AppError, isAppError } from '../../core/errors.ts'
+import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   MANIFEST_FILE,
   packageKey,
@@ -231,24 +232,34 @@ export async function openPackage(
     // shard is garbage the collector frees late, and the runtime's allocator (glibc malloc under
     // Deno) keeps what it freed, so hundreds of MB of shards stayed in the process after a load.
     const largest = Math.max(0, ...big.flatMap((b) => b.entry.shards.map((s) => s.bytes)))
+    // They go back to the system when the stream ends, not at the next collection (which may
+    // come after the weights have filled the kernels' memory: the pool on top of them).
     const free: ArrayBuffer[] = []
-    await ctx.all(
-      order.flatMap((b) =>
-        shardsOf(b.entry)
-          .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
-          .map(({ shard, offset }) => async () => {
-            let buffer = free.pop() ?? new ArrayBuffer(largest)
-            try {
-              const bytes = await ctx.readInto(shard, new Uint8Array(buffer, 0, shard.bytes), true)
-              buffer = bytes.buffer
-              await sink(b.file, offset, bytes)
-            } finally {
-              // a read that failed may have taken the buffer with it (detached: no bytes left)
-              if (buffer.byteLength === largest) free.push(buffer)
-            }
-          }),
-      ),
-    )
+    try {
+      await ctx.all(
+        order.flatMap((b) =>
+          shardsOf(b.entry)
+            .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
+            .map(({ shard, offset }) => async () => {
+              let buffer = free.pop() ?? new ArrayBuffer(largest)
+              try {
+                const bytes = await ctx.readInto(
+                  shard,
+                  new Uint8Array(buffer, 0, shard.bytes),
+                  true,
+                )
+                buffer = bytes.buffer
+                await sink(b.file, offset, bytes)
+              } finally {
+                // a read that failed may have taken the buffer with it (detached: no bytes left)
+                if (buffer.byteLength === largest) free.push(buffer)
+              }
+            }),
+        ),
+      )
+    } finally {
+      for (const buffer of free.splice(0)) freeBuffer(buffer)
+    }
   }
 
   const handle: PackageHandle = {

@@ -30,6 +30,7 @@
  *   then the KV arena (grows; scratch takes blocks of it).
  */
 import { AppError } from '../../core/errors.ts'
+import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   packMatMulNBits,
   q4Blocks,
@@ -735,6 +736,8 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
     if (packed.kb !== m.kb) throw new AppError('model_invalid', 'q4 parts of different widths')
     mem.set(packed.data, at)
     at += packed.data.length
+    // a new buffer of the matrix's size (9 MB a layer at 0.5B): back now, not at a collection
+    freeBuffer(packed.data.buffer)
   }
 }
 
