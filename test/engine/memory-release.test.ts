@@ -15,6 +15,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { openPackage } from '../../src/engine/package/loader.ts'
+import { generateTokens, type StepModel } from '../../src/engine/serve/generate.ts'
+import type { StepResult } from '../../src/engine/forward.ts'
+import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { streamKernelModel } from '../../src/engine/wasm/kernel-loader.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { makeFakePackage, memorySource } from './package/fake-package.ts'
@@ -76,5 +79,43 @@ describe('the kernels (tiny q4, 8 KiB shards)', () => {
     const model = await streamKernelModel(await openPackage(fsSource(work), 'q4'))
     // each layer's matrices were repacked into a buffer of their size, then copied into place
     expect(sum(freed)).toBeGreaterThanOrEqual(model.decoder.weightBytes)
+  })
+
+  it('give each row of a decode step logits of its own, which the caller may free', async () => {
+    const model = await streamKernelModel(await openPackage(fsSource(work), 'q4'))
+    const a = await model.forward([1, 2, 3], model.emptyCache())
+    const b = await model.forward([4, 5], model.emptyCache())
+    const rows = await model.decode([7, 8], [a.cache, b.cache])
+    expect(rows[0].logits.buffer).not.toBe(rows[1].logits.buffer)
+    const second = rows[1].logits.slice()
+    model.releaseLogits(rows[0].logits)
+    expect(rows[0].logits.length).toBe(0)
+    expect(rows[1].logits).toEqual(second)
+  })
+})
+
+describe('generateTokens', () => {
+  it("hands each step's logits back once it has drawn from them, and the last at the end", async () => {
+    const made: Float32Array[] = []
+    const released: Float32Array[] = []
+    const model: StepModel = {
+      emptyCache: () => ({ length: 0, tensors: {} }),
+      async forward(ids: readonly number[], cache: KvCache): Promise<StepResult> {
+        const logits = new Float32Array(8)
+        logits[made.length % 8] = 1
+        made.push(logits)
+        return { logits, rows: 1, cache: { length: cache.length + ids.length, tensors: {} } }
+      },
+      releaseLogits: (logits) => released.push(logits),
+    }
+    const gen = generateTokens(model, (task) => task(), [1, 2], {
+      maxNewTokens: 5,
+      sampling: { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 },
+      rng: () => 0,
+      eosIds: new Set<number>(),
+      prefillChunk: 4,
+    })
+    for await (const _ of gen) expect(released).toEqual(made.slice(0, -1))
+    expect(released).toEqual(made)
   })
 })

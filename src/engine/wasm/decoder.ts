@@ -346,9 +346,9 @@ export class Q8Decoder {
   }
 
   /**
-   * One new token after each cache: the logits of each (`vocab` floats, views of one array)
-   * and the new caches. Caches from any source are accepted; ones this decoder made grow in
-   * place.
+   * One new token after each cache: the logits of each (`vocab` floats, each array with a
+   * buffer of its own, see `KernelModel.releaseLogits`) and the new caches. Caches from any
+   * source are accepted; ones this decoder made grow in place.
    */
   step(
     tokens: readonly number[],
@@ -361,12 +361,8 @@ export class Q8Decoder {
       head.embed(tokens),
       caches.map((cache) => ({ cache, count: 1 })),
     )
-    const logits = head.logits(run.hidden, b)
-    const vocab = head.vocab
-    return run.caches.map((cache, r) => ({
-      logits: logits.subarray(r * vocab, (r + 1) * vocab),
-      cache,
-    }))
+    const logits = head.logitRows(run.hidden, b)
+    return run.caches.map((cache, r) => ({ logits: logits[r], cache }))
   }
 
   /**
