@@ -61,6 +61,20 @@ describe('the package loader', () => {
     expect(buffers.size).toBe(3)
     expect([...buffers].map((b) => b.byteLength)).toEqual([0, 0, 0])
   })
+
+  it("reads as many files at once as the source asks, unless told (a folder's: 1)", async () => {
+    const pkg = makeFakePackage('fake', 200_000, 8192)
+    const one = Object.assign(memorySource(pkg.objects), { parallelReads: 1 })
+    await (await openPackage(one, pkg.id)).stream(() => {})
+    expect(one.maxInFlight).toBe(1)
+    const told = Object.assign(memorySource(pkg.objects), { parallelReads: 1 })
+    await (await openPackage(told, pkg.id, { concurrency: 3 })).stream(() => {})
+    expect(told.maxInFlight).toBe(3)
+    const plain = memorySource(pkg.objects)
+    await (await openPackage(plain, pkg.id)).stream(() => {})
+    expect(plain.maxInFlight).toBe(4)
+    expect(fsSource('.').parallelReads).toBe(1)
+  })
 })
 
 describe('the kernels (tiny q4, 8 KiB shards)', () => {

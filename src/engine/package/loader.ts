@@ -54,7 +54,10 @@ export interface LoadPackageOptions {
    * is empty.
    */
   smallFiles?: boolean
-  /** Files read at the same time; default 4. Use 1-2 inside a 128 MB Worker. */
+  /**
+   * Files read at the same time; default the source's `parallelReads`, else 4. Use 1-2 inside a
+   * 128 MB Worker.
+   */
   concurrency?: number
   /** Extra attempts after a transient failure; default 3. */
   retries?: number
@@ -291,7 +294,10 @@ class LoadContext {
   ) {
     this.retries = options.retries ?? DEFAULT_RETRIES
     this.retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
-    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY)
+    this.concurrency = Math.max(
+      1,
+      options.concurrency ?? source.parallelReads ?? DEFAULT_CONCURRENCY,
+    )
     options.signal?.addEventListener('abort', () => this.abort.abort(options.signal!.reason), {
       once: true,
     })
