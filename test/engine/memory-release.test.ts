@@ -19,6 +19,7 @@ import { generateTokens, type StepModel } from '../../src/engine/serve/generate.
 import type { StepResult } from '../../src/engine/forward.ts'
 import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { streamKernelModel } from '../../src/engine/wasm/kernel-loader.ts'
+import { KvArena } from '../../src/engine/wasm/kv-arena.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { makeFakePackage, memorySource } from './package/fake-package.ts'
 
@@ -105,6 +106,36 @@ describe('the kernels (tiny q4, 8 KiB shards)', () => {
     model.releaseLogits(rows[0].logits)
     expect(rows[0].logits.length).toBe(0)
     expect(rows[1].logits).toEqual(second)
+  })
+
+  it('take a new sequence its whole room at once: no move to a larger block midway', async () => {
+    const model = await streamKernelModel(await openPackage(fsSource(work), 'q4'))
+    const grow = vi.spyOn(KvArena.prototype, 'grow')
+    const released: Float32Array[] = []
+    const counting: StepModel = {
+      emptyCache: () => model.emptyCache(),
+      forward: (ids, cache, keep) => model.forward(ids, cache, keep),
+      releaseCache: (cache) => model.releaseCache(cache),
+      releaseLogits: (logits) => {
+        released.push(logits)
+        model.releaseLogits(logits)
+      },
+    }
+    const ids: number[] = []
+    const gen = generateTokens(counting, (task) => task(), [1, 2, 3, 4, 5], {
+      maxNewTokens: 200,
+      sampling: { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 },
+      rng: () => 0,
+      eosIds: new Set<number>(),
+      prefillChunk: 64,
+    })
+    for await (const id of gen) ids.push(id)
+    expect(ids).toHaveLength(200)
+    expect(grow).not.toHaveBeenCalled()
+    grow.mockRestore()
+    // every step's logits, the last included, went back once read
+    expect(released).toHaveLength(200)
+    expect(released.every((l) => l.length === 0)).toBe(true)
   })
 })
 

@@ -104,6 +104,8 @@ export async function* generateTokens(
   if (o.maxNewTokens <= 0) return 'length'
   if (start.length >= prompt.length) throw new Error('the start cache must leave a prompt token')
   const rest = start.length ? prompt.slice(start.length) : prompt
+  // a new sequence: room for all it may reach (KvCache.reserve)
+  if (start.length === 0) start = { ...start, reserve: prompt.length + o.maxNewTokens }
   const first = await prefill(model, run, rest, start, o.prefillChunk, o.signal)
   if (!first) return 'cancelled'
   let { logits, cache } = first

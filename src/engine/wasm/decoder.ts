@@ -572,7 +572,7 @@ export class Q8Decoder {
       copy.filled = cache.length
       return copy
     }
-    const s = this.arena.allocate(cache.length + 1)
+    const s = this.arena.allocate(Math.max(cache.length + 1, Math.min(cache.reserve ?? 0, 2 ** 20)))
     if (cache.length > 0) this.importKv(cache, s)
     s.filled = cache.length
     return s
