@@ -72,5 +72,10 @@ export interface ForwardModel {
   settled?(): Promise<void>
   /** A cache nothing will step or read again: memory it holds is given back now. */
   releaseCache(cache: KvCache): void
+  /**
+   * Logits this model returned (a `StepResult`'s, whole) that nothing will read again: their
+   * memory may go back now instead of at the next collection (the array is then empty).
+   */
+  releaseLogits?(logits: Float32Array): void
   release(): Promise<void>
 }

@@ -53,6 +53,8 @@ export function fsSource(root: string): ModelSource {
       }
     },
     describe: () => `folder ${base}`,
+    // a shard buffer per read in flight, for no gain: files are read faster than hashed
+    parallelReads: 1,
   }
 }
 

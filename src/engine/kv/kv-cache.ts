@@ -23,6 +23,13 @@ export interface KvCache {
    * whose KV lives in its stages). Absent: sliceKvCache copies the tensors.
    */
   slice?(length: number): KvCache
+  /**
+   * Positions the sequence stepped on from this cache may reach (a generation's prompt and the
+   * most tokens it may add): the decoder (wasm/kv-arena.ts) then takes a block of that size at
+   * once instead of moving to one twice as large midway, which leaves the smaller one's memory
+   * behind, touched. A hint; absent, the room grows as needed.
+   */
+  readonly reserve?: number
 }
 
 /** `cache` as a plain cache of its own tensors (see KvCache.detach). */

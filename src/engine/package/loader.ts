@@ -14,6 +14,7 @@
  * buffers once the session exists, or the weights stay in memory twice.
  */
 import { AppError, isAppError } from '../../core/errors.ts'
+import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   MANIFEST_FILE,
   packageKey,
@@ -25,6 +26,7 @@ import {
 } from '../../format/index.ts'
 import { resolveDecoderWeights } from '../../format/index.ts'
 import type { LoadedPackage } from './model-package.ts'
+import type { TokenizerJson } from '../text/tokenizer-json.ts'
 import { Sha256, sha256Hex } from './sha256.ts'
 import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
@@ -52,7 +54,10 @@ export interface LoadPackageOptions {
    * is empty.
    */
   smallFiles?: boolean
-  /** Files read at the same time; default 4. Use 1-2 inside a 128 MB Worker. */
+  /**
+   * Files read at the same time; default the source's `parallelReads`, else 4. Use 1-2 inside a
+   * 128 MB Worker.
+   */
   concurrency?: number
   /** Extra attempts after a transient failure; default 3. */
   retries?: number
@@ -99,9 +104,9 @@ export interface PackageHandle extends Omit<
   /** Every shard (or those `wanted` says), verified, to `sink`. */
   stream(sink: ShardSink, wanted?: ShardFilter): Promise<void>
   /**
-   * Lets go of the parsed tokenizer.json (tens of MB of JS objects for Qwen's 151k-token
-   * vocabulary) once the tokenizer is built, so it is not held while the weights arrive;
-   * `tokenizerJson` is then empty, here and in what `load` returns.
+   * Lets go of tokenizer.json (its 11 MB of bytes for Qwen) once the tokenizer is built, so it
+   * is not held while the weights arrive; `tokenizerJson` is then empty, here and in what
+   * `load` returns.
    */
   releaseTokenizerJson(): void
 }
@@ -169,7 +174,9 @@ export async function openPackage(
     id: manifest.id,
     config: manifest.config as Qwen2Config,
     generationConfig: manifest.generationConfig as GenerationConfig,
-    tokenizerJson: readSmall ? parseJsonObject(tokenizerJson, manifest.tokenizer.json.path) : {},
+    // bytes: QwenTokenizer reads them (text/tokenizer-json.ts) without the 100+ MB of heap a
+    // JSON.parse of Qwen's 11 MB file and the library's maps built from it went through
+    tokenizerJson: readSmall ? (tokenizerJson as TokenizerJson) : ({} as TokenizerJson),
     tokenizerConfig: readSmall
       ? parseJsonObject(tokenizerConfig, manifest.tokenizer.config.path)
       : {},
@@ -228,24 +235,34 @@ export async function openPackage(
     // shard is garbage the collector frees late, and the runtime's allocator (glibc malloc under
     // Deno) keeps what it freed, so hundreds of MB of shards stayed in the process after a load.
     const largest = Math.max(0, ...big.flatMap((b) => b.entry.shards.map((s) => s.bytes)))
+    // They go back to the system when the stream ends, not at the next collection (which may
+    // come after the weights have filled the kernels' memory: the pool on top of them).
     const free: ArrayBuffer[] = []
-    await ctx.all(
-      order.flatMap((b) =>
-        shardsOf(b.entry)
-          .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
-          .map(({ shard, offset }) => async () => {
-            let buffer = free.pop() ?? new ArrayBuffer(largest)
-            try {
-              const bytes = await ctx.readInto(shard, new Uint8Array(buffer, 0, shard.bytes), true)
-              buffer = bytes.buffer
-              await sink(b.file, offset, bytes)
-            } finally {
-              // a read that failed may have taken the buffer with it (detached: no bytes left)
-              if (buffer.byteLength === largest) free.push(buffer)
-            }
-          }),
-      ),
-    )
+    try {
+      await ctx.all(
+        order.flatMap((b) =>
+          shardsOf(b.entry)
+            .filter(({ shard, offset }) => !wanted || wanted(b.file, offset, shard.bytes))
+            .map(({ shard, offset }) => async () => {
+              let buffer = free.pop() ?? new ArrayBuffer(largest)
+              try {
+                const bytes = await ctx.readInto(
+                  shard,
+                  new Uint8Array(buffer, 0, shard.bytes),
+                  true,
+                )
+                buffer = bytes.buffer
+                await sink(b.file, offset, bytes)
+              } finally {
+                // a read that failed may have taken the buffer with it (detached: no bytes left)
+                if (buffer.byteLength === largest) free.push(buffer)
+              }
+            }),
+        ),
+      )
+    } finally {
+      for (const buffer of free.splice(0)) freeBuffer(buffer)
+    }
   }
 
   const handle: PackageHandle = {
@@ -277,7 +294,10 @@ class LoadContext {
   ) {
     this.retries = options.retries ?? DEFAULT_RETRIES
     this.retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
-    this.concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY)
+    this.concurrency = Math.max(
+      1,
+      options.concurrency ?? source.parallelReads ?? DEFAULT_CONCURRENCY,
+    )
     options.signal?.addEventListener('abort', () => this.abort.abort(options.signal!.reason), {
       once: true,
     })

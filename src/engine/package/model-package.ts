@@ -3,6 +3,7 @@
  * folder in tests and scripts, a model package from a folder, HTTP or R2 in the servers).
  */
 import type { DecoderWeights, GenerationConfig, Qwen2Config } from '../../format/index.ts'
+import type { TokenizerJson } from '../text/tokenizer-json.ts'
 import type { HeadWeights } from '../wasm/head.ts'
 
 export interface ExternalDataFile {
@@ -15,8 +16,11 @@ export interface LoadedPackage {
   id: string
   config: Qwen2Config
   generationConfig: GenerationConfig
-  /** Parsed tokenizer.json. */
-  tokenizerJson: Record<string, unknown>
+  /**
+   * tokenizer.json, parsed or as its bytes (a model package: the tokenizer reads them without
+   * parsing the vocabulary into JS objects, text/tokenizer-json.ts).
+   */
+  tokenizerJson: TokenizerJson
   /** Parsed tokenizer_config.json (holds `chat_template`). */
   tokenizerConfig: Record<string, unknown>
   /** The ONNX graph bytes (weights embedded or external). */

@@ -10,7 +10,7 @@ import type { KvCache } from '../kv/kv-cache.ts'
 
 /** What the loop needs of a model: lets tests script logits exactly. */
 export type StepModel = Pick<ForwardModel, 'forward' | 'emptyCache'> &
-  Partial<Pick<ForwardModel, 'releaseCache'>>
+  Partial<Pick<ForwardModel, 'releaseCache' | 'releaseLogits'>>
 
 /**
  * Runs one forward step when it is this generation's turn (Scheduler.step); a step whose
@@ -104,6 +104,8 @@ export async function* generateTokens(
   if (o.maxNewTokens <= 0) return 'length'
   if (start.length >= prompt.length) throw new Error('the start cache must leave a prompt token')
   const rest = start.length ? prompt.slice(start.length) : prompt
+  // a new sequence: room for all it may reach (KvCache.reserve)
+  if (start.length === 0) start = { ...start, reserve: prompt.length + o.maxNewTokens }
   const first = await prefill(model, run, rest, start, o.prefillChunk, o.signal)
   if (!first) return 'cancelled'
   let { logits, cache } = first
@@ -122,10 +124,15 @@ export async function* generateTokens(
       if (n + 1 >= o.maxNewTokens) return 'length'
       if (o.signal?.aborted) return 'cancelled'
       seen.add(next)
+      const used = logits
       ;({ logits, cache } = await decode(next, cache))
+      // read by pickToken and onSample only (which must not keep them): 600 KB a step at
+      // Qwen's vocabulary, given back now rather than when the collector gets to them
+      model.releaseLogits?.(used)
       fed.push(next)
     }
   } finally {
+    model.releaseLogits?.(logits)
     o.onEnd?.(cache, prompt.concat(fed))
     // the decoder's memory for the sequence (a kept turn was copied out by onEnd); also when no
     // decode step ran, so the batcher never saw a cache of this stream

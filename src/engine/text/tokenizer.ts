@@ -14,6 +14,11 @@ import { Template } from '@huggingface/jinja'
 import { Tokenizer } from '@huggingface/tokenizers'
 import { AppError } from '../../core/errors.ts'
 import type { ChatMessage } from '../types.ts'
+import {
+  readLeanTokenizerJson,
+  type LeanTokenizerJson,
+  type TokenizerJson,
+} from './tokenizer-json.ts'
 
 export class QwenTokenizer {
   private readonly tokenizer: Tokenizer
@@ -30,7 +35,18 @@ export class QwenTokenizer {
   private readonly addedPattern: RegExp
   private readonly addedIds: Map<string, { id: number; lstrip: boolean; rstrip: boolean }>
 
-  constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown>) {
+  constructor(json: TokenizerJson, tokenizerConfig: Record<string, unknown>) {
+    let lean: LeanTokenizerJson | undefined
+    let tokenizerJson: Record<string, unknown>
+    if (json instanceof Uint8Array) {
+      try {
+        lean = readLeanTokenizerJson(json)
+        tokenizerJson = lean?.json ?? parseObject(json)
+      } catch (err) {
+        if (err instanceof AppError) throw err
+        throw new AppError('model_invalid', 'tokenizer.json is not valid JSON', { cause: err })
+      }
+    } else tokenizerJson = json
     const decoder = tokenizerJson.decoder as { type?: string } | undefined
     if (decoder?.type !== 'ByteLevel') {
       throw new AppError(
@@ -39,6 +55,7 @@ export class QwenTokenizer {
       )
     }
     this.tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig)
+    if (lean) installLean(this.tokenizer, lean)
     releaseParsedJson(this.tokenizer)
     const source = tokenizerConfig.chat_template
     if (typeof source !== 'string' || source.length === 0) {
@@ -283,6 +300,41 @@ function releaseParsedJson(tokenizer: Tokenizer): void {
     lib.model.config = rest
   }
   lib.model.merges = undefined
+}
+
+/**
+ * The library was built from the file with an empty vocabulary and no merges: give its BPE model
+ * the maps read from the bytes, and add the added tokens to them as its constructor did.
+ */
+function installLean(tokenizer: Tokenizer, lean: LeanTokenizerJson): void {
+  const lib = tokenizer as unknown as {
+    added_tokens: { id: number; content: string }[]
+    model: {
+      tokens_to_ids: Map<string, number>
+      vocab: string[]
+      bpe_ranks?: Map<string, number>
+      unk_token?: string
+      unk_token_id?: number
+    }
+  }
+  const model = lib.model
+  if (!(model.bpe_ranks instanceof Map) || model.tokens_to_ids.size !== lib.added_tokens.length)
+    throw new AppError('internal', 'The tokenizer library does not build BPE models as expected')
+  model.tokens_to_ids = lean.tokensToIds
+  model.vocab = lean.vocab
+  model.bpe_ranks = lean.bpeRanks
+  model.unk_token_id = lean.tokensToIds.get(model.unk_token as string)
+  for (const t of lib.added_tokens) {
+    model.tokens_to_ids.set(t.content, t.id)
+    model.vocab[t.id] = t.content
+  }
+}
+
+function parseObject(bytes: Uint8Array): Record<string, unknown> {
+  const value: unknown = JSON.parse(new TextDecoder().decode(bytes))
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new AppError('model_invalid', 'tokenizer.json is not a JSON object')
+  return value as Record<string, unknown>
 }
 
 function escapeRegExp(s: string): string {

@@ -30,6 +30,7 @@
  *   then the KV arena (grows; scratch takes blocks of it).
  */
 import { AppError } from '../../core/errors.ts'
+import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   packMatMulNBits,
   q4Blocks,
@@ -351,9 +352,9 @@ export class Q8Decoder {
   }
 
   /**
-   * One new token after each cache: the logits of each (`vocab` floats, views of one array)
-   * and the new caches. Caches from any source are accepted; ones this decoder made grow in
-   * place.
+   * One new token after each cache: the logits of each (`vocab` floats, each array with a
+   * buffer of its own, see `KernelModel.releaseLogits`) and the new caches. Caches from any
+   * source are accepted; ones this decoder made grow in place.
    */
   step(
     tokens: readonly number[],
@@ -366,12 +367,8 @@ export class Q8Decoder {
       head.embed(tokens),
       caches.map((cache) => ({ cache, count: 1 })),
     )
-    const logits = head.logits(run.hidden, b)
-    const vocab = head.vocab
-    return run.caches.map((cache, r) => ({
-      logits: logits.subarray(r * vocab, (r + 1) * vocab),
-      cache,
-    }))
+    const logits = head.logitRows(run.hidden, b)
+    return run.caches.map((cache, r) => ({ logits: logits[r], cache }))
   }
 
   /**
@@ -581,7 +578,7 @@ export class Q8Decoder {
       copy.filled = cache.length
       return copy
     }
-    const s = this.arena.allocate(cache.length + 1)
+    const s = this.arena.allocate(Math.max(cache.length + 1, Math.min(cache.reserve ?? 0, 2 ** 20)))
     if (cache.length > 0) this.importKv(cache, s)
     s.filled = cache.length
     return s
@@ -742,6 +739,8 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
     if (packed.kb !== m.kb) throw new AppError('model_invalid', 'q4 parts of different widths')
     mem.set(packed.data, at)
     at += packed.data.length
+    // a new buffer of the matrix's size (9 MB a layer at 0.5B): back now, not at a collection
+    freeBuffer(packed.data.buffer)
   }
 }
 

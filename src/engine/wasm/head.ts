@@ -189,12 +189,31 @@ export class Q8Head {
    * `offset` floats in): a new [n, vocab] array. The weights are read once for all n.
    */
   logits(hidden: Float32Array, n: number, offset = 0): Float32Array {
+    this.compute(hidden, n, offset)
+    return new Float32Array(this.kernel.memory.buffer, this.outAt, n * this.vocab).slice()
+  }
+
+  /**
+   * `logits`, one array per row: each has a buffer of its own, which its caller may free
+   * (core/free-buffer.ts) when it is done with it, whatever the other rows' callers do.
+   */
+  logitRows(hidden: Float32Array, n: number, offset = 0): Float32Array[] {
+    this.compute(hidden, n, offset)
+    const { vocab, outAt } = this
+    const buf = this.kernel.memory.buffer
+    return Array.from({ length: n }, (_, r) =>
+      new Float32Array(buf, outAt + 4 * r * vocab, vocab).slice(),
+    )
+  }
+
+  /** The logits of `n` rows into the out area. */
+  private compute(hidden: Float32Array, n: number, offset: number): void {
     this.load(hidden, n, offset)
     const { vocab, stride, zpAt, scaleAt } = this
     const k = this.kernel
     if (this.format === 'q4-b32') {
       k.q4_gemv(0, this.kb, 0, vocab, this.xAt, n, this.outAt, vocab)
-      return new Float32Array(k.memory.buffer, this.outAt, n * vocab).slice()
+      return
     }
     let j = 0
     for (; j + 4 <= n && n > 1; j += 4) {
@@ -224,7 +243,6 @@ export class Q8Head {
         vocab,
       )
     }
-    return new Float32Array(k.memory.buffer, this.outAt, n * vocab).slice()
   }
 
   /** Logits of one hidden row at the vocabulary rows `ids` only (a label set): [ids.length]. */

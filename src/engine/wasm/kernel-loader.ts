@@ -6,6 +6,7 @@
  * and the few a layer spanning them keeps (a layer's matrices lie together in the data file).
  */
 import { AppError } from '../../core/errors.ts'
+import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   decoderLayerTensors,
   decoderTensorBytes,
@@ -98,10 +99,12 @@ export async function streamParts(
     for (const [l, layerRefs] of waiting) {
       if (!layerRefs.every((r) => pieces.has(r))) continue
       decoder!.writeLayer(l, resolveDecoderLayer(entry!.layers[l], l, pieces.bytes))
+      pieces.freeJoined()
       waiting.delete(l)
     }
     if (finalNorm && pieces.has(finalNorm)) {
       decoder!.writeFinalNorm(resolveDecoderFloats(finalNorm, 'finalNorm', pieces.bytes))
+      pieces.freeJoined()
       finalNorm = undefined
     }
     const needed = [...waiting.values()].flat().concat(finalNorm ? [finalNorm] : [])
@@ -141,6 +144,9 @@ class Pieces {
     return at >= end
   }
 
+  /** Copies made by `bytes` for tensors spanning pieces, until `freeJoined`. */
+  private joined: Uint8Array[] = []
+
   /** The tensor's bytes: a view of its piece, or a copy when it spans several. */
   readonly bytes = (ref: DecoderTensorRef): Uint8Array => {
     const length = decoderTensorBytes(ref)
@@ -155,7 +161,16 @@ class Pieces {
       const to = Math.min(ref.offset + length, p.offset + p.bytes.byteLength)
       if (from < to) out.set(p.bytes.subarray(from - p.offset, to - p.offset), from - ref.offset)
     }
+    this.joined.push(out)
     return out
+  }
+
+  /**
+   * Frees the copies `bytes` made, once what was resolved from them is written into the
+   * kernels (nothing else holds them): their memory goes back now, not at the next collection.
+   */
+  freeJoined(): void {
+    for (const out of this.joined.splice(0)) freeBuffer(out.buffer)
   }
 
   /**
@@ -175,7 +190,10 @@ class Pieces {
           from = Math.min(from, Math.max(r.offset, p.offset))
           to = Math.max(to, Math.min(rEnd, end))
         }
-        if (from >= to) continue
+        if (from >= to) {
+          if (!p.lent) freeBuffer(p.bytes.buffer) // a copy this class made: no one else has it
+          continue
+        }
         if (!p.lent) kept.push(p)
         else kept.push({ offset: from, bytes: p.bytes.slice(from - p.offset, to - p.offset) })
       }

@@ -5,6 +5,7 @@
  * buffers are free to go once the decoder has packed them. Needs a package whose decoder map
  * and head (with the tied embedding) cover the whole model.
  */
+import { freeBuffer } from '../../core/free-buffer.ts'
 import { qwen2Shape, type Qwen2Config } from '../../format/index.ts'
 import { modelShape, type ForwardModel, type ModelShape, type StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
@@ -77,6 +78,15 @@ export class KernelModel implements ForwardModel {
     return this.decoder
       .step(tokens, caches)
       .map((r) => ({ logits: r.logits, rows: 1, cache: r.cache }))
+  }
+
+  /**
+   * Every logits array this model returns is a new array of its own (the head copies the rows
+   * out of its memory), so a caller done with one may free it.
+   */
+  releaseLogits(logits: Float32Array): void {
+    if (logits.byteOffset === 0 && logits.byteLength === logits.buffer.byteLength)
+      freeBuffer(logits.buffer)
   }
 
   releaseCache(cache: KvCache): void {

@@ -19,6 +19,12 @@ export interface ModelSource {
   stream?(key: string): Promise<SourceObject | null>
   /** For error messages: `folder model-shards`, `https://cdn.example/models`, `R2 bucket`. */
   describe(): string
+  /**
+   * Reads worth running at once when the loader is not told (its `concurrency`); default 4.
+   * Each read in flight holds a shard buffer: a local folder says 1, as more reads at once only
+   * add buffers (a file read waits on no network, and the shards are hashed on one thread).
+   */
+  parallelReads?: number
 }
 
 export interface SourceObject {
