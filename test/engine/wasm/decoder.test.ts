@@ -160,15 +160,21 @@ describe('the decoder (tiny, q8)', () => {
     expect(worstOurs * 5).toBeLessThan(worstGraph)
   })
 
-  it('prefills a prompt in the kernels exactly as it steps it one token at a time', async () => {
-    // one token at a time: each step's row is the prefill's row at that position
+  /** `ids` stepped one token at a time: the last cache and the last step's logits. */
+  const stepEach = (ids: readonly number[]) => {
     let stepped: KvCache = fast.emptyCache()
     let last = new Float32Array(0)
-    for (const id of PROMPT) {
+    for (const id of ids) {
       const r = decoder.step([id], [stepped])[0]
       last = r.logits.slice()
       stepped = r.cache
     }
+    return { stepped, last }
+  }
+
+  it('prefills a prompt in the kernels exactly as it steps it one token at a time', async () => {
+    // one token at a time: each step's row is the prefill's row at that position
+    const { stepped, last } = stepEach(PROMPT)
     const whole = decoder.prefill(PROMPT, fast.emptyCache(), 1)
     expect(whole.rows).toBe(1)
     expect(maxDiff(whole.logits, last)).toBe(0) // rows do not depend on their neighbours
@@ -193,13 +199,7 @@ describe('the decoder (tiny, q8)', () => {
 
   it('prefills a prompt longer than one q8 slice (32 rows a q8_gemm call) exactly as it steps it', async () => {
     const long = [...PROMPT, ...PROMPT, ...PROMPT, 1, 2, 3] // 45 rows: slices of 32 and 13
-    let stepped: KvCache = fast.emptyCache()
-    let last = new Float32Array(0)
-    for (const id of long) {
-      const r = decoder.step([id], [stepped])[0]
-      last = r.logits.slice()
-      stepped = r.cache
-    }
+    const { stepped, last } = stepEach(long)
     const whole = decoder.prefill(long, fast.emptyCache(), 1)
     expect(maxDiff(whole.logits, last)).toBe(0)
     samePrefix(whole.cache, readNowCache(stepped))
