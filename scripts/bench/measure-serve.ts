@@ -4,26 +4,14 @@
  * the server process (the node or deno binary, not npm's wrapper), from /proc: VmHWM at the
  * end, and VmRSS sampled every 100 ms to say whether the peak came in the load or the chats.
  */
-import { spawn } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { resolve } from 'node:path'
+import { freePort, startServer, type ServerProcess } from '../../test/runtimes/servers.ts'
 import type { BenchPlan, ServeResult } from './types.ts'
 
 const COMMANDS = { node: 'npm start', deno: 'npm run start:deno' } as const
 const CHATS = 4
 const TOKENS = 128
-
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const s = createServer()
-    s.once('error', fail)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => done(port))
-    })
-  })
-}
 
 /** kB fields of /proc/<pid>/status, in bytes (undefined once the process is gone). */
 function status(pid: number): Record<string, number> | undefined {
@@ -97,43 +85,37 @@ export async function measureServe(
 ): Promise<ServeResult> {
   if (!plan.q4) throw new Error('the plan has no q4 package')
   const port = await freePort()
-  const base = `http://127.0.0.1:${port}`
-  const child = spawn('npm', ['run', '--silent', runtime === 'node' ? 'start' : 'start:deno'], {
-    env: {
-      ...process.env,
-      MODEL: resolve(plan.q4.packageDir),
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      NO_COLOR: '1',
-      DENO_NO_UPDATE_CHECK: '1',
-    },
-    stdio: ['ignore', 'ignore', 'inherit'],
-    detached: true, // its own process group, so the whole tree is stopped at the end
-  })
   let pid: number | undefined
-  let peak = 0
   let phase: 'load' | 'chats' = 'load'
   const sampled = { load: 0, chats: 0 }
-  // the server is the process holding the most memory below npm (tsx starts node in a child)
+  // the server is the process holding the most memory below this one (npm → the runtime)
   const sampler = setInterval(() => {
-    const p = pid ?? serverPid(child.pid!)
+    const p = pid ?? serverPid(process.pid)
     const rss = p ? (status(p)?.VmRSS ?? 0) : 0
     sampled[phase] = Math.max(sampled[phase], rss)
   }, 100)
+  let server: ServerProcess | undefined
   try {
     const started = performance.now()
     log(`${COMMANDS[runtime]}: loading ${plan.q4.packageDir}…`)
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`the server exited (${child.exitCode})`)
-      if (performance.now() - started > 10 * 60_000) throw new Error('no /health 200 in 10 min')
-      const ok = await fetch(`${base}/health`)
-        .then((r) => r.status === 200)
-        .catch(() => false)
-      if (ok) break
-      await new Promise((r) => setTimeout(r, 250))
-    }
+    server = await startServer({
+      name: COMMANDS[runtime],
+      command: 'npm',
+      args: ['run', '--silent', runtime === 'node' ? 'start' : 'start:deno'],
+      cwd: process.cwd(),
+      env: {
+        MODEL: resolve(plan.q4.packageDir),
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        NO_COLOR: '1',
+        DENO_NO_UPDATE_CHECK: '1',
+      },
+      port,
+      readyTimeoutMs: 10 * 60_000,
+    })
+    const base = server.base
     const loadMs = performance.now() - started
-    pid = serverPid(child.pid!)
+    pid = serverPid(server.pid)
     if (!pid) throw new Error('no server process found')
     const rssAfterLoad = status(pid)!.VmRSS
     phase = 'chats'
@@ -145,12 +127,11 @@ export async function measureServe(
     )
     const health = (await (await fetch(`${base}/health`)).json()) as Record<string, unknown>
     const s = status(pid)!
-    peak = s.VmHWM
     return {
       runtime,
       command: `MODEL=<q4 package> ${COMMANDS[runtime]}`,
       packageId: plan.q4.packageDir.split('/').pop()!,
-      peakRssBytes: peak,
+      peakRssBytes: s.VmHWM,
       rssAfterLoadBytes: rssAfterLoad,
       rssAfterChatsBytes: s.VmRSS,
       sampledPeakLoadBytes: sampled.load,
@@ -162,10 +143,6 @@ export async function measureServe(
     }
   } finally {
     clearInterval(sampler)
-    try {
-      process.kill(-child.pid!, 'SIGTERM')
-    } catch {
-      // already gone
-    }
+    await server?.stop()
   }
 }
