@@ -128,6 +128,8 @@ export class QwenEngine implements Engine {
     this.turns = new TurnCache({
       maxTokens: options.kvReuseTokens ?? 4096,
       minReuse: MIN_KV_REUSE,
+      // prompts that run in the decoder start from a fork of a turn kept in its memory
+      resident: model.paths.prefill === 'decoder',
     })
     this.classifier = new LabelClassifier(model, tokenizer, run, {
       prefillChunk: this.prefillChunk,
@@ -190,7 +192,10 @@ export class QwenEngine implements Engine {
       queuedTokens: this.scheduler.queuedTokens,
       memory: {
         wasmBytes: wasmMemoryBytes(),
-        ...(this.model.decoder && { kvSequences: this.model.decoder.sequences }),
+        ...(this.model.decoder && {
+          kvSequences: this.model.decoder.sequences,
+          turnCacheResident: this.model.decoder.keptSequences,
+        }),
         ...(stages && {
           kvSequences: Math.max(0, ...stages.map((s) => s.sequences ?? 0)),
         }),
@@ -334,7 +339,9 @@ export class QwenEngine implements Engine {
     // both change q8 numbers in the last digits, see batcher.ts).
     const reproducible = options.seed !== undefined
     const stream = this.batcher.open(reproducible)
-    const reuse = reproducible ? undefined : this.turns.lookup(prompt)
+    const reuse = reproducible
+      ? undefined
+      : this.turns.lookup(prompt, prompt.length + options.maxNewTokens)
     cachedTokens = reuse?.reused ?? 0
     // entries of tokens whose text has not come out yet (see ChatEvent)
     let pending: TokenLogprob[] = []

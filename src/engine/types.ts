@@ -112,8 +112,10 @@ export interface EngineStats {
   memory?: {
     /** Every WASM memory: onnxruntime-web's heap and the engine's kernels (never shrinks). */
     wasmBytes: number
-    /** Sequences holding KV cache memory in the engine's decoder. */
+    /** Streams' sequences holding KV cache memory in the engine's decoder. */
     kvSequences?: number
+    /** Turn cache entries kept in the decoder's memory rather than copied out (turn-cache.ts). */
+    turnCacheResident?: number
     /** Tokens of KV cache kept across chat turns (bounded by KV_REUSE_TOKENS). */
     turnCacheTokens: number
   }

@@ -53,6 +53,9 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(runtime.rssBytes !== undefined && { rss_bytes: runtime.rssBytes }),
             ...(memory.kvSequences !== undefined && { kv_sequences: memory.kvSequences }),
             turn_cache_tokens: memory.turnCacheTokens,
+            ...(memory.turnCacheResident !== undefined && {
+              turn_cache_resident: memory.turnCacheResident,
+            }),
           },
         }),
         ...(decode && {

@@ -30,6 +30,24 @@ export interface KvCache {
    * behind, touched. A hint; absent, the room grows as needed.
    */
   readonly reserve?: number
+  /**
+   * Keeps this cache past its stream's end without copying it out (turn-cache.ts): the decoder
+   * holds its sequence in its memory, fitted to its length, until the kept cache's `dispose`.
+   * Only the newest cache of a sequence can be kept; undefined otherwise (keep a detached copy).
+   */
+  keep?(): KeptKvCache | undefined
+}
+
+/**
+ * A cache kept resident (KvCache.keep): whoever holds it hands out forks, never the cache itself
+ * (a fork is a sequence of its own, so giving the kept one back cannot pull memory from under a
+ * stream that started from it), and disposes of it when it drops it.
+ */
+export interface KeptKvCache extends KvCache {
+  /** A new sequence holding the first `length` positions, with room for `reserve` in all. */
+  fork(length: number, reserve?: number): KvCache
+  /** Gives the memory back; the cache must not be used again. */
+  dispose(): void
 }
 
 /** `cache` as a plain cache of its own tensors (see KvCache.detach). */

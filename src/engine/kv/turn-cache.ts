@@ -5,8 +5,13 @@
  * Entries are few (a memory budget of tokens, ~24 KiB each on the 0.5B model), so lookup is a
  * linear scan comparing token arrays. Caches are immutable (see model.ts): an entry matched in
  * full is handed out as is; a partial match is a sliced copy, so the entry itself stays valid.
+ *
+ * With `resident`, an entry is the decoder's own memory of the finished stream (KvCache.keep),
+ * not a copy of it in JS: nothing is copied when a turn ends, and a hit is a fork inside the
+ * decoder's memory (one copy there, as a plain entry's tensors are copied in). Entries that
+ * cannot be kept (a pipeline's, the graph's) are detached copies as before.
  */
-import { detachKvCache, sliceKvCache, type KvCache } from './kv-cache.ts'
+import { detachKvCache, sliceKvCache, type KeptKvCache, type KvCache } from './kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
 export interface TurnCacheOptions {
@@ -17,6 +22,11 @@ export interface TurnCacheOptions {
   maxTokens: number
   /** Reuse only when at least this many leading tokens match (below it a prefill is cheap). */
   minReuse: number
+  /**
+   * Keep finished turns where they are (KvCache.keep) instead of copying them out: for a model
+   * whose prompts run in the decoder, which can start a prompt from a fork of its own memory.
+   */
+  resident?: boolean
 }
 
 export interface TurnCacheHit {
@@ -28,7 +38,8 @@ export interface TurnCacheHit {
 interface Entry {
   /** A private copy of the stored ids; `cache.length === ids.length`. */
   readonly ids: readonly number[]
-  readonly cache: KvCache
+  /** Its own tensors, or kept resident (then only forks of it are handed out). */
+  readonly cache: KvCache | KeptKvCache
 }
 
 export class TurnCache {
@@ -38,10 +49,12 @@ export class TurnCache {
   private total = 0
   private readonly maxTokens: number
   private readonly minReuse: number
+  private readonly resident: boolean
 
   constructor(options: TurnCacheOptions) {
     this.maxTokens = Math.max(0, options.maxTokens)
     this.minReuse = Math.max(1, options.minReuse) // reusing 0 tokens is a miss
+    this.resident = options.resident ?? false
   }
 
   /** Entries held. */
@@ -57,10 +70,11 @@ export class TurnCache {
   /**
    * The longest common prefix of `ids` with any entry, capped at `ids.length - 1` (the caller
    * must still run at least one token to get logits); undefined below `minReuse`. A match
-   * covering a whole entry shares its tensors; a shorter one is a sliced copy. The entry
-   * becomes the most recently used.
+   * covering a whole entry shares its tensors; a shorter one is a sliced copy; a resident entry
+   * gives a fork with room for `reserve` positions (the prompt and the most it may add). The
+   * entry becomes the most recently used.
    */
-  lookup(ids: readonly number[]): TurnCacheHit | undefined {
+  lookup(ids: readonly number[], reserve?: number): TurnCacheHit | undefined {
     const cap = ids.length - 1
     let best = -1
     let reused = 0
@@ -84,7 +98,11 @@ export class TurnCache {
     this.entries.push(entry)
     this.stats.hits++
     this.stats.reusedTokens += reused
-    const cache = reused === entry.cache.length ? entry.cache : sliceKvCache(entry.cache, reused)
+    const cache = isKept(entry.cache)
+      ? entry.cache.fork(reused, reserve)
+      : reused === entry.cache.length
+        ? entry.cache
+        : sliceKvCache(entry.cache, reused)
     return { cache, reused }
   }
 
@@ -100,19 +118,31 @@ export class TurnCache {
     if (ids.length === 0 || ids.length > this.maxTokens) return
     this.entries = this.entries.filter((entry) => {
       if (!isPrefix(entry.ids, ids)) return true
-      this.total -= entry.ids.length
+      this.drop(entry)
       return false
     })
-    // a cache left by a batched run would keep the whole batch's tensors alive
-    this.entries.push({ ids: ids.slice(), cache: detachKvCache(cache) })
+    // a cache left by a batched run would keep the whole batch's tensors alive; a decoder's
+    // lives in its memory, kept there or copied out
+    const own = (this.resident && cache.keep?.()) || detachKvCache(cache)
+    this.entries.push({ ids: ids.slice(), cache: own })
     this.total += ids.length
-    while (this.total > this.maxTokens) this.total -= this.entries.shift()!.ids.length
+    while (this.total > this.maxTokens) this.drop(this.entries.shift()!)
   }
 
   clear(): void {
+    for (const entry of this.entries) this.drop(entry)
     this.entries = []
-    this.total = 0
   }
+
+  /** Gives a removed entry's memory back (a resident one's at once; a copy's to the collector). */
+  private drop(entry: Entry): void {
+    this.total -= entry.ids.length
+    if (isKept(entry.cache)) entry.cache.dispose()
+  }
+}
+
+function isKept(cache: KvCache): cache is KeptKvCache {
+  return 'dispose' in cache && 'fork' in cache
 }
 
 function isPrefix(prefix: readonly number[], ids: readonly number[]): boolean {

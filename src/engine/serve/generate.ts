@@ -40,7 +40,7 @@ export interface DecodeOptions {
   /**
    * Called once when the loop ends (any reason, after the prefill) with the last cache and the
    * ids it holds: the prompt and every generated token that was fed back (turn-cache.ts). The
-   * cache is released right after: keep a detached copy.
+   * cache is released right after: keep a detached copy, or the cache itself (KvCache.keep).
    */
   onEnd?: (cache: KvCache, ids: number[]) => void
 }
@@ -134,7 +134,7 @@ export async function* generateTokens(
   } finally {
     model.releaseLogits?.(logits)
     o.onEnd?.(cache, prompt.concat(fed))
-    // the decoder's memory for the sequence (a kept turn was copied out by onEnd); also when no
+    // the decoder's memory for the sequence (unless onEnd kept it); also when no
     // decode step ran, so the batcher never saw a cache of this stream
     model.releaseCache?.(cache)
   }

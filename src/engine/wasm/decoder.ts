@@ -45,7 +45,7 @@ import {
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
-import type { KvCache } from '../kv/kv-cache.ts'
+import type { KeptKvCache, KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
 /** The model's shape as the decoder layers need it (the vocabulary is the head's). */
@@ -112,6 +112,29 @@ export class ResidentCache implements KvCache {
 
   detach(): KvCache {
     return { length: this.length, tensors: this.tensors }
+  }
+
+  keep(): KeptCache | undefined {
+    return this.decoder.keep(this)
+  }
+}
+
+/**
+ * A finished stream's cache kept in the decoder's memory (KvCache.keep): its sequence, fitted
+ * to its length. Steps never extend it in place (they fork), releases of its stream's caches
+ * leave it be, and `dispose` gives it back.
+ */
+export class KeptCache extends ResidentCache implements KeptKvCache {
+  fork(length: number, reserve?: number): ResidentCache {
+    return this.decoder.copy(this, length, reserve)
+  }
+
+  dispose(): void {
+    this.decoder.arenaRelease(this.sequence)
+  }
+
+  override keep(): undefined {
+    return undefined
   }
 }
 
@@ -520,21 +543,41 @@ export class Q8Decoder {
    * A sequence of its own holding the first `length` positions of `cache` (one this decoder
    * made): what a pipeline stage keeps when the front forks a sequence.
    */
-  copy(cache: KvCache, length: number): ResidentCache {
+  copy(cache: KvCache, length: number, reserve = 0): ResidentCache {
     if (!(cache instanceof ResidentCache) || cache.sequence.arena !== this.arena)
       throw new Error('copy: not a cache of this decoder')
     if (!(length >= 0 && length <= cache.length)) throw new Error(`copy: bad length ${length}`)
     if (cache.sequence.freed) throw new AppError('internal', 'A released KV cache was copied')
-    const s = this.arena.allocate(length + 1)
+    const s = this.allocate({ length, reserve })
     this.arena.copyPositions(cache.sequence, s, length)
     s.filled = length
     return new ResidentCache(length, s, this)
   }
 
-  /** Gives a cache's sequence memory back now (its stream ended); later reads of it throw. */
+  /**
+   * Keeps `cache` past its stream's end without copying it out (KvCache.keep): only the newest
+   * cache of a sequence nothing else keeps; undefined for any other.
+   */
+  keep(cache: ResidentCache): KeptCache | undefined {
+    const s = cache.sequence
+    if (s.arena !== this.arena || s.freed || s.kept || s.busy || s.filled !== cache.length)
+      return undefined
+    this.arena.keep(s)
+    return new KeptCache(cache.length, s, this)
+  }
+
+  /**
+   * Gives a cache's sequence memory back now (its stream ended); later reads of it throw. A
+   * kept sequence stays until its keeper disposes of it.
+   */
   release(cache: KvCache): void {
     if (!(cache instanceof ResidentCache) || cache.sequence.arena !== this.arena) return
-    this.arena.release(cache.sequence)
+    if (!cache.sequence.kept) this.arena.release(cache.sequence)
+  }
+
+  /** Gives `s` back whatever holds it (KeptCache.dispose). */
+  arenaRelease(s: KvSequence): void {
+    this.arena.release(s)
   }
 
   /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
@@ -568,20 +611,31 @@ export class Q8Decoder {
     if (cache instanceof ResidentCache && cache.sequence.arena === this.arena) {
       const s = cache.sequence
       if (s.freed) throw new AppError('internal', 'A released KV cache was stepped')
-      if (s.filled === cache.length && !s.busy) {
+      if (s.filled === cache.length && !s.busy && !s.kept) {
         if (s.capacity <= cache.length) this.arena.grow(s, cache.length + 1)
         return s
       }
-      // an older cache of the sequence (or the same one twice in a batch): fork a copy
-      const copy = this.arena.allocate(cache.length + 1)
+      // an older cache of the sequence (or the same one twice in a batch, or a kept one): fork
+      const copy = this.allocate(cache)
       this.arena.copyPositions(s, copy, cache.length)
       copy.filled = cache.length
       return copy
     }
-    const s = this.arena.allocate(Math.max(cache.length + 1, Math.min(cache.reserve ?? 0, 2 ** 20)))
+    const s = this.allocate(cache)
     if (cache.length > 0) this.importKv(cache, s)
     s.filled = cache.length
     return s
+  }
+
+  /**
+   * A new sequence to step on from `cache`: room for one more position and some to grow into,
+   * or exactly its reserve (capped) when it has one that is larger.
+   */
+  private allocate(cache: Pick<KvCache, 'length' | 'reserve'>): KvSequence {
+    const reserve = Math.min(cache.reserve ?? 0, 2 ** 20)
+    return reserve > cache.length
+      ? this.arena.allocate(reserve, true)
+      : this.arena.allocate(cache.length + 1)
   }
 
   private importKv(cache: KvCache, s: KvSequence): void {
@@ -601,9 +655,24 @@ export class Q8Decoder {
       }
   }
 
-  /** Sequences holding arena memory (not yet released or collected). */
+  /** Streams' sequences holding arena memory (not yet released or collected; not kept). */
   get sequences(): number {
-    return this.arena.sequences
+    return this.arena.sequences - this.arena.keptSequences
+  }
+
+  /** Bytes of KV cache the sequences hold, kept ones included (each a block of positions). */
+  get kvBytes(): number {
+    return this.arena.sequenceBytes
+  }
+
+  /** Bytes of one position's KV over this decoder's layers. */
+  get kvPositionBytes(): number {
+    return this.arena.positionBytes
+  }
+
+  /** Kept sequences (KvCache.keep: the turn cache's) holding arena memory. */
+  get keptSequences(): number {
+    return this.arena.keptSequences
   }
 
   /**

@@ -13,6 +13,13 @@ const PAGE = 65536
 /** Positions a new sequence gets beyond what it needs now (and the capacity's granule). */
 const GROW_MIN = 64
 
+/** What the collector gives back of a sequence nobody released. */
+interface Block {
+  at: number
+  bytes: number
+  kept: boolean
+}
+
 export interface KvShape {
   layers: number
   kvHeads: number
@@ -24,6 +31,11 @@ export class KvSequence {
   freed = false
   /** Claimed by the step running now (a cache stepped twice in one batch forks). */
   busy = false
+  /**
+   * Kept past its stream's end (KvArena.keep): no step extends it in place (they fork), and
+   * only its keeper gives it back.
+   */
+  kept = false
   constructor(
     readonly arena: KvArena,
     public base: number,
@@ -37,8 +49,12 @@ export class KvArena {
   private readonly free: Array<{ at: number; bytes: number }> = []
   private end: number
   private live = 0
-  private readonly finalizer = new FinalizationRegistry<{ at: number; bytes: number }>((b) => {
+  private keptCount = 0
+  private heldBytes = 0
+  private readonly finalizer = new FinalizationRegistry<Block>((b) => {
     this.live--
+    if (b.kept) this.keptCount--
+    this.heldBytes -= b.bytes
     this.giveBack(b.at, b.bytes)
   })
   /** Bytes of one position of one sequence over all layers. */
@@ -66,27 +82,23 @@ export class KvArena {
     return this.live
   }
 
-  /** A new sequence with room for `positions` (and some to grow into). */
-  allocate(positions: number): KvSequence {
-    const capacity = align(positions + GROW_MIN, GROW_MIN)
+  /**
+   * A new sequence with room for `positions`, and some to grow into unless `exact` (a stream
+   * that said how far it may go: KvCache.reserve).
+   */
+  allocate(positions: number, exact = false): KvSequence {
+    const capacity = exact ? Math.max(1, positions) : align(positions + GROW_MIN, GROW_MIN)
     const bytes = capacity * this.bytesPerPosition
     const s = new KvSequence(this, this.take(bytes), capacity, 0)
-    this.finalizer.register(s, { at: s.base, bytes }, s)
+    this.track(s)
     this.live++
+    this.heldBytes += bytes
     return s
   }
 
   /** Moves `s` to a block of at least `positions` (doubling), keeping its filled positions. */
   grow(s: KvSequence, positions: number): void {
-    const bigger = this.allocate(Math.max(positions, 2 * s.capacity))
-    this.copyPositions(s, bigger, s.filled)
-    this.finalizer.unregister(s)
-    this.finalizer.unregister(bigger)
-    this.live-- // `bigger` only lent its block to `s`
-    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
-    s.base = bigger.base
-    s.capacity = bigger.capacity
-    this.finalizer.register(s, { at: s.base, bytes: s.capacity * this.bytesPerPosition }, s)
+    this.move(s, Math.max(positions, 2 * s.capacity))
   }
 
   /** Gives `s`'s block back now; later reads of it must throw (the caller checks `freed`). */
@@ -94,8 +106,73 @@ export class KvArena {
     if (s.freed) return
     s.freed = true
     this.live--
+    if (s.kept) this.keptCount--
     this.finalizer.unregister(s)
+    this.heldBytes -= s.capacity * this.bytesPerPosition
     this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+  }
+
+  /**
+   * Marks `s` kept (KvSequence.kept) and fits its block to its filled positions, in place: a
+   * stream's block has room for all it might have said (KvCache.reserve) and to grow into,
+   * which a kept turn never uses. The rest of the block goes back to the arena.
+   */
+  keep(s: KvSequence): void {
+    if (s.freed || s.kept) return
+    s.kept = true
+    this.keptCount++
+    const fitted = Math.max(1, s.filled)
+    if (fitted < s.capacity) {
+      // each (layer, key|value, head) run of positions moves down to its place at the new
+      // stride; a run's new place starts at or before its old one and after the runs before it
+      const { layers, kvHeads, headDim: D } = this.shape
+      const mem = this.f32()
+      const base = s.base / 4
+      for (let run = 0; run < layers * 2 * kvHeads; run++) {
+        const from = base + run * s.capacity * D
+        mem.copyWithin(base + run * fitted * D, from, from + s.filled * D)
+      }
+      const spare = (s.capacity - fitted) * this.bytesPerPosition
+      this.heldBytes -= spare
+      this.giveBack(s.base + fitted * this.bytesPerPosition, spare)
+      s.capacity = fitted
+    }
+    this.track(s)
+  }
+
+  /** Moves `s` to a new block for `positions` (allocate's room), keeping its filled positions. */
+  private move(s: KvSequence, positions: number): void {
+    const block = this.allocate(positions)
+    this.copyPositions(s, block, s.filled)
+    this.finalizer.unregister(block)
+    this.live-- // `block` only lent its memory to `s`
+    this.heldBytes -= s.capacity * this.bytesPerPosition
+    this.giveBack(s.base, s.capacity * this.bytesPerPosition)
+    s.base = block.base
+    s.capacity = block.capacity
+    this.track(s)
+  }
+
+  /** (Re)registers `s` so the collector gives back its block as it is now. */
+  private track(s: KvSequence): void {
+    this.finalizer.unregister(s)
+    const bytes = s.capacity * this.bytesPerPosition
+    this.finalizer.register(s, { at: s.base, bytes, kept: s.kept }, s)
+  }
+
+  /** Bytes of the blocks sequences hold (kept ones included; scratch not). */
+  get sequenceBytes(): number {
+    return this.heldBytes
+  }
+
+  /** Bytes of one position of one sequence over all layers. */
+  get positionBytes(): number {
+    return this.bytesPerPosition
+  }
+
+  /** Kept sequences holding arena memory (KvArena.keep). */
+  get keptSequences(): number {
+    return this.keptCount
   }
 
   /** The first `n` positions of `from` into `to`. */

@@ -448,7 +448,15 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
     const first = await Promise.all([0, 1, 2, 3].map((i) => chat(`你好 ${i}`, 40)))
     expect(engine.stats().decode?.largestBatch).toBeGreaterThan(1)
     expect(decoder.sequences).toBe(0)
-    const bytes = decoder.memoryBytes
+    // finished turns stay in the decoder's memory, held by the turn cache and nothing else,
+    // each fitted to its tokens
+    const atRest = () => {
+      expect(decoder.sequences).toBe(0)
+      expect(decoder.keptSequences).toBe(engine.turns.size)
+      expect(decoder.kvBytes).toBe(engine.turns.tokens * decoder.kvPositionBytes)
+    }
+    expect(engine.turns.size).toBeGreaterThan(0)
+    atRest()
     for (let round = 0; round < 4; round++) {
       const texts = await Promise.all([
         chat('你好 0', 40), // a kept turn starts it
@@ -459,14 +467,18 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
       // batched with other streams, a greedy reply is the same as before
       expect(texts[0]).toBe(first[0])
       expect(texts[2]).toBe(first[2])
-      expect(decoder.sequences).toBe(0)
+      atRest()
     }
     // streams that end without a decode step: one token, or cut off at the first
     const short = await Promise.all([chat('one token', 1), chat('cut off', 40, 1), chat('x', 1)])
     expect(short.every((t) => t.length > 0)).toBe(true)
-    expect(decoder.sequences).toBe(0)
-    expect(decoder.memoryBytes).toBe(bytes)
+    atRest()
     expect(engine.stats()).toMatchObject({ active: 0, queued: 0, decode: { path: 'decoder' } })
+    // dropping the kept turns gives their memory back
+    expect(engine.turns.tokens).toBeGreaterThan(0)
+    engine.turns.clear()
+    expect(decoder.keptSequences).toBe(0)
+    expect(decoder.kvBytes).toBe(0)
   })
 
   it('gives classification memory back: shared prefix, several-token labels, a cut-off text', async () => {
