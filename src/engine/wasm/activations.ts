@@ -15,9 +15,10 @@
  * The order is the weights' (q4-b32.ts): bytes 0..63 of a group meet the low nibbles of the
  * weights' 4 loads, bytes 64..127 the high ones, block b in the 4-byte lanes b.
  *
- * 'a16-row', for today's q8 rows: one int16 row of `stride` per vector (zero padded), its scale
+ * 'a16-row', for q8 rows: one int16 row of `stride` per vector (zero padded), its scale
  * max|x| / limit with limit = min(32767, ⌊(2^31 − 1) / (128 · stride)⌋) so that every int32 dot
- * product is exact, and the sum of its values (f32). As decoder.ts and head.ts quantize.
+ * product is exact, and the sum of its values (f32). The kernels' `quant_a16` must match
+ * `quantizeRows` bit for bit; decoder.ts and head.ts quantize with it.
  */
 import { Q4_BLOCK, q4Blocks, roundHalfEven } from '../../format/index.ts'
 
@@ -113,7 +114,10 @@ export function a16Limit(stride: number): number {
   return Math.min(32767, Math.floor(0x7fffffff / (128 * stride)))
 }
 
-/** Rows [t, k] to 'a16-row' (decoder.ts's `quantize`, row j from float j · ldx). */
+/**
+ * Rows [t, k] to 'a16-row' (row j from float j · ldx). All f32 arithmetic, in the kernel's
+ * order: scale = max / limit, q = nearest(x · (1 / scale)).
+ */
 export function quantizeRows(
   x: Float32Array,
   t: number,
@@ -133,11 +137,11 @@ export function quantizeRows(
   for (let j = 0; j < t; j++) {
     let max = 0
     for (let i = 0; i < k; i++) max = Math.max(max, Math.abs(x[j * ldx + i]))
-    const scale = max / limit
-    const inv = scale > 0 ? 1 / scale : 0
+    const scale = Math.fround(max / limit)
+    const inv = scale > 0 ? Math.fround(1 / scale) : 0
     let sum = 0
     for (let i = 0; i < k; i++) {
-      const q = Math.round(x[j * ldx + i] * inv)
+      const q = roundHalfEven(Math.fround(x[j * ldx + i] * inv))
       out.x[j * stride + i] = q
       sum += q
     }

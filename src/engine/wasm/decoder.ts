@@ -42,6 +42,7 @@ import {
   type NBitsMatrixData,
   type Qwen2Shape,
 } from '../../format/index.ts'
+import { a16Limit } from './activations.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
@@ -147,8 +148,6 @@ export class Q8Decoder {
   readonly weightBytes: number
   private readonly qDim: number
   private readonly kvDim: number
-  /** Largest activation magnitude per input size: Σ w·x stays inside int32 (|w| ≤ 128). */
-  private readonly xLimit = new Map<number, number>()
   private readonly xAt: number
   private readonly sumAt: number
   private readonly xScaleAt: number
@@ -167,6 +166,8 @@ export class Q8Decoder {
   private outAt = 0
   private actAt = 0
   private attnAt = 0
+  private normAt = 0
+  private attnRowsAt = 0
   private scratchBytes = 0
   private scratchRows = 0
   private scratchPositions = 0
@@ -493,9 +494,10 @@ export class Q8Decoder {
         sin[r * half + j] = Math.sin(angle)
       }
     const qkvRows = this.qDim + 2 * this.kvDim
-    const x = new Float32Array(b * Math.max(H, this.qDim, I))
-    const attn = new Float32Array(b * this.qDim)
     this.reserveScratch(b, Math.max(...positions) + 1)
+    // the inputs of the matrices, in kernel memory where quant_a16 reads them
+    const x = this.view(this.normAt, b * H)
+    const attn = this.view(this.attnRowsAt, b * this.qDim)
     const group = heads / kvHeads
     const scale = 1 / Math.sqrt(D)
     for (let l = 0; l < layers; l++) {
@@ -536,7 +538,7 @@ export class Q8Decoder {
     }
     if (!this.last) return h
     rmsNorm(h, x, b, H, this.finalNorm, eps)
-    return x
+    return x.slice() // out of the scratch, which the next step reuses
   }
 
   /**
@@ -727,8 +729,9 @@ export class Q8Decoder {
 
   /**
    * Scratch for a step of `b` rows with up to `n` positions, one arena block: the matrices'
-   * output (b rows of the widest), the MLP activation (b × intermediate), and for attention the
-   * query head, the output head and the scores. Taken before the step's views are made.
+   * output (b rows of the widest), the MLP activation (b × intermediate), the normalised rows
+   * and the attention rows (the other matrices' inputs), and for attention the query head, the
+   * output head and the scores. Taken before the step's views are made.
    */
   private reserveScratch(b: number, n: number): void {
     if (b <= this.scratchRows && n <= this.scratchPositions) return
@@ -738,10 +741,17 @@ export class Q8Decoder {
     if (this.scratchBytes) this.arena.giveBack(this.outAt, this.scratchBytes)
     const outBytes = 4 * rows * this.outStride
     const actBytes = 4 * rows * I
-    this.scratchBytes = align(outBytes + actBytes + 4 * (2 * D + positions), 64)
+    const normBytes = 4 * rows * this.shape.hidden
+    const attnRowsBytes = 4 * rows * this.qDim
+    this.scratchBytes = align(
+      outBytes + actBytes + normBytes + attnRowsBytes + 4 * (2 * D + positions),
+      64,
+    )
     this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
-    this.attnAt = this.actAt + actBytes
+    this.normAt = this.actAt + actBytes
+    this.attnRowsAt = this.normAt + normBytes
+    this.attnAt = this.attnRowsAt + attnRowsBytes
     this.scratchRows = rows
     this.scratchPositions = positions
   }
@@ -762,38 +772,28 @@ export class Q8Decoder {
     this.kernel.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
   }
 
-  /** Rows j0 … j0+n of `input` (`cols` floats each) to int16, one scale per row. */
+  /**
+   * Rows j0 … j0+n of `input` (`cols` floats each, in kernel memory) to int16, one scale per
+   * row ('a16-row', quant_a16).
+   */
   private quantize(input: Float32Array, j0: number, n: number, cols: number, stride: number): void {
-    let limit = this.xLimit.get(stride)
-    if (limit === undefined) {
-      limit = Math.min(32767, Math.floor(0x7fffffff / (128 * stride)))
-      this.xLimit.set(stride, limit)
-    }
-    const buf = this.kernel.memory.buffer
-    const x = new Int16Array(buf, this.xAt, n * stride)
-    const sums = new Float32Array(buf, this.sumAt, n)
-    const scales = new Float32Array(buf, this.xScaleAt, n)
-    for (let j = 0; j < n; j++) {
-      const from = (j0 + j) * cols
-      let max = 0
-      for (let k = 0; k < cols; k++) {
-        const a = Math.abs(input[from + k])
-        if (a > max) max = a
-      }
-      if (!Number.isFinite(max)) throw new AppError('internal', 'an activation is not finite')
-      const scale = max / limit
-      const inv = scale > 0 ? 1 / scale : 0
-      const to = j * stride
-      let sum = 0
-      for (let k = 0; k < cols; k++) {
-        const v = Math.round(input[from + k] * inv)
-        x[to + k] = v
-        sum += v
-      }
-      x.fill(0, to + cols, to + stride)
-      sums[j] = sum
-      scales[j] = scale
-    }
+    if (input.buffer !== this.kernel.memory.buffer)
+      throw new AppError('internal', 'q8 matrix input outside kernel memory')
+    // a16Limit: the largest magnitude for which Σ w·x stays inside int32 (|w| ≤ 128)
+    const at = input.byteOffset + 4 * j0 * cols
+    const limit = a16Limit(stride)
+    const done = this.kernel.quant_a16(
+      at,
+      cols,
+      cols,
+      n,
+      limit,
+      this.xAt,
+      stride,
+      this.sumAt,
+      this.xScaleAt,
+    )
+    if (done < n) throw new AppError('internal', 'an activation is not finite')
   }
 }
 

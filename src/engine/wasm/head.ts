@@ -37,6 +37,7 @@ import {
   q4ZeroAt,
   type HeadFormat,
 } from '../../format/index.ts'
+import { a16Limit } from './activations.ts'
 import { instantiateKernels, type KernelExports } from './kernel.ts'
 
 export interface HeadWeights {
@@ -83,7 +84,7 @@ export class Q8Head {
     this.hidden = w.hidden
     this.stride = w.stride
     this.embedding = w.embedding
-    this.xLimit = Math.min(32767, Math.floor(0x7fffffff / (128 * w.stride)))
+    this.xLimit = a16Limit(w.stride)
     const layout = headLayout(w.vocab, w.stride, w.format)
     this.zpAt = layout.zeroPoints
     this.scaleAt = layout.scales
@@ -296,27 +297,22 @@ export class Q8Head {
       this.kernel.quant_b32(this.outAt, cols, cols, n, this.xAt)
       return
     }
-    const buf = this.kernel.memory.buffer
-    const x = new Int16Array(buf, this.xAt, n * this.stride)
-    const sums = new Float32Array(buf, this.sumAt, n)
-    const scales = new Float32Array(buf, this.xScaleAt, n)
-    for (let j = 0; j < n; j++) {
-      const from = offset + j * H
-      let max = 0
-      for (let k = 0; k < H; k++) max = Math.max(max, Math.abs(hidden[from + k]))
-      if (!Number.isFinite(max)) throw new AppError('internal', 'the hidden state is not finite')
-      const scale = max / this.xLimit
-      const inv = scale > 0 ? 1 / scale : 0
-      const to = j * this.stride
-      let sum = 0
-      for (let k = 0; k < H; k++) {
-        const q = Math.round(hidden[from + k] * inv)
-        x[to + k] = q
-        sum += q
-      }
-      sums[j] = sum
-      scales[j] = scale
-    }
+    // f32 rows at the out area, to 'a16-row' (quant_a16)
+    new Float32Array(this.kernel.memory.buffer, this.outAt, n * H).set(
+      hidden.subarray(offset, offset + n * H),
+    )
+    const done = this.kernel.quant_a16(
+      this.outAt,
+      H,
+      H,
+      n,
+      this.xLimit,
+      this.xAt,
+      this.stride,
+      this.sumAt,
+      this.xScaleAt,
+    )
+    if (done < n) throw new AppError('internal', 'the hidden state is not finite')
   }
 
   /** Scratch for `n` vectors (grows the memory; the padding of x stays zero). */
@@ -325,12 +321,12 @@ export class Q8Head {
     const capacity = Math.max(n, 4)
     const { stride, vocab } = this
     const xAt = this.scratchAt
-    // a q4 head's a8-b32 rows (its f32 input rows go to the out area, which is larger)
+    // a q4 head's a8-b32 rows (the f32 input rows of either format go to the out area)
     const xBytes = this.format === 'q4-b32' ? 40 * this.kb * capacity : 2 * capacity * stride
     const sumAt = align(xAt + xBytes, 16)
     const xScaleAt = align(sumAt + 4 * capacity, 16)
     const outAt = align(xScaleAt + 4 * capacity, 16)
-    const end = outAt + 4 * capacity * Math.max(vocab, 32 * this.kb)
+    const end = outAt + 4 * capacity * Math.max(vocab, 32 * this.kb, this.hidden)
     const memory = this.kernel.memory
     const pages = Math.ceil(end / PAGE) - memory.buffer.byteLength / PAGE
     if (pages > 0) {

@@ -102,6 +102,18 @@ export interface KernelExports {
     ldo: number,
   ): void
   quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
+  /** Returns the first row with a value that is not finite (not written), or t. */
+  quant_a16(
+    x: number,
+    ldx: number,
+    k: number,
+    t: number,
+    limit: number,
+    xa: number,
+    stride: number,
+    sums: number,
+    scales: number,
+  ): number
   dots(q: number, k: number, n: number, dim: number, out: number): void
   mix(p: number, v: number, n: number, dim: number, out: number): void
   silu_mul(g: number, u: number, n: number, out: number): void

@@ -22,6 +22,8 @@
 ;;   q4_gemm(w, kb, v0, v1, x, t, out, ldo)    q4 · t a8 rows (prefill)
 ;;   quant_b32(x, ldx, k, t, xa)   t f32 rows of k (row j at x + 4·j·ldx, k a multiple of 32)
 ;;                                 to a8-b32 at xa, kb = 4·ceil(k/128) blocks a row (padding 0)
+;;   quant_a16(x, ldx, k, t, limit, xa, stride, sums, scales) → rows done
+;;                                 t f32 rows of k to a16-row at xa (row j at xa + 2·j·stride)
 ;;   dots(q, k, n, dim, out)   mix(p, v, n, dim, out)   silu_mul(g, u, n, out)   (attention, MLP)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
@@ -556,7 +558,103 @@
         (br $rows)))
   )
 
-  ;; ---- q4 weights · a8-b32 activations ----
+  ;; ---- activations: f32 rows to a16-row ----
+
+  ;; Per row j (f32 at x + 4·j·ldx, k values): max = max|x|, scale = max / limit,
+  ;; q = nearest(x · (1 / scale)) (ties to even; 0 when max is 0) as int16 at xa + 2·j·stride,
+  ;; zero padded to stride; Σ q as f32 at sums + 4j and the scale at scales + 4j. All f32
+  ;; arithmetic (activations.ts quantizeRows). Returns the first row with a value that is not
+  ;; finite (it and the rows after it are not written), or t.
+  (func (export "quant_a16")
+    (param $x i32) (param $ldx i32) (param $k i32) (param $t i32) (param $limit f32)
+    (param $xa i32) (param $stride i32) (param $sums i32) (param $scales i32)
+    (result i32)
+    (local $j i32) (local $i i32) (local $k8 i32) (local $src i32) (local $dst i32) (local $q i32)
+    (local $max f32) (local $scale f32) (local $inv f32) (local $total i32)
+    (local $m v128) (local $vinv v128) (local $sum v128) (local $a v128) (local $b v128)
+    (local.set $k8 (i32.and (local.get $k) (i32.const -8)))
+    (block $rows_done
+      (loop $rows
+        (br_if $rows_done (i32.ge_u (local.get $j) (local.get $t)))
+        (local.set $src
+          (i32.add (local.get $x) (i32.shl (i32.mul (local.get $j) (local.get $ldx)) (i32.const 2))))
+        (local.set $dst
+          (i32.add (local.get $xa) (i32.shl (i32.mul (local.get $j) (local.get $stride)) (i32.const 1))))
+        ;; max |x| (a NaN makes it NaN)
+        (local.set $m (v128.const f32x4 0 0 0 0))
+        (local.set $i (i32.const 0))
+        (block $max_done
+          (loop $max_loop
+            (br_if $max_done (i32.ge_u (local.get $i) (local.get $k8)))
+            (local.set $a (v128.load (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2)))))
+            (local.set $b (v128.load offset=16 (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2)))))
+            (local.set $m (f32x4.max (local.get $m) (f32x4.max (f32x4.abs (local.get $a)) (f32x4.abs (local.get $b)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 8)))
+            (br $max_loop)))
+        (local.set $max
+          (f32.max
+            (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+            (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+        (block $tail_done
+          (loop $tail
+            (br_if $tail_done (i32.ge_u (local.get $i) (local.get $k)))
+            (local.set $max
+              (f32.max (local.get $max)
+                (f32.abs (f32.load (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2)))))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $tail)))
+        ;; NaN or infinity
+        (if (i32.eqz (f32.lt (local.get $max) (f32.const inf))) (then (return (local.get $j))))
+        (local.set $scale (f32.div (local.get $max) (local.get $limit)))
+        (local.set $inv
+          (select (f32.div (f32.const 1) (local.get $scale)) (f32.const 0)
+            (f32.gt (local.get $scale) (f32.const 0))))
+        (local.set $vinv (f32x4.splat (local.get $inv)))
+        (local.set $sum (v128.const i32x4 0 0 0 0))
+        (local.set $i (i32.const 0))
+        (block $q_done
+          (loop $q_loop
+            (br_if $q_done (i32.ge_u (local.get $i) (local.get $k8)))
+            (local.set $a
+              (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $vinv)
+                (v128.load (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2))))))))
+            (local.set $b
+              (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $vinv)
+                (v128.load offset=16 (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2))))))))
+            (v128.store (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 1)))
+              (i16x8.narrow_i32x4_s (local.get $a) (local.get $b)))
+            (local.set $sum (i32x4.add (local.get $sum) (i32x4.add (local.get $a) (local.get $b))))
+            (local.set $i (i32.add (local.get $i) (i32.const 8)))
+            (br $q_loop)))
+        (local.set $total
+          (i32.add
+            (i32.add (i32x4.extract_lane 0 (local.get $sum)) (i32x4.extract_lane 1 (local.get $sum)))
+            (i32.add (i32x4.extract_lane 2 (local.get $sum)) (i32x4.extract_lane 3 (local.get $sum)))))
+        (block $qt_done
+          (loop $qt
+            (br_if $qt_done (i32.ge_u (local.get $i) (local.get $k)))
+            (local.set $q
+              (i32.trunc_sat_f32_s (f32.nearest (f32.mul (local.get $inv)
+                (f32.load (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 2))))))))
+            (i32.store16 (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 1))) (local.get $q))
+            (local.set $total (i32.add (local.get $total) (local.get $q)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $qt)))
+        (block $pad_done
+          (loop $pad
+            (br_if $pad_done (i32.ge_u (local.get $i) (local.get $stride)))
+            (i32.store16 (i32.add (local.get $dst) (i32.shl (local.get $i) (i32.const 1))) (i32.const 0))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $pad)))
+        (f32.store (i32.add (local.get $sums) (i32.shl (local.get $j) (i32.const 2)))
+          (f32.convert_i32_s (local.get $total)))
+        (f32.store (i32.add (local.get $scales) (i32.shl (local.get $j) (i32.const 2)))
+          (local.get $scale))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $rows)))
+    (local.get $t))
+
+    ;; ---- q4 weights · a8-b32 activations ----
 
   ;; One weight row (at wq) · one activation row (at x), stored at out. Per group of 4 blocks: 4 loads of 32 nibbles, their low and high halves against
   ;; bytes 0..63 and 64..127 of the group's activations; the integer sums of the 4 blocks end

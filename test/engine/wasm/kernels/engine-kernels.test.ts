@@ -30,6 +30,7 @@ import {
   selectVariant,
 } from '../../../../scripts/lib/kernel-variants.ts'
 import {
+  a16Limit,
   a8Get,
   quantizeBlocks,
   quantizeRows,
@@ -288,6 +289,56 @@ for (const variant of ISA_VARIANTS) {
         // every byte: values, scales (f32 bits) and sums
         expect(Array.from(new Uint8Array(buf, xa, ref.data.length))).toEqual(Array.from(ref.data))
         if (t > 2) expect(a8Get(ref, 1, 0)).toBe(127)
+      }
+    })
+
+    it('quant_a16 is quantizeRows bit for bit (padding, ldx > k, a tail, zero rows, ties); stops at a non-finite row', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      for (const [t, k, ldx, stride] of [
+        [1, 32, 32, 32],
+        [3, 100, 104, 128], // k not a multiple of 8: the scalar tail; padded to stride
+        [5, 896, 900, 896],
+        [2, 4864, 4864, 4864],
+      ]) {
+        const x = randomRows(t, ldx, t * k + 1)
+        x.fill(0, 0, k) // an all-zero row: scale 0, all values 0
+        if (t > 2) {
+          // row 1's max is limit / 1024, so its scale is 2^-10 and these land on n + 0.5 exactly
+          for (let i = 0; i < 40; i++) x[ldx + i] = (i - 20 + 0.5) / 1024
+          x.fill(0, ldx + 40, ldx + k)
+          x[ldx + 41] = a16Limit(stride) / 1024
+        }
+        const a = new Arena(kernels)
+        const at = a.put(x)
+        const ref = quantizeRows(x, t, k, stride, ldx)
+        const xa = a.take(2 * t * stride)
+        new Uint8Array(kernels.memory.buffer, xa, 2 * t * stride).fill(0x55) // padding must be zeroed
+        const sums = a.take(4 * t)
+        const scales = a.take(4 * t)
+        const done = kernels.quant_a16(at, ldx, k, t, a16Limit(stride), xa, stride, sums, scales)
+        expect(done).toBe(t)
+        const buf = kernels.memory.buffer
+        expect(Array.from(new Int16Array(buf, xa, t * stride))).toEqual(Array.from(ref.x))
+        expect(Array.from(new Float32Array(buf, sums, t))).toEqual(Array.from(ref.sum))
+        expect(Array.from(new Float32Array(buf, scales, t))).toEqual(Array.from(ref.scale))
+        if (t > 2) {
+          // the ties went to even, up and down: -19.5 → -20, -18.5 → -18, ..., 19.5 → 20
+          expect(ref.scale[1]).toBe(2 ** -10)
+          const row = Array.from(ref.x.subarray(stride, stride + 40))
+          expect(row).toEqual(row.map((_, i) => 2 * Math.round((i - 20 + 0.5) / 2) + 0))
+          expect(new Set(row).size).toBe(21)
+        }
+      }
+      // a NaN or an infinity in row 1: rows from it are refused
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const x = randomRows(3, 64, 5)
+        x[64 + 7] = bad
+        const a = new Arena(kernels)
+        const at = a.put(x)
+        const xa = a.take(2 * 3 * 64)
+        const sums = a.take(12)
+        const scales = a.take(12)
+        expect(kernels.quant_a16(at, 64, 64, 3, a16Limit(64), xa, 64, sums, scales)).toBe(1)
       }
     })
 
