@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BENCH_CLI } from '../../scripts/bench.ts'
+import { AB_CLI } from '../../scripts/bench/ab.ts'
 import { FIDELITY_CLI } from '../../scripts/bench/fidelity.ts'
 import { BUILD_KERNELS_CLI } from '../../scripts/build-kernels.ts'
 import { BUILD_STAGE_WORKER_CLI } from '../../scripts/build-stage-worker.ts'
@@ -33,6 +34,7 @@ const SPECS: Record<string, CliSpec> = {
   'scripts/upload-model.ts': UPLOAD_CLI,
   'scripts/bench.ts': BENCH_CLI,
   'scripts/bench/fidelity.ts': FIDELITY_CLI,
+  'scripts/bench/ab.ts': AB_CLI,
   'scripts/worker.ts': WORKER_CLI,
   'scripts/build-kernels.ts': BUILD_KERNELS_CLI,
   'scripts/build-stage-worker.ts': BUILD_STAGE_WORKER_CLI,
@@ -111,6 +113,7 @@ it('covers every tsx script in package.json, the ones the README names', () => {
       'bench',
       'bench:engine',
       'bench:fidelity',
+      'bench:ab',
       'build:kernels',
       'build:stage-worker',
       'deploy',
