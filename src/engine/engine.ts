@@ -194,6 +194,7 @@ export class QwenEngine implements Engine {
         wasmBytes: wasmMemoryBytes(),
         ...(this.model.decoder && {
           kvSequences: this.model.decoder.sequences,
+          kvBytes: this.model.decoder.kvBytes,
           turnCacheResident: this.model.decoder.keptSequences,
         }),
         ...(stages && {

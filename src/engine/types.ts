@@ -114,6 +114,8 @@ export interface EngineStats {
     wasmBytes: number
     /** Streams' sequences holding KV cache memory in the engine's decoder. */
     kvSequences?: number
+    /** Bytes of KV cache the decoder's sequences hold (streams' and kept turns'), in WASM memory. */
+    kvBytes?: number
     /** Turn cache entries kept in the decoder's memory rather than copied out (turn-cache.ts). */
     turnCacheResident?: number
     /** Tokens of KV cache kept across chat turns (bounded by KV_REUSE_TOKENS). */

@@ -52,6 +52,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(runtime.heapUsedBytes !== undefined && { js_heap_bytes: runtime.heapUsedBytes }),
             ...(runtime.rssBytes !== undefined && { rss_bytes: runtime.rssBytes }),
             ...(memory.kvSequences !== undefined && { kv_sequences: memory.kvSequences }),
+            ...(memory.kvBytes !== undefined && { kv_bytes: memory.kvBytes }),
             turn_cache_tokens: memory.turnCacheTokens,
             ...(memory.turnCacheResident !== undefined && {
               turn_cache_resident: memory.turnCacheResident,

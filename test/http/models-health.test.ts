@@ -64,7 +64,13 @@ describe('GET /health', () => {
       active: 1,
       queued: 3,
       queuedTokens: 120,
-      memory: { wasmBytes: 5_000_000, kvSequences: 2, turnCacheTokens: 64 },
+      memory: {
+        wasmBytes: 5_000_000,
+        kvSequences: 2,
+        kvBytes: 1_572_864,
+        turnCacheTokens: 64,
+        turnCacheResident: 1,
+      },
     })
     const app = createApp({
       getEngine: async () => engine,
@@ -78,7 +84,9 @@ describe('GET /health', () => {
       js_heap_bytes: 40_000_000,
       rss_bytes: 300_000_000,
       kv_sequences: 2,
+      kv_bytes: 1_572_864,
       turn_cache_tokens: 64,
+      turn_cache_resident: 1,
     })
   })
 

@@ -454,6 +454,12 @@ describe('the decoder in a serving engine (tiny, q8)', () => {
       expect(decoder.sequences).toBe(0)
       expect(decoder.keptSequences).toBe(engine.turns.size)
       expect(decoder.kvBytes).toBe(engine.turns.tokens * decoder.kvPositionBytes)
+      expect(engine.stats().memory).toMatchObject({
+        kvSequences: 0,
+        kvBytes: decoder.kvBytes,
+        turnCacheTokens: engine.turns.tokens,
+        turnCacheResident: engine.turns.size,
+      })
     }
     expect(engine.turns.size).toBeGreaterThan(0)
     atRest()
