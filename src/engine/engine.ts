@@ -370,6 +370,7 @@ export class QwenEngine implements Engine {
       {
         decode: stream.step,
         onEnd: (cache, ids) => this.turns.store(ids, cache),
+        ownsStart: reuse?.owned,
         maxNewTokens: options.maxNewTokens,
         onSample,
         sampling,

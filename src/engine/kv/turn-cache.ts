@@ -33,6 +33,11 @@ export interface TurnCacheHit {
   /** Covers `ids.slice(0, reused)`; the caller forwards `ids.slice(reused)` from it. */
   cache: KvCache
   reused: number
+  /**
+   * The cache is the caller's own (a resident entry's fork, in the decoder's memory): the caller
+   * must give it back (ForwardModel.releaseCache) if no step ever takes it over.
+   */
+  owned: boolean
 }
 
 interface Entry {
@@ -98,12 +103,13 @@ export class TurnCache {
     this.entries.push(entry)
     this.stats.hits++
     this.stats.reusedTokens += reused
+    const owned = isKept(entry.cache)
     const cache = isKept(entry.cache)
       ? entry.cache.fork(reused, reserve)
       : reused === entry.cache.length
         ? entry.cache
         : sliceKvCache(entry.cache, reused)
-    return { cache, reused }
+    return { cache, reused, owned }
   }
 
   /**

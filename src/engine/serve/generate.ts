@@ -43,6 +43,12 @@ export interface DecodeOptions {
    * cache is released right after: keep a detached copy, or the cache itself (KvCache.keep).
    */
   onEnd?: (cache: KvCache, ids: number[]) => void
+  /**
+   * `start` is the caller's to give back (a turn cache fork in the decoder's memory): released
+   * here when the prompt's first chunk never ran (cancelled while queued, max_tokens 0, an
+   * error); after it, the chunks extend it in place and it goes with their cache.
+   */
+  ownsStart?: boolean
 }
 
 /**
@@ -101,13 +107,31 @@ export async function* generateTokens(
   o: DecodeOptions,
   start: KvCache = model.emptyCache(),
 ): AsyncGenerator<number, FinishReason> {
-  if (o.maxNewTokens <= 0) return 'length'
-  if (start.length >= prompt.length) throw new Error('the start cache must leave a prompt token')
+  const dropStart = () => {
+    if (o.ownsStart) model.releaseCache?.(start)
+  }
+  if (o.maxNewTokens <= 0) {
+    dropStart()
+    return 'length'
+  }
+  if (start.length >= prompt.length) {
+    dropStart()
+    throw new Error('the start cache must leave a prompt token')
+  }
   const rest = start.length ? prompt.slice(start.length) : prompt
   // a new sequence: room for all it may reach (KvCache.reserve)
   if (start.length === 0) start = { ...start, reserve: prompt.length + o.maxNewTokens }
-  const first = await prefill(model, run, rest, start, o.prefillChunk, o.signal)
-  if (!first) return 'cancelled'
+  let first: StepResult | undefined
+  try {
+    first = await prefill(model, run, rest, start, o.prefillChunk, o.signal)
+  } catch (err) {
+    dropStart() // a no-op when the chunks that ran already gave its sequence back
+    throw err
+  }
+  if (!first) {
+    dropStart()
+    return 'cancelled'
+  }
   let { logits, cache } = first
   const seen = new Set(prompt)
   const fed: number[] = []

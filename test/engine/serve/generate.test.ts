@@ -125,4 +125,43 @@ describe('generateTokens', () => {
     )
     expect(seen.ids).toEqual([4])
   })
+
+  it('gives back a start cache it owns when no prompt chunk ran: cancelled, max_tokens 0, an error', async () => {
+    const start: KvCache = { length: 2, tensors: {} }
+    const released: KvCache[] = []
+    const withRelease = (model: StepModel): StepModel => ({
+      ...model,
+      releaseCache: (c: KvCache) => void released.push(c),
+    })
+    const cases: Array<[string, object, StepModel['forward'] | undefined]> = [
+      ['cancelled before the prompt ran', { signal: AbortSignal.abort() }, undefined],
+      ['max_tokens 0', { maxNewTokens: 0 }, undefined],
+      ['the first chunk failed', {}, async () => Promise.reject(new Error('broken step'))],
+    ]
+    for (const [what, o, forward] of cases) {
+      for (const ownsStart of [true, false]) {
+        released.length = 0
+        const { model } = scripted([3, 4, 5])
+        const m = withRelease(forward ? { ...model, forward } : model)
+        const gen = generateTokens(m, run, [1, 2, 3, 4], options({ ...o, ownsStart }), start)
+        const r = await collect(gen).catch((err: Error) => ({ error: err.message }))
+        // the precondition: it ended without a token
+        expect(r, what).toMatchObject(
+          forward
+            ? { error: 'broken step' }
+            : { ids: [], finish: what === 'max_tokens 0' ? 'length' : 'cancelled' },
+        )
+        expect(released.includes(start), `${what}, ownsStart ${ownsStart}`).toBe(ownsStart)
+      }
+    }
+    // after a chunk ran, the start went on into that chunk's cache: only that one is released
+    released.length = 0
+    const { model } = scripted([3, 15])
+    const r = await collect(
+      generateTokens(withRelease(model), run, [1, 2, 3, 4], options({ ownsStart: true }), start),
+    )
+    expect(r.ids).toEqual([3])
+    expect(released.includes(start)).toBe(false)
+    expect(released.length).toBe(1)
+  })
 })
