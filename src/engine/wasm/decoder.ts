@@ -761,14 +761,8 @@ export class Q8Decoder {
     const D = this.shape.headDim
     const scoresAt = this.attnAt + 8 * D
     this.kernel.dots(this.attnAt, kAt, n, D, scoresAt)
-    const mem = this.arena.f32()
-    const s0 = scoresAt / 4
-    let max = -Infinity
-    for (let t = s0; t < s0 + n; t++) if (mem[t] > max) max = mem[t]
-    let sum = 0
-    for (let t = s0; t < s0 + n; t++) sum += mem[t] = Math.exp(mem[t] - max)
-    const inv = 1 / sum
-    for (let t = s0; t < s0 + n; t++) mem[t] *= inv
+    // in place; its buffer has room for n rounded up to 4 (reserveScratch's positions)
+    this.kernel.softmax(scoresAt, n)
     this.kernel.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
   }
 

@@ -115,6 +115,8 @@ export interface KernelExports {
     scales: number,
   ): number
   dots(q: number, k: number, n: number, dim: number, out: number): void
+  /** In place over n floats; overwrites up to 3 floats after them. */
+  softmax(p: number, n: number): void
   mix(p: number, v: number, n: number, dim: number, out: number): void
   silu_mul(g: number, u: number, n: number, out: number): void
 }

@@ -358,6 +358,28 @@ describe('the decoder kernels', () => {
     }
   })
 
+  it('softmax is e^(s − max) / Σ in float64 within 1e-6 relative (1e-12 absolute), any n', () => {
+    const f = new Float32Array(k.memory.buffer)
+    for (const n of [1, 2, 5, 37, 300]) {
+      // scores from −60 to +40 around a few large ones; a sentinel after the padding
+      for (let t = 0; t < n; t++) f[t] = Math.sin(t * 1.7) * 50 - 10 + (t % 11 === 3 ? 30 : 0)
+      const scores = Array.from(f.subarray(0, n))
+      const pad = Math.ceil(n / 4) * 4
+      f[pad] = 12345
+      k.softmax(0, n)
+      const max = Math.max(...scores)
+      const sum = scores.reduce((a, s) => a + Math.exp(s - max), 0)
+      let total = 0
+      for (let t = 0; t < n; t++) {
+        const want = Math.exp(scores[t] - max) / sum
+        expect(Math.abs(f[t] - want), `n=${n} t=${t}`).toBeLessThanOrEqual(1e-6 * want + 1e-12)
+        total += f[t]
+      }
+      expect(total).toBeCloseTo(1, 5)
+      expect(f[pad]).toBe(12345) // nothing written past the padding
+    }
+  })
+
   it('dots and mix are q·K and p·V in float64 within float32 rounding', () => {
     const dim = 32
     const n = 37

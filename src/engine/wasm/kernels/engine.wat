@@ -24,7 +24,8 @@
 ;;                                 to a8-b32 at xa, kb = 4·ceil(k/128) blocks a row (padding 0)
 ;;   quant_a16(x, ldx, k, t, limit, xa, stride, sums, scales) → rows done
 ;;                                 t f32 rows of k to a16-row at xa (row j at xa + 2·j·stride)
-;;   dots(q, k, n, dim, out)   mix(p, v, n, dim, out)   silu_mul(g, u, n, out)   (attention, MLP)
+;;   dots(q, k, n, dim, out)   softmax(p, n)   mix(p, v, n, dim, out)   (attention)
+;;   silu_mul(g, u, n, out)   (MLP)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
 ;; stays in L1 while they are scored); *_gemm block the weight rows so that a block stays in
@@ -355,52 +356,110 @@
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $chunks)))
   )
+  ;; e^x of 4 lanes as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial (relative error
+  ;; about 1e-7), times 2^k built in the exponent bits; x is clamped to [−87.3, 88.7] (so e^−∞
+  ;; is about 1.2e-38, not 0).
+  (func $expf4 (param $x v128) (result v128)
+    (local $t v128) (local $k v128) (local $r v128) (local $y v128)
+    (local.set $t
+      (f32x4.min (f32x4.splat (f32.const 88.7))
+        (f32x4.max (f32x4.splat (f32.const -87.3)) (local.get $x))))
+    (local.set $k
+      (f32x4.floor
+        (f32x4.add (f32x4.mul (local.get $t) (f32x4.splat (f32.const 1.44269504088896341)))
+          (f32x4.splat (f32.const 0.5)))))
+    (local.set $r
+      (f32x4.sub
+        (f32x4.sub (local.get $t) (f32x4.mul (local.get $k) (f32x4.splat (f32.const 0.693359375))))
+        (f32x4.mul (local.get $k) (f32x4.splat (f32.const -2.12194440e-4)))))
+    (local.set $y (f32x4.splat (f32.const 1.9875691500e-4)))
+    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.3981999507e-3))))
+    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 8.3334519073e-3))))
+    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 4.1665795894e-2))))
+    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.6666665459e-1))))
+    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 5.0000001201e-1))))
+    (local.set $y
+      (f32x4.add
+        (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
+        (f32x4.splat (f32.const 1))))
+    ;; × 2^k
+    (f32x4.mul (local.get $y)
+      (i32x4.shl
+        (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127)))
+        (i32.const 23))))
+
   ;; The gated MLP activation: out[i] = silu(g[i]) · u[i] = g / (1 + e^−g) · u, i < n (a multiple
-  ;; of 4). e^x as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial (relative error
-  ;; about 1e-7), times 2^k built in the exponent bits; x is clamped to [−87.3, 88.7].
+  ;; of 4), e^−g by $expf4.
   (func (export "silu_mul")
     (param $g i32) (param $u i32) (param $n i32) (param $out i32)
-    (local $i i32) (local $x v128) (local $t v128) (local $k v128) (local $r v128) (local $y v128)
+    (local $i i32) (local $x v128)
     (local.set $n (i32.shl (local.get $n) (i32.const 2)))
     (block $done
       (loop $each
         (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
         (local.set $x (v128.load (i32.add (local.get $g) (local.get $i))))
-        (local.set $t
-          (f32x4.min (f32x4.splat (f32.const 88.7))
-            (f32x4.max (f32x4.splat (f32.const -87.3)) (f32x4.neg (local.get $x)))))
-        (local.set $k
-          (f32x4.floor
-            (f32x4.add (f32x4.mul (local.get $t) (f32x4.splat (f32.const 1.44269504088896341)))
-              (f32x4.splat (f32.const 0.5)))))
-        (local.set $r
-          (f32x4.sub
-            (f32x4.sub (local.get $t) (f32x4.mul (local.get $k) (f32x4.splat (f32.const 0.693359375))))
-            (f32x4.mul (local.get $k) (f32x4.splat (f32.const -2.12194440e-4)))))
-        (local.set $y (f32x4.splat (f32.const 1.9875691500e-4)))
-        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.3981999507e-3))))
-        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 8.3334519073e-3))))
-        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 4.1665795894e-2))))
-        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 1.6666665459e-1))))
-        (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (f32x4.splat (f32.const 5.0000001201e-1))))
-        (local.set $y
-          (f32x4.add
-            (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
-            (f32x4.splat (f32.const 1))))
-        ;; × 2^k
-        (local.set $y
-          (f32x4.mul (local.get $y)
-            (i32x4.shl
-              (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127)))
-              (i32.const 23))))
         (v128.store (i32.add (local.get $out) (local.get $i))
           (f32x4.mul
-            (f32x4.div (local.get $x) (f32x4.add (f32x4.splat (f32.const 1)) (local.get $y)))
+            (f32x4.div (local.get $x)
+              (f32x4.add (f32x4.splat (f32.const 1)) (call $expf4 (f32x4.neg (local.get $x)))))
             (v128.load (i32.add (local.get $u) (local.get $i)))))
         (local.set $i (i32.add (local.get $i) (i32.const 16)))
         (br $each)))
   )
 
+  ;; Attention weights of one query head, in place: p[t] = e^(p[t] − max) / Σ, t < n, e^x by
+  ;; $expf4, all f32; the sum is of 4 lanes, added (0+1)+(2+3). p[n … n rounded up to 4) are
+  ;; overwritten (−∞ in, about 1e-38 out: they add nothing to a sum of at least 1).
+  (func (export "softmax")
+    (param $p i32) (param $n i32)
+    (local $i i32) (local $end i32) (local $m v128) (local $s v128) (local $y v128) (local $max f32)
+    (local.set $end (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))
+    (local.set $i (i32.shl (local.get $n) (i32.const 2)))
+    (block $pad_done
+      (loop $pad
+        (br_if $pad_done (i32.ge_u (local.get $i) (local.get $end)))
+        (f32.store (i32.add (local.get $p) (local.get $i)) (f32.const -inf))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $pad)))
+    (local.set $m (f32x4.splat (f32.const -inf)))
+    (local.set $i (i32.const 0))
+    (block $max_done
+      (loop $max_loop
+        (br_if $max_done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $m (f32x4.max (local.get $m) (v128.load (i32.add (local.get $p) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $max_loop)))
+    (local.set $max
+      (f32.max
+        (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
+        (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+    (local.set $m (f32x4.splat (local.get $max)))
+    (local.set $s (v128.const f32x4 0 0 0 0))
+    (local.set $i (i32.const 0))
+    (block $exp_done
+      (loop $exp_loop
+        (br_if $exp_done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $y
+          (call $expf4 (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m))))
+        (v128.store (i32.add (local.get $p) (local.get $i)) (local.get $y))
+        (local.set $s (f32x4.add (local.get $s) (local.get $y)))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $exp_loop)))
+    (local.set $s
+      (f32x4.splat
+        (f32.div (f32.const 1)
+          (f32.add
+            (f32.add (f32x4.extract_lane 0 (local.get $s)) (f32x4.extract_lane 1 (local.get $s)))
+            (f32.add (f32x4.extract_lane 2 (local.get $s)) (f32x4.extract_lane 3 (local.get $s)))))))
+    (local.set $i (i32.const 0))
+    (block $scale_done
+      (loop $scale
+        (br_if $scale_done (i32.ge_u (local.get $i) (local.get $end)))
+        (v128.store (i32.add (local.get $p) (local.get $i))
+          (f32x4.mul (local.get $s) (v128.load (i32.add (local.get $p) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $scale)))
+  )
   ;; ---- q8 prefill ----
 
   ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (an even number of rows, at
