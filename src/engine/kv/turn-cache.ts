@@ -103,12 +103,13 @@ export class TurnCache {
     this.entries.push(entry)
     this.stats.hits++
     this.stats.reusedTokens += reused
-    const owned = isKept(entry.cache)
-    const cache = isKept(entry.cache)
-      ? entry.cache.fork(reused, reserve)
-      : reused === entry.cache.length
-        ? entry.cache
-        : sliceKvCache(entry.cache, reused)
+    const { cache: stored } = entry
+    const owned = isKept(stored)
+    const cache = owned
+      ? stored.fork(reused, reserve)
+      : reused === stored.length
+        ? stored
+        : sliceKvCache(stored, reused)
     return { cache, reused, owned }
   }
 

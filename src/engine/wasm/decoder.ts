@@ -131,7 +131,7 @@ export class KeptCache extends ResidentCache implements KeptKvCache {
   }
 
   dispose(): void {
-    this.decoder.arenaRelease(this.sequence)
+    this.sequence.arena.release(this.sequence)
   }
 
   override keep(): undefined {
@@ -575,11 +575,6 @@ export class Q8Decoder {
   release(cache: KvCache): void {
     if (!(cache instanceof ResidentCache) || cache.sequence.arena !== this.arena) return
     if (!cache.sequence.kept) this.arena.release(cache.sequence)
-  }
-
-  /** Gives `s` back whatever holds it (KeptCache.dispose). */
-  arenaRelease(s: KvSequence): void {
-    this.arena.release(s)
   }
 
   /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
