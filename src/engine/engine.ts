@@ -210,6 +210,7 @@ export class QwenEngine implements Engine {
       },
       prefill: {
         path: this.model.paths.prefill,
+        runs: this.scheduler.promptRuns,
       },
       ...(stages && { stages }),
     }

@@ -133,7 +133,11 @@ export interface EngineStats {
    * Where prompt chunks run: the engine's kernels (then no onnxruntime session holds the
    * weights: one copy), or the ONNX graph.
    */
-  prefill?: { path: 'decoder' | 'graph' }
+  prefill?: {
+    path: 'decoder' | 'graph'
+    /** Forward runs so far that were not decode steps: prompt chunks and label steps. */
+    runs: number
+  }
   /**
    * A package split into stages (each its own isolate on Workers, all in this process on Node
    * and Deno): every stage as it last answered, in plan order.

@@ -2,7 +2,7 @@
  * `GET /health`: 200 when the model is ready, with its id, load time and the scheduler's
  * active and queued counts (generations and classification texts), the classification tokens
  * admitted and not yet computed (`queued_tokens`, the unit of MAX_QUEUED_TOKENS), and how decode steps were batched (`decode`: steps, the forward
- * runs that computed them, the largest batch); 503 (with Retry-After) while idle, loading or after a failed load.
+ * runs that computed them, the largest batch) and the forward runs of prompts (`prefill`: path, runs); 503 (with Retry-After) while idle, loading or after a failed load.
  * A probe of an idle server starts the load, so a health-checked deployment warms itself.
  */
 import { Hono, type Context, type Env } from 'hono'
@@ -67,7 +67,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(decode.path && { path: decode.path }),
           },
         }),
-        ...(prefill && { prefill: { path: prefill.path } }),
+        ...(prefill && { prefill: { path: prefill.path, runs: prefill.runs } }),
         ...(stages && {
           stages: stages.map((s, i) => ({
             ...(probe && { probeMs: Math.round(probe[i] * 1000) / 1000 }),

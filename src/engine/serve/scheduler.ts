@@ -81,6 +81,8 @@ export class Scheduler {
   private computingTexts = 0
   /** Measured compute time per classified token (moving average); undefined until measured. */
   private msPerToken: number | undefined
+  /** Forward runs that were not decode steps (prompt chunks, label steps), run so far. */
+  promptRuns = 0
 
   constructor(readonly options: SchedulerOptions) {}
 
@@ -267,6 +269,7 @@ export class Scheduler {
           )
         const [next] = this.steps.splice(at, 1)
         this.lastWasDecode = next.decode
+        if (!next.decode) this.promptRuns++
         await next.run() // settles the caller's promise; a failed step must not block the queue
       }
     } finally {

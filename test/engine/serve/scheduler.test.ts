@@ -152,6 +152,9 @@ describe('Scheduler', () => {
     // an already aborted signal never queues
     await expect(s.step(async () => ran.push('late'), false, ac.signal)).rejects.toThrow()
     expect(ran).toEqual(['kept'])
+    // /health's prefill.runs: the prompt runs that ran (blocker, kept), not the dropped ones
+    await s.step(async () => ran.push('decode'), true)
+    expect(s.promptRuns).toBe(2)
   })
 
   it('reserves a place when a generation is admitted; cancel gives it back in any state', async () => {
