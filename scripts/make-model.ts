@@ -49,7 +49,8 @@ export const MAKE_MODEL_CLI = {
         'shapes (required): tiny, tiny-mha, small (4 layers, hidden 256), qwen2.5-0.5b ' +
         "(Qwen2.5-0.5B-Instruct's), qwen1.5-0.5b; tiny-outliers, small-outliers, " +
         'qwen2.5-0.5b-outliers: the same shapes with weights drawn like a trained model (heavy ' +
-        'tails, 3 outlier channels at 40x, logit entropy of a few nats)',
+        'tails, 3 outlier channels at 40x, logit entropy of a few nats); small-spread, ' +
+        'qwen2.5-0.5b-spread: the same without the outlier channels (the control)',
     },
     format: { type: 'string', arg: '<fp32|q8|q4>', default: 'fp32', help: 'weights format' },
     out: { type: 'string', arg: '<dir>', help: 'output folder (required)' },

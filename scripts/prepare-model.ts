@@ -4,7 +4,7 @@
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
  *                            [--head wasm|graph] [--head-format q4|q8] [--decoder wasm|graph]
- *                            [--no-verify]
+ *                            [--no-awq] [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
@@ -25,6 +25,9 @@
  *   `DynamicQuantizeMatMul` form (lib/quantize.ts); the graph is then `model_quantized.onnx`.
  *   `--format q4`: fp32 and fp16 weights become 4-bit `MatMulNBits` in blocks of 32, as a q4
  *   export (MatMulNBits already there is kept as exported); the graph is then `model_q4.onnx`.
+ *   Before they are quantized, the matrices that read each norm are scaled by their input
+ *   channels' size on calibration prompts and the norm divided by it (AWQ, lib/awq.ts;
+ *   `--no-awq`: plain quantization).
  * - head split (`--head wasm`, the default; `--head graph` keeps the lm_head in the graph): when
  *   the prepared graph is in that q8 form, its lm_head (and a tied embedding) moves into
  *   `head.q8`, run by the engine's own kernel; a q4 export's MatMulNBits lm_head moves into
@@ -56,6 +59,8 @@ import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/p
 import { basename, dirname, join, relative, resolve, sep } from 'node:path'
 import {
   DECODER_FILE,
+  dequantizeBlocksQ4,
+  quantizeBlocksQ4,
   DEFAULT_SHARD_BYTES,
   headFileName,
   MANIFEST_FILE,
@@ -74,6 +79,7 @@ import {
   type ManifestFile,
 } from '../src/format/index.ts'
 import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
+import { applyAwq, CALIBRATION_QUESTIONS, type AwqReport } from './lib/awq.ts'
 import { checkDecoder, type DecoderCheck } from './lib/decoder-check.ts'
 import { findDecoder, mapDecoder, type DecoderNames } from './lib/decoder-map.ts'
 import { addLogitsToKeep, convertFloatType, type LogitsRewrite } from './lib/graph-rewrite.ts'
@@ -94,6 +100,8 @@ import {
   type TensorProto,
 } from './lib/onnx/index.ts'
 import { progressBar } from './lib/progress.ts'
+import { QwenTokenizer } from '../src/engine/text/tokenizer.ts'
+import { dequantizeBlock, quantizeBlocks } from '../src/engine/wasm/activations.ts'
 import { convertWeights, dequantizeToFloat, type ConversionStats } from './lib/quantize.ts'
 import {
   checkSplitHead,
@@ -152,6 +160,11 @@ export interface PrepareOptions {
   logitsRewrite?: boolean
   /** After a transform, compare the logits with the input's fp32 graph. Default true. */
   verify?: boolean
+  /**
+   * `format: 'q4'` from float weights: scale the matrices that read each norm by their input
+   * channels' calibrated size first (lib/awq.ts). Default true.
+   */
+  awq?: boolean
   /** Where the lm_head runs; default 'wasm' (split off when the graph is in the q8 form). */
   head?: PrepareHead
   /** Default 'wasm': map the decoder layers when the head was split off. */
@@ -191,6 +204,8 @@ export interface PrepareReport {
      */
     dequantizedForReference: number
   }
+  /** AWQ before a q4 conversion of float weights (absent when not asked for). */
+  awq?: AwqReport
   /**
    * Last-position logits of the prepared graph vs the reference: the input itself, or for fp16
    * and q4 inputs its fp32 graph (fp16 widened, MatMulNBits weights dequantized). Absent with
@@ -284,6 +299,8 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         format,
         logitsRewrite: options.logitsRewrite ?? false,
         verify: options.verify ?? true,
+        awq: options.awq ?? true,
+        calibration: () => calibrationPrompts(input.folder, input.config),
         head: headMode,
         headFormat: settings.headFormat,
         decoder: decoderMode,
@@ -616,6 +633,9 @@ export interface TransformOptions {
   format: PrepareFormat
   logitsRewrite: boolean
   verify: boolean
+  /** AWQ before a q4 conversion of float weights (with `calibration`'s prompts). */
+  awq?: boolean
+  calibration?: () => Promise<number[][]>
   /** Default 'graph' (no split). */
   head?: PrepareHead
   /** The rows of a MatMulNBits lm_head; default 'q4'. */
@@ -651,7 +671,28 @@ export async function transformExport(
         ...(fp32.nodes ? [`${fp32.nodes} MatMulNBits dequantized`] : []),
       ].join(', ')})`
     }
-    const converted = convertWeights(widened.model, {
+    let toConvert = widened.model
+    if (o.format === 'q4' && o.awq && o.calibration) {
+      const awq = await applyAwq(
+        toConvert,
+        o.config,
+        await o.calibration(),
+        q4Encode,
+        kernelActivations,
+      )
+      toConvert = awq.model
+      report.awq = awq.report
+      const r = awq.report
+      o.log(
+        r.applied
+          ? `awq: ${r.groups} groups scaled by their calibrated input channels ` +
+              `(${r.calibrationTokens} tokens; alpha ${r.alphas!.join(' ')}); calibration ` +
+              `output error ${r.error!.toPrecision(3)} vs ${r.plainError!.toPrecision(3)} plain ` +
+              `(${r.seconds!.toFixed(1)} s)`
+          : `awq: not applied (${r.reason})`,
+      )
+    }
+    const converted = convertWeights(toConvert, {
       hiddenSize: o.config.hidden_size,
       to: o.format,
     })
@@ -761,6 +802,32 @@ export async function transformExport(
   const decoder =
     o.decoder === 'wasm' ? await findAndCheckDecoder(model, report, head, o) : undefined
   return { model, report, head, decoder }
+}
+
+/** What the engine's q4 kernels multiply for an input row: int8 per block of 32, dequantized. */
+const kernelActivations = (x: Float32Array): Float32Array => {
+  const a = quantizeBlocks(x, 1, x.length)
+  return Float32Array.from(x, (_, i) => dequantizeBlock(a, 0, i))
+}
+
+/** The q4 conversion's quantizer (blocks of 32), dequantized: what AWQ's search measures. */
+const q4Encode = (w: Float32Array, n: number, k: number): Float32Array => {
+  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
+  return dequantizeBlocksQ4(packed, scales, zeroPoints, n, k)
+}
+
+/**
+ * The calibration prompts in the export's own tokenizer and chat template (ids past a
+ * synthetic model's vocabulary taken modulo its size, as the logit check does).
+ */
+async function calibrationPrompts(folder: string, config: Qwen2Config): Promise<number[][]> {
+  const json = async (name: string) => JSON.parse(await readFile(join(folder, name), 'utf8'))
+  const tok = new QwenTokenizer(await json('tokenizer.json'), await json('tokenizer_config.json'))
+  return CALIBRATION_QUESTIONS.map((content) =>
+    tok
+      .encodePrompt(tok.renderChat([{ role: 'user', content }]))
+      .map((id) => id % config.vocab_size),
+  )
 }
 
 /**
@@ -1004,6 +1071,11 @@ export const PREPARE_CLI = {
       default: true,
       help: 'give an export without num_logits_to_keep that input (lm_head on the last position only)',
     },
+    awq: {
+      type: 'boolean',
+      default: true,
+      help: "--format q4 from fp32/fp16: scale the matrices that read each norm by their input channels' size on calibration prompts (AWQ) before quantizing",
+    },
     verify: {
       type: 'boolean',
       default: true,
@@ -1073,6 +1145,7 @@ async function main(): Promise<void> {
     decoder: values.decoder as PrepareDecoder,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
+    awq: values.awq,
     ...stageOptions(values),
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)

@@ -36,6 +36,7 @@ import {
   quantizeBlocksQ4,
   quantizeRowsU8,
 } from '../../src/format/index.ts'
+import { AWQ_ALPHAS, CALIBRATION_QUESTIONS, searchAwq, type Encode } from '../lib/awq.ts'
 import { isMain, parseCli, runMain } from '../lib/cli.ts'
 import {
   PRESETS,
@@ -82,7 +83,7 @@ export interface FidelityFormat {
   open(ctx: FidelityContext): Promise<Stepper>
 }
 
-export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head'
+export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head' | 'q4-awq'
 
 export interface FidelityContext {
   preset: PresetName
@@ -93,7 +94,8 @@ export interface FidelityContext {
   modelDir(format: WeightFormat): Promise<string>
   /**
    * The engine's package (head and decoder in its kernels): model:prepare of the q8 folder, of
-   * the q4 folder as exported (q4 head), or of the q4 folder with `--head-format q8`.
+   * the q4 folder as exported (q4 head), of the q4 folder with `--head-format q8`, or of the
+   * fp32 folder with `--format q4` (AWQ).
    */
   enginePackage(kind?: EnginePackageKind): Promise<string>
   /** Token ids of the calibration prompts (for formats that calibrate; never the eval ones). */
@@ -128,6 +130,10 @@ export const FORMATS: Record<string, FidelityFormat> = {
   'engine-q4-q8head': {
     note: 'the same with `model:prepare --head-format q8`: the lm_head rows requantized to q8',
     open: (ctx) => engineStepper(ctx, 'kernels', 'q4-q8head'),
+  },
+  'engine-q4-awq': {
+    note: 'the engine on `model:prepare --format q4` of the fp32 export: AWQ-scaled 4-bit layers and head',
+    open: (ctx) => engineStepper(ctx, 'kernels', 'q4-awq'),
   },
   'ort-q4': {
     note: 'ORT MatMulNBits (block 32), accuracy_level 0 (float activations), q4 head',
@@ -301,7 +307,6 @@ async function engineStepper(
 // ---------------------------------------------------------------- the TS reference
 
 /** How a matrix [n, k] (HF layout) is stored: returns what the format computes with. */
-export type Encode = (w: Float32Array, n: number, k: number) => Float32Array
 
 const keep: Encode = (w) => w
 const q8: Encode = (w, n, k) => {
@@ -374,19 +379,11 @@ const NORM_GROUPS = [
   { norm: 'input_layernorm', reads: ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'] },
   { norm: 'post_attention_layernorm', reads: ['mlp.gate_proj', 'mlp.up_proj'] },
 ]
-/** AWQ's grid of exponents for s = mean|x|^alpha (alpha 0: plain quantization). */
-const AWQ_ALPHAS = Array.from({ length: 11 }, (_, i) => i / 10)
-/** Calibration rows the output error is measured on, per group. */
-const AWQ_ERROR_ROWS = 64
 
 /**
- * AWQ-style activation-aware scaling (Lin et al. 2023), without its weight clipping search: per
- * layer and norm, the channels' mean |activation| over the calibration prompts gives
- * s = mean|x|^alpha (normalised by sqrt(max · min)); the matrices reading that norm are stored
- * as quantize(W · diag(s)) and the norm's weight divided by s, which in exact arithmetic changes
- * nothing, but gives the salient (outlier) input channels finer steps. alpha is searched per
- * group for the least output error on calibration rows; alpha 0 is plain quantization, so the
- * search never picks worse than that on its own calibration data.
+ * AWQ-style activation-aware scaling (lib/awq.ts) on the synthetic weights: the calibration
+ * prompts run through the TS reference, and every layer's two norm groups are scaled by the
+ * alpha `searchAwq` picks.
  */
 export async function awqWeights(
   ctx: FidelityContext,
@@ -412,42 +409,11 @@ export async function awqWeights(
   for (let l = 0; l < ctx.dims.numLayers; l++)
     for (const g of NORM_GROUPS) {
       const p = `model.layers.${l}`
-      const x = rows.get(`${p}.${g.reads[0]}.weight`)!
-      const meanAbs = new Float64Array(H)
-      for (const r of x) for (let c = 0; c < H; c++) meanAbs[c] += Math.abs(r[c]) / x.length
-      const sample = Array.from(
-        { length: Math.min(AWQ_ERROR_ROWS, x.length) },
-        (_, i) => x[Math.floor((i * x.length) / Math.min(AWQ_ERROR_ROWS, x.length))],
-      )
       const mats = g.reads.map((m) => {
         const w = fp32.get(`${p}.${m}.weight`)!
         return { name: `${p}.${m}.weight`, w, n: w.length / H }
       })
-      let best: { err: number; alpha: number; s: Float32Array; stored: Float32Array[] } = {
-        err: Infinity,
-        alpha: 0,
-        s: new Float32Array(H),
-        stored: [],
-      }
-      for (const alpha of alphas) {
-        const s = awqScales(meanAbs, alpha)
-        let err = 0
-        const stored = mats.map(({ w, n }) => {
-          const scaled = new Float32Array(w.length)
-          for (let r = 0; r < n; r++)
-            for (let c = 0; c < H; c++) scaled[r * H + c] = w[r * H + c] * s[c]
-          const q = body(scaled, n, H)
-          // (W − Q(W s) / s) x: the error the stored weights make on calibration inputs
-          for (const xi of sample)
-            for (let r = 0; r < n; r++) {
-              let e = 0
-              for (let c = 0; c < H; c++) e += (w[r * H + c] - q[r * H + c] / s[c]) * xi[c]
-              err += e * e
-            }
-          return q
-        })
-        if (err < best.err) best = { err, alpha, s, stored }
-      }
+      const best = searchAwq(mats, rows.get(`${p}.${g.reads[0]}.weight`)!, H, body, { alphas })
       chosen.push(best.alpha)
       mats.forEach((m, i) => out.set(m.name, best.stored[i]))
       const gamma = Float32Array.from(fp32.get(`${p}.${g.norm}.weight`)!)
@@ -456,20 +422,6 @@ export async function awqWeights(
     }
   ctx.log(`awq: alpha per layer (attn, mlp): ${chosen.join(' ')}`)
   return { weights: out, chosen }
-}
-
-/** s = mean|x|^alpha, normalised so that max(s) · min(s) = 1 (as AWQ does). */
-export function awqScales(meanAbs: ArrayLike<number>, alpha: number): Float32Array {
-  const s = Float32Array.from(meanAbs, (m) => Math.pow(Math.max(m, 1e-4), alpha))
-  let max = 0
-  let min = Infinity
-  for (const v of s) {
-    max = Math.max(max, v)
-    min = Math.min(min, v)
-  }
-  const norm = Math.sqrt(max * min)
-  for (let i = 0; i < s.length; i++) s[i] /= norm
-  return s
 }
 
 // ---------------------------------------------------------------- prompts
@@ -484,18 +436,6 @@ export const EVAL_QUESTIONS = [
   'Translate to French: The train leaves at seven tomorrow morning.',
   'What are the pros and cons of remote work? Answer in two bullet points each.',
   'Summarize the plot of a heist movie you invent, in one paragraph.',
-]
-
-/** AWQ's calibration prompts: other text of the same kinds. */
-export const CALIBRATION_QUESTIONS = [
-  'Describe a sunrise over the mountains in three sentences.',
-  '请简单介绍一下长城的历史。',
-  'Give me a recipe for pancakes with a numbered list of steps.',
-  'Why is the sky blue? Keep it short.',
-  'function add(a, b) { // write a TypeScript version with types',
-  'Translate to German: Where is the nearest train station?',
-  'Compare cats and dogs as pets in a short table.',
-  'Write a limerick about a programmer who loves coffee.',
 ]
 
 // ---------------------------------------------------------------- the run
@@ -545,7 +485,12 @@ export async function runFidelity(options: {
       if (!packages.has(kind))
         packages.set(
           kind,
-          preparedPackage(preset, kind, modelDir(kind === 'q8' ? 'q8' : 'q4'), log),
+          preparedPackage(
+            preset,
+            kind,
+            modelDir(kind === 'q8' ? 'q8' : kind === 'q4-awq' ? 'fp32' : 'q4'),
+            log,
+          ),
         )
       return packages.get(kind)!
     },
@@ -647,6 +592,7 @@ async function preparedPackage(
     quiet: true,
     verify: false,
     ...(kind === 'q4-q8head' && { headFormat: 'q8' as const }),
+    ...(kind === 'q4-awq' && { format: 'q4' as const }),
   })
   if (!report?.decoder?.applied)
     throw new Error(`no decoder in the package: ${report?.decoder?.reason}`)

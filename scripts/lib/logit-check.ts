@@ -11,7 +11,7 @@ import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { Tensor } from 'onnxruntime-node'
+import type { InferenceSession, Tensor } from 'onnxruntime-node'
 import type { Qwen2Config } from '../../src/format/index.ts'
 import { halfToFloat } from './graph-rewrite.ts'
 import {
@@ -94,8 +94,27 @@ async function lastLogits(
   dir: string,
   file: string,
 ): Promise<Float32Array> {
-  const ort = await import('onnxruntime-node')
   const path = 'path' in graph ? graph.path : writeModelWithExternalData(graph.model, dir, file)
+  const [logits] = await runPrefill(path, config, [tokens], ['logits'])
+  const data = logits[0].data as Float32Array | Uint16Array
+  const vocab = logits[0].dims[logits[0].dims.length - 1]
+  const last = data.subarray(data.length - vocab)
+  return logits[0].type === 'float16'
+    ? Float32Array.from(last, halfToFloat)
+    : Float32Array.from(last)
+}
+
+/**
+ * Prefills of each of `prompts` (an empty cache each) through the graph at `path`
+ * (onnxruntime-node, 1 thread): for every name of `outputs`, its tensor per prompt.
+ */
+export async function runPrefill(
+  path: string,
+  config: Qwen2Config,
+  prompts: readonly (readonly number[])[],
+  outputs: readonly string[],
+): Promise<Tensor[][]> {
+  const ort = await import('onnxruntime-node')
   const session = await ort.InferenceSession.create(path, {
     intraOpNumThreads: 1,
     interOpNumThreads: 1,
@@ -103,42 +122,52 @@ async function lastLogits(
     logSeverityLevel: 3,
   })
   try {
-    const n = tokens.length
-    const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads
-    const feeds: Record<string, InstanceType<typeof ort.Tensor>> = {}
-    for (const name of session.inputNames) {
-      const meta = session.inputMetadata.find((m) => m.name === name)
-      const type = meta?.isTensor ? meta.type : 'float32'
-      if (name === 'input_ids')
-        feeds[name] = new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, n])
-      else if (name === 'attention_mask')
-        feeds[name] = new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n])
-      else if (name === 'position_ids')
-        feeds[name] = new ort.Tensor(
-          'int64',
-          BigInt64Array.from(tokens, (_, i) => BigInt(i)),
-          [1, n],
-        )
-      else if (name === 'num_logits_to_keep')
-        feeds[name] = new ort.Tensor('int64', BigInt64Array.of(1n), [])
-      else if (name.startsWith('past_key_values.')) {
-        const dims = [1, config.num_key_value_heads, 0, headDim]
-        feeds[name] =
-          type === 'float16'
-            ? new ort.Tensor('float16', new Uint16Array(0), dims)
-            : new ort.Tensor('float32', new Float32Array(0), dims)
-      } else throw new Error(`${file}: unexpected input ${name}`)
+    const got: Tensor[][] = outputs.map(() => [])
+    for (const tokens of prompts) {
+      const results = await session.run(prefillFeeds(ort.Tensor, session, config, tokens), [
+        ...outputs,
+      ])
+      outputs.forEach((name, i) => got[i].push(results[name]))
     }
-    const logits = (await session.run(feeds, ['logits'])).logits
-    const vocab = logits.dims[logits.dims.length - 1]
-    const data = logits.data as Float32Array | Uint16Array
-    const last = data.subarray(data.length - vocab)
-    return logits.type === 'float16'
-      ? Float32Array.from(last, halfToFloat)
-      : Float32Array.from(last)
+    return got
   } finally {
     await session.release()
   }
+}
+
+/** The feeds of one prefill of `tokens` with an empty cache, for `session`'s inputs. */
+function prefillFeeds(
+  T: typeof Tensor,
+  session: InferenceSession,
+  config: Qwen2Config,
+  tokens: readonly number[],
+): Record<string, Tensor> {
+  const n = tokens.length
+  const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads
+  const feeds: Record<string, Tensor> = {}
+  for (const name of session.inputNames) {
+    const meta = session.inputMetadata.find((m) => m.name === name)
+    const type = meta?.isTensor ? meta.type : 'float32'
+    if (name === 'input_ids')
+      feeds[name] = new T('int64', BigInt64Array.from(tokens, BigInt), [1, n])
+    else if (name === 'attention_mask')
+      feeds[name] = new T('int64', new BigInt64Array(n).fill(1n), [1, n])
+    else if (name === 'position_ids')
+      feeds[name] = new T(
+        'int64',
+        BigInt64Array.from(tokens, (_, i) => BigInt(i)),
+        [1, n],
+      )
+    else if (name === 'num_logits_to_keep') feeds[name] = new T('int64', BigInt64Array.of(1n), [])
+    else if (name.startsWith('past_key_values.')) {
+      const dims = [1, config.num_key_value_heads, 0, headDim]
+      feeds[name] =
+        type === 'float16'
+          ? new T('float16', new Uint16Array(0), dims)
+          : new T('float32', new Float32Array(0), dims)
+    } else throw new Error(`the graph has an unexpected input ${name}`)
+  }
+  return feeds
 }
 
 /**

@@ -29,8 +29,10 @@ export type PresetName =
   | 'tiny-outliers'
   | 'small'
   | 'small-outliers'
+  | 'small-spread'
   | 'qwen2.5-0.5b'
   | 'qwen2.5-0.5b-outliers'
+  | 'qwen2.5-0.5b-spread'
   | 'qwen1.5-0.5b'
 export type WeightFormat = 'fp32' | 'q8' | 'q4'
 
@@ -95,8 +97,10 @@ export const PRESETS: Record<PresetName, ModelDims> = {
   'tiny-outliers': TINY,
   small: SMALL,
   'small-outliers': SMALL,
+  'small-spread': SMALL,
   'qwen2.5-0.5b': QWEN25_05B,
   'qwen2.5-0.5b-outliers': QWEN25_05B,
+  'qwen2.5-0.5b-spread': QWEN25_05B,
   // Qwen1.5-0.5B(-Chat): no GQA, wider.
   'qwen1.5-0.5b': {
     ...QWEN25_05B,
@@ -148,14 +152,22 @@ const trainedLike = (logitScale: number): WeightDistribution => ({
   logitScale,
 })
 
+/**
+ * The `-spread` presets: the `-outliers` ones without their outlier channels (heavy tails and a
+ * trained model's logit spread), the control that isolates what the outlier channels cost.
+ */
+const spreadLike = (logitScale: number): WeightDistribution => ({ tailDof: 5, logitScale })
+
 export const PRESET_DISTRIBUTIONS: Record<PresetName, WeightDistribution> = {
   tiny: {},
   'tiny-mha': {},
   'tiny-outliers': trainedLike(2.25),
   small: {},
   'small-outliers': trainedLike(2.25),
+  'small-spread': spreadLike(2.25),
   'qwen2.5-0.5b': {},
   'qwen2.5-0.5b-outliers': trainedLike(4),
+  'qwen2.5-0.5b-spread': spreadLike(4),
   'qwen1.5-0.5b': {},
 }
 

@@ -27,7 +27,9 @@
 import { createHash } from 'node:crypto'
 import {
   LOGITS_TO_KEEP,
+  ancestors,
   declaredRank,
+  indexGraph,
   halfTensorToFloat32,
   pruneInitializers,
   uniqueNamer,
@@ -336,15 +338,50 @@ export function convertWeights(
 
   const removed = new Set<NodeProto>()
   const replaced = new Map<NodeProto, NodeProto[]>()
+  const producer = new Map<string, NodeProto>()
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n)
+  const int64s = (t: string | undefined) => {
+    const v = t ? inits.get(t) : undefined
+    return v?.data_type === DataType.INT64 && v.dims?.length === 1
+      ? Array.from(new BigInt64Array(new Uint8Array(tensorRawData(v)).buffer), Number)
+      : undefined
+  }
+  /**
+   * A Gemm between Reshape(h, [-1, K]) and Reshape(·, Concat(Shape(h)[0:2], [N])), as a tied
+   * lm_head reads its [V, H] matrix in an fp32 export: the converted node reads h itself and
+   * writes the second Reshape's output (MatMulNBits and DynamicQuantizeMatMul take [b, s, K]),
+   * so the lm_head is the node that computes logits, as the head split looks for.
+   */
+  const flattened = (gemm: NodeProto, x: string, N: number) => {
+    const r1 = producer.get(x)
+    const y = gemm.output![0]
+    const r2 = consumers.get(y)?.[0]
+    if (r1?.op_type !== 'Reshape' || r1.domain || consumers.get(x)?.length !== 1) return undefined
+    if (r2?.op_type !== 'Reshape' || r2.domain || consumers.get(y)?.length !== 1) return undefined
+    if (graphOutputs.has(x) || graphOutputs.has(y)) return undefined
+    const h = r1.input![0]
+    if (int64s(r1.input![1])?.length !== 2) return undefined
+    const concat = producer.get(r2.input![1])
+    if (concat?.op_type !== 'Concat' || concat.domain || intAttr(concat, 'axis') !== 0)
+      return undefined
+    const [lead, last] = concat.input ?? []
+    const shape = producer.get(lead)
+    if (shape?.op_type !== 'Shape' || shape.domain || shape.input![0] !== h) return undefined
+    if ((intAttr(shape, 'start') ?? 0) !== 0 || intAttr(shape, 'end') !== 2) return undefined
+    const n = int64s(last)
+    if (n?.length !== 1 || n[0] !== N || concat.input!.length !== 2) return undefined
+    return { x: h, output: r2.output![0], reshapes: [r1, r2] }
+  }
   const linear = (
     n: NodeProto,
     x: string,
     src: WeightSource,
     kind: 'matMul' | 'gemm' | 'matMulNBits',
+    output = n.output![0],
   ) => {
     const m = quantized(src)
     let bias = src.bias
-    let out = n.output![0]
+    let out = output
     stats[kind]++
     if (to === 'q4') {
       const attrs = { K: m.k, N: m.n, bits: 4, block_size: Q4_BLOCK_SIZE }
@@ -396,7 +433,10 @@ export function convertWeights(
         bias = c
       }
       const layout = transB ? 'nk' : 'kn'
-      linear(n, x, { key: `${b}:${layout}`, base: b, matrix: matrix(w, layout), bias }, 'gemm')
+      const src = { key: `${b}:${layout}`, base: b, matrix: matrix(w, layout), bias }
+      const flat = flattened(n, x, N)
+      if (flat) for (const r of flat.reshapes) removed.add(r)
+      linear(n, flat?.x ?? x, src, 'gemm', flat?.output)
     } else if (n.op_type === 'MatMulNBits' && domain === MS && to === 'q8') {
       const bias = n.input?.[5] || undefined
       const src: WeightSource = {
@@ -430,7 +470,10 @@ export function convertWeights(
     }
   }
 
-  const nodes = (graph.node ?? []).flatMap((n) => (removed.has(n) ? [] : (replaced.get(n) ?? [n])))
+  let nodes = (graph.node ?? []).flatMap((n) => (removed.has(n) ? [] : (replaced.get(n) ?? [n])))
+  // what only the removed nodes read (a flattened Gemm's Shape and Concat) goes too
+  const live = ancestors(indexGraph({ ...graph, node: nodes }), [...graphOutputs] as string[])
+  nodes = nodes.filter((n) => live.has(n))
   let out: ModelProto = {
     ...model,
     opset_import: (model.opset_import ?? []).some((o) => o.domain === MS)

@@ -3,7 +3,7 @@
  * agreement and the clear-lead filter; and AWQ's scales.
  */
 import { describe, expect, it } from 'vitest'
-import { awqScales } from '../../scripts/bench/fidelity.ts'
+import { awqScales } from '../../scripts/lib/awq.ts'
 import {
   compareStep,
   entropy,

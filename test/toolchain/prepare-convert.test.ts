@@ -267,7 +267,8 @@ describe('--format q8', () => {
 
   it('fp32 → q4: the generator’s own q4 weights, byte for byte, and its logits', async () => {
     const hf = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
-    const result = await prepare(hf, 'tiny-fp32-q4', { format: 'q4' })
+    // plain quantization (AWQ scales the weights first: awq.test.ts)
+    const result = await prepare(hf, 'tiny-fp32-q4', { format: 'q4', awq: false })
     expect(result.manifest.stages[0].graph.path).toBe('model_q4.onnx')
     const model = await preparedGraph(result)
     expect(result.report!.conversion).toMatchObject({
@@ -356,16 +357,18 @@ describe('--format q8', () => {
     expect(result.manifest.head).toMatchObject({ vocab: V, hidden: 64, stride: 64 })
     expectQ8Report(result) // the conversion is checked before the split, on the whole graph
 
-    // our own fp32 graphs compute logits through Reshape(Gemm(Reshape(hidden))): not split
+    // our own fp32 graphs compute logits through Reshape(Gemm(Reshape(hidden))): the converted
+    // lm_head reads hidden itself, so it is split off too, with the tied embedding
     const fp32 = await prepare(await ensureModel('tiny', 'fp32'), 'tiny-fp32-q8-head', {
       format: 'q8',
       head: 'wasm',
     })
-    expect(fp32.report!.head).toEqual({
-      applied: false,
-      reason: expect.stringMatching(/^logits comes from Reshape /),
-    })
-    expect(fp32.manifest.head).toBeUndefined()
+    expect(fp32.report!.head).toMatchObject({ applied: true, embedding: true, top1Agrees: true })
+    expect(fp32.manifest.head).toMatchObject({ vocab: V, hidden: 64 })
+    const graph = await preparedGraph(fp32)
+    expect(opTypes(graph).has('Gemm')).toBe(false)
+    // the Reshapes around the Gemm, and the Shape and Concat of the second, went too
+    expect(graph.graph!.node!.filter((n) => n.name?.startsWith('/lm_head'))).toEqual([])
   })
 
   it('fp16 → q8: widened to fp32, then quantized', async () => {
