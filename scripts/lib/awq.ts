@@ -140,6 +140,12 @@ export function searchAwq(
   } = {},
 ): AwqChoice {
   const { alphas = AWQ_ALPHAS, activations } = options
+  // identical rows (the chat template's shared prefix at the same positions) count once
+  const seenRows = new Set<string>()
+  rows = rows.filter((r) => {
+    const key = Buffer.from(r.buffer, r.byteOffset, 4 * k).toString('base64')
+    return !seenRows.has(key) && !!seenRows.add(key)
+  })
   const meanAbs = new Float64Array(k)
   for (const r of rows) for (let c = 0; c < k; c++) meanAbs[c] += Math.abs(r[c]) / rows.length
   const count = Math.min(AWQ_ERROR_ROWS, rows.length)

@@ -65,6 +65,10 @@ describe('AWQ', () => {
     expect(choice.alpha).toBeGreaterThan(0)
     expect(choice.err).toBeLessThan(choice.plainErr)
     expect(choice.s[0]).toBeGreaterThan(choice.s[5]) // the salient channels scaled up
+    // rows seen many times (a chat template's shared prefix) count once
+    const repeated = [...rows, ...Array.from({ length: 50 }, () => Float32Array.from(rows[3]))]
+    const again = searchAwq([{ w, n: 4 }], repeated, k, coarse)
+    expect([again.alpha, again.err]).toEqual([choice.alpha, choice.err])
   })
 
   it("the kernel's products are the plain loop's, within f32 rounding", async () => {
