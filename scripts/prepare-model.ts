@@ -695,6 +695,8 @@ export async function transformExport(
     const converted = convertWeights(toConvert, {
       hiddenSize: o.config.hidden_size,
       to: o.format,
+      // `--head-format q8` on a conversion: the head rows from the float weights, not from 4 bits
+      ...(o.format === 'q4' && o.headFormat === 'q8' && { headTo: 'q8' as const }),
     })
     model = converted.model
     const s = converted.stats
@@ -704,11 +706,16 @@ export async function transformExport(
       dequantizedForReference: fp32.nodes,
     }
     const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`
-    const into = o.format === 'q8' ? 'DynamicQuantizeMatMul' : 'MatMulNBits (4-bit, blocks of 32)'
+    const q8Head = o.format === 'q4' && o.headFormat === 'q8'
+    const into =
+      o.format === 'q8'
+        ? 'DynamicQuantizeMatMul'
+        : `MatMulNBits (4-bit, blocks of 32)${q8Head ? ', the lm_head DynamicQuantizeMatMul' : ''}`
     o.log(
       `${o.format}: ${s.matMul} MatMul, ${s.gemm} Gemm, ${s.matMulNBits} MatMulNBits → ${into}` +
         (s.biases ? ` (${s.biases} biases folded)` : '') +
-        `; ${s.embeddings} embedding Gather on ${o.format}; ${s.shared} matrix shared; weights ` +
+        `; ${s.embeddings} embedding Gather on ${q8Head ? 'the head matrix' : o.format}; ` +
+        `${s.shared} matrix shared; weights ` +
         `${mb(s.bytesBefore)} → ${mb(s.bytesAfter)} (${((performance.now() - started) / 1000).toFixed(1)} s)`,
     )
   }
@@ -1058,7 +1065,7 @@ export const PREPARE_CLI = {
       type: 'string',
       arg: '<q4|q8>',
       default: 'q4',
-      help: "a q4 export's split lm_head: q4 keeps its 4-bit rows as exported (head.q4); q8 requantizes them per row (head.q8)",
+      help: "a q4 export's split lm_head: q4 keeps its 4-bit rows as exported (head.q4); q8 requantizes them per row (head.q8); with --format q4 from fp32/fp16, q8 quantizes the head rows from the float weights",
     },
     decoder: {
       type: 'string',

@@ -83,7 +83,7 @@ export interface FidelityFormat {
   open(ctx: FidelityContext): Promise<Stepper>
 }
 
-export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head' | 'q4-awq'
+export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head' | 'q4-awq' | 'q4-awq-q8head'
 
 export interface FidelityContext {
   preset: PresetName
@@ -134,6 +134,10 @@ export const FORMATS: Record<string, FidelityFormat> = {
   'engine-q4-awq': {
     note: 'the engine on `model:prepare --format q4` of the fp32 export: AWQ-scaled 4-bit layers and head',
     open: (ctx) => engineStepper(ctx, 'kernels', 'q4-awq'),
+  },
+  'engine-q4-awq-q8head': {
+    note: 'the same with `--head-format q8`: the head rows quantized to q8 from the fp32 weights',
+    open: (ctx) => engineStepper(ctx, 'kernels', 'q4-awq-q8head'),
   },
   'ort-q4': {
     note: 'ORT MatMulNBits (block 32), accuracy_level 0 (float activations), q4 head',
@@ -488,7 +492,7 @@ export async function runFidelity(options: {
           preparedPackage(
             preset,
             kind,
-            modelDir(kind === 'q8' ? 'q8' : kind === 'q4-awq' ? 'fp32' : 'q4'),
+            modelDir(kind === 'q8' ? 'q8' : kind.startsWith('q4-awq') ? 'fp32' : 'q4'),
             log,
           ),
         )
@@ -591,8 +595,8 @@ async function preparedPackage(
     out,
     quiet: true,
     verify: false,
-    ...(kind === 'q4-q8head' && { headFormat: 'q8' as const }),
-    ...(kind === 'q4-awq' && { format: 'q4' as const }),
+    ...((kind === 'q4-q8head' || kind === 'q4-awq-q8head') && { headFormat: 'q8' as const }),
+    ...(kind.startsWith('q4-awq') && { format: 'q4' as const }),
   })
   if (!report?.decoder?.applied)
     throw new Error(`no decoder in the package: ${report?.decoder?.reason}`)

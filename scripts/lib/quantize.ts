@@ -231,11 +231,22 @@ interface WeightSource {
  */
 export function convertWeights(
   model: ModelProto,
-  options: { hiddenSize: number; to: ConvertFormat },
+  options: {
+    hiddenSize: number
+    to: ConvertFormat
+    /**
+     * The lm_head's matrix (and a tied embedding reading it) in this format instead of `to`:
+     * q4 layers with a q8 head quantized from the float weights.
+     */
+    headTo?: ConvertFormat
+  },
 ): { model: ModelProto; stats: ConversionStats } {
   const graph = model.graph
   if (!graph) throw new Error('the model has no graph')
   const { to } = options
+  const headWeight = options.headTo && options.headTo !== to ? lmHeadWeight(graph) : undefined
+  /** The format of the matrix read from initializer `base`. */
+  const formatOf = (base: string): ConvertFormat => (base === headWeight ? options.headTo! : to)
   if (to === 'q4' && (graph.node ?? []).some((n) => n.op_type === 'DynamicQuantizeMatMul'))
     throw new Error(
       'a q8 export (DynamicQuantizeMatMul) is not converted to q4: its weights would be rounded ' +
@@ -265,7 +276,7 @@ export function convertWeights(
   /** `src` in the target form: its initializers' bytes, names and dims. */
   const encode = (src: WeightSource) => {
     const { values, layout, n, k } = src.matrix()
-    if (to === 'q4') {
+    if (formatOf(src.base) === 'q4') {
       const rows = layout === 'nk' ? values : transpose(values, k, n)
       const { packed, scales, zeroPoints, blocks } = quantizeBlocksQ4(rows, n, k)
       return {
@@ -383,7 +394,7 @@ export function convertWeights(
     let bias = src.bias
     let out = output
     stats[kind]++
-    if (to === 'q4') {
+    if (formatOf(src.base) === 'q4') {
       const attrs = { K: m.k, N: m.n, bits: 4, block_size: Q4_BLOCK_SIZE }
       const y = bias ? name(`${out}_nbits`) : out
       const inputs = [x, m.weight, m.scale, m.zeroPoint]
@@ -462,7 +473,7 @@ export function convertWeights(
         matrix: matrix(table, 'nk'),
       })
       const nodes =
-        to === 'q4'
+        formatOf(table.name!) === 'q4'
           ? q4EmbeddingNodes(model, n, ids, rank, m, name, added)
           : embeddingNodes(model, n, ids, rank, m, name, added)
       replaced.set(n, nodes)
@@ -484,6 +495,21 @@ export function convertWeights(
   out = pruneInitializers(out).model
   stats.bytesAfter = bytesOf(out.graph!)
   return { model: out, stats }
+}
+
+/**
+ * The initializer the lm_head multiplies with: the MatMul or Gemm that computes `logits`, seen
+ * through Reshapes (a flattened Gemm head); undefined when there is none.
+ */
+function lmHeadWeight(graph: GraphProto): string | undefined {
+  const producer = new Map<string, NodeProto>()
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n)
+  for (let n = producer.get('logits'); n; n = producer.get(n.input![0])) {
+    if (n.domain) return undefined
+    if (n.op_type === 'MatMul' || n.op_type === 'Gemm') return n.input![1]
+    if (n.op_type !== 'Reshape') return undefined
+  }
+  return undefined
 }
 
 /**

@@ -318,6 +318,29 @@ describe('--format q8', () => {
     )
   })
 
+  it('fp32 → q4 with --head-format q8: 4-bit layers, the head rows in q8 from the fp32 weights', async () => {
+    const hf = await ensureModel('tiny', 'fp32')
+    const options = { format: 'q4', awq: false, head: 'wasm' } as const
+    const q4Head = await prepare(hf, 'tiny-fp32-q4-q4head', options)
+    const q8Head = await prepare(hf, 'tiny-fp32-q4-q8head', { ...options, headFormat: 'q8' })
+    expect(q4Head.manifest.head?.format).toBe('q4-b32')
+    expect(q8Head.manifest.head?.format).toBe('q8-rows')
+    for (const r of [q4Head, q8Head]) {
+      expect(r.manifest.decoder?.format).toBe('nbits') // the layers are 4-bit either way
+      expect(r.report!.head).toMatchObject({ applied: true, embedding: true, top1Agrees: true })
+    }
+    // the layers' bytes are the same: only the head differs
+    const graphs = await Promise.all([q4Head, q8Head].map(preparedGraph))
+    const nbits = graphs.map(
+      (g) => g.graph!.node!.filter((n) => n.op_type === 'MatMulNBits').length,
+    )
+    expect(nbits).toEqual([14, 14])
+    // and rows quantized from fp32 to 8 bits are closer to fp32 than 4-bit rows (a q8 head made
+    // from the 4-bit rows would not be)
+    const [a, b] = [q4Head, q8Head].map((r) => r.report!.logits!.meanAbsError)
+    expect(b).toBeLessThan(a)
+  })
+
   it('q4 (MatMulNBits) → q8: close to the dequantized q4 weights', async () => {
     const hf = await ensureModel('tiny', 'q4')
     const result = await prepare(hf, 'tiny-q4-q8', { format: 'q8' })
