@@ -79,7 +79,7 @@ import {
   type ManifestFile,
 } from '../src/format/index.ts'
 import { isMain, parseCli, runMain, usageError } from './lib/cli.ts'
-import { applyAwq, CALIBRATION_QUESTIONS, type AwqReport } from './lib/awq.ts'
+import { applyAwq, AWQ_MIN_GAIN, CALIBRATION_QUESTIONS, type AwqReport } from './lib/awq.ts'
 import { checkDecoder, type DecoderCheck } from './lib/decoder-check.ts'
 import { findDecoder, mapDecoder, type DecoderNames } from './lib/decoder-map.ts'
 import { addLogitsToKeep, convertFloatType, type LogitsRewrite } from './lib/graph-rewrite.ts'
@@ -685,7 +685,9 @@ export async function transformExport(
       const r = awq.report
       o.log(
         r.applied
-          ? `awq: ${r.groups} groups scaled by their calibrated input channels ` +
+          ? `awq: ${r.alphas!.filter((a) => a > 0).length} of ${r.groups} groups scaled by their ` +
+              `calibrated input channels (the rest cut their error by under ` +
+              `${AWQ_MIN_GAIN * 100}%: rounded plainly) ` +
               `(${r.calibrationTokens} tokens; alpha ${r.alphas!.join(' ')}); calibration ` +
               `output error ${r.error!.toPrecision(3)} vs ${r.plainError!.toPrecision(3)} plain ` +
               `(${r.seconds!.toFixed(1)} s)`

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseQwen2Config } from '../../src/format/index.ts'
 import {
   applyAwq,
+  AWQ_MIN_GAIN,
   findAwqGroups,
   jsDots,
   kernelDots,
@@ -69,6 +70,25 @@ describe('AWQ', () => {
     const repeated = [...rows, ...Array.from({ length: 50 }, () => Float32Array.from(rows[3]))]
     const again = searchAwq([{ w, n: 4 }], repeated, k, coarse)
     expect([again.alpha, again.err]).toEqual([choice.alpha, choice.err])
+  })
+
+  it('a scaling that cuts the error by less than AWQ_MIN_GAIN is not taken', () => {
+    // channels within 2% of each other: some alpha still helps a little
+    const k = 16
+    const rows = Array.from({ length: 20 }, (_, r) =>
+      Float32Array.from(
+        { length: k },
+        (_, c) => (1 + 0.02 * Math.cos(c)) * Math.sin(r * 7 + c * 3),
+      ),
+    )
+    const w = Float32Array.from({ length: 4 * k }, (_, i) => Math.cos(i * 1.3) * 0.3)
+    const any = searchAwq([{ w, n: 4 }], rows, k, coarse, { minGain: 0 })
+    expect(any.alpha).toBeGreaterThan(0) // precondition: a small gain exists
+    expect(any.err).toBeGreaterThan((1 - AWQ_MIN_GAIN) * any.plainErr)
+    const chosen = searchAwq([{ w, n: 4 }], rows, k, coarse)
+    expect(chosen.alpha).toBe(0)
+    expect(chosen.err).toBe(chosen.plainErr)
+    expect([...chosen.s]).toEqual(new Array(k).fill(1))
   })
 
   it("the kernel's products are the plain loop's, within f32 rounding", async () => {
