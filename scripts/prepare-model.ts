@@ -61,6 +61,7 @@ import {
   DECODER_FILE,
   dequantizeBlocksQ4,
   quantizeBlocksQ4,
+  roundActivationsLikeQ4Kernels,
   DEFAULT_SHARD_BYTES,
   headFileName,
   MANIFEST_FILE,
@@ -101,7 +102,6 @@ import {
 } from './lib/onnx/index.ts'
 import { progressBar } from './lib/progress.ts'
 import { QwenTokenizer } from '../src/engine/text/tokenizer.ts'
-import { dequantizeBlock, quantizeBlocks } from '../src/engine/wasm/activations.ts'
 import { convertWeights, dequantizeToFloat, type ConversionStats } from './lib/quantize.ts'
 import {
   checkSplitHead,
@@ -678,7 +678,7 @@ export async function transformExport(
         o.config,
         await o.calibration(),
         q4Encode,
-        kernelActivations,
+        roundActivationsLikeQ4Kernels,
       )
       toConvert = awq.model
       report.awq = awq.report
@@ -811,12 +811,6 @@ export async function transformExport(
   const decoder =
     o.decoder === 'wasm' ? await findAndCheckDecoder(model, report, head, o) : undefined
   return { model, report, head, decoder }
-}
-
-/** What the engine's q4 kernels multiply for an input row: int8 per block of 32, dequantized. */
-const kernelActivations = (x: Float32Array): Float32Array => {
-  const a = quantizeBlocks(x, 1, x.length)
-  return Float32Array.from(x, (_, i) => dequantizeBlock(a, 0, i))
 }
 
 /** The q4 conversion's quantizer (blocks of 32), dequantized: what AWQ's search measures. */

@@ -20,6 +20,36 @@ export function roundHalfEven(x: number): number {
 }
 
 /**
+ * The q4 kernels' activations, one block of `len` (≤ 32) values of `x` from `from`: int8 with
+ * d = max|x| / 127 and q = nearest(x · (127 / max)), ties to even, all in f32 (as llama.cpp's
+ * q8_0). Writes q to `q[0..len)`; returns d.
+ */
+export function quantizeActivationBlock(
+  x: ArrayLike<number>,
+  from: number,
+  len: number,
+  q: Int8Array,
+): number {
+  let max = 0
+  for (let i = 0; i < len; i++) max = Math.max(max, Math.abs(x[from + i]))
+  const inv = max > 0 ? Math.fround(127 / max) : 0
+  for (let i = 0; i < len; i++) q[i] = roundHalfEven(Math.fround(x[from + i] * inv))
+  return Math.fround(max / 127)
+}
+
+/** A row as the q4 kernels multiply it: every block of 32 quantized, then q · d. */
+export function roundActivationsLikeQ4Kernels(x: Float32Array): Float32Array {
+  const out = new Float32Array(x.length)
+  const q = new Int8Array(Q4_BLOCK_SIZE)
+  for (let from = 0; from < x.length; from += Q4_BLOCK_SIZE) {
+    const len = Math.min(Q4_BLOCK_SIZE, x.length - from)
+    const d = quantizeActivationBlock(x, from, len, q)
+    for (let i = 0; i < len; i++) out[from + i] = q[i] * d
+  }
+  return out
+}
+
+/**
  * onnxruntime's DynamicQuantizeLinear: uint8, one scale and zero point for all of `x` (a range
  * that includes 0), in float32 arithmetic. Returns q − zero point per element (exact integers
  * for the integer dot products that follow) and the scale.

@@ -8,13 +8,13 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { parseQwen2Config } from '../../src/format/index.ts'
+import { parseQwen2Config, roundActivationsLikeQ4Kernels } from '../../src/format/index.ts'
+import { dequantizeBlock, quantizeBlocks } from '../../src/engine/wasm/activations.ts'
 import {
   applyAwq,
   AWQ_MIN_GAIN,
   findAwqGroups,
   jsDots,
-  kernelDots,
   searchAwq,
   type Encode,
 } from '../../scripts/lib/awq.ts'
@@ -91,22 +91,37 @@ describe('AWQ', () => {
     expect([...chosen.s]).toEqual(new Array(k).fill(1))
   })
 
-  it("the kernel's products are the plain loop's, within f32 rounding", async () => {
-    const dots = await kernelDots()
+  it('its blocked products are the plain triple loop, to the bit', () => {
     for (const [n, k, m] of [
       [7, 48, 3],
-      [33, 64, 5],
-      [5, 20, 2], // k not a multiple of 16: the plain loop
+      [33, 64, 9], // two blocks of four vectors and one left over
+      [5, 20, 4],
     ]) {
       const w = Float32Array.from({ length: n * k }, (_, i) => Math.sin(i * 0.7))
       const xs = Array.from({ length: m }, (_, j) =>
         Float32Array.from({ length: k }, (_, c) => Math.cos(c * 1.1 + j)),
       )
-      const want = jsDots(w, n, k, xs)
-      const got = dots(w, n, k, xs)
+      const got = jsDots(w, n, k, xs)
       expect(got.length).toBe(n * m)
-      for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThan(1e-4)
+      for (let r = 0; r < n; r++)
+        for (let i = 0; i < m; i++) {
+          let e = 0
+          for (let c = 0; c < k; c++) e += w[r * k + c] * xs[i][c]
+          expect(got[r * m + i]).toBe(e)
+        }
     }
+  })
+
+  it("searches with the activations the q4 kernels multiply (the engine's reference)", () => {
+    const k = 100 // three whole blocks and a tail of 4
+    const x = Float32Array.from({ length: k }, (_, i) => Math.sin(i * 2.3) * (i === 7 ? 40 : 1))
+    const a = quantizeBlocks(x, 1, k)
+    const got = roundActivationsLikeQ4Kernels(x)
+    // q · d in f32, as the row is stored
+    expect([...got]).toEqual(
+      Array.from({ length: k }, (_, i) => Math.fround(dequantizeBlock(a, 0, i))),
+    )
+    expect(got[3]).not.toBe(x[3]) // precondition: rounded, not passed through
   })
 
   it('the scaled fp32 graph computes what the original does', async () => {

@@ -20,7 +20,7 @@
  * product is exact, and the sum of its values (f32). The kernels' `quant_a16` must match
  * `quantizeRows` bit for bit; decoder.ts and head.ts quantize with it.
  */
-import { Q4_BLOCK, q4Blocks, roundHalfEven } from '../../format/index.ts'
+import { Q4_BLOCK, q4Blocks, quantizeActivationBlock, roundHalfEven } from '../../format/index.ts'
 
 export const A8_GROUP_BYTES = 160
 
@@ -75,20 +75,18 @@ export function quantizeBlocks(x: Float32Array, t: number, k: number, ldx = k): 
   const kb = q4Blocks(k)
   const out: BlockActivations = { t, k, kb, data: new Uint8Array(t * kb * 40) }
   const dv = view(out)
+  const q = new Int8Array(Q4_BLOCK)
   for (let j = 0; j < t; j++)
     for (let c = 0; c * Q4_BLOCK < k; c++) {
       const from = j * ldx + c * Q4_BLOCK
       const len = Math.min(Q4_BLOCK, k - c * Q4_BLOCK)
-      let max = 0
-      for (let i = 0; i < len; i++) max = Math.max(max, Math.abs(x[from + i]))
-      const inv = max > 0 ? Math.fround(127 / max) : 0
+      const d = quantizeActivationBlock(x, from, len, q)
       let sum = 0
       for (let i = 0; i < len; i++) {
-        const q = roundHalfEven(Math.fround(x[from + i] * inv))
-        out.data[40 * kb * j + a8At(c * Q4_BLOCK + i)] = q & 255
-        sum += q
+        out.data[40 * kb * j + a8At(c * Q4_BLOCK + i)] = q[i] & 255
+        sum += q[i]
       }
-      dv.setFloat32(40 * kb * j + a8ScaleAt(c), Math.fround(max / 127), true)
+      dv.setFloat32(40 * kb * j + a8ScaleAt(c), d, true)
       dv.setInt32(40 * kb * j + a8SumAt(c), sum, true)
     }
   return out
