@@ -1,7 +1,8 @@
 /**
  * Activation-aware weight scaling (AWQ, Lin et al. 2023, without its clipping search), for the
  * matrices that read an RMSNorm's output: q/k/v after input_layernorm, gate/up after
- * post_attention_layernorm (and an untied lm_head after the final norm).
+ * post_attention_layernorm. An untied lm_head after the final norm is rounded plainly: its
+ * search would multiply the whole vocabulary's rows a dozen times.
  *
  * Real checkpoints carry a few hidden channels far above the rest after every norm, and a
  * weight's quantization error on such an input channel is multiplied by that channel's size.
@@ -264,6 +265,14 @@ export function findAwqGroups(model: ModelProto, k: number): AwqGroup[] {
   return groups
 }
 
+/** The groups `applyAwq` scales: findAwqGroups without an untied lm_head's. */
+export function layerGroups(model: ModelProto, config: Qwen2Config): AwqGroup[] {
+  const inits = new Map((model.graph!.initializer ?? []).map((t) => [t.name!, t]))
+  return findAwqGroups(model, config.hidden_size).filter((g) =>
+    g.weights.every((w) => Number(inits.get(w)!.dims![1]) !== config.vocab_size),
+  )
+}
+
 export interface AwqReport {
   applied: boolean
   /** Why not, when not applied. */
@@ -292,7 +301,7 @@ export async function applyAwq(
 ): Promise<{ model: ModelProto; report: AwqReport }> {
   const started = performance.now()
   const k = config.hidden_size
-  const groups = findAwqGroups(model, k)
+  const groups = layerGroups(model, config)
   if (groups.length === 0)
     return { model, report: { applied: false, reason: 'no MatMul reads a norm of its own' } }
   const inits = new Map((model.graph!.initializer ?? []).map((t) => [t.name!, t]))

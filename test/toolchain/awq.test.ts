@@ -8,18 +8,30 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { parseQwen2Config, roundActivationsLikeQ4Kernels } from '../../src/format/index.ts'
+import {
+  parseQwen2Config,
+  roundActivationsLikeQ4Kernels,
+  type Qwen2Config,
+} from '../../src/format/index.ts'
 import { dequantizeBlock, quantizeBlocks } from '../../src/engine/wasm/activations.ts'
 import {
   applyAwq,
   AWQ_MIN_GAIN,
   findAwqGroups,
   jsDots,
+  layerGroups,
   searchAwq,
   type Encode,
 } from '../../scripts/lib/awq.ts'
 import { checkLogits } from '../../scripts/lib/logit-check.ts'
-import { decodeModel, initializers, tensorRawData } from '../../scripts/lib/onnx/index.ts'
+import {
+  decodeModel,
+  initializer,
+  initializers,
+  node,
+  tensorRawData,
+  type ModelProto,
+} from '../../scripts/lib/onnx/index.ts'
 import { preparePackage } from '../../scripts/prepare-model.ts'
 import { ensureModel } from '../helpers/models.ts'
 
@@ -52,6 +64,31 @@ describe('AWQ', () => {
         [`model.layers.${l}.post_attention_layernorm.weight`, 2],
       ]).flat(),
     )
+  })
+
+  it('leaves an untied lm_head out of the groups it scales', () => {
+    // two norms, each read by one MatMul: a layer's [4, 6] matrix and an lm_head's [4, vocab]
+    const f = (n: number) => new Float32Array(n).fill(0.5)
+    const model: ModelProto = {
+      graph: {
+        node: [
+          node('Mul', ['x', 'g1'], ['y1']),
+          node('MatMul', ['y1', 'w1'], ['h']),
+          node('Mul', ['h2', 'g2'], ['y2']),
+          node('MatMul', ['y2', 'head'], ['logits']),
+        ],
+        initializer: [
+          initializer('g1', f(4), [4]),
+          initializer('w1', f(24), [4, 6]),
+          initializer('g2', f(4), [4]),
+          initializer('head', f(32), [4, 8]),
+        ],
+        output: [{ name: 'logits' }, { name: 'h' }],
+      },
+    }
+    const config = { hidden_size: 4, vocab_size: 8 } as Qwen2Config
+    expect(findAwqGroups(model, 4).map((g) => g.weights)).toEqual([['w1'], ['head']])
+    expect(layerGroups(model, config).map((g) => g.weights)).toEqual([['w1']])
   })
 
   it('the search never picks worse than plain quantization on its own rows', () => {
