@@ -30,7 +30,9 @@ import {
   type NodeProto,
   type TensorProto,
 } from './onnx/index.ts'
+import { indexGraph } from './graph-rewrite.ts'
 import { floatValues } from './quantize.ts'
+import { transpose } from './synth-weights.ts'
 
 /** A quantizer as the search sees it: rows [n, k] in, their dequantized values out. */
 export type Encode = (w: Float32Array, n: number, k: number) => Float32Array
@@ -219,12 +221,7 @@ export interface AwqGroup {
 export function findAwqGroups(model: ModelProto, k: number): AwqGroup[] {
   const graph = model.graph!
   const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]))
-  const consumers = new Map<string, NodeProto[]>()
-  const producer = new Map<string, NodeProto>()
-  for (const n of graph.node ?? []) {
-    for (const i of n.input ?? []) if (i) consumers.set(i, [...(consumers.get(i) ?? []), n])
-    for (const o of n.output ?? []) producer.set(o, n)
-  }
+  const { producer, consumers } = indexGraph(graph)
   const graphOutputs = new Set((graph.output ?? []).map((v) => v.name))
   const isFloat = (t: TensorProto | undefined, dims: number[]) =>
     t?.data_type === DataType.FLOAT &&
@@ -373,10 +370,4 @@ export async function applyAwq(
       seconds: (performance.now() - started) / 1000,
     },
   }
-}
-
-function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(x.length)
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]
-  return out
 }

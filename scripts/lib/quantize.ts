@@ -349,8 +349,7 @@ export function convertWeights(
 
   const removed = new Set<NodeProto>()
   const replaced = new Map<NodeProto, NodeProto[]>()
-  const producer = new Map<string, NodeProto>()
-  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n)
+  const { producer } = indexGraph(graph)
   const int64s = (t: string | undefined) => {
     const v = t ? inits.get(t) : undefined
     return v?.data_type === DataType.INT64 && v.dims?.length === 1
@@ -502,8 +501,7 @@ export function convertWeights(
  * through Reshapes (a flattened Gemm head); undefined when there is none.
  */
 function lmHeadWeight(graph: GraphProto): string | undefined {
-  const producer = new Map<string, NodeProto>()
-  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n)
+  const { producer } = indexGraph(graph)
   for (let n = producer.get('logits'); n; n = producer.get(n.input![0])) {
     if (n.domain) return undefined
     if (n.op_type === 'MatMul' || n.op_type === 'Gemm') return n.input![1]
