@@ -60,6 +60,13 @@ export const MAKE_MODEL_CLI = {
       default: true,
       help: 'give the graph the num_logits_to_keep input',
     },
+    'embedding-table': {
+      type: 'boolean',
+      help:
+        'q4 / q8: the embedding as its own float32 table (a Gather) beside the quantized ' +
+        "lm_head, as exporters write a tied model (onnx-community's model_q4.onnx)",
+      default: false,
+    },
     'external-data': {
       type: 'boolean',
       help: 'weights in an external data file, or inside the .onnx',
@@ -152,6 +159,7 @@ function main() {
     outDir: values.out,
     seed,
     logitsToKeep: values['logits-to-keep'],
+    embeddingTable: values['embedding-table'],
     externalData: values['external-data'],
     overrides,
     distribution,

@@ -3,7 +3,8 @@
  *
  *   npm run model:prepare -- <hf-folder> --id <id> [--file onnx/<name>.onnx] [--shard-mb 16]
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
- *                            [--head wasm|graph] [--head-format q4|q8] [--decoder wasm|graph]
+ *                            [--head wasm|graph] [--head-format q4|q8] [--embedding head|graph]
+ *                            [--decoder wasm|graph]
  *                            [--no-awq] [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
@@ -106,9 +107,11 @@ import { convertWeights, dequantizeToFloat, type ConversionStats } from './lib/q
 import {
   checkSplitHead,
   splitHead,
+  tableRows,
   type HeadCheck,
   type HeadRows,
   type SplitHeadFormat,
+  type SplitHeadStats,
 } from './lib/split-head.ts'
 
 /** Initializers smaller than this stay inside the graph (onnx's own default threshold). */
@@ -133,6 +136,8 @@ export type PrepareHead = 'wasm' | 'graph'
  * head.q8: one more rounding, 1.6x the bytes). A q8 graph's head is 'q8-rows' either way.
  */
 export type PrepareHeadFormat = SplitHeadFormat
+/** A tied model's separate embedding table: read from the head rows ('head'), or kept ('graph'). */
+export type PrepareEmbedding = 'head' | 'graph'
 /**
  * 'wasm': record the decoder layers' tensors in the manifest (after a head split) so the engine
  * can run decode steps itself; 'graph': the graph runs every step.
@@ -171,6 +176,13 @@ export interface PrepareOptions {
   decoder?: PrepareDecoder
   /** The rows of a MatMulNBits lm_head; default 'q4' (as exported). */
   headFormat?: PrepareHeadFormat
+  /**
+   * A tied model whose export keeps the embedding as its own float table (onnx-community's q4
+   * files): 'head' (default) drops the table and reads the embedding from the head rows, when
+   * they hold the same matrix (lib/split-head.ts); 'graph' keeps it (the decoder is then not
+   * mapped).
+   */
+  embedding?: PrepareEmbedding
   /**
    * Split the package into stages of at most this many bytes each (src/format/pipeline.ts), for
    * isolates too small for the whole model; needs the head split and the decoder map. The
@@ -237,6 +249,8 @@ export interface HeadReport extends Partial<HeadCheck> {
   /** The tensor the removed embedding computed, now the inputs_embeds input (tied). */
   embeddingTensor?: string
   embeddingNodes?: number
+  /** A tied model's separate embedding table: dropped (read from the head rows) or kept, why. */
+  embeddingTable?: SplitHeadStats['embeddingTable']
   removedInitializers?: string[]
 }
 
@@ -303,6 +317,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         calibration: () => calibrationPrompts(input.folder, input.config),
         head: headMode,
         headFormat: settings.headFormat,
+        embedding: settings.embedding,
         decoder: decoderMode,
         log,
       }))
@@ -373,6 +388,7 @@ interface Settings {
   format: PrepareFormat
   headMode: PrepareHead
   headFormat: PrepareHeadFormat | undefined
+  embedding: PrepareEmbedding
   decoderMode: PrepareDecoder
   shardBytes: number
   quiet: boolean
@@ -395,6 +411,9 @@ function checkOptions(options: PrepareOptions): Settings {
   const headFormat = options.headFormat
   if (headFormat !== undefined && headFormat !== 'q4' && headFormat !== 'q8')
     throw new Error(`Unknown head format ${JSON.stringify(headFormat)}: use q4 or q8`)
+  const embedding = options.embedding ?? 'head'
+  if (embedding !== 'head' && embedding !== 'graph')
+    throw new Error(`Unknown embedding ${JSON.stringify(embedding)}: use head or graph`)
   const decoderMode = options.decoder ?? 'wasm'
   if (decoderMode !== 'wasm' && decoderMode !== 'graph')
     throw new Error(`Unknown decoder ${JSON.stringify(decoderMode)}: use wasm or graph`)
@@ -408,7 +427,7 @@ function checkOptions(options: PrepareOptions): Settings {
   }
   const quiet = options.quiet ?? false
   const log = quiet ? () => {} : (line: string) => console.error(line)
-  return { id, format, headMode, headFormat, decoderMode, shardBytes, quiet, log }
+  return { id, format, headMode, headFormat, embedding, decoderMode, shardBytes, quiet, log }
 }
 
 /** The export folder as read: its config files, its ONNX file, and a reader of its data files. */
@@ -640,6 +659,8 @@ export interface TransformOptions {
   head?: PrepareHead
   /** The rows of a MatMulNBits lm_head; default 'q4'. */
   headFormat?: PrepareHeadFormat
+  /** A tied model's separate embedding table; default 'head'. */
+  embedding?: PrepareEmbedding
   /** Default 'graph' (no decoder map). */
   decoder?: PrepareDecoder
   log: (line: string) => void
@@ -749,7 +770,7 @@ export async function transformExport(
   let head: HeadRows | undefined
   if (o.head === 'wasm') {
     const started = performance.now()
-    const split = splitHead(model, o.config, { format: o.headFormat })
+    const split = splitHead(model, o.config, { format: o.headFormat, embedding: o.embedding })
     if (!split.applied) {
       report.head = { applied: false, reason: split.reason }
       o.log(`head split: not applied (${split.reason}); the lm_head stays in the graph`)
@@ -768,6 +789,14 @@ export async function transformExport(
         bytes: rows.bytes.byteLength,
         ...stats,
       }
+      const table = stats.embeddingTable
+      if (table?.dropped)
+        o.log(
+          `embedding table ${table.name}: the tied lm_head's matrix (‖table − head rows‖ / ` +
+            `‖table‖ = ${table.relativeError!.toPrecision(3)}, worst row ` +
+            `${table.maxRowError!.toPrecision(3)}): dropped, rows read from the head`,
+        )
+      else if (table) o.log(`embedding table ${table.name}: kept in the graph (${table.reason})`)
       o.log(
         `head split: ${stats.lmHead}${rows.embedding ? ' and the tied embedding' : ''} → ` +
           `${headFileName(rows.format)} (${rows.format}${exact ? ', requantized from 4 bits' : ''}, ` +
@@ -778,7 +807,14 @@ export async function transformExport(
       if (o.verify) {
         // a requantized head is checked as exported (the KV cache must match exactly), and its
         // own logits and embedding measured on the same steps
-        const check = await checkSplitHead(before, after, exact ?? rows, o.config, exact && rows)
+        const check = await checkSplitHead(
+          before,
+          after,
+          exact ?? rows,
+          o.config,
+          exact && rows,
+          table?.dropped ? tableRows(before, table.name) : undefined,
+        )
         Object.assign(report.head, check)
         o.log(
           `head vs the graph's lm_head, ${check.steps} steps: logits max |Δ| ` +
@@ -796,6 +832,15 @@ export async function transformExport(
               `${check.served.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
               `${check.served.embeddingMaxAbsError.toPrecision(3)} ` +
               `(|value| up to ${check.served.embeddingMaxAbs.toPrecision(3)})`,
+          )
+        if (check.tiedEmbedding)
+          o.log(
+            `the embedding from the head rows instead of the table: logits max |Δ| ` +
+              `${check.tiedEmbedding.maxAbsError.toPrecision(3)}, mean ` +
+              `${check.tiedEmbedding.meanAbsError.toPrecision(3)}; top-1 ` +
+              `${check.tiedEmbedding.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
+              `${check.tiedEmbedding.embeddingMaxAbsError.toPrecision(3)} ` +
+              `(|value| up to ${check.tiedEmbedding.embeddingMaxAbs.toPrecision(3)})`,
           )
         // the layers are the same ops on the same inputs: a KV difference means the rewrite
         // (or the embedding rows) is wrong, and the package must not be written
@@ -1057,6 +1102,12 @@ export const PREPARE_CLI = {
       default: 'wasm',
       help: "wasm: split the lm_head off into head.q8 / head.q4 for the engine's kernels (q8 and q4 graphs); graph: keep it in the graph",
     },
+    embedding: {
+      type: 'string',
+      arg: '<head|graph>',
+      default: 'head',
+      help: "a tied model exported with its embedding as its own float table (onnx-community's q4 files): head drops the table and reads the embedding from the split head's rows when they hold the same matrix (the report gives the difference); graph keeps the table in the graph (the decoder is then not mapped)",
+    },
     'head-format': {
       type: 'string',
       arg: '<q4|q8>',
@@ -1145,6 +1196,7 @@ async function main(): Promise<void> {
     format: values.format as PrepareFormat,
     head: values.head as PrepareHead,
     headFormat: values['head-format'] as PrepareHeadFormat,
+    embedding: values.embedding as PrepareEmbedding,
     decoder: values.decoder as PrepareDecoder,
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,

@@ -91,7 +91,7 @@ export interface FidelityContext {
   dist: WeightDistribution
   seed: number
   /** The generated Hugging Face folder of the preset in `format`. */
-  modelDir(format: WeightFormat): Promise<string>
+  modelDir(format: WeightFormat, options?: { embeddingTable?: boolean }): Promise<string>
   /**
    * The engine's package (head and decoder in its kernels): model:prepare of the q8 folder, of
    * the q4 folder as exported (q4 head), of the q4 folder with `--head-format q8`, or of the
@@ -142,6 +142,10 @@ export const FORMATS: Record<string, FidelityFormat> = {
   'ort-q4': {
     note: 'ORT MatMulNBits (block 32), accuracy_level 0 (float activations), q4 head',
     open: async (ctx) => ortStepper(await ctx.modelDir('q4')),
+  },
+  'ort-q4-table': {
+    note: 'the same with the embedding a float32 table, as onnx-community q4 files keep it (the gap to ort-q4: the 4-bit rows the engine embeds from)',
+    open: async (ctx) => ortStepper(await ctx.modelDir('q4', { embeddingTable: true })),
   },
   'ort-q4-acc4': {
     note: 'the same graph at accuracy_level 4 (int8 activations per block)',
@@ -474,7 +478,8 @@ export async function runFidelity(options: {
 }): Promise<FidelityRun> {
   const { preset, steps, log } = options
   const { ensureModel } = await import('../../test/helpers/models.ts')
-  const modelDir = (format: WeightFormat) => ensureModel(preset, format)
+  const modelDir = (format: WeightFormat, o: { embeddingTable?: boolean } = {}) =>
+    ensureModel(preset, format, o)
   const fp32Dir = await modelDir('fp32')
   const tok = await loadTokenizer(fp32Dir)
   const ids = (q: string) => chatPrompt(tok, q).ids

@@ -30,7 +30,7 @@ import {
 } from './onnx/index.ts'
 import type { ModelDims, WeightFormat } from './model-presets.ts'
 import { Q4_BLOCK_SIZE } from '../../src/format/index.ts'
-import { hfTensorSpecs, weightNames, weightSlots, type WeightSlot } from './synth-weights.ts'
+import { hfTensorSpecs, layoutSlots, weightNames, type WeightSlot } from './synth-weights.ts'
 
 /**
  * ai.onnx opset of the generated graphs. ORT-web's wasm backend is the full CPU execution
@@ -46,6 +46,12 @@ export interface GraphOptions {
   format: WeightFormat
   /** Add the `num_logits_to_keep` input (default true). */
   logitsToKeep?: boolean
+  /**
+   * q8 / q4: the embedding as a float [V, H] table beside the quantized lm_head, as exporters
+   * lay out a tied model (synth-weights.ts `SlotLayout`). Default false: a tied embedding reads
+   * the lm_head's own quantized initializers.
+   */
+  embeddingTable?: boolean
 }
 
 export interface Qwen2Graph {
@@ -122,6 +128,8 @@ class GraphBuilder {
 export function buildQwen2Graph(d: ModelDims, options: GraphOptions): Qwen2Graph {
   const { format } = options
   const logitsToKeep = options.logitsToKeep ?? true
+  const layout = { embeddingTable: options.embeddingTable, tied: d.tieWordEmbeddings }
+  const table = !!options.embeddingTable && format !== 'fp32'
   const g = new GraphBuilder()
   const nh = d.numHeads
   const kv = d.numKvHeads
@@ -225,8 +233,9 @@ export function buildQwen2Graph(d: ModelDims, options: GraphOptions): Qwen2Graph
 
   const embed = weightNames('model.embed_tokens.weight', format)
   let hidden: string
-  if (format === 'fp32') {
-    hidden = g.op('/embed', 'Gather', [embed.weight, 'input_ids'], { axis: 0 }) // [b, s, H]
+  if (format === 'fp32' || table) {
+    const rows = weightNames('model.embed_tokens.weight', 'fp32').weight
+    hidden = g.op('/embed', 'Gather', [rows, 'input_ids'], { axis: 0 }) // [b, s, H]
   } else if (format === 'q8') {
     // the [H, V] uint8 matrix the tied lm_head multiplies with; column v is token v's row
     const cols = g.op('/embed', 'Gather', [embed.weight, 'input_ids'], { axis: 1 }) // [H, b, s] u8
@@ -315,7 +324,7 @@ export function buildQwen2Graph(d: ModelDims, options: GraphOptions): Qwen2Graph
     ])
     hidden = g.op('/keep', 'Slice', [hidden, start, g.i64([2 ** 62]), g.i64([1])]) // [b, n, H]
   }
-  const headName = d.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'
+  const headName = d.tieWordEmbeddings && !table ? 'model.embed_tokens.weight' : 'lm_head.weight'
   if (format === 'fp32') {
     // Gemm with transB reads the [V, H] matrix as stored: a tied head needs no transposed copy
     const rows = g.op('/lm_head', 'Reshape', [hidden, g.i64([-1, H])]) // [b*n, H]
@@ -331,7 +340,7 @@ export function buildQwen2Graph(d: ModelDims, options: GraphOptions): Qwen2Graph
 
   // ---- the model
 
-  const weights = hfTensorSpecs(d).flatMap((spec) => weightSlots(spec, format))
+  const weights = hfTensorSpecs(d).flatMap((spec) => layoutSlots(spec, format, layout))
   const seqOut = logitsToKeep ? 'logits_length' : 'sequence_length'
   const model: ModelProto = {
     ir_version: irVersionForOpset(OPSET),

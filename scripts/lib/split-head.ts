@@ -17,7 +17,14 @@
  *   (nibbles by arithmetic or bit ops, (q − zp) · scale per block). Head file: 'q4-b32'
  *   (`head.q4`, src/format/q4-b32.ts), the exported values repacked, none changed; or with
  *   format 'q8' those rows dequantized and requantized per row into 'q8-rows', one rounding
- *   more (the check measures it). An untied export keeps its own embedding in the graph.
+ *   more (the check measures it).
+ * - an export that writes a tied model's embedding as its own float table (onnx-community's
+ *   q4 files: `MatMul4BitsQuantizer` rounds the lm_head MatMul, the embedding stays a float32
+ *   or float16 Gather): when the config ties the weights and the table matches the head rows to
+ *   within their rounding (`TIED_TABLE_TOLERANCE`), the table is dropped and the embedding read
+ *   from the head rows as for a tied graph: one copy of the matrix, each embedding row rounded
+ *   like the lm_head's (the check measures what that changes). `embedding: 'graph'` keeps it.
+ *   An untied export keeps its own embedding in the graph.
  *
  * The graph after the split:
  *   outputs  hidden_states  float [b, n, H]   A, what the lm_head multiplied (replaces logits)
@@ -107,6 +114,14 @@ const NBITS_EMBEDDING_OPS = new Set([
  */
 export type SplitHeadFormat = 'q4' | 'q8'
 
+/**
+ * A tied model's separate embedding table is taken as the head's own matrix when
+ * ‖table − head rows‖ ≤ this × ‖table‖ (over every row): a 4-bit rounding of the same matrix is
+ * 0.08-0.12 on the synthetic presets (heavy tails and outlier channels included), an 8-bit one
+ * under 0.01, a different matrix of the same spread about 1.4.
+ */
+export const TIED_TABLE_TOLERANCE = 0.25
+
 /** The head file's contents and shape. */
 export interface HeadRows {
   format: HeadFormat
@@ -129,6 +144,19 @@ export interface SplitHeadStats {
   embeddingTensor?: string
   /** Nodes removed with the embedding (0 when untied). */
   embeddingNodes: number
+  /**
+   * A separate float embedding table of a tied model: `dropped` when the embedding now comes
+   * from the head rows (`relativeError` ‖table − rows‖ / ‖table‖ over every row; `reason` when
+   * kept in the graph).
+   */
+  embeddingTable?: {
+    name: string
+    dropped: boolean
+    relativeError?: number
+    /** The largest relative error of one row. */
+    maxRowError?: number
+    reason?: string
+  }
   /** Initializers nothing reads any more. */
   removedInitializers: string[]
 }
@@ -155,8 +183,12 @@ export type SplitHeadResult =
  */
 export function splitHead(
   model: ModelProto,
-  config: Pick<Qwen2Config, 'vocab_size' | 'hidden_size'>,
-  options: { format?: SplitHeadFormat } = {},
+  config: Pick<Qwen2Config, 'vocab_size' | 'hidden_size' | 'tie_word_embeddings'>,
+  options: {
+    format?: SplitHeadFormat
+    /** A tied model's separate embedding table: 'head' (default) reads it from the head rows. */
+    embedding?: 'head' | 'graph'
+  } = {},
 ): SplitHeadResult {
   const graph = model.graph
   const skip = (reason: string) => ({ applied: false as const, reason, model })
@@ -200,10 +232,41 @@ export function splitHead(
     }
   }
   let embedding: { nodes: Set<NodeProto>; output: string } | undefined
+  let rows: ReturnType<LmHead['rows']> | undefined
+  let embeddingTable: SplitHeadStats['embeddingTable']
   if (seeds.length) {
     const emb = findEmbedding(graph, index, seeds, b, weightAxis, ops, inits)
     if (typeof emb === 'string') return skip(emb)
     embedding = emb
+  } else {
+    const table = findTableEmbedding(graph, index, inits, H, V)
+    if (table) {
+      const kept = (reason: string) => ({ name: table.name, dropped: false, reason })
+      if (options.embedding === 'graph') embeddingTable = kept('--embedding graph')
+      else if (config.tie_word_embeddings !== true)
+        embeddingTable = kept('config.json does not set tie_word_embeddings')
+      else {
+        rows = found.rows(true)
+        const e = tableError(inits.get(table.name)!, rows.head)
+        const at = `‖table − head rows‖ / ‖table‖ = ${e.relative.toPrecision(3)}`
+        if (e.relative <= TIED_TABLE_TOLERANCE) {
+          embedding = table
+          embeddingTable = {
+            name: table.name,
+            dropped: true,
+            relativeError: e.relative,
+            maxRowError: e.maxRow,
+          }
+        } else {
+          rows = undefined
+          embeddingTable = {
+            ...kept(`${at}, above ${TIED_TABLE_TOLERANCE}: not the head's matrix`),
+            relativeError: e.relative,
+            maxRowError: e.maxRow,
+          }
+        }
+      }
+    }
   }
 
   // ---- the new graph
@@ -272,7 +335,7 @@ export function splitHead(
   if (dangling.length)
     return skip(`the split would leave unresolved tensors: ${dangling.slice(0, 4).join(', ')}`)
 
-  const rows = found.rows(!!embedding)
+  rows ??= found.rows(!!embedding)
   return {
     applied: true,
     model: next,
@@ -282,6 +345,7 @@ export function splitHead(
     hiddenTensor: a,
     ...(embedding ? { embeddingTensor: embedding.output } : {}),
     embeddingNodes: embedding?.nodes.size ?? 0,
+    ...(embeddingTable && { embeddingTable }),
     removedInitializers: pruned.removed,
   }
 }
@@ -541,6 +605,90 @@ function findEmbedding(
   return 'no single tensor carries the embedding Gathers of input_ids to the rest of the graph'
 }
 
+/**
+ * A separate embedding table: `Gather(T, input_ids)` on axis 0 of a float or float16
+ * initializer T [V, H], with the Cast to float that follows a float16 table, and nothing else
+ * reading T. Undefined when the graph has none.
+ */
+function findTableEmbedding(
+  graph: GraphProto,
+  index: ReturnType<typeof indexGraph>,
+  inits: Map<string, TensorProto>,
+  H: number,
+  V: number,
+): { nodes: Set<NodeProto>; output: string; name: string } | undefined {
+  for (const n of index.consumers.get('input_ids') ?? []) {
+    if (n.op_type !== 'Gather' || n.domain || n.input![1] !== 'input_ids') continue
+    if ((intAttr(n, 'axis') ?? 0) !== 0) continue
+    const t = inits.get(n.input![0])
+    if (!t || !sameDims(t.dims, [V, H])) continue
+    if (t.data_type !== DataType.FLOAT && t.data_type !== DataType.FLOAT16) continue
+    if ((index.consumers.get(t.name!) ?? []).length !== 1) continue
+    if (isExternal(t)) throw new Error(`splitHead: ${t.name} is external data; load it inline`)
+    const nodes = new Set<NodeProto>([n])
+    let output = n.output![0]
+    if (t.data_type === DataType.FLOAT16) {
+      const next = index.consumers.get(output) ?? []
+      const cast = next[0]
+      if (next.length !== 1 || cast.op_type !== 'Cast' || cast.domain) continue
+      if (intAttr(cast, 'to') !== DataType.FLOAT) continue
+      nodes.add(cast)
+      output = cast.output![0]
+    }
+    if ((graph.output ?? []).some((v) => v.name === output)) continue
+    return { nodes, output, name: t.name! }
+  }
+  return undefined
+}
+
+/**
+ * How far a float [V, H] table is from the head's rows (dequantized): ‖table − rows‖ /
+ * ‖table‖ over the whole matrix, and the largest such ratio of one row.
+ */
+function tableError(table: TensorProto, head: HeadRows): { relative: number; maxRow: number } {
+  const values = floatValues(table)
+  const H = head.hidden
+  const read = headRowReader(head)
+  const row = new Float32Array(H)
+  let diff = 0
+  let norm = 0
+  let maxRow = 0
+  for (let v = 0; v < head.vocab; v++) {
+    read(v, row)
+    let d = 0
+    let t = 0
+    for (let k = 0; k < H; k++) {
+      const x = values[v * H + k]
+      d += (x - row[k]) ** 2
+      t += x * x
+    }
+    diff += d
+    norm += t
+    const r = t > 0 ? Math.sqrt(d / t) : d > 0 ? Infinity : 0
+    if (!(r <= maxRow)) maxRow = r
+  }
+  return { relative: norm > 0 ? Math.sqrt(diff / norm) : diff > 0 ? Infinity : 0, maxRow }
+}
+
+/** The rows of a float [V, H] initializer of `model` by token: what its Gather gives, as float32. */
+export function tableRows(
+  model: ModelProto,
+  name: string,
+): (ids: readonly number[]) => Float32Array {
+  const t = (model.graph?.initializer ?? []).find((x) => x.name === name)
+  if (!t || t.dims?.length !== 2) throw new Error(`tableRows: no [V, H] initializer ${name}`)
+  const [V, H] = t.dims.map(Number)
+  const values = floatValues(t)
+  return (ids) => {
+    const out = new Float32Array(ids.length * H)
+    ids.forEach((v, i) => {
+      if (!(v >= 0 && v < V)) throw new RangeError(`token ${v} is outside the table`)
+      out.set(values.subarray(v * H, (v + 1) * H), i * H)
+    })
+    return out
+  }
+}
+
 /** Nodes that only fed removed ones (e.g. a Constant of Unsqueeze axes): removed too. */
 function dropOrphans(nodes: NodeProto[], removed: Set<NodeProto>, graph: GraphProto): void {
   const fedRemoved = new Set<string>()
@@ -779,6 +927,19 @@ export interface HeadCheck {
     /** max |value| of those rows, the scale it compares with. */
     embeddingMaxAbs: number
   }
+  /**
+   * A dropped embedding table (`SplitHeadStats.embeddingTable`): the numbers above feed the
+   * split graph the table's own rows (so its KV cache must match exactly); these feed it the
+   * head rows, as the engine will, over the same steps on their own KV cache.
+   */
+  tiedEmbedding?: {
+    maxAbsError: number
+    meanAbsError: number
+    top1Agrees: boolean
+    /** max |Δ| of the embedding rows of every token fed, head rows against the table's. */
+    embeddingMaxAbsError: number
+    embeddingMaxAbs: number
+  }
 }
 
 /**
@@ -787,7 +948,8 @@ export interface HeadCheck {
  * head rows and its logits are `headLogits`. The logits differ only by the graph lm_head's
  * activation quantization (DynamicQuantizeMatMul quantizes A to uint8 per tensor; MatMulNBits
  * multiplies float activations: float rounding only). `served`: rows written instead of `head`
- * (a requantized 4-bit head), measured on the same hidden states.
+ * (a requantized 4-bit head), measured on the same hidden states. `table`: the rows of a
+ * dropped embedding table, fed instead of the head's (then measured on a run of their own).
  */
 export async function checkSplitHead(
   original: ModelProto,
@@ -795,6 +957,7 @@ export async function checkSplitHead(
   head: HeadRows,
   config: Qwen2Config,
   served?: HeadRows,
+  table?: (ids: readonly number[]) => Float32Array,
 ): Promise<HeadCheck> {
   const ort = await import('onnxruntime-node')
   const tokens = CHECK_TOKENS.map((t) => t % config.vocab_size)
@@ -831,7 +994,13 @@ export async function checkSplitHead(
           ])
       return past
     }
-    const step = async (session: InferenceSession, ids: number[], past: Record<string, Tensor>) => {
+    const tiedRows = (ids: number[]) => headEmbedding(served ?? head, ids)
+    const step = async (
+      session: InferenceSession,
+      ids: number[],
+      past: Record<string, Tensor>,
+      embed: (ids: number[]) => Float32Array = table ?? ((i) => headEmbedding(head, i)),
+    ) => {
       const p = past['past_key_values.0.key'].dims[2]
       const n = ids.length
       const all: Record<string, Tensor> = {
@@ -840,11 +1009,7 @@ export async function checkSplitHead(
         num_logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(1n), []),
       }
       if (session.inputNames.includes(INPUTS_EMBEDS))
-        all[INPUTS_EMBEDS] = new ort.Tensor('float32', headEmbedding(head, ids), [
-          1,
-          n,
-          head.hidden,
-        ])
+        all[INPUTS_EMBEDS] = new ort.Tensor('float32', embed(ids), [1, n, head.hidden])
       const feeds: Record<string, Tensor> = {}
       for (const name of session.inputNames) {
         if (!all[name]) throw new Error(`head check: unexpected input ${name}`)
@@ -880,9 +1045,11 @@ export async function checkSplitHead(
     let pastB = emptyPast()
     let input = tokens
     const steps = 3
+    const trace: { input: number[]; logits: Float32Array }[] = []
     for (let i = 0; i < steps; i++) {
       const a = await step(reference, input, pastA)
       const b = await step(splitSession, input, pastB)
+      trace.push({ input, logits: a.logits })
       for (let v = 0; v < a.logits.length; v++) {
         const d = Math.abs(a.logits[v] - b.logits[v])
         if (!(d <= max)) max = d // NaN sticks
@@ -923,6 +1090,33 @@ export async function checkSplitHead(
       pastB = b.past
       input = [next]
     }
+    let tiedEmbedding: HeadCheck['tiedEmbedding']
+    if (table) {
+      const t = { maxAbsError: 0, meanAbsError: 0, top1Agrees: true }
+      const e = { embeddingMaxAbsError: 0, embeddingMaxAbs: 0 }
+      let sum = 0
+      let past = emptyPast()
+      for (const { input, logits } of trace) {
+        const c = await step(splitSession, input, past, tiedRows)
+        const ours = c.servedLogits ?? c.logits
+        for (let v = 0; v < logits.length; v++) {
+          const d = Math.abs(logits[v] - ours[v])
+          if (!(d <= t.maxAbsError)) t.maxAbsError = d
+          sum += d
+        }
+        if (argmax(ours) !== argmax(logits)) t.top1Agrees = false
+        const exact = table(input)
+        const rows = tiedRows(input)
+        for (let j = 0; j < exact.length; j++) {
+          const d = Math.abs(exact[j] - rows[j])
+          if (!(d <= e.embeddingMaxAbsError)) e.embeddingMaxAbsError = d
+          e.embeddingMaxAbs = Math.max(e.embeddingMaxAbs, Math.abs(exact[j]))
+        }
+        past = c.past
+      }
+      t.meanAbsError = sum / count
+      tiedEmbedding = { ...t, ...e }
+    }
     return {
       runtime: `onnxruntime-node ${ort.env.versions.node ?? ort.env.versions.common}, 1 thread`,
       tokens,
@@ -942,6 +1136,7 @@ export async function checkSplitHead(
           embeddingMaxAbs: servedErrors.embeddingMax,
         },
       }),
+      ...(tiedEmbedding && { tiedEmbedding }),
     }
   } finally {
     for (const s of sessions) await s.release()

@@ -39,11 +39,12 @@ import {
 } from './model-presets.ts'
 import { buildQwen2Graph } from './qwen2-graph.ts'
 import {
-  encodeTensorData,
   generateHfTensor,
   hfTensorSpecs,
-  weightSlots,
+  layoutData,
+  layoutSlots,
   type HfTensorSpec,
+  type SlotLayout,
   type WeightSlot,
 } from './synth-weights.ts'
 
@@ -68,6 +69,8 @@ export interface MakeModelOptions {
   seed?: number
   /** Add the `num_logits_to_keep` input. Default true. */
   logitsToKeep?: boolean
+  /** q8 / q4: the embedding as its own float table beside the lm_head (GraphOptions). */
+  embeddingTable?: boolean
   /** Change any dimension of the preset. */
   overrides?: Partial<ModelDims>
   /** Change how the preset's weights are drawn (tails, outlier channels, logit spread). */
@@ -102,10 +105,11 @@ function* produceWeights(
   dims: ModelDims,
   format: WeightFormat,
   tensors: (spec: HfTensorSpec) => Float32Array,
+  layout: SlotLayout,
 ): Generator<{ slot: WeightSlot; data: Uint8Array }> {
   for (const spec of hfTensorSpecs(dims)) {
-    const data = encodeTensorData(spec, format, tensors(spec))
-    const slots = weightSlots(spec, format)
+    const data = layoutData(spec, format, tensors(spec), layout)
+    const slots = layoutSlots(spec, format, layout)
     for (let i = 0; i < slots.length; i++) yield { slot: slots[i], data: data[i] }
   }
 }
@@ -119,6 +123,7 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   const { model, weights } = buildQwen2Graph(dims, {
     format,
     logitsToKeep: options.logitsToKeep ?? true,
+    embeddingTable: options.embeddingTable,
   })
   const weightBytes = weights.reduce(
     (n, w) => n + tensorByteLength({ dims: w.dims, data_type: w.dataType }),
@@ -148,7 +153,10 @@ export function makeModel(options: MakeModelOptions): MadeModel {
   const onnxFile = `onnx/${ONNX_FILE_NAMES[format]}`
   const tensors =
     options.tensors ?? ((spec: HfTensorSpec) => generateHfTensor(spec, seed, distribution))
-  const produced = produceWeights(dims, format, tensors)
+  const produced = produceWeights(dims, format, tensors, {
+    embeddingTable: options.embeddingTable,
+    tied: dims.tieWordEmbeddings,
+  })
   const next = (t: TensorProto) => {
     const r = produced.next()
     if (r.done || r.value.slot.name !== t.name)

@@ -246,6 +246,45 @@ export function weightSlots(spec: HfTensorSpec, format: WeightFormat): WeightSlo
   ]
 }
 
+/** How the graph lays a model's tensors out beyond their format. */
+export interface SlotLayout {
+  /**
+   * The embedding as its own float [V, H] table (a `Gather`), as exporters write a q4 model
+   * (onnx-community's `model_q4.onnx`: `MatMul4BitsQuantizer` quantizes the MatMuls, not the
+   * Gather): a tied lm_head then has its own quantized initializers under `lm_head.weight`'s
+   * names, the same matrix rounded. No effect in fp32, where the table is the embedding anyway.
+   */
+  embeddingTable?: boolean
+  /** The model ties its lm_head to the embedding (config `tie_word_embeddings`). */
+  tied: boolean
+}
+
+/** `weightSlots` under a layout: the initializers a tensor becomes in the graph. */
+export function layoutSlots(
+  spec: HfTensorSpec,
+  format: WeightFormat,
+  layout: SlotLayout,
+): WeightSlot[] {
+  if (spec.kind !== 'embedding' || !layout.embeddingTable || format === 'fp32')
+    return weightSlots(spec, format)
+  const table = weightSlots(spec, 'fp32')
+  if (!layout.tied) return table
+  return [...table, ...weightSlots({ ...spec, name: 'lm_head.weight' }, format)]
+}
+
+/** `encodeTensorData` under a layout: one array per `layoutSlots` slot, same order. */
+export function layoutData(
+  spec: HfTensorSpec,
+  format: WeightFormat,
+  w: Float32Array,
+  layout: SlotLayout,
+): Uint8Array[] {
+  if (spec.kind !== 'embedding' || !layout.embeddingTable || format === 'fp32')
+    return encodeTensorData(spec, format, w)
+  const table = encodeTensorData(spec, 'fp32', w)
+  return layout.tied ? [...table, ...encodeTensorData(spec, format, w)] : table
+}
+
 export interface EncodedTensor {
   /** One entry per `weightSlots(spec, format)` slot, same order. */
   data: Uint8Array[]

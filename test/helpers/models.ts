@@ -33,6 +33,8 @@ export interface EnsureModelOptions {
   seed?: number
   /** `num_logits_to_keep` input; default true. */
   logitsToKeep?: boolean
+  /** The embedding as its own float table beside the quantized lm_head (q4 exports). */
+  embeddingTable?: boolean
   /** Force weights into `<name>.onnx_data` (true) or into the .onnx (false). */
   externalData?: boolean
   overrides?: Partial<ModelDims>
@@ -49,6 +51,7 @@ export function modelDirName(
   const parts: string[] = []
   if (o.seed) parts.push(`seed${o.seed}`)
   if (o.logitsToKeep === false) parts.push('nokeep')
+  if (o.embeddingTable) parts.push('table')
   if (o.externalData === true) parts.push('ext')
   if (o.externalData === false) parts.push('embedded')
   if (o.overrides && Object.keys(o.overrides).length)
@@ -88,6 +91,7 @@ function generateIfNeeded(
     format,
     seed: options.seed ?? 0,
     logitsToKeep: options.logitsToKeep ?? true,
+    embeddingTable: options.embeddingTable,
     externalData: options.externalData ?? null,
     overrides: sortKeys(options.overrides ?? {}),
     generator: generatorHash(),
