@@ -20,6 +20,8 @@
  *
  * Transforms (prepare-time, so any Optimum-style Qwen2 export becomes the fast format for
  * onnxruntime-web's wasm backend):
+ * - a q4f16 export kept as exported (a MatMulNBits with float16 scales, the head split asked
+ *   for) is widened to float32 first, every tensor exactly (lib/graph-rewrite.ts);
  * - logits rewrite (CLI default; `--no-logits-rewrite`): an export without `num_logits_to_keep`
  *   gains it, and its lm_head runs on the last n positions only (lib/graph-rewrite.ts);
  * - `--format q8`: fp32, fp16 and q4 (`MatMulNBits`) weights become the generator's uint8
@@ -216,6 +218,12 @@ export interface PrepareReport {
      */
     dequantizedForReference: number
   }
+  /**
+   * A q4f16 export kept as exported (`format: 'keep'`, head split asked for): every float16
+   * tensor and type widened to float32 first, exactly (its 4-bit values untouched, their
+   * float16 scales exact in float32), so the lm_head can be split and the layers mapped.
+   */
+  widened?: { fp16Tensors: number; types: number }
   /** AWQ before a q4 conversion of float weights (absent when not asked for). */
   awq?: AwqReport
   /**
@@ -680,6 +688,17 @@ export async function transformExport(
   const report: PrepareReport = { input: o.input, format: o.format }
   let reference: GraphRef = { path: o.inputPath }
   let referenceName = 'the input graph'
+  if (o.format === 'keep' && o.head === 'wasm' && hasHalfMatMulNBits(model)) {
+    // a q4f16 export: the kernels take float32 hidden states and keep their own KV cache
+    const widened = convertFloatType(model, DataType.FLOAT)
+    model = widened.model
+    report.widened = { fp16Tensors: widened.stats.tensors, types: widened.stats.types }
+    o.log(
+      `fp16 → fp32: ${widened.stats.tensors} float16 tensors and ${widened.stats.types} types ` +
+        `widened (a q4f16 export: its 4-bit values and their scales kept exactly; activations ` +
+        `and the KV cache in float32)`,
+    )
+  }
   if (o.format === 'q8' || o.format === 'q4') {
     const started = performance.now()
     const widened = convertFloatType(model, DataType.FLOAT)
@@ -753,7 +772,7 @@ export async function transformExport(
         : `logits rewrite: not applied (${r.result.reason})`,
     )
   }
-  if (o.verify && (o.format !== 'keep' || report.logitsRewrite?.applied)) {
+  if (o.verify && (o.format !== 'keep' || report.logitsRewrite?.applied || report.widened)) {
     const started = performance.now()
     const check = await checkLogits(reference, { model }, o.config)
     report.logits = { reference: referenceName, ...check }
@@ -856,6 +875,17 @@ export async function transformExport(
   const decoder =
     o.decoder === 'wasm' ? await findAndCheckDecoder(model, report, head, o) : undefined
   return { model, report, head, decoder }
+}
+
+/** Whether a MatMulNBits of the graph has float16 scales (a q4f16 export). */
+function hasHalfMatMulNBits(model: ModelProto): boolean {
+  const graph = model.graph
+  const halves = new Set(
+    (graph?.initializer ?? []).filter((t) => t.data_type === DataType.FLOAT16).map((t) => t.name),
+  )
+  return (graph?.node ?? []).some(
+    (n) => n.op_type === 'MatMulNBits' && n.domain === 'com.microsoft' && halves.has(n.input?.[2]),
+  )
 }
 
 /** The q4 conversion's quantizer (blocks of 32), dequantized: what AWQ's search measures. */

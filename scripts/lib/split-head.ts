@@ -431,8 +431,8 @@ function nbitsHead(
   const logitsType = logitsOut.type?.tensor_type?.elem_type
   if (logitsType !== undefined && logitsType !== DataType.FLOAT)
     return (
-      `the logits are ${typeName(logitsType)}, not float32 (a q4f16 export): the engine's ` +
-      'head takes float32 hidden states (--format q8 widens it)'
+      `the logits are ${typeName(logitsType)}, not float32: the engine's head takes float32 ` +
+      'hidden states (model:prepare widens a q4f16 export unless --head graph)'
     )
   if ([b, s, z].some((n) => n && graphInputs.has(n)))
     return `${at}: its weight, scales and zero points are not all initializers`

@@ -5,14 +5,22 @@
  * the generator's tied layout of the same weights (the embedding Gathers the lm_head's own
  * 4-bit rows). Prepared, the table is dropped and the embedding read from the head rows, so
  * both layouts give the same head, the same weights and the same decoder map, and the engine
- * runs the whole model in its kernels.
+ * runs the whole model in its kernels. The q4f16 file of the same export (every float tensor,
+ * type and Cast in float16, as the float16 pass after the 4-bit one leaves it) is widened to
+ * float32 first, exactly, and then prepared the same way.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Qwen2Config } from '../../src/format/index.ts'
-import { DataType, decodeModel, type ModelProto } from '../../scripts/lib/onnx/index.ts'
+import { convertFloatType, floatToHalf, halfToFloat } from '../../scripts/lib/graph-rewrite.ts'
+import {
+  DataType,
+  decodeModel,
+  encodeModel,
+  type ModelProto,
+} from '../../scripts/lib/onnx/index.ts'
 import {
   splitHead,
   TIED_TABLE_TOLERANCE,
@@ -165,5 +173,68 @@ describe('a q4 export with its embedding as a float table', () => {
     const text = await greedyText(await a.chat(messages, options))
     expect(text.length).toBeGreaterThan(0)
     expect(text).toBe(await greedyText(await b.chat(messages, options)))
+  })
+})
+
+describe('a q4f16 export (the same, every float in float16)', () => {
+  let half: string
+
+  beforeAll(async () => {
+    half = join(work, 'tiny-q4f16-hf')
+    await mkdir(join(half, 'onnx'), { recursive: true })
+    for (const f of [
+      'config.json',
+      'generation_config.json',
+      'tokenizer.json',
+      'tokenizer_config.json',
+    ])
+      await cp(join(tableDir, f), join(half, f))
+    const converted = convertFloatType(table, DataType.FLOAT16)
+    expect(converted.stats.tensors).toBeGreaterThan(10)
+    await writeFile(join(half, 'onnx', 'model_q4f16.onnx'), encodeModel(converted.model))
+  })
+
+  it('is widened exactly and prepared into the kernels: 4-bit codes as exported, float16 scales', async () => {
+    const r = await preparePackage({ folder: half, id: 'q4f16', out: work, quiet: true })
+    expect(r.report!.widened!.fp16Tensors).toBeGreaterThan(10)
+    expect(r.manifest.head).toMatchObject({ format: 'q4-b32', embedding: true })
+    expect(r.manifest.decoder).toBeDefined()
+    expect(r.report!.decoder).toMatchObject({ applied: true, passed: true })
+    expect(r.report!.head!.presentMaxAbsError).toBe(0)
+    expect(r.report!.logits!.top1Agrees).toBe(true)
+
+    // against the q4 package: the same codes and zero points, each scale its float16 rounding
+    const head = async (id: string) => {
+      const m = (await loadPackage(fsSource(work), id)).manifest
+      const file = m.head!.file
+      const parts = await Promise.all(file.shards.map((s) => readFile(join(work, id, s.path))))
+      return Buffer.concat(parts)
+    }
+    const ours = await head('q4f16')
+    const q4 = await head('table')
+    expect(ours.length).toBe(q4.length)
+    let scales = 0
+    let rounded = 0
+    for (let g = 0; g < ours.length; g += 84) {
+      expect(ours.subarray(g, g + 64).equals(q4.subarray(g, g + 64))).toBe(true)
+      expect(ours.subarray(g + 80, g + 84).equals(q4.subarray(g + 80, g + 84))).toBe(true)
+      for (let b = 0; b < 4; b++) {
+        const want = halfToFloat(floatToHalf(q4.readFloatLE(g + 64 + 4 * b)))
+        const got = ours.readFloatLE(g + 64 + 4 * b)
+        if (got !== want) throw new Error(`scale at ${g + 64 + 4 * b}: ${got}, want ${want}`)
+        if (got !== q4.readFloatLE(g + 64 + 4 * b)) rounded++
+        if (got !== 0) scales++ // blocks past the row's end are padding: scale 0
+      }
+    }
+    expect(rounded).toBeGreaterThan(0.99 * scales) // float16 scales, not the q4 file's
+
+    const engine = await QwenEngine.create(await loadPackage(fsSource(work), 'q4f16'), {
+      contextLength: 256,
+    })
+    expect(engine.model.paths).toEqual({ prefill: 'decoder', decode: 'decoder' })
+    const text = await greedyText(
+      await engine.chat([{ role: 'user', content: 'Hi' }], { maxNewTokens: 4, temperature: 0 }),
+    )
+    expect(text.length).toBeGreaterThan(0)
   })
 })
