@@ -30,7 +30,12 @@ function compatibilityDate(): string {
 }
 
 /** Builds the stage Worker; returns its hash and bundle size. */
-export async function buildStageWorker(): Promise<{ hash: string; bytes: number }> {
+export async function buildStageWorker(): Promise<{
+  hash: string
+  bytes: number
+  /** False when the file already held this build (left untouched). */
+  written: boolean
+}> {
   const wasm = new Map<string, string>()
   const result = await build({
     entryPoints: [join(WORKERS, 'stage-worker.ts')],
@@ -68,13 +73,24 @@ export async function buildStageWorker(): Promise<{ hash: string; bytes: number 
     wasm: Object.fromEntries([...wasm].sort(([a], [b]) => a.localeCompare(b))),
   }
   const hash = createHash('sha256').update(JSON.stringify(worker)).digest('hex').slice(0, 16)
-  mkdirSync(join(WORKERS, 'generated'), { recursive: true })
-  writeFileSync(
-    STAGE_WORKER_FILE,
+  const text =
     '// Built by `npm run build:stage-worker` from src/adapters/workers/stage-worker.ts: do not edit.\n' +
-      `export const STAGE_WORKER = ${JSON.stringify({ hash, ...worker })}\n`,
-  )
-  return { hash, bytes: code.length }
+    `export const STAGE_WORKER = ${JSON.stringify({ hash, ...worker })}\n`
+  // Written only when it changes: the front Worker imports this file, so a running `wrangler
+  // dev` rebuilds and restarts on any write, failing its requests in flight ("Your worker
+  // restarted mid-request"), and every `npm run dev:worker` (a test's server among them) builds
+  // it first.
+  let current: string | undefined
+  try {
+    current = readFileSync(STAGE_WORKER_FILE, 'utf8')
+  } catch {
+    current = undefined
+  }
+  if (current !== text) {
+    mkdirSync(join(WORKERS, 'generated'), { recursive: true })
+    writeFileSync(STAGE_WORKER_FILE, text)
+  }
+  return { hash, bytes: code.length, written: current !== text }
 }
 
 export const BUILD_STAGE_WORKER_CLI = {
