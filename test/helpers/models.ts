@@ -140,6 +140,7 @@ export const SUITE_MODELS: [PresetName, WeightFormat, EnsureModelOptions?][] = [
   ['tiny', 'fp32'],
   ['tiny', 'q8'],
   ['tiny', 'q4'],
+  ['tiny', 'q4', { embeddingTable: true }],
   ['tiny', 'fp32', { logitsToKeep: false }],
   ['tiny', 'fp32', { externalData: true }],
   ['tiny-mha', 'fp32'],

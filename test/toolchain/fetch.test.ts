@@ -127,6 +127,30 @@ describe('model:fetch', () => {
     }
   })
 
+  it("fetches an onnx-community-style q4 file (float embedding table) into the kernels' package", async () => {
+    // the README's command for a real q4 export, on the generator's fake of that layout
+    const q4 = await ensureModel('tiny', 'q4', { embeddingTable: true })
+    const hub = await startFileServer(q4, {
+      route: (p) => (p.startsWith(PREFIX) ? p.slice(PREFIX.length) : null),
+    })
+    try {
+      const result = await fetchModel({
+        repo: REPO,
+        file: 'onnx/model_q4.onnx',
+        endpoint: hub.url,
+        id: 'tiny-q4',
+        cacheDir: join(work, 'cache-q4'),
+        out: join(work, 'fetched-q4'),
+        retryDelayMs: 5,
+        quiet: true,
+      })
+      expect(result.manifest.head).toMatchObject({ format: 'q4-b32', embedding: true })
+      expect(result.manifest.decoder).toBeDefined()
+    } finally {
+      await hub.close()
+    }
+  })
+
   it('fails clearly for a repo the hub does not have', async () => {
     const hub = await fakeHub()
     try {
