@@ -113,24 +113,36 @@ export async function lastReplyText(page: Page): Promise<string> {
 }
 
 /**
- * Samples the newest reply's length once per animation frame for `ms` and returns how many
- * frames saw it grow (streaming shows several; a reply rendered at once shows at most one).
+ * Over `ms`, in the newest reply: animation frames, frames in which its text grew (streaming
+ * shows several; a reply rendered at once at most one), and changes made to its text
+ * (appends), counted by a MutationObserver.
  */
-export async function framesWithGrowth(page: Page, ms: number): Promise<number> {
+export async function replyFrames(
+  page: Page,
+  ms: number,
+): Promise<{ frames: number; grew: number; appends: number }> {
   return page.evaluate(
     (ms) =>
-      new Promise<number>((resolve) => {
+      new Promise<{ frames: number; grew: number; appends: number }>((resolve) => {
         const replies = document.querySelectorAll('.turn.assistant .text')
         const reply = replies[replies.length - 1]
+        let appends = 0
+        const observer = new MutationObserver((records) => (appends += records.length))
+        if (reply) observer.observe(reply, { characterData: true, childList: true, subtree: true })
         let last = reply?.textContent?.length ?? 0
         let grew = 0
+        let frames = 0
         const started = performance.now()
         const frame = () => {
+          frames++
           const now = reply?.textContent?.length ?? 0
           if (now > last) grew++
           last = now
           if (performance.now() - started < ms) requestAnimationFrame(frame)
-          else resolve(grew)
+          else {
+            observer.disconnect()
+            resolve({ frames, grew, appends })
+          }
         }
         requestAnimationFrame(frame)
       }),

@@ -23,7 +23,7 @@ import {
   badgeLabel,
   collectPageErrors,
   distinctGlyphs,
-  framesWithGrowth,
+  replyFrames,
   lastReplyText,
   launchChromium,
 } from './browser.ts'
@@ -175,8 +175,11 @@ describe('chat page on the Node server', () => {
       null,
       { timeout: 20_000 },
     ) // the first delta: the prompt is read (and the badge computed) first
-    const grew = await framesWithGrowth(page, 1_000)
+    const { grew, frames, appends } = await replyFrames(page, 1_000)
     expect(grew).toBeGreaterThanOrEqual(3)
+    // one append a frame at most, whatever the token rate: the page lays the reply out once a
+    // frame, not once a token (measured: about as many appends as frames that grew)
+    expect(appends).toBeLessThanOrEqual(frames + 1)
     expect((await health(open.base)).active).toBe(1)
     expect(await page.locator('.turn.assistant').last().getAttribute('aria-busy')).toBe('true')
 

@@ -214,10 +214,22 @@ export const CHAT_PAGE_SCRIPT = String.raw`
     meta.textContent = text
   }
 
+  // Deltas arrive faster than frames (hundreds a second from a small model): each is kept at
+  // once, and shown with the others of its frame in one append, so the page lays the growing
+  // reply out once a frame instead of once a token (reading scrollHeight forces a layout).
   function appendText(turn, text) {
-    const nearBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 48
-    turn.node.appendData(text)
     turn.text += text
+    turn.pending = (turn.pending || '') + text
+    if (!turn.frame) turn.frame = requestAnimationFrame(() => flushText(turn))
+  }
+
+  function flushText(turn) {
+    if (turn.frame) cancelAnimationFrame(turn.frame)
+    turn.frame = 0
+    if (!turn.pending) return
+    const nearBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 48
+    turn.node.appendData(turn.pending)
+    turn.pending = ''
     if (nearBottom) ui.log.scrollTop = ui.log.scrollHeight
   }
 
@@ -350,6 +362,7 @@ export const CHAT_PAGE_SCRIPT = String.raw`
         failure = err instanceof ApiError ? err : new ApiError(0, 'network', String(err))
       }
     } finally {
+      flushText(turn)
       streaming = null
       setStreaming(false)
       turn.li.setAttribute('aria-busy', 'false')
