@@ -9,6 +9,7 @@
  */
 import { createHash } from 'node:crypto'
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { cp, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ModelDims, PresetName, WeightFormat } from '../../scripts/lib/model-presets.ts'
@@ -147,3 +148,18 @@ export const SUITE_MODELS: [PresetName, WeightFormat, EnsureModelOptions?][] = [
   ['tiny-mha', 'q8'],
   ['tiny-mha', 'q4'],
 ]
+
+/**
+ * A new export folder at `to` with `from`'s config, generation config and tokenizer files and
+ * an empty `onnx/`: for a test that writes its own variant of a generated graph there.
+ */
+export async function copyModelFolderMeta(from: string, to: string): Promise<void> {
+  await mkdir(join(to, 'onnx'), { recursive: true })
+  for (const f of [
+    'config.json',
+    'generation_config.json',
+    'tokenizer.json',
+    'tokenizer_config.json',
+  ])
+    await cp(join(from, f), join(to, f))
+}

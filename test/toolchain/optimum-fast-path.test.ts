@@ -6,7 +6,7 @@
  * embedding split off into head.q8; the engine on it must agree with the same conversion whose
  * lm_head stays in the graph.
  */
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -19,7 +19,7 @@ import { preparePackage } from '../../scripts/prepare-model.ts'
 import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { QwenModel } from '../../src/engine/graph/model.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { copyModelFolderMeta, ensureModel } from '../helpers/models.ts'
 import { startFileServer } from '../helpers/file-server.ts'
 
 const REPO = 'test-org/Tiny-Qwen-Optimum'
@@ -31,14 +31,7 @@ let hub: string
 
 /** The generator's fp32 graph with its Reshape(Gemm(Reshape)) head redone as Optimum's MatMul. */
 async function optimumStyleExport(from: string, to: string): Promise<void> {
-  await mkdir(join(to, 'onnx'), { recursive: true })
-  for (const f of [
-    'config.json',
-    'generation_config.json',
-    'tokenizer.json',
-    'tokenizer_config.json',
-  ])
-    await cp(join(from, f), join(to, f))
+  await copyModelFolderMeta(from, to)
   const model = decodeModel(await readFile(join(from, FILE)))
   const graph = model.graph!
   const { producer } = indexGraph(graph)

@@ -3,7 +3,7 @@
  * fp16 and q4 exports. Each prepared package is checked in onnxruntime-web (the runtime we
  * ship) against the export it came from, and through the engine's own loader.
  */
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -29,7 +29,7 @@ import {
   type PrepareOptions,
   type PrepareResult,
 } from '../../scripts/prepare-model.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { copyModelFolderMeta, ensureModel } from '../helpers/models.ts'
 
 const V = 151936 // the tiny preset keeps Qwen's vocabulary
 let work: string
@@ -398,14 +398,7 @@ describe('--format q8', () => {
     // An fp16 export: the fp32 graph with every float tensor, constant, Cast and I/O in fp16.
     const fp32 = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
     const hf = join(work, 'tiny-fp16-hf')
-    await mkdir(join(hf, 'onnx'), { recursive: true })
-    for (const f of [
-      'config.json',
-      'generation_config.json',
-      'tokenizer.json',
-      'tokenizer_config.json',
-    ])
-      await cp(join(fp32, f), join(hf, f))
+    await copyModelFolderMeta(fp32, hf)
     const source = decodeModel(await readFile(join(fp32, 'onnx/model.onnx')))
     const half = convertFloatType(source, DataType.FLOAT16)
     expect(half.stats.tensors).toBeGreaterThan(20)

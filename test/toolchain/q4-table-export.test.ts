@@ -9,7 +9,7 @@
  * type and Cast in float16, as the float16 pass after the 4-bit one leaves it) is widened to
  * float32 first, exactly, and then prepared the same way.
  */
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -31,7 +31,7 @@ import { fsSource } from '../../src/adapters/node/fs-source.ts'
 import { QwenEngine } from '../../src/engine/engine.ts'
 import { loadPackage } from '../../src/engine/package/loader.ts'
 import type { ChatRun } from '../../src/engine/types.ts'
-import { ensureModel } from '../helpers/models.ts'
+import { copyModelFolderMeta, ensureModel } from '../helpers/models.ts'
 
 const TABLE = 'model.embed_tokens.weight'
 
@@ -181,14 +181,7 @@ describe('a q4f16 export (the same, every float in float16)', () => {
 
   beforeAll(async () => {
     half = join(work, 'tiny-q4f16-hf')
-    await mkdir(join(half, 'onnx'), { recursive: true })
-    for (const f of [
-      'config.json',
-      'generation_config.json',
-      'tokenizer.json',
-      'tokenizer_config.json',
-    ])
-      await cp(join(tableDir, f), join(half, f))
+    await copyModelFolderMeta(tableDir, half)
     const converted = convertFloatType(table, DataType.FLOAT16)
     expect(converted.stats.tensors).toBeGreaterThan(10)
     await writeFile(join(half, 'onnx', 'model_q4f16.onnx'), encodeModel(converted.model))
