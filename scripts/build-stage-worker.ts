@@ -86,11 +86,12 @@ export async function buildStageWorker(): Promise<{
   } catch {
     current = undefined
   }
-  if (current !== text) {
+  const written = current !== text
+  if (written) {
     mkdirSync(join(WORKERS, 'generated'), { recursive: true })
     writeFileSync(STAGE_WORKER_FILE, text)
   }
-  return { hash, bytes: code.length, written: current !== text }
+  return { hash, bytes: code.length, written }
 }
 
 export const BUILD_STAGE_WORKER_CLI = {

@@ -246,24 +246,23 @@ export function splitHead(
       else if (config.tie_word_embeddings !== true)
         embeddingTable = kept('config.json does not set tie_word_embeddings')
       else {
-        rows = found.rows(true)
-        const e = tableError(inits.get(table.name)!, rows.head)
-        const at = `‖table − head rows‖ / ‖table‖ = ${e.relative.toPrecision(3)}`
-        if (e.relative <= TIED_TABLE_TOLERANCE) {
+        const tiedRows = found.rows(true)
+        const e = tableError(inits.get(table.name)!, tiedRows.head)
+        const dropped = e.relative <= TIED_TABLE_TOLERANCE
+        embeddingTable = {
+          name: table.name,
+          dropped,
+          relativeError: e.relative,
+          maxRowError: e.maxRow,
+          ...(!dropped && {
+            reason:
+              `‖table − head rows‖ / ‖table‖ = ${e.relative.toPrecision(3)}, above ` +
+              `${TIED_TABLE_TOLERANCE}: not the head's matrix`,
+          }),
+        }
+        if (dropped) {
           embedding = table
-          embeddingTable = {
-            name: table.name,
-            dropped: true,
-            relativeError: e.relative,
-            maxRowError: e.maxRow,
-          }
-        } else {
-          rows = undefined
-          embeddingTable = {
-            ...kept(`${at}, above ${TIED_TABLE_TOLERANCE}: not the head's matrix`),
-            relativeError: e.relative,
-            maxRowError: e.maxRow,
-          }
+          rows = tiedRows
         }
       }
     }
@@ -1033,14 +1032,11 @@ export async function checkSplitHead(
       }
       return { logits, servedLogits, past: next }
     }
-    const servedErrors = { max: 0, sum: 0, top1Agrees: true, embedding: 0, embeddingMax: 0 }
-
-    let max = 0
-    let sum = 0
-    let count = 0
+    const errors = new LogitErrors()
+    const servedErrors = new LogitErrors()
+    const servedEmbedding = new MaxError()
     let scale = 0
     let presentMax = 0
-    let top1Agrees = true
     let pastA = emptyPast()
     let pastB = emptyPast()
     let input = tokens
@@ -1050,13 +1046,8 @@ export async function checkSplitHead(
       const a = await step(reference, input, pastA)
       const b = await step(splitSession, input, pastB)
       trace.push({ input, logits: a.logits })
-      for (let v = 0; v < a.logits.length; v++) {
-        const d = Math.abs(a.logits[v] - b.logits[v])
-        if (!(d <= max)) max = d // NaN sticks
-        sum += d
-        scale = Math.max(scale, Math.abs(a.logits[v]))
-      }
-      count += a.logits.length
+      errors.add(a.logits, b.logits)
+      for (const x of a.logits) scale = Math.max(scale, Math.abs(x))
       for (const [name, t] of Object.entries(a.past)) {
         const x = t.data as Float32Array
         const y = b.past[name]?.data as Float32Array | undefined
@@ -1066,74 +1057,43 @@ export async function checkSplitHead(
           if (!(d <= presentMax)) presentMax = d
         }
       }
-      const next = argmax(a.logits)
-      if (argmax(b.logits) !== next) top1Agrees = false
-      if (b.servedLogits) {
-        const c = b.servedLogits
-        for (let v = 0; v < a.logits.length; v++) {
-          const d = Math.abs(a.logits[v] - c[v])
-          if (!(d <= servedErrors.max)) servedErrors.max = d
-          servedErrors.sum += d
-        }
-        if (argmax(c) !== next) servedErrors.top1Agrees = false
-      }
-      if (served && head.embedding) {
-        const exact = headEmbedding(head, input)
-        const ours = headEmbedding(served, input)
-        for (let j = 0; j < exact.length; j++) {
-          const d = Math.abs(exact[j] - ours[j])
-          if (!(d <= servedErrors.embedding)) servedErrors.embedding = d
-          servedErrors.embeddingMax = Math.max(servedErrors.embeddingMax, Math.abs(exact[j]))
-        }
-      }
+      if (b.servedLogits) servedErrors.add(a.logits, b.servedLogits)
+      if (served && head.embedding)
+        servedEmbedding.add(headEmbedding(head, input), headEmbedding(served, input))
       pastA = a.past
       pastB = b.past
-      input = [next]
+      input = [argmax(a.logits)]
     }
     let tiedEmbedding: HeadCheck['tiedEmbedding']
     if (table) {
-      const t = { maxAbsError: 0, meanAbsError: 0, top1Agrees: true }
-      const e = { embeddingMaxAbsError: 0, embeddingMaxAbs: 0 }
-      let sum = 0
+      const tied = new LogitErrors()
+      const rows = new MaxError()
       let past = emptyPast()
       for (const { input, logits } of trace) {
         const c = await step(splitSession, input, past, tiedRows)
-        const ours = c.servedLogits ?? c.logits
-        for (let v = 0; v < logits.length; v++) {
-          const d = Math.abs(logits[v] - ours[v])
-          if (!(d <= t.maxAbsError)) t.maxAbsError = d
-          sum += d
-        }
-        if (argmax(ours) !== argmax(logits)) t.top1Agrees = false
-        const exact = table(input)
-        const rows = tiedRows(input)
-        for (let j = 0; j < exact.length; j++) {
-          const d = Math.abs(exact[j] - rows[j])
-          if (!(d <= e.embeddingMaxAbsError)) e.embeddingMaxAbsError = d
-          e.embeddingMaxAbs = Math.max(e.embeddingMaxAbs, Math.abs(exact[j]))
-        }
+        tied.add(logits, c.servedLogits ?? c.logits)
+        rows.add(table(input), tiedRows(input))
         past = c.past
       }
-      t.meanAbsError = sum / count
-      tiedEmbedding = { ...t, ...e }
+      tiedEmbedding = {
+        ...tied.summary(),
+        embeddingMaxAbsError: rows.error,
+        embeddingMaxAbs: rows.scale,
+      }
     }
     return {
       runtime: `onnxruntime-node ${ort.env.versions.node ?? ort.env.versions.common}, 1 thread`,
       tokens,
       steps,
-      maxAbsError: max,
-      meanAbsError: sum / count,
+      ...errors.summary(),
       referenceMaxAbs: scale,
-      top1Agrees,
       presentMaxAbsError: presentMax,
       ...(served && {
         served: {
           format: served.format,
-          maxAbsError: servedErrors.max,
-          meanAbsError: servedErrors.sum / count,
-          top1Agrees: servedErrors.top1Agrees,
-          embeddingMaxAbsError: servedErrors.embedding,
-          embeddingMaxAbs: servedErrors.embeddingMax,
+          ...servedErrors.summary(),
+          embeddingMaxAbsError: servedEmbedding.error,
+          embeddingMaxAbs: servedEmbedding.scale,
         },
       }),
       ...(tiedEmbedding && { tiedEmbedding }),
@@ -1145,6 +1105,46 @@ export async function checkSplitHead(
 }
 
 // ---------------------------------------------------------------- helpers
+
+/** Last-position logits against the graph's over the check's steps: max and mean |Δ|, top-1. */
+class LogitErrors {
+  private max = 0
+  private sum = 0
+  private count = 0
+  private top1Agrees = true
+
+  add(reference: Float32Array, ours: Float32Array): void {
+    for (let v = 0; v < reference.length; v++) {
+      const d = Math.abs(reference[v] - ours[v])
+      if (!(d <= this.max)) this.max = d // NaN sticks
+      this.sum += d
+    }
+    this.count += reference.length
+    if (argmax(ours) !== argmax(reference)) this.top1Agrees = false
+  }
+
+  summary(): { maxAbsError: number; meanAbsError: number; top1Agrees: boolean } {
+    return {
+      maxAbsError: this.max,
+      meanAbsError: this.sum / this.count,
+      top1Agrees: this.top1Agrees,
+    }
+  }
+}
+
+/** max |exact − ours| (NaN sticks) and max |exact|, the scale it compares with. */
+class MaxError {
+  error = 0
+  scale = 0
+
+  add(exact: Float32Array, ours: Float32Array): void {
+    for (let j = 0; j < exact.length; j++) {
+      const d = Math.abs(exact[j] - ours[j])
+      if (!(d <= this.error)) this.error = d
+      this.scale = Math.max(this.scale, Math.abs(exact[j]))
+    }
+  }
+}
 
 function describe(n: NodeProto): string {
   return n.name ? `${n.op_type} ${n.name}` : `${n.op_type} → ${n.output?.[0]}`
