@@ -845,21 +845,13 @@ export async function transformExport(
         )
         if (check.served)
           o.log(
-            `${check.served.format} head requantized from the 4-bit rows: logits max |Δ| ` +
-              `${check.served.maxAbsError.toPrecision(3)}, mean ` +
-              `${check.served.meanAbsError.toPrecision(3)}; top-1 ` +
-              `${check.served.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
-              `${check.served.embeddingMaxAbsError.toPrecision(3)} ` +
-              `(|value| up to ${check.served.embeddingMaxAbs.toPrecision(3)})`,
+            `${check.served.format} head requantized from the 4-bit rows: ` +
+              describeRowErrors(check.served),
           )
         if (check.tiedEmbedding)
           o.log(
-            `the embedding from the head rows instead of the table: logits max |Δ| ` +
-              `${check.tiedEmbedding.maxAbsError.toPrecision(3)}, mean ` +
-              `${check.tiedEmbedding.meanAbsError.toPrecision(3)}; top-1 ` +
-              `${check.tiedEmbedding.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
-              `${check.tiedEmbedding.embeddingMaxAbsError.toPrecision(3)} ` +
-              `(|value| up to ${check.tiedEmbedding.embeddingMaxAbs.toPrecision(3)})`,
+            'the embedding from the head rows instead of the table: ' +
+              describeRowErrors(check.tiedEmbedding),
           )
         // the layers are the same ops on the same inputs: a KV difference means the rewrite
         // (or the embedding rows) is wrong, and the package must not be written
@@ -875,6 +867,15 @@ export async function transformExport(
   const decoder =
     o.decoder === 'wasm' ? await findAndCheckDecoder(model, report, head, o) : undefined
   return { model, report, head, decoder }
+}
+
+/** The head check's numbers for rows other than the exported ones (served or embedded). */
+function describeRowErrors(e: NonNullable<HeadCheck['tiedEmbedding']>): string {
+  return (
+    `logits max |Δ| ${e.maxAbsError.toPrecision(3)}, mean ${e.meanAbsError.toPrecision(3)}; ` +
+    `top-1 ${e.top1Agrees ? 'agrees' : 'DIFFERS'}; embedding max |Δ| ` +
+    `${e.embeddingMaxAbsError.toPrecision(3)} (|value| up to ${e.embeddingMaxAbs.toPrecision(3)})`
+  )
 }
 
 /** Whether a MatMulNBits of the graph has float16 scales (a q4f16 export). */
