@@ -1,9 +1,10 @@
 /**
  * The malformed-request table (issue 4, "Errors"): each request, the status and the stable
- * error code it must get. The server runs with CONTEXT_LENGTH=8192, MAX_TOKENS_CEILING=8192 and
- * the default 256 KiB body limit.
+ * error code it must get. The server runs with CONTEXT_LENGTH and MAX_TOKENS_CEILING both
+ * CONTEXT_LENGTH (runtimes.ts) and the default 256 KiB body limit.
  */
 import { chunkedBody, invalidUtf8Json } from './client.ts'
+import { CONTEXT_LENGTH } from './runtimes.ts'
 
 export interface ErrorCase {
   name: string
@@ -19,8 +20,10 @@ export interface ErrorCase {
 
 const user = (content: unknown) => [{ role: 'user', content }]
 const chat = (extra: Record<string, unknown>) => ({ messages: user('hello'), ...extra })
-/** About 12k tokens (54 KB): more than the 8192-token context on its own. */
-const longText = 'lorem ipsum dolor sit amet '.repeat(2000)
+/** About 6 tokens a repeat, so 1.2x the context on its own (177 KB, under the body limit). */
+const longText = 'lorem ipsum dolor sit amet '.repeat(Math.ceil(CONTEXT_LENGTH / 5))
+/** With the prompt's own tokens, over the context; alone, within the ceiling. */
+const nearCeiling = CONTEXT_LENGTH - 2
 const bigText = 'a'.repeat(300 * 1024) // over the 256 KiB body limit
 
 // One case per line, as a table (hence prettier-ignore).
@@ -62,7 +65,7 @@ export const ERROR_CASES: ErrorCase[] = [
   // Absurd numbers
   { name: 'chat: max_tokens 0', path: '/v1/chat', body: chat({ max_tokens: 0 }), status: 400, code: 'bad_request' },
   { name: 'chat: max_tokens 1e9', path: '/v1/chat', body: chat({ max_tokens: 1e9 }), status: 400, code: 'bad_request' },
-  { name: 'chat: max_tokens above ceiling', path: '/v1/chat', body: chat({ max_tokens: 8193 }), status: 400, code: 'bad_request' },
+  { name: 'chat: max_tokens above ceiling', path: '/v1/chat', body: chat({ max_tokens: CONTEXT_LENGTH + 1 }), status: 400, code: 'bad_request' },
   { name: 'chat: max_tokens 1.5', path: '/v1/chat', body: chat({ max_tokens: 1.5 }), status: 400, code: 'bad_request' },
   { name: 'chat: temperature -1', path: '/v1/chat', body: chat({ temperature: -1 }), status: 400, code: 'bad_request' },
   { name: 'chat: temperature "hot"', path: '/v1/chat', body: chat({ temperature: 'hot' }), status: 400, code: 'bad_request' },
@@ -83,10 +86,10 @@ export const ERROR_CASES: ErrorCase[] = [
   { name: 'chat: 300 KiB body', path: '/v1/chat', body: { messages: user(bigText) }, status: 413, code: 'payload_too_large' },
   { name: 'sentiment: 300 KiB chunked body', path: '/v1/sentiment', body: () => chunkedBody(300 * 1024), status: 413, code: 'payload_too_large' },
   // Beyond the context
-  { name: 'chat: prompt + max_tokens > context', path: '/v1/chat', body: chat({ max_tokens: 8190 }), status: 400, code: 'context_length_exceeded' },
+  { name: 'chat: prompt + max_tokens > context', path: '/v1/chat', body: chat({ max_tokens: nearCeiling }), status: 400, code: 'context_length_exceeded' },
   { name: 'chat: prompt alone > context', path: '/v1/chat', body: { messages: user(longText) }, status: 400, code: 'context_length_exceeded' },
-  { name: 'completions: prompt + max_tokens > context', path: '/v1/chat/completions', body: chat({ max_tokens: 8190, stream: true }), status: 400, code: 'context_length_exceeded', openai: true },
-  { name: 'analyze: prompt + max_tokens > context', path: '/analyze', body: { text: 'hi', max_tokens: 8190 }, status: 400, code: 'context_length_exceeded' },
+  { name: 'completions: prompt + max_tokens > context', path: '/v1/chat/completions', body: chat({ max_tokens: nearCeiling, stream: true }), status: 400, code: 'context_length_exceeded', openai: true },
+  { name: 'analyze: prompt + max_tokens > context', path: '/analyze', body: { text: 'hi', max_tokens: nearCeiling }, status: 400, code: 'context_length_exceeded' },
   { name: 'sentiment: text > context', path: '/v1/sentiment', body: { text: longText }, status: 400, code: 'context_length_exceeded' },
   // Routes that do not exist
   { name: 'unknown route', path: '/v1/nothing-here', body: {}, status: 404, code: 'not_found' },

@@ -20,7 +20,7 @@ import {
 } from './client.ts'
 import { ERROR_CASES } from './error-cases.ts'
 import { describeMatrix } from './matrix.ts'
-import { API_KEY, CORS_ORIGIN, MODEL_ID, RUNTIMES } from './runtimes.ts'
+import { API_KEY, CONTEXT_LENGTH, CORS_ORIGIN, MODEL_ID, RUNTIMES } from './runtimes.ts'
 
 const FINISH = ['stop', 'length']
 /**
@@ -29,6 +29,8 @@ const FINISH = ['stop', 'length']
  */
 const STOP_WITHIN_MS = WRITE_STALL_MS + 3_000
 const messages = [{ role: 'user' as const, content: 'Say something.' }]
+/** A reply a client leaves: long enough to take many seconds, well within the context. */
+const LONG_REPLY = CONTEXT_LENGTH - 2_000
 
 describeMatrix(
   'HTTP API',
@@ -368,14 +370,14 @@ describeMatrix(
     })
 
     it('a streaming client that disconnects stops its generation', async () => {
-      await expectStopsOnDisconnect(t, '/v1/chat', { messages, max_tokens: 8000, seed: 11 })
+      await expectStopsOnDisconnect(t, '/v1/chat', { messages, max_tokens: LONG_REPLY, seed: 11 })
     })
 
     it('an openai client that stops reading a stream stops its generation', async () => {
       const ac = new AbortController()
       const before = (await health(t)).decode.steps
       const stream = await openai().chat.completions.create(
-        { model: MODEL_ID, messages, max_tokens: 8000, seed: 12, stream: true },
+        { model: MODEL_ID, messages, max_tokens: LONG_REPLY, seed: 12, stream: true },
         { signal: ac.signal },
       )
       let chunks = 0
@@ -387,7 +389,7 @@ describeMatrix(
         }
       }
       await waitForHealth(t, (h) => h.active === 0, STOP_WITHIN_MS, 'generation stopped')
-      await expectStoppedEarly(t, before, 8000)
+      await expectStoppedEarly(t, before, LONG_REPLY)
     })
 
     // Local workerd (wrangler dev, miniflare) never aborts request.signal for a response that is
@@ -400,7 +402,7 @@ describeMatrix(
     it(`${leaves} ${outcome}`, async () => {
       const ac = new AbortController()
       const before = (await health(t)).decode.steps
-      const maxTokens = sees ? 8000 : 200
+      const maxTokens = sees ? LONG_REPLY : 200
       const pending = post(
         t,
         '/v1/chat',

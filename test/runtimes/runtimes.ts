@@ -20,14 +20,17 @@ export const API_KEY = 'test-key-3f9a1c'
 export const CORS_ORIGIN = 'https://app.example'
 
 /**
- * Limits the tests can reach: 2 generations decoding + 2 waiting, then 429. A long context, so
- * that a reply can take many seconds even with the tiny model (hundreds of tokens a second).
+ * The servers' context and max_tokens ceiling: long, so that a reply can take many seconds even
+ * with the tiny model, which decodes near a thousand tokens a second on a fast machine.
  */
+export const CONTEXT_LENGTH = 32_768
+
+/** Limits the tests can reach: 2 generations decoding + 2 waiting, then 429. */
 export const SERVER_ENV = {
   API_KEY,
   CORS_ORIGINS: CORS_ORIGIN,
-  CONTEXT_LENGTH: '8192',
-  MAX_TOKENS_CEILING: '8192',
+  CONTEXT_LENGTH: String(CONTEXT_LENGTH),
+  MAX_TOKENS_CEILING: String(CONTEXT_LENGTH),
   MAX_ACTIVE: '2',
   MAX_QUEUED: '2',
 } as const
