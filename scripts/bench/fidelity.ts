@@ -166,6 +166,11 @@ export const FORMATS: Record<string, FidelityFormat> = {
     note: 'q4 weights in blocks of 16, q8 head, float activations',
     open: async (ctx) => dequantized(ctx, 'q4-bs16-q8head', mixedWeights(ctx, q4(16), q8)),
   },
+  'q4-split-q8head': {
+    note: 'q4 (block 32) with the calibrated outlier input columns kept in f32, q8 head, float activations',
+    open: async (ctx) =>
+      dequantized(ctx, 'q4-split-q8head', (await splitWeights(ctx, q4(32), q8)).weights),
+  },
   'q4-awq-q8head': {
     note: 'q4 (block 32) after AWQ-style channel scaling folded into the norms, q8 head',
     open: async (ctx) =>
@@ -430,6 +435,70 @@ export async function awqWeights(
     }
   ctx.log(`awq: alpha per layer (attn, mlp): ${chosen.join(' ')}`)
   return { weights: out, chosen }
+}
+
+/** Calibration: mean |x| per channel of each norm group's input, keyed by its first reader. */
+async function groupInputs(
+  ctx: FidelityContext,
+  fp32: Weights,
+): Promise<Map<string, Float64Array>> {
+  const { Qwen2Reference } = await import('../../test/reference/qwen2-reference.ts')
+  const H = ctx.dims.hiddenSize
+  const sums = new Map<string, Float64Array>()
+  const counts = new Map<string, number>()
+  const observe = (name: string, x: Float32Array, n: number) => {
+    if (!NORM_GROUPS.some((g) => name.endsWith(`${g.reads[0]}.weight`))) return
+    const s = sums.get(name) ?? new Float64Array(H)
+    for (let i = 0; i < n * H; i++) s[i % H] += Math.abs(x[i])
+    sums.set(name, s)
+    counts.set(name, (counts.get(name) ?? 0) + n)
+  }
+  const ref = new Qwen2Reference(ctx.dims, fp32, { observe })
+  for (const ids of ctx.calibration) ref.forward(ids, ref.emptyCache(), 1)
+  for (const [name, s] of sums) for (let c = 0; c < H; c++) s[c] /= counts.get(name)!
+  return sums
+}
+
+/** Channels whose mean |x| is above `factor` times the median channel's. */
+export function salientChannels(meanAbs: ArrayLike<number>, factor = 6, max = 8): number[] {
+  const sorted = Float64Array.from(meanAbs).sort()
+  const median = sorted[sorted.length >> 1]
+  return Array.from(meanAbs, (m, c) => [m, c])
+    .filter(([m]) => m > factor * median)
+    .sort((a, b) => b[0] - a[0])
+    .slice(0, max)
+    .map(([, c]) => c)
+}
+
+/** q4 layers with the calibrated outlier input columns of each norm group kept exact. */
+export async function splitWeights(
+  ctx: FidelityContext,
+  body: Encode,
+  head: Encode,
+): Promise<{ weights: Weights; channels: number[][] }> {
+  const fp32 = synthesizeWeights(ctx.dims, ctx.seed, 'fp32', ctx.dist)
+  const inputs = await groupInputs(ctx, fp32)
+  const out = mixedWeights(ctx, body, head)
+  const H = ctx.dims.hiddenSize
+  const channels: number[][] = []
+  for (let l = 0; l < ctx.dims.numLayers; l++)
+    for (const g of NORM_GROUPS) {
+      const p = `model.layers.${l}`
+      const keepCols = salientChannels(inputs.get(`${p}.${g.reads[0]}.weight`)!)
+      channels.push(keepCols)
+      for (const m of g.reads) {
+        const name = `${p}.${m}.weight`
+        const w = Float32Array.from(fp32.get(name)!)
+        const n = w.length / H
+        for (let r = 0; r < n; r++) for (const c of keepCols) w[r * H + c] = 0
+        const stored = body(w, n, H)
+        const src = fp32.get(name)!
+        for (let r = 0; r < n; r++) for (const c of keepCols) stored[r * H + c] = src[r * H + c]
+        out.set(name, stored)
+      }
+    }
+  ctx.log(`split: outlier channels per group: ${channels.map((c) => c.join('+') || '-').join(' ')}`)
+  return { weights: out, channels }
 }
 
 // ---------------------------------------------------------------- prompts
