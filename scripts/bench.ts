@@ -148,6 +148,21 @@ function weightBytesOf(onnxPath: string): number {
   return n
 }
 
+/**
+ * scripts/bench/kernels.ts in Deno (the npm package's binary), whose V8 runs relaxed SIMD by
+ * default and is newer than Node 20's: the kernels as Deno (and Deno Deploy) run them.
+ */
+function kernelsInDeno(quick: boolean): KernelsResult {
+  const deno = join('node_modules', '.bin', 'deno')
+  const args = ['run', '-A', '--v8-flags=--no-liftoff', join('scripts', 'bench', 'kernels.ts')]
+  const out = execFileSync(deno, [...args, '--json', ...(quick ? ['--quick'] : [])], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 16 * 1024 * 1024,
+  })
+  return JSON.parse(out.trim().split('\n').at(-1)!) as KernelsResult
+}
+
 /** The engine's source: commit, and uncommitted changes under src/ (read-only git commands). */
 function describeSource(): BenchResults['source'] {
   const git = (...a: string[]) => {
@@ -257,9 +272,16 @@ async function main() {
   const bandwidth = { ...bw, boundTokS: bw.copyBytesPerS / plan.weightBytes }
 
   let kernels: KernelsResult | undefined
+  let kernelsDeno: KernelsResult | undefined
   if (only.has('kernels')) {
     log('— kernels')
     kernels = await runWorker<KernelsResult>('kernels', planPath)
+    log('— kernels: deno')
+    try {
+      kernelsDeno = kernelsInDeno(plan.quick)
+    } catch (err) {
+      log(`kernels in deno failed: ${(err as Error).message.split('\n')[0]}`)
+    }
   }
   const serve: ServeResult[] = []
   if (only.has('serve'))
@@ -352,6 +374,7 @@ async function main() {
     bandwidth,
     packageWeightBytes: plan.packageWeightBytes,
     kernels,
+    kernelsDeno,
     serve: serve.length ? serve : undefined,
     explore: exploreResults,
     chartPath: `${outDir}/decode.svg`,

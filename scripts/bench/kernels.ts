@@ -2,12 +2,14 @@
  * Microbenchmark of the engine's kernels (src/engine/wasm/kernels/engine.wat) at Qwen2.5-0.5B shapes,
  * both ISA variants, against a read-only bandwidth bound:
  *
- *   npx tsx scripts/bench/kernels.ts [--quick] [--only simd128|relaxed] [--errors]
+ *   npx tsx scripts/bench/kernels.ts [--quick] [--only simd128|relaxed] [--errors] [--json]
+ *   npx deno run -A --v8-flags=--no-liftoff scripts/bench/kernels.ts [...]   (the same in Deno)
  *
  * On Node 20 relaxed SIMD needs --experimental-wasm-relaxed-simd, and its baseline tier
  * (Liftoff) gets some of it wrong: this script sets the flag and --no-liftoff itself (every kernel
  * is timed in the optimizing tier, where both variants are exact; the tests check that).
- * `--errors` prints the error of y = W · x for the weight and activation formats instead.
+ * `--errors` prints the error of y = W · x for the weight and activation formats instead;
+ * `--json` the measurements as JSON (what `npm run bench` reads from its Deno run).
  */
 import { setFlagsFromString } from 'node:v8'
 setFlagsFromString('--experimental-wasm-relaxed-simd')
@@ -390,9 +392,11 @@ if (isMain(import.meta.url)) {
       quick: { type: 'boolean', default: false },
       only: { type: 'string' },
       errors: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
     },
   })
   quick = opts.quick
   if (opts.errors) errors()
+  else if (opts.json) console.log(JSON.stringify(await measureKernels(quick)))
   else await benchmarks(opts.only as IsaVariant | undefined)
 }

@@ -41,6 +41,8 @@ export interface BenchResults {
   /** Weight bytes of the engine's packages (what its kernels hold and a decode step reads). */
   packageWeightBytes?: { q8: number; q4?: number }
   kernels?: KernelsResult
+  /** The same in Deno (its V8 runs relaxed SIMD by default). */
+  kernelsDeno?: KernelsResult
   serve?: ServeResult[]
   explore?: {
     options: OptionsProbe[]
@@ -443,7 +445,8 @@ export function renderMarkdown(r: BenchResults): string {
       row([g.goal, g.target, g.measured, g.met === undefined ? '–' : g.met ? 'yes' : '**no**'])
   }
   if (r.serve?.length) renderServe(r.serve, L)
-  if (r.kernels) renderKernels(r, L)
+  if (r.kernels) renderKernels(r.kernels, L)
+  if (r.kernelsDeno) renderKernels(r.kernelsDeno, L, 'in Deno')
 
   if (eng?.extra) renderEngineDetails(eng, L)
   if (r.explore) renderExplore(r, L)
@@ -533,15 +536,14 @@ function renderServe(serve: ServeResult[], L: string[]) {
     ])
 }
 
-function renderKernels(r: BenchResults, L: string[]) {
-  const k = r.kernels!
+function renderKernels(k: KernelsResult, L: string[], where?: string) {
   const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
   const variants = [...new Set(k.rows.map((x) => x.variant))]
   L.push(
     '',
-    '## The kernels alone (Qwen2.5-0.5B shapes)',
+    `## The kernels alone${where ? ` ${where}` : ''} (Qwen2.5-0.5B shapes)`,
     '',
-    `\`scripts/bench/kernels.ts\` in its own process, ${k.runtime}; relaxed SIMD usable there: ${k.relaxedUsable ? 'yes' : 'no'}. **Read bound**: a WASM SIMD loop reading 256 MiB runs at **${(k.readBytesPerS / 1e9).toFixed(1)} GB/s** (memcpy in the same process: ${(k.copyBytesPerS / 1e9).toFixed(1)} GB/s copied). Each kernel's weight bytes read per second (q4: 21 bytes per 32 weights; q8: a row's stride + 5 bytes; quant_b32: f32 bytes) and multiply-accumulates per second, best time of calls made in turns with its neighbours; n: activation rows of a decode batch, T: prompt rows of a prefill chunk.`,
+    `\`scripts/bench/kernels.ts\` in its own process, ${k.runtime}${where ? ' with `--v8-flags=--no-liftoff`' : ''}; relaxed SIMD usable there: ${k.relaxedUsable ? 'yes' : 'no'}. **Read bound**: a WASM SIMD loop reading 256 MiB runs at **${(k.readBytesPerS / 1e9).toFixed(1)} GB/s** (memcpy in the same process: ${(k.copyBytesPerS / 1e9).toFixed(1)} GB/s copied). Each kernel's weight bytes read per second (q4: 21 bytes per 32 weights; q8: a row's stride + 5 bytes; quant_b32: f32 bytes) and multiply-accumulates per second, best time of calls made in turns with its neighbours; n: activation rows of a decode batch, T: prompt rows of a prefill chunk.`,
     '',
   )
   row(['kernel', ...variants.flatMap((v) => [`${v}: ms`, 'GB/s', '% of read bound', 'GMAC/s'])])

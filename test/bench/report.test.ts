@@ -209,6 +209,31 @@ describe('issue 13 goals', () => {
 })
 
 describe('keepSections', () => {
+  it('renders the kernels of each runtime that ran them, each with its own runtime and numbers', () => {
+    const kernels = (runtime: string, ms: number) => ({
+      runtime,
+      relaxedUsable: true,
+      readBytesPerS: 20e9,
+      copyBytesPerS: 10e9,
+      rows: [
+        { kernel: 'q4 gemv', variant: 'relaxed' as const, ms, bytesPerS: 1e10, macsPerS: 3e10 },
+      ],
+    })
+    const node = renderMarkdown({ ...results([engine]), kernels: kernels('Node v20', 0.125) })
+    expect(node).toContain('## The kernels alone (Qwen2.5-0.5B shapes)')
+    expect(node).not.toContain('in Deno')
+    const both = renderMarkdown({
+      ...results([engine]),
+      kernels: kernels('Node v20', 0.125),
+      kernelsDeno: kernels('Deno 2.9.6 (V8 15)', 0.0625),
+    })
+    const deno = both.slice(both.indexOf('## The kernels alone in Deno'))
+    expect(both.indexOf('## The kernels alone in Deno')).toBeGreaterThan(0)
+    expect(deno).toContain('Deno 2.9.6 (V8 15) with `--v8-flags=--no-liftoff`')
+    expect(deno).toContain('| `q4 gemv` | 0.063 |')
+    expect(both.slice(0, both.indexOf('in Deno'))).toContain('| `q4 gemv` | 0.125 |')
+  })
+
   it('carries the sections other tools wrote over to a new report, and nothing else', () => {
     const a = '<!-- section:fidelity -->\n## Fidelity\n\n| a |\n<!-- /section:fidelity -->'
     const b = '<!-- section:other -->\nx\n<!-- /section:other -->'
