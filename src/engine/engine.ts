@@ -56,6 +56,13 @@ export interface EngineOptions {
   maxQueued?: number
   /** Prompt tokens of classifications waiting or computing before new ones get queue_full. */
   maxQueuedTokens?: number
+  /**
+   * KV cache positions the running generations may hold together (each reserves its prompt +
+   * max_tokens; one that does not fit waits in the queue), so KV memory stays under this times
+   * the bytes of a position. Also the context's upper bound. Default: no bound but maxActive
+   * sequences of the context.
+   */
+  maxKvTokens?: number
   /** Decoding sequences per batched forward run; 1 turns batching off. Default: maxActive. */
   maxBatch?: number
   /**
@@ -106,6 +113,7 @@ export class QwenEngine implements Engine {
     this.contextLength = Math.min(
       options.contextLength ?? 4096,
       pkg.config.max_position_embeddings ?? Infinity,
+      options.maxKvTokens ?? Infinity,
     )
     this.defaultMaxNewTokens = options.defaultMaxNewTokens ?? gc.max_new_tokens ?? 512
     this.prefillChunk = options.prefillChunk ?? 128
@@ -117,6 +125,7 @@ export class QwenEngine implements Engine {
       maxActive: options.maxActive ?? 4,
       maxQueued: options.maxQueued ?? 16,
       maxQueuedTokens: options.maxQueuedTokens,
+      maxKvTokens: options.maxKvTokens,
     })
     const run = <T>(task: () => Promise<T>, signal?: AbortSignal) =>
       this.scheduler.step(task, false, signal)
@@ -190,6 +199,7 @@ export class QwenEngine implements Engine {
       active: this.scheduler.active,
       queued: this.scheduler.queued,
       queuedTokens: this.scheduler.queuedTokens,
+      kvReservedTokens: this.scheduler.kvReservedTokens,
       memory: {
         wasmBytes: wasmMemoryBytes(),
         ...(this.model.decoder && {
@@ -254,7 +264,7 @@ export class QwenEngine implements Engine {
     }
     // the place is taken now, not when the events are first read: an admitted generation
     // must not meet queue_full later, when its stream is already open
-    const reservation = this.scheduler.reserve(options.signal)
+    const reservation = this.scheduler.reserve(options.signal, prompt.length + maxNewTokens)
     const seed = options.seed ?? randomSeed()
     const events = this.run(
       prompt,

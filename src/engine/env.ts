@@ -1,6 +1,7 @@
 /**
  * Engine settings from environment variables (process.env, Deno.env, Workers vars):
- * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_QUEUED_TOKENS, MAX_BATCH, PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
+ * CONTEXT_LENGTH, MAX_TOKENS_DEFAULT, MAX_ACTIVE, MAX_QUEUED, MAX_QUEUED_TOKENS, MAX_KV_TOKENS, MAX_BATCH,
+ * PREFILL_CHUNK, PREFILL_CHUNK_BUSY and
  * KV_REUSE_TOKENS (0 allowed: turns reuse off), DECODER ('wasm', the default: decode steps in the
  * package's own decoder when it has one; 'graph': everything in onnxruntime) and PREFILL ('wasm',
  * the default: prompts in the kernels too when the package allows, so no onnxruntime session
@@ -27,6 +28,7 @@ export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptio
     maxActive: int('MAX_ACTIVE'),
     maxQueued: int('MAX_QUEUED'),
     maxQueuedTokens: int('MAX_QUEUED_TOKENS'),
+    maxKvTokens: int('MAX_KV_TOKENS'),
     maxBatch: int('MAX_BATCH'),
     prefillChunk: int('PREFILL_CHUNK'),
     busyPrefillChunk: int('PREFILL_CHUNK_BUSY'),

@@ -108,6 +108,8 @@ export interface EngineStats {
   queued: number
   /** Prompt tokens of admitted classifications not yet computed (bounded; see MAX_QUEUED_TOKENS). */
   queuedTokens?: number
+  /** KV positions the running generations reserved (prompt + max_tokens each; see MAX_KV_TOKENS). */
+  kvReservedTokens?: number
   /** What this isolate holds; the runtime adds its own process or heap numbers. */
   memory?: {
     /** Every WASM memory: onnxruntime-web's heap and the engine's kernels (never shrinks). */

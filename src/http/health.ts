@@ -35,7 +35,8 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
     const probe = rounds && engine.probeStages ? await engine.probeStages(rounds) : undefined
     if (rounds && !probe)
       throw new AppError('bad_request', 'probe: the model is not split into stages')
-    const { active, queued, queuedTokens, memory, decode, prefill, stages } = engine.stats()
+    const { active, queued, queuedTokens, kvReservedTokens, memory, decode, prefill, stages } =
+      engine.stats()
     const runtime = deps.memory?.() ?? {}
     return c.json(
       {
@@ -46,6 +47,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
         active,
         queued,
         ...(queuedTokens !== undefined && { queued_tokens: queuedTokens }),
+        ...(kvReservedTokens !== undefined && { kv_reserved_tokens: kvReservedTokens }),
         ...(memory && {
           memory: {
             wasm_bytes: memory.wasmBytes,

@@ -2,7 +2,13 @@
  * The engine on a real (synthetic, random-weight) Qwen2 graph through onnxruntime-web:
  * determinism, sampling, stopping, abort, label scoring, typed errors, concurrency.
  */
-import { beforeAll, describe, expect, it } from 'vitest'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { beforeAll, describe, expect, it, onTestFinished } from 'vitest'
+import { preparePackage } from '../../scripts/prepare-model.ts'
+import { fsSource } from '../../src/adapters/node/fs-source.ts'
+import { loadPackage } from '../../src/engine/package/loader.ts'
 import { loadHfFolder } from '../../src/adapters/node/hf-folder.ts'
 import {
   DEFAULT_EXAMPLES,
@@ -484,6 +490,38 @@ describe('bounded work', () => {
     expect(one.stats()).toMatchObject({ active: 0, queued: 0 })
   })
 
+  it('bounds the KV positions of running chats (MAX_KV_TOKENS): the next waits its turn', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'qwen-edge-kv-bound-'))
+    onTestFinished(() => rm(work, { recursive: true, force: true }))
+    const hf = await ensureModel('tiny', 'q8')
+    await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
+    const pkg = await loadPackage(fsSource(work), 'tiny')
+    const prompt = (await QwenEngine.create(await loadHfFolder(hf))).promptIds(hi).length
+    const need = prompt + 24
+    const maxKvTokens = 2 * need - 1 // room for one such chat, not two
+    const e = await QwenEngine.create(pkg, { contextLength: 256, maxKvTokens })
+    expect(e.model.decoder).toBeDefined() // precondition: KV in the kernels' arena, counted
+    const perPosition = e.model.decoder!.kvPositionBytes
+    const a = await e.chat(hi, { maxNewTokens: 24, temperature: 0 })
+    const b = await e.chat(hi, { maxNewTokens: 24, temperature: 0 })
+    expect(e.stats()).toMatchObject({ active: 1, queued: 1, kvReservedTokens: need })
+    const events = b.events[Symbol.asyncIterator]()
+    const second = events.next() // waits for a's place
+    let kvWhileA = 0
+    for await (const ev of a.events) {
+      if (ev.type === 'text') kvWhileA = Math.max(kvWhileA, e.stats().memory?.kvBytes ?? 0)
+    }
+    expect(kvWhileA).toBeGreaterThan(0)
+    expect(kvWhileA).toBeLessThanOrEqual(maxKvTokens * perPosition)
+    expect((await second).done).toBe(false) // b ran once a was done
+    while (!(await events.next()).done);
+    expect(e.stats()).toMatchObject({ active: 0, queued: 0, kvReservedTokens: 0 })
+    // the bound is also the context: one chat cannot ask for more on its own
+    await expect(e.chat(hi, { maxNewTokens: maxKvTokens })).rejects.toMatchObject({
+      code: 'context_length_exceeded',
+    })
+  })
+
   it('admits classifications by tokens and refuses the rest with queue_full', async () => {
     const cost = texts.reduce((n, t) => n + bounded.classifier.prepare(t, labels).tokens, 0)
     expect(cost).toBeGreaterThan(100) // precondition: two requests do not fit in 200 tokens
@@ -734,6 +772,8 @@ describe('engine settings from the environment', () => {
       maxActive: undefined,
     })
     expect(() => engineOptionsFromEnv({ MAX_QUEUED: '-1' })).toThrow(/MAX_QUEUED/)
+    expect(engineOptionsFromEnv({ MAX_KV_TOKENS: '8192' }).maxKvTokens).toBe(8192)
+    expect(() => engineOptionsFromEnv({ MAX_KV_TOKENS: '0' })).toThrow(/MAX_KV_TOKENS/)
     expect(engineOptionsFromEnv({ KV_REUSE_TOKENS: '0', MAX_BATCH: '1' })).toMatchObject({
       kvReuseTokens: 0,
       maxBatch: 1,

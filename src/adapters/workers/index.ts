@@ -49,6 +49,7 @@ export interface Env {
   MAX_ACTIVE?: string
   MAX_QUEUED?: string
   MAX_QUEUED_TOKENS?: string
+  MAX_KV_TOKENS?: string
 }
 
 const DEFAULT_MODEL = 'qwen2-tiny-random-q8'

@@ -5,8 +5,9 @@
  * waiting work once after each run that was not a decode batch. So decoding streams get a token
  * between any two prefill chunks or classification passes, even when several prompts arrive at
  * once, and a prompt or a sentiment call waits for at most one decode batch per run it makes.
- * Generations also hold one of `maxActive` slots; beyond that they wait in a queue of at most
- * `maxQueued`, and past that the caller gets `queue_full`. Classifications are admitted by the
+ * Generations also hold one of `maxActive` slots, and with `maxKvTokens` the KV positions they
+ * may fill (prompt + max_tokens) out of that total; one that does not fit waits in a queue of at
+ * most `maxQueued`, first come first served, and past that the caller gets `queue_full`. Classifications are admitted by the
  * prompt tokens they will compute (`admit`): at most `maxQueuedTokens` of them wait or run at
  * once, and past that the caller gets `queue_full` too, with a Retry-After from the measured
  * time per token. A step whose signal aborted while it waited is dropped without running.
@@ -29,6 +30,12 @@ export interface SchedulerOptions {
    * A request larger than this alone is admitted when nothing else is waiting.
    */
   maxQueuedTokens?: number
+  /**
+   * KV cache positions the generations holding a slot may reserve together, each its prompt +
+   * max_tokens (what its cache is sized for): a bound on KV memory. A generation larger than
+   * this alone runs when no other does. Undefined: no bound beyond maxActive.
+   */
+  maxKvTokens?: number
 }
 
 export const DEFAULT_MAX_QUEUED_TOKENS = 8192
@@ -73,7 +80,9 @@ export class Scheduler {
   private lastWasDecode = false
   private idleWaiters: (() => void)[] = []
   private slotsInUse = 0
-  private readonly waiting: { grant: () => void }[] = []
+  /** KV positions the slots in use reserved (maxKvTokens). */
+  private kvReserved = 0
+  private readonly waiting: { grant: () => void; positions: number }[] = []
   private lastYield = 0
   /** Admitted classification texts and tokens not yet finished, and texts computing now. */
   private pendingTexts = 0
@@ -98,6 +107,11 @@ export class Scheduler {
   /** Generations waiting for a slot, and admitted classification texts not yet started. */
   get queued(): number {
     return this.waiting.length + this.pendingTexts - this.computingTexts
+  }
+
+  /** KV positions the running generations reserved (the unit of maxKvTokens). */
+  get kvReservedTokens(): number {
+    return this.kvReserved
   }
 
   /** Prompt tokens of admitted classifications not yet computed (the bound's unit). */
@@ -150,12 +164,9 @@ export class Scheduler {
     }
   }
 
-  /** Throws `queue_full` if a new generation would be refused right now. */
-  assertCapacity(): void {
-    if (
-      this.slotsInUse >= this.options.maxActive &&
-      this.waiting.length >= this.options.maxQueued
-    ) {
+  /** Throws `queue_full` if a new generation of `positions` would be refused right now. */
+  assertCapacity(positions = 0): void {
+    if (!this.startsNow(positions) && this.waiting.length >= this.options.maxQueued) {
       throw new AppError('queue_full', 'The server is busy: too many generations are queued', {
         details: { retryAfterSeconds: 2 },
       })
@@ -163,19 +174,19 @@ export class Scheduler {
   }
 
   /**
-   * Takes a generation's place now: a slot if one is free, else a place in the queue (queue_full
-   * when both are taken). `slot` resolves when the generation may run; it rejects if `signal`
-   * aborts while waiting. `cancel()` gives the place back whatever its state, so a generation
-   * that is admitted but never run holds nothing.
+   * Takes a generation's place now: a slot if one is free and its `positions` of KV fit
+   * (maxKvTokens), else a place in the queue (queue_full when that is full too). `slot`
+   * resolves when the generation may run; it rejects if `signal` aborts while waiting.
+   * `cancel()` gives the place back whatever its state, so a generation that is admitted but
+   * never run holds nothing.
    */
-  reserve(signal?: AbortSignal): Reservation {
+  reserve(signal?: AbortSignal, positions = 0): Reservation {
     signal?.throwIfAborted()
-    if (this.slotsInUse < this.options.maxActive) {
-      this.slotsInUse++
-      const slot = this.slot()
+    if (this.startsNow(positions)) {
+      const slot = this.take(positions)
       return { slot: Promise.resolve(slot), cancel: () => slot.release() }
     }
-    this.assertCapacity()
+    this.assertCapacity(positions)
     let cancel!: () => void
     const waiting = new Promise<Slot>((resolve, reject) => {
       let state: 'waiting' | 'granted' | 'gone' = 'waiting'
@@ -186,11 +197,12 @@ export class Scheduler {
         signal?.removeEventListener('abort', onAbort)
       }
       const entry = {
+        positions,
         // runs in the releasing request's context: it must not touch this request's signal
         // (workerd), so the abort listener stays and finds the state no longer 'waiting'
         grant: () => {
           state = 'granted'
-          granted = this.slot() // the releasing slot handed its place over
+          granted = this.take(positions)
           resolve(granted)
         },
       }
@@ -199,6 +211,7 @@ export class Scheduler {
         state = 'gone'
         leave()
         reject(signal?.reason)
+        this.grantWaiting() // the ones behind it may fit now
       }
       cancel = () => {
         if (state === 'granted') granted!.release()
@@ -206,6 +219,7 @@ export class Scheduler {
           state = 'gone'
           leave()
           reject(new Error('the generation was dropped before it ran'))
+          this.grantWaiting()
         }
       }
       signal?.addEventListener('abort', onAbort, { once: true })
@@ -296,15 +310,34 @@ export class Scheduler {
     this.lastYield = performance.now()
   }
 
-  private slot(): Slot {
+  /** Whether a generation of `positions` would get a slot now (nobody waits before it). */
+  private startsNow(positions: number): boolean {
+    return this.waiting.length === 0 && this.fits(positions)
+  }
+
+  private fits(positions: number): boolean {
+    if (this.slotsInUse >= this.options.maxActive) return false
+    const max = this.options.maxKvTokens
+    return max === undefined || this.slotsInUse === 0 || this.kvReserved + positions <= max
+  }
+
+  /** Slots for the waiting generations, in order, while the first of them fits. */
+  private grantWaiting(): void {
+    while (this.waiting.length > 0 && this.fits(this.waiting[0].positions))
+      this.waiting.shift()!.grant()
+  }
+
+  private take(positions: number): Slot {
+    this.slotsInUse++
+    this.kvReserved += positions
     let released = false
     return {
       release: () => {
         if (released) return
         released = true
-        const next = this.waiting.shift()
-        if (next) next.grant()
-        else this.slotsInUse--
+        this.slotsInUse--
+        this.kvReserved -= positions
+        this.grantWaiting()
       },
     }
   }

@@ -175,6 +175,49 @@ describe('Scheduler', () => {
     expect([s.active, s.queued]).toEqual([0, 0])
   })
 
+  it('bounds the KV positions running generations reserve: first come, first served', async () => {
+    const s = new Scheduler({ maxActive: 4, maxQueued: 2, maxKvTokens: 100 })
+    const granted: string[] = []
+    const reserve = (name: string, positions: number, signal?: AbortSignal) => {
+      const r = s.reserve(signal, positions)
+      void r.slot.then(
+        () => granted.push(name),
+        () => {},
+      )
+      return r
+    }
+    const a = reserve('a', 60)
+    const b = reserve('b', 50) // 110 > 100: waits, though slots are free
+    const c = reserve('c', 10) // would fit, but waits behind b (no overtaking)
+    await tick()
+    expect(granted).toEqual(['a'])
+    expect([s.active, s.queued, s.kvReservedTokens]).toEqual([1, 2, 60])
+    expect(() => s.reserve(undefined, 1)).toThrow(expect.objectContaining({ code: 'queue_full' }))
+    ;(await a.slot).release()
+    await tick()
+    expect(granted).toEqual(['a', 'b', 'c'])
+    expect([s.active, s.queued, s.kvReservedTokens]).toEqual([2, 0, 60])
+    // a waiter that leaves lets the ones behind it in when they fit
+    const ac = new AbortController()
+    const d = reserve('d', 90, ac.signal)
+    const e = reserve('e', 20)
+    await tick()
+    expect(granted).toEqual(['a', 'b', 'c'])
+    ac.abort(new Error('client left'))
+    await expect(d.slot).rejects.toThrow('client left')
+    await tick()
+    expect(granted).toEqual(['a', 'b', 'c', 'e'])
+    expect(s.kvReservedTokens).toBe(80)
+    for (const r of [b, c, e]) r.cancel()
+    expect([s.active, s.queued, s.kvReservedTokens]).toEqual([0, 0, 0])
+    // larger than the bound alone: runs when nothing else does
+    const big = reserve('big', 150)
+    await tick()
+    expect(granted.at(-1)).toBe('big')
+    big.cancel()
+    expect(s.kvReservedTokens).toBe(0)
+  })
+
   it('survives its last queued step being dropped while it yields to the event loop', async () => {
     // a throw in the step loop is an unhandled rejection: it would take the server down
     const crashes: unknown[] = []
