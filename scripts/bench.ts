@@ -285,12 +285,17 @@ async function main() {
   }
   const serve: ServeResult[] = []
   if (only.has('serve'))
-    for (const runtime of ['node', 'deno'] as const) {
-      log(`— serve: ${runtime}`)
+    for (const kind of [
+      'serve:node',
+      'serve:deno',
+      'serve-long:deno',
+      'serve-long-bounded:deno',
+    ] as const) {
+      log(`— ${kind}`)
       try {
-        serve.push(await runWorker<ServeResult>(`serve:${runtime}`, planPath))
+        serve.push(await runWorker<ServeResult>(kind, planPath))
       } catch (err) {
-        log(`serve:${runtime} failed: ${(err as Error).message.split('\n')[0]}`)
+        log(`${kind} failed: ${(err as Error).message.split('\n')[0]}`)
       }
     }
 

@@ -201,6 +201,28 @@ function q8Case(n: number, k: number, t: number, gemm: boolean, kernel: string):
   }
 }
 
+/**
+ * One query head's attention over `n` cached positions of `dim`, a part at a time as the
+ * decoder runs them (dots, softmax, mix): bytes are the K (dots) or V (mix) rows read.
+ */
+function attendCase(n: number, dim: number, part: 'dots' | 'softmax' | 'mix'): Case {
+  return {
+    kernel: `${part} n=${n} D=${dim}`,
+    bytes: part === 'softmax' ? 4 * n : 4 * n * dim,
+    macs: part === 'softmax' ? 0 : n * dim,
+    make(kernels) {
+      const m = new Mem(kernels)
+      const q = m.floats(dim, 11)
+      const kv = m.floats(n * dim, 12)
+      const p = m.floats(Math.ceil(n / 4) * 4, 13)
+      const out = m.take(4 * dim)
+      if (part === 'dots') return () => kernels.dots(q, kv, n, dim, p)
+      if (part === 'softmax') return () => kernels.softmax(p, n)
+      return () => kernels.mix(p, kv, n, dim, out)
+    },
+  }
+}
+
 /** Cases measured in turns with each other, so their ratios hold under a changing load. */
 const GROUPS: Case[][] = [
   [
@@ -235,6 +257,7 @@ const GROUPS: Case[][] = [
     q8Case(V, H, 1, false, `q8 rows   lm_head ${H}->${V} n=1`),
     q4Case(V, H, 1, false, `q4 gemv   lm_head ${H}->${V} n=1`),
   ],
+  [attendCase(3000, 64, 'dots'), attendCase(3000, 64, 'softmax'), attendCase(3000, 64, 'mix')],
   [
     {
       kernel: `quant_b32 128 x ${H}`,

@@ -3,6 +3,8 @@
  * through its load and four concurrent 128-token chats over HTTP, the peak resident memory of
  * the server process (the node or deno binary, not npm's wrapper), from /proc: VmHWM at the
  * end, and VmRSS sampled every 100 ms to say whether the peak came in the load or the chats.
+ * The `long` scenario sends four chats with prompts of about 1,360 tokens instead, as the
+ * defaults serve them and with the KV cache bounded (SERVE_SCENARIOS).
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
@@ -12,6 +14,19 @@ import type { BenchPlan, ServeResult } from './types.ts'
 const COMMANDS = { node: 'npm start', deno: 'npm run start:deno' } as const
 const CHATS = 4
 const TOKENS = 128
+
+/** A long prompt: about 1,360 tokens with the chat template (the tokenizer of the bench). */
+const LONG_NOTES =
+  'Please summarise the following notes carefully. ' +
+  Array.from({ length: 120 }, (_, i) => `Note ${i}: the shipment arrived late again.`).join(' ')
+
+/** What the chats are, and the server variables they run under. */
+export const SERVE_SCENARIOS = {
+  short: { long: false, env: {} },
+  long: { long: true, env: {} },
+  'long-bounded': { long: true, env: { MAX_KV_TOKENS: '1536', KV_REUSE_TOKENS: '0' } },
+} as const
+export type ServeScenario = keyof typeof SERVE_SCENARIOS
 
 /** kB fields of /proc/<pid>/status, in bytes (undefined once the process is gone). */
 function status(pid: number): Record<string, number> | undefined {
@@ -59,8 +74,11 @@ function serverPid(root: number): number | undefined {
   return best?.[0]
 }
 
-/** Reads an SSE chat to its end; returns the completion tokens its `done` event reports. */
-async function chat(base: string, content: string): Promise<number> {
+/** Reads an SSE chat to its end; returns the usage its `done` event reports. */
+async function chat(
+  base: string,
+  content: string,
+): Promise<{ completion_tokens: number; prompt_tokens: number }> {
   const res = await fetch(`${base}/v1/chat`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -75,14 +93,16 @@ async function chat(base: string, content: string): Promise<number> {
   const text = await res.text()
   const done = /event: done\ndata: (.*)\n/.exec(text)
   if (!done) throw new Error(`chat: no done event in ${text.slice(-300)}`)
-  return JSON.parse(done[1]).usage.completion_tokens
+  return JSON.parse(done[1]).usage
 }
 
 export async function measureServe(
   runtime: 'node' | 'deno',
   plan: BenchPlan,
   log: (line: string) => void,
+  scenario: ServeScenario = 'short',
 ): Promise<ServeResult> {
+  const { long, env } = SERVE_SCENARIOS[scenario]
   if (!plan.q4) throw new Error('the plan has no q4 package')
   const port = await freePort()
   let pid: number | undefined
@@ -109,6 +129,7 @@ export async function measureServe(
         HOST: '127.0.0.1',
         NO_COLOR: '1',
         DENO_NO_UPDATE_CHECK: '1',
+        ...env,
       },
       port,
       readyTimeoutMs: 10 * 60_000,
@@ -119,17 +140,29 @@ export async function measureServe(
     if (!pid) throw new Error('no server process found')
     const rssAfterLoad = status(pid)!.VmRSS
     phase = 'chats'
-    log(`${CHATS} concurrent ${TOKENS}-token chats…`)
-    const tokens = await Promise.all(
-      Array.from({ length: CHATS }, (_, i) =>
-        chat(base, `Question ${i + 1}: tell me a long story about the number ${i + 7}.`),
-      ),
+    log(`${CHATS} concurrent ${TOKENS}-token chats${long ? ' with long prompts' : ''}…`)
+    const chatsStart = performance.now()
+    const endedS: number[] = []
+    const usages = await Promise.all(
+      Array.from({ length: CHATS }, async (_, i) => {
+        const u = await chat(
+          base,
+          long
+            ? `${i + 1}: ${LONG_NOTES}`
+            : `Question ${i + 1}: tell me a long story about the number ${i + 7}.`,
+        )
+        endedS.push(Math.round((performance.now() - chatsStart) / 100) / 10)
+        return u
+      }),
     )
     const health = (await (await fetch(`${base}/health`)).json()) as Record<string, unknown>
     const s = status(pid)!
     return {
       runtime,
-      command: `MODEL=<q4 package> ${COMMANDS[runtime]}`,
+      scenario,
+      command: `${Object.entries(env)
+        .map(([k, v]) => `${k}=${v} `)
+        .join('')}MODEL=<q4 package> ${COMMANDS[runtime]}`,
       packageId: plan.q4.packageDir.split('/').pop()!,
       peakRssBytes: s.VmHWM,
       rssAfterLoadBytes: rssAfterLoad,
@@ -138,7 +171,9 @@ export async function measureServe(
       sampledPeakChatsBytes: sampled.chats,
       loadMs: Math.round(loadMs),
       chats: CHATS,
-      tokensPerChat: tokens,
+      tokensPerChat: usages.map((u) => u.completion_tokens),
+      promptTokens: usages.map((u) => u.prompt_tokens),
+      chatsEndedS: endedS,
       health: (health.memory as Record<string, unknown>) ?? {},
     }
   } finally {

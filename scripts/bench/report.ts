@@ -170,8 +170,9 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
   const q4 = byName(r, 'engine-q4')
   const graph = byName(r, 'engine-graph')
   const ortQ4 = byName(r, 'ort-node-q4')
-  const deno = r.serve?.find((x) => x.runtime === 'deno')
-  const node = r.serve?.find((x) => x.runtime === 'node')
+  const short = r.serve?.filter((x) => (x.scenario ?? 'short') === 'short')
+  const deno = short?.find((x) => x.runtime === 'deno')
+  const node = short?.find((x) => x.runtime === 'node')
   const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
   const atLeast = (x: number | undefined, t: number) => (x === undefined ? undefined : x >= t)
   const atMost = (x: number | undefined, t: number) => (x === undefined ? undefined : x <= t)
@@ -504,11 +505,12 @@ function renderServe(serve: ServeResult[], L: string[]) {
     '',
     '## Serving the q4 package: resident memory of the server process',
     '',
-    `A real server started as a user starts it, on the q4 package: \`/health\` polled until 200, then ${serve[0].chats} concurrent greedy chats of up to 128 tokens over HTTP (SSE read to the end). VmHWM and VmRSS of the server process (the node or deno binary under npm) from \`/proc\`, VmRSS also sampled every 100 ms to tell the load's peak from the chats'.`,
+    `A real server started as a user starts it, on the q4 package: \`/health\` polled until 200, then ${serve[0].chats} concurrent greedy chats of up to 128 tokens over HTTP (SSE read to the end): short questions, or (\`long\`) prompts of about 1,360 tokens, as the defaults serve them and with the KV cache bounded (\`MAX_KV_TOKENS\`: a chat that does not fit waits for one that does). VmHWM and VmRSS of the server process (the node or deno binary under npm) from \`/proc\`, VmRSS also sampled every 100 ms to tell the load's peak from the chats'.`,
     '',
   )
   row([
     'runtime',
+    'chats',
     'command',
     'load',
     'peak RSS (VmHWM)',
@@ -516,12 +518,14 @@ function renderServe(serve: ServeResult[], L: string[]) {
     'RSS after load',
     'RSS after the chats',
     'tokens per chat',
+    'chats ended (s)',
     '/health memory after',
   ])
-  row(['---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---'])
+  row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---', '---'])
   for (const x of serve)
     row([
       x.runtime,
+      `${x.scenario ?? 'short'}${x.promptTokens ? ` (prompts ${[...new Set(x.promptTokens)].join(', ')} tokens)` : ''}`,
       `\`${x.command}\``,
       fmtMs(x.loadMs),
       `**${fmtMiB(x.peakRssBytes)}**`,
@@ -529,6 +533,7 @@ function renderServe(serve: ServeResult[], L: string[]) {
       fmtMiB(x.rssAfterLoadBytes),
       fmtMiB(x.rssAfterChatsBytes),
       x.tokensPerChat.join(', '),
+      x.chatsEndedS?.join(', ') ?? '–',
       Object.entries(x.health ?? {})
         .filter(([, v]) => typeof v === 'number')
         .map(([k, v]) => `${k} ${k.endsWith('bytes') ? fmtMiB(v as number) : v}`)

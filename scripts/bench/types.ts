@@ -161,6 +161,8 @@ export interface KernelsResult {
 /** A server process serving a package through load and concurrent chats (measure-serve.ts). */
 export interface ServeResult {
   runtime: 'node' | 'deno'
+  /** Which chats (measure-serve.ts SERVE_SCENARIOS); undefined in older results: short. */
+  scenario?: 'short' | 'long' | 'long-bounded'
   command: string
   packageId: string
   /** VmHWM of the server process (the runtime binary, not npm's wrapper). */
@@ -174,6 +176,9 @@ export interface ServeResult {
   loadMs: number
   chats: number
   tokensPerChat: number[]
+  /** Prompt tokens of each chat, and when each ended (seconds after they were sent). */
+  promptTokens?: number[]
+  chatsEndedS?: number[]
   /** /health's memory fields after the chats (wasm_bytes and the like), as reported. */
   health?: Record<string, unknown>
 }

@@ -24,6 +24,8 @@ export type WorkerKind =
   | 'bandwidth'
   | 'kernels'
   | `serve:${'node' | 'deno'}`
+  | `serve-long:deno`
+  | `serve-long-bounded:deno`
   | `explore:${string}`
 
 async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
@@ -57,6 +59,14 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
         kind === 'serve:node' ? 'node' : 'deno',
         plan,
         log,
+      )
+    case 'serve-long:deno':
+    case 'serve-long-bounded:deno':
+      return (await import('./measure-serve.ts')).measureServe(
+        'deno',
+        plan,
+        log,
+        kind === 'serve-long:deno' ? 'long' : 'long-bounded',
       )
     default:
       return (await import('./explore.ts')).explore(kind.slice('explore:'.length), plan, log)
