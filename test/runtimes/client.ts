@@ -59,6 +59,8 @@ export interface Health {
   load_ms: number
   active: number
   queued: number
+  /** KV positions the running generations reserved (prompt + max_tokens each). */
+  kv_reserved_tokens?: number
   decode: { steps: number; runs: number; largest_batch: number; path?: 'decoder' | 'graph' }
 }
 

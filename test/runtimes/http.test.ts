@@ -428,7 +428,10 @@ describeMatrix(
       const responses = await Promise.all(bodies.map((b) => post(t, '/v1/chat', b)))
       expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200])
       const reading = responses.map((r) => readEvents(r))
-      await waitForHealth(t, (h) => h.active === 2 && h.queued === 2, 10_000, 'two + two queued')
+      // the two running reserve their prompts + 96 positions of KV each; the queued ones nothing
+      const reserved = (h: Health) => (h.kv_reserved_tokens ?? 0) > 2 * 96
+      const twoAndTwo = (h: Health) => h.active === 2 && h.queued === 2 && reserved(h)
+      await waitForHealth(t, twoAndTwo, 10_000, 'two + two queued, their KV reserved')
 
       const refused = await post(t, '/v1/chat', { messages, max_tokens: 4 })
       expect(refused.status).toBe(429)
@@ -453,7 +456,7 @@ describeMatrix(
           .join('')
         expectUsage(end.usage, 96, end.finish_reason, text)
       }
-      expect(await health(t)).toMatchObject({ active: 0, queued: 0 })
+      expect(await health(t)).toMatchObject({ active: 0, queued: 0, kv_reserved_tokens: 0 })
     })
   },
   { early: ['workers'] },
