@@ -36,7 +36,7 @@ import {
   quantizeBlocksQ4,
   quantizeRowsU8,
 } from '../../src/format/index.ts'
-import { AWQ_ALPHAS, CALIBRATION_QUESTIONS, searchAwq, type Encode } from '../lib/awq.ts'
+import { AWQ_ALPHAS, CALIBRATION_QUESTIONS, meanAbsOf, searchAwq, type Encode } from '../lib/awq.ts'
 import { isMain, parseCli, runMain } from '../lib/cli.ts'
 import {
   PRESETS,
@@ -394,6 +394,27 @@ const NORM_GROUPS = [
 ]
 
 /**
+ * The calibration prompts through the TS reference on `fp32`: the input rows of each norm group,
+ * keyed by the weight name of the group's first reader.
+ */
+async function calibrationRows(
+  ctx: FidelityContext,
+  fp32: Weights,
+): Promise<Map<string, Float32Array[]>> {
+  const { Qwen2Reference } = await import('../../test/reference/qwen2-reference.ts')
+  const rows = new Map<string, Float32Array[]>()
+  const observe = (name: string, x: Float32Array, n: number) => {
+    if (!NORM_GROUPS.some((g) => name.endsWith(`${g.reads[0]}.weight`))) return
+    const got = rows.get(name) ?? []
+    for (let r = 0; r < n; r++) got.push(x.slice((r * x.length) / n, ((r + 1) * x.length) / n))
+    rows.set(name, got)
+  }
+  const ref = new Qwen2Reference(ctx.dims, fp32, { observe })
+  for (const ids of ctx.calibration) ref.forward(ids, ref.emptyCache(), 1)
+  return rows
+}
+
+/**
  * AWQ-style activation-aware scaling (lib/awq.ts) on the synthetic weights: the calibration
  * prompts run through the TS reference, and every layer's two norm groups are scaled by the
  * alpha `searchAwq` picks.
@@ -404,18 +425,8 @@ export async function awqWeights(
   head: Encode,
   alphas = AWQ_ALPHAS,
 ): Promise<{ weights: Weights; chosen: number[] }> {
-  const { Qwen2Reference } = await import('../../test/reference/qwen2-reference.ts')
   const fp32 = synthesizeWeights(ctx.dims, ctx.seed, 'fp32', ctx.dist)
-  const rows = new Map<string, Float32Array[]>()
-  const observe = (name: string, x: Float32Array, n: number) => {
-    if (!NORM_GROUPS.some((g) => name.endsWith(`${g.reads[0]}.weight`))) return
-    const got = rows.get(name) ?? []
-    for (let r = 0; r < n; r++) got.push(x.slice((r * x.length) / n, ((r + 1) * x.length) / n))
-    rows.set(name, got)
-  }
-  const ref = new Qwen2Reference(ctx.dims, fp32, { observe })
-  for (const ids of ctx.calibration) ref.forward(ids, ref.emptyCache(), 1)
-
+  const rows = await calibrationRows(ctx, fp32)
   const out = mixedWeights(ctx, body, head)
   const H = ctx.dims.hiddenSize
   const chosen: number[] = []
@@ -437,28 +448,6 @@ export async function awqWeights(
   return { weights: out, chosen }
 }
 
-/** Calibration: mean |x| per channel of each norm group's input, keyed by its first reader. */
-async function groupInputs(
-  ctx: FidelityContext,
-  fp32: Weights,
-): Promise<Map<string, Float64Array>> {
-  const { Qwen2Reference } = await import('../../test/reference/qwen2-reference.ts')
-  const H = ctx.dims.hiddenSize
-  const sums = new Map<string, Float64Array>()
-  const counts = new Map<string, number>()
-  const observe = (name: string, x: Float32Array, n: number) => {
-    if (!NORM_GROUPS.some((g) => name.endsWith(`${g.reads[0]}.weight`))) return
-    const s = sums.get(name) ?? new Float64Array(H)
-    for (let i = 0; i < n * H; i++) s[i % H] += Math.abs(x[i])
-    sums.set(name, s)
-    counts.set(name, (counts.get(name) ?? 0) + n)
-  }
-  const ref = new Qwen2Reference(ctx.dims, fp32, { observe })
-  for (const ids of ctx.calibration) ref.forward(ids, ref.emptyCache(), 1)
-  for (const [name, s] of sums) for (let c = 0; c < H; c++) s[c] /= counts.get(name)!
-  return sums
-}
-
 /** Channels whose mean |x| is above `factor` times the median channel's. */
 export function salientChannels(meanAbs: ArrayLike<number>, factor = 6, max = 8): number[] {
   const sorted = Float64Array.from(meanAbs).sort()
@@ -477,14 +466,14 @@ export async function splitWeights(
   head: Encode,
 ): Promise<{ weights: Weights; channels: number[][] }> {
   const fp32 = synthesizeWeights(ctx.dims, ctx.seed, 'fp32', ctx.dist)
-  const inputs = await groupInputs(ctx, fp32)
+  const inputs = await calibrationRows(ctx, fp32)
   const out = mixedWeights(ctx, body, head)
   const H = ctx.dims.hiddenSize
   const channels: number[][] = []
   for (let l = 0; l < ctx.dims.numLayers; l++)
     for (const g of NORM_GROUPS) {
       const p = `model.layers.${l}`
-      const keepCols = salientChannels(inputs.get(`${p}.${g.reads[0]}.weight`)!)
+      const keepCols = salientChannels(meanAbsOf(inputs.get(`${p}.${g.reads[0]}.weight`)!, H))
       channels.push(keepCols)
       for (const m of g.reads) {
         const name = `${p}.${m}.weight`

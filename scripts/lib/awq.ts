@@ -75,6 +75,13 @@ export function awqScales(meanAbs: ArrayLike<number>, alpha: number): Float32Arr
   return s
 }
 
+/** Mean |x| of each of the k channels over `rows`. */
+export function meanAbsOf(rows: readonly Float32Array[], k: number): Float64Array {
+  const meanAbs = new Float64Array(k)
+  for (const r of rows) for (let c = 0; c < k; c++) meanAbs[c] += Math.abs(r[c]) / rows.length
+  return meanAbs
+}
+
 export interface AwqChoice {
   alpha: number
   /** The scales of the input channels (all 1 for alpha 0). */
@@ -164,8 +171,7 @@ export function searchAwq(
     const key = Buffer.from(r.buffer, r.byteOffset, 4 * k).toString('base64')
     return !seenRows.has(key) && !!seenRows.add(key)
   })
-  const meanAbs = new Float64Array(k)
-  for (const r of rows) for (let c = 0; c < k; c++) meanAbs[c] += Math.abs(r[c]) / rows.length
+  const meanAbs = meanAbsOf(rows, k)
   const count = Math.min(AWQ_ERROR_ROWS, rows.length)
   const sample = Array.from(
     { length: count },
