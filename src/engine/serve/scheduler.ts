@@ -7,10 +7,11 @@
  * once, and a prompt or a sentiment call waits for at most one decode batch per run it makes.
  * Generations also hold one of `maxActive` slots, and with `maxKvTokens` the KV positions they
  * may fill (prompt + max_tokens) out of that total; one that does not fit waits in a queue of at
- * most `maxQueued`, first come first served, and past that the caller gets `queue_full`. Classifications are admitted by the
- * prompt tokens they will compute (`admit`): at most `maxQueuedTokens` of them wait or run at
- * once, and past that the caller gets `queue_full` too, with a Retry-After from the measured
- * time per token. A step whose signal aborted while it waited is dropped without running.
+ * most `maxQueued`, first come first served, and past that the caller gets `queue_full`.
+ * Classifications are admitted by the prompt tokens they will compute (`admit`): at most
+ * `maxQueuedTokens` of them wait or run at once, and past that the caller gets `queue_full`
+ * too, with a Retry-After from the measured time per token. A step whose signal aborted while
+ * it waited is dropped without running.
  *
  * On Workers the step loop runs in the context of whichever request resumed it last, and
  * workerd does not let one request's code use another request's objects (an AbortSignal
@@ -195,6 +196,7 @@ export class Scheduler {
         const i = this.waiting.indexOf(entry)
         if (i !== -1) this.waiting.splice(i, 1)
         signal?.removeEventListener('abort', onAbort)
+        this.grantWaiting() // the ones behind it may fit now
       }
       const entry = {
         positions,
@@ -211,7 +213,6 @@ export class Scheduler {
         state = 'gone'
         leave()
         reject(signal?.reason)
-        this.grantWaiting() // the ones behind it may fit now
       }
       cancel = () => {
         if (state === 'granted') granted!.release()
@@ -219,7 +220,6 @@ export class Scheduler {
           state = 'gone'
           leave()
           reject(new Error('the generation was dropped before it ran'))
-          this.grantWaiting()
         }
       }
       signal?.addEventListener('abort', onAbort, { once: true })
