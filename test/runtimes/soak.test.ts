@@ -29,7 +29,7 @@ const SOAK_ENV = {
   MAX_ACTIVE: '2',
   MAX_QUEUED: '2',
   MAX_QUEUED_TOKENS: '1500',
-  CONTEXT_LENGTH: '2048',
+  CONTEXT_LENGTH: '8192', // room for prompts that take long even on a fast machine
   MAX_TOKENS_CEILING: '2048',
   PREFILL_CHUNK: '16', // many prefill steps: a client can leave in the middle of a long prompt
 }
@@ -244,8 +244,8 @@ describeMatrix(
 
     it('abandoned sentiment batches are dropped before they reach the model', async () => {
       // one batch far over the bound (admitted because nothing else is queued), for scale
-      // 32 texts of a few hundred tokens: far longer than the 50 ms polls below
-      const texts = Array.from({ length: 32 }, (_, j) => longText(j).repeat(12))
+      // 32 texts of about 1800 tokens: far longer than the 50 ms polls below, on a fast machine too
+      const texts = Array.from({ length: 32 }, (_, j) => longText(j).repeat(30))
       let started = Date.now()
       expect((await post(t, '/v1/sentiment', { texts })).status).toBe(200)
       const one = Date.now() - started
@@ -275,13 +275,13 @@ describeMatrix(
     })
 
     it('a chat whose client leaves during a long prefill stops at the next chunk', async () => {
-      const long = [{ role: 'user', content: 'word '.repeat(1700) }]
+      const long = [{ role: 'user', content: 'word '.repeat(7000) }]
       const body = { messages: long, max_tokens: 1, seed: 5 }
       let started = Date.now()
       const whole = await post(t, '/v1/chat', { ...body, stream: false })
       const prefill = Date.now() - started
       expect(whole.status).toBe(200)
-      expect((await json(whole)).usage.prompt_tokens).toBeGreaterThan(1600) // ~100 chunks
+      expect((await json(whole)).usage.prompt_tokens).toBeGreaterThan(6900) // ~440 chunks
       const before = await healthOf(t)
       const ac = new AbortController()
       const res = await post(t, '/v1/chat', { ...body, max_tokens: 4 }, { signal: ac.signal })
