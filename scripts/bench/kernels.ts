@@ -28,6 +28,7 @@ import {
 } from '../../src/engine/wasm/kernel.ts'
 import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/format/q4-b32.ts'
 import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/format/q8-rows.ts'
+import { writeQ8Record } from '../../src/engine/wasm/kv-format.ts'
 import { measureBandwidth } from './measure-bandwidth.ts'
 import type { KernelsResult } from './types.ts'
 
@@ -223,6 +224,28 @@ function attendCase(n: number, dim: number, part: 'dots' | 'softmax' | 'mix'): C
   }
 }
 
+/** The same parts over a q8 KV cache (KV_FORMAT=q8: records of dim int8 and a scale). */
+function attendQ8Case(n: number, dim: number, part: 'dots' | 'mix'): Case {
+  return {
+    kernel: `${part}_q8 n=${n} D=${dim}`,
+    bytes: n * (dim + 4),
+    macs: n * dim,
+    make(kernels) {
+      const m = new Mem(kernels)
+      const values = new Float32Array(n * dim).map((_, i) => Math.sin(i * 0.37))
+      const kv = m.take(n * (dim + 4))
+      const bytes = new Uint8Array(kernels.memory.buffer)
+      for (let t = 0; t < n; t++) writeQ8Record(values, t * dim, dim, bytes, kv + t * (dim + 4))
+      const q16 = m.random(2 * dim, 11)
+      const p = m.floats(Math.ceil(n / 4) * 4, 13)
+      const w16 = m.take(2 * (n + 1))
+      const out = m.take(4 * dim)
+      if (part === 'dots') return () => kernels.dots_q8(q16, 1e-3, kv, n, dim, p)
+      return () => kernels.mix_q8(p, kv, n, dim, w16, out)
+    },
+  }
+}
+
 /** Cases measured in turns with each other, so their ratios hold under a changing load. */
 const GROUPS: Case[][] = [
   [
@@ -257,7 +280,13 @@ const GROUPS: Case[][] = [
     q8Case(V, H, 1, false, `q8 rows   lm_head ${H}->${V} n=1`),
     q4Case(V, H, 1, false, `q4 gemv   lm_head ${H}->${V} n=1`),
   ],
-  [attendCase(3000, 64, 'dots'), attendCase(3000, 64, 'softmax'), attendCase(3000, 64, 'mix')],
+  [
+    attendCase(3000, 64, 'dots'),
+    attendQ8Case(3000, 64, 'dots'),
+    attendCase(3000, 64, 'softmax'),
+    attendCase(3000, 64, 'mix'),
+    attendQ8Case(3000, 64, 'mix'),
+  ],
   [
     {
       kernel: `quant_b32 128 x ${H}`,

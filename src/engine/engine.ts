@@ -205,6 +205,7 @@ export class QwenEngine implements Engine {
         ...(this.model.decoder && {
           kvSequences: this.model.decoder.sequences,
           kvBytes: this.model.decoder.kvBytes,
+          kvFormat: this.model.decoder.kvFormat,
           turnCacheResident: this.model.decoder.keptSequences,
         }),
         ...(stages && {

@@ -49,7 +49,7 @@ export async function loadModel(
   const allowed = options.decoder !== false && options.prefill !== 'graph'
   if ('stream' in pkg) {
     if (allowed && pkg.manifest.pipeline && options.pipeline !== 'whole') {
-      if (!options.stageLinks) return loadPipelineInProcess(pkg)
+      if (!options.stageLinks) return loadPipelineInProcess(pkg, { kvFormat: options.kvFormat })
       const model = new PipelineModel(
         pkg.manifest,
         options.stageLinks(pkg.manifest),
@@ -59,9 +59,9 @@ export async function loadModel(
       return model
     }
     if (allowed && KernelModel.unsupported(pkg.manifest) === undefined)
-      return streamKernelModel(pkg)
+      return streamKernelModel(pkg, undefined, { kvFormat: options.kvFormat })
     pkg = await pkg.load()
   }
   const kernels = allowed && KernelModel.unsupported(pkg) === undefined
-  return kernels ? KernelModel.load(pkg) : QwenModel.load(pkg, options)
+  return kernels ? KernelModel.load(pkg, options) : QwenModel.load(pkg, options)
 }

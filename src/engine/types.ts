@@ -118,6 +118,8 @@ export interface EngineStats {
     kvSequences?: number
     /** Bytes of KV cache the decoder's sequences hold (streams' and kept turns'), in WASM memory. */
     kvBytes?: number
+    /** How the decoder's KV cache stores a position (KV_FORMAT: 'f32' or 'q8'). */
+    kvFormat?: string
     /** Turn cache entries kept in the decoder's memory rather than copied out (turn-cache.ts). */
     turnCacheResident?: number
     /** Tokens of KV cache kept across chat turns (bounded by KV_REUSE_TOKENS). */

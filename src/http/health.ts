@@ -55,6 +55,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(runtime.rssBytes !== undefined && { rss_bytes: runtime.rssBytes }),
             ...(memory.kvSequences !== undefined && { kv_sequences: memory.kvSequences }),
             ...(memory.kvBytes !== undefined && { kv_bytes: memory.kvBytes }),
+            ...(memory.kvFormat !== undefined && { kv_format: memory.kvFormat }),
             turn_cache_tokens: memory.turnCacheTokens,
             ...(memory.turnCacheResident !== undefined && {
               turn_cache_resident: memory.turnCacheResident,

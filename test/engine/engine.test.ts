@@ -783,6 +783,9 @@ describe('engine settings from the environment', () => {
     expect(engineOptionsFromEnv({ DECODER: 'graph' }).session).toEqual({ decoder: false })
     expect(engineOptionsFromEnv({ DECODER: 'wasm' }).session).toBeUndefined()
     expect(() => engineOptionsFromEnv({ DECODER: 'fast' })).toThrow(/DECODER/)
+    expect(engineOptionsFromEnv({ KV_FORMAT: 'q8' }).session).toEqual({ kvFormat: 'q8' })
+    expect(engineOptionsFromEnv({ KV_FORMAT: 'f32' }).session).toBeUndefined()
+    expect(() => engineOptionsFromEnv({ KV_FORMAT: 'q4' })).toThrow(/KV_FORMAT must be f32 or q8/)
   })
 
   it('shortens the default max_tokens to the room left in the context', async () => {

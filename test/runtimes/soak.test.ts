@@ -14,6 +14,7 @@
  *   Retry-After, the server drains to 0/0/0 after each round, the decoder's KV sequences go back
  *   to 0, and memory after the second round stays at the first round's level (a leak grows with
  *   every round). RSS and WASM memory per round are printed.
+ * The servers keep their KV cache in q8 (KV_FORMAT=q8), so the int8 cache meets the same load.
  * SOAK_ROUNDS and SOAK_REQUESTS make it longer (`SOAK_ROUNDS=5 SOAK_REQUESTS=400 npx vitest run
  * test/runtimes/soak.test.ts`).
  */
@@ -32,6 +33,7 @@ const SOAK_ENV = {
   CONTEXT_LENGTH: '8192', // room for prompts that take long even on a fast machine
   MAX_TOKENS_CEILING: '2048',
   PREFILL_CHUNK: '16', // many prefill steps: a client can leave in the middle of a long prompt
+  KV_FORMAT: 'q8', // the int8 KV cache under the same load (the other runtime tests use f32)
 }
 const ROUNDS = Number(process.env.SOAK_ROUNDS ?? 2)
 const REQUESTS = Number(process.env.SOAK_REQUESTS ?? 120)
@@ -44,7 +46,12 @@ interface Health {
   active: number
   queued: number
   queued_tokens: number
-  memory: { wasm_bytes: number; kv_sequences?: number; turn_cache_tokens: number }
+  memory: {
+    wasm_bytes: number
+    kv_sequences?: number
+    kv_format?: string
+    turn_cache_tokens: number
+  }
   prefill: { runs: number }
 }
 
@@ -316,6 +323,7 @@ describeMatrix(
         expect(outcomes.some((o) => o.kind.endsWith('(cut)'))).toBe(true)
         await waitForHealth(t, drained, 90_000, `round ${round + 1} drained`)
         const h = await healthOf(t)
+        expect(h.memory.kv_format).toBe('q8') // KV_FORMAT reached the engine
         expect(h.memory.kv_sequences ?? 0).toBe(0) // every stream gave its KV back
         const kinds: Record<string, number> = {}
         for (const o of outcomes)

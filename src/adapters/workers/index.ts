@@ -50,6 +50,7 @@ export interface Env {
   MAX_QUEUED?: string
   MAX_QUEUED_TOKENS?: string
   MAX_KV_TOKENS?: string
+  KV_FORMAT?: string
 }
 
 const DEFAULT_MODEL = 'qwen2-tiny-random-q8'

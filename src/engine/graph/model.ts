@@ -21,7 +21,7 @@
 import { AppError } from '../../core/errors.ts'
 import type { ForwardModel, ModelShape, StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
-import { Q8Decoder } from '../wasm/decoder.ts'
+import { Q8Decoder, type DecoderOptions } from '../wasm/decoder.ts'
 import { Q8Head } from '../wasm/head.ts'
 import type { LoadedPackage } from '../package/model-package.ts'
 import { qwen2Shape, type Qwen2Config } from '../../format/index.ts'
@@ -119,7 +119,7 @@ export class QwenModel implements ForwardModel {
     const shape = qwen2Shape(pkg.config)
     const decoder =
       pkg.decoder && head?.embedding && options.decoder !== false && !Q8Decoder.unsupported(shape)
-        ? await Q8Decoder.create(pkg.decoder, shape, head)
+        ? await Q8Decoder.create(pkg.decoder, shape, head, { kvFormat: options.kvFormat })
         : undefined
     let session: InferenceSession
     try {
@@ -399,7 +399,7 @@ class BatchRowCache implements KvCache {
   }
 }
 
-export interface SessionOptions {
+export interface SessionOptions extends DecoderOptions {
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all'
   /** Decode steps in the package's decoder (decoder.ts) when it has one; default true. */
   decoder?: boolean

@@ -8,12 +8,16 @@ import { AppError } from '../../core/errors.ts'
 import type { PackageHandle, ShardFilter, ShardSink } from '../package/loader.ts'
 import { PipelineModel } from './pipeline-model.ts'
 import { ModelStage } from './stage.ts'
+import type { DecoderOptions } from '../wasm/decoder.ts'
 
-export async function loadPipelineInProcess(handle: PackageHandle): Promise<PipelineModel> {
+export async function loadPipelineInProcess(
+  handle: PackageHandle,
+  options: DecoderOptions = {},
+): Promise<PipelineModel> {
   const plan = handle.manifest.pipeline
   if (!plan) throw new AppError('model_invalid', `Package ${handle.manifest.id} has no pipeline`)
   const handles = fanOut(handle, plan.stages.length)
-  const stages = await Promise.all(handles.map((h, i) => ModelStage.load(h, i)))
+  const stages = await Promise.all(handles.map((h, i) => ModelStage.load(h, i, options)))
   const model = new PipelineModel(handle.manifest, stages)
   await model.refresh()
   return model

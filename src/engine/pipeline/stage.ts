@@ -25,7 +25,7 @@ import {
 } from '../../format/index.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { PackageHandle } from '../package/loader.ts'
-import { Q8Decoder, type ResidentCache } from '../wasm/decoder.ts'
+import { Q8Decoder, type DecoderOptions, type ResidentCache } from '../wasm/decoder.ts'
 import { Q8Head } from '../wasm/head.ts'
 import { streamParts, type StreamStats } from '../wasm/kernel-loader.ts'
 
@@ -89,7 +89,7 @@ export interface StageApi {
   ): Promise<{ logits: Float32Array; state: StageState }>
 }
 
-export interface StageLoadOptions {
+export interface StageLoadOptions extends DecoderOptions {
   stats?: StreamStats
   /** How long a front may go unheard before its sequences here are freed (default 10 min). */
   idleMs?: number
@@ -146,7 +146,13 @@ export class ModelStage implements StageApi {
     const shape = qwen2Shape(manifest.config)
     let stage: ModelStage
     if (part.layers) {
-      const decoder = await Q8Decoder.allocateLayers(shape, manifest.decoder!.format, part.layers)
+      const decoder = await Q8Decoder.allocateLayers(
+        shape,
+        manifest.decoder!.format,
+        part.layers,
+        undefined,
+        { kvFormat: options.kvFormat },
+      )
       await streamParts(handle, { decoder }, options.stats)
       stage = new ModelStage(index, part, plan.budgetBytes, decoder)
     } else {

@@ -17,8 +17,8 @@
  * of its batch (a prompt chunk gives exactly the logits of stepping it token by token).
  *
  * The KV cache of a decoding sequence lives in the kernel's memory (a `Sequence`: per layer,
- * key and value, per KV head, `capacity` positions of head_dim floats) and grows in place: a
- * step appends one position. Caches stay immutable to their users: a `ResidentCache` is the
+ * key and value, per KV head, `capacity` positions of head_dim floats, or with KV_FORMAT q8 of
+ * head_dim int8 and a scale, kv-format.ts) and grows in place: a step appends one position. Caches stay immutable to their users: a `ResidentCache` is the
  * first `length` positions of its sequence, which later steps never overwrite; stepping a cache
  * that is not its sequence's newest forks a copy. A sequence's memory is given back when its
  * stream ends (`release`), or else when it is garbage collected. Reading `tensors` copies the
@@ -46,11 +46,18 @@ import { a16Limit } from './activations.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
+import { readQ8Record, writeQ8Record, writeQueryI16, type KvFormat } from './kv-format.ts'
 import type { KeptKvCache, KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
 /** The model's shape as the decoder layers need it (the vocabulary is the head's). */
 export type DecoderShape = Omit<Qwen2Shape, 'vocab'>
+
+/** How a decoder is set up beyond its weights. */
+export interface DecoderOptions {
+  /** How the KV cache stores a position ('f32', the default, or 'q8': kv-format.ts). */
+  kvFormat?: KvFormat
+}
 
 /** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
 interface Q8Matrix {
@@ -171,6 +178,10 @@ export class Q8Decoder {
   private scratchBytes = 0
   private scratchRows = 0
   private scratchPositions = 0
+  /** How the KV cache stores a position. */
+  readonly kvFormat: KvFormat
+  /** A key head after RoPE, before it is quantized into its record (q8 KV). */
+  private readonly keyRow: Float32Array
 
   private constructor(
     private readonly kernel: KernelExports,
@@ -181,8 +192,11 @@ export class Q8Decoder {
     readonly format: DecoderFormat,
     /** The layers [start, end) this decoder holds; the last layer's also applies the final norm. */
     readonly range: readonly [number, number],
+    options: DecoderOptions = {},
   ) {
     const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
+    this.kvFormat = options.kvFormat ?? 'f32'
+    this.keyRow = new Float32Array(D)
     const layers = range[1] - range[0]
     this.qDim = heads * D
     this.kvDim = kvHeads * D
@@ -225,7 +239,7 @@ export class Q8Decoder {
     this.q4Stride = q4Cols
     this.q4aAt = this.q4xAt + 4 * Q4_ROWS * q4Cols
     const end = align(this.q4aAt + (Q4_ROWS * 40 * q4Cols) / 32, 64)
-    this.arena = new KvArena(kernel.memory, end, { ...shape, layers })
+    this.arena = new KvArena(kernel.memory, end, { ...shape, layers, kvFormat: this.kvFormat })
   }
 
   /**
@@ -236,13 +250,15 @@ export class Q8Decoder {
     weights: DecoderWeights,
     shape: DecoderShape,
     head: Q8Head,
+    options: DecoderOptions = {},
   ): Promise<Q8Decoder> {
     if (weights.layers.length !== shape.layers)
       throw new AppError('model_invalid', 'The decoder weights do not match config.json')
     const kinds = new Set(weights.layers.flatMap((l) => MATRICES.map((m) => l[m].kind)))
     if (kinds.has('nbits') && kinds.size > 1)
       throw new AppError('model_invalid', 'The decoder layers mix q4 and q8 matrices')
-    const decoder = await Q8Decoder.allocate(shape, head, kinds.has('nbits') ? 'nbits' : 'dqmm')
+    const format = kinds.has('nbits') ? 'nbits' : 'dqmm'
+    const decoder = await Q8Decoder.allocate(shape, head, format, options)
     weights.layers.forEach((l, i) => decoder.writeLayer(i, l))
     decoder.writeFinalNorm(weights.finalNorm)
     return decoder
@@ -257,10 +273,11 @@ export class Q8Decoder {
     shape: DecoderShape,
     head: Q8Head,
     format: DecoderFormat,
+    options: DecoderOptions = {},
   ): Promise<Q8Decoder> {
     if (head.hidden !== shape.hidden || !head.embedding)
       throw new AppError('model_invalid', 'The decoder needs the head file with the embedding')
-    return Q8Decoder.allocateLayers(shape, format, [0, shape.layers], head)
+    return Q8Decoder.allocateLayers(shape, format, [0, shape.layers], head, options)
   }
 
   /**
@@ -273,12 +290,13 @@ export class Q8Decoder {
     format: DecoderFormat,
     range: readonly [number, number],
     head?: Q8Head,
+    options: DecoderOptions = {},
   ): Promise<Q8Decoder> {
     const unsupported = Q8Decoder.unsupported(shape)
     if (unsupported) throw new AppError('model_invalid', unsupported)
     if (!(range[0] >= 0 && range[0] < range[1] && range[1] <= shape.layers))
       throw new AppError('model_invalid', `No decoder layers [${range}] in ${shape.layers}`)
-    return new Q8Decoder(await instantiateKernels(), shape, head, format, range)
+    return new Q8Decoder(await instantiateKernels(), shape, head, format, range, options)
   }
 
   /** Packs layer `l`'s weights into their place. Throws `model_invalid` on a wrong size. */
@@ -505,6 +523,7 @@ export class Q8Decoder {
       rmsNorm(h, x, b, H, L.inputNorm, eps)
       const qkv = this.matmul(L.qkv, x, b)
       const mem = this.arena.f32()
+      const R = this.arena.recordBytes
       for (let r = 0; r < b; r++) {
         const o = r * qkvRows
         const s = sequences[r]
@@ -512,17 +531,24 @@ export class Q8Decoder {
         for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
         // k (roped) and v into the cache at position p
         for (let g = 0; g < kvHeads; g++) {
-          const kAt = this.arena.kvIndex(s, l, 0, g) + p * D
-          const vAt = this.arena.kvIndex(s, l, 1, g) + p * D
+          const kAt = this.arena.kvAt(s, l, 0, g) + p * R
+          const vAt = this.arena.kvAt(s, l, 1, g) + p * R
           const kFrom = o + this.qDim + g * D
           const vFrom = o + this.qDim + this.kvDim + g * D
-          rope(qkv, kFrom, mem, kAt, cos, sin, r * half, half, 1)
-          for (let d = 0; d < D; d++) mem[vAt + d] = qkv[vFrom + d]
+          if (this.kvFormat === 'q8') {
+            const bytes = this.arena.u8()
+            rope(qkv, kFrom, this.keyRow, 0, cos, sin, r * half, half, 1)
+            writeQ8Record(this.keyRow, 0, D, bytes, kAt)
+            writeQ8Record(qkv, vFrom, D, bytes, vAt)
+          } else {
+            rope(qkv, kFrom, mem, kAt / 4, cos, sin, r * half, half, 1)
+            mem.set(qkv.subarray(vFrom, vFrom + D), vAt / 4)
+          }
         }
         for (let hd = 0; hd < heads; hd++) {
           const g = Math.floor(hd / group)
           rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
-          this.attend(this.arena.kvIndex(s, l, 0, g) * 4, this.arena.kvIndex(s, l, 1, g) * 4, p + 1)
+          this.attend(this.arena.kvAt(s, l, 0, g), this.arena.kvAt(s, l, 1, g), p + 1)
           const from = this.attnAt / 4 + D
           attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
         }
@@ -577,11 +603,14 @@ export class Q8Decoder {
     if (!cache.sequence.kept) this.arena.release(cache.sequence)
   }
 
-  /** The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value). */
+  /**
+   * The first `length` positions of `s` in the graph's layout (past_key_values.{l}.key|value),
+   * as floats (q8 records as the floats they stand for).
+   */
   exportKv(s: KvSequence, length: number): Record<string, Tensor> {
     if (s.freed) throw new AppError('internal', 'A released KV cache was read')
     const { kvHeads, headDim: D } = this.shape
-    const mem = this.arena.f32()
+    const R = this.arena.recordBytes
     const tensors: Record<string, Tensor> = {}
     for (let l = 0; l < this.range[1] - this.range[0]; l++)
       for (const [kv, name] of [
@@ -590,8 +619,15 @@ export class Q8Decoder {
       ] as const) {
         const out = new Float32Array(kvHeads * length * D)
         for (let g = 0; g < kvHeads; g++) {
-          const from = this.arena.kvIndex(s, l, kv, g)
-          out.set(mem.subarray(from, from + length * D), g * length * D)
+          const from = this.arena.kvAt(s, l, kv, g)
+          if (this.kvFormat === 'q8') {
+            const bytes = this.arena.u8()
+            for (let t = 0; t < length; t++)
+              readQ8Record(bytes, from + t * R, D, out, (g * length + t) * D)
+          } else {
+            const mem = this.arena.f32()
+            out.set(mem.subarray(from / 4, from / 4 + length * D), g * length * D)
+          }
         }
         tensors[`past_key_values.${this.range[0] + l}.${name}`] = new ort.Tensor('float32', out, [
           1,
@@ -646,9 +682,14 @@ export class Q8Decoder {
         const t = cache.tensors[`past_key_values.${this.range[0] + l}.${name}`]
         if (!t || !(t.data instanceof Float32Array) || t.data.length !== kvHeads * n * D)
           throw new AppError('internal', `The KV cache has no float32 ${name} of layer ${l}`)
-        const mem = this.arena.f32()
-        for (let g = 0; g < kvHeads; g++)
-          mem.set(t.data.subarray(g * n * D, (g + 1) * n * D), this.arena.kvIndex(s, l, kv, g))
+        const R = this.arena.recordBytes
+        for (let g = 0; g < kvHeads; g++) {
+          const at = this.arena.kvAt(s, l, kv, g)
+          if (this.kvFormat === 'q8') {
+            const bytes = this.arena.u8()
+            for (let p = 0; p < n; p++) writeQ8Record(t.data, (g * n + p) * D, D, bytes, at + p * R)
+          } else this.arena.f32().set(t.data.subarray(g * n * D, (g + 1) * n * D), at / 4)
+        }
       }
   }
 
@@ -738,10 +779,9 @@ export class Q8Decoder {
     const actBytes = 4 * rows * I
     const normBytes = 4 * rows * this.shape.hidden
     const attnRowsBytes = 4 * rows * this.qDim
-    this.scratchBytes = align(
-      outBytes + actBytes + normBytes + attnRowsBytes + 4 * (2 * D + positions),
-      64,
-    )
+    // attention: q and out heads, scores; for q8 KV also q as int16 and the weights as int16
+    const attnBytes = 4 * (2 * D + positions) + 2 * D + 2 * (positions + 1)
+    this.scratchBytes = align(outBytes + actBytes + normBytes + attnRowsBytes + attnBytes, 64)
     this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
     this.normAt = this.actAt + actBytes
@@ -751,14 +791,28 @@ export class Q8Decoder {
     this.scratchPositions = positions
   }
 
-  /** softmax(q · K) · V of the query head at attnAt over `n` positions, into attnAt + headDim. */
+  /**
+   * softmax(q · K) · V of the query head at attnAt over `n` positions (the runs of one KV head
+   * at byte offsets kAt and vAt), into attnAt + headDim.
+   */
   private attend(kAt: number, vAt: number, n: number): void {
     const D = this.shape.headDim
+    const k = this.kernel
     const scoresAt = this.attnAt + 8 * D
-    this.kernel.dots(this.attnAt, kAt, n, D, scoresAt)
+    if (this.kvFormat === 'q8') {
+      // after the scores (room for n rounded up to 4): q as int16, then the weights as int16
+      const q16At = scoresAt + 4 * this.scratchPositions
+      const w16At = q16At + 2 * D
+      const qs = writeQueryI16(this.arena.f32(), this.attnAt / 4, D, this.arena.u8(), q16At)
+      k.dots_q8(q16At, qs, kAt, n, D, scoresAt)
+      k.softmax(scoresAt, n)
+      k.mix_q8(scoresAt, vAt, n, D, w16At, this.attnAt + 4 * D)
+      return
+    }
+    k.dots(this.attnAt, kAt, n, D, scoresAt)
     // in place; its buffer has room for n rounded up to 4 (reserveScratch's positions)
-    this.kernel.softmax(scoresAt, n)
-    this.kernel.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
+    k.softmax(scoresAt, n)
+    k.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
   }
 
   /**

@@ -19,7 +19,7 @@ import {
   qwen2Shape,
 } from '../../format/index.ts'
 import type { BigFile, PackageHandle } from '../package/loader.ts'
-import { Q8Decoder } from './decoder.ts'
+import { Q8Decoder, type DecoderOptions } from './decoder.ts'
 import { Q8Head } from './head.ts'
 import { KernelModel } from './kernel-model.ts'
 
@@ -32,6 +32,7 @@ export interface StreamStats {
 export async function streamKernelModel(
   handle: PackageHandle,
   stats: StreamStats = { peakHeldBytes: 0 },
+  options: DecoderOptions = {},
 ): Promise<KernelModel> {
   const { manifest } = handle
   const why = KernelModel.unsupported(manifest)
@@ -41,6 +42,7 @@ export async function streamKernelModel(
     qwen2Shape(manifest.config),
     head,
     manifest.decoder!.format,
+    options,
   )
   await streamParts(handle, { decoder, head }, stats)
   return KernelModel.of(manifest.config, head, decoder)

@@ -10,7 +10,7 @@ import { qwen2Shape, type Qwen2Config } from '../../format/index.ts'
 import { modelShape, type ForwardModel, type ModelShape, type StepResult } from '../forward.ts'
 import type { KvCache } from '../kv/kv-cache.ts'
 import type { LoadedPackage } from '../package/model-package.ts'
-import { Q8Decoder } from './decoder.ts'
+import { Q8Decoder, type DecoderOptions } from './decoder.ts'
 import { Q8Head } from './head.ts'
 
 export class KernelModel implements ForwardModel {
@@ -49,11 +49,13 @@ export class KernelModel implements ForwardModel {
   }
 
   /** Packs the head and the layers into the kernels. The caller drops `pkg` afterwards. */
-  static async load(pkg: LoadedPackage): Promise<KernelModel> {
+  static async load(pkg: LoadedPackage, options: DecoderOptions = {}): Promise<KernelModel> {
     const why = KernelModel.unsupported(pkg)
     if (why) throw new Error(`KernelModel: ${why}`)
     const head = await Q8Head.create(pkg.head!)
-    const decoder = await Q8Decoder.create(pkg.decoder!, qwen2Shape(pkg.config), head)
+    const decoder = await Q8Decoder.create(pkg.decoder!, qwen2Shape(pkg.config), head, {
+      kvFormat: options.kvFormat,
+    })
     return new KernelModel(pkg.config, head, decoder)
   }
 

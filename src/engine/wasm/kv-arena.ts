@@ -3,11 +3,13 @@
  * handed out first fit and merged when given back (the memory itself only grows). Decoding
  * sequences keep their KV cache in a block each; scratch takes blocks too.
  *
- * A sequence's block holds, per layer, key and value, per KV head, `capacity` positions of
- * head_dim floats; it grows by moving to a block twice the size. Its block goes back when the
+ * A sequence's block holds, per layer, key and value, per KV head, `capacity` positions (a
+ * record each: head_dim floats, or head_dim int8 and a scale; kv-format.ts); it grows by moving
+ * to a block twice the size. Its block goes back when the
  * sequence is released, or else when the garbage collector finds the sequence unreachable.
  */
 import { AppError } from '../../core/errors.ts'
+import { kvRecordBytes, type KvFormat } from './kv-format.ts'
 
 const PAGE = 65536
 /** Positions a new sequence gets beyond what it needs now (and the capacity's granule). */
@@ -24,6 +26,8 @@ export interface KvShape {
   layers: number
   kvHeads: number
   headDim: number
+  /** How a position is stored ('f32' if absent). */
+  kvFormat?: KvFormat
 }
 
 /** One decoding sequence's KV in the arena. */
@@ -59,7 +63,10 @@ export class KvArena {
   })
   /** Bytes of one position of one sequence over all layers. */
   private readonly bytesPerPosition: number
+  /** Bytes of one position of one (layer, key|value, KV head) run. */
+  readonly recordBytes: number
   private f32View?: Float32Array
+  private u8View?: Uint8Array
   /**
    * Most bytes the memory may grow to (a pipeline stage's budget); past it, a sequence that
    * needs more fails with `model_unavailable` and the memory stays as it was.
@@ -73,7 +80,8 @@ export class KvArena {
     private readonly shape: KvShape,
   ) {
     this.end = start
-    this.bytesPerPosition = shape.layers * 2 * shape.kvHeads * shape.headDim * 4
+    this.recordBytes = kvRecordBytes(shape.kvFormat ?? 'f32', shape.headDim)
+    this.bytesPerPosition = shape.layers * 2 * shape.kvHeads * this.recordBytes
     this.ensureMemory(start)
   }
 
@@ -125,12 +133,12 @@ export class KvArena {
     if (fitted < s.capacity) {
       // each (layer, key|value, head) run of positions moves down to its place at the new
       // stride; a run's new place starts at or before its old one and after the runs before it
-      const { layers, kvHeads, headDim: D } = this.shape
-      const mem = this.f32()
-      const base = s.base / 4
+      const { layers, kvHeads } = this.shape
+      const R = this.recordBytes
+      const mem = this.u8()
       for (let run = 0; run < layers * 2 * kvHeads; run++) {
-        const from = base + run * s.capacity * D
-        mem.copyWithin(base + run * fitted * D, from, from + s.filled * D)
+        const from = s.base + run * s.capacity * R
+        mem.copyWithin(s.base + run * fitted * R, from, from + s.filled * R)
       }
       const spare = (s.capacity - fitted) * this.bytesPerPosition
       this.heldBytes -= spare
@@ -177,20 +185,19 @@ export class KvArena {
 
   /** The first `n` positions of `from` into `to`. */
   copyPositions(from: KvSequence, to: KvSequence, n: number): void {
-    const { layers, kvHeads, headDim: D } = this.shape
-    const mem = this.f32()
+    const { layers, kvHeads } = this.shape
+    const mem = this.u8()
     for (let l = 0; l < layers; l++)
       for (let kv = 0; kv < 2; kv++)
         for (let g = 0; g < kvHeads; g++) {
-          const src = this.kvIndex(from, l, kv, g)
-          mem.copyWithin(this.kvIndex(to, l, kv, g), src, src + n * D)
+          const src = this.kvAt(from, l, kv, g)
+          mem.copyWithin(this.kvAt(to, l, kv, g), src, src + n * this.recordBytes)
         }
   }
 
-  /** Index (in floats) of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
-  kvIndex(s: KvSequence, l: number, kv: number, g: number): number {
-    const { kvHeads, headDim: D } = this.shape
-    return s.base / 4 + ((l * 2 + kv) * kvHeads + g) * s.capacity * D
+  /** Byte offset of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
+  kvAt(s: KvSequence, l: number, kv: number, g: number): number {
+    return s.base + ((l * 2 + kv) * this.shape.kvHeads + g) * s.capacity * this.recordBytes
   }
 
   /** A block of `bytes`: first fit from the free blocks, else the end of the arena. */
@@ -238,6 +245,13 @@ export class KvArena {
     const buf = this.memory.buffer
     if (this.f32View?.buffer !== buf) this.f32View = new Float32Array(buf)
     return this.f32View
+  }
+
+  /** The whole memory as bytes (a new view after the memory grew). */
+  u8(): Uint8Array {
+    const buf = this.memory.buffer
+    if (this.u8View?.buffer !== buf) this.u8View = new Uint8Array(buf)
+    return this.u8View
   }
 
   private ensureMemory(end: number): void {

@@ -25,6 +25,7 @@
 ;;   quant_a16(x, ldx, k, t, limit, xa, stride, sums, scales) → rows done
 ;;                                 t f32 rows of k to a16-row at xa (row j at xa + 2·j·stride)
 ;;   dots(q, k, n, dim, out)   softmax(p, n)   mix(p, v, n, dim, out)   (attention)
+;;   dots_q8(q16, qs, k, n, dim, out)   mix_q8(p, v, n, dim, w16, out)   (attention, q8 KV)
 ;;   silu_mul(g, u, n, out)   (MLP)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
@@ -356,6 +357,151 @@
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $chunks)))
   )
+  ;; ---- attention over a q8 KV cache ----
+
+  ;; Records of a q8 KV run: per position dim int8 values then their f32 scale (dim + 4 bytes;
+  ;; kv-format.ts). Scores of one query head whose dim values are int16 at q16 with scale qs:
+  ;; out[t] = f32(f32(f32(Σ_d q16[d] · k8[t][d]) · ks[t]) · qs), the sum exact in i32
+  ;; (|Σ| ≤ dim · 32767 · 127 < 2^31 for dim ≤ 256). dim is a multiple of 16.
+  (func (export "dots_q8")
+    (param $q16 i32) (param $qs f32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $row i32) (local $rec i32) (local $v v128) (local $a v128)
+    (local.set $rec (i32.add (local.get $dim) (i32.const 4)))
+    (local.set $row (local.get $k))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $t) (local.get $n)))
+        (local.set $a (v128.const i32x4 0 0 0 0))
+        (local.set $d (i32.const 0))
+        (block $d_done
+          (loop $d_loop
+            (br_if $d_done (i32.ge_u (local.get $d) (local.get $dim)))
+            (local.set $v (v128.load (i32.add (local.get $row) (local.get $d))))
+            (local.set $a (i32x4.add (local.get $a) (i32x4.dot_i16x8_s
+              (i16x8.extend_low_i8x16_s (local.get $v))
+              (v128.load (i32.add (local.get $q16) (i32.shl (local.get $d) (i32.const 1)))))))
+            (local.set $a (i32x4.add (local.get $a) (i32x4.dot_i16x8_s
+              (i16x8.extend_high_i8x16_s (local.get $v))
+              (v128.load offset=16 (i32.add (local.get $q16) (i32.shl (local.get $d) (i32.const 1)))))))
+            (local.set $d (i32.add (local.get $d) (i32.const 16)))
+            (br $d_loop)))
+        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2)))
+          (f32.mul
+            (f32.mul
+              (f32.convert_i32_s
+                (i32.add
+                  (i32.add (i32x4.extract_lane 0 (local.get $a)) (i32x4.extract_lane 1 (local.get $a)))
+                  (i32.add (i32x4.extract_lane 2 (local.get $a)) (i32x4.extract_lane 3 (local.get $a)))))
+              (f32.load (i32.add (local.get $row) (local.get $dim))))
+            (local.get $qs)))
+        (local.set $row (i32.add (local.get $row) (local.get $rec)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; The weighted sum of one head's q8 values (records as dots_q8's): with w[t] = f32(p[t] ·
+  ;; vs[t]) (written over p) and ws = f32(max w / 32767), each w to int16 at w16 as
+  ;; nearest(f32(w[t] · f32(32767 / max w))) (w16[n] = 0; all 0 when max w is 0), then per 16
+  ;; values, positions in pairs (their bytes interleaved, one i32x4.dot_i16x8_s per 4 values):
+  ;; out[d] = f32(acc[d] · ws), acc[d] the f32 sum, block after block of 256 positions, of each
+  ;; block's exact i32 Σ w16[t] · v8[t][d] (|Σ| ≤ 256 · 32767 · 127 < 2^31). w16 has room for
+  ;; n + 1 int16; dim is a multiple of 16.
+  (func (export "mix_q8")
+    (param $p i32) (param $v i32) (param $n i32) (param $dim i32) (param $w16 i32) (param $out i32)
+    (local $t i32) (local $d i32) (local $rec i32) (local $row i32) (local $end i32)
+    (local $w f32) (local $max f32) (local $inv f32) (local $ws f32)
+    (local $x v128) (local $y v128) (local $lo v128) (local $hi v128) (local $pair v128)
+    (local $i0 v128) (local $i1 v128) (local $i2 v128) (local $i3 v128)
+    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
+    (local.set $rec (i32.add (local.get $dim) (i32.const 4)))
+    ;; w = p · vs over p, and its max
+    (local.set $row (i32.add (local.get $v) (local.get $dim)))
+    (block $w_done
+      (loop $w_loop
+        (br_if $w_done (i32.ge_u (local.get $t) (local.get $n)))
+        (local.set $w (f32.mul
+          (f32.load (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))
+          (f32.load (local.get $row))))
+        (f32.store (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))) (local.get $w))
+        (local.set $max (f32.max (local.get $max) (f32.abs (local.get $w))))
+        (local.set $row (i32.add (local.get $row) (local.get $rec)))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $w_loop)))
+    (if (f32.gt (local.get $max) (f32.const 0))
+      (then
+        (local.set $inv (f32.div (f32.const 32767) (local.get $max)))
+        (local.set $ws (f32.div (local.get $max) (f32.const 32767)))))
+    (local.set $t (i32.const 0))
+    (block $q_done
+      (loop $q_loop
+        (br_if $q_done (i32.ge_u (local.get $t) (local.get $n)))
+        (i32.store16 (i32.add (local.get $w16) (i32.shl (local.get $t) (i32.const 1)))
+          (i32.trunc_sat_f32_s (f32.nearest (f32.mul (local.get $inv)
+            (f32.load (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))))))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br $q_loop)))
+    (i32.store16 (i32.add (local.get $w16) (i32.shl (local.get $n) (i32.const 1))) (i32.const 0))
+    ;; 16 values a pass over the positions
+    (block $chunks_done
+      (loop $chunks
+        (br_if $chunks_done (i32.ge_u (local.get $d) (local.get $dim)))
+        (local.set $f0 (v128.const i32x4 0 0 0 0))
+        (local.set $f1 (v128.const i32x4 0 0 0 0))
+        (local.set $f2 (v128.const i32x4 0 0 0 0))
+        (local.set $f3 (v128.const i32x4 0 0 0 0))
+        (local.set $row (i32.add (local.get $v) (local.get $d)))
+        (local.set $t (i32.const 0))
+        (block $blocks_done
+          (loop $blocks
+            (br_if $blocks_done (i32.ge_u (local.get $t) (local.get $n)))
+            (local.set $end (i32.add (local.get $t) (i32.const 256)))
+            (if (i32.gt_u (local.get $end) (local.get $n)) (then (local.set $end (local.get $n))))
+            (local.set $i0 (v128.const i32x4 0 0 0 0))
+            (local.set $i1 (v128.const i32x4 0 0 0 0))
+            (local.set $i2 (v128.const i32x4 0 0 0 0))
+            (local.set $i3 (v128.const i32x4 0 0 0 0))
+            (block $pairs_done
+              (loop $pairs
+                (br_if $pairs_done (i32.ge_u (local.get $t) (local.get $end)))
+                (local.set $x (v128.load (local.get $row)))
+                ;; the partner: position t + 1, or zeros past the last position
+                (if (i32.lt_u (i32.add (local.get $t) (i32.const 1)) (local.get $end))
+                  (then (local.set $y (v128.load (i32.add (local.get $row) (local.get $rec)))))
+                  (else (local.set $y (v128.const i32x4 0 0 0 0))))
+                (local.set $pair (i32x4.splat
+                  (i32.load (i32.add (local.get $w16) (i32.shl (local.get $t) (i32.const 1))))))
+                (local.set $lo (i8x16.shuffle 0 16 1 17 2 18 3 19 4 20 5 21 6 22 7 23
+                  (local.get $x) (local.get $y)))
+                (local.set $hi (i8x16.shuffle 8 24 9 25 10 26 11 27 12 28 13 29 14 30 15 31
+                  (local.get $x) (local.get $y)))
+                (local.set $i0 (i32x4.add (local.get $i0)
+                  (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_s (local.get $lo)) (local.get $pair))))
+                (local.set $i1 (i32x4.add (local.get $i1)
+                  (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_s (local.get $lo)) (local.get $pair))))
+                (local.set $i2 (i32x4.add (local.get $i2)
+                  (i32x4.dot_i16x8_s (i16x8.extend_low_i8x16_s (local.get $hi)) (local.get $pair))))
+                (local.set $i3 (i32x4.add (local.get $i3)
+                  (i32x4.dot_i16x8_s (i16x8.extend_high_i8x16_s (local.get $hi)) (local.get $pair))))
+                (local.set $row (i32.add (local.get $row) (i32.shl (local.get $rec) (i32.const 1))))
+                (local.set $t (i32.add (local.get $t) (i32.const 2)))
+                (br $pairs)))
+            (local.set $f0 (f32x4.add (local.get $f0) (f32x4.convert_i32x4_s (local.get $i0))))
+            (local.set $f1 (f32x4.add (local.get $f1) (f32x4.convert_i32x4_s (local.get $i1))))
+            (local.set $f2 (f32x4.add (local.get $f2) (f32x4.convert_i32x4_s (local.get $i2))))
+            (local.set $f3 (f32x4.add (local.get $f3) (f32x4.convert_i32x4_s (local.get $i3))))
+            ;; an odd last block ended one position past n
+            (local.set $t (local.get $end))
+            (br $blocks)))
+        (local.set $x (f32x4.splat (local.get $ws)))
+        (local.set $row (i32.add (local.get $out) (i32.shl (local.get $d) (i32.const 2))))
+        (v128.store (local.get $row) (f32x4.mul (local.get $f0) (local.get $x)))
+        (v128.store offset=16 (local.get $row) (f32x4.mul (local.get $f1) (local.get $x)))
+        (v128.store offset=32 (local.get $row) (f32x4.mul (local.get $f2) (local.get $x)))
+        (v128.store offset=48 (local.get $row) (f32x4.mul (local.get $f3) (local.get $x)))
+        (local.set $d (i32.add (local.get $d) (i32.const 16)))
+        (br $chunks)))
+  )
+
   ;; e^x of 4 lanes as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial (relative error
   ;; about 1e-7), times 2^k built in the exponent bits; x is clamped to [−87.3, 88.7] (so e^−∞
   ;; is about 1.2e-38, not 0).

@@ -59,6 +59,14 @@ import {
   type Q4Matrix,
 } from '../../../../src/format/q4-b32.ts'
 import { quantizeQ8Rows, type Q8Rows } from '../../../../src/format/q8-rows.ts'
+import {
+  dotsQ8Ref,
+  mixQ8Ref,
+  readQ8Record,
+  writeQ8Record,
+  writeQueryI16,
+  type Q8Records,
+} from '../../../../src/engine/wasm/kv-format.ts'
 
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {
@@ -502,6 +510,105 @@ for (const variant of ISA_VARIANTS) {
       const out = a.take(4 * 2 * 3)
       kernels.q8_gemm(wa.w, k, wa.zp, wa.scale, 0, 3, xa.x, xa.sum, xa.scale, 2, out, 3)
       expectQ8(a.f32(out, 6), w, x, 3)
+    })
+
+    it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows), near the float sums', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      for (const [n, dim] of [
+        [1, 64],
+        [5, 64],
+        [257, 64],
+        [600, 128],
+        [3, 16],
+      ]) {
+        const a = new Arena(kernels)
+        const rec = dim + 4
+        const q = randomRows(1, dim, n)
+        const kv = randomRows(n, dim, n + 1)
+        if (n > 2) kv.fill(0, dim, 2 * dim) // a zero row: scale 0
+        const records = new Uint8Array(n * rec)
+        for (let t = 0; t < n; t++) writeQ8Record(kv, t * dim, dim, records, t * rec)
+        const k: Q8Records = { bytes: records, dim, n }
+        const q16 = new Uint8Array(2 * dim)
+        const qs = writeQueryI16(q, 0, dim, q16, 0)
+        const ka = a.put(records)
+        const qa = a.put(q16)
+        const out = a.take(4 * n)
+        kernels.dots_q8(qa, qs, ka, n, dim, out)
+        const scores = a.f32(out, n)
+        const want = dotsQ8Ref(new Int16Array(q16.buffer), qs, k)
+        expect(Buffer.from(scores.buffer).equals(Buffer.from(want.buffer))).toBe(true)
+        // near the float scores: at most half a quantum of each key value (its record's max /
+        // 254) and of each query value (max / 65534), times the other side
+        const deq = new Float32Array(n * dim)
+        for (let t = 0; t < n; t++) readQ8Record(records, t * rec, dim, deq, t * dim)
+        const maxAbs = (x: Float32Array, from: number) =>
+          Math.max(...Array.from(x.subarray(from, from + dim), Math.abs))
+        for (let t = 0; t < n; t++) {
+          let exact = 0
+          let bound = 1e-6
+          for (let d = 0; d < dim; d++) {
+            exact += q[d] * kv[t * dim + d]
+            bound += (Math.abs(q[d]) * maxAbs(kv, t * dim)) / 254
+            bound += (Math.abs(kv[t * dim + d]) * maxAbs(q, 0)) / 65534
+          }
+          expect(Math.abs(scores[t] - exact)).toBeLessThanOrEqual(bound * 1.01)
+        }
+        // attention weights: a softmax of the scores (some near 0, some large)
+        const p = new Float32Array(n)
+        let sum = 0
+        for (let t = 0; t < n; t++) sum += p[t] = Math.exp(scores[t] / (8 * dim))
+        for (let t = 0; t < n; t++) p[t] = p[t] / sum
+        const pa = a.put(p)
+        const w16 = a.take(2 * (n + 1))
+        const mixed = a.take(4 * dim)
+        kernels.mix_q8(pa, ka, n, dim, w16, mixed)
+        const got = a.f32(mixed, dim)
+        const ref = mixQ8Ref(p, k)
+        expect(Buffer.from(got.buffer).equals(Buffer.from(ref.buffer))).toBe(true)
+        // near the float sums: half a quantum of each value (its record's max / 254) and of
+        // each weight (the largest weight / 65534), times the other side
+        let wMax = 0
+        for (let t = 0; t < n; t++) wMax = Math.max(wMax, (p[t] * maxAbs(kv, t * dim)) / 127)
+        for (let d = 0; d < dim; d++) {
+          let exact = 0
+          let bound = 1e-6
+          for (let t = 0; t < n; t++) {
+            exact += p[t] * kv[t * dim + d]
+            bound += (p[t] * maxAbs(kv, t * dim)) / 254 + (127 * wMax) / 65534
+          }
+          expect(Math.abs(got[d] - exact)).toBeLessThanOrEqual(bound * 1.01)
+        }
+      }
+    })
+
+    it('mix_q8 at its integer limits: 600 positions of ±127 with equal weights, and all-zero values', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const a = new Arena(kernels)
+      const n = 600
+      const dim = 32
+      const kv = new Float32Array(n * dim).map((_, i) => (i % 3 === 0 ? -1000 : 1000))
+      const records = new Uint8Array(n * (dim + 4))
+      for (let t = 0; t < n; t++) writeQ8Record(kv, t * dim, dim, records, t * (dim + 4))
+      const k: Q8Records = { bytes: records, dim, n }
+      const p = new Float32Array(n).fill(1 / n)
+      const ka = a.put(records)
+      const pa = a.put(p)
+      const w16 = a.take(2 * (n + 1))
+      const out = a.take(4 * dim)
+      kernels.mix_q8(pa, ka, n, dim, w16, out)
+      const got = a.f32(out, dim)
+      expect(Buffer.from(got.buffer).equals(Buffer.from(mixQ8Ref(p, k).buffer))).toBe(true)
+      for (let d = 0; d < dim; d++) {
+        let mean = 0
+        for (let t = 0; t < n; t++) mean += kv[t * dim + d] / n
+        expect(got[d]).toBeCloseTo(mean, 1)
+      }
+      records.fill(0)
+      const za = a.put(records)
+      const pz = a.put(p)
+      kernels.mix_q8(pz, za, n, dim, w16, out)
+      expect([...a.f32(out, dim)].every((x) => x === 0)).toBe(true)
     })
 
     it('dots, mix and silu_mul (copied from q8-head.wat) compute what they did', async () => {

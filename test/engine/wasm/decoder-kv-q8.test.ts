@@ -1,0 +1,180 @@
+/**
+ * The decoder with its KV cache in q8 (KV_FORMAT=q8, kv-format.ts) on the tiny q8 model, against
+ * the same decoder with float KV: close logits, the same greedy tokens, a record a third the size;
+ * and the properties the float cache has: a prompt's prefill is exactly its steps, growth and
+ * forks keep every record, a copy out and back in gives the same step, kept turns fork exactly.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { preparePackage } from '../../../scripts/prepare-model.ts'
+import { fsSource } from '../../../src/adapters/node/fs-source.ts'
+import { loadModel } from '../../../src/engine/load-model.ts'
+import { loadPackage } from '../../../src/engine/package/loader.ts'
+import type { LoadedPackage } from '../../../src/engine/package/model-package.ts'
+import { KernelModel } from '../../../src/engine/wasm/kernel-model.ts'
+import type { Q8Decoder, ResidentCache } from '../../../src/engine/wasm/decoder.ts'
+import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { ensureModel } from '../../helpers/models.ts'
+
+const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
+
+function argmax(a: Float32Array): number {
+  let best = 0
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i
+  return best
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length)
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
+  return m
+}
+
+function range(a: Float32Array): number {
+  let lo = Infinity
+  let hi = -Infinity
+  for (const x of a) [lo, hi] = [Math.min(lo, x), Math.max(hi, x)]
+  return hi - lo
+}
+
+/** The KV of a decoder cache, copied out now (floats; q8 records as what they stand for). */
+function readNow(cache: KvCache) {
+  const { decoder, sequence, length } = cache as ResidentCache
+  return decoder.exportKv(sequence, length)
+}
+
+function sameKv(a: KvCache, b: KvCache, n = a.length) {
+  const x = readNow(a)
+  const y = readNow(b)
+  for (const name of Object.keys(x)) {
+    const [, heads, , d] = x[name].dims
+    for (let h = 0; h < heads; h++) {
+      const xs = (x[name].data as Float32Array).subarray(h * a.length * d, (h * a.length + n) * d)
+      const ys = (y[name].data as Float32Array).subarray(h * b.length * d, (h * b.length + n) * d)
+      expect(maxDiff(xs, ys), name).toBe(0)
+    }
+  }
+}
+
+describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
+  let work: string
+  let pkg: LoadedPackage
+  let f32: KernelModel
+  let q8: KernelModel
+  let dq: Q8Decoder
+
+  beforeAll(async () => {
+    const hf = await ensureModel('tiny', 'q8')
+    work = await mkdtemp(join(tmpdir(), 'qwen-edge-kvq8-'))
+    await preparePackage({ folder: hf, id: 'tiny', out: work, quiet: true, verify: false })
+    pkg = await loadPackage(fsSource(work), 'tiny')
+    f32 = await KernelModel.load(pkg)
+    q8 = (await loadModel(pkg, { kvFormat: 'q8' })) as KernelModel
+    dq = q8.decoder
+  })
+
+  afterAll(async () => {
+    await f32?.release()
+    await q8?.release()
+    if (work) await rm(work, { recursive: true, force: true })
+  })
+
+  /** `ids` stepped one at a time: every step's logits and the last cache. */
+  const stepEach = (decoder: Q8Decoder, ids: readonly number[], from?: KvCache) => {
+    let cache: KvCache = from ?? f32.emptyCache()
+    const logits: Float32Array[] = []
+    for (const id of ids) {
+      const r = decoder.step([id], [cache])[0]
+      logits.push(r.logits.slice())
+      cache = r.cache
+    }
+    return { cache, logits }
+  }
+
+  it('stores a position in head_dim + 4 bytes a head, and holds that much for a sequence', () => {
+    expect(dq.kvFormat).toBe('q8')
+    expect(f32.decoder.kvFormat).toBe('f32')
+    const { layers, kvHeads, headDim: D } = dq.shape
+    expect(dq.kvPositionBytes).toBe(layers * 2 * kvHeads * (D + 4))
+    expect(f32.decoder.kvPositionBytes).toBe(layers * 2 * kvHeads * 4 * D)
+    const before = [dq.kvBytes, f32.decoder.kvBytes]
+    const a = stepEach(dq, PROMPT)
+    const b = stepEach(f32.decoder, PROMPT)
+    const held = [dq.kvBytes - before[0], f32.decoder.kvBytes - before[1]]
+    expect(held[1]).toBeGreaterThan(0) // precondition: the streams hold KV
+    expect(held[0] / held[1]).toBeCloseTo((D + 4) / (4 * D), 5)
+    dq.release(a.cache)
+    f32.decoder.release(b.cache)
+  })
+
+  it('gives logits close to float KV, the same greedy tokens, and not the same bits', () => {
+    const ids = [...PROMPT]
+    let a: KvCache = f32.emptyCache()
+    let b: KvCache = f32.emptyCache()
+    let worst = 0
+    let differs = false
+    for (let i = 0; i < PROMPT.length + 24; i++) {
+      const x = f32.decoder.step([ids[i]], [a])[0]
+      const y = dq.step([ids[i]], [b])[0]
+      worst = Math.max(worst, maxDiff(x.logits, y.logits) / range(x.logits))
+      differs ||= maxDiff(x.logits, y.logits) > 0
+      if (i >= PROMPT.length - 1) {
+        expect(argmax(y.logits), `step ${i}`).toBe(argmax(x.logits))
+        ids.push(argmax(x.logits))
+      }
+      a = x.cache
+      b = y.cache
+    }
+    console.log(`q8 KV: worst logit difference ${worst.toExponential(2)} of the range`)
+    expect(differs).toBe(true) // precondition: the cache is quantized
+    // 4.5e-3 of the logit range here; a 2% error in every record's scale gives 2.2e-2
+    expect(worst).toBeLessThan(1.5e-2)
+  })
+
+  it('prefills a prompt exactly as it steps it, in one chunk or two', () => {
+    const long = [...PROMPT, ...PROMPT, ...PROMPT, 1, 2, 3]
+    const { cache: stepped, logits } = stepEach(dq, long)
+    const whole = dq.prefill(long, f32.emptyCache(), 1)
+    expect(maxDiff(whole.logits, logits.at(-1)!)).toBe(0)
+    sameKv(whole.cache, stepped)
+    const a = dq.prefill(long.slice(0, 17), f32.emptyCache(), 0)
+    const b = dq.prefill(long.slice(17), a.cache, 1)
+    expect(maxDiff(b.logits, logits.at(-1)!)).toBe(0)
+    sameKv(b.cache, stepped)
+    for (const c of [whole.cache, b.cache, stepped]) dq.release(c)
+  })
+
+  it('grows past its capacity keeping every record; copied out and back in it steps the same', () => {
+    const start = stepEach(dq, PROMPT).cache
+    const early = dq.copy(start, start.length)
+    const capacity = (start as ResidentCache).sequence.capacity
+    const { cache } = stepEach(
+      dq,
+      Array.from({ length: 300 }, (_, i) => 1000 + i),
+      start,
+    )
+    expect((cache as ResidentCache).sequence.capacity).toBeGreaterThan(capacity) // it grew
+    sameKv(early, cache, early.length)
+    const copied: KvCache = { length: cache.length, tensors: cache.tensors }
+    const inPlace = dq.step([42], [cache])[0]
+    const imported = dq.step([42], [copied])[0]
+    expect(maxDiff(imported.logits, inPlace.logits)).toBe(0)
+    for (const c of [early, inPlace.cache, imported.cache]) dq.release(c)
+  })
+
+  it('keeps a turn fitted in place; its forks continue exactly as the stream did', () => {
+    const { cache } = stepEach(dq, PROMPT)
+    const next = dq.step([7], [cache])[0]
+    const kept = dq.keep(next.cache as ResidentCache)!
+    expect(kept).toBeDefined()
+    expect(kept.sequence.capacity).toBe(PROMPT.length + 1) // fitted: the runs moved down
+    const fork = kept.fork(PROMPT.length + 1, 64)
+    sameKv(fork, kept)
+    const fresh = stepEach(dq, [...PROMPT, 7, 9]).logits.at(-1)!
+    expect(maxDiff(dq.step([9], [fork])[0].logits, fresh)).toBe(0)
+    kept.dispose()
+  })
+})
