@@ -68,6 +68,7 @@ import type {
   BenchPlan,
   EngineResult,
   KernelsResult,
+  LongResult,
   ServeResult,
 } from './bench/types.ts'
 import { decodeModel, getExternalData, tensorByteLength } from './lib/onnx/index.ts'
@@ -85,9 +86,9 @@ const ENGINES = [
 ] as const
 type EngineName = (typeof ENGINES)[number]
 /** Parts besides the engines: the kernels alone, the servers on the q4 package, the probes. */
-const PARTS = ['kernels', 'serve', 'explore'] as const
+const PARTS = ['kernels', 'serve', 'long', 'explore'] as const
 /** What needs the q4 export and its package. */
-const NEEDS_Q4 = new Set(['engine-q4', 'engine-q4-relaxed', 'ort-node-q4', 'serve'])
+const NEEDS_Q4 = new Set(['engine-q4', 'engine-q4-relaxed', 'ort-node-q4', 'serve', 'long'])
 
 export const BENCH_CLI = {
   name: 'bench',
@@ -283,6 +284,16 @@ async function main() {
       log(`kernels in deno failed: ${(err as Error).message.split('\n')[0]}`)
     }
   }
+  const long: LongResult[] = []
+  if (only.has('long'))
+    for (const kind of ['long:f32', 'long:q8'] as const) {
+      log(`— ${kind}`)
+      try {
+        long.push(await runWorker<LongResult>(kind, planPath))
+      } catch (err) {
+        log(`${kind} failed: ${(err as Error).message.split('\n')[0]}`)
+      }
+    }
   const serve: ServeResult[] = []
   if (only.has('serve'))
     for (const kind of [
@@ -290,6 +301,7 @@ async function main() {
       'serve:deno',
       'serve-long:deno',
       'serve-long-bounded:deno',
+      'serve-long-q8kv:deno',
     ] as const) {
       log(`— ${kind}`)
       try {
@@ -381,6 +393,7 @@ async function main() {
     kernels,
     kernelsDeno,
     serve: serve.length ? serve : undefined,
+    long: long.length ? long : undefined,
     explore: exploreResults,
     chartPath: `${outDir}/decode.svg`,
   }

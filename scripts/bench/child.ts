@@ -8,6 +8,8 @@ const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url))
 /** Node flags a worker kind needs: Node 20 runs relaxed SIMD only behind a flag. */
 const FLAGS: Partial<Record<WorkerKind, string[]>> = {
   'engine-q4-relaxed': ['--experimental-wasm-relaxed-simd'],
+  'long:f32': ['--experimental-wasm-relaxed-simd'],
+  'long:q8': ['--experimental-wasm-relaxed-simd'],
 }
 
 export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<T> {

@@ -156,7 +156,7 @@ function maxGapRuns(steps: readonly StepRecord[]): number {
  * kept from earlier turns is dropped first unless `reuse`: peers compute every prompt, and a
  * repeated bench prompt would otherwise be served from the engine's turn cache.
  */
-async function runChat(
+export async function runChat(
   engine: QwenEngine,
   messages: ChatMessage[],
   maxNewTokens: number,

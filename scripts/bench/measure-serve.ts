@@ -25,6 +25,7 @@ export const SERVE_SCENARIOS = {
   short: { long: false, env: {} },
   long: { long: true, env: {} },
   'long-bounded': { long: true, env: { MAX_KV_TOKENS: '1536', KV_REUSE_TOKENS: '0' } },
+  'long-q8kv': { long: true, env: { KV_FORMAT: 'q8' } },
 } as const
 export type ServeScenario = keyof typeof SERVE_SCENARIOS
 

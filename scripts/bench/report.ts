@@ -11,6 +11,7 @@ import type {
   EngineExtra,
   EngineResult,
   KernelsResult,
+  LongResult,
   ServeResult,
 } from './types.ts'
 
@@ -44,6 +45,8 @@ export interface BenchResults {
   /** The same in Deno (its V8 runs relaxed SIMD by default). */
   kernelsDeno?: KernelsResult
   serve?: ServeResult[]
+  /** One long chat with the KV cache in f32 and in q8 (measure-long.ts). */
+  long?: LongResult[]
   explore?: {
     options: OptionsProbe[]
     layers: LayersProbe[]
@@ -446,6 +449,7 @@ export function renderMarkdown(r: BenchResults): string {
       row([g.goal, g.target, g.measured, g.met === undefined ? '–' : g.met ? 'yes' : '**no**'])
   }
   if (r.serve?.length) renderServe(r.serve, L)
+  if (r.long?.length) renderLong(r.long, L)
   if (r.kernels) renderKernels(r.kernels, L)
   if (r.kernelsDeno) renderKernels(r.kernelsDeno, L, 'in Deno')
 
@@ -539,6 +543,45 @@ function renderServe(serve: ServeResult[], L: string[]) {
         .map(([k, v]) => `${k} ${k.endsWith('bytes') ? fmtMiB(v as number) : v}`)
         .join(', '),
     ])
+}
+
+function renderLong(long: LongResult[], L: string[]) {
+  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const f32 = long.find((x) => x.kvFormat === 'f32')
+  L.push(
+    '',
+    '## A long context, KV cache in f32 and in q8',
+    '',
+    `The q4 package in the engine (Node, relaxed SIMD), each format in its own process: one chat with a prompt of about 3,000 tokens, then greedy tokens (\`scripts/bench/measure-long.ts\`). \`KV_FORMAT=q8\` keeps each position of each KV head as head_dim int8 and one f32 scale. Same tokens: how many of the greedy tokens equal the f32 run's, up to the first that differs.`,
+    '',
+  )
+  row([
+    'KV format',
+    'prompt tokens',
+    'first token',
+    'decode tok/s',
+    'KV bytes a position',
+    'KV held (peak)',
+    'WASM peak',
+    'peak RSS',
+    'same tokens as f32',
+  ])
+  row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:'])
+  for (const x of long) {
+    let same = 0
+    while (f32 && same < x.ids.length && x.ids[same] === f32.ids[same]) same++
+    row([
+      `\`${x.kvFormat}\``,
+      String(x.promptTokens),
+      fmtMs(x.ttftMs),
+      x.decodeTokS.toFixed(1),
+      String(x.kvPositionBytes),
+      fmtMiB(x.kvPeakBytes),
+      fmtMiB(x.wasmPeakBytes),
+      fmtMiB(x.peakRssBytes),
+      f32 ? `${same} of ${x.ids.length}` : '–',
+    ])
+  }
 }
 
 function renderKernels(k: KernelsResult, L: string[], where?: string) {

@@ -158,11 +158,30 @@ export interface KernelsResult {
   }>
 }
 
+/** One long chat in the engine, q4 package (measure-long.ts). */
+export interface LongResult {
+  kvFormat: 'f32' | 'q8'
+  /** The kernel build that ran (relaxed where the runtime has it). */
+  isa: string
+  promptTokens: number
+  ttftMs: number
+  /** Decode rate after the prompt (its first token to its last). */
+  decodeTokS: number
+  decodedTokens: number
+  /** The greedy tokens decoded (compared between the formats). */
+  ids: number[]
+  kvPositionBytes: number
+  /** Most KV bytes the chat held at once. */
+  kvPeakBytes: number
+  wasmPeakBytes: number
+  peakRssBytes: number
+}
+
 /** A server process serving a package through load and concurrent chats (measure-serve.ts). */
 export interface ServeResult {
   runtime: 'node' | 'deno'
   /** Which chats (measure-serve.ts SERVE_SCENARIOS); undefined in older results: short. */
-  scenario?: 'short' | 'long' | 'long-bounded'
+  scenario?: 'short' | 'long' | 'long-bounded' | 'long-q8kv'
   command: string
   packageId: string
   /** VmHWM of the server process (the runtime binary, not npm's wrapper). */

@@ -10,6 +10,7 @@ import './wasm-memory.ts' // before any WASM module is instantiated
 import { readFileSync } from 'node:fs'
 import { progressLog } from './progress-log.ts'
 import type { BenchPlan } from './types.ts'
+import type { ServeScenario } from './measure-serve.ts'
 
 export type WorkerKind =
   | 'engine'
@@ -26,6 +27,8 @@ export type WorkerKind =
   | `serve:${'node' | 'deno'}`
   | `serve-long:deno`
   | `serve-long-bounded:deno`
+  | `serve-long-q8kv:deno`
+  | `long:${'f32' | 'q8'}`
   | `explore:${string}`
 
 async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
@@ -62,11 +65,19 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
       )
     case 'serve-long:deno':
     case 'serve-long-bounded:deno':
+    case 'serve-long-q8kv:deno':
       return (await import('./measure-serve.ts')).measureServe(
         'deno',
         plan,
         log,
-        kind === 'serve-long:deno' ? 'long' : 'long-bounded',
+        kind.slice('serve-'.length, -':deno'.length) as ServeScenario,
+      )
+    case 'long:f32':
+    case 'long:q8':
+      return (await import('./measure-long.ts')).measureLong(
+        plan,
+        log,
+        kind === 'long:q8' ? 'q8' : 'f32',
       )
     default:
       return (await import('./explore.ts')).explore(kind.slice('explore:'.length), plan, log)

@@ -9,7 +9,7 @@ import {
   type BenchResults,
 } from '../../scripts/bench/report.ts'
 import { barChart, escapeXml, niceMax } from '../../scripts/bench/svg-chart.ts'
-import type { EngineResult } from '../../scripts/bench/types.ts'
+import type { EngineResult, LongResult } from '../../scripts/bench/types.ts'
 
 const engine: EngineResult = {
   name: 'engine',
@@ -210,6 +210,35 @@ describe('issue 13 goals', () => {
     expect(md).toContain('| deno | long (prompts 1359 tokens) |')
     expect(md).toContain('| deno | long-bounded (prompts 1359 tokens) |')
     expect(md).toContain('| 83, 83.2, 83.3, 83.3 |')
+  })
+
+  it('reports the long context in f32 and q8 KV, and how many greedy tokens agree', () => {
+    const f32: LongResult = {
+      kvFormat: 'f32',
+      isa: 'relaxed',
+      promptTokens: 2965,
+      ttftMs: 62366,
+      decodeTokS: 12.4,
+      decodedTokens: 64,
+      ids: [5, 6, 7, 8, 9, 10],
+      kvPositionBytes: 24576,
+      kvPeakBytes: 71 * MiB,
+      wasmPeakBytes: 393 * MiB,
+      peakRssBytes: 579 * MiB,
+    }
+    const q8: LongResult = {
+      ...f32,
+      kvFormat: 'q8',
+      ids: [5, 6, 7, 1, 9, 10],
+      kvPositionBytes: 6528,
+      kvPeakBytes: 19 * MiB,
+    }
+    const md = renderMarkdown({ ...results([]), long: [f32, q8] })
+    expect(md).toContain('## A long context, KV cache in f32 and in q8')
+    expect(md).toContain('| `f32` | 2965 | 62,366 ms | 12.4 | 24576 | 71 MiB |')
+    expect(md).toContain('| `q8` | 2965 | 62,366 ms | 12.4 | 6528 | 19 MiB |')
+    expect(md).toContain('| 3 of 6 |') // up to the first token that differs
+    expect(md).toContain('| 6 of 6 |')
   })
 
   it('leaves a goal open when a side did not run', () => {
