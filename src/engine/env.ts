@@ -12,6 +12,14 @@
  * Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
+import type { KvFormat } from './wasm/kv-format.ts'
+
+/** KV_FORMAT's value: 'q8', or undefined for the default ('f32', or unset or empty). */
+export function kvFormatFromEnv(value: unknown): KvFormat | undefined {
+  if (value === undefined || value === null || value === '' || value === 'f32') return undefined
+  if (value !== 'q8') throw new Error(`KV_FORMAT must be f32 or q8, got ${String(value)}`)
+  return 'q8'
+}
 
 export function engineOptionsFromEnv(vars: Record<string, unknown>): EngineOptions {
   const int = (name: string, min = 1): number | undefined => {
@@ -52,13 +60,11 @@ function session(
     throw new Error(`DECODER must be wasm or graph, got ${String(decoder)}`)
   if (!unset(prefill) && prefill !== 'wasm' && prefill !== 'graph')
     throw new Error(`PREFILL must be wasm or graph, got ${String(prefill)}`)
-  if (!unset(kvFormat) && kvFormat !== 'f32' && kvFormat !== 'q8')
-    throw new Error(`KV_FORMAT must be f32 or q8, got ${String(kvFormat)}`)
   const options = {
     ...(decoder === 'graph' && { decoder: false }),
     ...(prefill === 'graph' && { prefill: 'graph' as const }),
     ...(pipeline === 'whole' && { pipeline: 'whole' as const }),
-    ...(kvFormat === 'q8' && { kvFormat: 'q8' as const }),
+    ...(kvFormatFromEnv(kvFormat) && { kvFormat: kvFormatFromEnv(kvFormat) }),
   }
   return Object.keys(options).length ? { session: options } : {}
 }

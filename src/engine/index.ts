@@ -8,7 +8,7 @@ export * from './types.ts'
 export * from './limits.ts'
 export { QwenEngine, type EngineOptions } from './engine.ts'
 export { createEngineHost, type EngineLoader } from './host.ts'
-export { engineOptionsFromEnv } from './env.ts'
+export { engineOptionsFromEnv, kvFormatFromEnv } from './env.ts'
 export { installMacrotask } from './serve/macrotask.ts'
 export {
   loadPackage,

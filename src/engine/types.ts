@@ -161,6 +161,8 @@ export interface StageReport {
   budgetBytes?: number
   /** KV sequences the stage holds (layer stages). */
   sequences?: number
+  /** How a layer stage's KV cache stores a position (KV_FORMAT). */
+  kvFormat?: string
   status: 'ready' | 'unknown'
   /** Times the front saw the stage restart (a new load: evicted, or its isolate reset). */
   restarts?: number

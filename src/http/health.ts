@@ -85,6 +85,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             ...(s.residentBytes !== undefined && { residentBytes: s.residentBytes }),
             ...(s.budgetBytes !== undefined && { budgetBytes: s.budgetBytes }),
             ...(s.sequences !== undefined && s.layers && { sequences: s.sequences }),
+            ...(s.kvFormat !== undefined && { kv_format: s.kvFormat }),
           })),
         }),
       },

@@ -5,7 +5,8 @@
  * one test, so all its requests share one context there; here each request has its own, as in
  * production, where a call's answer goes only to the request that made it. Seen before the fix:
  * the release a finished reply sends its stages was answered to a request already over, and
- * every later request waited behind it for ever.
+ * every later request waited behind it for ever. The host runs with KV_FORMAT=q8, which each
+ * stage's Worker gets from it: the layer stages report their KV cache in q8.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -35,7 +36,8 @@ describe.runIf(RUNTIMES.includes(workers))('a staged package on wrangler dev, ov
       stageBudgetBytes: 22 * 1024 * 1024,
       stageContext: 8192,
     })
-    server = await workers.start({}, { id: ID, dir: packages })
+    // the stages' Workers get the KV cache in q8 from the host (its KV_FORMAT)
+    server = await workers.start({ KV_FORMAT: 'q8' }, { id: ID, dir: packages })
   }, 300_000)
 
   afterAll(async () => {
@@ -45,9 +47,16 @@ describe.runIf(RUNTIMES.includes(workers))('a staged package on wrangler dev, ov
 
   it('answers request after request, each stage in an isolate of its own', async () => {
     const h = await health(target())
-    const stages = (h as unknown as { stages: Array<{ isolate: string; status: string }> }).stages
+    const stages = (
+      h as unknown as {
+        stages: Array<{ isolate: string; status: string; layers?: number[]; kv_format?: string }>
+      }
+    ).stages
     expect(stages.length).toBeGreaterThanOrEqual(4) // the precondition: a staged package
     expect(new Set(stages.map((s) => s.isolate)).size).toBe(stages.length)
+    const layerStages = stages.filter((s) => s.layers)
+    expect(layerStages.length).toBeGreaterThan(0)
+    expect(layerStages.map((s) => s.kv_format)).toEqual(layerStages.map(() => 'q8'))
     const quick = { signal: AbortSignal.timeout(20_000) }
     // each of these waits for the releases the one before sent to the stages
     for (const text of ['The food was cold.', '这部电影太好看了！', 'Great service.']) {

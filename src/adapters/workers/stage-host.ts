@@ -51,6 +51,8 @@ interface WorkerCode {
 export interface HostEnv {
   MODEL_BUCKET: R2BucketLike
   LOADER: WorkerLoader
+  /** Handed to each stage's Worker (its KV cache's format). */
+  KV_FORMAT?: string
 }
 
 /** Package files out of R2, for stages' Workers (which have no bindings): `get` and `stream`. */
@@ -69,7 +71,7 @@ export class PackageFiles extends WorkerEntrypoint<{ MODEL_BUCKET: R2BucketLike 
 let kernelBytes: Record<string, ArrayBuffer> | undefined
 
 /** The stage Worker's code, the same for every call (the loader may cache it by id). */
-function stageWorkerCode(files: unknown): WorkerCode {
+function stageWorkerCode(files: unknown, kvFormat: string | undefined): WorkerCode {
   kernelBytes ??= Object.fromEntries(
     Object.entries(STAGE_WORKER.wasm).map(([name, base64]) => [
       name,
@@ -82,7 +84,7 @@ function stageWorkerCode(files: unknown): WorkerCode {
     compatibilityDate: STAGE_WORKER.compatibilityDate,
     mainModule: STAGE_WORKER.mainModule,
     modules,
-    env: { FILES: files },
+    env: { FILES: files, ...(kvFormat && { KV_FORMAT: kvFormat }) },
     globalOutbound: null,
   }
 }
@@ -96,10 +98,12 @@ export class StageHostObject extends DurableObject<HostEnv> implements StageRpc 
 
   /** Stage `at`'s Worker: the same isolate while the loader keeps it, else a fresh one. */
   private stage(at: StageAddress): StageRpc {
-    // the id carries the code's hash: a deployment with other code never gets an old isolate
-    const id = `${stageName(at)}@${STAGE_WORKER.hash}`
+    // the id carries the code's hash and the variables it is given: a deployment with other
+    // code or another KV_FORMAT never gets an old isolate
+    const kvFormat = this.env.KV_FORMAT || undefined
+    const id = `${stageName(at)}@${STAGE_WORKER.hash}${kvFormat ? `+kv-${kvFormat}` : ''}`
     const worker = this.env.LOADER.get(id, async () =>
-      stageWorkerCode((this.ctx as HostContext).exports.PackageFiles({ props: {} })),
+      stageWorkerCode((this.ctx as HostContext).exports.PackageFiles({ props: {} }), kvFormat),
     )
     return worker.getEntrypoint('Stage') as StageRpc
   }

@@ -14,6 +14,7 @@ import { servingSlot, stageLink, stageName, StageSlot, type StageRpc } from './s
 
 export interface StageEnv {
   MODEL_BUCKET: R2BucketLike
+  KV_FORMAT?: string
 }
 
 /**
@@ -44,6 +45,7 @@ export class ModelStageObject extends servingSlot(DurableObject<StageEnv>) {
   private readonly loaded = new StageSlot(
     () => r2Source(this.env.MODEL_BUCKET, { name: 'MODEL_BUCKET' }),
     keepWarm(),
+    () => this.env.KV_FORMAT,
   )
 
   protected slot(): StageSlot {

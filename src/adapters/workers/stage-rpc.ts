@@ -10,6 +10,7 @@ import {
   AppError,
   type ErrorCode,
   isAppError,
+  kvFormatFromEnv,
   ModelStage,
   type ModelSource,
   openPackage,
@@ -64,6 +65,8 @@ export class StageSlot implements StageRpc {
     private readonly source: () => ModelSource,
     /** Called with each call (a keep-warm timer). */
     private readonly onCall: () => void = () => {},
+    /** KV_FORMAT of the stage's Worker (its variables), read when the stage loads. */
+    private readonly kvFormat: () => unknown = () => undefined,
   ) {}
 
   private stage(at: StageAddress): Promise<ModelStage> {
@@ -75,7 +78,9 @@ export class StageSlot implements StageRpc {
       const load = openPackage(this.source(), at.model, {
         smallFiles: false,
         concurrency: 2, // each shard in flight is one more shard of memory in a 128 MB isolate
-      }).then((handle) => ModelStage.load(handle, at.index))
+      }).then((handle) =>
+        ModelStage.load(handle, at.index, { kvFormat: kvFormatFromEnv(this.kvFormat()) }),
+      )
       this.loading = load
       load.catch(() => {
         if (this.loading === load) this.loading = undefined

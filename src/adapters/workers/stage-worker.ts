@@ -23,6 +23,8 @@ export interface StageWorkerEnv {
     get(key: string): Promise<Uint8Array | null>
     stream(key: string): Promise<SourceObject | null>
   }
+  /** The host's KV_FORMAT, when set. */
+  KV_FORMAT?: string
 }
 
 /** The isolate's one stage (its Worker id names one stage of one package). */
@@ -36,7 +38,12 @@ export class Stage extends servingSlot(WorkerEntrypoint<StageWorkerEnv>) {
       stream: (key) => files.stream(key),
       describe: () => 'R2 bucket MODEL_BUCKET (read through the front Worker)',
     }
-    return (slot ??= new StageSlot(() => source))
+    const kvFormat = this.env.KV_FORMAT
+    return (slot ??= new StageSlot(
+      () => source,
+      undefined,
+      () => kvFormat,
+    ))
   }
 }
 

@@ -165,6 +165,7 @@ export class PipelineModel implements ForwardModel {
           residentBytes: state.residentBytes,
           budgetBytes: state.budgetBytes,
           sequences: state.sequences,
+          ...(state.kvFormat && { kvFormat: state.kvFormat }),
           computeMs: state.computeMs,
         }),
       }

@@ -59,6 +59,8 @@ export interface StageState {
   budgetBytes: number
   /** Sequences whose KV cache the stage holds. */
   sequences: number
+  /** How a layer stage's KV cache stores a position (KV_FORMAT). */
+  kvFormat?: string
   /** Calls answered since the load, and the milliseconds spent computing them (in the stage). */
   calls: number
   computeMs: number
@@ -353,6 +355,7 @@ export class ModelStage implements StageApi {
       residentBytes: this.residentBytes(),
       budgetBytes: this.budgetBytes,
       sequences: this.decoder?.sequences ?? 0,
+      ...(this.decoder && { kvFormat: this.decoder.kvFormat }),
       calls: this.calls,
       computeMs: this.computeMs,
     }

@@ -17,6 +17,7 @@ import type { ModelSource } from '../../../src/engine/package/sources/model-sour
 import { passOver } from '../../../src/engine/pipeline/pass.ts'
 import { PipelineModel } from '../../../src/engine/pipeline/pipeline-model.ts'
 import { ModelStage, type StageApi } from '../../../src/engine/pipeline/stage.ts'
+import { StageSlot } from '../../../src/adapters/workers/stage-rpc.ts'
 import { streamKernelModel } from '../../../src/engine/wasm/kernel-loader.ts'
 import type { KernelModel } from '../../../src/engine/wasm/kernel-model.ts'
 import {
@@ -201,6 +202,52 @@ describe.each(['q8', 'q4'] as const)(
       // and a mutation check: another token gives other logits
       const other = await model.decode([7], [pa[0].cache])
       expect(same(other[0].logits, pb[0].logits)).toBe(false)
+    })
+
+    it('with KV_FORMAT=q8 in every stage, gives the whole q8-KV model’s logits bit for bit', async () => {
+      const wholeQ8 = await streamKernelModel(
+        await openPackage(fsSource(work), 'tiny'),
+        undefined,
+        {
+          kvFormat: 'q8',
+        },
+      )
+      // the layer stages as a stage's Worker loads them: its KV_FORMAT variable, read at load
+      const q8Stages = await Promise.all(
+        manifest.pipeline!.stages.map(async (part, i) => {
+          if (!part.layers) return stages[i]
+          const slot = new StageSlot(
+            () => fsSource(work),
+            undefined,
+            () => 'q8',
+          )
+          const reply = await slot.state({ model: 'tiny', index: i })
+          expect(reply).toMatchObject({ ok: { kvFormat: 'q8', layers: part.layers } })
+          return ModelStage.load(await open(), i, { kvFormat: 'q8' })
+        }),
+      )
+      const model = new PipelineModel(manifest, q8Stages)
+      expect(model.stageReports().filter((r) => r.layers).length).toBeGreaterThan(0)
+      await model.refresh()
+      for (const r of model.stageReports().filter((r) => r.layers)) expect(r.kvFormat).toBe('q8')
+      const a = await wholeQ8.forward(PROMPT, wholeQ8.emptyCache(), 1)
+      const b = await model.forward(PROMPT, model.emptyCache(), 1)
+      expect(same(a.logits, b.logits)).toBe(true)
+      const f32 = await whole.forward(PROMPT, whole.emptyCache(), 1)
+      expect(same(a.logits, f32.logits)).toBe(false) // precondition: q8 KV is not f32 KV
+      const t = argmax(a.logits)
+      const [wa] = await wholeQ8.decode([t], [a.cache])
+      const [pa] = await model.decode([t], [b.cache])
+      expect(same(wa.logits, pa.logits)).toBe(true)
+      // a bad value fails that stage's load with a clear message (and is not kept)
+      const bad = new StageSlot(
+        () => fsSource(work),
+        undefined,
+        () => 'q4',
+      )
+      const refused = await bad.state({ model: 'tiny', index: 0 })
+      expect(JSON.stringify(refused)).toMatch(/KV_FORMAT must be f32 or q8/)
+      await wholeQ8.release()
     })
 
     it('hands every forward pass to the pass it is given (a stage host), whole, one call each', async () => {
