@@ -240,7 +240,7 @@ function attendQ8Case(n: number, dim: number, part: 'dots' | 'mix'): Case {
       const p = m.floats(Math.ceil(n / 4) * 4, 13)
       const w16 = m.take(2 * (n + 1))
       const out = m.take(4 * dim)
-      if (part === 'dots') return () => kernels.dots_q8(q16, 1e-3, kv, n, dim, p)
+      if (part === 'dots') return () => kernels.dots_q8(q16, 1e-3, 0, 0, kv, n, dim, p)
       return () => kernels.mix_q8(p, kv, n, dim, w16, out)
     },
   }

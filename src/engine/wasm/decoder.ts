@@ -46,7 +46,15 @@ import { a16Limit } from './activations.ts'
 import type { Q8Head } from './head.ts'
 import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
-import { readQ8Record, writeQ8Record, writeQueryI16, type KvFormat } from './kv-format.ts'
+import {
+  keyOutlierChannels,
+  readKeyRecord,
+  readQ8Record,
+  writeKeyRecord,
+  writeQ8Record,
+  writeQueryI16,
+  type KvFormat,
+} from './kv-format.ts'
 import type { KeptKvCache, KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'
 
@@ -85,6 +93,8 @@ interface Layer {
   qkv: Matrix
   /** q, k, v biases back to back (zeros where the graph has none). */
   qkvBias: Float32Array
+  /** q8 KV: per KV head, the key channels its records keep apart (kv-format.ts). */
+  keyChannels: number[][]
   o: Matrix
   gateUp: Matrix
   down: Matrix
@@ -180,8 +190,11 @@ export class Q8Decoder {
   private scratchPositions = 0
   /** How the KV cache stores a position. */
   readonly kvFormat: KvFormat
-  /** A key head after RoPE, before it is quantized into its record (q8 KV). */
+  /** A key head after RoPE, before it is quantized into its record (q8 KV), and scratch. */
   private readonly keyRow: Float32Array
+  private readonly keyScratch: Float32Array
+  /** q8 KV: f32 slots of a key record (the most channels a head keeps apart); fixed at first use. */
+  private keySlots = -1
 
   private constructor(
     private readonly kernel: KernelExports,
@@ -197,6 +210,7 @@ export class Q8Decoder {
     const { hidden: H, intermediate: I, heads, kvHeads, headDim: D } = shape
     this.kvFormat = options.kvFormat ?? 'f32'
     this.keyRow = new Float32Array(D)
+    this.keyScratch = new Float32Array(D)
     const layers = range[1] - range[0]
     this.qDim = heads * D
     this.kvDim = kvHeads * D
@@ -341,9 +355,14 @@ export class Q8Decoder {
       row += m.n
     }
     if (!this.layers[l - this.range[0]]) this.written++
+    const keyBias = qkvBias.subarray(this.qDim, this.qDim + this.kvDim)
     this.layers[l - this.range[0]] = {
       ...p,
       qkvBias,
+      keyChannels:
+        this.kvFormat === 'q8'
+          ? keyOutlierChannels(keyBias, kvHeads, D)
+          : Array.from({ length: kvHeads }, () => []),
       inputNorm: Float32Array.from(lw.inputNorm),
       postNorm: Float32Array.from(lw.postNorm),
     }
@@ -428,6 +447,7 @@ export class Q8Decoder {
     if (rows === 0 || groups.some((g) => !(g.count >= 1)))
       throw new Error('forwardRows needs at least one row per group')
     if (hidden.length < rows * this.shape.hidden) throw new Error('forwardRows: too few rows')
+    this.fixKeySlots()
     const claimed: KvSequence[] = []
     try {
       for (const g of groups) {
@@ -523,7 +543,7 @@ export class Q8Decoder {
       rmsNorm(h, x, b, H, L.inputNorm, eps)
       const qkv = this.matmul(L.qkv, x, b)
       const mem = this.arena.f32()
-      const R = this.arena.recordBytes
+      const [Rk, Rv] = [this.arena.recordBytes(0), this.arena.recordBytes(1)]
       for (let r = 0; r < b; r++) {
         const o = r * qkvRows
         const s = sequences[r]
@@ -531,14 +551,14 @@ export class Q8Decoder {
         for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
         // k (roped) and v into the cache at position p
         for (let g = 0; g < kvHeads; g++) {
-          const kAt = this.arena.kvAt(s, l, 0, g) + p * R
-          const vAt = this.arena.kvAt(s, l, 1, g) + p * R
+          const kAt = this.arena.kvAt(s, l, 0, g) + p * Rk
+          const vAt = this.arena.kvAt(s, l, 1, g) + p * Rv
           const kFrom = o + this.qDim + g * D
           const vFrom = o + this.qDim + this.kvDim + g * D
           if (this.kvFormat === 'q8') {
             const bytes = this.arena.u8()
             rope(qkv, kFrom, this.keyRow, 0, cos, sin, r * half, half, 1)
-            writeQ8Record(this.keyRow, 0, D, bytes, kAt)
+            this.writeKey(L, g, this.keyRow, 0, bytes, kAt)
             writeQ8Record(qkv, vFrom, D, bytes, vAt)
           } else {
             rope(qkv, kFrom, mem, kAt / 4, cos, sin, r * half, half, 1)
@@ -548,7 +568,7 @@ export class Q8Decoder {
         for (let hd = 0; hd < heads; hd++) {
           const g = Math.floor(hd / group)
           rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
-          this.attend(this.arena.kvAt(s, l, 0, g), this.arena.kvAt(s, l, 1, g), p + 1)
+          this.attend(this.arena.kvAt(s, l, 0, g), this.arena.kvAt(s, l, 1, g), p + 1, L, g)
           const from = this.attnAt / 4 + D
           attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
         }
@@ -610,7 +630,6 @@ export class Q8Decoder {
   exportKv(s: KvSequence, length: number): Record<string, Tensor> {
     if (s.freed) throw new AppError('internal', 'A released KV cache was read')
     const { kvHeads, headDim: D } = this.shape
-    const R = this.arena.recordBytes
     const tensors: Record<string, Tensor> = {}
     for (let l = 0; l < this.range[1] - this.range[0]; l++)
       for (const [kv, name] of [
@@ -622,8 +641,13 @@ export class Q8Decoder {
           const from = this.arena.kvAt(s, l, kv, g)
           if (this.kvFormat === 'q8') {
             const bytes = this.arena.u8()
-            for (let t = 0; t < length; t++)
-              readQ8Record(bytes, from + t * R, D, out, (g * length + t) * D)
+            const R = this.arena.recordBytes(kv)
+            const channels = this.layers[l].keyChannels[g]
+            for (let t = 0; t < length; t++) {
+              const to = (g * length + t) * D
+              if (kv === 0) readKeyRecord(bytes, from + t * R, D, channels, out, to)
+              else readQ8Record(bytes, from + t * R, D, out, to)
+            }
           } else {
             const mem = this.arena.f32()
             out.set(mem.subarray(from / 4, from / 4 + length * D), g * length * D)
@@ -682,12 +706,16 @@ export class Q8Decoder {
         const t = cache.tensors[`past_key_values.${this.range[0] + l}.${name}`]
         if (!t || !(t.data instanceof Float32Array) || t.data.length !== kvHeads * n * D)
           throw new AppError('internal', `The KV cache has no float32 ${name} of layer ${l}`)
-        const R = this.arena.recordBytes
+        const R = this.arena.recordBytes(kv)
         for (let g = 0; g < kvHeads; g++) {
           const at = this.arena.kvAt(s, l, kv, g)
           if (this.kvFormat === 'q8') {
             const bytes = this.arena.u8()
-            for (let p = 0; p < n; p++) writeQ8Record(t.data, (g * n + p) * D, D, bytes, at + p * R)
+            for (let p = 0; p < n; p++) {
+              const from = (g * n + p) * D
+              if (kv === 0) this.writeKey(this.layers[l], g, t.data, from, bytes, at + p * R)
+              else writeQ8Record(t.data, from, D, bytes, at + p * R)
+            }
           } else this.arena.f32().set(t.data.subarray(g * n * D, (g + 1) * n * D), at / 4)
         }
       }
@@ -705,7 +733,31 @@ export class Q8Decoder {
 
   /** Bytes of one position's KV over this decoder's layers. */
   get kvPositionBytes(): number {
+    this.fixKeySlots()
     return this.arena.positionBytes
+  }
+
+  /**
+   * q8 KV: sizes key records for the most channels any head keeps apart, once every layer is
+   * written and before the first sequence (the arena's records keep that size from then on).
+   */
+  private fixKeySlots(): void {
+    if (this.keySlots >= 0 || this.kvFormat !== 'q8' || !this.complete) return
+    this.keySlots = Math.max(0, ...this.layers.flatMap((L) => L.keyChannels.map((c) => c.length)))
+    this.arena.setKeySlots(this.keySlots)
+  }
+
+  /** A key head (D floats of `src` from `from`) as a q8 record of layer L's head g. */
+  private writeKey(
+    L: Layer,
+    g: number,
+    src: ArrayLike<number>,
+    from: number,
+    bytes: Uint8Array,
+    at: number,
+  ): void {
+    const D = this.shape.headDim
+    writeKeyRecord(src, from, D, L.keyChannels[g], this.keySlots, this.keyScratch, bytes, at)
   }
 
   /** Kept sequences (KvCache.keep: the turn cache's) holding arena memory. */
@@ -780,7 +832,7 @@ export class Q8Decoder {
     const normBytes = 4 * rows * this.shape.hidden
     const attnRowsBytes = 4 * rows * this.qDim
     // attention: q and out heads, scores; for q8 KV also q as int16 and the weights as int16
-    const attnBytes = 4 * (2 * D + positions) + 2 * D + 2 * (positions + 1)
+    const attnBytes = 4 * (2 * D + positions) + 4 * D + 2 * D + 2 * (positions + 1)
     this.scratchBytes = align(outBytes + actBytes + normBytes + attnRowsBytes + attnBytes, 64)
     this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
@@ -795,16 +847,22 @@ export class Q8Decoder {
    * softmax(q · K) · V of the query head at attnAt over `n` positions (the runs of one KV head
    * at byte offsets kAt and vAt), into attnAt + headDim.
    */
-  private attend(kAt: number, vAt: number, n: number): void {
+  private attend(kAt: number, vAt: number, n: number, L: Layer, g: number): void {
     const D = this.shape.headDim
     const k = this.kernel
     const scoresAt = this.attnAt + 8 * D
     if (this.kvFormat === 'q8') {
-      // after the scores (room for n rounded up to 4): q as int16, then the weights as int16
-      const q16At = scoresAt + 4 * this.scratchPositions
+      // after the scores (room for n rounded up to 4): the query's values at the channels its
+      // keys keep apart (f32, a slot each), q as int16, then the weights as int16
+      const mem = this.arena.f32()
+      const qxAt = scoresAt + 4 * this.scratchPositions
+      const channels = L.keyChannels[g]
+      for (let i = 0; i < this.keySlots; i++)
+        mem[qxAt / 4 + i] = i < channels.length ? mem[this.attnAt / 4 + channels[i]] : 0
+      const q16At = qxAt + 4 * this.keySlots
       const w16At = q16At + 2 * D
-      const qs = writeQueryI16(this.arena.f32(), this.attnAt / 4, D, this.arena.u8(), q16At)
-      k.dots_q8(q16At, qs, kAt, n, D, scoresAt)
+      const qs = writeQueryI16(mem, this.attnAt / 4, D, this.arena.u8(), q16At)
+      k.dots_q8(q16At, qs, qxAt, this.keySlots, kAt, n, D, scoresAt)
       k.softmax(scoresAt, n)
       k.mix_q8(scoresAt, vAt, n, D, w16At, this.attnAt + 4 * D)
       return

@@ -118,8 +118,20 @@ export interface KernelExports {
   /** In place over n floats; overwrites up to 3 floats after them. */
   softmax(p: number, n: number): void
   mix(p: number, v: number, n: number, dim: number, out: number): void
-  /** Scores against q8 KV records (kv-format.ts); the query is int16 with scale qs. */
-  dots_q8(q16: number, qs: number, k: number, n: number, dim: number, out: number): void
+  /**
+   * Scores against q8 key records with nx f32 slots (kv-format.ts); the query is int16 with
+   * scale qs, and nx f32 at qx for the channels the keys keep apart.
+   */
+  dots_q8(
+    q16: number,
+    qs: number,
+    qx: number,
+    nx: number,
+    k: number,
+    n: number,
+    dim: number,
+    out: number,
+  ): void
   /** Σ p[t] · v[t] over q8 KV records; overwrites p (w = p · scale) and w16 (n + 1 int16). */
   mix_q8(p: number, v: number, n: number, dim: number, w16: number, out: number): void
   silu_mul(g: number, u: number, n: number, out: number): void

@@ -3,9 +3,9 @@
  * handed out first fit and merged when given back (the memory itself only grows). Decoding
  * sequences keep their KV cache in a block each; scratch takes blocks too.
  *
- * A sequence's block holds, per layer, key and value, per KV head, `capacity` positions (a
- * record each: head_dim floats, or head_dim int8 and a scale; kv-format.ts); it grows by moving
- * to a block twice the size. Its block goes back when the
+ * A sequence's block holds, per layer, the keys of each KV head then their values, `capacity`
+ * positions each (a record each: head_dim floats, or head_dim int8 and a scale, keys with their
+ * kept-apart channels; kv-format.ts); it grows by moving to a block twice the size. Its block goes back when the
  * sequence is released, or else when the garbage collector finds the sequence unreachable.
  */
 import { AppError } from '../../core/errors.ts'
@@ -62,9 +62,12 @@ export class KvArena {
     this.giveBack(b.at, b.bytes)
   })
   /** Bytes of one position of one sequence over all layers. */
-  private readonly bytesPerPosition: number
-  /** Bytes of one position of one (layer, key|value, KV head) run. */
-  readonly recordBytes: number
+  private bytesPerPosition: number
+  /** Bytes of one position of one key run and one value run (a layer's KV head). */
+  private keyBytes: number
+  private valueBytes: number
+  /** Whether a sequence was ever allocated (the record sizes are fixed from then on). */
+  private used = false
   private f32View?: Float32Array
   private u8View?: Uint8Array
   /**
@@ -80,8 +83,8 @@ export class KvArena {
     private readonly shape: KvShape,
   ) {
     this.end = start
-    this.recordBytes = kvRecordBytes(shape.kvFormat ?? 'f32', shape.headDim)
-    this.bytesPerPosition = shape.layers * 2 * shape.kvHeads * this.recordBytes
+    this.keyBytes = this.valueBytes = kvRecordBytes(shape.kvFormat ?? 'f32', shape.headDim)
+    this.bytesPerPosition = shape.layers * 2 * shape.kvHeads * this.keyBytes
     this.ensureMemory(start)
   }
 
@@ -94,7 +97,21 @@ export class KvArena {
    * A new sequence with room for `positions`, and some to grow into unless `exact` (a stream
    * that said how far it may go: KvCache.reserve).
    */
+  /** q8 keys: `slots` f32 kept apart in each key record. Only before the first sequence. */
+  setKeySlots(slots: number): void {
+    if (this.used) throw new Error('the KV record size is fixed once a sequence exists')
+    this.keyBytes = kvRecordBytes(this.shape.kvFormat ?? 'f32', this.shape.headDim, slots)
+    this.bytesPerPosition =
+      this.shape.layers * this.shape.kvHeads * (this.keyBytes + this.valueBytes)
+  }
+
+  /** Bytes of one position of a key run (kv 0) or a value run (kv 1). */
+  recordBytes(kv: number): number {
+    return kv === 0 ? this.keyBytes : this.valueBytes
+  }
+
   allocate(positions: number, exact = false): KvSequence {
+    this.used = true
     const capacity = exact ? Math.max(1, positions) : align(positions + GROW_MIN, GROW_MIN)
     const bytes = capacity * this.bytesPerPosition
     const s = new KvSequence(this, this.take(bytes), capacity, 0)
@@ -134,12 +151,16 @@ export class KvArena {
       // each (layer, key|value, head) run of positions moves down to its place at the new
       // stride; a run's new place starts at or before its old one and after the runs before it
       const { layers, kvHeads } = this.shape
-      const R = this.recordBytes
       const mem = this.u8()
-      for (let run = 0; run < layers * 2 * kvHeads; run++) {
-        const from = s.base + run * s.capacity * R
-        mem.copyWithin(s.base + run * fitted * R, from, from + s.filled * R)
-      }
+      const capacity = s.capacity
+      for (let l = 0; l < layers; l++)
+        for (let kv = 0; kv < 2; kv++)
+          for (let g = 0; g < kvHeads; g++) {
+            const from = this.kvAt(s, l, kv, g)
+            s.capacity = fitted
+            mem.copyWithin(this.kvAt(s, l, kv, g), from, from + s.filled * this.recordBytes(kv))
+            s.capacity = capacity
+          }
       const spare = (s.capacity - fitted) * this.bytesPerPosition
       this.heldBytes -= spare
       this.giveBack(s.base + fitted * this.bytesPerPosition, spare)
@@ -191,13 +212,17 @@ export class KvArena {
       for (let kv = 0; kv < 2; kv++)
         for (let g = 0; g < kvHeads; g++) {
           const src = this.kvAt(from, l, kv, g)
-          mem.copyWithin(this.kvAt(to, l, kv, g), src, src + n * this.recordBytes)
+          mem.copyWithin(this.kvAt(to, l, kv, g), src, src + n * this.recordBytes(kv))
         }
   }
 
   /** Byte offset of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
   kvAt(s: KvSequence, l: number, kv: number, g: number): number {
-    return s.base + ((l * 2 + kv) * this.shape.kvHeads + g) * s.capacity * this.recordBytes
+    const { kvHeads } = this.shape
+    const layer = s.base + l * kvHeads * s.capacity * (this.keyBytes + this.valueBytes)
+    return kv === 0
+      ? layer + g * s.capacity * this.keyBytes
+      : layer + kvHeads * s.capacity * this.keyBytes + g * s.capacity * this.valueBytes
   }
 
   /** A block of `bytes`: first fit from the free blocks, else the end of the arena. */

@@ -25,7 +25,7 @@
 ;;   quant_a16(x, ldx, k, t, limit, xa, stride, sums, scales) → rows done
 ;;                                 t f32 rows of k to a16-row at xa (row j at xa + 2·j·stride)
 ;;   dots(q, k, n, dim, out)   softmax(p, n)   mix(p, v, n, dim, out)   (attention)
-;;   dots_q8(q16, qs, k, n, dim, out)   mix_q8(p, v, n, dim, w16, out)   (attention, q8 KV)
+;;   dots_q8(q16, qs, qx, nx, k, n, dim, out)   mix_q8(p, v, n, dim, w16, out)   (q8 KV)
 ;;   silu_mul(g, u, n, out)   (MLP)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
@@ -359,14 +359,19 @@
   )
   ;; ---- attention over a q8 KV cache ----
 
-  ;; Records of a q8 KV run: per position dim int8 values then their f32 scale (dim + 4 bytes;
-  ;; kv-format.ts). Scores of one query head whose dim values are int16 at q16 with scale qs:
-  ;; out[t] = f32(f32(f32(Σ_d q16[d] · k8[t][d]) · ks[t]) · qs), the sum exact in i32
-  ;; (|Σ| ≤ dim · 32767 · 127 < 2^31 for dim ≤ 256). dim is a multiple of 16.
+  ;; Records of a q8 KV run: per position dim int8 values, their f32 scale, then nx f32 values
+  ;; (key channels kept apart, stored as 0 among the int8 ones; dim + 4 + 4·nx bytes;
+  ;; kv-format.ts). Scores of one query head whose dim values are int16 at q16 with scale qs,
+  ;; and whose values at the kept-apart channels are nx f32 at qx:
+  ;; out[t] = f32(f32(f32(Σ_d q16[d] · k8[t][d]) · ks[t]) · qs) + qx[0] · kx[t][0] + … (f32,
+  ;; in order), the sum exact in i32 (|Σ| ≤ dim · 32767 · 127 < 2^31 for dim ≤ 256). dim is a
+  ;; multiple of 16.
   (func (export "dots_q8")
-    (param $q16 i32) (param $qs f32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
+    (param $q16 i32) (param $qs f32) (param $qx i32) (param $nx i32) (param $k i32) (param $n i32)
+    (param $dim i32) (param $out i32)
     (local $t i32) (local $d i32) (local $row i32) (local $rec i32) (local $v v128) (local $a v128)
-    (local.set $rec (i32.add (local.get $dim) (i32.const 4)))
+    (local $i i32) (local $s f32)
+    (local.set $rec (i32.add (local.get $dim) (i32.add (i32.const 4) (i32.shl (local.get $nx) (i32.const 2)))))
     (local.set $row (local.get $k))
     (block $done
       (loop $rows
@@ -385,7 +390,7 @@
               (v128.load offset=16 (i32.add (local.get $q16) (i32.shl (local.get $d) (i32.const 1)))))))
             (local.set $d (i32.add (local.get $d) (i32.const 16)))
             (br $d_loop)))
-        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2)))
+        (local.set $s
           (f32.mul
             (f32.mul
               (f32.convert_i32_s
@@ -394,6 +399,18 @@
                   (i32.add (i32x4.extract_lane 2 (local.get $a)) (i32x4.extract_lane 3 (local.get $a)))))
               (f32.load (i32.add (local.get $row) (local.get $dim))))
             (local.get $qs)))
+        (local.set $i (i32.const 0))
+        (block $x_done
+          (loop $x_loop
+            (br_if $x_done (i32.ge_u (local.get $i) (local.get $nx)))
+            (local.set $s (f32.add (local.get $s)
+              (f32.mul
+                (f32.load (i32.add (local.get $qx) (i32.shl (local.get $i) (i32.const 2))))
+                (f32.load offset=4 (i32.add (i32.add (local.get $row) (local.get $dim))
+                  (i32.shl (local.get $i) (i32.const 2)))))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $x_loop)))
+        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2))) (local.get $s))
         (local.set $row (i32.add (local.get $row) (local.get $rec)))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
         (br $rows)))

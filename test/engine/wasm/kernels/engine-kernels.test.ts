@@ -62,7 +62,8 @@ import { quantizeQ8Rows, type Q8Rows } from '../../../../src/format/q8-rows.ts'
 import {
   dotsQ8Ref,
   mixQ8Ref,
-  readQ8Record,
+  readKeyRecord,
+  writeKeyRecord,
   writeQ8Record,
   writeQueryI16,
   type Q8Records,
@@ -512,49 +513,68 @@ for (const variant of ISA_VARIANTS) {
       expectQ8(a.f32(out, 6), w, x, 3)
     })
 
-    it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows), near the float sums', async () => {
+    it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows, keys with channels kept apart), near the float sums', async () => {
       const { kernels } = await instantiateEngine(variant)
-      for (const [n, dim] of [
-        [1, 64],
-        [5, 64],
-        [257, 64],
-        [600, 128],
-        [3, 16],
+      for (const [n, dim, slots] of [
+        [1, 64, 0],
+        [5, 64, 2],
+        [257, 64, 0],
+        [600, 128, 4],
+        [3, 16, 4],
       ]) {
         const a = new Arena(kernels)
-        const rec = dim + 4
         const q = randomRows(1, dim, n)
         const kv = randomRows(n, dim, n + 1)
         if (n > 2) kv.fill(0, dim, 2 * dim) // a zero row: scale 0
+        // keys: channels kept apart (RoPE pairs 3 and 5, the second one unused when 2 slots),
+        // far larger than the rest, as a large key bias makes them
+        const apart = [3, 5, dim / 2 + 3, dim / 2 + 5].slice(0, slots).sort((x, y) => x - y)
+        const keys = kv.slice()
+        for (let t = 0; t < n; t++)
+          for (const c of apart) keys[t * dim + c] += 500 * (c % 2 ? 1 : -1)
+        const rec = dim + 4 + 4 * slots
         const records = new Uint8Array(n * rec)
-        for (let t = 0; t < n; t++) writeQ8Record(kv, t * dim, dim, records, t * rec)
-        const k: Q8Records = { bytes: records, dim, n }
+        const row = new Float32Array(dim)
+        for (let t = 0; t < n; t++)
+          writeKeyRecord(keys, t * dim, dim, apart, slots, row, records, t * rec)
+        const k: Q8Records = { bytes: records, dim, n, slots }
         const q16 = new Uint8Array(2 * dim)
         const qs = writeQueryI16(q, 0, dim, q16, 0)
+        const qx = Float32Array.from({ length: slots }, (_, i) => q[apart[i]])
         const ka = a.put(records)
         const qa = a.put(q16)
+        const xa = a.put(qx)
         const out = a.take(4 * n)
-        kernels.dots_q8(qa, qs, ka, n, dim, out)
+        kernels.dots_q8(qa, qs, xa, slots, ka, n, dim, out)
         const scores = a.f32(out, n)
-        const want = dotsQ8Ref(new Int16Array(q16.buffer), qs, k)
+        const want = dotsQ8Ref(new Int16Array(q16.buffer), qs, k, qx)
         expect(Buffer.from(scores.buffer).equals(Buffer.from(want.buffer))).toBe(true)
-        // near the float scores: at most half a quantum of each key value (its record's max /
-        // 254) and of each query value (max / 65534), times the other side
+        // near the float scores: at most half a quantum of each key value (its record's max
+        // over the channels not kept apart / 254) and of each query value (max / 65534), times
+        // the other side; the kept-apart channels exact
         const deq = new Float32Array(n * dim)
-        for (let t = 0; t < n; t++) readQ8Record(records, t * rec, dim, deq, t * dim)
+        for (let t = 0; t < n; t++) readKeyRecord(records, t * rec, dim, apart, deq, t * dim)
         const maxAbs = (x: Float32Array, from: number) =>
           Math.max(...Array.from(x.subarray(from, from + dim), Math.abs))
         for (let t = 0; t < n; t++) {
           let exact = 0
           let bound = 1e-6
           for (let d = 0; d < dim; d++) {
-            exact += q[d] * kv[t * dim + d]
+            exact += q[d] * keys[t * dim + d]
             bound += (Math.abs(q[d]) * maxAbs(kv, t * dim)) / 254
             bound += (Math.abs(kv[t * dim + d]) * maxAbs(q, 0)) / 65534
+            if (apart.includes(d)) expect(deq[t * dim + d]).toBe(keys[t * dim + d])
           }
-          expect(Math.abs(scores[t] - exact)).toBeLessThanOrEqual(bound * 1.01)
+          expect(Math.abs(scores[t] - exact)).toBeLessThanOrEqual(
+            bound * 1.01 + 1e-4 * Math.abs(exact),
+          )
         }
-        // attention weights: a softmax of the scores (some near 0, some large)
+        // values: plain records; attention weights: a softmax of the scores
+        const vrec = dim + 4
+        const vrecords = new Uint8Array(n * vrec)
+        for (let t = 0; t < n; t++) writeQ8Record(kv, t * dim, dim, vrecords, t * vrec)
+        const v: Q8Records = { bytes: vrecords, dim, n }
+        const va = a.put(vrecords)
         const p = new Float32Array(n)
         let sum = 0
         for (let t = 0; t < n; t++) sum += p[t] = Math.exp(scores[t] / (8 * dim))
@@ -562,9 +582,9 @@ for (const variant of ISA_VARIANTS) {
         const pa = a.put(p)
         const w16 = a.take(2 * (n + 1))
         const mixed = a.take(4 * dim)
-        kernels.mix_q8(pa, ka, n, dim, w16, mixed)
+        kernels.mix_q8(pa, va, n, dim, w16, mixed)
         const got = a.f32(mixed, dim)
-        const ref = mixQ8Ref(p, k)
+        const ref = mixQ8Ref(p, v)
         expect(Buffer.from(got.buffer).equals(Buffer.from(ref.buffer))).toBe(true)
         // near the float sums: half a quantum of each value (its record's max / 254) and of
         // each weight (the largest weight / 65534), times the other side
