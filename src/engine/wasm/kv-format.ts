@@ -58,6 +58,13 @@ export function keyOutlierChannels(
 
 const f = Math.fround
 
+/** The largest |x| of `n` values of `src` from `from`. */
+function absMax(src: ArrayLike<number>, from: number, n: number): number {
+  let max = 0
+  for (let d = 0; d < n; d++) max = Math.max(max, Math.abs(src[from + d]))
+  return max
+}
+
 /** f32 bits as bytes (little-endian, as WASM memory), without a view per record. */
 const scaleF32 = new Float32Array(1)
 const scaleBytes = new Uint8Array(scaleF32.buffer)
@@ -73,8 +80,7 @@ export function writeQ8Record(
   bytes: Uint8Array,
   at: number,
 ): void {
-  let max = 0
-  for (let d = 0; d < dim; d++) max = Math.max(max, Math.abs(src[from + d]))
+  const max = absMax(src, from, dim)
   const inv = max > 0 ? 127 / max : 0
   for (let d = 0; d < dim; d++) bytes[at + d] = Math.round(src[from + d] * inv) & 255
   scaleF32[0] = max / 127
@@ -145,8 +151,7 @@ export function writeQueryI16(
   bytes: Uint8Array,
   at: number,
 ): number {
-  let max = 0
-  for (let d = 0; d < dim; d++) max = Math.max(max, Math.abs(src[from + d]))
+  const max = absMax(src, from, dim)
   const inv = max > 0 ? 32767 / max : 0
   for (let d = 0; d < dim; d++) {
     const q = Math.round(src[from + d] * inv)
