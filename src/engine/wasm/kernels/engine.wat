@@ -448,7 +448,20 @@
       (then
         (local.set $inv (f32.div (f32.const 32767) (local.get $max)))
         (local.set $ws (f32.div (local.get $max) (f32.const 32767)))))
+    ;; 8 at a time, then one at a time (the same roundings)
+    (local.set $x (f32x4.splat (local.get $inv)))
     (local.set $t (i32.const 0))
+    (block $q8_done
+      (loop $q8_loop
+        (br_if $q8_done (i32.gt_u (i32.add (local.get $t) (i32.const 8)) (local.get $n)))
+        (local.set $row (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))
+        (v128.store (i32.add (local.get $w16) (i32.shl (local.get $t) (i32.const 1)))
+          (i16x8.narrow_i32x4_s
+            (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $x) (v128.load (local.get $row)))))
+            (i32x4.trunc_sat_f32x4_s
+              (f32x4.nearest (f32x4.mul (local.get $x) (v128.load offset=16 (local.get $row)))))))
+        (local.set $t (i32.add (local.get $t) (i32.const 8)))
+        (br $q8_loop)))
     (block $q_done
       (loop $q_loop
         (br_if $q_done (i32.ge_u (local.get $t) (local.get $n)))
