@@ -60,11 +60,12 @@ function session(
     throw new Error(`DECODER must be wasm or graph, got ${String(decoder)}`)
   if (!unset(prefill) && prefill !== 'wasm' && prefill !== 'graph')
     throw new Error(`PREFILL must be wasm or graph, got ${String(prefill)}`)
+  const kv = kvFormatFromEnv(kvFormat)
   const options = {
     ...(decoder === 'graph' && { decoder: false }),
     ...(prefill === 'graph' && { prefill: 'graph' as const }),
     ...(pipeline === 'whole' && { pipeline: 'whole' as const }),
-    ...(kvFormatFromEnv(kvFormat) && { kvFormat: kvFormatFromEnv(kvFormat) }),
+    ...(kv && { kvFormat: kv }),
   }
   return Object.keys(options).length ? { session: options } : {}
 }

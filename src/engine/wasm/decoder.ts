@@ -18,11 +18,12 @@
  *
  * The KV cache of a decoding sequence lives in the kernel's memory (a `Sequence`: per layer,
  * key and value, per KV head, `capacity` positions of head_dim floats, or with KV_FORMAT q8 of
- * head_dim int8 and a scale, kv-format.ts) and grows in place: a step appends one position. Caches stay immutable to their users: a `ResidentCache` is the
- * first `length` positions of its sequence, which later steps never overwrite; stepping a cache
- * that is not its sequence's newest forks a copy. A sequence's memory is given back when its
- * stream ends (`release`), or else when it is garbage collected. Reading `tensors` copies the
- * cache out in the graph's layout, for prefill or for keeping (turn-cache.ts).
+ * head_dim int8 and a scale, kv-format.ts) and grows in place: a step appends one position.
+ * Caches stay immutable to their users: a `ResidentCache` is the first `length` positions of
+ * its sequence, which later steps never overwrite; stepping a cache that is not its sequence's
+ * newest forks a copy. A sequence's memory is given back when its stream ends (`release`), or
+ * else when it is garbage collected. Reading `tensors` copies the cache out in the graph's
+ * layout, for prefill or for keeping (turn-cache.ts).
  *
  * Memory layout (one kernel instance per model):
  *   per layer: qkv, o, gate+up, down as 'q8-rows' matrices (rows of int8, stride a multiple of

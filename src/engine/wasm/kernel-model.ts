@@ -53,9 +53,7 @@ export class KernelModel implements ForwardModel {
     const why = KernelModel.unsupported(pkg)
     if (why) throw new Error(`KernelModel: ${why}`)
     const head = await Q8Head.create(pkg.head!)
-    const decoder = await Q8Decoder.create(pkg.decoder!, qwen2Shape(pkg.config), head, {
-      kvFormat: options.kvFormat,
-    })
+    const decoder = await Q8Decoder.create(pkg.decoder!, qwen2Shape(pkg.config), head, options)
     return new KernelModel(pkg.config, head, decoder)
   }
 

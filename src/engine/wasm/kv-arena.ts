@@ -5,8 +5,9 @@
  *
  * A sequence's block holds, per layer, the keys of each KV head then their values, `capacity`
  * positions each (a record each: head_dim floats, or head_dim int8 and a scale, keys with their
- * kept-apart channels; kv-format.ts); it grows by moving to a block twice the size. Its block goes back when the
- * sequence is released, or else when the garbage collector finds the sequence unreachable.
+ * kept-apart channels; kv-format.ts); it grows by moving to a block twice the size. Its block
+ * goes back when the sequence is released, or else when the garbage collector finds the
+ * sequence unreachable.
  */
 import { AppError } from '../../core/errors.ts'
 import { kvRecordBytes, type KvFormat } from './kv-format.ts'
@@ -93,10 +94,6 @@ export class KvArena {
     return this.live
   }
 
-  /**
-   * A new sequence with room for `positions`, and some to grow into unless `exact` (a stream
-   * that said how far it may go: KvCache.reserve).
-   */
   /** q8 keys: `slots` f32 kept apart in each key record. Only before the first sequence. */
   setKeySlots(slots: number): void {
     if (this.used) throw new Error('the KV record size is fixed once a sequence exists')
@@ -110,6 +107,10 @@ export class KvArena {
     return kv === 0 ? this.keyBytes : this.valueBytes
   }
 
+  /**
+   * A new sequence with room for `positions`, and some to grow into unless `exact` (a stream
+   * that said how far it may go: KvCache.reserve).
+   */
   allocate(positions: number, exact = false): KvSequence {
     this.used = true
     const capacity = exact ? Math.max(1, positions) : align(positions + GROW_MIN, GROW_MIN)
@@ -152,14 +153,12 @@ export class KvArena {
       // stride; a run's new place starts at or before its old one and after the runs before it
       const { layers, kvHeads } = this.shape
       const mem = this.u8()
-      const capacity = s.capacity
       for (let l = 0; l < layers; l++)
         for (let kv = 0; kv < 2; kv++)
           for (let g = 0; g < kvHeads; g++) {
-            const from = this.kvAt(s, l, kv, g)
-            s.capacity = fitted
-            mem.copyWithin(this.kvAt(s, l, kv, g), from, from + s.filled * this.recordBytes(kv))
-            s.capacity = capacity
+            const from = this.runAt(s.base, s.capacity, l, kv, g)
+            const to = this.runAt(s.base, fitted, l, kv, g)
+            mem.copyWithin(to, from, from + s.filled * this.recordBytes(kv))
           }
       const spare = (s.capacity - fitted) * this.bytesPerPosition
       this.heldBytes -= spare
@@ -218,11 +217,16 @@ export class KvArena {
 
   /** Byte offset of position 0 of layer `l`'s key (kv 0) or value (kv 1), KV head `g`. */
   kvAt(s: KvSequence, l: number, kv: number, g: number): number {
+    return this.runAt(s.base, s.capacity, l, kv, g)
+  }
+
+  /** Where that run starts in a block at `base` laid out for `capacity` positions. */
+  private runAt(base: number, capacity: number, l: number, kv: number, g: number): number {
     const { kvHeads } = this.shape
-    const layer = s.base + l * kvHeads * s.capacity * (this.keyBytes + this.valueBytes)
+    const layer = base + l * kvHeads * capacity * (this.keyBytes + this.valueBytes)
     return kv === 0
-      ? layer + g * s.capacity * this.keyBytes
-      : layer + kvHeads * s.capacity * this.keyBytes + g * s.capacity * this.valueBytes
+      ? layer + g * capacity * this.keyBytes
+      : layer + kvHeads * capacity * this.keyBytes + g * capacity * this.valueBytes
   }
 
   /** A block of `bytes`: first fit from the free blocks, else the end of the arena. */

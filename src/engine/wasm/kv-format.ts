@@ -17,8 +17,6 @@
  */
 export type KvFormat = 'f32' | 'q8'
 
-export const KV_FORMATS: readonly KvFormat[] = ['f32', 'q8']
-
 /** Bytes of one position of one KV head (a record), with `slots` f32 kept apart (q8 keys). */
 export function kvRecordBytes(format: KvFormat, headDim: number, slots = 0): number {
   return format === 'q8' ? headDim + 4 + 4 * slots : 4 * headDim
