@@ -185,6 +185,16 @@ export async function runChat(
   return { completion, cached, text, firstEventAt, endedAt: performance.now() }
 }
 
+/**
+ * Tokens per second of one chat's decode steps (its steps, the prefill's then one token each):
+ * token 1 is known at the end of the prefill, token k at the end of decode step k-1.
+ */
+export function decodeRate(steps: readonly StepRecord[]): number {
+  const decode = steps.filter((s) => s.tokens === 1)
+  const prefillEnd = steps[steps.length - decode.length - 1].end
+  return (decode.length / (decode[decode.length - 1].end - prefillEnd)) * 1000
+}
+
 /** Which package the engine measures, and how it runs it. */
 export interface EngineVariant {
   name: string
@@ -280,9 +290,7 @@ export async function measureEngine(
     const chat = await runChat(engine, plan.prompts.p64.messages, plan.decodeTokens)
     const steps = rec.since(from)
     const decode = steps.filter((s) => s.tokens === 1)
-    const prefillEnd = steps[steps.length - decode.length - 1].end
-    // token 1 is known at the end of the prefill; token k at the end of decode step k-1
-    rates.push((decode.length / (decode[decode.length - 1].end - prefillEnd)) * 1000)
+    rates.push(decodeRate(steps))
     result.decodedTokens = chat.completion
     result.firstIds = decode.slice(0, 16).map((s) => s.ids[0])
     // where a decode step's wall time goes: the decoder's decode(), or session.run and the

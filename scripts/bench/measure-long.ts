@@ -5,13 +5,13 @@
  * format in its own process; the two runs' greedy tokens are compared in the report.
  */
 import { basename, dirname } from 'node:path'
-import { runChat, StepRecorder } from './measure-engine.ts'
+import { decodeRate, runChat, StepRecorder } from './measure-engine.ts'
 import { peakRssBytes, round } from './stats.ts'
 import type { BenchPlan, LongResult } from './types.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
 
 /** About 3,000 tokens with the chat template (the bench's tokenizer). */
-export const LONG_CONTEXT_NOTES =
+const LONG_CONTEXT_NOTES =
   'Read these notes and answer the question at the end. ' +
   Array.from(
     { length: 185 },
@@ -19,7 +19,7 @@ export const LONG_CONTEXT_NOTES =
   ).join(' ') +
   ' Question: which store had the most late shipments?'
 
-export const LONG_DECODE_TOKENS = 64
+const LONG_DECODE_TOKENS = 64
 
 export async function measureLong(
   plan: BenchPlan,
@@ -51,13 +51,12 @@ export async function measureLong(
   const started = performance.now()
   const chat = await runChat(engine, messages, LONG_DECODE_TOKENS)
   const decode = rec.steps.filter((s) => s.tokens === 1)
-  const prefillEnd = rec.steps[rec.steps.length - decode.length - 1].end
-  const result: LongResult = {
+  return {
     kvFormat,
     isa: await pickVariant(),
     promptTokens,
     ttftMs: round(chat.firstEventAt - started, 0),
-    decodeTokS: round((decode.length / (decode[decode.length - 1].end - prefillEnd)) * 1000),
+    decodeTokS: round(decodeRate(rec.steps)),
     decodedTokens: chat.completion,
     ids: decode.map((s) => s.ids[0]),
     kvPositionBytes: decoder.kvPositionBytes,
@@ -65,5 +64,4 @@ export async function measureLong(
     wasmPeakBytes: wasmMemoryBytes(),
     peakRssBytes: peakRssBytes(),
   }
-  return result
 }
