@@ -18,14 +18,9 @@ import { keyOutlierChannels } from '../../../src/engine/wasm/kv-format.ts'
 import type { Q8Decoder, ResidentCache } from '../../../src/engine/wasm/decoder.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import { ensureModel } from '../../helpers/models.ts'
+import { argmax } from '../../../src/core/sampling.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
-
-function argmax(a: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i
-  return best
-}
 
 function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   expect(a.length).toBe(b.length)
