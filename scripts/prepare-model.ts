@@ -69,6 +69,8 @@ import {
   headFileName,
   MANIFEST_FILE,
   planPipeline,
+  PLAN_KV_FORMATS,
+  type PlanKvFormat,
   qwen2Shape,
   MANIFEST_VERSION,
   externalDataName,
@@ -195,6 +197,11 @@ export interface PrepareOptions {
   stageContext?: number
   /** Sequences at full context a layer stage plans for; default 2. */
   stageSequences?: number
+  /**
+   * The KV cache format the plan counts, and its layer stages run unless KV_FORMAT says
+   * otherwise; default 'f32'. 'q8' holds a position in about a quarter of the bytes.
+   */
+  stageKvFormat?: PlanKvFormat
 }
 
 /** A staged package's shards: a stage loading 4 at a time holds 16 MiB in flight. */
@@ -370,8 +377,14 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         {
           contextLength: options.stageContext ?? 2048,
           sequences: options.stageSequences ?? 2,
+          kvFormat: options.stageKvFormat,
           chunkRows: STAGE_CHUNK_ROWS,
         },
+      )
+      const p = manifest.pipeline
+      log(
+        `stage plan: ${p.contextLength} positions x ${p.sequences} sequences of KV cache in ` +
+          `${p.kvFormat ?? 'f32'} per layer stage, ${(p.budgetBytes / 1048576).toFixed(1)} MiB each`,
       )
       for (const [i, st] of manifest.pipeline.stages.entries())
         log(
@@ -1183,6 +1196,12 @@ export const PREPARE_CLI = {
       default: '2',
       help: 'sequences at full context a stage plans for',
     },
+    'stage-kv-format': {
+      type: 'string',
+      arg: '<f32|q8>',
+      default: 'f32',
+      help: "the KV cache format the plan counts; the layer stages run it unless their KV_FORMAT says otherwise (q8: about a quarter of f32's bytes a position)",
+    },
   },
   examples: [
     'npm run model:prepare -- .cache/models/tiny-q8 --id my-tiny --shard-mb 16',
@@ -1195,7 +1214,8 @@ function stageOptions(values: {
   'stage-budget-mib'?: string
   'stage-context'?: string
   'stage-sequences'?: string
-}): Pick<PrepareOptions, 'stageBudgetBytes' | 'stageContext' | 'stageSequences'> {
+  'stage-kv-format'?: string
+}): Pick<PrepareOptions, 'stageBudgetBytes' | 'stageContext' | 'stageSequences' | 'stageKvFormat'> {
   if (values['stage-budget-mib'] === undefined) return {}
   const budget = Number(values['stage-budget-mib'])
   const context = Number(values['stage-context'] ?? 2048)
@@ -1203,10 +1223,14 @@ function stageOptions(values: {
   if (!(budget > 0)) throw new Error('--stage-budget-mib must be a positive number')
   if (!(Number.isInteger(context) && context > 0 && Number.isInteger(sequences) && sequences > 0))
     throw new Error('--stage-context and --stage-sequences must be positive integers')
+  const kvFormat = (values['stage-kv-format'] ?? 'f32') as PlanKvFormat
+  if (!PLAN_KV_FORMATS.includes(kvFormat))
+    throw new Error(`--stage-kv-format must be one of ${PLAN_KV_FORMATS.join(', ')}`)
   return {
     stageBudgetBytes: Math.floor(budget * 1024 * 1024),
     stageContext: context,
     stageSequences: sequences,
+    stageKvFormat: kvFormat,
   }
 }
 

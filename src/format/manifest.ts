@@ -277,6 +277,10 @@ export interface PipelineStage {
   residentBytes: number
 }
 
+/** The KV cache formats of the engine's decoder: f32, or int8 with a scale per position and head. */
+export type PlanKvFormat = 'f32' | 'q8'
+export const PLAN_KV_FORMATS: readonly PlanKvFormat[] = ['f32', 'q8']
+
 export interface PipelineEntry {
   /** Most bytes one stage may hold (its isolate's share of memory). */
   budgetBytes: number
@@ -286,6 +290,11 @@ export interface PipelineEntry {
   sequences: number
   /** Prompt rows per forward run a stage plans scratch for. */
   chunkRows: number
+  /**
+   * The KV cache format the plan counted ('q8': int8 records, see `kvBytesPerPosition`); a layer
+   * stage runs it unless its KV_FORMAT says otherwise. Absent: 'f32'.
+   */
+  kvFormat?: PlanKvFormat
   /** Layer stages in order (their ranges tile [0, layers)), then row stages (tiling [0, vocab)). */
   stages: PipelineStage[]
 }

@@ -9,6 +9,7 @@ import {
   HEAD_ROW_ALIGN,
   MANIFEST_FILE,
   MANIFEST_VERSION,
+  PLAN_KV_FORMATS,
   STAGE_IO,
   decoderTensorBytes,
   headLayout,
@@ -17,6 +18,7 @@ import {
   type DecoderFormat,
   type DecoderTensorType,
   type HeadFormat,
+  type PlanKvFormat,
   type StageIo,
   type DecoderLayerRef,
   type DecoderMatrixRef,
@@ -164,8 +166,16 @@ function readPipeline(json: unknown, m: Manifest, at: string): PipelineEntry {
     contextLength: positiveInt(p.contextLength, `${at}.contextLength`),
     sequences: positiveInt(p.sequences, `${at}.sequences`),
     chunkRows: positiveInt(p.chunkRows, `${at}.chunkRows`),
+    ...(p.kvFormat !== undefined && { kvFormat: planKvFormat(p.kvFormat, `${at}.kvFormat`) }),
     stages,
   }
+}
+
+function planKvFormat(v: unknown, at: string): PlanKvFormat {
+  const f = string(v, at) as PlanKvFormat
+  if (!PLAN_KV_FORMATS.includes(f))
+    throw new Invalid(`${at} ${JSON.stringify(f)} is not one of ${PLAN_KV_FORMATS.join(', ')}`)
+  return f
 }
 
 function readStage(json: unknown, at: string): Stage {

@@ -14,7 +14,13 @@
  * and a fixed allowance for the isolate's JS and code); a stage measures its own after loading
  * and refuses to run past `budgetBytes`.
  */
-import type { DecoderFormat, HeadFormat, PipelineEntry, PipelineStage } from './manifest.ts'
+import type {
+  DecoderFormat,
+  HeadFormat,
+  PipelineEntry,
+  PipelineStage,
+  PlanKvFormat,
+} from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
 import type { Qwen2Shape } from './config.ts'
 
@@ -54,8 +60,18 @@ export function kernelLayerBytes(s: Qwen2Shape, format: DecoderFormat): number {
   )
 }
 
-/** KV cache bytes of one position of one sequence in one layer (f32 keys and values). */
-export function kvBytesPerPosition(s: Qwen2Shape): number {
+/**
+ * f32 slots a q8 key record keeps apart at most: the channels of the RoPE pairs whose key bias
+ * stands far above the rest (2 pairs of 2 channels per head; the decoder's kv-format.ts).
+ */
+export const Q8_KEY_SLOTS = 4
+
+/**
+ * KV cache bytes of one position of one sequence in one layer: f32 keys and values, or q8
+ * records (head_dim int8 and an f32 scale per KV head; keys with up to Q8_KEY_SLOTS f32 more).
+ */
+export function kvBytesPerPosition(s: Qwen2Shape, kvFormat: PlanKvFormat = 'f32'): number {
+  if (kvFormat === 'q8') return s.kvHeads * (2 * (s.headDim + 4) + 4 * Q8_KEY_SLOTS)
   return 2 * s.kvHeads * s.headDim * 4
 }
 
@@ -63,6 +79,8 @@ export interface StagePlanOptions {
   contextLength: number
   sequences: number
   chunkRows: number
+  /** The KV cache format to count (default 'f32'). */
+  kvFormat?: PlanKvFormat
 }
 
 /**
@@ -91,7 +109,7 @@ export function stageResidentBytes(
     return (
       STAGE_BASE_BYTES +
       n * kernelLayerBytes(s, decoder) +
-      n * o.sequences * o.contextLength * kvBytesPerPosition(s) +
+      n * o.sequences * o.contextLength * kvBytesPerPosition(s, o.kvFormat) +
       scratch +
       js +
       small
@@ -147,7 +165,8 @@ export function planPipeline(
     }
     break
   }
-  return { budgetBytes, ...o, stages }
+  const { kvFormat, ...rest } = o
+  return { budgetBytes, ...rest, ...(kvFormat === 'q8' && { kvFormat }), stages }
 }
 
 /** The layer stages of a plan, in order, and its row stages. */

@@ -153,7 +153,8 @@ export class ModelStage implements StageApi {
         manifest.decoder!.format,
         part.layers,
         undefined,
-        { kvFormat: options.kvFormat },
+        // the plan's KV format unless the stage's KV_FORMAT says otherwise
+        { kvFormat: options.kvFormat ?? plan.kvFormat },
       )
       await streamParts(handle, { decoder }, options.stats)
       stage = new ModelStage(index, part, plan.budgetBytes, decoder)

@@ -26,6 +26,8 @@ export function kvRecordBytes(format: KvFormat, headDim: number, slots = 0): num
 const OUTLIER_RATIO = 4
 /** RoPE pairs (2 channels each) a head keeps apart at most. */
 const OUTLIER_PAIRS = 2
+/** f32 slots of a key record at most (both channels of each pair kept apart). */
+export const MAX_KEY_SLOTS = 2 * OUTLIER_PAIRS
 
 /**
  * Per KV head, the key channels a q8 record keeps apart as f32: both channels of each RoPE

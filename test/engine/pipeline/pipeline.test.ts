@@ -20,9 +20,13 @@ import { ModelStage, type StageApi } from '../../../src/engine/pipeline/stage.ts
 import { StageSlot } from '../../../src/adapters/workers/stage-rpc.ts'
 import { streamKernelModel } from '../../../src/engine/wasm/kernel-loader.ts'
 import type { KernelModel } from '../../../src/engine/wasm/kernel-model.ts'
+import { MAX_KEY_SLOTS } from '../../../src/engine/wasm/kv-format.ts'
 import {
   headFileName,
   headSliceSegments,
+  kvBytesPerPosition,
+  Q8_KEY_SLOTS,
+  qwen2Shape,
   overlapsSegments,
   parseManifest,
   type Manifest,
@@ -75,6 +79,7 @@ describe.each(['q8', 'q4'] as const)(
   'a package split into stages (tiny %s, 4 layers)',
   (format) => {
     let work: string
+    let hf: string
     let manifest: Manifest
     let whole: KernelModel
     let stages: ModelStage[]
@@ -84,7 +89,7 @@ describe.each(['q8', 'q4'] as const)(
       Promise.all(manifest.pipeline!.stages.map(async (_, i) => ModelStage.load(await open(), i)))
 
     beforeAll(async () => {
-      const hf = await ensureModel('tiny', format, { overrides: { numLayers: 4 } })
+      hf = await ensureModel('tiny', format, { overrides: { numLayers: 4 } })
       work = await mkdtemp(join(tmpdir(), 'qwen-edge-pipeline-'))
       // a budget that cuts 4 layers (with a long KV cache) in two stages and the head in two
       ;({ manifest } = await preparePackage({
@@ -248,6 +253,48 @@ describe.each(['q8', 'q4'] as const)(
       const refused = await bad.state({ model: 'tiny', index: 0 })
       expect(JSON.stringify(refused)).toMatch(/KV_FORMAT must be f32 or q8/)
       await wholeQ8.release()
+    })
+
+    it('plans for q8 KV (--stage-kv-format q8): fewer layer stages, run in q8 unless KV_FORMAT says f32', async () => {
+      const out = await mkdtemp(join(tmpdir(), 'qwen-edge-pipeline-q8kv-'))
+      try {
+        const { manifest: q8 } = await preparePackage({
+          folder: hf,
+          id: 'tiny',
+          out,
+          shardBytes: 256 * 1024,
+          quiet: true,
+          verify: false,
+          stageBudgetBytes: 22 * MiB,
+          stageContext: 8192,
+          stageKvFormat: 'q8',
+        })
+        const layerStages = (m: Manifest) => m.pipeline!.stages.filter((st) => st.layers)
+        expect(manifest.pipeline!.kvFormat).toBeUndefined() // the f32 plan, as before
+        expect(q8.pipeline!.kvFormat).toBe('q8')
+        // the same budget and context hold more layers a stage
+        expect(layerStages(q8).length).toBeLessThan(layerStages(manifest).length)
+        // the plan counts a q8 key record at its largest (channels kept apart as f32)
+        expect(Q8_KEY_SLOTS).toBe(MAX_KEY_SLOTS)
+        const shape = qwen2Shape(q8.config)
+        expect(kvBytesPerPosition(shape, 'q8')).toBeLessThan(kvBytesPerPosition(shape) / 2)
+        const i = q8.pipeline!.stages.findIndex((st) => st.layers)
+        const part = q8.pipeline!.stages[i]
+        const openQ8 = () => openPackage(fsSource(out), 'tiny', { smallFiles: false })
+        const stage = await ModelStage.load(await openQ8(), i) // no KV_FORMAT
+        expect(await stage.state()).toMatchObject({ kvFormat: 'q8', layers: part.layers })
+        expect(await stage.state().then((st) => st.residentBytes)).toBeLessThanOrEqual(
+          part.residentBytes,
+        )
+        const f32 = await ModelStage.load(await openQ8(), i, { kvFormat: 'f32' })
+        expect(await f32.state()).toMatchObject({ kvFormat: 'f32' })
+        // a plan naming another format is refused
+        const bad = JSON.parse(JSON.stringify(q8))
+        bad.pipeline.kvFormat = 'q4'
+        expect(() => parseManifest(bad)).toThrow(/pipeline\.kvFormat "q4" is not one of f32, q8/)
+      } finally {
+        await rm(out, { recursive: true, force: true })
+      }
     })
 
     it('hands every forward pass to the pass it is given (a stage host), whole, one call each', async () => {
