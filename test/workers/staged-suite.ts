@@ -49,6 +49,7 @@ export function describeStagedWorker(hosting: StageHosting): void {
     status: string
     residentBytes: number
     sequences?: number
+    kv_format?: string
   }
 
   /** Each stage as it answers now (`probe=1` asks every stage; plain /health shows its last answer). */
@@ -120,6 +121,8 @@ export function describeStagedWorker(hosting: StageHosting): void {
         expect(s.status).toBe('ready')
         expect(s.residentBytes).toBeGreaterThan(0)
         expect(s.residentBytes).toBeLessThanOrEqual(STAGED_BUDGET_BYTES)
+        // the plan's KV format (q8, global-setup.ts), with no KV_FORMAT variable anywhere
+        expect(s.kv_format).toBe(s.layers ? 'q8' : undefined)
       }
     })
 

@@ -29,7 +29,9 @@ export default async function setup(project: TestProject): Promise<void> {
   const whole = await answers(
     await QwenEngine.create(await loadPackage(fsSource(MODEL_SHARDS_DIR), PACKAGE_ID)),
   )
-  // the staged package, its stages in this process (the front the Worker runs, the same stages)
+  // the staged package, its stages in this process (the front the Worker runs, the same stages);
+  // its plan counts the KV cache in q8, so every stage runs q8 KV with no KV_FORMAT set (the
+  // longer context keeps the layers in two stages)
   await preparePackage({
     folder: await ensureModel('tiny', 'q8', { overrides: { numLayers: 4 } }),
     id: STAGED_PACKAGE,
@@ -38,7 +40,8 @@ export default async function setup(project: TestProject): Promise<void> {
     quiet: true,
     verify: false,
     stageBudgetBytes: STAGED_BUDGET_BYTES,
-    stageContext: 8192,
+    stageContext: 16384,
+    stageKvFormat: 'q8',
   })
   const handle = await openPackage(fsSource(TEST_PACKAGES_DIR), STAGED_PACKAGE)
   const stages = handle.manifest.pipeline!.stages.length
