@@ -102,17 +102,3 @@ export async function runStep(m: LoadedModel, input: StepInput): Promise<StepOut
 export function logitsRow(logits: Float32Array, vocab: number, row: number): Float32Array {
   return logits.subarray(row * vocab, (row + 1) * vocab)
 }
-
-export function argmax(x: ArrayLike<number>): number {
-  let best = 0
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
-  return best
-}
-
-/** Largest |a - b| over two equal-length vectors. */
-export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`)
-  let d = 0
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]))
-  return d
-}

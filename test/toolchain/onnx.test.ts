@@ -23,7 +23,8 @@ import {
   type ModelProto,
 } from '../../scripts/lib/onnx/index.ts'
 import { ensureModel } from '../helpers/models.ts'
-import { emptyPast, maxAbsDiff, runStep, type LoadedModel } from '../helpers/ort-session.ts'
+import { emptyPast, runStep, type LoadedModel } from '../helpers/ort-session.ts'
+import { maxAbsDiff } from '../helpers/numeric.ts'
 import * as ort from 'onnxruntime-web'
 
 const INT64_MAX = 9223372036854775807n

@@ -30,6 +30,7 @@ import {
   type PrepareResult,
 } from '../../scripts/prepare-model.ts'
 import { copyModelFolderMeta, ensureModel } from '../helpers/models.ts'
+import { argmax } from '../helpers/numeric.ts'
 
 const V = 151936 // the tiny preset keeps Qwen's vocabulary
 let work: string
@@ -108,12 +109,6 @@ function errors(reference: Float32Array, other: Float32Array) {
     scale = Math.max(scale, Math.abs(reference[i]))
   }
   return { max, mean: sum / reference.length, scale }
-}
-
-function argmax(x: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
-  return best
 }
 
 async function preparedGraph(result: PrepareResult): Promise<ModelProto> {

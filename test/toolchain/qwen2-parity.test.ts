@@ -11,10 +11,10 @@ import {
   emptyPast,
   loadModel,
   logitsRow,
-  maxAbsDiff,
   runStep,
   type LoadedModel,
 } from '../helpers/ort-session.ts'
+import { maxAbsDiff } from '../helpers/numeric.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 
 /** `<|im_start|>user\nHello, how are you` with the Qwen tokenizer. */

@@ -20,14 +20,13 @@ import { resolveDims, type PresetName } from '../../scripts/lib/model-presets.ts
 import { synthesizeQ8Codes, synthesizeWeights } from '../../scripts/lib/synth-weights.ts'
 import { ensureModel } from '../helpers/models.ts'
 import {
-  argmax,
   emptyPast,
   loadModel,
   logitsRow,
-  maxAbsDiff,
   runStep,
   type LoadedModel,
 } from '../helpers/ort-session.ts'
+import { argmax, maxAbsDiff } from '../helpers/numeric.ts'
 import { Qwen2Reference } from '../reference/qwen2-reference.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498]

@@ -35,6 +35,7 @@ import {
 import { REPORT_FILE, preparePackage } from '../../scripts/prepare-model.ts'
 import { sha256 } from '../engine/package/fake-package.ts'
 import { ensureModel } from '../helpers/models.ts'
+import { argmax } from '../helpers/numeric.ts'
 
 // tiny with a small vocabulary (fast) and a hidden size that is not a multiple of 32, so rows
 // are padded (48 → stride 64); 3001 x 65 bytes is not a multiple of 4, so the scales are too
@@ -211,12 +212,6 @@ function logitsLikeDqmm(head: HeadRows, hidden: Float32Array): Float64Array {
     out[v] = f(acc * f(sA * r.scale(v)))
   }
   return out
-}
-
-function argmax(x: ArrayLike<number>): number {
-  let best = 0
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
-  return best
 }
 
 /**

@@ -9,16 +9,10 @@ import { loadHfFolder } from '../../../src/adapters/node/hf-folder.ts'
 import { QwenModel } from '../../../src/engine/graph/model.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+import { maxAbsDiff } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 108386, 3837, 99489, 6313] // <|im_start|>user\n你好，世界！
 const STEPS = [151645, 198, 151644]
-
-function maxDiff(a: Float32Array, b: Float32Array) {
-  expect(a.length).toBe(b.length)
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
-  return m
-}
 
 describe.each<[PresetName, boolean]>([
   ['tiny', true],
@@ -34,12 +28,12 @@ describe.each<[PresetName, boolean]>([
 
     let step = await model.forward(PROMPT, model.emptyCache())
     expect(step.rows).toBe(1)
-    expect(maxDiff(step.logits, reference.forward(PROMPT, refCache).at(-1)!)).toBeLessThan(1e-4)
+    expect(maxAbsDiff(step.logits, reference.forward(PROMPT, refCache).at(-1)!)).toBeLessThan(1e-4)
     for (const id of STEPS) {
       const before = step.cache
       step = await model.forward([id], step.cache)
       expect(step.cache.length).toBe(before.length + 1)
-      expect(maxDiff(step.logits, reference.forward([id], refCache)[0])).toBeLessThan(1e-4)
+      expect(maxAbsDiff(step.logits, reference.forward([id], refCache)[0])).toBeLessThan(1e-4)
     }
     await model.release()
   })

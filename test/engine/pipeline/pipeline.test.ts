@@ -32,6 +32,7 @@ import {
   type Manifest,
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
+import { argmax } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
 const MiB = 1024 * 1024
@@ -67,12 +68,6 @@ function same(a: Float32Array, b: Float32Array): boolean {
       Buffer.from(b.buffer, b.byteOffset, b.byteLength),
     ) === 0
   )
-}
-
-function argmax(x: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i
-  return best
 }
 
 describe.each(['q8', 'q4'] as const)(

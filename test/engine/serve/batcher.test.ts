@@ -10,13 +10,7 @@ import { QwenModel } from '../../../src/engine/graph/model.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import { Scheduler } from '../../../src/engine/serve/scheduler.ts'
 import { ensureModel } from '../../helpers/models.ts'
-
-function maxDiff(a: Float32Array, b: Float32Array) {
-  expect(a.length).toBe(b.length)
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
-  return m
-}
+import { maxAbsDiff } from '../../helpers/numeric.ts'
 
 describe('QwenModel.forwardBatch (tiny, fp32)', () => {
   let model: QwenModel
@@ -47,12 +41,12 @@ describe('QwenModel.forwardBatch (tiny, fp32)', () => {
       for (let r = 0; r < tokens.length; r++) {
         expect(together[r].rows).toBe(1)
         expect(together[r].cache.length).toBe(alone[r].length + 1)
-        expect(maxDiff(together[r].logits, separate[r].logits)).toBeLessThan(1e-4)
+        expect(maxAbsDiff(together[r].logits, separate[r].logits)).toBeLessThan(1e-4)
         for (const name of Object.keys(separate[r].cache.tensors)) {
           const a = together[r].cache.tensors[name]
           const b = separate[r].cache.tensors[name]
           expect(a.dims).toEqual(b.dims)
-          expect(maxDiff(a.data as Float32Array, b.data as Float32Array)).toBeLessThan(1e-4)
+          expect(maxAbsDiff(a.data as Float32Array, b.data as Float32Array)).toBeLessThan(1e-4)
         }
       }
       batched = together.map((t) => t.cache)
@@ -94,11 +88,11 @@ describe('QwenModel.forwardBatch (tiny, fp32)', () => {
       expect(seen[0].feeds['past_key_values.0.key']).not.toBe(
         firstPresent.batch.present['past_key_values.0.key'],
       )
-      expect(maxDiff(same[0].logits, swapped[1].logits)).toBeLessThan(1e-5)
-      expect(maxDiff(same[1].logits, swapped[0].logits)).toBeLessThan(1e-5)
+      expect(maxAbsDiff(same[0].logits, swapped[1].logits)).toBeLessThan(1e-5)
+      expect(maxAbsDiff(same[1].logits, swapped[0].logits)).toBeLessThan(1e-5)
       const name = 'past_key_values.1.value'
       expect(
-        maxDiff(
+        maxAbsDiff(
           same[1].cache.tensors[name].data as Float32Array,
           swapped[0].cache.tensors[name].data as Float32Array,
         ),

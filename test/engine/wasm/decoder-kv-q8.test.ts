@@ -18,16 +18,9 @@ import { keyOutlierChannels } from '../../../src/engine/wasm/kv-format.ts'
 import type { Q8Decoder, ResidentCache } from '../../../src/engine/wasm/decoder.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import { ensureModel } from '../../helpers/models.ts'
-import { argmax } from '../../../src/core/sampling.ts'
+import { argmax, maxAbsDiff } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length)
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
-  return m
-}
 
 function range(a: Float32Array): number {
   let lo = Infinity
@@ -50,7 +43,7 @@ function sameKv(a: KvCache, b: KvCache, n = a.length) {
     for (let h = 0; h < heads; h++) {
       const xs = (x[name].data as Float32Array).subarray(h * a.length * d, (h * a.length + n) * d)
       const ys = (y[name].data as Float32Array).subarray(h * b.length * d, (h * b.length + n) * d)
-      expect(maxDiff(xs, ys), name).toBe(0)
+      expect(maxAbsDiff(xs, ys), name).toBe(0)
     }
   }
 }
@@ -136,8 +129,8 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     for (let i = 0; i < PROMPT.length + 24; i++) {
       const x = f32.decoder.step([ids[i]], [a])[0]
       const y = dq.step([ids[i]], [b])[0]
-      worst = Math.max(worst, maxDiff(x.logits, y.logits) / range(x.logits))
-      differs ||= maxDiff(x.logits, y.logits) > 0
+      worst = Math.max(worst, maxAbsDiff(x.logits, y.logits) / range(x.logits))
+      differs ||= maxAbsDiff(x.logits, y.logits) > 0
       if (i >= PROMPT.length - 1) {
         expect(argmax(y.logits), `step ${i}`).toBe(argmax(x.logits))
         ids.push(argmax(x.logits))
@@ -155,11 +148,11 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     const long = [...PROMPT, ...PROMPT, ...PROMPT, 1, 2, 3]
     const { cache: stepped, logits } = stepEach(dq, long)
     const whole = dq.prefill(long, f32.emptyCache(), 1)
-    expect(maxDiff(whole.logits, logits.at(-1)!)).toBe(0)
+    expect(maxAbsDiff(whole.logits, logits.at(-1)!)).toBe(0)
     sameKv(whole.cache, stepped)
     const a = dq.prefill(long.slice(0, 17), f32.emptyCache(), 0)
     const b = dq.prefill(long.slice(17), a.cache, 1)
-    expect(maxDiff(b.logits, logits.at(-1)!)).toBe(0)
+    expect(maxAbsDiff(b.logits, logits.at(-1)!)).toBe(0)
     sameKv(b.cache, stepped)
     for (const c of [whole.cache, b.cache, stepped]) dq.release(c)
   })
@@ -178,7 +171,7 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     const copied: KvCache = { length: cache.length, tensors: cache.tensors }
     const inPlace = dq.step([42], [cache])[0]
     const imported = dq.step([42], [copied])[0]
-    expect(maxDiff(imported.logits, inPlace.logits)).toBe(0)
+    expect(maxAbsDiff(imported.logits, inPlace.logits)).toBe(0)
     for (const c of [early, inPlace.cache, imported.cache]) dq.release(c)
   })
 
@@ -191,7 +184,7 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     const fork = kept.fork(PROMPT.length + 1, 64)
     sameKv(fork, kept)
     const fresh = stepEach(dq, [...PROMPT, 7, 9]).logits.at(-1)!
-    expect(maxDiff(dq.step([9], [fork])[0].logits, fresh)).toBe(0)
+    expect(maxAbsDiff(dq.step([9], [fork])[0].logits, fresh)).toBe(0)
     kept.dispose()
   })
 
@@ -220,7 +213,7 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     for (let i = 0; i < PROMPT.length + 16; i++) {
       const x = f32b.decoder.step([ids[i]], [a])[0]
       const y = q8b.decoder.step([ids[i]], [b])[0]
-      worst = Math.max(worst, maxDiff(x.logits, y.logits) / range(x.logits))
+      worst = Math.max(worst, maxAbsDiff(x.logits, y.logits) / range(x.logits))
       if (i >= PROMPT.length - 1) ids.push(argmax(x.logits))
       a = x.cache
       b = y.cache
@@ -231,11 +224,11 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     // and what holds without them: prefill is its steps, a copy out and in steps the same
     const whole = q8b.decoder.prefill(ids, f32b.emptyCache(), 1)
     const stepped = stepEach(q8b.decoder, ids, q8b.emptyCache())
-    expect(maxDiff(whole.logits, stepped.logits.at(-1)!)).toBe(0)
+    expect(maxAbsDiff(whole.logits, stepped.logits.at(-1)!)).toBe(0)
     sameKv(whole.cache, stepped.cache)
     const copied: KvCache = { length: whole.cache.length, tensors: whole.cache.tensors }
     expect(
-      maxDiff(
+      maxAbsDiff(
         q8b.decoder.step([5], [copied])[0].logits,
         q8b.decoder.step([5], [whole.cache])[0].logits,
       ),

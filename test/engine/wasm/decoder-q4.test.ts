@@ -25,17 +25,9 @@ import {
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+import { argmax, maxAbs, maxAbsDiff } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
-
-const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best] ? i : best), 0)
-const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0)
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length)
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
-  return m
-}
 
 /**
  * The layers of `w` as MatMulNBits operands (q4, blocks of 32, asymmetric), and the weights
@@ -99,7 +91,7 @@ function stepError(decoder: Q8Decoder, ref: Qwen2Reference): { error: number; ag
     const r = decoder.step([id], [cache])[0]
     cache = r.cache
     const want = ref.forward([id], refCache, 1)[0]
-    error = Math.max(error, maxDiff(r.logits, want) / maxAbs(want))
+    error = Math.max(error, maxAbsDiff(r.logits, want) / maxAbs(want))
     if (argmax(r.logits) === argmax(want)) agree++
   }
   decoder.release(cache)
@@ -143,7 +135,7 @@ describe('the decoder with q4 layers (tiny)', () => {
     const q8 = new Qwen2Reference(resolveDims('tiny'), plain)
     const a = q8.forward(PROMPT, q8.emptyCache(), 1)[0]
     const b = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
-    expect(maxDiff(a, b) / maxAbs(b)).toBeGreaterThan(5 * error)
+    expect(maxAbsDiff(a, b) / maxAbs(b)).toBeGreaterThan(5 * error)
   })
 
   it('misses the reference by far more when a weight operand is broken (zero points dropped)', async () => {
@@ -164,13 +156,13 @@ describe('the decoder with q4 layers (tiny)', () => {
     }
     // the whole prompt in one chunk (q4_gemm over 14 rows) and in two, keeping 3 rows
     const whole = decoder.prefill(PROMPT, { length: 0, tensors: {} }, 1)
-    expect(maxDiff(whole.logits, rows.at(-1)!)).toBe(0)
+    expect(maxAbsDiff(whole.logits, rows.at(-1)!)).toBe(0)
     const a = decoder.prefill(PROMPT.slice(0, 6), { length: 0, tensors: {} }, 0)
     const b = decoder.prefill(PROMPT.slice(6), a.cache, 3)
     const vocab = head.vocab
     for (let r = 0; r < 3; r++)
       expect(
-        maxDiff(b.logits.subarray(r * vocab, (r + 1) * vocab), rows[PROMPT.length - 3 + r]),
+        maxAbsDiff(b.logits.subarray(r * vocab, (r + 1) * vocab), rows[PROMPT.length - 3 + r]),
       ).toBe(0)
     // three sequences at different positions in one decode step
     const starts = [2, 7, 11].map(
@@ -178,7 +170,7 @@ describe('the decoder with q4 layers (tiny)', () => {
     )
     const next = [PROMPT[2], PROMPT[7], PROMPT[11]]
     const together = decoder.step(next, starts)
-    together.forEach((t, i) => expect(maxDiff(t.logits, rows[[2, 7, 11][i]])).toBe(0))
+    together.forEach((t, i) => expect(maxAbsDiff(t.logits, rows[[2, 7, 11][i]])).toBe(0))
     for (const c of [stepped, whole.cache, b.cache, ...together.map((t) => t.cache)])
       decoder.release(c)
     expect(decoder.sequences).toBe(0)

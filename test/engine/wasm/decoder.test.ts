@@ -24,27 +24,9 @@ import type { DqmmMatrixData } from '../../../src/format/index.ts'
 import { decoderWeightsByName } from '../../helpers/decoder-by-name.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+import { argmax, maxAbs, maxAbsDiff } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
-
-function argmax(a: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i
-  return best
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]))
-  return m
-}
-
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length)
-  let m = 0
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]))
-  return m
-}
 
 /** Every KV tensor of `a` equals `b`'s first a.length positions exactly. */
 function samePrefix(a: KvCache, b: KvCache) {
@@ -55,7 +37,7 @@ function samePrefix(a: KvCache, b: KvCache) {
     const m = b.length
     for (let h = 0; h < heads; h++) {
       const got = y.subarray(h * m * d, h * m * d + n * d)
-      expect(maxDiff(x.subarray(h * n * d, (h + 1) * n * d), got), name).toBe(0)
+      expect(maxAbsDiff(x.subarray(h * n * d, (h + 1) * n * d), got), name).toBe(0)
     }
   }
 }
@@ -76,7 +58,7 @@ function sameKv(a: Record<string, Tensor>, b: Record<string, Tensor>) {
   expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort())
   for (const name of Object.keys(a)) {
     expect(a[name].dims, name).toEqual(b[name].dims)
-    expect(maxDiff(a[name].data as Float32Array, b[name].data as Float32Array), name).toBe(0)
+    expect(maxAbsDiff(a[name].data as Float32Array, b[name].data as Float32Array), name).toBe(0)
   }
 }
 
@@ -149,8 +131,8 @@ describe('the decoder (tiny, q8)', () => {
       const g = await graph.forward([id], graphCache, 1)
       graphCache = g.cache
       const range = maxAbs(want)
-      worstOurs = Math.max(worstOurs, maxDiff(ours, want) / range)
-      worstGraph = Math.max(worstGraph, maxDiff(g.logits, want) / range)
+      worstOurs = Math.max(worstOurs, maxAbsDiff(ours, want) / range)
+      worstGraph = Math.max(worstGraph, maxAbsDiff(g.logits, want) / range)
       expect(argmax(ours)).toBe(argmax(want))
       id = argmax(want)
     }
@@ -177,7 +159,7 @@ describe('the decoder (tiny, q8)', () => {
     const { stepped, last } = stepEach(PROMPT)
     const whole = decoder.prefill(PROMPT, fast.emptyCache(), 1)
     expect(whole.rows).toBe(1)
-    expect(maxDiff(whole.logits, last)).toBe(0) // rows do not depend on their neighbours
+    expect(maxAbsDiff(whole.logits, last)).toBe(0) // rows do not depend on their neighbours
     samePrefix(whole.cache, readNowCache(stepped))
     // in chunks (prefill continues any cache, its own or a copy), and only some columns
     const a = decoder.prefill(PROMPT.slice(0, 5), fast.emptyCache(), 0)
@@ -193,7 +175,7 @@ describe('the decoder (tiny, q8)', () => {
     const dims = resolveDims('tiny')
     const ref = new Qwen2Reference(dims, synthesizeWeights(dims, 0, 'q8'))
     const want = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
-    expect(maxDiff(whole.logits, want) / maxAbs(want)).toBeLessThan(3e-4)
+    expect(maxAbsDiff(whole.logits, want) / maxAbs(want)).toBeLessThan(3e-4)
     for (const c of [whole.cache, a.cache, b.cache, fromGraph.cache, stepped]) decoder.release(c)
   })
 
@@ -201,7 +183,7 @@ describe('the decoder (tiny, q8)', () => {
     const long = [...PROMPT, ...PROMPT, ...PROMPT, 1, 2, 3] // 45 rows: slices of 32 and 13
     const { stepped, last } = stepEach(long)
     const whole = decoder.prefill(long, fast.emptyCache(), 1)
-    expect(maxDiff(whole.logits, last)).toBe(0)
+    expect(maxAbsDiff(whole.logits, last)).toBe(0)
     samePrefix(whole.cache, readNowCache(stepped))
     for (const c of [whole.cache, stepped]) decoder.release(c)
   })
@@ -216,7 +198,7 @@ describe('the decoder (tiny, q8)', () => {
       const [d] = await fast.decode([id], [b])
       expect(d.cache).toBeInstanceOf(ResidentCache)
       expect(argmax(d.logits)).toBe(argmax(g.logits))
-      expect(maxDiff(d.logits, g.logits) / maxAbs(g.logits)).toBeLessThan(0.05)
+      expect(maxAbsDiff(d.logits, g.logits) / maxAbs(g.logits)).toBeLessThan(0.05)
       a = g.cache
       b = d.cache
       id = argmax(g.logits)
@@ -237,7 +219,7 @@ describe('the decoder (tiny, q8)', () => {
     for (let step = 0; step < 3; step++) {
       const single = alone.map((c, r) => decoder.step([ids[r]], [c])[0])
       const batch = decoder.step(ids, together)
-      batch.forEach((row, r) => expect(maxDiff(row.logits, single[r].logits)).toBe(0))
+      batch.forEach((row, r) => expect(maxAbsDiff(row.logits, single[r].logits)).toBe(0))
       alone = single.map((s) => s.cache)
       together = batch.map((s) => s.cache)
       ids = single.map((s) => argmax(s.logits))
@@ -245,7 +227,7 @@ describe('the decoder (tiny, q8)', () => {
     // and five rows (a group of four, then one)
     const five = decoder.step([1, 2, 3, 4, 5], [...together, ...alone.slice(0, 2)])
     const each = [...together, ...alone.slice(0, 2)].map((c, r) => decoder.step([r + 1], [c])[0])
-    five.forEach((row, r) => expect(maxDiff(row.logits, each[r].logits)).toBe(0))
+    five.forEach((row, r) => expect(maxAbsDiff(row.logits, each[r].logits)).toBe(0))
   })
 
   it('keeps caches immutable: stepping an older cache forks, the newer one is unchanged', async () => {
@@ -259,7 +241,7 @@ describe('the decoder (tiny, q8)', () => {
     sameKv(readNow(c2.cache), before)
     expect((other.cache as ResidentCache).sequence).not.toBe((c2.cache as ResidentCache).sequence)
     const c2again = decoder.step([200], [c1.cache])[0]
-    expect(maxDiff(c2again.logits, c2.logits)).toBe(0)
+    expect(maxAbsDiff(c2again.logits, c2.logits)).toBe(0)
     sameKv(readNow(c2again.cache), before)
     const after = decoder.step([5], [c2.cache])[0] // c2 is still its sequence's newest
     expect((after.cache as ResidentCache).sequence).toBe((c2.cache as ResidentCache).sequence)
@@ -270,10 +252,10 @@ describe('the decoder (tiny, q8)', () => {
     const rows = twice.map((t) => readNow(t.cache))
     const alone = [7, 8].map((id) => decoder.step([id], [after.cache])[0])
     twice.forEach((t, r) => {
-      expect(maxDiff(t.logits, alone[r].logits), `row ${r}`).toBe(0)
+      expect(maxAbsDiff(t.logits, alone[r].logits), `row ${r}`).toBe(0)
       sameKv(rows[r], readNow(alone[r].cache))
     })
-    expect(maxDiff(twice[0].logits, twice[1].logits)).toBeGreaterThan(0)
+    expect(maxAbsDiff(twice[0].logits, twice[1].logits)).toBeGreaterThan(0)
   })
 
   it('grows a sequence past its capacity, keeping every position; copied out and back in it gives the same step', async () => {
@@ -297,7 +279,7 @@ describe('the decoder (tiny, q8)', () => {
     const inPlace = decoder.step([42], [cache])[0]
     const imported = decoder.step([42], [copied])[0]
     expect((imported.cache as ResidentCache).sequence).not.toBe(seq)
-    expect(maxDiff(imported.logits, inPlace.logits)).toBe(0)
+    expect(maxAbsDiff(imported.logits, inPlace.logits)).toBe(0)
     decoder.release(inPlace.cache)
     decoder.release(imported.cache)
   })

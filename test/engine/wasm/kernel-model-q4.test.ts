@@ -19,11 +19,10 @@ import { loadPackage } from '../../../src/engine/package/loader.ts'
 import { KernelModel } from '../../../src/engine/wasm/kernel-model.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+import { argmax } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
 const STEPS = 6
-
-const argmax = (a: Float32Array) => a.reduce((best, v, i) => (v > a[best] ? i : best), 0)
 
 interface Run {
   tokens: number[]
