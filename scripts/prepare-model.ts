@@ -738,11 +738,10 @@ export async function transformExport(
       const r = awq.report
       o.log(
         r.applied
-          ? `awq: ${r.alphas!.filter((a) => a > 0).length} of ${r.groups} groups and ` +
-              `${r.foldAlphas!.filter((a) => a > 0).length} of ${r.folds} down projections ` +
-              `scaled by their calibrated input channels (the rest cut their error by under ` +
-              `${AWQ_MIN_GAIN * 100}%: rounded plainly) (${r.calibrationTokens} tokens; alpha ` +
-              `${r.alphas!.join(' ')}; down ${r.foldAlphas!.join(' ')}); calibration ` +
+          ? `awq: ${r.alphas!.filter((a) => a > 0).length} of ${r.groups} groups scaled by their ` +
+              `calibrated input channels (the rest cut their error by under ` +
+              `${AWQ_MIN_GAIN * 100}%: rounded plainly) ` +
+              `(${r.calibrationTokens} tokens; alpha ${r.alphas!.join(' ')}); calibration ` +
               `output error ${r.error!.toPrecision(3)} vs ${r.plainError!.toPrecision(3)} plain ` +
               `(${r.seconds!.toFixed(1)} s)`
           : `awq: not applied (${r.reason})`,

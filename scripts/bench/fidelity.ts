@@ -172,7 +172,7 @@ export const FORMATS: Record<string, FidelityFormat> = {
       dequantized(ctx, 'q4-split-q8head', (await splitWeights(ctx, q4(32), q8)).weights),
   },
   'q4-awq-q8head': {
-    note: 'q4 (block 32) after AWQ-style channel scaling folded into the norms and the up rows, q8 head',
+    note: 'q4 (block 32) after AWQ-style channel scaling folded into the norms, q8 head',
     open: async (ctx) =>
       dequantized(ctx, 'q4-awq-q8head', (await awqWeights(ctx, q4(32), q8)).weights),
   },
@@ -393,12 +393,9 @@ const NORM_GROUPS = [
   { norm: 'post_attention_layernorm', reads: ['mlp.gate_proj', 'mlp.up_proj'] },
 ]
 
-/** The MLP's down projection: its input is silu(gate) ⊙ up, so its scales fold into up's rows. */
-const DOWN = 'mlp.down_proj'
-
 /**
  * The calibration prompts through the TS reference on `fp32`: the input rows of each norm group,
- * keyed by the weight name of the group's first reader, and of each down projection.
+ * keyed by the weight name of the group's first reader.
  */
 async function calibrationRows(
   ctx: FidelityContext,
@@ -406,9 +403,8 @@ async function calibrationRows(
 ): Promise<Map<string, Float32Array[]>> {
   const { Qwen2Reference } = await import('../../test/reference/qwen2-reference.ts')
   const rows = new Map<string, Float32Array[]>()
-  const readers = [...NORM_GROUPS.map((g) => g.reads[0]), DOWN]
   const observe = (name: string, x: Float32Array, n: number) => {
-    if (!readers.some((m) => name.endsWith(`${m}.weight`))) return
+    if (!NORM_GROUPS.some((g) => name.endsWith(`${g.reads[0]}.weight`))) return
     const got = rows.get(name) ?? []
     for (let r = 0; r < n; r++) got.push(x.slice((r * x.length) / n, ((r + 1) * x.length) / n))
     rows.set(name, got)
@@ -419,10 +415,9 @@ async function calibrationRows(
 }
 
 /**
- * AWQ-style activation-aware scaling (lib/awq.ts) on the synthetic weights, as `model:prepare
- * --format q4` does it: the calibration prompts run through the TS reference; every layer's
- * down projection is scaled with its scales folded into up's rows, then its two norm groups
- * (up as already divided) are scaled into the norms, each by the alpha `searchAwq` picks.
+ * AWQ-style activation-aware scaling (lib/awq.ts) on the synthetic weights: the calibration
+ * prompts run through the TS reference, and every layer's two norm groups are scaled by the
+ * alpha `searchAwq` picks.
  */
 export async function awqWeights(
   ctx: FidelityContext,
@@ -433,22 +428,15 @@ export async function awqWeights(
   const fp32 = synthesizeWeights(ctx.dims, ctx.seed, 'fp32', ctx.dist)
   const rows = await calibrationRows(ctx, fp32)
   const out = mixedWeights(ctx, body, head)
-  const { hiddenSize: H, intermediateSize: I } = ctx.dims
+  const H = ctx.dims.hiddenSize
   const chosen: number[] = []
-  for (let l = 0; l < ctx.dims.numLayers; l++) {
-    const p = `model.layers.${l}`
-    const weights = new Map<string, Float32Array>()
-    const weight = (m: string) => weights.get(m) ?? fp32.get(`${p}.${m}.weight`)!
-    const down = searchAwq([{ w: weight(DOWN), n: H }], rows.get(`${p}.${DOWN}.weight`)!, I, body, {
-      alphas,
-    })
-    out.set(`${p}.${DOWN}.weight`, down.stored[0])
-    const up = Float32Array.from(weight('mlp.up_proj')) // [I, H]: row i feeds down's input i
-    for (let i = 0; i < I; i++) for (let c = 0; c < H; c++) up[i * H + c] /= down.s[i]
-    weights.set('mlp.up_proj', up)
+  for (let l = 0; l < ctx.dims.numLayers; l++)
     for (const g of NORM_GROUPS) {
-      const mats = g.reads.map((m) => ({ name: `${p}.${m}.weight`, w: weight(m), n: 0 }))
-      for (const m of mats) m.n = m.w.length / H
+      const p = `model.layers.${l}`
+      const mats = g.reads.map((m) => {
+        const w = fp32.get(`${p}.${m}.weight`)!
+        return { name: `${p}.${m}.weight`, w, n: w.length / H }
+      })
       const best = searchAwq(mats, rows.get(`${p}.${g.reads[0]}.weight`)!, H, body, { alphas })
       chosen.push(best.alpha)
       mats.forEach((m, i) => out.set(m.name, best.stored[i]))
@@ -456,9 +444,7 @@ export async function awqWeights(
       for (let c = 0; c < H; c++) gamma[c] /= best.s[c]
       out.set(`${p}.${g.norm}.weight`, gamma)
     }
-    chosen.push(down.alpha)
-  }
-  ctx.log(`awq: alpha per layer (attn, mlp, down): ${chosen.join(' ')}`)
+  ctx.log(`awq: alpha per layer (attn, mlp): ${chosen.join(' ')}`)
   return { weights: out, chosen }
 }
 

@@ -162,8 +162,6 @@ export function searchAwq(
     activations?: (x: Float32Array) => Float32Array
     dots?: Dots
     minGain?: number
-    /** The channels' sizes the scales come from (default: mean |x| over `rows`). */
-    meanAbs?: Float64Array
   } = {},
 ): AwqChoice {
   const { alphas = AWQ_ALPHAS, activations, minGain = AWQ_MIN_GAIN } = options
@@ -173,7 +171,7 @@ export function searchAwq(
     const key = Buffer.from(r.buffer, r.byteOffset, 4 * k).toString('base64')
     return !seenRows.has(key) && !!seenRows.add(key)
   })
-  const meanAbs = options.meanAbs ?? meanAbsOf(rows, k)
+  const meanAbs = meanAbsOf(rows, k)
   const count = Math.min(AWQ_ERROR_ROWS, rows.length)
   const sample = Array.from(
     { length: count },
@@ -278,61 +276,6 @@ export function layerGroups(model: ModelProto, config: Qwen2Config): AwqGroup[] 
   )
 }
 
-/**
- * A MatMul that reads an elementwise product one of whose factors is another MatMul's output:
- * the MLP's down_proj, reading silu(gate) ⊙ up. Scaling down's input channel c by s[c] and up's
- * output column c by 1/s[c] leaves the function as it is (the product is linear in up), so
- * down's weights get AWQ's finer steps on the channels that carry the most, with up's columns
- * paying for it before they are themselves rounded.
- */
-export interface AwqFold {
-  /** The product the MatMul reads. */
-  input: string
-  /** Its float [m, n] weights (x · B). */
-  weight: string
-  /** The float [k, m] weights of the MatMul whose output is the product's factor. */
-  into: string
-}
-
-/**
- * The folds of a graph: a MatMul with a float [m, n] initializer read by it alone, whose input
- * is read by it alone and is a Mul of two tensors, exactly one of which is a MatMul's output
- * read by that Mul alone, that MatMul's weights a float [k, m] initializer read by it alone.
- */
-export function findAwqFolds(model: ModelProto): AwqFold[] {
-  const graph = model.graph!
-  const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]))
-  const { producer, consumers } = indexGraph(graph)
-  const graphOutputs = new Set((graph.output ?? []).map((v) => v.name))
-  const floatMatrix = (name: string | undefined) => {
-    const t = name === undefined ? undefined : inits.get(name)
-    return t?.data_type === DataType.FLOAT && t.dims?.length === 2 ? t : undefined
-  }
-  const onlyFor = (name: string, node: NodeProto) =>
-    !graphOutputs.has(name) && (consumers.get(name) ?? []).every((c) => c === node)
-  const isMatMul = (n: NodeProto | undefined): n is NodeProto =>
-    n?.op_type === 'MatMul' && !n.domain && n.input?.length === 2
-  const folds: AwqFold[] = []
-  for (const mm of graph.node ?? []) {
-    if (!isMatMul(mm)) continue
-    const [input, weight] = mm.input!
-    const b = floatMatrix(weight)
-    if (!b || !onlyFor(weight, mm) || !onlyFor(input, mm)) continue
-    const mul = producer.get(input)
-    if (mul?.op_type !== 'Mul' || mul.domain || mul.input?.length !== 2) continue
-    const m = Number(b.dims![0])
-    const factors = mul.input.flatMap((t) => {
-      const up = producer.get(t)
-      if (!isMatMul(up) || up.output?.[0] !== t || !onlyFor(t, mul)) return []
-      const w = up.input![1]
-      const u = floatMatrix(w)
-      return u && Number(u.dims![1]) === m && onlyFor(w, up) ? [w] : []
-    })
-    if (factors.length === 1) folds.push({ input, weight, into: factors[0] })
-  }
-  return folds
-}
-
 export interface AwqReport {
   applied: boolean
   /** Why not, when not applied. */
@@ -340,9 +283,6 @@ export interface AwqReport {
   groups?: number
   /** The alpha chosen per group, in graph order (0: quantized plainly). */
   alphas?: number[]
-  /** Folds found (`findAwqFolds`: each MLP's down_proj) and the alpha chosen per fold. */
-  folds?: number
-  foldAlphas?: number[]
   /** Σ of the groups' calibration output error, scaled and plain (searchAwq's err). */
   error?: number
   plainError?: number
@@ -367,68 +307,43 @@ export async function applyAwq(
   const groups = layerGroups(model, config)
   if (groups.length === 0)
     return { model, report: { applied: false, reason: 'no MatMul reads a norm of its own' } }
-  const folds = findAwqFolds(model)
   const inits = new Map((model.graph!.initializer ?? []).map((t) => [t.name!, t]))
-  const widthOf = (weight: string) => Number(inits.get(weight)!.dims![0])
-  const observed = [
-    ...groups.map((g) => ({ input: g.input, width: k })),
-    ...folds.map((f) => ({ input: f.input, width: widthOf(f.weight) })),
-  ]
 
   // the groups' inputs as extra outputs of one calibration pass
   const dir = await mkdtemp(join(tmpdir(), 'qwen-edge-awq-'))
   let seen: Float32Array[][]
   try {
-    const output = observed.map((o) => ({ name: o.input, type: { tensor_type: { elem_type: 1 } } }))
+    const output = groups.map((g) => ({ name: g.input, type: { tensor_type: { elem_type: 1 } } }))
     const graph = { ...model.graph!, output: [...(model.graph!.output ?? []), ...output] }
     const path = writeModelWithExternalData({ ...model, graph }, dir, 'calibration.onnx')
     const got = await runPrefill(
       path,
       config,
       calibration,
-      observed.map((o) => o.input),
+      groups.map((g) => g.input),
     )
-    seen = got.map((perPrompt, i) =>
+    seen = got.map((perPrompt) =>
       perPrompt.flatMap((t) => {
         const data = t.data as Float32Array
-        const w = observed[i].width
-        return Array.from({ length: data.length / w }, (_, r) => data.subarray(r * w, (r + 1) * w))
+        return Array.from({ length: data.length / k }, (_, r) => data.subarray(r * k, (r + 1) * k))
       }),
     )
   } finally {
     await rm(dir, { recursive: true, force: true })
   }
 
-  // the weights as scaled so far (a fold divides its factor's columns before that one's group)
-  const values = new Map<string, Float32Array>()
-  const current = (name: string) => values.get(name) ?? floatValues(inits.get(name)!)
-  const modified = (name: string) => values.get(name) ?? Float32Array.from(current(name))
+  const replaced = new Map<string, TensorProto>()
+  const floatTensor = (t: TensorProto, values: Float32Array): TensorProto => {
+    const copy: TensorProto = { ...t }
+    setRawData(copy, new Uint8Array(values.buffer, values.byteOffset, values.byteLength))
+    return copy
+  }
   const alphas: number[] = []
-  const foldAlphas: number[] = []
   let error = 0
   let plainError = 0
-  folds.forEach((f, i) => {
-    const b = current(f.weight) // [m, n]
-    const m = widthOf(f.weight)
-    const n = b.length / m
-    const choice = searchAwq([{ w: transpose(b, m, n), n }], seen[groups.length + i], m, encode, {
-      activations,
-    })
-    foldAlphas.push(choice.alpha)
-    error += choice.err
-    plainError += choice.plainErr
-    if (choice.alpha === 0) return
-    const s = choice.s
-    const scaled = modified(f.weight)
-    for (let c = 0; c < m; c++) for (let j = 0; j < n; j++) scaled[c * n + j] *= s[c]
-    values.set(f.weight, scaled)
-    const into = modified(f.into) // [k', m]: its output column c is the product's factor c
-    for (let r = 0; r < into.length / m; r++) for (let c = 0; c < m; c++) into[r * m + c] /= s[c]
-    values.set(f.into, into)
-  })
   groups.forEach((g, i) => {
     const mats = g.weights.map((name) => {
-      const b = current(name) // [k, n]
+      const b = floatValues(inits.get(name)!) // [k, n]
       const n = b.length / k
       return { w: transpose(b, k, n), n }
     })
@@ -439,22 +354,15 @@ export async function applyAwq(
     if (choice.alpha === 0) return
     const s = choice.s
     for (const name of g.weights) {
-      const b = modified(name)
+      const b = Float32Array.from(floatValues(inits.get(name)!))
       const n = b.length / k
       for (let c = 0; c < k; c++) for (let j = 0; j < n; j++) b[c * n + j] *= s[c]
-      values.set(name, b)
+      replaced.set(name, floatTensor(inits.get(name)!, b))
     }
-    const gamma = modified(g.gamma)
+    const gamma = Float32Array.from(floatValues(inits.get(g.gamma)!))
     for (let c = 0; c < k; c++) gamma[c] /= s[c]
-    values.set(g.gamma, gamma)
+    replaced.set(g.gamma, floatTensor(inits.get(g.gamma)!, gamma))
   })
-  const replaced = new Map(
-    [...values].map(([name, v]) => {
-      const copy: TensorProto = { ...inits.get(name)! }
-      setRawData(copy, new Uint8Array(v.buffer, v.byteOffset, v.byteLength))
-      return [name, copy]
-    }),
-  )
   const initializer = (model.graph!.initializer ?? []).map((t) => replaced.get(t.name!) ?? t)
   return {
     model: { ...model, graph: { ...model.graph!, initializer } },
@@ -462,8 +370,6 @@ export async function applyAwq(
       applied: true,
       groups: groups.length,
       alphas,
-      folds: folds.length,
-      foldAlphas,
       error,
       plainError,
       calibrationTokens: calibration.reduce((a, p) => a + p.length, 0),

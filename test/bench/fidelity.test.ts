@@ -61,7 +61,7 @@ describe('the fidelity harness (tiny-outliers)', () => {
     expect(ort['ort-q4'].agree).toBe(ort['q4-q4head'].agree)
   })
 
-  it("AWQ: folding the scales into the norms and up's rows alone computes the same logits", async () => {
+  it('AWQ: folding the scales into the norms alone computes the same logits', async () => {
     const ctx = tinyContext()
     const same = (w: Float32Array) => w
     const scaled = (await awqWeights(ctx, same, same, [1])).weights
@@ -73,7 +73,6 @@ describe('the fidelity harness (tiny-outliers)', () => {
     const want = logits(fp32)
     const norm = (name: string, w: typeof fp32) => w.get(`model.layers.0.${name}.weight`)!
     expect(norm('input_layernorm', scaled)).not.toEqual(norm('input_layernorm', fp32))
-    expect(norm('mlp.down_proj', scaled)).not.toEqual(norm('mlp.down_proj', fp32)) // and down's
     const got = logits(scaled)
     let worst = 0
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]))

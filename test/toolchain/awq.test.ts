@@ -17,7 +17,6 @@ import { dequantizeBlock, quantizeBlocks } from '../../src/engine/wasm/activatio
 import {
   applyAwq,
   AWQ_MIN_GAIN,
-  findAwqFolds,
   findAwqGroups,
   jsDots,
   layerGroups,
@@ -65,47 +64,6 @@ describe('AWQ', () => {
         [`model.layers.${l}.post_attention_layernorm.weight`, 2],
       ]).flat(),
     )
-  })
-
-  it("finds each MLP's down projection behind its up projection", async () => {
-    const { model, config } = await fp32Export('tiny')
-    expect(findAwqFolds(model).map((f) => [f.weight, f.into])).toEqual(
-      Array.from({ length: config.num_hidden_layers }, (_, l) => [
-        `model.layers.${l}.mlp.down_proj.weight`,
-        `model.layers.${l}.mlp.up_proj.weight`,
-      ]),
-    )
-  })
-
-  it('folds only into a factor that is one MatMul read by the product alone', () => {
-    const f = (n: number) => new Float32Array(n).fill(0.5)
-    // y = (x·u ⊙ a) · d: u's columns can pay for d's rows; then variations that cannot
-    const graph = (
-      extra: { node?: ReturnType<typeof node>[]; output?: string[] },
-      other = 'a',
-    ) => ({
-      graph: {
-        node: [
-          node('MatMul', ['x', 'u'], ['xu']),
-          node('Mul', ['xu', other], ['p']),
-          node('MatMul', ['p', 'd'], ['y']),
-          ...(extra.node ?? []),
-        ],
-        initializer: [
-          initializer('u', f(12), [4, 3]),
-          initializer('u2', f(12), [4, 3]),
-          initializer('d', f(6), [3, 2]),
-        ],
-        output: [{ name: 'y' }, ...(extra.output ?? []).map((name) => ({ name }))],
-      },
-    })
-    const folds = (m: ModelProto) => findAwqFolds(m).map((x) => [x.weight, x.into])
-    expect(folds(graph({}))).toEqual([['d', 'u']])
-    // the factor is read elsewhere too: scaling its columns would change that reader
-    expect(folds(graph({ node: [node('Relu', ['xu'], ['r'])], output: ['r'] }))).toEqual([])
-    expect(folds(graph({ output: ['xu'] }))).toEqual([])
-    // both factors are MatMuls of the same width: which one pays is not clear
-    expect(folds(graph({ node: [node('MatMul', ['x', 'u2'], ['xu2'])] }, 'xu2'))).toEqual([])
   })
 
   it('leaves an untied lm_head out of the groups it scales', () => {
@@ -210,8 +168,6 @@ describe('AWQ', () => {
     expect(report.applied).toBe(true)
     // precondition: something was scaled (outlier channels are what AWQ acts on)
     expect(report.alphas!.some((a) => a > 0)).toBe(true)
-    expect(report.folds).toBe(config.num_hidden_layers)
-    expect(report.foldAlphas!.some((a) => a > 0)).toBe(true) // and a down projection
     expect(report.error!).toBeLessThan(report.plainError!)
     const check = await checkLogits(
       { path: join(dir, 'onnx/model.onnx') },
@@ -238,7 +194,7 @@ describe('AWQ', () => {
     const plain = await prepare('plain', false)
     const scaled = await prepare('awq', true)
     expect(plain.report!.awq).toBeUndefined()
-    expect(scaled.report!.awq).toMatchObject({ applied: true, groups: 4, folds: 2 })
+    expect(scaled.report!.awq).toMatchObject({ applied: true, groups: 4 })
     for (const r of [plain, scaled]) {
       expect(r.report!.head?.applied).toBe(true) // the fp32 export's Gemm lm_head, converted
       expect(r.report!.decoder?.applied).toBe(true)
