@@ -131,8 +131,9 @@ describe('AWQ', () => {
   it('its blocked products are the plain triple loop, to the bit', () => {
     for (const [n, k, m] of [
       [7, 48, 3],
-      [33, 64, 9], // two blocks of four vectors and one left over
-      [5, 20, 4],
+      [33, 64, 9], // a block of eight vectors and one left over
+      [5, 20, 8],
+      [4, 40, 23], // two blocks and seven left over
     ]) {
       const w = Float32Array.from({ length: n * k }, (_, i) => Math.sin(i * 0.7))
       const xs = Array.from({ length: m }, (_, j) =>
