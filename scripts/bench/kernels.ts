@@ -203,23 +203,25 @@ function q8Case(n: number, k: number, t: number, gemm: boolean, kernel: string):
 }
 
 /**
- * One query head's attention over `n` cached positions of `dim`, a part at a time as the
- * decoder runs them (dots, softmax, mix): bytes are the K (dots) or V (mix) rows read.
+ * `g` query heads' attention over `n` cached positions of `dim` of the KV head they share, a
+ * part at a time as the decoder runs them (dots, softmax, mix): bytes are the K (dots) or V
+ * (mix) rows read once for all g heads (softmax: one head's scores).
  */
-function attendCase(n: number, dim: number, part: 'dots' | 'softmax' | 'mix'): Case {
+function attendCase(n: number, dim: number, part: 'dots' | 'softmax' | 'mix', g = 1): Case {
   return {
-    kernel: `${part} n=${n} D=${dim}`,
+    kernel: `${part} n=${n} D=${dim}${g > 1 ? ` x${g} heads` : ''}`,
     bytes: part === 'softmax' ? 4 * n : 4 * n * dim,
-    macs: part === 'softmax' ? 0 : n * dim,
+    macs: part === 'softmax' ? 0 : g * n * dim,
     make(kernels) {
       const m = new Mem(kernels)
-      const q = m.floats(dim, 11)
+      const ld = Math.ceil(n / 4) * 4 + 4
+      const q = m.floats(g * dim, 11)
       const kv = m.floats(n * dim, 12)
-      const p = m.floats(Math.ceil(n / 4) * 4, 13)
-      const out = m.take(4 * dim)
-      if (part === 'dots') return () => kernels.dots(q, kv, n, dim, p)
+      const p = m.floats(g * ld, 13)
+      const out = m.take(4 * g * dim)
+      if (part === 'dots') return () => kernels.dots(q, g, kv, n, dim, p, ld)
       if (part === 'softmax') return () => kernels.softmax(p, n)
-      return () => kernels.mix(p, kv, n, dim, out)
+      return () => kernels.mix(p, ld, g, kv, n, dim, out)
     },
   }
 }
@@ -282,9 +284,11 @@ const GROUPS: Case[][] = [
   ],
   [
     attendCase(3000, 64, 'dots'),
+    attendCase(3000, 64, 'dots', 7),
     attendQ8Case(3000, 64, 'dots'),
     attendCase(3000, 64, 'softmax'),
     attendCase(3000, 64, 'mix'),
+    attendCase(3000, 64, 'mix', 7),
     attendQ8Case(3000, 64, 'mix'),
   ],
   [

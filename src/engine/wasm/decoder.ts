@@ -566,12 +566,20 @@ export class Q8Decoder {
             mem.set(qkv.subarray(vFrom, vFrom + D), vAt / 4)
           }
         }
-        for (let hd = 0; hd < heads; hd++) {
-          const g = Math.floor(hd / group)
-          rope(qkv, o + hd * D, mem, this.attnAt / 4, cos, sin, r * half, half, scale)
-          this.attend(this.arena.kvAt(s, l, 0, g), this.arena.kvAt(s, l, 1, g), p + 1, L, g)
-          const from = this.attnAt / 4 + D
-          attn.set(mem.subarray(from, from + D), r * this.qDim + hd * D)
+        // the query heads of each KV head together (roped at attnAt, `group` × D), their
+        // outputs after them, into the attention row
+        for (let g = 0; g < kvHeads; g++) {
+          const [kAt, vAt] = [this.arena.kvAt(s, l, 0, g), this.arena.kvAt(s, l, 1, g)]
+          const perCall = this.kvFormat === 'q8' ? 1 : group // q8 KV: one query head at a time
+          for (let j0 = 0; j0 < group; j0 += perCall) {
+            for (let j = 0; j < perCall; j++) {
+              const at = this.attnAt / 4 + j * D
+              rope(qkv, o + (g * group + j0 + j) * D, mem, at, cos, sin, r * half, half, scale)
+            }
+            this.attend(kAt, vAt, p + 1, L, g, perCall)
+            const from = this.attnAt / 4 + perCall * D
+            attn.set(mem.subarray(from, from + perCall * D), r * this.qDim + (g * group + j0) * D)
+          }
         }
       }
       addInto(h, this.matmul(L.o, attn, b), b, H)
@@ -832,8 +840,10 @@ export class Q8Decoder {
     const actBytes = 4 * rows * I
     const normBytes = 4 * rows * this.shape.hidden
     const attnRowsBytes = 4 * rows * this.qDim
-    // attention: q and out heads, scores; for q8 KV also q as int16 and the weights as int16
-    const attnBytes = 4 * (2 * D + positions) + 4 * D + 2 * D + 2 * (positions + 1)
+    // attention: the query heads of a KV head, their outputs and scores (a row of positions + 4
+    // floats each); for q8 KV (one head) also the kept-apart channels, q and the weights as int16
+    const group = this.shape.heads / this.shape.kvHeads
+    const attnBytes = 4 * group * (2 * D + positions + 4) + 4 * D + 2 * D + 2 * (positions + 1)
     this.scratchBytes = align(outBytes + actBytes + normBytes + attnRowsBytes + attnBytes, 64)
     this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
@@ -845,13 +855,16 @@ export class Q8Decoder {
   }
 
   /**
-   * softmax(q · K) · V of the query head at attnAt over `n` positions (the runs of one KV head
-   * at byte offsets kAt and vAt), into attnAt + headDim.
+   * softmax(q · K) · V of the `heads` query heads at attnAt (heads × headDim f32, sharing one KV
+   * head) over `n` positions (the KV head's runs at byte offsets kAt and vAt), into attnAt +
+   * heads · headDim. The scores take a row of scratchPositions + 4 floats a head (softmax may
+   * write 3 floats past n). q8 KV: one head.
    */
-  private attend(kAt: number, vAt: number, n: number, L: Layer, g: number): void {
+  private attend(kAt: number, vAt: number, n: number, L: Layer, g: number, heads: number): void {
     const D = this.shape.headDim
     const k = this.kernel
-    const scoresAt = this.attnAt + 8 * D
+    const outAt = this.attnAt + 4 * heads * D
+    const scoresAt = outAt + 4 * heads * D
     if (this.kvFormat === 'q8') {
       // after the scores (room for n rounded up to 4): the query's values at the channels its
       // keys keep apart (f32, a slot each), q as int16, then the weights as int16
@@ -865,13 +878,13 @@ export class Q8Decoder {
       const qs = writeQueryI16(mem, this.attnAt / 4, D, this.arena.u8(), q16At)
       k.dots_q8(q16At, qs, qxAt, this.keySlots, kAt, n, D, scoresAt)
       k.softmax(scoresAt, n)
-      k.mix_q8(scoresAt, vAt, n, D, w16At, this.attnAt + 4 * D)
+      k.mix_q8(scoresAt, vAt, n, D, w16At, outAt)
       return
     }
-    k.dots(this.attnAt, kAt, n, D, scoresAt)
-    // in place; its buffer has room for n rounded up to 4 (reserveScratch's positions)
-    k.softmax(scoresAt, n)
-    k.mix(scoresAt, vAt, n, D, this.attnAt + 4 * D)
+    const ld = this.scratchPositions + 4
+    k.dots(this.attnAt, heads, kAt, n, D, scoresAt, ld)
+    for (let h = 0; h < heads; h++) k.softmax(scoresAt + 4 * h * ld, n) // in place
+    k.mix(scoresAt, ld, heads, vAt, n, D, outAt)
   }
 
   /**

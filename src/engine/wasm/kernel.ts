@@ -114,10 +114,12 @@ export interface KernelExports {
     sums: number,
     scales: number,
   ): number
-  dots(q: number, k: number, n: number, dim: number, out: number): void
+  /** Scores of g query heads (q: g × dim) sharing one KV head: row h of out at h · ldo floats. */
+  dots(q: number, g: number, k: number, n: number, dim: number, out: number, ldo: number): void
   /** In place over n floats; overwrites up to 3 floats after them. */
   softmax(p: number, n: number): void
-  mix(p: number, v: number, n: number, dim: number, out: number): void
+  /** Σ_t p[h · ldp + t] · v[t] for g heads into out (g × dim). */
+  mix(p: number, ldp: number, g: number, v: number, n: number, dim: number, out: number): void
   /**
    * Scores against q8 key records with nx f32 slots (kv-format.ts); the query is int16 with
    * scale qs, and nx f32 at qx for the channels the keys keep apart.

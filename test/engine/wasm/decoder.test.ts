@@ -362,26 +362,40 @@ describe('the decoder kernels', () => {
     }
   })
 
-  it('dots and mix are q·K and p·V in float64 within float32 rounding', () => {
+  it('dots and mix are q·K and p·V in float64 within float32 rounding, for g heads at once as for one', () => {
     const dim = 32
     const n = 37
+    const g = 3 // query heads sharing the KV head
+    const ld = n + 5 // floats a head's scores (or weights) row takes
     const f = new Float32Array(k.memory.buffer)
-    const q = 0
-    const keys = dim
-    const p = keys + n * dim
-    const out = p + n
-    for (let i = 0; i < dim + n * dim + n; i++) f[i] = Math.sin(i * 0.37) * 2
-    k.dots(4 * q, 4 * keys, n, dim, 4 * out)
-    for (let t = 0; t < n; t++) {
-      let want = 0
-      for (let d = 0; d < dim; d++) want += f[q + d] * f[keys + t * dim + d]
-      expect(f[out + t]).toBeCloseTo(want, 4)
+    const q = 0 // g × dim
+    const keys = q + g * dim // n × dim
+    const p = keys + n * dim // g rows of ld
+    const out = p + g * ld // g rows of ld scores, then g × dim outputs
+    const one = out + g * ld // one head's own call
+    for (let i = 0; i < out; i++) f[i] = Math.sin(i * 0.37) * 2
+    k.dots(4 * q, g, 4 * keys, n, dim, 4 * out, ld)
+    for (let h = 0; h < g; h++) {
+      for (let t = 0; t < n; t++) {
+        let want = 0
+        for (let d = 0; d < dim; d++) want += f[q + h * dim + d] * f[keys + t * dim + d]
+        expect(f[out + h * ld + t]).toBeCloseTo(want, 4)
+      }
+      k.dots(4 * (q + h * dim), 1, 4 * keys, n, dim, 4 * one, ld)
+      expect(f.subarray(one, one + n)).toEqual(f.subarray(out + h * ld, out + h * ld + n))
     }
-    k.mix(4 * p, 4 * keys, n, dim, 4 * out)
-    for (let d = 0; d < dim; d++) {
-      let want = 0
-      for (let t = 0; t < n; t++) want += f[p + t] * f[keys + t * dim + d]
-      expect(f[out + d]).toBeCloseTo(want, 4)
+    expect(
+      new Set(f.subarray(out, out + g * ld).map((x, i) => (i % ld < n ? x : 0))).size,
+    ).toBeGreaterThan(g * n - 2) // precondition: distinct heads
+    k.mix(4 * p, ld, g, 4 * keys, n, dim, 4 * out)
+    for (let h = 0; h < g; h++) {
+      for (let d = 0; d < dim; d++) {
+        let want = 0
+        for (let t = 0; t < n; t++) want += f[p + h * ld + t] * f[keys + t * dim + d]
+        expect(f[out + h * dim + d]).toBeCloseTo(want, 4)
+      }
+      k.mix(4 * (p + h * ld), ld, 1, 4 * keys, n, dim, 4 * one)
+      expect(f.subarray(one, one + dim)).toEqual(f.subarray(out + h * dim, out + (h + 1) * dim))
     }
   })
 })

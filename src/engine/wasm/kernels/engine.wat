@@ -24,7 +24,8 @@
 ;;                                 to a8-b32 at xa, kb = 4·ceil(k/128) blocks a row (padding 0)
 ;;   quant_a16(x, ldx, k, t, limit, xa, stride, sums, scales) → rows done
 ;;                                 t f32 rows of k to a16-row at xa (row j at xa + 2·j·stride)
-;;   dots(q, k, n, dim, out)   softmax(p, n)   mix(p, v, n, dim, out)   (attention)
+;;   dots(q, g, k, n, dim, out, ldo)   softmax(p, n)   mix(p, ldp, g, v, n, dim, out)
+;;     (attention: g query heads sharing one KV head at once)
 ;;   dots_q8(q16, qs, qx, nx, k, n, dim, out)   mix_q8(p, v, n, dim, w16, out)   (q8 KV)
 ;;   silu_mul(g, u, n, out)   (MLP)
 ;;
@@ -273,87 +274,117 @@
         (local.set $v (i32.add (local.get $v) (i32.const 1)))
         (br $rows)))
   )
-  ;; Attention scores of one query head: out[t] = Σ_d q[d] · k[t·dim + d], t < n. dim is a
-  ;; multiple of 16; q, k and out are f32.
+  ;; Attention scores of g query heads that share one KV head (GQA):
+  ;; out[h·ldo + t] = Σ_d q[h·dim + d] · k[t·dim + d], h < g, t < n; each sum in 4 f32x4
+  ;; accumulators over 16 values at a time, then added in pairs. Positions outer, heads inner:
+  ;; each key row is read from memory once for all g heads (then from L1). dim is a multiple of
+  ;; 16; q, k and out are f32.
   (func (export "dots")
-    (param $q i32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
-    (local $t i32) (local $d i32) (local $row i32) (local $qd i32) (local $bytes i32)
+    (param $q i32) (param $g i32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
+    (param $ldo i32)
+    (local $t i32) (local $h i32) (local $d i32) (local $row i32) (local $qh i32) (local $qd i32)
+    (local $kd i32) (local $bytes i32)
     (local $a v128) (local $b v128) (local $c v128) (local $e v128)
     (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
     (local.set $row (local.get $k))
     (block $done
       (loop $rows
         (br_if $done (i32.ge_u (local.get $t) (local.get $n)))
-        (local.set $a (v128.const i32x4 0 0 0 0))
-        (local.set $b (v128.const i32x4 0 0 0 0))
-        (local.set $c (v128.const i32x4 0 0 0 0))
-        (local.set $e (v128.const i32x4 0 0 0 0))
-        (local.set $d (i32.const 0))
-        (block $d_done
-          (loop $d_loop
-            (br_if $d_done (i32.ge_u (local.get $d) (local.get $bytes)))
-            (local.set $qd (i32.add (local.get $q) (local.get $d)))
-            (local.set $a (f32x4.add (local.get $a)
-              (f32x4.mul (v128.load (local.get $qd))
-                (v128.load (i32.add (local.get $row) (local.get $d))))))
-            (local.set $b (f32x4.add (local.get $b)
-              (f32x4.mul (v128.load offset=16 (local.get $qd))
-                (v128.load offset=16 (i32.add (local.get $row) (local.get $d))))))
-            (local.set $c (f32x4.add (local.get $c)
-              (f32x4.mul (v128.load offset=32 (local.get $qd))
-                (v128.load offset=32 (i32.add (local.get $row) (local.get $d))))))
-            (local.set $e (f32x4.add (local.get $e)
-              (f32x4.mul (v128.load offset=48 (local.get $qd))
-                (v128.load offset=48 (i32.add (local.get $row) (local.get $d))))))
-            (local.set $d (i32.add (local.get $d) (i32.const 64)))
-            (br $d_loop)))
-        (local.set $a (f32x4.add (f32x4.add (local.get $a) (local.get $b))
-          (f32x4.add (local.get $c) (local.get $e))))
-        (f32.store (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2)))
-          (f32.add
-            (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 1 (local.get $a)))
-            (f32.add (f32x4.extract_lane 2 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
+        (local.set $h (i32.const 0))
+        (local.set $qh (local.get $q))
+        (block $heads_done
+          (loop $heads
+            (br_if $heads_done (i32.ge_u (local.get $h) (local.get $g)))
+            (local.set $a (v128.const i32x4 0 0 0 0))
+            (local.set $b (v128.const i32x4 0 0 0 0))
+            (local.set $c (v128.const i32x4 0 0 0 0))
+            (local.set $e (v128.const i32x4 0 0 0 0))
+            (local.set $d (i32.const 0))
+            (block $d_done
+              (loop $d_loop
+                (br_if $d_done (i32.ge_u (local.get $d) (local.get $bytes)))
+                (local.set $qd (i32.add (local.get $qh) (local.get $d)))
+                (local.set $kd (i32.add (local.get $row) (local.get $d)))
+                (local.set $a (f32x4.add (local.get $a)
+                  (f32x4.mul (v128.load (local.get $qd)) (v128.load (local.get $kd)))))
+                (local.set $b (f32x4.add (local.get $b)
+                  (f32x4.mul (v128.load offset=16 (local.get $qd))
+                    (v128.load offset=16 (local.get $kd)))))
+                (local.set $c (f32x4.add (local.get $c)
+                  (f32x4.mul (v128.load offset=32 (local.get $qd))
+                    (v128.load offset=32 (local.get $kd)))))
+                (local.set $e (f32x4.add (local.get $e)
+                  (f32x4.mul (v128.load offset=48 (local.get $qd))
+                    (v128.load offset=48 (local.get $kd)))))
+                (local.set $d (i32.add (local.get $d) (i32.const 64)))
+                (br $d_loop)))
+            (local.set $a (f32x4.add (f32x4.add (local.get $a) (local.get $b))
+              (f32x4.add (local.get $c) (local.get $e))))
+            (f32.store
+              (i32.add (i32.add (local.get $out) (i32.mul (local.get $h) (local.get $ldo)))
+                (i32.shl (local.get $t) (i32.const 2)))
+              (f32.add
+                (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 1 (local.get $a)))
+                (f32.add (f32x4.extract_lane 2 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
+            (local.set $qh (i32.add (local.get $qh) (local.get $bytes)))
+            (local.set $h (i32.add (local.get $h) (i32.const 1)))
+            (br $heads)))
         (local.set $row (i32.add (local.get $row) (local.get $bytes)))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
         (br $rows)))
   )
 
-  ;; The weighted sum of one head's values: out[d] = Σ_t p[t] · v[t·dim + d], t < n. dim is a
-  ;; multiple of 16; 16 values at a time, each a cache line of every row.
+  ;; The weighted sums of g heads over one KV head's values:
+  ;; out[h·dim + d] = Σ_t p[h·ldp + t] · v[t·dim + d], h < g, t < n, each in t order. 16 values
+  ;; (a cache line of every row) at a time, for all g heads before the next 16: each line is
+  ;; read from memory once (then from cache). dim is a multiple of 16.
   (func (export "mix")
-    (param $p i32) (param $v i32) (param $n i32) (param $dim i32) (param $out i32)
-    (local $t i32) (local $d i32) (local $at i32) (local $bytes i32) (local $w v128)
-    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (param $p i32) (param $ldp i32) (param $g i32) (param $v i32) (param $n i32) (param $dim i32)
+    (param $out i32)
+    (local $t i32) (local $h i32) (local $d i32) (local $at i32) (local $ph i32) (local $bytes i32)
+    (local $w v128) (local $a v128) (local $b v128) (local $c v128) (local $e v128)
     (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (local.set $ldp (i32.shl (local.get $ldp) (i32.const 2)))
     (block $done
       (loop $chunks
         (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
-        (local.set $a (v128.const i32x4 0 0 0 0))
-        (local.set $b (v128.const i32x4 0 0 0 0))
-        (local.set $c (v128.const i32x4 0 0 0 0))
-        (local.set $e (v128.const i32x4 0 0 0 0))
-        (local.set $at (i32.add (local.get $v) (local.get $d)))
-        (local.set $t (i32.const 0))
-        (block $t_done
-          (loop $t_loop
-            (br_if $t_done (i32.ge_u (local.get $t) (local.get $n)))
-            (local.set $w
-              (f32x4.splat (f32.load (i32.add (local.get $p) (i32.shl (local.get $t) (i32.const 2))))))
-            (local.set $a (f32x4.add (local.get $a) (f32x4.mul (local.get $w) (v128.load (local.get $at)))))
-            (local.set $b (f32x4.add (local.get $b)
-              (f32x4.mul (local.get $w) (v128.load offset=16 (local.get $at)))))
-            (local.set $c (f32x4.add (local.get $c)
-              (f32x4.mul (local.get $w) (v128.load offset=32 (local.get $at)))))
-            (local.set $e (f32x4.add (local.get $e)
-              (f32x4.mul (local.get $w) (v128.load offset=48 (local.get $at)))))
-            (local.set $at (i32.add (local.get $at) (local.get $bytes)))
-            (local.set $t (i32.add (local.get $t) (i32.const 1)))
-            (br $t_loop)))
-        (local.set $at (i32.add (local.get $out) (local.get $d)))
-        (v128.store (local.get $at) (local.get $a))
-        (v128.store offset=16 (local.get $at) (local.get $b))
-        (v128.store offset=32 (local.get $at) (local.get $c))
-        (v128.store offset=48 (local.get $at) (local.get $e))
+        (local.set $h (i32.const 0))
+        (local.set $ph (local.get $p))
+        (block $heads_done
+          (loop $heads
+            (br_if $heads_done (i32.ge_u (local.get $h) (local.get $g)))
+            (local.set $a (v128.const i32x4 0 0 0 0))
+            (local.set $b (v128.const i32x4 0 0 0 0))
+            (local.set $c (v128.const i32x4 0 0 0 0))
+            (local.set $e (v128.const i32x4 0 0 0 0))
+            (local.set $at (i32.add (local.get $v) (local.get $d)))
+            (local.set $t (i32.const 0))
+            (block $t_done
+              (loop $t_loop
+                (br_if $t_done (i32.ge_u (local.get $t) (local.get $n)))
+                (local.set $w (f32x4.splat
+                  (f32.load (i32.add (local.get $ph) (i32.shl (local.get $t) (i32.const 2))))))
+                (local.set $a (f32x4.add (local.get $a)
+                  (f32x4.mul (local.get $w) (v128.load (local.get $at)))))
+                (local.set $b (f32x4.add (local.get $b)
+                  (f32x4.mul (local.get $w) (v128.load offset=16 (local.get $at)))))
+                (local.set $c (f32x4.add (local.get $c)
+                  (f32x4.mul (local.get $w) (v128.load offset=32 (local.get $at)))))
+                (local.set $e (f32x4.add (local.get $e)
+                  (f32x4.mul (local.get $w) (v128.load offset=48 (local.get $at)))))
+                (local.set $at (i32.add (local.get $at) (local.get $bytes)))
+                (local.set $t (i32.add (local.get $t) (i32.const 1)))
+                (br $t_loop)))
+            (local.set $at (i32.add (i32.add (local.get $out) (local.get $d))
+              (i32.mul (local.get $h) (local.get $bytes))))
+            (v128.store (local.get $at) (local.get $a))
+            (v128.store offset=16 (local.get $at) (local.get $b))
+            (v128.store offset=32 (local.get $at) (local.get $c))
+            (v128.store offset=48 (local.get $at) (local.get $e))
+            (local.set $ph (i32.add (local.get $ph) (local.get $ldp)))
+            (local.set $h (i32.add (local.get $h) (i32.const 1)))
+            (br $heads)))
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $chunks)))
   )

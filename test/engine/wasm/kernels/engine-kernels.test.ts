@@ -641,14 +641,14 @@ for (const variant of ISA_VARIANTS) {
       const qa = a.put(q)
       const ka = a.put(kv)
       const out = a.take(4 * dim)
-      kernels.dots(qa, ka, n, dim, out)
+      kernels.dots(qa, 1, ka, n, dim, out, n)
       const scores = a.f32(out, n)
       for (let t = 0; t < n; t++) {
         let s = 0
         for (let d = 0; d < dim; d++) s += q[d] * kv[t * dim + d]
         expect(scores[t]).toBeCloseTo(s, 3)
       }
-      kernels.mix(ka, ka, n, dim, out) // weights: the first n floats
+      kernels.mix(ka, n, 1, ka, n, dim, out) // weights: the first n floats
       const mixed = a.f32(out, dim)
       for (let d = 0; d < dim; d++) {
         let s = 0
