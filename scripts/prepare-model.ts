@@ -69,8 +69,8 @@ import {
   headFileName,
   MANIFEST_FILE,
   planPipeline,
-  PLAN_KV_FORMATS,
-  type PlanKvFormat,
+  KV_FORMATS,
+  type KvFormat,
   qwen2Shape,
   MANIFEST_VERSION,
   externalDataName,
@@ -201,7 +201,7 @@ export interface PrepareOptions {
    * The KV cache format the plan counts, and its layer stages run unless KV_FORMAT says
    * otherwise; default 'f32'. 'q8' holds a position in about a quarter of the bytes.
    */
-  stageKvFormat?: PlanKvFormat
+  stageKvFormat?: KvFormat
 }
 
 /** A staged package's shards: a stage loading 4 at a time holds 16 MiB in flight. */
@@ -1223,9 +1223,9 @@ function stageOptions(values: {
   if (!(budget > 0)) throw new Error('--stage-budget-mib must be a positive number')
   if (!(Number.isInteger(context) && context > 0 && Number.isInteger(sequences) && sequences > 0))
     throw new Error('--stage-context and --stage-sequences must be positive integers')
-  const kvFormat = (values['stage-kv-format'] ?? 'f32') as PlanKvFormat
-  if (!PLAN_KV_FORMATS.includes(kvFormat))
-    throw new Error(`--stage-kv-format must be one of ${PLAN_KV_FORMATS.join(', ')}`)
+  const kvFormat = (values['stage-kv-format'] ?? 'f32') as KvFormat
+  if (!KV_FORMATS.includes(kvFormat))
+    throw new Error(`--stage-kv-format must be one of ${KV_FORMATS.join(', ')}`)
   return {
     stageBudgetBytes: Math.floor(budget * 1024 * 1024),
     stageContext: context,

@@ -12,7 +12,7 @@
  * Unset or empty keeps the default.
  */
 import type { EngineOptions } from './engine.ts'
-import type { KvFormat } from './wasm/kv-format.ts'
+import type { KvFormat } from '../format/index.ts'
 
 /** KV_FORMAT's value: 'q8', or undefined for the default ('f32', or unset or empty). */
 export function kvFormatFromEnv(value: unknown): KvFormat | undefined {

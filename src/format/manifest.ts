@@ -277,9 +277,13 @@ export interface PipelineStage {
   residentBytes: number
 }
 
-/** The KV cache formats of the engine's decoder: f32, or int8 with a scale per position and head. */
-export type PlanKvFormat = 'f32' | 'q8'
-export const PLAN_KV_FORMATS: readonly PlanKvFormat[] = ['f32', 'q8']
+/**
+ * How the engine's decoder stores a position of its KV cache (KV_FORMAT; a stage plan counts
+ * one): f32, or q8 records of int8 values and a scale per position and KV head
+ * (`kvRecordBytes`).
+ */
+export type KvFormat = 'f32' | 'q8'
+export const KV_FORMATS: readonly KvFormat[] = ['f32', 'q8']
 
 export interface PipelineEntry {
   /** Most bytes one stage may hold (its isolate's share of memory). */
@@ -294,7 +298,7 @@ export interface PipelineEntry {
    * The KV cache format the plan counted ('q8': int8 records, see `kvBytesPerPosition`); a layer
    * stage runs it unless its KV_FORMAT says otherwise. Absent: 'f32'.
    */
-  kvFormat?: PlanKvFormat
+  kvFormat?: KvFormat
   /** Layer stages in order (their ranges tile [0, layers)), then row stages (tiling [0, vocab)). */
   stages: PipelineStage[]
 }

@@ -9,7 +9,7 @@ import {
   HEAD_ROW_ALIGN,
   MANIFEST_FILE,
   MANIFEST_VERSION,
-  PLAN_KV_FORMATS,
+  KV_FORMATS,
   STAGE_IO,
   decoderTensorBytes,
   headLayout,
@@ -18,7 +18,7 @@ import {
   type DecoderFormat,
   type DecoderTensorType,
   type HeadFormat,
-  type PlanKvFormat,
+  type KvFormat,
   type StageIo,
   type DecoderLayerRef,
   type DecoderMatrixRef,
@@ -171,10 +171,10 @@ function readPipeline(json: unknown, m: Manifest, at: string): PipelineEntry {
   }
 }
 
-function planKvFormat(v: unknown, at: string): PlanKvFormat {
-  const f = string(v, at) as PlanKvFormat
-  if (!PLAN_KV_FORMATS.includes(f))
-    throw new Invalid(`${at} ${JSON.stringify(f)} is not one of ${PLAN_KV_FORMATS.join(', ')}`)
+function planKvFormat(v: unknown, at: string): KvFormat {
+  const f = string(v, at) as KvFormat
+  if (!KV_FORMATS.includes(f))
+    throw new Invalid(`${at} ${JSON.stringify(f)} is not one of ${KV_FORMATS.join(', ')}`)
   return f
 }
 

@@ -19,7 +19,7 @@ import type {
   HeadFormat,
   PipelineEntry,
   PipelineStage,
-  PlanKvFormat,
+  KvFormat,
 } from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
 import type { Qwen2Shape } from './config.ts'
@@ -61,18 +61,26 @@ export function kernelLayerBytes(s: Qwen2Shape, format: DecoderFormat): number {
 }
 
 /**
- * f32 slots a q8 key record keeps apart at most: the channels of the RoPE pairs whose key bias
- * stands far above the rest (2 pairs of 2 channels per head; the decoder's kv-format.ts).
+ * f32 slots a q8 key record keeps apart at most: both channels of up to 2 RoPE pairs whose key
+ * bias stands far above the rest (the decoder's kv-format.ts picks them).
  */
-export const Q8_KEY_SLOTS = 4
+export const MAX_KEY_SLOTS = 4
 
 /**
- * KV cache bytes of one position of one sequence in one layer: f32 keys and values, or q8
- * records (head_dim int8 and an f32 scale per KV head; keys with up to Q8_KEY_SLOTS f32 more).
+ * Bytes of one position of one KV head (a record): head_dim floats, or q8's head_dim int8
+ * values, their f32 scale and `slots` f32 kept apart (keys only).
  */
-export function kvBytesPerPosition(s: Qwen2Shape, kvFormat: PlanKvFormat = 'f32'): number {
-  if (kvFormat === 'q8') return s.kvHeads * (2 * (s.headDim + 4) + 4 * Q8_KEY_SLOTS)
-  return 2 * s.kvHeads * s.headDim * 4
+export function kvRecordBytes(format: KvFormat, headDim: number, slots = 0): number {
+  return format === 'q8' ? headDim + 4 + 4 * slots : 4 * headDim
+}
+
+/**
+ * KV cache bytes of one position of one sequence in one layer: a key and a value record per
+ * KV head, q8 keys counted with MAX_KEY_SLOTS.
+ */
+export function kvBytesPerPosition(s: Qwen2Shape, kvFormat: KvFormat = 'f32'): number {
+  const key = kvRecordBytes(kvFormat, s.headDim, kvFormat === 'q8' ? MAX_KEY_SLOTS : 0)
+  return s.kvHeads * (key + kvRecordBytes(kvFormat, s.headDim))
 }
 
 export interface StagePlanOptions {
@@ -80,7 +88,7 @@ export interface StagePlanOptions {
   sequences: number
   chunkRows: number
   /** The KV cache format to count (default 'f32'). */
-  kvFormat?: PlanKvFormat
+  kvFormat?: KvFormat
 }
 
 /**

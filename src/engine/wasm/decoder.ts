@@ -40,6 +40,7 @@ import {
   type DecoderMatrixData,
   type DecoderWeights,
   type DqmmMatrixData,
+  type KvFormat,
   type NBitsMatrixData,
   type Qwen2Shape,
 } from '../../format/index.ts'
@@ -54,7 +55,6 @@ import {
   writeKeyRecord,
   writeQ8Record,
   writeQueryI16,
-  type KvFormat,
 } from './kv-format.ts'
 import type { KeptKvCache, KvCache } from '../kv/kv-cache.ts'
 import { ort, type Tensor } from '../graph/ort.ts'

@@ -10,7 +10,7 @@
  * sequence unreachable.
  */
 import { AppError } from '../../core/errors.ts'
-import { kvRecordBytes, type KvFormat } from './kv-format.ts'
+import { kvRecordBytes, type KvFormat } from '../../format/index.ts'
 
 const PAGE = 65536
 /** Positions a new sequence gets beyond what it needs now (and the capacity's granule). */

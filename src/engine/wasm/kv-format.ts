@@ -15,19 +15,12 @@
  *   f32 after the scale (0 among the int8 values): key records are head_dim + 4 + 4 · slots
  *   bytes, slots the most channels any head of the model keeps apart (0 for most models).
  */
-export type KvFormat = 'f32' | 'q8'
-
-/** Bytes of one position of one KV head (a record), with `slots` f32 kept apart (q8 keys). */
-export function kvRecordBytes(format: KvFormat, headDim: number, slots = 0): number {
-  return format === 'q8' ? headDim + 4 + 4 * slots : 4 * headDim
-}
+import { kvRecordBytes, MAX_KEY_SLOTS } from '../../format/index.ts'
 
 /** Bias norm of a RoPE pair above this many times the median pair's: kept apart. */
 const OUTLIER_RATIO = 4
-/** RoPE pairs (2 channels each) a head keeps apart at most. */
-const OUTLIER_PAIRS = 2
-/** f32 slots of a key record at most (both channels of each pair kept apart). */
-export const MAX_KEY_SLOTS = 2 * OUTLIER_PAIRS
+/** RoPE pairs (2 channels each) a head keeps apart at most: as many as a key record holds. */
+const OUTLIER_PAIRS = MAX_KEY_SLOTS / 2
 
 /**
  * Per KV head, the key channels a q8 record keeps apart as f32: both channels of each RoPE
