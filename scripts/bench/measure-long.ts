@@ -8,6 +8,7 @@ import { basename, dirname } from 'node:path'
 import { decodeRate, runChat, StepRecorder } from './measure-engine.ts'
 import { peakRssBytes, round } from './stats.ts'
 import type { BenchPlan, LongResult } from './types.ts'
+import type { KvFormat } from '../../src/format/index.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
 
 /** About 3,000 tokens with the chat template (the bench's tokenizer). */
@@ -24,7 +25,7 @@ const LONG_DECODE_TOKENS = 64
 export async function measureLong(
   plan: BenchPlan,
   log: (line: string) => void,
-  kvFormat: 'f32' | 'q8',
+  kvFormat: KvFormat,
 ): Promise<LongResult> {
   if (!plan.q4) throw new Error('the plan has no q4 package')
   const { fsSource } = await import('../../src/adapters/node/fs-source.ts')

@@ -1,5 +1,6 @@
 /** What the benchmark's parent hands its workers, and what they hand back. */
 import type { ChatMessage } from '../../src/engine/types.ts'
+import type { KvFormat } from '../../src/format/index.ts'
 
 export interface BenchPrompt {
   messages: ChatMessage[]
@@ -160,7 +161,7 @@ export interface KernelsResult {
 
 /** One long chat in the engine, q4 package (measure-long.ts). */
 export interface LongResult {
-  kvFormat: 'f32' | 'q8'
+  kvFormat: KvFormat
   /** The kernel build that ran (relaxed where the runtime has it). */
   isa: string
   promptTokens: number

@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs'
 import { progressLog } from './progress-log.ts'
 import type { BenchPlan } from './types.ts'
 import type { ServeScenario } from './measure-serve.ts'
+import type { KvFormat } from '../../src/format/index.ts'
 
 export type WorkerKind =
   | 'engine'
@@ -28,7 +29,7 @@ export type WorkerKind =
   | `serve-long:deno`
   | `serve-long-bounded:deno`
   | `serve-long-q8kv:deno`
-  | `long:${'f32' | 'q8'}`
+  | `long:${KvFormat}`
   | `explore:${string}`
 
 async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
