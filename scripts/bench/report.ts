@@ -297,12 +297,17 @@ export function keepSections(previous: string, md: string): string {
   return kept.length ? `${md.trimEnd()}\n\n${kept.join('\n\n')}\n` : md
 }
 
+/** A function that adds a Markdown table row of `cells` to `L`. */
+function tableRow(L: string[]): (cells: string[]) => void {
+  return (cells) => L.push(`| ${cells.join(' | ')} |`)
+}
+
 export function renderMarkdown(r: BenchResults): string {
   const m = r.machine
   const engines = r.engines
   const eng = byName(r, 'engine')
   const L: string[] = []
-  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const row = tableRow(L)
   L.push(
     '# Benchmarks',
     '',
@@ -504,7 +509,7 @@ function decodeStepLine(d: EngineExtra['decodeStep']): string {
 }
 
 function renderServe(serve: ServeResult[], L: string[]) {
-  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const row = tableRow(L)
   L.push(
     '',
     '## Serving the q4 package: resident memory of the server process',
@@ -546,7 +551,7 @@ function renderServe(serve: ServeResult[], L: string[]) {
 }
 
 function renderLong(long: LongResult[], L: string[]) {
-  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const row = tableRow(L)
   const f32 = long.find((x) => x.kvFormat === 'f32')
   L.push(
     '',
@@ -585,7 +590,7 @@ function renderLong(long: LongResult[], L: string[]) {
 }
 
 function renderKernels(k: KernelsResult, L: string[], where?: string) {
-  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const row = tableRow(L)
   const variants = [...new Set(k.rows.map((x) => x.variant))]
   L.push(
     '',
@@ -636,7 +641,7 @@ function renderEngineDetails(eng: EngineResult, L: string[]) {
 
 function renderExplore(r: BenchResults, L: string[]) {
   const x = r.explore!
-  const row = (cells: string[]) => L.push(`| ${cells.join(' | ')} |`)
+  const row = tableRow(L)
   L.push('', '## Where the time goes (bare onnxruntime-web sessions)', '')
   if (x.options.length) {
     const base = x.options.find((o) => o.variant === 'baseline' && !o.error)
