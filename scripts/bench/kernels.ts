@@ -28,6 +28,7 @@ import {
 } from '../../src/engine/wasm/kernel.ts'
 import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/format/q4-b32.ts'
 import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/format/q8-rows.ts'
+import { kvRecordBytes } from '../../src/format/index.ts'
 import { writeQ8Record } from '../../src/engine/wasm/kv-format.ts'
 import { measureBandwidth } from './measure-bandwidth.ts'
 import type { KernelsResult } from './types.ts'
@@ -230,14 +231,15 @@ function attendCase(n: number, dim: number, part: 'dots' | 'softmax' | 'mix', g 
 function attendQ8Case(n: number, dim: number, part: 'dots' | 'mix'): Case {
   return {
     kernel: `${part}_q8 n=${n} D=${dim}`,
-    bytes: n * (dim + 4),
+    bytes: n * kvRecordBytes('q8', dim),
     macs: n * dim,
     make(kernels) {
       const m = new Mem(kernels)
       const values = new Float32Array(n * dim).map((_, i) => Math.sin(i * 0.37))
-      const kv = m.take(n * (dim + 4))
+      const rec = kvRecordBytes('q8', dim)
+      const kv = m.take(n * rec)
       const bytes = new Uint8Array(kernels.memory.buffer)
-      for (let t = 0; t < n; t++) writeQ8Record(values, t * dim, dim, bytes, kv + t * (dim + 4))
+      for (let t = 0; t < n; t++) writeQ8Record(values, t * dim, dim, bytes, kv + t * rec)
       const q16 = m.random(2 * dim, 11)
       const p = m.floats(Math.ceil(n / 4) * 4, 13)
       const w16 = m.take(2 * (n + 1))
