@@ -23,6 +23,7 @@ import { q4Dot, q8RowDot } from '../../src/engine/wasm/kernel-ref.ts'
 import {
   instantiateEngine,
   relaxedSimdWorks,
+  dotAddWorks,
   type KernelExports,
   type IsaVariant,
 } from '../../src/engine/wasm/kernel.ts'
@@ -338,14 +339,23 @@ export async function measureKernels(quickRun = false, only?: IsaVariant): Promi
       }),
     )
   }
-  return { runtime, relaxedUsable: await relaxedSimdWorks(), readBytesPerS, copyBytesPerS, rows }
+  return {
+    runtime,
+    relaxedUsable: await relaxedSimdWorks(),
+    dotAdd: await dotAddWorks(),
+    readBytesPerS,
+    copyBytesPerS,
+    rows,
+  }
 }
 
 async function benchmarks(only?: IsaVariant): Promise<void> {
   const r = await measureKernels(quick, only)
   console.log(`read bound (WASM SIMD, 256 MiB): ${(r.readBytesPerS / 1e9).toFixed(1)} GB/s`)
   console.log(`memcpy (TypedArray.set, 256 MiB): ${(r.copyBytesPerS / 1e9).toFixed(1)} GB/s copied`)
-  console.log(`${r.runtime}; relaxed SIMD usable: ${r.relaxedUsable}`)
+  console.log(
+    `${r.runtime}; relaxed SIMD usable: ${r.relaxedUsable}; its q4 tiles on AVX-VNNI: ${r.dotAdd}`,
+  )
   const variants = [...new Set(r.rows.map((x) => x.variant))]
   const head = ['kernel'.padEnd(30)]
   for (const v of variants)

@@ -473,10 +473,14 @@ async function measureMore(
   }
 }
 
-/** The kernels' build this runtime runs (relaxed SIMD where it works, else SIMD128). */
+/**
+ * The kernels' build this runtime runs (relaxed SIMD where it works, else SIMD128), and whether
+ * its q4 tiles take the i32 dot product (AVX-VNNI).
+ */
 async function kernelIsa(): Promise<string> {
-  const { pickVariant } = await import('../../src/engine/wasm/kernel.ts')
-  return (await pickVariant()) === 'relaxed' ? 'relaxed SIMD' : 'SIMD128'
+  const { pickVariant, dotAddWorks } = await import('../../src/engine/wasm/kernel.ts')
+  if ((await pickVariant()) !== 'relaxed') return 'SIMD128'
+  return (await dotAddWorks()) ? 'relaxed SIMD, AVX-VNNI dot product' : 'relaxed SIMD'
 }
 
 export const SHORT_SENTIMENT_TEXT = 'Great screen, awful battery.'

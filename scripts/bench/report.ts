@@ -596,7 +596,7 @@ function renderKernels(k: KernelsResult, L: string[], where?: string) {
     '',
     `## The kernels alone${where ? ` ${where}` : ''} (Qwen2.5-0.5B shapes)`,
     '',
-    `\`scripts/bench/kernels.ts\` in its own process, ${k.runtime}${where ? ' with `--v8-flags=--no-liftoff`' : ''}; relaxed SIMD usable there: ${k.relaxedUsable ? 'yes' : 'no'}. **Read bound**: a WASM SIMD loop reading 256 MiB runs at **${(k.readBytesPerS / 1e9).toFixed(1)} GB/s** (memcpy in the same process: ${(k.copyBytesPerS / 1e9).toFixed(1)} GB/s copied). Each kernel's weight bytes read per second (q4: 21 bytes per 32 weights; q8: a row's stride + 5 bytes; quant_b32: f32 bytes) and multiply-accumulates per second, best time of calls made in turns with its neighbours; n: activation rows of a decode batch, T: prompt rows of a prefill chunk.`,
+    `\`scripts/bench/kernels.ts\` in its own process, ${k.runtime}${where ? ' with `--v8-flags=--no-liftoff`' : ''}; relaxed SIMD usable there: ${k.relaxedUsable ? 'yes' : 'no'}${k.dotAdd === undefined ? '' : `, its q4 tiles of 4 rows on the AVX-VNNI dot product: ${k.dotAdd ? 'yes' : 'no'}`}. **Read bound**: a WASM SIMD loop reading 256 MiB runs at **${(k.readBytesPerS / 1e9).toFixed(1)} GB/s** (memcpy in the same process: ${(k.copyBytesPerS / 1e9).toFixed(1)} GB/s copied). Each kernel's weight bytes read per second (q4: 21 bytes per 32 weights; q8: a row's stride + 5 bytes; quant_b32: f32 bytes) and multiply-accumulates per second, best time of calls made in turns with its neighbours; n: activation rows of a decode batch, T: prompt rows of a prefill chunk.`,
     '',
   )
   row(['kernel', ...variants.flatMap((v) => [`${v}: ms`, 'GB/s', '% of read bound', 'GMAC/s'])])

@@ -146,6 +146,8 @@ export interface BandwidthResult {
 export interface KernelsResult {
   runtime: string
   relaxedUsable: boolean
+  /** Whether its q4 tiles of 4 rows take the i32 dot product (AVX-VNNI); absent in older runs. */
+  dotAdd?: boolean
   /** A WASM SIMD loop reading 256 MiB: what a decode step's weight stream can reach. */
   readBytesPerS: number
   copyBytesPerS: number

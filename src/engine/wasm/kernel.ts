@@ -8,7 +8,9 @@
  *
  * Two builds of the one source: relaxed SIMD where the runtime validates it and computes with it
  * exactly (`relaxedSimdWorks`), else plain SIMD128. Both give the same results bit for bit, so
- * the choice changes only speed. Node and Deno compile the embedded bytes on first use. Workers
+ * the choice changes only speed. The relaxed build has two forms of its 8-bit dot product for
+ * q4 tiles, also with the same bits; it takes the i32 one where the runtime lowers it to
+ * AVX-VNNI (`dotAddWorks`). Node and Deno compile the embedded bytes on first use. Workers
  * cannot compile from bytes: their adapter imports both .wasm files (wrangler hands them over as
  * precompiled modules) and passes them to `useKernelModules`; the pick is the same.
  */
@@ -137,7 +139,18 @@ export interface KernelExports {
   /** Σ p[t] · v[t] over q8 KV records; overwrites p (w = p · scale) and w16 (n + 1 int16). */
   mix_q8(p: number, v: number, n: number, dim: number, w16: number, out: number): void
   silu_mul(g: number, u: number, n: number, out: number): void
+  /** Lane 0 of the relaxed i32 dot product on out-of-range inputs (0 in the simd128 build). */
+  dot_probe(): number
+  /** 1: the q4 tiles of 4 rows sum with the i32 form of the dot product (same bits, faster on AVX-VNNI). */
+  set_dot_add(on: number): void
 }
+
+/**
+ * `dot_probe`'s result where the runtime lowers i32x4.relaxed_dot_i8x16_i7x16_add_s to one
+ * AVX-VNNI vpdpbusd (4 · 255 · 127: unsigned bytes, no saturation); pmaddubsw's gives 65534,
+ * a signed dot product −508 (engine.wat, "the 8-bit dot product's two forms").
+ */
+export const DOT_PROBE_VNNI = 4 * 255 * 127
 
 const modules: Partial<Record<IsaVariant, WebAssembly.Module>> = {}
 
@@ -146,7 +159,7 @@ export function useKernelModules(given: Partial<Record<IsaVariant, WebAssembly.M
   Object.assign(modules, given)
 }
 
-let relaxedWorks: Promise<boolean> | undefined
+let relaxedWorks: Promise<{ relaxed: boolean; dotAdd: boolean }> | undefined
 
 /**
  * Whether the relaxed build validates here and computes what the simd128 build computes, bit
@@ -154,18 +167,37 @@ let relaxedWorks: Promise<boolean> | undefined
  * tiles). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
  * still compute it wrong there (V8 11.3, Node 20 with --experimental-wasm-relaxed-simd, doubles
  * i32x4.relaxed_dot_i8x16_i7x16_add_s in Liftoff depending on register allocation; the kernels
- * now use the i16x8 form, which it gets right, but an experimental feature earns no trust).
+ * use the i16x8 form, which it gets right, unless `dotAddWorks`; an experimental feature earns
+ * no trust).
  */
-export function relaxedSimdWorks(): Promise<boolean> {
+export async function relaxedSimdWorks(): Promise<boolean> {
+  return (await relaxedChecks()).relaxed
+}
+
+/**
+ * Whether the relaxed kernels should sum q4 tiles with the i32 form of the dot product: the
+ * relaxed build works, this runtime lowers that form to AVX-VNNI (`dot_probe`), and with it the
+ * build computes what the simd128 build does, bit for bit (the same self-check).
+ */
+export async function dotAddWorks(): Promise<boolean> {
+  return (await relaxedChecks()).dotAdd
+}
+
+function relaxedChecks(): Promise<{ relaxed: boolean; dotAdd: boolean }> {
   relaxedWorks ??= (async () => {
-    if (!relaxedSimdSupported()) return false
-    const results = await Promise.all(
+    if (!relaxedSimdSupported()) return { relaxed: false, dotAdd: false }
+    const [relaxed, simd128] = await Promise.all(
       (['relaxed', 'simd128'] as const).map(async (variant) => {
         const instance = await WebAssembly.instantiate(engineModule(variant), {})
-        return selfCheck(instance.exports as unknown as KernelExports)
+        return instance.exports as unknown as KernelExports
       }),
     )
-    return results[0].every((word, i) => word === results[1][i])
+    const want = selfCheck(simd128)
+    const same = (k: KernelExports) => selfCheck(k).every((word, i) => word === want[i])
+    if (!same(relaxed)) return { relaxed: false, dotAdd: false }
+    if (relaxed.dot_probe() !== DOT_PROBE_VNNI) return { relaxed: true, dotAdd: false }
+    relaxed.set_dot_add(1)
+    return { relaxed: true, dotAdd: same(relaxed) }
   })()
   return relaxedWorks
 }
@@ -235,13 +267,20 @@ export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
   return relaxed ? 'relaxed' : 'simd128'
 }
 
-/** A new instance (its own memory) of the picked variant. */
+/**
+ * A new instance (its own memory) of the picked variant; a relaxed one sums q4 tiles with the
+ * i32 dot product where `dotAddWorks`, or as `options.dotAdd` says (tests: exact either way).
+ */
 export async function instantiateEngine(
   want?: IsaVariant,
-): Promise<{ variant: IsaVariant; kernels: KernelExports }> {
+  options: { dotAdd?: boolean } = {},
+): Promise<{ variant: IsaVariant; kernels: KernelExports; dotAdd: boolean }> {
   const variant = await pickVariant(want)
   const instance = await WebAssembly.instantiate(engineModule(variant), {})
-  return { variant, kernels: instance.exports as unknown as KernelExports }
+  const kernels = instance.exports as unknown as KernelExports
+  const dotAdd = variant === 'relaxed' && (options.dotAdd ?? (await dotAddWorks()))
+  kernels.set_dot_add(dotAdd ? 1 : 0)
+  return { variant, kernels, dotAdd }
 }
 
 /** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (the q8 `rows` kernels). */

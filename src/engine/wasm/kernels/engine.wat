@@ -28,6 +28,7 @@
 ;;     (attention: g query heads sharing one KV head at once)
 ;;   dots_q8(q16, qs, qx, nx, k, n, dim, out)   mix_q8(p, v, n, dim, w16, out)   (q8 KV)
 ;;   silu_mul(g, u, n, out)   (MLP)
+;;   dot_probe() → i32   set_dot_add(on)   (which form of the 8-bit dot product the q4 tiles use)
 ;;
 ;; All weight rows [v0, v1) are computed. *_gemv read each weight row once for all n rows (it
 ;; stays in L1 while they are scored); *_gemm block the weight rows so that a block stays in
@@ -37,6 +38,31 @@
 ;; as the q8 rows kernels have always done (kernel-ref.ts q8RowDot).
 (module
   (memory (export "memory") 1)
+
+  ;; ---- the 8-bit dot product's two forms (relaxed build) ----
+
+  ;; The q4 tiles of 4 activation rows sum their products with i16x8.relaxed_dot_i8x16_i7x16_s
+  ;; (and i16 adds) by default, with i32x4.relaxed_dot_i8x16_i7x16_add_s when $dot_add is set.
+  ;; Both are exact here (the unsigned operand is a nibble) and give the same bits; which is
+  ;; faster depends on the lowering: where the runtime has one AVX-VNNI vpdpbusd for the i32 form
+  ;; it is about 1.2x, and where it has pmaddubsw + pmaddwd + paddd about 0.7x. kernel.ts sets it
+  ;; from dot_probe, whose result tells the lowerings apart: lane 0 of the i32 form of 127s (the
+  ;; signed operand) and bytes 0xff (the 7-bit one, out of its range on purpose): 129540
+  ;; (4 · 255 · 127) from vpdpbusd (unsigned, summed in i32), 65534 (2 · 32767) from pmaddubsw
+  ;; (unsigned, pairs saturated to i16), −508 from a signed dot product (arm64's sdot).
+  (global $dot_add (mut i32) (i32.const 0))
+
+  (func (export "set_dot_add") (param $on i32)
+    (global.set $dot_add (local.get $on)))
+
+  (func (export "dot_probe") (result i32)
+;;#if relaxed
+    (i32x4.extract_lane 0 (i32x4.relaxed_dot_i8x16_i7x16_add_s
+      (i8x16.splat (i32.const 127)) (i8x16.splat (i32.const 255)) (v128.const i32x4 0 0 0 0)))
+;;#else
+    (i32.const 0)
+;;#end
+  )
 
   ;; ---- q8 rows · int16 activations: copied from q8-head.wat (decode and the lm_head) ----
 
@@ -1215,30 +1241,141 @@
         (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0))
         (local.set $a3 (v128.const i32x4 0 0 0 0))
-;;#if simd128
+;;#if relaxed
+        (if (global.get $dot_add)
+          (then
+            ;; one i32x4.relaxed_dot_i8x16_i7x16_add_s per 16 weights and row: i32 lane b sums
+            ;; the 4 products of block b (nibbles 0..15, the unsigned operand: exact in any
+            ;; lowering); one vpdpbusd each where the runtime lowers it to AVX-VNNI ($dot_add)
+            ;; bytes 0..15 of the group's weights
+            (local.set $p (v128.load (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x2)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x2)) (local.get $lo) (local.get $a2))))
+            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x3)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x3)) (local.get $lo) (local.get $a3))))
+            ;; bytes 16..31 of the group's weights
+            (local.set $p (v128.load offset=16 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x2)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x2)) (local.get $lo) (local.get $a2))))
+            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x3)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x3)) (local.get $lo) (local.get $a3))))
+            ;; bytes 32..47 of the group's weights
+            (local.set $p (v128.load offset=32 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x2)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x2)) (local.get $lo) (local.get $a2))))
+            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x3)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x3)) (local.get $lo) (local.get $a3))))
+            ;; bytes 48..63 of the group's weights
+            (local.set $p (v128.load offset=48 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x2)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x2)) (local.get $lo) (local.get $a2))))
+            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x3)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x3)) (local.get $lo) (local.get $a3))))
+          )
+          (else
+            ;; bytes 0..15 of the group's weights
+            (local.set $p (v128.load (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
+            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
+            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
+            ;; bytes 16..31 of the group's weights
+            (local.set $p (v128.load offset=16 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
+            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
+            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
+            ;; bytes 32..47 of the group's weights
+            (local.set $p (v128.load offset=32 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
+            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
+            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
+            ;; bytes 48..63 of the group's weights
+            (local.set $p (v128.load offset=48 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
+            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
+            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
+            ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
+            (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+            (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
+            (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
+            (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
+          ))
+;;#else
         (local.set $h0 (v128.const i32x4 0 0 0 0))
         (local.set $h1 (v128.const i32x4 0 0 0 0))
         (local.set $h2 (v128.const i32x4 0 0 0 0))
         (local.set $h3 (v128.const i32x4 0 0 0 0))
-;;#end
         ;; bytes 0..15 of the group's weights
         (local.set $p (v128.load (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-;;#if relaxed
-        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
-        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
-        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
-        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
-;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1267,25 +1404,10 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x3))))))
-;;#end
         ;; bytes 16..31 of the group's weights
         (local.set $p (v128.load offset=16 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-;;#if relaxed
-        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
-        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
-        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
-        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
-;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1314,25 +1436,10 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x3))))))
-;;#end
         ;; bytes 32..47 of the group's weights
         (local.set $p (v128.load offset=32 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-;;#if relaxed
-        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
-        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
-        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
-        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
-;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1361,25 +1468,10 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x3))))))
-;;#end
         ;; bytes 48..63 of the group's weights
         (local.set $p (v128.load offset=48 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-;;#if relaxed
-        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
-        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
-        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
-        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
-          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
-;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1408,14 +1500,6 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x3))))))
-;;#end
-;;#if relaxed
-        ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
-        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
-        (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
-        (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
-        (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
-;;#else
         ;; lanes of a: blocks 0, 0, 1, 1; of h: 2, 2, 3, 3
         (local.set $a0 (i32x4.add
           (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $h0))

@@ -24,11 +24,7 @@ import { describe, expect, it } from 'vitest'
 import { KERNELS_DIR, assemble } from '../../../../scripts/build-kernels.ts'
 import { WASM_BASE64 as RELAXED_BASE64 } from '../../../../src/engine/wasm/kernels/engine-relaxed-wasm.ts'
 import { WASM_BASE64 as SIMD128_BASE64 } from '../../../../src/engine/wasm/kernels/engine-simd128-wasm.ts'
-import {
-  ISA_VARIANTS,
-  kernelSource,
-  selectVariant,
-} from '../../../../scripts/lib/kernel-variants.ts'
+import { kernelSource, selectVariant } from '../../../../scripts/lib/kernel-variants.ts'
 import {
   a16Limit,
   a8Get,
@@ -45,7 +41,9 @@ import {
   q8RowDotF64,
 } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
+  DOT_PROBE_VNNI,
   RELAXED_PROBE,
+  dotAddWorks,
   instantiateEngine,
   relaxedSimdSupported,
   type KernelExports,
@@ -175,8 +173,20 @@ function expectQ8(out: Float32Array, w: Q8Rows, x: RowActivations, ldo: number):
 
 type Kernel = 'gemv' | 'gemm'
 
+/** A build and, for relaxed, the form of its 8-bit dot product in q4 tiles (set_dot_add). */
+interface Build {
+  variant: IsaVariant
+  dotAdd: boolean
+}
+
+const BUILDS: Build[] = [
+  { variant: 'simd128', dotAdd: false },
+  { variant: 'relaxed', dotAdd: false },
+  { variant: 'relaxed', dotAdd: true },
+]
+
 async function runQ4(
-  variant: IsaVariant,
+  { variant, dotAdd }: Build,
   kernel: Kernel,
   m: Q4Matrix,
   x: BlockActivations,
@@ -184,7 +194,7 @@ async function runQ4(
   v1 = m.n,
   ldo = m.n + 3,
 ): Promise<Float32Array> {
-  const { kernels } = await instantiateEngine(variant)
+  const { kernels } = await instantiateEngine(variant, { dotAdd })
   const a = new Arena(kernels)
   const w = a.put(m.data)
   const xa = a.put(x.data)
@@ -213,7 +223,7 @@ describe('engine kernels: the committed bytes', () => {
     const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
     const simd = selectVariant(wat, 'simd128')
     const relaxed = selectVariant(wat, 'relaxed')
-    expect(simd).not.toMatch(/relaxed_/)
+    expect(simd.replace(/;;.*$/gm, '')).not.toMatch(/relaxed_/) // comments may name them
     expect(relaxed).toMatch(/i16x8.relaxed_dot_i8x16_i7x16_s/)
     const common = (s: string) =>
       s.split('\n').filter((l) => !/^\s*;;#/.test(l) && wat.split('\n').includes(l))
@@ -257,24 +267,30 @@ describe('engine kernels in other runtimes', () => {
     // whatever this Node's Liftoff computes, the loader's self-check must agree with it
     expect(r.works).toBe(r.relaxedMismatches === 0)
     expect(r.picked).toBe(r.works ? 'relaxed' : 'simd128')
+    // the i32 dot product only where it is AVX-VNNI's and exact in this tier too
+    expect(r.dotAdd).toBe(r.works && r.dotProbe === DOT_PROBE_VNNI && r.dotAddMismatches === 0)
   })
 
-  it('Deno (relaxed SIMD on by default): relaxed picked, both variants exact', () => {
+  it('Deno (relaxed SIMD on by default): relaxed picked, both variants and both dot product forms exact', () => {
     const r = run('npx', ['deno', 'run', '--no-prompt'])
+    expect([2 * 32767, DOT_PROBE_VNNI, -4 * 127]).toContain(r.dotProbe)
     expect(r).toEqual({
       validates: true,
       works: true,
       picked: 'relaxed',
       simd128Mismatches: 0,
       relaxedMismatches: 0,
+      dotProbe: r.dotProbe,
+      dotAddMismatches: 0,
+      dotAdd: r.dotProbe === DOT_PROBE_VNNI,
     })
   })
 })
 
-for (const variant of ISA_VARIANTS) {
-  describe(`engine kernels, ${variant}`, () => {
+for (const { variant, dotAdd } of BUILDS) {
+  describe(`engine kernels, ${variant}${dotAdd ? ', i32 dot product (set_dot_add)' : ''}`, () => {
     it('quant_b32 is quantizeBlocks bit for bit (padding, ldx > k, zero and extreme rows)', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       for (const [t, k, ldx] of [
         [1, 32, 32],
         [3, 96, 100], // 3 blocks, padded to 4; rows not back to back
@@ -302,7 +318,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('quant_a16 is quantizeRows bit for bit (padding, ldx > k, a tail, zero rows, ties); stops at a non-finite row', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       for (const [t, k, ldx, stride] of [
         [1, 32, 32, 32],
         [3, 100, 104, 128], // k not a multiple of 8: the scalar tail; padded to stride
@@ -361,12 +377,12 @@ for (const variant of ISA_VARIANTS) {
         const m = randomQ4(n, k, n + k)
         for (let t = 1; t <= 7; t++) {
           const x = quantizeBlocks(randomRows(t, k, 7 * t + k), t, k)
-          expectQ4(await runQ4(variant, 'gemv', m, x), m, x, 0, n, n + 3)
+          expectQ4(await runQ4({ variant, dotAdd }, 'gemv', m, x), m, x, 0, n, n + 3)
         }
         const x = quantizeBlocks(randomRows(3, k, 1), 3, k)
         const v0 = Math.floor(n / 3)
         const v1 = n - Math.floor(n / 4)
-        expectQ4(await runQ4(variant, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
+        expectQ4(await runQ4({ variant, dotAdd }, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
       }
     })
 
@@ -375,12 +391,12 @@ for (const variant of ISA_VARIANTS) {
       const m = randomQ4(n, 896, 5)
       for (const t of [1, 3, 4, 9]) {
         const x = quantizeBlocks(randomRows(t, 896, t), t, 896)
-        const gemm = await runQ4(variant, 'gemm', m, x)
+        const gemm = await runQ4({ variant, dotAdd }, 'gemm', m, x)
         expectQ4(gemm, m, x, 0, n, n + 3)
-        expect(Object.is(gemm[0], (await runQ4(variant, 'gemv', m, x))[0])).toBe(true)
+        expect(Object.is(gemm[0], (await runQ4({ variant, dotAdd }, 'gemv', m, x))[0])).toBe(true)
       }
       const x = quantizeBlocks(randomRows(6, 896, 2), 6, 896)
-      expectQ4(await runQ4(variant, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
+      expectQ4(await runQ4({ variant, dotAdd }, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
     })
 
     it('q4 extremes: activations all ±127, q 15 with zp 0, q 0 with zp 15, zero scales', async () => {
@@ -407,7 +423,7 @@ for (const variant of ISA_VARIANTS) {
       for (let j = 0; j < 3; j++)
         for (let i = 0; i < k; i++) expect(Math.abs(a8Get(x, j, i))).toBe(127)
       for (const kernel of ['gemv', 'gemm'] as const) {
-        const out = await runQ4(variant, kernel, m, x, 0, 4, 4)
+        const out = await runQ4({ variant, dotAdd }, kernel, m, x, 0, 4, 4)
         expectQ4(out, m, x, 0, 4, 4)
         expect(out[0]).toBeCloseTo(k * 15 * 0.5, 3) // every block 32·15·127
         expect(out[4 + 1]).toBeCloseTo(k * 15 * 0.5 * 2, 3) // (0 − 15) · −127
@@ -416,7 +432,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('q8_gemm: T not a multiple of 4, several row blocks; rows and rows4 as before', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       const k = 72 // stride 96: padded rows; 682 rows a block
       const w = quantizeQ8Rows(randomRows(1500, k, 3, 0), 1500, k)
       for (const t of [1, 3, 4, 5, 9]) {
@@ -450,7 +466,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('q8_gemm and rows4: a sub-range of rows with odd ends (rows scored in pairs), nothing written outside it', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       const k = 200 // stride 224: 292 rows a block, so the last block of [3, 1500) is odd
       const n = 1500
       const w = quantizeQ8Rows(randomRows(n, k, 5, 0), n, k)
@@ -490,7 +506,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('q8 extremes: weights ±128/127 against activations at the int16 limit', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       const k = 896
       const w: Q8Rows = {
         n: 3,
@@ -514,7 +530,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows, keys with channels kept apart), near the float sums', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       for (const [n, dim, slots] of [
         [1, 64, 0],
         [5, 64, 2],
@@ -603,7 +619,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('mix_q8 at its integer limits: 600 positions of ±127 with equal weights, and all-zero values', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       const a = new Arena(kernels)
       const n = 600
       const dim = 32
@@ -632,7 +648,7 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('dots, mix and silu_mul (copied from q8-head.wat) compute what they did', async () => {
-      const { kernels } = await instantiateEngine(variant)
+      const { kernels } = await instantiateEngine(variant, { dotAdd })
       const a = new Arena(kernels)
       const dim = 64
       const n = 5
@@ -666,11 +682,31 @@ for (const variant of ISA_VARIANTS) {
 }
 
 describe('engine kernels: the variants agree', () => {
-  it('simd128 and relaxed give the same bits on a Qwen-shaped q4 GEMV', async () => {
+  it('simd128, relaxed and relaxed with the i32 dot product give the same bits on Qwen-shaped q4 products', async () => {
     const m = quantizeQ4(randomRows(64, 896, 9), 64, 896)
-    const x = quantizeBlocks(randomRows(2, 896, 10), 2, 896)
-    const simd = await runQ4('simd128', 'gemv', m, x)
-    const relaxed = await runQ4('relaxed', 'gemv', m, x)
-    expect(Buffer.from(relaxed.buffer).equals(Buffer.from(simd.buffer))).toBe(true)
+    for (const [kernel, t] of [
+      ['gemv', 2],
+      ['gemv', 4], // one tile of 4 rows
+      ['gemm', 9],
+    ] as const) {
+      const x = quantizeBlocks(randomRows(t, 896, 10 + t), t, 896)
+      const [simd, ...others] = await Promise.all(BUILDS.map((b) => runQ4(b, kernel, m, x)))
+      expect(simd.some((v) => v !== 0 && Number.isFinite(v))).toBe(true)
+      for (const other of others)
+        expect(Buffer.from(other.buffer).equals(Buffer.from(simd.buffer))).toBe(true)
+    }
+  })
+
+  it('dot_probe tells the lowering of the i32 dot product, and the loader uses that form only where it is AVX-VNNI', async () => {
+    const relaxed = await instantiateEngine('relaxed')
+    const probe = relaxed.kernels.dot_probe()
+    // pmaddubsw (x64 without AVX-VNNI in V8), vpdpbusd (AVX-VNNI), a signed dot product (arm64)
+    expect([2 * 32767, DOT_PROBE_VNNI, -4 * 127]).toContain(probe)
+    expect(relaxed.dotAdd).toBe(probe === DOT_PROBE_VNNI)
+    expect(await dotAddWorks()).toBe(probe === DOT_PROBE_VNNI)
+    const simd = await instantiateEngine('simd128', { dotAdd: true })
+    expect(simd.kernels.dot_probe()).toBe(0)
+    expect(simd.dotAdd).toBe(false)
+    expect((await instantiateEngine('relaxed', { dotAdd: true })).dotAdd).toBe(true)
   })
 })

@@ -2,12 +2,14 @@
  * Run by engine-kernels.test.ts in other runtimes (Node 20 with relaxed SIMD and its baseline
  * tier on; Deno, where relaxed SIMD is on by default): which variant the loader picks, and how
  * many of each variant's quant_b32, q4_gemv and q4_gemm results differ from the reference there
- * (the relaxed build's too when the loader refuses it). Prints one line of JSON. Imports nothing
+ * (the relaxed build's too when the loader refuses it, and with its i32 dot product), and what
+ * dot_probe says. Prints one line of JSON. Imports nothing
  * outside src/engine.
  */
 import { quantizeBlocks } from '../../../../src/engine/wasm/activations.ts'
 import { q4Dot } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
+  dotAddWorks,
   engineModule,
   pickVariant,
   relaxedSimdSupported,
@@ -58,9 +60,11 @@ function mismatches(k: KernelExports): number {
   return bad
 }
 
-async function instance(variant: 'simd128' | 'relaxed'): Promise<KernelExports> {
+async function instance(variant: 'simd128' | 'relaxed', dotAdd = false): Promise<KernelExports> {
   const { exports } = await WebAssembly.instantiate(engineModule(variant), {})
-  return exports as unknown as KernelExports
+  const k = exports as unknown as KernelExports
+  k.set_dot_add(dotAdd ? 1 : 0)
+  return k
 }
 
 const validates = relaxedSimdSupported()
@@ -71,5 +75,10 @@ console.log(
     picked: await pickVariant(),
     simd128Mismatches: mismatches(await instance('simd128')),
     relaxedMismatches: validates ? mismatches(await instance('relaxed')) : null,
+    // the relaxed build with the i32 dot product in its q4 tiles (set_dot_add), and whether
+    // the loader takes that form here
+    dotProbe: validates ? (await instance('relaxed')).dot_probe() : null,
+    dotAddMismatches: validates ? mismatches(await instance('relaxed', true)) : null,
+    dotAdd: await dotAddWorks(),
   }),
 )
