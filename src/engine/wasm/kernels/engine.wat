@@ -1572,6 +1572,121 @@
     (v128.store32_lane 3 (local.get $out) (local.get $f0))
   )
 
+;;#if relaxed
+  ;; One weight row · 2 activation rows (x and x + 40 · kb), stored at out and out + 4 · ldo:
+  ;; $q4_tile4's sums for two rows, so that a decode batch of 2 or 3 unpacks each weight
+  ;; vector once per 2 rows, not once per row. Relaxed SIMD only (SIMD128 pairs weight rows
+  ;; instead: $q4_tile1x2).
+  (func $q4_tile2
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32) (param $ldo i32)
+    (local $end i32) (local $x1 i32) (local $p v128) (local $lo v128) (local $hi v128)
+    (local $m v128) (local $zp v128) (local $sc v128)
+    (local $a0 v128) (local $a1 v128) (local $f0 v128) (local $f1 v128)
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $x1 (i32.add (local.get $x) (i32.mul (local.get $kb) (i32.const 40))))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+        (local.set $a0 (v128.const i32x4 0 0 0 0))
+        (local.set $a1 (v128.const i32x4 0 0 0 0))
+        (if (global.get $dot_add)
+          (then
+            (local.set $p (v128.load offset=0 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=0 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=0 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $p (v128.load offset=16 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $p (v128.load offset=32 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x1)) (local.get $lo) (local.get $a1))))
+            (local.set $p (v128.load offset=48 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x)) (local.get $lo) (local.get $a0))))
+            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x1)) (local.get $hi)
+              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x1)) (local.get $lo) (local.get $a1))))
+          )
+          (else
+            (local.set $p (v128.load offset=0 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=0 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=0 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
+            (local.set $p (v128.load offset=16 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
+            (local.set $p (v128.load offset=32 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
+            (local.set $p (v128.load offset=48 (local.get $wq)))
+            (local.set $lo (v128.and (local.get $p) (local.get $m)))
+            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
+            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
+              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
+            (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+            (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))))
+        (local.set $zp (i32x4.extend_low_i16x8_u
+          (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq)))))
+        (local.set $sc (v128.load offset=64 (local.get $wq)))
+        (local.set $f0 (f32x4.add (local.get $f0)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a0)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $f1 (f32x4.add (local.get $f1)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a1)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x1)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
+        (br $groups)))
+    (f32.store (local.get $out) (call $hsum (local.get $f0)))
+    (f32.store (i32.add (local.get $out) (i32.shl (local.get $ldo) (i32.const 2)))
+      (call $hsum (local.get $f1)))
+  )
+;;#end
+
   ;; (f[0] + f[1]) + (f[2] + f[3])
   (func $hsum (param $f v128) (result f32)
     (f32.add
@@ -1580,7 +1695,8 @@
 
   ;; Weight rows [v0, v1) · n activation rows: each row is read from memory once (then from
   ;; L1) for tiles of 4 activation rows and the last n mod 4 one at a time; in the SIMD128 build
-  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2).
+  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2); in the relaxed
+  ;; build those last ones two at a time where they are 2 or 3 ($q4_tile2).
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
@@ -1628,9 +1744,16 @@
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
                   (local.get $o))))
 ;;#else
-            (call $q4_tile1 (local.get $row) (local.get $kb)
-              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-              (local.get $o))
+            (if (i32.lt_u (i32.add (local.get $j) (i32.const 1)) (local.get $n))
+              (then
+                (call $q4_tile2 (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o) (local.get $ldo))
+                (local.set $j (i32.add (local.get $j) (i32.const 1))))
+              (else
+                (call $q4_tile1 (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o))))
 ;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $ones)))
