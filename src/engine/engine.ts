@@ -218,6 +218,7 @@ export class QwenEngine implements Engine {
         tokens: b.tokens,
         largestBatch: b.largest,
         path: this.model.paths.decode,
+        ...(this.model.decoder && { kernels: this.model.decoder.kernelBuild }),
       },
       prefill: {
         path: this.model.paths.prefill,

@@ -132,6 +132,8 @@ export interface EngineStats {
     largestBatch: number
     /** Where decode steps run: the package's own WASM decoder, or the ONNX graph. */
     path?: 'decoder' | 'graph'
+    /** The decoder's kernel build: 'simd128', 'relaxed' or 'relaxed+vnni' (kernel.ts). */
+    kernels?: string
   }
   /**
    * Where prompt chunks run: the engine's kernels (then no onnxruntime session holds the

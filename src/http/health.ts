@@ -68,6 +68,7 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             runs: decode.runs,
             largest_batch: decode.largestBatch,
             ...(decode.path && { path: decode.path }),
+            ...(decode.kernels && { kernels: decode.kernels }),
           },
         }),
         ...(prefill && { prefill: { path: prefill.path, runs: prefill.runs } }),

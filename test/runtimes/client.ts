@@ -61,7 +61,13 @@ export interface Health {
   queued: number
   /** KV positions the running generations reserved (prompt + max_tokens each). */
   kv_reserved_tokens?: number
-  decode: { steps: number; runs: number; largest_batch: number; path?: 'decoder' | 'graph' }
+  decode: {
+    steps: number
+    runs: number
+    largest_batch: number
+    path?: 'decoder' | 'graph'
+    kernels?: string
+  }
 }
 
 export async function health(t: Target): Promise<Health> {

@@ -7,6 +7,7 @@
 import OpenAI from 'openai'
 import { expect, it } from 'vitest'
 import { WRITE_STALL_MS } from '../../src/adapters/workers/client-lifetime.ts'
+import { relaxedSimdSupported } from '../../src/engine/wasm/kernel.ts'
 import {
   eventReader,
   health,
@@ -137,6 +138,11 @@ describeMatrix(
       const after = (await health(t)).decode
       expect(after.largest_batch).toBe(2) // MAX_ACTIVE=2
       expect(after.path).toBe('decoder') // the bundled package's own decoder ran the steps
+      // its kernel build: relaxed SIMD where the runtime has it (Deno and workerd by default;
+      // Node from 22), on AVX-VNNI's dot product where the CPU and V8 have it
+      expect(after.kernels).toMatch(
+        t.runtime === 'node' && !relaxedSimdSupported() ? /^simd128$/ : /^relaxed(\+vnni)?$/,
+      )
       expect(after.runs - before.runs).toBeLessThan(after.steps - before.steps)
       for (const r of replies) expect(r.length).toBeGreaterThan(0)
 

@@ -46,7 +46,7 @@ import {
 } from '../../format/index.ts'
 import { a16Limit } from './activations.ts'
 import type { Q8Head } from './head.ts'
-import { instantiateKernels, type KernelExports, type RowsArgs } from './kernel.ts'
+import { instantiateEngine, type KernelBuild, type KernelExports, type RowsArgs } from './kernel.ts'
 import { KvArena, type KvSequence } from './kv-arena.ts'
 import {
   keyOutlierChannels,
@@ -199,6 +199,8 @@ export class Q8Decoder {
 
   private constructor(
     private readonly kernel: KernelExports,
+    /** Which kernel build runs (reported by /health). */
+    readonly kernelBuild: KernelBuild,
     readonly shape: DecoderShape,
     /** The embedding and lm_head (absent in a pipeline stage, which takes and gives hidden rows). */
     private readonly head: Q8Head | undefined,
@@ -311,7 +313,8 @@ export class Q8Decoder {
     if (unsupported) throw new AppError('model_invalid', unsupported)
     if (!(range[0] >= 0 && range[0] < range[1] && range[1] <= shape.layers))
       throw new AppError('model_invalid', `No decoder layers [${range}] in ${shape.layers}`)
-    return new Q8Decoder(await instantiateKernels(), shape, head, format, range, options)
+    const { kernels, build } = await instantiateEngine()
+    return new Q8Decoder(kernels, build, shape, head, format, range, options)
   }
 
   /** Packs layer `l`'s weights into their place. Throws `model_invalid` on a wrong size. */

@@ -21,6 +21,12 @@ import { WASM_BASE64 as SIMD128_BASE64 } from './kernels/engine-simd128-wasm.ts'
 export type IsaVariant = 'simd128' | 'relaxed'
 
 /**
+ * What runs, as `/health` reports it: the simd128 build, the relaxed one, or the relaxed one
+ * with its q4 tiles on the i32 dot product that this runtime lowers to AVX-VNNI.
+ */
+export type KernelBuild = 'simd128' | 'relaxed' | 'relaxed+vnni'
+
+/**
  * (module (func (param v128 v128) (result v128)
  *   (i16x8.relaxed_dot_i8x16_i7x16_s (local.get 0) (local.get 1))))
  * with the function exported as "f": the instruction the relaxed variant depends on.
@@ -274,13 +280,13 @@ export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
 export async function instantiateEngine(
   want?: IsaVariant,
   options: { dotAdd?: boolean } = {},
-): Promise<{ variant: IsaVariant; kernels: KernelExports; dotAdd: boolean }> {
+): Promise<{ variant: IsaVariant; kernels: KernelExports; dotAdd: boolean; build: KernelBuild }> {
   const variant = await pickVariant(want)
   const instance = await WebAssembly.instantiate(engineModule(variant), {})
   const kernels = instance.exports as unknown as KernelExports
   const dotAdd = variant === 'relaxed' && (options.dotAdd ?? (await dotAddWorks()))
   kernels.set_dot_add(dotAdd ? 1 : 0)
-  return { variant, kernels, dotAdd }
+  return { variant, kernels, dotAdd, build: dotAdd ? 'relaxed+vnni' : variant }
 }
 
 /** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (the q8 `rows` kernels). */
