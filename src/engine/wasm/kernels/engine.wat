@@ -1241,141 +1241,30 @@
         (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0))
         (local.set $a3 (v128.const i32x4 0 0 0 0))
-;;#if relaxed
-        (if (global.get $dot_add)
-          (then
-            ;; one i32x4.relaxed_dot_i8x16_i7x16_add_s per 16 weights and row: i32 lane b sums
-            ;; the 4 products of block b (nibbles 0..15, the unsigned operand: exact in any
-            ;; lowering); one vpdpbusd each where the runtime lowers it to AVX-VNNI ($dot_add)
-            ;; bytes 0..15 of the group's weights
-            (local.set $p (v128.load (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x2)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x2)) (local.get $lo) (local.get $a2))))
-            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x3)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x3)) (local.get $lo) (local.get $a3))))
-            ;; bytes 16..31 of the group's weights
-            (local.set $p (v128.load offset=16 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x2)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x2)) (local.get $lo) (local.get $a2))))
-            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x3)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x3)) (local.get $lo) (local.get $a3))))
-            ;; bytes 32..47 of the group's weights
-            (local.set $p (v128.load offset=32 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x2)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x2)) (local.get $lo) (local.get $a2))))
-            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x3)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x3)) (local.get $lo) (local.get $a3))))
-            ;; bytes 48..63 of the group's weights
-            (local.set $p (v128.load offset=48 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x2)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x2)) (local.get $lo) (local.get $a2))))
-            (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x3)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x3)) (local.get $lo) (local.get $a3))))
-          )
-          (else
-            ;; bytes 0..15 of the group's weights
-            (local.set $p (v128.load (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
-            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
-            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
-            ;; bytes 16..31 of the group's weights
-            (local.set $p (v128.load offset=16 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
-            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
-            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
-            ;; bytes 32..47 of the group's weights
-            (local.set $p (v128.load offset=32 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
-            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
-            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
-            ;; bytes 48..63 of the group's weights
-            (local.set $p (v128.load offset=48 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
-            (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
-            (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
-            ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
-            (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
-            (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
-            (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
-            (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
-          ))
-;;#else
+;;#if simd128
         (local.set $h0 (v128.const i32x4 0 0 0 0))
         (local.set $h1 (v128.const i32x4 0 0 0 0))
         (local.set $h2 (v128.const i32x4 0 0 0 0))
         (local.set $h3 (v128.const i32x4 0 0 0 0))
+;;#end
         ;; bytes 0..15 of the group's weights
         (local.set $p (v128.load (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x3)) (local.get $hi)))))
+;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1404,10 +1293,25 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=8 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=72 (local.get $x3))))))
+;;#end
         ;; bytes 16..31 of the group's weights
         (local.set $p (v128.load offset=16 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x3)) (local.get $hi)))))
+;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1436,10 +1340,25 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=24 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=88 (local.get $x3))))))
+;;#end
         ;; bytes 32..47 of the group's weights
         (local.set $p (v128.load offset=32 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x3)) (local.get $hi)))))
+;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1468,10 +1387,25 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=40 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=104 (local.get $x3))))))
+;;#end
         ;; bytes 48..63 of the group's weights
         (local.set $p (v128.load offset=48 (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
         (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+;;#if relaxed
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x2)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x2)) (local.get $hi)))))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.add
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x3)) (local.get $lo))
+          (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x3)) (local.get $hi)))))
+;;#else
         (local.set $w0 (i16x8.extend_low_i8x16_u (local.get $lo)))
         (local.set $w1 (i16x8.extend_high_i8x16_u (local.get $lo)))
         (local.set $w2 (i16x8.extend_low_i8x16_u (local.get $hi)))
@@ -1500,6 +1434,14 @@
         (local.set $h3 (i32x4.add (local.get $h3) (i32x4.add
           (i32x4.dot_i16x8_s (local.get $w1) (v128.load8x8_s offset=56 (local.get $x3)))
           (i32x4.dot_i16x8_s (local.get $w3) (v128.load8x8_s offset=120 (local.get $x3))))))
+;;#end
+;;#if relaxed
+        ;; 8 exact i16 pair sums per lane (as in $q4_tile1); i32 lane b: block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+        (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
+        (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
+        (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
+;;#else
         ;; lanes of a: blocks 0, 0, 1, 1; of h: 2, 2, 3, 3
         (local.set $a0 (i32x4.add
           (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $a0) (local.get $h0))
@@ -1573,93 +1515,82 @@
   )
 
 ;;#if relaxed
-  ;; One weight row · 2 activation rows (x and x + 40 · kb), stored at out and out + 4 · ldo:
-  ;; $q4_tile4's sums for two rows, so that a decode batch of 2 or 3 unpacks each weight
-  ;; vector once per 2 rows, not once per row. Relaxed SIMD only (SIMD128 pairs weight rows
-  ;; instead: $q4_tile1x2).
-  (func $q4_tile2
+  ;; $q4_tile4 with the i32 form of the dot product (one i32x4.relaxed_dot_i8x16_i7x16_add_s per
+  ;; 16 weights and row: i32 lane b sums block b, exact in any lowering since the unsigned
+  ;; operand is a nibble). q4_rows calls it when $dot_add is set: where the runtime lowers the
+  ;; i32 form to one AVX-VNNI vpdpbusd. A function of its own, not a branch in $q4_tile4's loop:
+  ;; a branch there made Node 20 stream large matrices 1.5x slower.
+  (func $q4_tile4_dot
     (param $wq i32) (param $kb i32) (param $x i32) (param $out i32) (param $ldo i32)
-    (local $end i32) (local $x1 i32) (local $p v128) (local $lo v128) (local $hi v128)
-    (local $m v128) (local $zp v128) (local $sc v128)
-    (local $a0 v128) (local $a1 v128) (local $f0 v128) (local $f1 v128)
+    (local $end i32) (local $xst i32) (local $x1 i32) (local $x2 i32) (local $x3 i32)
+    (local $p v128) (local $lo v128) (local $hi v128) (local $m v128) (local $zp v128)
+    (local $sc v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
     (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
-    (local.set $x1 (i32.add (local.get $x) (i32.mul (local.get $kb) (i32.const 40))))
+    (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
+    (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
+    (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
+    (local.set $x3 (i32.add (local.get $x2) (local.get $xst)))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
         (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
         (local.set $a0 (v128.const i32x4 0 0 0 0))
         (local.set $a1 (v128.const i32x4 0 0 0 0))
-        (if (global.get $dot_add)
-          (then
-            (local.set $p (v128.load offset=0 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=0 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=0 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $p (v128.load offset=16 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $p (v128.load offset=32 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x1)) (local.get $lo) (local.get $a1))))
-            (local.set $p (v128.load offset=48 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x)) (local.get $lo) (local.get $a0))))
-            (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x1)) (local.get $hi)
-              (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x1)) (local.get $lo) (local.get $a1))))
-          )
-          (else
-            (local.set $p (v128.load offset=0 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=0 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=0 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=64 (local.get $x1)) (local.get $hi)))))
-            (local.set $p (v128.load offset=16 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=16 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=80 (local.get $x1)) (local.get $hi)))))
-            (local.set $p (v128.load offset=32 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=32 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=96 (local.get $x1)) (local.get $hi)))))
-            (local.set $p (v128.load offset=48 (local.get $wq)))
-            (local.set $lo (v128.and (local.get $p) (local.get $m)))
-            (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
-            (local.set $a0 (i16x8.add (local.get $a0) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x)) (local.get $hi)))))
-            (local.set $a1 (i16x8.add (local.get $a1) (i16x8.add
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=48 (local.get $x1)) (local.get $lo))
-              (i16x8.relaxed_dot_i8x16_i7x16_s (v128.load offset=112 (local.get $x1)) (local.get $hi)))))
-            (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
-            (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))))
+        (local.set $a2 (v128.const i32x4 0 0 0 0))
+        (local.set $a3 (v128.const i32x4 0 0 0 0))
+        ;; one i32x4.relaxed_dot_i8x16_i7x16_add_s per 16 weights and row: i32 lane b sums
+        ;; the 4 products of block b (nibbles 0..15, the unsigned operand: exact in any
+        ;; lowering); one vpdpbusd each where the runtime lowers it to AVX-VNNI ($dot_add)
+        ;; bytes 0..15 of the group's weights
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x)) (local.get $lo) (local.get $a0))))
+        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x1)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x1)) (local.get $lo) (local.get $a1))))
+        (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x2)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x2)) (local.get $lo) (local.get $a2))))
+        (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=64 (local.get $x3)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load (local.get $x3)) (local.get $lo) (local.get $a3))))
+        ;; bytes 16..31 of the group's weights
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x)) (local.get $lo) (local.get $a0))))
+        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x1)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x1)) (local.get $lo) (local.get $a1))))
+        (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x2)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x2)) (local.get $lo) (local.get $a2))))
+        (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=80 (local.get $x3)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=16 (local.get $x3)) (local.get $lo) (local.get $a3))))
+        ;; bytes 32..47 of the group's weights
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x)) (local.get $lo) (local.get $a0))))
+        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x1)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x1)) (local.get $lo) (local.get $a1))))
+        (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x2)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x2)) (local.get $lo) (local.get $a2))))
+        (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=96 (local.get $x3)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=32 (local.get $x3)) (local.get $lo) (local.get $a3))))
+        ;; bytes 48..63 of the group's weights
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $lo (v128.and (local.get $p) (local.get $m)))
+        (local.set $hi (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $a0 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x)) (local.get $lo) (local.get $a0))))
+        (local.set $a1 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x1)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x1)) (local.get $lo) (local.get $a1))))
+        (local.set $a2 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x2)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x2)) (local.get $lo) (local.get $a2))))
+        (local.set $a3 (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=112 (local.get $x3)) (local.get $hi)
+          (i32x4.relaxed_dot_i8x16_i7x16_add_s (v128.load offset=48 (local.get $x3)) (local.get $lo) (local.get $a3))))
         (local.set $zp (i32x4.extend_low_i16x8_u
           (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq)))))
         (local.set $sc (v128.load offset=64 (local.get $wq)))
@@ -1677,13 +1608,45 @@
                 (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
               (local.get $sc))
             (v128.load offset=128 (local.get $x1)))))
+        (local.set $f2 (f32x4.add (local.get $f2)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a2)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x2)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x2)))))
+        (local.set $f3 (f32x4.add (local.get $f3)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a3)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x3)))))
         (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
+        (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
+        (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
         (br $groups)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
-    (f32.store (i32.add (local.get $out) (i32.shl (local.get $ldo) (i32.const 2)))
-      (call $hsum (local.get $f1)))
+    ;; $hsum of f0..f3 at once, lane j of f0 for fj: [f0.0 + f0.1, f1.0 + f1.1, f0.2 + f0.3,
+    ;; f1.2 + f1.3] (and f2, f3 in f2), then lane j (fj.0 + fj.1) + (fj.2 + fj.3)
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $f1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $f1))))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $f3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $f3))))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $f0) (local.get $f2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $f0) (local.get $f2))))
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
+    (v128.store32_lane 0 (local.get $out) (local.get $f0))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 1 (local.get $out) (local.get $f0))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 2 (local.get $out) (local.get $f0))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (v128.store32_lane 3 (local.get $out) (local.get $f0))
   )
 ;;#end
 
@@ -1695,8 +1658,7 @@
 
   ;; Weight rows [v0, v1) · n activation rows: each row is read from memory once (then from
   ;; L1) for tiles of 4 activation rows and the last n mod 4 one at a time; in the SIMD128 build
-  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2); in the relaxed
-  ;; build those last ones two at a time where they are 2 or 3 ($q4_tile2).
+  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2).
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
@@ -1718,6 +1680,17 @@
             (br_if $tiles_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
             (local.set $o (i32.add (local.get $out) (i32.shl
               (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
+;;#if relaxed
+            (if (global.get $dot_add)
+              (then
+                (call $q4_tile4_dot (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o) (local.get $ldo)))
+              (else
+                (call $q4_tile4 (local.get $row) (local.get $kb)
+                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                  (local.get $o) (local.get $ldo))))
+;;#else
             (call $q4_tile4 (local.get $row) (local.get $kb)
               (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
               (local.get $o) (local.get $ldo))
@@ -1726,6 +1699,7 @@
                 (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
                   (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))
+;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
             (br $tiles)))
         (block $ones_done
@@ -1744,16 +1718,9 @@
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
                   (local.get $o))))
 ;;#else
-            (if (i32.lt_u (i32.add (local.get $j) (i32.const 1)) (local.get $n))
-              (then
-                (call $q4_tile2 (local.get $row) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                  (local.get $o) (local.get $ldo))
-                (local.set $j (i32.add (local.get $j) (i32.const 1))))
-              (else
-                (call $q4_tile1 (local.get $row) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                  (local.get $o))))
+            (call $q4_tile1 (local.get $row) (local.get $kb)
+              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+              (local.get $o))
 ;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $ones)))
