@@ -24,7 +24,11 @@ import { describe, expect, it } from 'vitest'
 import { KERNELS_DIR, assemble } from '../../../../scripts/build-kernels.ts'
 import { WASM_BASE64 as RELAXED_BASE64 } from '../../../../src/engine/wasm/kernels/engine-relaxed-wasm.ts'
 import { WASM_BASE64 as SIMD128_BASE64 } from '../../../../src/engine/wasm/kernels/engine-simd128-wasm.ts'
-import { kernelSource, selectVariant } from '../../../../scripts/lib/kernel-variants.ts'
+import {
+  ISA_VARIANTS,
+  kernelSource,
+  selectVariant,
+} from '../../../../scripts/lib/kernel-variants.ts'
 import {
   a16Limit,
   a8Get,
@@ -287,10 +291,10 @@ describe('engine kernels in other runtimes', () => {
   })
 })
 
-for (const { variant, dotAdd } of BUILDS) {
-  describe(`engine kernels, ${variant}${dotAdd ? ', i32 dot product (set_dot_add)' : ''}`, () => {
+for (const variant of ISA_VARIANTS) {
+  describe(`engine kernels, ${variant}`, () => {
     it('quant_b32 is quantizeBlocks bit for bit (padding, ldx > k, zero and extreme rows)', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       for (const [t, k, ldx] of [
         [1, 32, 32],
         [3, 96, 100], // 3 blocks, padded to 4; rows not back to back
@@ -318,7 +322,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('quant_a16 is quantizeRows bit for bit (padding, ldx > k, a tail, zero rows, ties); stops at a non-finite row', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       for (const [t, k, ldx, stride] of [
         [1, 32, 32, 32],
         [3, 100, 104, 128], // k not a multiple of 8: the scalar tail; padded to stride
@@ -367,72 +371,76 @@ for (const { variant, dotAdd } of BUILDS) {
       }
     })
 
-    it('q4_gemv: n = 1..7 rows, odd N and K, a sub-range of rows, ldo > N', async () => {
-      for (const [n, k] of [
-        [1, 32],
-        [5, 96],
-        [37, 200], // a K that MatMulNBits can have: the last block is partial
-        [13, 896],
-      ]) {
-        const m = randomQ4(n, k, n + k)
-        for (let t = 1; t <= 7; t++) {
-          const x = quantizeBlocks(randomRows(t, k, 7 * t + k), t, k)
-          expectQ4(await runQ4({ variant, dotAdd }, 'gemv', m, x), m, x, 0, n, n + 3)
+    // the q4 products in each form of this build's 8-bit dot product (relaxed: both)
+    for (const build of BUILDS.filter((b) => b.variant === variant)) {
+      const form = build.dotAdd ? ', i32 dot product (set_dot_add)' : ''
+      it(`q4_gemv: n = 1..7 rows, odd N and K, a sub-range of rows, ldo > N${form}`, async () => {
+        for (const [n, k] of [
+          [1, 32],
+          [5, 96],
+          [37, 200], // a K that MatMulNBits can have: the last block is partial
+          [13, 896],
+        ]) {
+          const m = randomQ4(n, k, n + k)
+          for (let t = 1; t <= 7; t++) {
+            const x = quantizeBlocks(randomRows(t, k, 7 * t + k), t, k)
+            expectQ4(await runQ4(build, 'gemv', m, x), m, x, 0, n, n + 3)
+          }
+          const x = quantizeBlocks(randomRows(3, k, 1), 3, k)
+          const v0 = Math.floor(n / 3)
+          const v1 = n - Math.floor(n / 4)
+          expectQ4(await runQ4(build, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
         }
-        const x = quantizeBlocks(randomRows(3, k, 1), 3, k)
-        const v0 = Math.floor(n / 3)
-        const v1 = n - Math.floor(n / 4)
-        expectQ4(await runQ4({ variant, dotAdd }, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
-      }
-    })
+      })
 
-    it('q4_gemm: T not a multiple of the tile, several row blocks, equal to q4_gemv', async () => {
-      const n = 251 // 896 inputs: 111 rows a block, so 3 blocks, the last partial
-      const m = randomQ4(n, 896, 5)
-      for (const t of [1, 3, 4, 9]) {
-        const x = quantizeBlocks(randomRows(t, 896, t), t, 896)
-        const gemm = await runQ4({ variant, dotAdd }, 'gemm', m, x)
-        expectQ4(gemm, m, x, 0, n, n + 3)
-        expect(Object.is(gemm[0], (await runQ4({ variant, dotAdd }, 'gemv', m, x))[0])).toBe(true)
-      }
-      const x = quantizeBlocks(randomRows(6, 896, 2), 6, 896)
-      expectQ4(await runQ4({ variant, dotAdd }, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
-    })
+      it(`q4_gemm: T not a multiple of the tile, several row blocks, equal to q4_gemv${form}`, async () => {
+        const n = 251 // 896 inputs: 111 rows a block, so 3 blocks, the last partial
+        const m = randomQ4(n, 896, 5)
+        for (const t of [1, 3, 4, 9]) {
+          const x = quantizeBlocks(randomRows(t, 896, t), t, 896)
+          const gemm = await runQ4(build, 'gemm', m, x)
+          expectQ4(gemm, m, x, 0, n, n + 3)
+          expect(Object.is(gemm[0], (await runQ4(build, 'gemv', m, x))[0])).toBe(true)
+        }
+        const x = quantizeBlocks(randomRows(6, 896, 2), 6, 896)
+        expectQ4(await runQ4(build, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
+      })
 
-    it('q4 extremes: activations all ±127, q 15 with zp 0, q 0 with zp 15, zero scales', async () => {
-      const k = 256
-      const m = emptyQ4(4, k)
-      // row 0: q 15, zp 0 (the largest positive sums); row 1: q 0, zp 15; rows 2, 3: high
-      // nibbles 15, low 0, zp 8; row 3: zero scales
-      for (let i = 0; i < k; i++) {
-        q4Set(m, 0, i, 15)
-        q4Set(m, 2, i, i % 32 >= 16 ? 15 : 0)
-        q4Set(m, 3, i, i % 32 >= 16 ? 15 : 0)
-      }
-      for (let c = 0; c < m.kb; c++) {
-        q4SetBlock(m, 0, c, 0.5, 0)
-        q4SetBlock(m, 1, c, 0.5, 15)
-        q4SetBlock(m, 2, c, 0.5, 8)
-        q4SetBlock(m, 3, c, 0, 8)
-      }
-      const rows = new Float32Array(3 * k)
-      rows.fill(1, 0, k) // all 127
-      rows.fill(-2, k, 2 * k) // all -127
-      for (let i = 0; i < k; i++) rows[2 * k + i] = i % 2 ? 1 : -1
-      const x = quantizeBlocks(rows, 3, k)
-      for (let j = 0; j < 3; j++)
-        for (let i = 0; i < k; i++) expect(Math.abs(a8Get(x, j, i))).toBe(127)
-      for (const kernel of ['gemv', 'gemm'] as const) {
-        const out = await runQ4({ variant, dotAdd }, kernel, m, x, 0, 4, 4)
-        expectQ4(out, m, x, 0, 4, 4)
-        expect(out[0]).toBeCloseTo(k * 15 * 0.5, 3) // every block 32·15·127
-        expect(out[4 + 1]).toBeCloseTo(k * 15 * 0.5 * 2, 3) // (0 − 15) · −127
-        expect(out[3]).toBe(0)
-      }
-    })
+      it(`q4 extremes: activations all ±127, q 15 with zp 0, q 0 with zp 15, zero scales${form}`, async () => {
+        const k = 256
+        const m = emptyQ4(4, k)
+        // row 0: q 15, zp 0 (the largest positive sums); row 1: q 0, zp 15; rows 2, 3: high
+        // nibbles 15, low 0, zp 8; row 3: zero scales
+        for (let i = 0; i < k; i++) {
+          q4Set(m, 0, i, 15)
+          q4Set(m, 2, i, i % 32 >= 16 ? 15 : 0)
+          q4Set(m, 3, i, i % 32 >= 16 ? 15 : 0)
+        }
+        for (let c = 0; c < m.kb; c++) {
+          q4SetBlock(m, 0, c, 0.5, 0)
+          q4SetBlock(m, 1, c, 0.5, 15)
+          q4SetBlock(m, 2, c, 0.5, 8)
+          q4SetBlock(m, 3, c, 0, 8)
+        }
+        const rows = new Float32Array(3 * k)
+        rows.fill(1, 0, k) // all 127
+        rows.fill(-2, k, 2 * k) // all -127
+        for (let i = 0; i < k; i++) rows[2 * k + i] = i % 2 ? 1 : -1
+        const x = quantizeBlocks(rows, 3, k)
+        for (let j = 0; j < 3; j++)
+          for (let i = 0; i < k; i++) expect(Math.abs(a8Get(x, j, i))).toBe(127)
+        for (const kernel of ['gemv', 'gemm'] as const) {
+          const out = await runQ4(build, kernel, m, x, 0, 4, 4)
+          expectQ4(out, m, x, 0, 4, 4)
+          expect(out[0]).toBeCloseTo(k * 15 * 0.5, 3) // every block 32·15·127
+          expect(out[4 + 1]).toBeCloseTo(k * 15 * 0.5 * 2, 3) // (0 − 15) · −127
+          expect(out[3]).toBe(0)
+        }
+      })
+    }
 
     it('q8_gemm: T not a multiple of 4, several row blocks; rows and rows4 as before', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       const k = 72 // stride 96: padded rows; 682 rows a block
       const w = quantizeQ8Rows(randomRows(1500, k, 3, 0), 1500, k)
       for (const t of [1, 3, 4, 5, 9]) {
@@ -466,7 +474,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('q8_gemm and rows4: a sub-range of rows with odd ends (rows scored in pairs), nothing written outside it', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       const k = 200 // stride 224: 292 rows a block, so the last block of [3, 1500) is odd
       const n = 1500
       const w = quantizeQ8Rows(randomRows(n, k, 5, 0), n, k)
@@ -506,7 +514,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('q8 extremes: weights ±128/127 against activations at the int16 limit', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       const k = 896
       const w: Q8Rows = {
         n: 3,
@@ -530,7 +538,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows, keys with channels kept apart), near the float sums', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       for (const [n, dim, slots] of [
         [1, 64, 0],
         [5, 64, 2],
@@ -619,7 +627,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('mix_q8 at its integer limits: 600 positions of ±127 with equal weights, and all-zero values', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       const a = new Arena(kernels)
       const n = 600
       const dim = 32
@@ -648,7 +656,7 @@ for (const { variant, dotAdd } of BUILDS) {
     })
 
     it('dots, mix and silu_mul (copied from q8-head.wat) compute what they did', async () => {
-      const { kernels } = await instantiateEngine(variant, { dotAdd })
+      const { kernels } = await instantiateEngine(variant)
       const a = new Arena(kernels)
       const dim = 64
       const n = 5
