@@ -473,14 +473,15 @@ async function measureMore(
   }
 }
 
-/**
- * The kernels' build this runtime runs (relaxed SIMD where it works, else SIMD128), and whether
- * its q4 tiles take the i32 dot product (AVX-VNNI).
- */
+/** The kernel build this runtime runs, as the engine picks it (kernel.ts `instantiateEngine`). */
 async function kernelIsa(): Promise<string> {
-  const { pickVariant, dotAddWorks } = await import('../../src/engine/wasm/kernel.ts')
-  if ((await pickVariant()) !== 'relaxed') return 'SIMD128'
-  return (await dotAddWorks()) ? 'relaxed SIMD, AVX-VNNI dot product' : 'relaxed SIMD'
+  const { instantiateEngine } = await import('../../src/engine/wasm/kernel.ts')
+  const names = {
+    simd128: 'SIMD128',
+    relaxed: 'relaxed SIMD',
+    'relaxed+vnni': 'relaxed SIMD, AVX-VNNI dot product',
+  }
+  return names[(await instantiateEngine()).build]
 }
 
 export const SHORT_SENTIMENT_TEXT = 'Great screen, awful battery.'

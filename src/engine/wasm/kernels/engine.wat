@@ -1540,9 +1540,6 @@
         (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0))
         (local.set $a3 (v128.const i32x4 0 0 0 0))
-        ;; one i32x4.relaxed_dot_i8x16_i7x16_add_s per 16 weights and row: i32 lane b sums
-        ;; the 4 products of block b (nibbles 0..15, the unsigned operand: exact in any
-        ;; lowering); one vpdpbusd each where the runtime lowers it to AVX-VNNI ($dot_add)
         ;; bytes 0..15 of the group's weights
         (local.set $p (v128.load (local.get $wq)))
         (local.set $lo (v128.and (local.get $p) (local.get $m)))
