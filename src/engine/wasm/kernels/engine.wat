@@ -1065,12 +1065,106 @@
   )
 
 
-;;#if simd128
+;;#if relaxed
+  ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
+  ;; each 16 activation bytes are loaded once for both rows, and the two rows are two streams
+  ;; for the memory system. As $q4_tile1 otherwise (the same sums, bit for bit).
+  (func $q4_tile1x2
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
+    (local $end i32) (local $wr i32) (local $m v128) (local $xl v128) (local $xh v128)
+    (local $p v128) (local $q v128) (local $a0 v128) (local $a1 v128) (local $b0 v128)
+    (local $b1 v128) (local $sx v128) (local $dx v128) (local $f v128) (local $g v128)
+    (local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (local.get $wr))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+        (local.set $xl (v128.load (local.get $x)))
+        (local.set $xh (v128.load offset=64 (local.get $x)))
+        (local.set $p (v128.load (local.get $wq)))
+        (local.set $q (v128.load (local.get $wr)))
+        (local.set $a0 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xl)
+          (v128.and (local.get $p) (local.get $m))))
+        (local.set $a1 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xh)
+          (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m))))
+        (local.set $b0 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xl)
+          (v128.and (local.get $q) (local.get $m))))
+        (local.set $b1 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xh)
+          (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $m))))
+        (local.set $xl (v128.load offset=16 (local.get $x)))
+        (local.set $xh (v128.load offset=80 (local.get $x)))
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $q (v128.load offset=16 (local.get $wr)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $q) (local.get $m)))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $m)))))
+        (local.set $xl (v128.load offset=32 (local.get $x)))
+        (local.set $xh (v128.load offset=96 (local.get $x)))
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $q (v128.load offset=32 (local.get $wr)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $q) (local.get $m)))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $m)))))
+        (local.set $xl (v128.load offset=48 (local.get $x)))
+        (local.set $xh (v128.load offset=112 (local.get $x)))
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $q (v128.load offset=48 (local.get $wr)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $p) (local.get $m)))))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xl) (v128.and (local.get $q) (local.get $m)))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s
+          (local.get $xh) (v128.and (i16x8.shr_u (local.get $q) (i32.const 4)) (local.get $m)))))
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (i16x8.add (local.get $a0) (local.get $a1))))
+        (local.set $b0 (i32x4.extadd_pairwise_i16x8_s (i16x8.add (local.get $b0) (local.get $b1))))
+        (local.set $sx (v128.load offset=144 (local.get $x)))
+        (local.set $dx (v128.load offset=128 (local.get $x)))
+        (local.set $f (f32x4.add (local.get $f)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s
+                (i32x4.sub (local.get $a0)
+                  (i32x4.mul
+                    (i32x4.extend_low_i16x8_u
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq))))
+                    (local.get $sx))))
+              (v128.load offset=64 (local.get $wq)))
+            (local.get $dx))))
+        (local.set $g (f32x4.add (local.get $g)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s
+                (i32x4.sub (local.get $b0)
+                  (i32x4.mul
+                    (i32x4.extend_low_i16x8_u
+                      (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wr))))
+                    (local.get $sx))))
+              (v128.load offset=64 (local.get $wr)))
+            (local.get $dx))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (br $groups)))
+    (f32.store (local.get $out) (call $hsum (local.get $f)))
+    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g)))
+  )
+;;#else
   ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
   ;; the activations are loaded (and widened) once for both rows, and the two rows are two
-  ;; streams for the memory system. As $q4_tile1 otherwise. SIMD128 only: it saves the
-  ;; widening of the activations, which relaxed SIMD does not do (there the second row's
-  ;; registers cost more than the shared loads save).
+  ;; streams for the memory system. As $q4_tile1 otherwise.
   (func $q4_tile1x2
     (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
     (local $end i32) (local $wr i32) (local $p v128) (local $lo v128) (local $hi v128)
@@ -1653,9 +1747,10 @@
       (f32.add (f32x4.extract_lane 0 (local.get $f)) (f32x4.extract_lane 1 (local.get $f)))
       (f32.add (f32x4.extract_lane 2 (local.get $f)) (f32x4.extract_lane 3 (local.get $f)))))
 
-  ;; Weight rows [v0, v1) · n activation rows: each row is read from memory once (then from
-  ;; L1) for tiles of 4 activation rows and the last n mod 4 one at a time; in the SIMD128 build
-  ;; two rows at a time, those last ones against both rows at once ($q4_tile1x2).
+  ;; Weight rows [v0, v1) · n activation rows, two rows at a time: each row is read from memory
+  ;; once (then from L1) for tiles of 4 activation rows, and the last n mod 4 activation rows
+  ;; one at a time against both weight rows at once ($q4_tile1x2: half the activation loads, and
+  ;; where the runtime bounds-checks every load, as Deno does, half their checks).
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
@@ -1667,9 +1762,7 @@
     (block $done
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
-;;#if simd128
         (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
-;;#end
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
         (local.set $j (i32.const 0))
         (block $tiles_done
@@ -1682,11 +1775,21 @@
               (then
                 (call $q4_tile4_dot (local.get $row) (local.get $kb)
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                  (local.get $o) (local.get $ldo)))
+                  (local.get $o) (local.get $ldo))
+                (if (local.get $pair)
+                  (then
+                    (call $q4_tile4_dot (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
+                      (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                      (i32.add (local.get $o) (i32.const 4)) (local.get $ldo)))))
               (else
                 (call $q4_tile4 (local.get $row) (local.get $kb)
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                  (local.get $o) (local.get $ldo))))
+                  (local.get $o) (local.get $ldo))
+                (if (local.get $pair)
+                  (then
+                    (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
+                      (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                      (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))))
 ;;#else
             (call $q4_tile4 (local.get $row) (local.get $kb)
               (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
@@ -1704,7 +1807,6 @@
             (br_if $ones_done (i32.ge_u (local.get $j) (local.get $n)))
             (local.set $o (i32.add (local.get $out) (i32.shl
               (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
-;;#if simd128
             (if (local.get $pair)
               (then
                 (call $q4_tile1x2 (local.get $row) (local.get $kb)
@@ -1714,11 +1816,6 @@
                 (call $q4_tile1 (local.get $row) (local.get $kb)
                   (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
                   (local.get $o))))
-;;#else
-            (call $q4_tile1 (local.get $row) (local.get $kb)
-              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-              (local.get $o))
-;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $ones)))
         (local.set $v (i32.add (local.get $v) (i32.add (local.get $pair) (i32.const 1))))
