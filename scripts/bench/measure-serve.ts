@@ -4,7 +4,8 @@
  * the server process (the node or deno binary, not npm's wrapper), from /proc: VmHWM at the
  * end, and VmRSS sampled every 100 ms to say whether the peak came in the load or the chats.
  * The `long` scenario sends four chats with prompts of about 1,360 tokens instead, as the
- * defaults serve them and with the KV cache bounded (SERVE_SCENARIOS).
+ * defaults serve them and with the KV cache bounded (SERVE_SCENARIOS). After the four (and after
+ * the memory is read), one chat alone: a single stream's decode rate.
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
@@ -75,11 +76,14 @@ function serverPid(root: number): number | undefined {
   return best?.[0]
 }
 
-/** Reads an SSE chat to its end; returns the usage its `done` event reports. */
+/**
+ * Reads an SSE chat to its end; returns the usage its `done` event reports, and when its first
+ * delta and its `done` event arrived (ms, performance.now()).
+ */
 async function chat(
   base: string,
   content: string,
-): Promise<{ completion_tokens: number; prompt_tokens: number }> {
+): Promise<{ completion_tokens: number; prompt_tokens: number; firstMs: number; doneMs: number }> {
   const res = await fetch(`${base}/v1/chat`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -90,11 +94,20 @@ async function chat(
       repetition_penalty: 1,
     }),
   })
-  if (res.status !== 200) throw new Error(`chat: HTTP ${res.status} ${await res.text()}`)
-  const text = await res.text()
+  if (res.status !== 200 || !res.body)
+    throw new Error(`chat: HTTP ${res.status} ${await res.text()}`)
+  let text = ''
+  let firstMs: number | undefined
+  const decoder = new TextDecoder()
+  const reader = res.body.getReader()
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    text += decoder.decode(r.value, { stream: true })
+    if (firstMs === undefined && text.includes('event: delta\n')) firstMs = performance.now()
+  }
+  const doneMs = performance.now()
   const done = /event: done\ndata: (.*)\n/.exec(text)
   if (!done) throw new Error(`chat: no done event in ${text.slice(-300)}`)
-  return JSON.parse(done[1]).usage
+  return { ...JSON.parse(done[1]).usage, firstMs: firstMs ?? doneMs, doneMs }
 }
 
 export async function measureServe(
@@ -158,6 +171,8 @@ export async function measureServe(
     )
     const health = (await (await fetch(`${base}/health`)).json()) as Record<string, unknown>
     const s = status(pid)!
+    // then one chat alone: the decode rate of a single stream, between its first delta and its end
+    const alone = await chat(base, 'Tell me a long story about a lighthouse.')
     return {
       runtime,
       scenario,
@@ -176,6 +191,11 @@ export async function measureServe(
       promptTokens: usages.map((u) => u.prompt_tokens),
       chatsEndedS: endedS,
       health: (health.memory as Record<string, unknown>) ?? {},
+      kernels: (health.decode as { kernels?: string } | undefined)?.kernels,
+      aloneDecodeTokS:
+        alone.completion_tokens > 1 && alone.doneMs > alone.firstMs
+          ? Math.round(((alone.completion_tokens - 1) / (alone.doneMs - alone.firstMs)) * 1e4) / 10
+          : undefined,
     }
   } finally {
     clearInterval(sampler)

@@ -514,7 +514,7 @@ function renderServe(serve: ServeResult[], L: string[]) {
     '',
     '## Serving the q4 package: resident memory of the server process',
     '',
-    `A real server started as a user starts it, on the q4 package: \`/health\` polled until 200, then ${serve[0].chats} concurrent greedy chats of up to 128 tokens over HTTP (SSE read to the end): short questions, or (\`long\`) prompts of about 1,360 tokens, as the defaults serve them and with the KV cache bounded (\`MAX_KV_TOKENS\`: a chat that does not fit waits for one that does). VmHWM and VmRSS of the server process (the node or deno binary under npm) from \`/proc\`, VmRSS also sampled every 100 ms to tell the load's peak from the chats'.`,
+    `A real server started as a user starts it, on the q4 package: \`/health\` polled until 200, then ${serve[0].chats} concurrent greedy chats of up to 128 tokens over HTTP (SSE read to the end): short questions, or (\`long\`) prompts of about 1,360 tokens, as the defaults serve them and with the KV cache bounded (\`MAX_KV_TOKENS\`: a chat that does not fit waits for one that does). VmHWM and VmRSS of the server process (the node or deno binary under npm) from \`/proc\`, VmRSS also sampled every 100 ms to tell the load's peak from the chats'. Then one chat alone: its decode rate from its first delta to its end, and the kernels \`/health\` names.`,
     '',
   )
   row([
@@ -528,9 +528,10 @@ function renderServe(serve: ServeResult[], L: string[]) {
     'RSS after the chats',
     'tokens per chat',
     'chats ended (s)',
+    'one chat alone: decode',
     '/health memory after',
   ])
-  row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---', '---'])
+  row(['---', '---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---', '---:', '---'])
   for (const x of serve)
     row([
       x.runtime,
@@ -543,6 +544,7 @@ function renderServe(serve: ServeResult[], L: string[]) {
       fmtMiB(x.rssAfterChatsBytes),
       x.tokensPerChat.join(', '),
       x.chatsEndedS?.join(', ') ?? '–',
+      x.aloneDecodeTokS ? `${x.aloneDecodeTokS} tok/s (${x.kernels ?? '?'})` : '–',
       Object.entries(x.health ?? {})
         .filter(([, v]) => typeof v === 'number')
         .map(([k, v]) => `${k} ${k.endsWith('bytes') ? fmtMiB(v as number) : v}`)
