@@ -442,10 +442,14 @@ export class Q8Decoder {
    * the rows after the last layer (normalised when this decoder ends the model), the new cache
    * of each group, and takes the KV of every row. What `step` and `prefill` run between the
    * embedding and the head, and what a pipeline stage runs on the rows it is sent.
+   * `outRows` (when this decoder ends the model): only the last that many rows are returned,
+   * and the last layer runs its attention and MLP for those alone (the other rows only need
+   * their keys and values there).
    */
   forwardRows(
     hidden: Float32Array,
     groups: ReadonlyArray<{ cache: KvCache; count: number }>,
+    outRows?: number,
   ): { hidden: Float32Array; caches: ResidentCache[] } {
     const rows = groups.reduce((n, g) => n + g.count, 0)
     if (rows === 0 || groups.some((g) => !(g.count >= 1)))
@@ -468,7 +472,7 @@ export class Q8Decoder {
           positions.push(g.cache.length + j)
         }
       })
-      const out = this.layersForward(hidden, sequences, positions)
+      const out = this.layersForward(hidden, sequences, positions, outRows)
       const caches = groups.map((g, i) => {
         claimed[i].filled = g.cache.length + g.count
         return new ResidentCache(g.cache.length + g.count, claimed[i], this)
@@ -499,15 +503,14 @@ export class Q8Decoder {
     if (n === 0) throw new Error('prefill needs at least one token')
     keep = Math.max(0, Math.min(keep, n))
     const head = this.withHead()
-    const run = this.forwardRows(head.embed(ids), [{ cache, count: n }])
+    const run = this.forwardRows(head.embed(ids), [{ cache, count: n }], keep)
     const x = run.hidden
     const out = run.caches[0]
     if (keep === 0) return { logits: new Float32Array(0), rows: 0, cache: out }
-    const from = (n - keep) * this.shape.hidden
     const logits =
       columns && keep === 1
-        ? head.columns(x, columns, from)
-        : pickColumns(head.logits(x, keep, from), head.vocab, columns)
+        ? head.columns(x, columns)
+        : pickColumns(head.logits(x, keep), head.vocab, columns)
     return { logits, rows: keep, cache: out }
   }
 
@@ -516,13 +519,18 @@ export class Q8Decoder {
    * positions[r] of sequence sequences[r], through this decoder's layers (its key and value
    * written into the sequence before it attends, so rows of one sequence see the rows before
    * them), then the final norm if it holds the last layer: [b, hidden] (h itself otherwise).
+   * With `outRows` < b and the last layer here, that layer attends and runs its MLP for the last
+   * `outRows` rows only (the others just write their keys and values), and returns those rows.
    */
   private layersForward(
     h: Float32Array,
     sequences: readonly KvSequence[],
     positions: readonly number[],
+    outRows?: number,
   ): Float32Array {
     const b = sequences.length
+    // the first row whose output is needed after this decoder's last layer
+    const first = this.last && outRows !== undefined ? b - Math.max(0, Math.min(outRows, b)) : 0
     if (!this.complete) throw new AppError('internal', 'The decoder weights are not all loaded')
     const { hidden: H, intermediate: I, kvHeads, heads, headDim: D, eps } = this.shape
     const layers = this.range[1] - this.range[0]
@@ -544,6 +552,7 @@ export class Q8Decoder {
     const scale = 1 / Math.sqrt(D)
     for (let l = 0; l < layers; l++) {
       const L = this.layers[l]
+      const r0 = l === layers - 1 ? first : 0 // the rows that attend and run the MLP: [r0, b)
       rmsNorm(h, x, b, H, L.inputNorm, eps)
       const qkv = this.matmul(L.qkv, x, b)
       const mem = this.arena.f32()
@@ -569,6 +578,7 @@ export class Q8Decoder {
             mem.set(qkv.subarray(vFrom, vFrom + D), vAt / 4)
           }
         }
+        if (r < r0) continue
         // the query heads of each KV head together (roped at attnAt, `group` × D), their
         // outputs after them, into the attention row
         for (let g = 0; g < kvHeads; g++) {
@@ -580,23 +590,30 @@ export class Q8Decoder {
               rope(qkv, o + (g * group + j0 + j) * D, mem, at, cos, sin, r * half, half, scale)
             }
             this.attend(kAt, vAt, p + 1, L, g, perCall)
-            const from = this.attnAt / 4 + perCall * D
-            attn.set(mem.subarray(from, from + perCall * D), r * this.qDim + (g * group + j0) * D)
+            const at = this.attnAt / 4 + perCall * D
+            attn.set(
+              mem.subarray(at, at + perCall * D),
+              (r - r0) * this.qDim + (g * group + j0) * D,
+            )
           }
         }
       }
-      addInto(h, this.matmul(L.o, attn, b), b, H)
-      rmsNorm(h, x, b, H, L.postNorm, eps)
-      this.matmul(L.gateUp, x, b)
-      for (let r = 0; r < b; r++) {
+      if (r0 > 0) h = h.subarray(r0 * H) // the rows after this layer: [r0, b) alone
+      const n = b - r0
+      if (n === 0) break
+      addInto(h, this.matmul(L.o, attn, n), n, H)
+      rmsNorm(h, x, n, H, L.postNorm, eps)
+      this.matmul(L.gateUp, x, n)
+      for (let r = 0; r < n; r++) {
         const gate = this.outAt + 4 * r * 2 * I
         this.kernel.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
       }
-      addInto(h, this.matmul(L.down, this.view(this.actAt, b * I), b), b, H)
+      addInto(h, this.matmul(L.down, this.view(this.actAt, n * I), n), n, H)
     }
     if (!this.last) return h
-    rmsNorm(h, x, b, H, this.finalNorm, eps)
-    return x.slice() // out of the scratch, which the next step reuses
+    const n = b - first
+    rmsNorm(h, x, n, H, this.finalNorm, eps)
+    return x.slice(0, n * H) // out of the scratch, which the next step reuses
   }
 
   /**
