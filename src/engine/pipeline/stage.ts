@@ -219,9 +219,12 @@ export class ModelStage implements StageApi {
         )
       return cache
     })
+    // one sequence into the last layers: the decoder computes and returns only the kept rows
+    const one = groups.length === 1 && keep !== undefined && decoder.last
     const run = decoder.forwardRows(
       hidden,
       groups.map((g, i) => ({ cache: caches[i], count: g.count })),
+      one ? keep : undefined,
     )
     groups.forEach((g, i) => {
       const old = this.caches.get(g.seq)
@@ -232,6 +235,7 @@ export class ModelStage implements StageApi {
     const H = decoder.shape.hidden
     let out: Float32Array
     if (keep === undefined) out = run.hidden.slice(0, groups.reduce((n, g) => n + g.count, 0) * H)
+    else if (one) out = run.hidden.slice()
     else {
       const kept = groups.map((g) => Math.min(keep, g.count))
       out = new Float32Array(kept.reduce((n, k) => n + k, 0) * H)

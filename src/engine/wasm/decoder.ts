@@ -442,9 +442,9 @@ export class Q8Decoder {
    * the rows after the last layer (normalised when this decoder ends the model), the new cache
    * of each group, and takes the KV of every row. What `step` and `prefill` run between the
    * embedding and the head, and what a pipeline stage runs on the rows it is sent.
-   * `outRows` (when this decoder ends the model): only the last that many rows are returned,
-   * and the last layer runs its attention and MLP for those alone (the other rows only need
-   * their keys and values there).
+   * `outRows` (only for a decoder that ends the model): only the last that many rows are
+   * returned, and the last layer runs its attention and MLP for those alone (the other rows
+   * only need their keys and values there).
    */
   forwardRows(
     hidden: Float32Array,
@@ -455,6 +455,8 @@ export class Q8Decoder {
     if (rows === 0 || groups.some((g) => !(g.count >= 1)))
       throw new Error('forwardRows needs at least one row per group')
     if (hidden.length < rows * this.shape.hidden) throw new Error('forwardRows: too few rows')
+    if (outRows !== undefined && !this.last)
+      throw new Error('forwardRows: outRows needs the decoder that ends the model')
     this.fixKeySlots()
     const claimed: KvSequence[] = []
     try {
@@ -530,7 +532,7 @@ export class Q8Decoder {
   ): Float32Array {
     const b = sequences.length
     // the first row whose output is needed after this decoder's last layer
-    const first = this.last && outRows !== undefined ? b - Math.max(0, Math.min(outRows, b)) : 0
+    const first = outRows === undefined ? 0 : b - Math.max(0, Math.min(outRows, b))
     if (!this.complete) throw new AppError('internal', 'The decoder weights are not all loaded')
     const { hidden: H, intermediate: I, kvHeads, heads, headDim: D, eps } = this.shape
     const layers = this.range[1] - this.range[0]
