@@ -235,7 +235,8 @@ export class ModelStage implements StageApi {
     const H = decoder.shape.hidden
     let out: Float32Array
     if (keep === undefined) out = run.hidden.slice(0, groups.reduce((n, g) => n + g.count, 0) * H)
-    else if (one) out = run.hidden // the decoder's own copy, out of its scratch
+    else if (one)
+      out = run.hidden // the decoder's own copy, out of its scratch
     else {
       const kept = groups.map((g) => Math.min(keep, g.count))
       out = new Float32Array(kept.reduce((n, k) => n + k, 0) * H)
