@@ -11,7 +11,7 @@
  * Node 20 1.26-1.28; with --wasm-enforce-bounds-checks 1.89-1.90; Deno 2.10). `probeWasm()` is
  * the module, for timing it elsewhere (a Worker behind `wrangler dev`, timed over HTTP).
  */
-import wabtInit from 'wabt'
+import { assemble } from '../build-kernels.ts'
 import { isMain } from '../lib/cli.ts'
 
 const ADDS = 32
@@ -47,15 +47,7 @@ export async function probeWasm(): Promise<Uint8Array<ArrayBuffer>> {
       ${adds}
       (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br $l)))
     ${sum}))`
-  const wabt = await wabtInit()
-  const parsed = wabt.parseWat('bounds-probe.wat', wat, { simd: true })
-  try {
-    parsed.resolveNames()
-    parsed.validate()
-    return Uint8Array.from(parsed.toBinary({ log: false }).buffer)
-  } finally {
-    parsed.destroy()
-  }
+  return Uint8Array.from(await assemble('bounds-probe', wat))
 }
 
 type Probe = Record<'loads' | 'registers', (n: number, q: number) => number>
