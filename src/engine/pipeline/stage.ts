@@ -234,8 +234,7 @@ export class ModelStage implements StageApi {
     })
     const H = decoder.shape.hidden
     let out: Float32Array
-    if (keep === undefined) out = run.hidden.slice(0, groups.reduce((n, g) => n + g.count, 0) * H)
-    else if (one)
+    if (keep === undefined || one)
       out = run.hidden // the decoder's own copy, out of its scratch
     else {
       const kept = groups.map((g) => Math.min(keep, g.count))

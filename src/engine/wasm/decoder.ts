@@ -90,17 +90,21 @@ interface Q4Matrix {
 
 type Matrix = Q8Matrix | Q4Matrix
 
-interface Layer {
+/** Where a layer's matrices and small vectors (f32: norms' weights, the q, k, v biases) are. */
+interface LayerPlan {
   qkv: Matrix
-  /** q, k, v biases back to back (zeros where the graph has none). */
-  qkvBias: Float32Array
-  /** q8 KV: per KV head, the key channels its records keep apart (kv-format.ts). */
-  keyChannels: number[][]
   o: Matrix
   gateUp: Matrix
   down: Matrix
-  inputNorm: Float32Array
-  postNorm: Float32Array
+  /** Byte offsets: q, k, v biases back to back (zeros where the graph has none); the norms. */
+  qkvBias: number
+  inputNorm: number
+  postNorm: number
+}
+
+interface Layer extends LayerPlan {
+  /** q8 KV: per KV head, the key channels its records keep apart (kv-format.ts). */
+  keyChannels: number[][]
 }
 
 const ROW_ALIGN = 32
@@ -160,7 +164,7 @@ export class KeptCache extends ResidentCache implements KeptKvCache {
 export class Q8Decoder {
   private readonly layers: Layer[] = []
   /** Where each layer's matrices go. */
-  private readonly plan: Array<Pick<Layer, 'qkv' | 'o' | 'gateUp' | 'down'>>
+  private readonly plan: LayerPlan[]
   private written = 0
   /** Bytes of the packed layer matrices. */
   readonly weightBytes: number
@@ -179,12 +183,15 @@ export class Q8Decoder {
   private readonly invFreq: Float32Array
   /** KV caches and scratch, after the weights. */
   private readonly arena: KvArena
-  private finalNorm = new Float32Array(0)
+  /** Byte offset of the final norm's weights (the last layer's decoder), and whether written. */
+  private readonly finalNormAt: number
+  private finalNormWritten = false
   /** Scratch of a step (reserveScratch): byte offsets of its parts, and what it holds. */
   private outAt = 0
   private actAt = 0
   private attnAt = 0
   private normAt = 0
+  private hAt = 0
   private attnRowsAt = 0
   private scratchBytes = 0
   private scratchRows = 0
@@ -239,12 +246,21 @@ export class Q8Decoder {
       q8Stride = Math.max(q8Stride, stride)
       return { kind: 'q8', w, stride, zp, scale, rows, cols }
     }
+    const floats = (n: number): number => {
+      const v = at
+      at = align(v + 4 * n, 64)
+      return v
+    }
     this.plan = Array.from({ length: layers }, () => ({
       qkv: place(qkvRows, H),
       o: place(H, this.qDim),
       gateUp: place(2 * I, H),
       down: place(H, I),
+      qkvBias: floats(qkvRows),
+      inputNorm: floats(H),
+      postNorm: floats(H),
     }))
+    this.finalNormAt = floats(H)
     this.weightBytes = at
     this.outStride = Math.max(qkvRows, 2 * I, H)
     // activations: int16 rows for q8 matrices, f32 rows padded to whole groups and their
@@ -352,30 +368,32 @@ export class Q8Decoder {
     writeMatrix(mem, p.o, [lw.o])
     writeMatrix(mem, p.gateUp, [lw.gate, lw.up])
     writeMatrix(mem, p.down, [lw.down])
-    const qkvBias = new Float32Array(this.qDim + 2 * this.kvDim)
+    const f32 = this.arena.f32()
+    const qkvBias = f32.subarray(p.qkvBias / 4, p.qkvBias / 4 + this.qDim + 2 * this.kvDim)
+    qkvBias.fill(0)
     let row = 0
     for (const m of [lw.q, lw.k, lw.v]) {
       if (m.bias) qkvBias.set(m.bias, row)
       row += m.n
     }
+    f32.set(lw.inputNorm, p.inputNorm / 4)
+    f32.set(lw.postNorm, p.postNorm / 4)
     if (!this.layers[l - this.range[0]]) this.written++
     const keyBias = qkvBias.subarray(this.qDim, this.qDim + this.kvDim)
     this.layers[l - this.range[0]] = {
       ...p,
-      qkvBias,
       keyChannels:
         this.kvFormat === 'q8'
           ? keyOutlierChannels(keyBias, kvHeads, D)
           : Array.from({ length: kvHeads }, () => []),
-      inputNorm: Float32Array.from(lw.inputNorm),
-      postNorm: Float32Array.from(lw.postNorm),
     }
   }
 
   writeFinalNorm(weight: Float32Array): void {
     if (weight.length !== this.shape.hidden)
       throw new AppError('model_invalid', 'The decoder weights do not match config.json')
-    this.finalNorm = Float32Array.from(weight)
+    this.arena.f32().set(weight, this.finalNormAt / 4)
+    this.finalNormWritten = true
   }
 
   /** Whether this decoder ends the model: its output is normalised by the final norm. */
@@ -386,7 +404,7 @@ export class Q8Decoder {
   /** Every layer and (when it holds the last) the final norm are written. */
   get complete(): boolean {
     const layers = this.range[1] - this.range[0]
-    return this.written === layers && (!this.last || this.finalNorm.length === this.shape.hidden)
+    return this.written === layers && (!this.last || this.finalNormWritten)
   }
 
   /** Why the decoder cannot run a model of this shape, or undefined if it can. */
@@ -395,15 +413,16 @@ export class Q8Decoder {
     if (shape.heads % shape.kvHeads !== 0) return 'attention heads are not a multiple of KV heads'
     if (shape.intermediate % 4 !== 0)
       return `intermediate_size ${shape.intermediate} is not a multiple of 4`
+    if (shape.hidden % 4 !== 0) return `hidden_size ${shape.hidden} is not a multiple of 4`
     return undefined
   }
 
-  /** Bytes of the arrays the decoder keeps in JS (each layer's norms and biases). */
+  /**
+   * Bytes of the arrays the decoder keeps in JS: the RoPE frequencies and the q8 KV key rows
+   * (the norms' weights and the biases are in kernel memory, with the matrices).
+   */
   get jsBytes(): number {
-    let n = this.finalNorm.byteLength
-    for (const L of this.layers)
-      if (L) n += L.qkvBias.byteLength + L.inputNorm.byteLength + L.postNorm.byteLength
-    return n
+    return this.invFreq.byteLength + this.keyRow.byteLength + this.keyScratch.byteLength
   }
 
   /** Caps the decoder's memory (weights, scratch, KV) at `bytes`: see KvArena.limitBytes. */
@@ -439,8 +458,8 @@ export class Q8Decoder {
   /**
    * Rows of the residual stream (`hidden`, [rows, hidden]) through this decoder's layers: the
    * first `groups[0].count` rows are the next tokens after `groups[0].cache`, and so on. Returns
-   * the rows after the last layer (normalised when this decoder ends the model), the new cache
-   * of each group, and takes the KV of every row. What `step` and `prefill` run between the
+   * the rows after the last layer (normalised when this decoder ends the model) in a new array,
+   * the new cache of each group, and takes the KV of every row. What `step` and `prefill` run between the
    * embedding and the head, and what a pipeline stage runs on the rows it is sent.
    * `outRows` (only for a decoder that ends the model): only the last that many rows are
    * returned, and the last layer runs its attention and MLP for those alone (the other rows
@@ -547,7 +566,10 @@ export class Q8Decoder {
       }
     const qkvRows = this.qDim + 2 * this.kvDim
     this.reserveScratch(b, Math.max(...positions) + 1)
-    // the inputs of the matrices, in kernel memory where quant_a16 reads them
+    const k = this.kernel
+    // the residual stream, then the inputs of the matrices, in kernel memory
+    this.view(this.hAt, b * H).set(h.subarray(0, b * H))
+    let hAt = this.hAt
     const x = this.view(this.normAt, b * H)
     const attn = this.view(this.attnRowsAt, b * this.qDim)
     const group = heads / kvHeads
@@ -555,15 +577,15 @@ export class Q8Decoder {
     for (let l = 0; l < layers; l++) {
       const L = this.layers[l]
       const r0 = l === layers - 1 ? first : 0 // the rows that attend and run the MLP: [r0, b)
-      rmsNorm(h, x, b, H, L.inputNorm, eps)
+      k.rms_norm(hAt, this.normAt, b, H, L.inputNorm, eps)
       const qkv = this.matmul(L.qkv, x, b)
+      k.add_bias(this.outAt, b, qkvRows, L.qkvBias)
       const mem = this.arena.f32()
       const [Rk, Rv] = [this.arena.recordBytes(0), this.arena.recordBytes(1)]
       for (let r = 0; r < b; r++) {
         const o = r * qkvRows
         const s = sequences[r]
         const p = positions[r]
-        for (let i = 0; i < qkvRows; i++) qkv[o + i] += L.qkvBias[i]
         // k (roped) and v into the cache at position p
         for (let g = 0; g < kvHeads; g++) {
           const kAt = this.arena.kvAt(s, l, 0, g) + p * Rk
@@ -600,22 +622,25 @@ export class Q8Decoder {
           }
         }
       }
-      if (r0 > 0) h = h.subarray(r0 * H) // the rows after this layer: [r0, b) alone
+      hAt += 4 * r0 * H // the rows after this layer: [r0, b) alone
       const n = b - r0
       if (n === 0) break
-      addInto(h, this.matmul(L.o, attn, n), n, H)
-      rmsNorm(h, x, n, H, L.postNorm, eps)
+      this.matmul(L.o, attn, n)
+      k.add_into(hAt, this.outAt, n * H)
+      k.rms_norm(hAt, this.normAt, n, H, L.postNorm, eps)
       this.matmul(L.gateUp, x, n)
       for (let r = 0; r < n; r++) {
         const gate = this.outAt + 4 * r * 2 * I
-        this.kernel.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
+        k.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
       }
-      addInto(h, this.matmul(L.down, this.view(this.actAt, n * I), n), n, H)
+      this.matmul(L.down, this.view(this.actAt, n * I), n)
+      k.add_into(hAt, this.outAt, n * H)
     }
-    if (!this.last) return h
+    // out of the scratch, which the next step reuses
+    if (!this.last) return this.view(this.hAt, b * H).slice()
     const n = b - first
-    rmsNorm(h, x, n, H, this.finalNorm, eps)
-    return x.slice(0, n * H) // out of the scratch, which the next step reuses
+    k.rms_norm(hAt, this.normAt, n, H, this.finalNormAt, eps)
+    return x.slice(0, n * H)
   }
 
   /**
@@ -848,8 +873,9 @@ export class Q8Decoder {
 
   /**
    * Scratch for a step of `b` rows with up to `n` positions, one arena block: the matrices'
-   * output (b rows of the widest), the MLP activation (b × intermediate), the normalised rows
-   * and the attention rows (the other matrices' inputs), and for attention the query head, the
+   * output (b rows of the widest), the MLP activation (b × intermediate), the normalised rows,
+   * the residual stream's rows and the attention rows (the other matrices' inputs), and for
+   * attention the query head, the
    * output head and the scores. Taken before the step's views are made.
    */
   private reserveScratch(b: number, n: number): void {
@@ -861,16 +887,21 @@ export class Q8Decoder {
     const outBytes = 4 * rows * this.outStride
     const actBytes = 4 * rows * I
     const normBytes = 4 * rows * this.shape.hidden
+    const hBytes = normBytes
     const attnRowsBytes = 4 * rows * this.qDim
     // attention: the query heads of a KV head, their outputs and scores (a row of positions + 4
     // floats each); for q8 KV (one head) also the kept-apart channels, q and the weights as int16
     const group = this.shape.heads / this.shape.kvHeads
     const attnBytes = 4 * group * (2 * D + positions + 4) + 4 * D + 2 * D + 2 * (positions + 1)
-    this.scratchBytes = align(outBytes + actBytes + normBytes + attnRowsBytes + attnBytes, 64)
+    this.scratchBytes = align(
+      outBytes + actBytes + normBytes + hBytes + attnRowsBytes + attnBytes,
+      64,
+    )
     this.outAt = this.arena.take(this.scratchBytes)
     this.actAt = this.outAt + outBytes
     this.normAt = this.actAt + actBytes
-    this.attnRowsAt = this.normAt + normBytes
+    this.hAt = this.normAt + normBytes
+    this.attnRowsAt = this.hAt + hBytes
     this.attnAt = this.attnRowsAt + attnRowsBytes
     this.scratchRows = rows
     this.scratchPositions = positions
@@ -905,7 +936,7 @@ export class Q8Decoder {
     }
     const ld = this.scratchPositions + 4
     k.dots(this.attnAt, heads, kAt, n, D, scoresAt, ld)
-    for (let h = 0; h < heads; h++) k.softmax(scoresAt + 4 * h * ld, n) // in place
+    k.softmax_rows(scoresAt, ld, heads, n) // in place
     k.mix(scoresAt, ld, heads, vAt, n, D, outAt)
   }
 
@@ -985,28 +1016,6 @@ function writeRows(mem: Uint8Array, m: Q8Matrix, parts: DqmmMatrixData[]): void 
     }
     row0 += N
   }
-}
-
-/** out[r] = x[r] / rms(x[r]) · weight, for b rows of n. */
-function rmsNorm(
-  x: Float32Array,
-  out: Float32Array,
-  b: number,
-  n: number,
-  weight: Float32Array,
-  eps: number,
-): void {
-  for (let r = 0; r < b; r++) {
-    const o = r * n
-    let ss = 0
-    for (let i = 0; i < n; i++) ss += x[o + i] * x[o + i]
-    const inv = 1 / Math.sqrt(ss / n + eps)
-    for (let i = 0; i < n; i++) out[o + i] = x[o + i] * inv * weight[i]
-  }
-}
-
-function addInto(h: Float32Array, y: Float32Array, b: number, n: number): void {
-  for (let i = 0; i < b * n; i++) h[i] += y[i]
 }
 
 /** Rotate-half RoPE of one head (2 · half values) from src at `from` into dst at `to`, × scale. */

@@ -81,3 +81,17 @@ export function q8Gemm(w: Q8Rows, a: RowActivations): Float32Array {
     for (let v = 0; v < w.n; v++) out[j * w.n + v] = q8RowDot(w, v, a, j)
   return out
 }
+
+/**
+ * rms_norm of one row of n floats (n a multiple of 4), as the kernel computes it: the squares
+ * summed in 4 f32 lanes (lane c: i ≡ c mod 4, in i order), the lanes added (0+1)+(2+3), inv =
+ * f32(1 / sqrt(f32(ss / n) + eps)), out[i] = f32(f32(x[i] · inv) · w[i]).
+ */
+export function rmsNormRef(x: Float32Array, w: Float32Array, eps: number): Float32Array {
+  const n = x.length
+  const lanes = [0, 0, 0, 0]
+  for (let i = 0; i < n; i++) lanes[i % 4] = f(lanes[i % 4] + f(x[i] * x[i]))
+  const ss = f(f(lanes[0] + lanes[1]) + f(lanes[2] + lanes[3]))
+  const inv = f(1 / f(Math.sqrt(f(f(ss / n) + f(eps)))))
+  return Float32Array.from(x, (v, i) => f(f(v * inv) * w[i]))
+}

@@ -682,9 +682,11 @@
   ;; is about 1.2e-38, not 0).
   (func $expf4 (param $x v128) (result v128)
     (local $t v128) (local $k v128) (local $r v128) (local $y v128)
+    ;; pmin/pmax (one instruction each on x64, where min/max take several for NaN and ±0):
+    ;; the same for any x but NaN, which they keep (x is their first operand)
     (local.set $t
-      (f32x4.min (f32x4.splat (f32.const 88.7))
-        (f32x4.max (f32x4.splat (f32.const -87.3)) (local.get $x))))
+      (f32x4.pmax (f32x4.pmin (local.get $x) (f32x4.splat (f32.const 88.7)))
+        (f32x4.splat (f32.const -87.3))))
     (local.set $k
       (f32x4.floor
         (f32x4.add (f32x4.mul (local.get $t) (f32x4.splat (f32.const 1.44269504088896341)))
@@ -703,10 +705,12 @@
       (f32x4.add
         (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
         (f32x4.splat (f32.const 1))))
-    ;; × 2^k
+    ;; × 2^k: k (an integer in [−126, 128]) + 2^23 + 127 is exact, its low mantissa bits are
+    ;; 127 + k, and shifted by 23 they are 2^k's exponent (what converting k with
+    ;; i32x4.trunc_sat_f32x4_s gives, without its several instructions on x64)
     (f32x4.mul (local.get $y)
       (i32x4.shl
-        (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (i32x4.splat (i32.const 127)))
+        (f32x4.add (local.get $k) (f32x4.splat (f32.const 8388735)))
         (i32.const 23))))
 
   ;; The gated MLP activation: out[i] = silu(g[i]) · u[i] = g / (1 + e^−g) · u, i < n (a multiple
@@ -731,7 +735,7 @@
   ;; Attention weights of one query head, in place: p[t] = e^(p[t] − max) / Σ, t < n, e^x by
   ;; $expf4, all f32; the sum is of 4 lanes, added (0+1)+(2+3). p[n … n rounded up to 4) are
   ;; overwritten (−∞ in, about 1e-38 out: they add nothing to a sum of at least 1).
-  (func (export "softmax")
+  (func $softmax (export "softmax")
     (param $p i32) (param $n i32)
     (local $i i32) (local $end i32) (local $m v128) (local $s v128) (local $y v128) (local $max f32)
     (local.set $end (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))
@@ -781,6 +785,103 @@
         (local.set $i (i32.add (local.get $i) (i32.const 16)))
         (br $scale)))
   )
+  ;; `softmax` of g rows of n scores, row h at p + 4 · h · ld (ld ≥ n rounded up to 4): one call
+  ;; for a KV head's query heads.
+  (func (export "softmax_rows")
+    (param $p i32) (param $ld i32) (param $g i32) (param $n i32)
+    (local $h i32)
+    (local.set $ld (i32.shl (local.get $ld) (i32.const 2)))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $h) (local.get $g)))
+        (call $softmax (local.get $p) (local.get $n))
+        (local.set $p (i32.add (local.get $p) (local.get $ld)))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; RMS norm of b rows of n floats (n a multiple of 4; rows back to back at x and at out, which
+  ;; may be x): out[i] = f32(f32(x[i] · inv) · w[i]) with inv = f32(1 / sqrt(f32(ss / n) + eps))
+  ;; (f32 arithmetic), ss the sum of the row's squares in 4 f32 lanes (lane c: i ≡ c mod 4, in i
+  ;; order), the lanes added (0+1)+(2+3) (kernel-ref.ts rmsNormRef).
+  (func (export "rms_norm")
+    (param $x i32) (param $out i32) (param $b i32) (param $n i32) (param $w i32) (param $eps f32)
+    (local $r i32) (local $i i32) (local $bytes i32) (local $s v128) (local $v v128)
+    (local $inv v128)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $r) (local.get $b)))
+        (local.set $s (v128.const f32x4 0 0 0 0))
+        (local.set $i (i32.const 0))
+        (block $squares_done
+          (loop $squares
+            (br_if $squares_done (i32.ge_u (local.get $i) (local.get $bytes)))
+            (local.set $v (v128.load (i32.add (local.get $x) (local.get $i))))
+            (local.set $s (f32x4.add (local.get $s) (f32x4.mul (local.get $v) (local.get $v))))
+            (local.set $i (i32.add (local.get $i) (i32.const 16)))
+            (br $squares)))
+        (local.set $inv
+          (f32x4.splat
+            (f32.div (f32.const 1)
+              (f32.sqrt
+                (f32.add
+                  (f32.div (call $hsum (local.get $s)) (f32.convert_i32_u (local.get $n)))
+                  (local.get $eps))))))
+        (local.set $i (i32.const 0))
+        (block $scale_done
+          (loop $scale
+            (br_if $scale_done (i32.ge_u (local.get $i) (local.get $bytes)))
+            (v128.store (i32.add (local.get $out) (local.get $i))
+              (f32x4.mul
+                (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $i))) (local.get $inv))
+                (v128.load (i32.add (local.get $w) (local.get $i)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 16)))
+            (br $scale)))
+        (local.set $x (i32.add (local.get $x) (local.get $bytes)))
+        (local.set $out (i32.add (local.get $out) (local.get $bytes)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $rows)))
+  )
+
+  ;; x[i] += y[i] for n floats (a multiple of 4): the residual stream.
+  (func (export "add_into")
+    (param $x i32) (param $y i32) (param $n i32)
+    (local $i i32)
+    (local.set $n (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $each
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (v128.store (i32.add (local.get $x) (local.get $i))
+          (f32x4.add (v128.load (i32.add (local.get $x) (local.get $i)))
+            (v128.load (i32.add (local.get $y) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $each)))
+  )
+
+  ;; b rows of n floats (row r at x + 4 · r · n) plus the n floats at bias: x[r · n + i] += bias[i].
+  ;; n a multiple of 4.
+  (func (export "add_bias")
+    (param $x i32) (param $b i32) (param $n i32) (param $bias i32)
+    (local $r i32) (local $i i32)
+    (local.set $n (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $rows
+        (br_if $done (i32.ge_u (local.get $r) (local.get $b)))
+        (local.set $i (i32.const 0))
+        (block $row_done
+          (loop $row
+            (br_if $row_done (i32.ge_u (local.get $i) (local.get $n)))
+            (v128.store (i32.add (local.get $x) (local.get $i))
+              (f32x4.add (v128.load (i32.add (local.get $x) (local.get $i)))
+                (v128.load (i32.add (local.get $bias) (local.get $i)))))
+            (local.set $i (i32.add (local.get $i) (i32.const 16)))
+            (br $row)))
+        (local.set $x (i32.add (local.get $x) (local.get $n)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $rows)))
+  )
+
   ;; ---- q8 prefill ----
 
   ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (an even number of rows, at

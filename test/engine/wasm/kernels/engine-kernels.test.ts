@@ -43,6 +43,7 @@ import {
   q4DotF64,
   q8RowDot,
   q8RowDotF64,
+  rmsNormRef,
 } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
   DOT_PROBE_VNNI,
@@ -685,6 +686,64 @@ for (const variant of ISA_VARIANTS) {
         const want = (q[i] / (1 + Math.exp(-q[i]))) * kv[i]
         expect(Math.abs(act[i] - want)).toBeLessThanOrEqual(1e-5 * (Math.abs(want) + 1e-3))
       }
+    })
+
+    it('rms_norm, add_into, add_bias and softmax_rows: the residual stream and attention weights', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const a = new Arena(kernels)
+      const [b, n] = [3, 896]
+      const x = randomRows(b, n, 21)
+      const w = Float32Array.from(randomRows(1, n, 22, 0), (v) => 1 + v / 4)
+      const xa = a.put(x)
+      const wa = a.put(w)
+      const out = a.take(4 * b * n)
+      const eps = 1e-6
+      kernels.rms_norm(xa, out, b, n, wa, eps)
+      const normed = a.f32(out, b * n)
+      for (let r = 0; r < b; r++) {
+        const row = x.subarray(r * n, (r + 1) * n)
+        const want = rmsNormRef(row, w, eps)
+        const got = normed.subarray(r * n, (r + 1) * n)
+        expect(Buffer.from(got.slice().buffer).equals(Buffer.from(want.buffer))).toBe(true)
+        // and within float rounding of the float64 norm
+        let ss = 0
+        for (const v of row) ss += v * v
+        const inv = 1 / Math.sqrt(ss / n + eps)
+        for (let i = 0; i < n; i++)
+          expect(Math.abs(got[i] - row[i] * inv * w[i])).toBeLessThanOrEqual(
+            1e-6 * Math.abs(row[i] * inv * w[i]) + 1e-30,
+          )
+      }
+      // in place (out = x) gives the same
+      kernels.rms_norm(xa, xa, b, n, wa, eps)
+      expect(Buffer.from(a.f32(xa, b * n).buffer).equals(Buffer.from(normed.buffer))).toBe(true)
+
+      const y = randomRows(b, n, 23)
+      const ya = a.put(y)
+      const h = a.put(x)
+      kernels.add_into(h, ya, b * n)
+      expect([...a.f32(h, b * n)]).toEqual([...x].map((v, i) => Math.fround(v + y[i])))
+      const bias = randomRows(1, n, 24)
+      const ba = a.put(bias)
+      const rows = a.put(x)
+      kernels.add_bias(rows, b, n, ba)
+      expect([...a.f32(rows, b * n)]).toEqual([...x].map((v, i) => Math.fround(v + bias[i % n])))
+
+      // softmax_rows: each row as softmax alone; the row after the last untouched
+      const [g, len, ld] = [3, 37, 44]
+      const scores = randomRows(g + 1, ld, 25, 0)
+      const one = a.put(scores)
+      const all = a.put(scores)
+      for (let r = 0; r < g; r++) kernels.softmax(one + 4 * r * ld, len)
+      kernels.softmax_rows(all, ld, g, len)
+      const want = a.f32(one, (g + 1) * ld)
+      const got = a.f32(all, (g + 1) * ld)
+      expect(want.subarray(g * ld)).toEqual(scores.subarray(g * ld))
+      for (let r = 0; r < g; r++) {
+        const row = got.subarray(r * ld, r * ld + len)
+        expect(Math.abs(row.reduce((s, v) => s + v, 0) - 1)).toBeLessThan(1e-5)
+      }
+      expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer))).toBe(true)
     })
   })
 }
