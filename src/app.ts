@@ -36,6 +36,11 @@ export interface CreateAppOptions<E extends Env = Env> {
   config?: Partial<AppConfig> | ((c: Context<E>) => Partial<AppConfig>)
   /** The runtime's own memory numbers for /health (process RSS, JS heap), where it has them. */
   memory?: () => RuntimeMemory
+  /**
+   * Starts the load at once, tracked like a request's (so /health reports it): for entries
+   * whose `getEngine` needs no request (Node, Deno). Without it the first request starts it.
+   */
+  loadAtStart?: boolean
 }
 
 export function createApp<E extends Env = Env>(options: CreateAppOptions<E>): Hono<E> {
@@ -46,6 +51,8 @@ export function createApp<E extends Env = Env>(options: CreateAppOptions<E>): Ho
     config: configReader(options.config),
     ...(options.memory && { memory: options.memory }),
   }
+  // the outcome shows in /health; a failed load is retried by the next request
+  if (options.loadAtStart) tracked.getEngine(undefined as unknown as Context<E>).catch(() => {})
 
   const app = new Hono<E>()
   app.onError(handleError)

@@ -162,6 +162,30 @@ describe('GET /health', () => {
     expect(ready.status).toBe(200)
   })
 
+  it('loadAtStart: the load starts with the app, and /health is 200 as soon as it is done', async () => {
+    let calls = 0
+    const engine = new FakeEngine()
+    const make = (loadAtStart: boolean) =>
+      createApp({
+        getEngine: async () => {
+          calls++
+          return engine
+        },
+        loadAtStart,
+      })
+    const lazy = make(false)
+    await new Promise((r) => setTimeout(r, 0))
+    expect(calls).toBe(0) // the precondition: without it nothing loads before a request
+    expect((await lazy.request('/health')).status).toBe(503) // and the first probe says loading
+    calls = 0
+    const eager = make(true)
+    expect(calls).toBe(1)
+    await new Promise((r) => setTimeout(r, 0))
+    const res = await eager.request('/health')
+    expect(res.status).toBe(200)
+    expect(calls).toBe(2) // the load, then the probe's own call for the engine (memoised by the entry)
+  })
+
   it('is 503 with the reason after a failed load, then 200 after a successful retry', async () => {
     let attempt = 0
     const app = createApp({

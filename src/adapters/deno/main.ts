@@ -41,6 +41,7 @@ const location = await resolveModelLocation(env.MODEL || undefined, env.MODEL_ST
 const getEngine = createEngineHost(location.load, engineOptionsFromEnv(env))
 const app = createApp({
   getEngine: () => getEngine(),
+  loadAtStart: true,
   config: readConfigFromEnv(env),
   memory: () => {
     const m = Deno.memoryUsage()
@@ -66,8 +67,8 @@ const server = Deno.serve(
   (request) => app.fetch(request),
 )
 
-// Load at startup so the first request does not pay for it; a failure is logged and retried by
-// the next request (/health says 503 until then).
+// The load started with the app (loadAtStart), so the first request does not pay for it; this
+// logs its outcome. A failure is retried by the next request (/health says 503 until then).
 getEngine().then(
   (engine) => {
     const synthetic = engine.info.synthetic ? ' (synthetic, random weights: output is noise)' : ''
