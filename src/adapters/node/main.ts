@@ -6,7 +6,10 @@ import { serve } from '@hono/node-server'
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { resolveModelLocation } from './model-location.ts'
 import { createEngineHost, engineOptionsFromEnv, installMacrotask } from '../../engine/index.ts'
+import { enableRelaxedSimd } from './relaxed-simd.ts'
 
+// before any WebAssembly is compiled (relaxed-simd.ts)
+enableRelaxedSimd(process.env)
 // the engine's turns to the event loop without setTimeout's 1 ms clamp (engine/macrotask.ts)
 installMacrotask(setImmediate)
 
