@@ -20,7 +20,7 @@ export {
 export type { LoadedPackage } from './package/model-package.ts'
 export { httpSource, type HttpSourceOptions } from './package/sources/http-source.ts'
 export { SourceError, type ModelSource, type SourceObject } from './package/sources/model-source.ts'
-export { useKernelModules } from './wasm/kernel.ts'
+export { relaxedSimdSupported, useKernelModules } from './wasm/kernel.ts'
 export {
   ModelStage,
   type StageApi,

@@ -93,8 +93,8 @@ export interface StagePlanOptions {
 
 /**
  * The estimate of a stage's resident memory. Layer stages: weights, the KV cache of
- * `sequences` × `contextLength` positions, the step scratch for `chunkRows` rows, and the JS
- * copies of each layer's norms and biases. Row stages: the rows, and logits scratch for
+ * `sequences` × `contextLength` positions, the step scratch for `chunkRows` rows, and each
+ * layer's norms and biases. Row stages: the rows, and logits scratch for
  * HEAD_BATCH_ROWS hidden rows. Both plus STAGE_BASE_BYTES.
  */
 export function stageResidentBytes(
@@ -111,7 +111,8 @@ export function stageResidentBytes(
     const widest = Math.max(q + 2 * kv, 2 * s.intermediate, s.hidden)
     const rows = Math.max(o.chunkRows, 4)
     const scratch = 4 * rows * (widest + s.intermediate) + 4 * o.contextLength + 64 * 1024
-    // the JS side of a forward run: residual, normed rows, attention output (f32 each)
+    // the rest of a forward run's rows: residual, normed rows, attention output (f32 each), and
+    // the JS copy of the rows a stage sends on
     const js = 4 * rows * (2 * s.hidden + q + Math.max(s.hidden, q, s.intermediate))
     const small = n * 4 * (2 * s.hidden + q + 2 * kv)
     return (

@@ -7,7 +7,7 @@
  * keeps Node's default.
  */
 import { setFlagsFromString } from 'node:v8'
-import { relaxedSimdSupported } from '../../engine/wasm/kernel.ts'
+import { relaxedSimdSupported } from '../../engine/index.ts'
 
 /**
  * Turns relaxed SIMD on where this Node has it behind the flag. Call before any WebAssembly is

@@ -459,8 +459,8 @@ export class Q8Decoder {
    * Rows of the residual stream (`hidden`, [rows, hidden]) through this decoder's layers: the
    * first `groups[0].count` rows are the next tokens after `groups[0].cache`, and so on. Returns
    * the rows after the last layer (normalised when this decoder ends the model) in a new array,
-   * the new cache of each group, and takes the KV of every row. What `step` and `prefill` run between the
-   * embedding and the head, and what a pipeline stage runs on the rows it is sent.
+   * the new cache of each group, and takes the KV of every row. What `step` and `prefill` run
+   * between the embedding and the head, and what a pipeline stage runs on the rows it is sent.
    * `outRows` (only for a decoder that ends the model): only the last that many rows are
    * returned, and the last layer runs its attention and MLP for those alone (the other rows
    * only need their keys and values there).
@@ -875,8 +875,8 @@ export class Q8Decoder {
    * Scratch for a step of `b` rows with up to `n` positions, one arena block: the matrices'
    * output (b rows of the widest), the MLP activation (b × intermediate), the normalised rows,
    * the residual stream's rows and the attention rows (the other matrices' inputs), and for
-   * attention the query head, the
-   * output head and the scores. Taken before the step's views are made.
+   * attention the query head, the output head and the scores. Taken before the step's views are
+   * made.
    */
   private reserveScratch(b: number, n: number): void {
     if (b <= this.scratchRows && n <= this.scratchPositions) return
