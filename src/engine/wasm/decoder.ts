@@ -166,7 +166,7 @@ export class Q8Decoder {
   /** Where each layer's matrices go. */
   private readonly plan: LayerPlan[]
   private written = 0
-  /** Bytes of the packed layer matrices. */
+  /** Bytes of the packed layers: matrices, norms' weights and biases (and the final norm). */
   readonly weightBytes: number
   private readonly qDim: number
   private readonly kvDim: number
@@ -579,7 +579,7 @@ export class Q8Decoder {
       const r0 = l === layers - 1 ? first : 0 // the rows that attend and run the MLP: [r0, b)
       k.rms_norm(hAt, this.normAt, b, H, L.inputNorm, eps)
       const qkv = this.matmul(L.qkv, x, b)
-      k.add_bias(this.outAt, b, qkvRows, L.qkvBias)
+      k.add_rows(this.outAt, b, qkvRows, L.qkvBias)
       const mem = this.arena.f32()
       const [Rk, Rv] = [this.arena.recordBytes(0), this.arena.recordBytes(1)]
       for (let r = 0; r < b; r++) {
@@ -626,7 +626,7 @@ export class Q8Decoder {
       const n = b - r0
       if (n === 0) break
       this.matmul(L.o, attn, n)
-      k.add_into(hAt, this.outAt, n * H)
+      k.add_rows(hAt, 1, n * H, this.outAt)
       k.rms_norm(hAt, this.normAt, n, H, L.postNorm, eps)
       this.matmul(L.gateUp, x, n)
       for (let r = 0; r < n; r++) {
@@ -634,7 +634,7 @@ export class Q8Decoder {
         k.silu_mul(gate, gate + 4 * I, I, this.actAt + 4 * r * I)
       }
       this.matmul(L.down, this.view(this.actAt, n * I), n)
-      k.add_into(hAt, this.outAt, n * H)
+      k.add_rows(hAt, 1, n * H, this.outAt)
     }
     // out of the scratch, which the next step reuses
     if (!this.last) return this.view(this.hAt, b * H).slice()

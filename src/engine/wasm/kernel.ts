@@ -130,10 +130,11 @@ export interface KernelExports {
   softmax_rows(p: number, ld: number, g: number, n: number): void
   /** RMS norm of b rows of n floats (n a multiple of 4) at x into out (kernel-ref.ts rmsNormRef). */
   rms_norm(x: number, out: number, b: number, n: number, w: number, eps: number): void
-  /** x[i] += y[i] for n floats (a multiple of 4). */
-  add_into(x: number, y: number, n: number): void
-  /** b rows of n floats at x (n a multiple of 4) plus the n floats at bias, each. */
-  add_bias(x: number, b: number, n: number, bias: number): void
+  /**
+   * The n floats at y added to each of b rows of n floats at x (n a multiple of 4); with b = 1,
+   * two blocks of n floats element by element.
+   */
+  add_rows(x: number, b: number, n: number, y: number): void
   /** Σ_t p[h · ldp + t] · v[t] for g heads into out (g × dim). */
   mix(p: number, ldp: number, g: number, v: number, n: number, dim: number, out: number): void
   /**

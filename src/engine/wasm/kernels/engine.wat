@@ -845,25 +845,11 @@
         (br $rows)))
   )
 
-  ;; x[i] += y[i] for n floats (a multiple of 4): the residual stream.
-  (func (export "add_into")
-    (param $x i32) (param $y i32) (param $n i32)
-    (local $i i32)
-    (local.set $n (i32.shl (local.get $n) (i32.const 2)))
-    (block $done
-      (loop $each
-        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (v128.store (i32.add (local.get $x) (local.get $i))
-          (f32x4.add (v128.load (i32.add (local.get $x) (local.get $i)))
-            (v128.load (i32.add (local.get $y) (local.get $i)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 16)))
-        (br $each)))
-  )
-
-  ;; b rows of n floats (row r at x + 4 · r · n) plus the n floats at bias: x[r · n + i] += bias[i].
-  ;; n a multiple of 4.
-  (func (export "add_bias")
-    (param $x i32) (param $b i32) (param $n i32) (param $bias i32)
+  ;; x[r · n + i] += y[i] for b rows of n floats (row r at x + 4 · r · n; n a multiple of 4): y
+  ;; added to every row (the q, k, v biases), or with b = 1 and n the whole block, element by
+  ;; element (the residual stream).
+  (func (export "add_rows")
+    (param $x i32) (param $b i32) (param $n i32) (param $y i32)
     (local $r i32) (local $i i32)
     (local.set $n (i32.shl (local.get $n) (i32.const 2)))
     (block $done
@@ -875,7 +861,7 @@
             (br_if $row_done (i32.ge_u (local.get $i) (local.get $n)))
             (v128.store (i32.add (local.get $x) (local.get $i))
               (f32x4.add (v128.load (i32.add (local.get $x) (local.get $i)))
-                (v128.load (i32.add (local.get $bias) (local.get $i)))))
+                (v128.load (i32.add (local.get $y) (local.get $i)))))
             (local.set $i (i32.add (local.get $i) (i32.const 16)))
             (br $row)))
         (local.set $x (i32.add (local.get $x) (local.get $n)))

@@ -688,7 +688,7 @@ for (const variant of ISA_VARIANTS) {
       }
     })
 
-    it('rms_norm, add_into, add_bias and softmax_rows: the residual stream and attention weights', async () => {
+    it('rms_norm, add_rows and softmax_rows: the residual stream and attention weights', async () => {
       const { kernels } = await instantiateEngine(variant)
       const a = new Arena(kernels)
       const [b, n] = [3, 896]
@@ -721,12 +721,12 @@ for (const variant of ISA_VARIANTS) {
       const y = randomRows(b, n, 23)
       const ya = a.put(y)
       const h = a.put(x)
-      kernels.add_into(h, ya, b * n)
+      kernels.add_rows(h, 1, b * n, ya) // element by element
       expect([...a.f32(h, b * n)]).toEqual([...x].map((v, i) => Math.fround(v + y[i])))
       const bias = randomRows(1, n, 24)
       const ba = a.put(bias)
       const rows = a.put(x)
-      kernels.add_bias(rows, b, n, ba)
+      kernels.add_rows(rows, b, n, ba) // the same n floats to every row
       expect([...a.f32(rows, b * n)]).toEqual([...x].map((v, i) => Math.fround(v + bias[i % n])))
 
       // softmax_rows: each row as softmax alone; the row after the last untouched
