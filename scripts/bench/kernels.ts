@@ -251,6 +251,69 @@ function attendQ8Case(n: number, dim: number, part: 'dots' | 'mix'): Case {
   }
 }
 
+/**
+ * A decode step's layer matrices (`layers` × q, k, v; o; gate, up; down, as the decoder packs
+ * them) against one activation row, one after another: the weights stream from memory, as
+ * they do in a real step (the single-matrix cases above stay in cache between calls).
+ */
+function streamedCase(kind: 'q8' | 'q4', layers: number): Case {
+  const shapes = [
+    [H + 256, H],
+    [H, H],
+    [2 * I, H],
+    [H, I],
+  ]
+  const rowBytes = (k: number) => (kind === 'q8' ? q8Stride(k) : (k / 32) * 21)
+  const per = shapes.reduce((s, [n, k]) => s + n * rowBytes(k), 0)
+  return {
+    kernel: `${kind} ${kind === 'q8' ? 'rows' : 'gemv'} streamed ${layers} layers n=1`,
+    bytes:
+      layers * shapes.reduce((s, [n, k]) => s + n * (rowBytes(k) + (kind === 'q8' ? 5 : 0)), 0),
+    macs: layers * shapes.reduce((s, [n, k]) => s + n * k, 0),
+    make(kernels) {
+      const m = new Mem(kernels)
+      const weights = m.random(layers * per, 21)
+      const calls: Array<() => void> = []
+      if (kind === 'q8') {
+        const x = new Map([H, I].map((k) => [k, q8Setup(m, 1, k, 1)]))
+        const zp = m.random(2 * I, 22)
+        const scale = m.floats(2 * I, 23, 0.01)
+        let at = weights
+        for (let l = 0; l < layers; l++)
+          for (const [n, k] of shapes) {
+            const [w, stride, a] = [at, q8Stride(k), x.get(k)!]
+            calls.push(() =>
+              kernels.rows(w, stride, zp, scale, 0, n, a.x, a.sum, a.xscale, 1, a.out, n),
+            )
+            at += n * stride
+          }
+      } else {
+        // scales of ordinary size and zero points as nibbles (random f32 bits would make
+        // denormals and infinities, each a slow path of its own)
+        const view = new DataView(kernels.memory.buffer)
+        const r = rng(24)
+        for (let g = weights; g < weights + layers * per; g += 84)
+          for (let b = 0; b < 4; b++) {
+            view.setFloat32(g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
+            view.setUint8(g + 80 + b, view.getUint8(g + 80 + b) & 15)
+          }
+        const x = new Map([H, I].map((k) => [k, q4Setup(m, 4, k, 1)]))
+        const out = m.take(4 * 2 * I)
+        let at = weights
+        for (let l = 0; l < layers; l++)
+          for (const [n, k] of shapes) {
+            const [w, kb, a] = [at, k / 32, x.get(k)!]
+            calls.push(() => kernels.q4_gemv(w, kb, 0, n, a.xa, 1, out, n))
+            at += n * kb * 21
+          }
+      }
+      return () => {
+        for (const call of calls) call()
+      }
+    },
+  }
+}
+
 /** Cases measured in turns with each other, so their ratios hold under a changing load. */
 const GROUPS: Case[][] = [
   [
@@ -285,6 +348,7 @@ const GROUPS: Case[][] = [
     q8Case(V, H, 1, false, `q8 rows   lm_head ${H}->${V} n=1`),
     q4Case(V, H, 1, false, `q4 gemv   lm_head ${H}->${V} n=1`),
   ],
+  [streamedCase('q8', 24), streamedCase('q4', 24)],
   [
     attendCase(3000, 64, 'dots'),
     attendCase(3000, 64, 'dots', 7),

@@ -64,6 +64,31 @@
 ;;#end
   )
 
+;; ---- weights streamed from memory ----
+
+  ;; Loads one word of each 64-byte line of [at, at + n) (bytes the caller reads next anyway).
+  ;; WASM has no prefetch instruction. A decode kernel streams its weights from memory a row
+  ;; pair at a time, and its arithmetic, stalled on one line's miss after another, overlapped
+  ;; the memory poorly (a step's layers took about the time of reading them plus the time of
+  ;; scoring them from cache); touching the pair's lines first sends their misses out together.
+  ;; 1.1-1.35x on a decode step's layer matrices in Node 20 and Deno, both builds
+  ;; (scripts/bench/kernels.ts, "streamed"). Only where weights stream: the kernels take a
+  ;; $stream flag, 1 from the decode exports (rows, rows4, q4_gemv), 0 from the prefill ones
+  ;; (q8_gemm, q4_gemm), whose weight blocks are in cache and where touching cost about 3%.
+  ;; The words go into $touched so that no compiler drops the loads.
+  (global $touched (mut i32) (i32.const 0))
+
+  (func $touch (param $at i32) (param $n i32)
+    (local $end i32) (local $s i32)
+    (local.set $end (i32.add (local.get $at) (local.get $n)))
+    (block $done
+      (loop $lines
+        (br_if $done (i32.ge_u (local.get $at) (local.get $end)))
+        (local.set $s (i32.xor (local.get $s) (i32.load (local.get $at))))
+        (local.set $at (i32.add (local.get $at) (i32.const 64)))
+        (br $lines)))
+    (global.set $touched (i32.xor (global.get $touched) (local.get $s))))
+
   ;; ---- q8 rows · int16 activations: copied from q8-head.wat (decode and the lm_head) ----
 
   ;; Horizontal sum of an i32x4 accumulator, corrected and scaled, stored as out[j * ldo + v].
@@ -133,7 +158,7 @@
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32) (param $n i32)
-    (param $out i32) (param $ldo i32)
+    (param $out i32) (param $ldo i32) (param $stream i32)
     (local $v i32) (local $row i32) (local $j i32) (local $xj i32) (local $k i32) (local $xk i32)
     (local $a v128) (local $b v128) (local $w0 v128) (local $w1 v128)
     (local.set $v (local.get $v0))
@@ -141,6 +166,7 @@
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
+        (if (local.get $stream) (then (call $touch (local.get $row) (local.get $stride))))
         (local.set $j (i32.const 0))
         (block $vectors_done
           (loop $vectors
@@ -207,6 +233,7 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
         (local.set $ru (i32.add (local.get $row) (local.get $stride)))
+        (call $touch (local.get $row) (i32.shl (local.get $stride) (i32.const 1)))
         (local.set $a (v128.const i32x4 0 0 0 0))
         (local.set $b (v128.const i32x4 0 0 0 0))
         (local.set $c (v128.const i32x4 0 0 0 0))
@@ -273,7 +300,7 @@
         (local.set $v0 (local.get $even))))
     (call $rows1 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
       (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
-      (local.get $n) (local.get $out) (local.get $ldo))
+      (local.get $n) (local.get $out) (local.get $ldo) (i32.const 1))
   )
 
   ;; Rows [v0, v1) against exactly 4 vectors at x, two rows at a time (a last odd row alone as
@@ -282,11 +309,20 @@
   ;; 16: TurboFan schedules row 0's dots before row 1's, so every activation vector of a step
   ;; stays live until row 1 uses it; 16 a step spills accumulators (8 + 8 + 2 > 15 registers).
   ;; About 1.15-1.2x the one-row loop below (scripts/bench/kernels.ts).
-  (func $rows4 (export "rows4")
+  (func (export "rows4")
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32)
     (param $out i32) (param $ldo i32)
+    (call $rows4 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+      (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+      (local.get $out) (local.get $ldo) (i32.const 1)))
+
+  (func $rows4
+    (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
+    (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $sumx i32) (param $xscale i32)
+    (param $out i32) (param $ldo i32) (param $stream i32)
     (local $v i32) (local $row i32) (local $k i32) (local $wk i32) (local $wr i32) (local $end i32)
     (local $x0 i32) (local $x1 i32) (local $x2 i32) (local $x3 i32) (local $step i32)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
@@ -310,6 +346,8 @@
             (local.set $c11 (v128.const i32x4 0 0 0 0))
             (local.set $c12 (v128.const i32x4 0 0 0 0))
             (local.set $c13 (v128.const i32x4 0 0 0 0))
+            (if (local.get $stream)
+              (then (call $touch (local.get $row) (i32.shl (local.get $stride) (i32.const 1)))))
             (local.set $wk (local.get $row))
             (local.set $end (i32.add (local.get $row) (local.get $stride)))
             (local.set $x0 (local.get $x))
@@ -900,7 +938,7 @@
               (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))
               (i32.add (local.get $out)
                 (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
-              (local.get $ldo))
+              (local.get $ldo) (i32.const 0))
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
             (br $tiles)))
         (if (i32.lt_u (local.get $j) (local.get $t))
@@ -914,7 +952,7 @@
               (i32.sub (local.get $t) (local.get $j))
               (i32.add (local.get $out)
                 (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
-              (local.get $ldo))))
+              (local.get $ldo) (i32.const 0))))
         (local.set $vb (local.get $ve))
         (br $blocks)))
   )
@@ -1929,7 +1967,7 @@
   ;; where the runtime bounds-checks every load, as Deno does, half their checks).
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
-    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32) (param $stream i32)
     (local $v i32) (local $j i32) (local $row i32) (local $bytes i32) (local $xst i32)
     (local $pair i32) (local $o i32)
     (local.set $bytes (i32.mul (local.get $kb) (i32.const 21)))
@@ -1940,6 +1978,8 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
+        (if (local.get $stream)
+          (then (call $touch (local.get $row) (i32.shl (local.get $bytes) (local.get $pair)))))
         (local.set $j (i32.const 0))
         (block $tiles_done
           (loop $tiles
@@ -2003,7 +2043,7 @@
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
     (call $q4_rows (local.get $w) (local.get $kb) (local.get $v0) (local.get $v1)
-      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo))
+      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo) (i32.const 1))
   )
 
   ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (at least 4
@@ -2033,7 +2073,7 @@
               (local.get $n)
               (i32.add (local.get $out)
                 (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
-              (local.get $ldo))
+              (local.get $ldo) (i32.const 0))
             (local.set $j (i32.add (local.get $j) (local.get $n)))
             (br $tiles)))
         (local.set $vb (local.get $ve))

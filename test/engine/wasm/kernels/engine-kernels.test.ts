@@ -538,6 +538,48 @@ for (const variant of ISA_VARIANTS) {
       expectQ8(a.f32(out, 6), w, x, 3)
     })
 
+    it('decode kernels touch only the bytes of their rows: weights that end where memory ends', async () => {
+      // the decode kernels load a word of each line of a row pair before scoring it; a matrix
+      // placed flush against the end of memory traps if any load reaches past its rows
+      const { kernels } = await instantiateEngine(variant)
+      const atEnd = (a: Arena, data: Uint8Array | Int8Array): number => {
+        const end = Math.ceil((kernels.memory.buffer.byteLength + data.byteLength) / 65536) * 65536
+        kernels.memory.grow(end / 65536 - kernels.memory.buffer.byteLength / 65536)
+        const w = end - data.byteLength
+        new Uint8Array(kernels.memory.buffer, w, data.byteLength).set(
+          new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+        )
+        expect(w + data.byteLength).toBe(kernels.memory.buffer.byteLength)
+        return w
+      }
+      // q4: 9 rows (4 pairs and a last row alone), 4 and 1 activation rows
+      const m = randomQ4(9, 896, 31)
+      for (const t of [1, 4]) {
+        const a = new Arena(kernels)
+        const x = quantizeBlocks(randomRows(t, 896, 32 + t), t, 896)
+        const xa = a.put(x.data)
+        const out = a.take(4 * t * m.n)
+        const w = atEnd(a, m.data)
+        kernels.q4_gemv(w, m.kb, 0, m.n, xa, t, out, m.n)
+        expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
+      }
+      // q8: 7 rows, 1 vector (row pairs), 2 (a row at a time) and 4 (rows4)
+      const q8 = quantizeQ8Rows(randomRows(7, 200, 33, 0), 7, 200)
+      for (const t of [1, 2, 4]) {
+        const a = new Arena(kernels)
+        const x = quantizeRows(randomRows(t, 200, 34 + t), t, 200, q8.stride)
+        const xa = placeRows(a, x)
+        const zp = a.put(q8.zp)
+        const scale = a.put(q8.scale)
+        const out = a.take(4 * t * q8.n)
+        const w = atEnd(a, q8.q)
+        const args = [w, q8.stride, zp, scale, 0, q8.n, xa.x, xa.sum, xa.scale] as const
+        if (t === 4) kernels.rows4(...args, out, q8.n)
+        else kernels.rows(...args, t, out, q8.n)
+        expectQ8(a.f32(out, t * q8.n), q8, x, q8.n)
+      }
+    })
+
     it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows, keys with channels kept apart), near the float sums', async () => {
       const { kernels } = await instantiateEngine(variant)
       for (const [n, dim, slots] of [
