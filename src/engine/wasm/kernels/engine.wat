@@ -68,14 +68,16 @@
 
   ;; Loads one word of each 64-byte line of [at, at + n) (bytes the caller reads next anyway).
   ;; WASM has no prefetch instruction. A decode kernel streams its weights from memory a row
-  ;; pair at a time, and its arithmetic, stalled on one line's miss after another, overlapped
-  ;; the memory poorly (a step's layers took about the time of reading them plus the time of
-  ;; scoring them from cache); touching the pair's lines first sends their misses out together.
-  ;; 1.1-1.35x on a decode step's layer matrices in Node 20 and Deno, both builds
-  ;; (scripts/bench/kernels.ts, "streamed"). Only where weights stream: the kernels take a
-  ;; $stream flag, 1 from the decode exports (rows, rows4, q4_gemv), 0 from the prefill ones
-  ;; (q8_gemm, q4_gemm), whose weight blocks are in cache and where touching cost about 3%.
-  ;; The words go into $touched so that no compiler drops the loads.
+  ;; or two at a time, and its arithmetic, stalled on one line's miss after another, overlapped
+  ;; the memory poorly: a step's layers took about the time of reading them plus the time of
+  ;; scoring them from cache. Touching the lines of the next 8 rows first ($touch_rows) sends
+  ;; their misses out together, and the rows are then scored from cache: 1.3x on 64 decode
+  ;; steps of the 0.5B q8 and q4 packages in Node 20, both builds (`npm run bench:ab`), about
+  ;; 1.2x over touching a row pair at a time (scripts/bench/kernels.ts, "streamed"). Only where
+  ;; weights stream: the kernels take a $stream flag, 1 from the decode exports (rows, rows4,
+  ;; q4_gemv), 0 from the prefill ones (q8_gemm, q4_gemm), whose weight blocks are in cache and
+  ;; where touching cost about 3%. The words go into $touched so that no compiler drops the
+  ;; loads.
   (global $touched (mut i32) (i32.const 0))
 
   (func $touch (param $at i32) (param $n i32)
@@ -88,6 +90,16 @@
         (local.set $at (i32.add (local.get $at) (i32.const 64)))
         (br $lines)))
     (global.set $touched (i32.xor (global.get $touched) (local.get $s))))
+
+  ;; $touch of rows [v, v + 8) of a matrix of rows [v0, v1), `bytes` each, at row v (at `row`),
+  ;; when v − v0 is a multiple of 8 (the last chunk ends at v1).
+  (func $touch_rows (param $row i32) (param $v i32) (param $v0 i32) (param $v1 i32)
+    (param $bytes i32)
+    (local $n i32)
+    (if (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7)) (then (return)))
+    (local.set $n (i32.sub (local.get $v1) (local.get $v)))
+    (if (i32.gt_u (local.get $n) (i32.const 8)) (then (local.set $n (i32.const 8))))
+    (call $touch (local.get $row) (i32.mul (local.get $n) (local.get $bytes))))
 
   ;; ---- q8 rows · int16 activations: copied from q8-head.wat (decode and the lm_head) ----
 
@@ -166,7 +178,9 @@
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
-        (if (local.get $stream) (then (call $touch (local.get $row) (local.get $stride))))
+        (if (local.get $stream)
+          (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
+            (local.get $stride))))
         (local.set $j (i32.const 0))
         (block $vectors_done
           (loop $vectors
@@ -233,7 +247,8 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
         (local.set $ru (i32.add (local.get $row) (local.get $stride)))
-        (call $touch (local.get $row) (i32.shl (local.get $stride) (i32.const 1)))
+        (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
+          (local.get $stride))
         (local.set $a (v128.const i32x4 0 0 0 0))
         (local.set $b (v128.const i32x4 0 0 0 0))
         (local.set $c (v128.const i32x4 0 0 0 0))
@@ -347,7 +362,8 @@
             (local.set $c12 (v128.const i32x4 0 0 0 0))
             (local.set $c13 (v128.const i32x4 0 0 0 0))
             (if (local.get $stream)
-              (then (call $touch (local.get $row) (i32.shl (local.get $stride) (i32.const 1)))))
+              (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0)
+                (local.get $v1) (local.get $stride))))
             (local.set $wk (local.get $row))
             (local.set $end (i32.add (local.get $row) (local.get $stride)))
             (local.set $x0 (local.get $x))
@@ -1979,7 +1995,8 @@
         (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
         (if (local.get $stream)
-          (then (call $touch (local.get $row) (i32.shl (local.get $bytes) (local.get $pair)))))
+          (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
+            (local.get $bytes))))
         (local.set $j (i32.const 0))
         (block $tiles_done
           (loop $tiles
