@@ -538,9 +538,10 @@ for (const variant of ISA_VARIANTS) {
       expectQ8(a.f32(out, 6), w, x, 3)
     })
 
-    it('decode kernels touch only the bytes of their rows: weights that end where memory ends', async () => {
-      // the decode kernels load a word of each line of a row pair before scoring it; a matrix
-      // placed flush against the end of memory traps if any load reaches past its rows
+    it('kernels touch only the bytes of their rows: weights that end where memory ends', async () => {
+      // the kernels load a word of each line of the next rows (decode) or of a block of rows
+      // (prefill) before scoring them; a matrix placed flush against the end of memory traps if
+      // any load reaches past its rows
       const { kernels } = await instantiateEngine(variant)
       const atEnd = (a: Arena, data: Uint8Array | Int8Array): number => {
         const end = Math.ceil((kernels.memory.buffer.byteLength + data.byteLength) / 65536) * 65536
@@ -552,20 +553,21 @@ for (const variant of ISA_VARIANTS) {
         expect(w + data.byteLength).toBe(kernels.memory.buffer.byteLength)
         return w
       }
-      // q4: 9 rows (4 pairs and a last row alone), 4 and 1 activation rows
+      // q4: 9 rows (4 pairs and a last row alone); 1 and 4 activation rows (q4_gemv), 5 (q4_gemm)
       const m = randomQ4(9, 896, 31)
-      for (const t of [1, 4]) {
+      for (const t of [1, 4, 5]) {
         const a = new Arena(kernels)
         const x = quantizeBlocks(randomRows(t, 896, 32 + t), t, 896)
         const xa = a.put(x.data)
         const out = a.take(4 * t * m.n)
         const w = atEnd(a, m.data)
-        kernels.q4_gemv(w, m.kb, 0, m.n, xa, t, out, m.n)
+        const call = t > 4 ? kernels.q4_gemm : kernels.q4_gemv
+        call(w, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
       }
-      // q8: 7 rows, 1 vector (row pairs), 2 (a row at a time) and 4 (rows4)
+      // q8: 7 rows, 1 vector (row pairs), 2 (a row at a time), 4 (rows4) and 5 (q8_gemm)
       const q8 = quantizeQ8Rows(randomRows(7, 200, 33, 0), 7, 200)
-      for (const t of [1, 2, 4]) {
+      for (const t of [1, 2, 4, 5]) {
         const a = new Arena(kernels)
         const x = quantizeRows(randomRows(t, 200, 34 + t), t, 200, q8.stride)
         const xa = placeRows(a, x)
@@ -575,6 +577,7 @@ for (const variant of ISA_VARIANTS) {
         const w = atEnd(a, q8.q)
         const args = [w, q8.stride, zp, scale, 0, q8.n, xa.x, xa.sum, xa.scale] as const
         if (t === 4) kernels.rows4(...args, out, q8.n)
+        else if (t === 5) kernels.q8_gemm(...args, t, out, q8.n)
         else kernels.rows(...args, t, out, q8.n)
         expectQ8(a.f32(out, t * q8.n), q8, x, q8.n)
       }
