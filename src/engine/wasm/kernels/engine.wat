@@ -92,15 +92,22 @@
         (br $lines)))
     (global.set $touched (i32.xor (global.get $touched) (local.get $s))))
 
-  ;; $touch of rows [v, v + 8) of a matrix of rows [v0, v1), `bytes` each, at row v (at `row`),
-  ;; when v − v0 is a multiple of 8 (the last chunk ends at v1).
+  ;; $touch of rows [v, v + 8) of a matrix of rows [v0, v1), `bytes` each, at row v (at `row`);
+  ;; the last chunk ends at v1. Callers call it where v − v0 is a multiple of 8 (the test at the
+  ;; call site: a call for every row pair made the tiny test model's decode step 1.1x slower).
   (func $touch_rows (param $row i32) (param $v i32) (param $v0 i32) (param $v1 i32)
     (param $bytes i32)
     (local $n i32)
-    (if (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7)) (then (return)))
     (local.set $n (i32.sub (local.get $v1) (local.get $v)))
     (if (i32.gt_u (local.get $n) (i32.const 8)) (then (local.set $n (i32.const 8))))
     (call $touch (local.get $row) (i32.mul (local.get $n) (local.get $bytes))))
+
+  ;; Whether decode kernels touch rows of `bytes` first: rows of 4 cache lines or more (every
+  ;; matrix of a 0.5B model). Touching narrower rows only added work: with these two checks the
+  ;; tiny test model (64-byte rows) decodes at 0.97x its speed before any touching, where
+  ;; touching every 8 rows of it gave 0.89x (`npm run bench:ab`, 2,000 steps).
+  (func $streams (param $bytes i32) (result i32)
+    (i32.ge_u (local.get $bytes) (i32.const 256)))
 
   ;; ---- q8 rows · int16 activations: copied from q8-head.wat (decode and the lm_head) ----
 
@@ -179,7 +186,7 @@
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
-        (if (local.get $stream)
+        (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
           (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
             (local.get $stride))))
         (local.set $j (i32.const 0))
@@ -238,7 +245,7 @@
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32)
-    (param $out i32) (param $ldo i32)
+    (param $out i32) (param $ldo i32) (param $stream i32)
     (local $v i32) (local $row i32) (local $ru i32) (local $k i32)
     (local $xk i32) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
     (local $w0 v128) (local $u0 v128) (local $xa v128) (local $xb v128)
@@ -248,8 +255,10 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
         (local.set $ru (i32.add (local.get $row) (local.get $stride)))
-        (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
-          (local.get $stride))
+        (if (i32.and (local.get $stream)
+              (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
+          (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
+            (local.get $stride))))
         (local.set $a (v128.const i32x4 0 0 0 0))
         (local.set $b (v128.const i32x4 0 0 0 0))
         (local.set $c (v128.const i32x4 0 0 0 0))
@@ -312,11 +321,11 @@
           (i32.and (i32.sub (local.get $v1) (local.get $v0)) (i32.const -2))))
         (call $rows_pairs (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
           (local.get $v0) (local.get $even) (local.get $x) (local.get $sumx) (local.get $xscale)
-          (local.get $out) (local.get $ldo))
+          (local.get $out) (local.get $ldo) (call $streams (local.get $stride)))
         (local.set $v0 (local.get $even))))
     (call $rows1 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
       (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
-      (local.get $n) (local.get $out) (local.get $ldo) (i32.const 1))
+      (local.get $n) (local.get $out) (local.get $ldo) (call $streams (local.get $stride)))
   )
 
   ;; Rows [v0, v1) against exactly 4 vectors at x, two rows at a time (a last odd row alone as
@@ -332,7 +341,7 @@
     (param $out i32) (param $ldo i32)
     (call $rows4 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
       (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
-      (local.get $out) (local.get $ldo) (i32.const 1)))
+      (local.get $out) (local.get $ldo) (call $streams (local.get $stride))))
 
   (func $rows4
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
@@ -362,7 +371,7 @@
             (local.set $c11 (v128.const i32x4 0 0 0 0))
             (local.set $c12 (v128.const i32x4 0 0 0 0))
             (local.set $c13 (v128.const i32x4 0 0 0 0))
-            (if (local.get $stream)
+            (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
               (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0)
                 (local.get $v1) (local.get $stride))))
             (local.set $wk (local.get $row))
@@ -1997,7 +2006,7 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
-        (if (local.get $stream)
+        (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
           (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
             (local.get $bytes))))
         (local.set $j (i32.const 0))
@@ -2063,7 +2072,8 @@
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
     (call $q4_rows (local.get $w) (local.get $kb) (local.get $v0) (local.get $v1)
-      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo) (i32.const 1))
+      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo)
+      (call $streams (i32.mul (local.get $kb) (i32.const 21))))
   )
 
   ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (at least 4
