@@ -565,11 +565,13 @@ for (const variant of ISA_VARIANTS) {
         call(w, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
       }
-      // q8: 7 rows, 1 vector (row pairs), 2 (a row at a time), 4 (rows4) and 5 (q8_gemm)
-      const q8 = quantizeQ8Rows(randomRows(7, 200, 33, 0), 7, 200)
+      // q8: 7 rows of 300 inputs (stride 320: rows this wide are touched), 1 vector (row
+      // pairs), 2 (a row at a time), 4 (rows4) and 5 (q8_gemm)
+      const q8 = quantizeQ8Rows(randomRows(7, 300, 33, 0), 7, 300)
+      expect(q8.stride).toBe(320)
       for (const t of [1, 2, 4, 5]) {
         const a = new Arena(kernels)
-        const x = quantizeRows(randomRows(t, 200, 34 + t), t, 200, q8.stride)
+        const x = quantizeRows(randomRows(t, 300, 34 + t), t, 300, q8.stride)
         const xa = placeRows(a, x)
         const zp = a.put(q8.zp)
         const scale = a.put(q8.scale)
