@@ -138,39 +138,58 @@ function oneRequest(t: Target, r: () => number, i: number): Promise<Outcome> {
   })
 }
 
+/**
+ * The POSTs of the soak's rounds, each sent once more where the answer is wrangler dev's own
+ * 503 "Your worker restarted mid-request": its proxy gives that for a POST whose hop to the
+ * Worker it lost, also with no restart (cloudflare/workers-sdk#14641; seen here on 3 of a
+ * flood's 6 large POSTs once in four full runs). The Worker itself never answers plain text;
+ * the retries are counted (`proxyRetries`) and a round may take only a few.
+ */
+const proxyRetries = { count: 0 }
+async function soakPost(t: Target, path: string, body: unknown): Promise<Response> {
+  const res = await post(t, path, body)
+  if (res.status !== 503) return res
+  const text = await res.text()
+  if (!text.startsWith('Your worker restarted mid-request')) {
+    return new Response(text, { status: res.status, headers: res.headers })
+  }
+  proxyRetries.count++
+  return post(t, path, body)
+}
+
 function send(t: Target, i: number, k: number, cut: boolean): Promise<Outcome> {
   const messages = [{ role: 'user', content: `Message ${i}: tell me something.` }]
   switch (k) {
     case 0:
-      return post(t, '/v1/sentiment', { text: longText(i) }).then((res) =>
+      return soakPost(t, '/v1/sentiment', { text: longText(i) }).then((res) =>
         expectJson(res, 'sentiment', (b) => typeof b.label === 'string'),
       )
     case 1:
-      return post(t, '/v1/sentiment', {
+      return soakPost(t, '/v1/sentiment', {
         texts: Array.from({ length: 6 }, (_, j) => longText(i + j)),
       }).then((res) => expectJson(res, 'sentiment batch', (b) => b.results?.length === 6))
     case 2:
     case 3:
-      return post(t, '/v1/chat', { messages, max_tokens: 24 }).then((res) =>
+      return soakPost(t, '/v1/chat', { messages, max_tokens: 24 }).then((res) =>
         streamed(res, 'chat', cut, (d) => d.includes('finish_reason')),
       )
     case 4:
-      return post(t, '/v1/chat/completions', { model: 'x', messages, max_tokens: 12 }).then((res) =>
-        expectJson(res, 'openai', (b) => b.object === 'chat.completion'),
+      return soakPost(t, '/v1/chat/completions', { model: 'x', messages, max_tokens: 12 }).then(
+        (res) => expectJson(res, 'openai', (b) => b.object === 'chat.completion'),
       )
     case 5:
-      return post(t, '/v1/chat/completions', {
+      return soakPost(t, '/v1/chat/completions', {
         model: 'x',
         messages,
         max_tokens: 24,
         stream: true,
       }).then((res) => streamed(res, 'openai stream', cut, (d) => d === '[DONE]'))
     case 6:
-      return post(t, '/analyze', { text: longText(i), max_tokens: 8 }).then((res) =>
+      return soakPost(t, '/analyze', { text: longText(i), max_tokens: 8 }).then((res) =>
         expectJson(res, 'analyze', (b) => typeof b.sentiment?.label === 'string'),
       )
     default:
-      return post(t, '/analyze?stream=1', { text: longText(i), max_tokens: 16 }).then((res) =>
+      return soakPost(t, '/analyze?stream=1', { text: longText(i), max_tokens: 16 }).then((res) =>
         streamed(res, 'analyze stream', cut, (d) => d.includes('finish_reason')),
       )
   }
@@ -180,7 +199,7 @@ function send(t: Target, i: number, k: number, cut: boolean): Promise<Outcome> {
 function flood(t: Target, n: number, texts = 24): Promise<Outcome[]> {
   return Promise.all(
     Array.from({ length: n }, (_, i) =>
-      post(t, '/v1/sentiment', {
+      soakPost(t, '/v1/sentiment', {
         texts: Array.from({ length: texts }, (_, j) => longText(i * 100 + j)),
       }).then((res) => expectJson(res, 'flood', (b) => b.results?.length === texts)),
     ),
@@ -314,8 +333,12 @@ describeMatrix(
     it(`${ROUNDS} rounds of ${REQUESTS} mixed requests: only 200s and JSON 429s, no leak`, async () => {
       const rounds: { rss: number; wasm: number; kinds: Record<string, number> }[] = []
       for (let round = 0; round < ROUNDS; round++) {
+        proxyRetries.count = 0
         const outcomes = await soakRound(t, 1 + round)
         expect(outcomes.filter((o) => o.problem).slice(0, 12)).toEqual([])
+        expect(proxyRetries.count, "POSTs sent again after wrangler dev's 503").toBeLessThanOrEqual(
+          6,
+        )
         expect(outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true)
         // preconditions: the load crossed the bounds and also got through them
         expect(outcomes.some((o) => o.status === 429)).toBe(true)
