@@ -134,16 +134,25 @@ interface Row {
 }
 
 /** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
+/**
+ * `bytes` of random q4 groups (84 bytes each), placed: scales of ordinary size and zero points
+ * as nibbles (random f32 bits would make denormals and infinities, each a slow path of its own).
+ */
+function randomQ4Groups(m: Mem, bytes: number, seed: number, scaleSeed: number): number {
+  const w = m.random(bytes, seed)
+  const view = new DataView(m.k.memory.buffer)
+  const r = rng(scaleSeed)
+  for (let g = w; g < w + bytes; g += 84)
+    for (let b = 0; b < 4; b++) {
+      view.setFloat32(g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
+      view.setUint8(g + 80 + b, view.getUint8(g + 80 + b) & 15)
+    }
+  return w
+}
+
 function q4Setup(m: Mem, n: number, k: number, t: number) {
   const kb = Math.ceil(k / 128) * 4
-  const w = m.random(n * kb * 21, 1)
-  const view = new DataView(m.k.memory.buffer)
-  const r = rng(2)
-  for (let g = 0; g < (n * kb) / 4; g++)
-    for (let b = 0; b < 4; b++) {
-      view.setFloat32(w + 84 * g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
-      view.setUint8(w + 84 * g + 80 + b, view.getUint8(w + 84 * g + 80 + b) & 15)
-    }
+  const w = randomQ4Groups(m, n * kb * 21, 1, 2)
   const x = m.floats(t * k, 4)
   const xa = m.take(t * kb * 40)
   m.k.quant_b32(x, k, k, t, xa)
@@ -272,7 +281,8 @@ function streamedCase(kind: 'q8' | 'q4', layers: number): Case {
     macs: layers * shapes.reduce((s, [n, k]) => s + n * k, 0),
     make(kernels) {
       const m = new Mem(kernels)
-      const weights = m.random(layers * per, 21)
+      const weights =
+        kind === 'q8' ? m.random(layers * per, 21) : randomQ4Groups(m, layers * per, 21, 24)
       const calls: Array<() => void> = []
       if (kind === 'q8') {
         const x = new Map([H, I].map((k) => [k, q8Setup(m, 1, k, 1)]))
@@ -288,15 +298,6 @@ function streamedCase(kind: 'q8' | 'q4', layers: number): Case {
             at += n * stride
           }
       } else {
-        // scales of ordinary size and zero points as nibbles (random f32 bits would make
-        // denormals and infinities, each a slow path of its own)
-        const view = new DataView(kernels.memory.buffer)
-        const r = rng(24)
-        for (let g = weights; g < weights + layers * per; g += 84)
-          for (let b = 0; b < 4; b++) {
-            view.setFloat32(g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
-            view.setUint8(g + 80 + b, view.getUint8(g + 80 + b) & 15)
-          }
         const x = new Map([H, I].map((k) => [k, q4Setup(m, 4, k, 1)]))
         const out = m.take(4 * 2 * I)
         let at = weights

@@ -145,7 +145,7 @@ function oneRequest(t: Target, r: () => number, i: number): Promise<Outcome> {
  * flood's 6 large POSTs once in four full runs). The Worker itself never answers plain text;
  * the retries are counted (`proxyRetries`) and a round may take only a few.
  */
-const proxyRetries = { count: 0 }
+let proxyRetries = 0
 async function soakPost(t: Target, path: string, body: unknown): Promise<Response> {
   const res = await post(t, path, body)
   if (res.status !== 503) return res
@@ -153,7 +153,7 @@ async function soakPost(t: Target, path: string, body: unknown): Promise<Respons
   if (!text.startsWith('Your worker restarted mid-request')) {
     return new Response(text, { status: res.status, headers: res.headers })
   }
-  proxyRetries.count++
+  proxyRetries++
   return post(t, path, body)
 }
 
@@ -333,12 +333,10 @@ describeMatrix(
     it(`${ROUNDS} rounds of ${REQUESTS} mixed requests: only 200s and JSON 429s, no leak`, async () => {
       const rounds: { rss: number; wasm: number; kinds: Record<string, number> }[] = []
       for (let round = 0; round < ROUNDS; round++) {
-        proxyRetries.count = 0
+        proxyRetries = 0
         const outcomes = await soakRound(t, 1 + round)
         expect(outcomes.filter((o) => o.problem).slice(0, 12)).toEqual([])
-        expect(proxyRetries.count, "POSTs sent again after wrangler dev's 503").toBeLessThanOrEqual(
-          6,
-        )
+        expect(proxyRetries, "POSTs sent again after wrangler dev's 503").toBeLessThanOrEqual(6)
         expect(outcomes.every((o) => o.status === 200 || o.status === 429)).toBe(true)
         // preconditions: the load crossed the bounds and also got through them
         expect(outcomes.some((o) => o.status === 429)).toBe(true)

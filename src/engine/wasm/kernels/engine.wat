@@ -74,11 +74,11 @@
   ;; their misses out together, and the rows are then scored from cache: 1.3x on 64 decode
   ;; steps of the 0.5B q8 and q4 packages in Node 20, both builds (`npm run bench:ab`), about
   ;; 1.2x over touching a row pair at a time (scripts/bench/kernels.ts, "streamed"). The row
-  ;; kernels take a $stream flag: 1 from the decode exports (rows, rows4, q4_gemv), 0 from the
-  ;; prefill ones (q8_gemm, q4_gemm), where touching rows before every tile of 4 activation rows
-  ;; cost about 3%; those touch each block of weight rows once, before its first tile (about
-  ;; 1.05x on a 26-token prompt, the size of a sentiment request; nothing on 128 tokens). The
-  ;; words go into $touched so that no compiler drops the loads.
+  ;; kernels take a $stream flag: $streams of the row width from the decode exports (rows,
+  ;; rows4, q4_gemv), 0 from the prefill ones (q8_gemm, q4_gemm), where touching rows before
+  ;; every tile of 4 activation rows cost about 3%; those touch each block of weight rows once,
+  ;; before its first tile (about 1.05x on a 26-token prompt, the size of a sentiment request;
+  ;; nothing on 128 tokens). The words go into $touched so that no compiler drops the loads.
   (global $touched (mut i32) (i32.const 0))
 
   (func $touch (param $at i32) (param $n i32)
@@ -186,7 +186,8 @@
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $stride))))
-        (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
+        (if (i32.and (local.get $stream)
+              (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
           (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
             (local.get $stride))))
         (local.set $j (i32.const 0))
@@ -371,7 +372,8 @@
             (local.set $c11 (v128.const i32x4 0 0 0 0))
             (local.set $c12 (v128.const i32x4 0 0 0 0))
             (local.set $c13 (v128.const i32x4 0 0 0 0))
-            (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
+            (if (i32.and (local.get $stream)
+                  (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
               (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0)
                 (local.get $v1) (local.get $stride))))
             (local.set $wk (local.get $row))
@@ -2006,7 +2008,8 @@
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
         (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
         (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
-        (if (i32.and (local.get $stream) (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
+        (if (i32.and (local.get $stream)
+              (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
           (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
             (local.get $bytes))))
         (local.set $j (i32.const 0))
@@ -2083,7 +2086,9 @@
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $t i32) (param $out i32) (param $ldo i32)
     (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32) (local $n i32)
-    (local.set $rb (i32.div_u (i32.const 65536) (i32.mul (local.get $kb) (i32.const 21))))
+    (local $bytes i32)
+    (local.set $bytes (i32.mul (local.get $kb) (i32.const 21)))
+    (local.set $rb (i32.div_u (i32.const 65536) (local.get $bytes)))
     (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
     (local.set $vb (local.get $v0))
     (block $done
@@ -2091,8 +2096,8 @@
         (br_if $done (i32.ge_u (local.get $vb) (local.get $v1)))
         (local.set $ve (i32.add (local.get $vb) (local.get $rb)))
         (if (i32.gt_u (local.get $ve) (local.get $v1)) (then (local.set $ve (local.get $v1))))
-        (call $touch (i32.add (local.get $w) (i32.mul (local.get $vb) (i32.mul (local.get $kb) (i32.const 21))))
-          (i32.mul (i32.sub (local.get $ve) (local.get $vb)) (i32.mul (local.get $kb) (i32.const 21))))
+        (call $touch (i32.add (local.get $w) (i32.mul (local.get $vb) (local.get $bytes)))
+          (i32.mul (i32.sub (local.get $ve) (local.get $vb)) (local.get $bytes)))
         (local.set $j (i32.const 0))
         (block $tiles_done
           (loop $tiles
