@@ -95,3 +95,20 @@ export function rmsNormRef(x: Float32Array, w: Float32Array, eps: number): Float
   const inv = f(1 / f(Math.sqrt(f(f(ss / n) + f(eps)))))
   return Float32Array.from(x, (v, i) => f(f(v * inv) * w[i]))
 }
+
+/**
+ * `dots`: one attention score, q · k over `dim` floats (a multiple of 4) as the kernel sums it
+ * whatever tile it is in: 4 f32 lanes (lane c: d ≡ c mod 4, in d order), added (0+1)+(2+3).
+ */
+export function dotsRef(q: Float32Array, k: Float32Array): number {
+  const lanes = [0, 0, 0, 0]
+  for (let d = 0; d < q.length; d++) lanes[d % 4] = f(lanes[d % 4] + f(q[d] * k[d]))
+  return f(f(lanes[0] + lanes[1]) + f(lanes[2] + lanes[3]))
+}
+
+/** `mix`: one output value, Σ_t p[t] · v[t·dim + d], f32, in t order. */
+export function mixRef(p: Float32Array, v: Float32Array, dim: number, d: number): number {
+  let s = 0
+  for (let t = 0; t < p.length; t++) s = f(s + f(p[t] * v[t * dim + d]))
+  return s
+}

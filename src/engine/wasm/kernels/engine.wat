@@ -455,59 +455,128 @@
         (br $rows)))
   )
   ;; Attention scores of g query heads that share one KV head (GQA):
-  ;; out[h·ldo + t] = Σ_d q[h·dim + d] · k[t·dim + d], h < g, t < n; each sum in 4 f32x4
-  ;; accumulators over 16 values at a time, then added in pairs. Positions outer, heads inner:
-  ;; each key row is read from memory once for all g heads (then from L1). dim is a multiple of
-  ;; 16; q, k and out are f32.
+  ;; out[h·ldo + t] = Σ_d q[h·dim + d] · k[t·dim + d], h < g, t < n; each sum in one f32x4
+  ;; accumulator, 4 values at a time in d order, then its lanes added (0+1)+(2+3), so a score has
+  ;; the same bits whichever tile computes it. Tiles of 2 heads × 4 positions (each q vector
+  ;; and key vector loaded once for the tile, 8 sums in registers; 1.5x one sum at a time), the
+  ;; last head of an odd g 1 × 4, the last n mod 4 positions one at a time. dim is a multiple of
+  ;; 4; q, k and out are f32.
   (func (export "dots")
     (param $q i32) (param $g i32) (param $k i32) (param $n i32) (param $dim i32) (param $out i32)
     (param $ldo i32)
-    (local $t i32) (local $h i32) (local $d i32) (local $row i32) (local $qh i32) (local $qd i32)
-    (local $kd i32) (local $bytes i32)
-    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local $t i32) (local $h i32) (local $row i32) (local $qh i32) (local $qd i32) (local $qe i32)
+    (local $kd i32) (local $bytes i32) (local $o i32) (local $k2 i32) (local $k3 i32)
+    (local $q0 v128) (local $q1 v128) (local $x v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
     (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
+    (local.set $k2 (i32.shl (local.get $bytes) (i32.const 1)))
+    (local.set $k3 (i32.add (local.get $k2) (local.get $bytes)))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
     (local.set $row (local.get $k))
-    (block $done
-      (loop $rows
-        (br_if $done (i32.ge_u (local.get $t) (local.get $n)))
+    (block $quads_done
+      (loop $quads
+        (br_if $quads_done (i32.gt_u (i32.add (local.get $t) (i32.const 4)) (local.get $n)))
         (local.set $h (i32.const 0))
         (local.set $qh (local.get $q))
+        (local.set $o (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2))))
+        (block $pairs_done
+          (loop $pairs
+            (br_if $pairs_done (i32.ge_u (i32.add (local.get $h) (i32.const 1)) (local.get $g)))
+            (local.set $a0 (v128.const i32x4 0 0 0 0))
+            (local.set $a1 (v128.const i32x4 0 0 0 0))
+            (local.set $a2 (v128.const i32x4 0 0 0 0))
+            (local.set $a3 (v128.const i32x4 0 0 0 0))
+            (local.set $b0 (v128.const i32x4 0 0 0 0))
+            (local.set $b1 (v128.const i32x4 0 0 0 0))
+            (local.set $b2 (v128.const i32x4 0 0 0 0))
+            (local.set $b3 (v128.const i32x4 0 0 0 0))
+            (local.set $qd (local.get $qh))
+            (local.set $qe (i32.add (local.get $qh) (local.get $bytes)))
+            (local.set $kd (local.get $row))
+            (block $d_done
+              (loop $d_loop
+                (br_if $d_done (i32.ge_u (local.get $qd) (local.get $qe)))
+                (local.set $q0 (v128.load (local.get $qd)))
+                (local.set $q1 (v128.load (i32.add (local.get $qd) (local.get $bytes))))
+                (local.set $x (v128.load (local.get $kd)))
+                (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $q0) (local.get $x))))
+                (local.set $b0 (f32x4.add (local.get $b0) (f32x4.mul (local.get $q1) (local.get $x))))
+                (local.set $x (v128.load (i32.add (local.get $kd) (local.get $bytes))))
+                (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $q0) (local.get $x))))
+                (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $q1) (local.get $x))))
+                (local.set $x (v128.load (i32.add (local.get $kd) (local.get $k2))))
+                (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $q0) (local.get $x))))
+                (local.set $b2 (f32x4.add (local.get $b2) (f32x4.mul (local.get $q1) (local.get $x))))
+                (local.set $x (v128.load (i32.add (local.get $kd) (local.get $k3))))
+                (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $q0) (local.get $x))))
+                (local.set $b3 (f32x4.add (local.get $b3) (f32x4.mul (local.get $q1) (local.get $x))))
+                (local.set $qd (i32.add (local.get $qd) (i32.const 16)))
+                (local.set $kd (i32.add (local.get $kd) (i32.const 16)))
+                (br $d_loop)))
+            (v128.store (local.get $o)
+              (call $sums4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))
+            (v128.store (i32.add (local.get $o) (local.get $ldo))
+              (call $sums4 (local.get $b0) (local.get $b1) (local.get $b2) (local.get $b3)))
+            (local.set $o (i32.add (local.get $o) (i32.shl (local.get $ldo) (i32.const 1))))
+            (local.set $qh (i32.add (local.get $qh) (i32.shl (local.get $bytes) (i32.const 1))))
+            (local.set $h (i32.add (local.get $h) (i32.const 2)))
+            (br $pairs)))
+        ;; the last head of an odd g
+        (if (i32.lt_u (local.get $h) (local.get $g))
+          (then
+            (local.set $a0 (v128.const i32x4 0 0 0 0))
+            (local.set $a1 (v128.const i32x4 0 0 0 0))
+            (local.set $a2 (v128.const i32x4 0 0 0 0))
+            (local.set $a3 (v128.const i32x4 0 0 0 0))
+            (local.set $qd (local.get $qh))
+            (local.set $qe (i32.add (local.get $qh) (local.get $bytes)))
+            (local.set $kd (local.get $row))
+            (block $d1_done
+              (loop $d1_loop
+                (br_if $d1_done (i32.ge_u (local.get $qd) (local.get $qe)))
+                (local.set $q0 (v128.load (local.get $qd)))
+                (local.set $a0 (f32x4.add (local.get $a0)
+                  (f32x4.mul (local.get $q0) (v128.load (local.get $kd)))))
+                (local.set $a1 (f32x4.add (local.get $a1)
+                  (f32x4.mul (local.get $q0) (v128.load (i32.add (local.get $kd) (local.get $bytes))))))
+                (local.set $a2 (f32x4.add (local.get $a2)
+                  (f32x4.mul (local.get $q0) (v128.load (i32.add (local.get $kd) (local.get $k2))))))
+                (local.set $a3 (f32x4.add (local.get $a3)
+                  (f32x4.mul (local.get $q0) (v128.load (i32.add (local.get $kd) (local.get $k3))))))
+                (local.set $qd (i32.add (local.get $qd) (i32.const 16)))
+                (local.set $kd (i32.add (local.get $kd) (i32.const 16)))
+                (br $d1_loop)))
+            (v128.store (local.get $o)
+              (call $sums4 (local.get $a0) (local.get $a1) (local.get $a2) (local.get $a3)))))
+        (local.set $row (i32.add (local.get $row) (i32.shl (local.get $bytes) (i32.const 2))))
+        (local.set $t (i32.add (local.get $t) (i32.const 4)))
+        (br $quads)))
+    ;; the last n mod 4 positions, one score at a time
+    (block $rows_done
+      (loop $rows
+        (br_if $rows_done (i32.ge_u (local.get $t) (local.get $n)))
+        (local.set $h (i32.const 0))
+        (local.set $qh (local.get $q))
+        (local.set $o (i32.add (local.get $out) (i32.shl (local.get $t) (i32.const 2))))
         (block $heads_done
           (loop $heads
             (br_if $heads_done (i32.ge_u (local.get $h) (local.get $g)))
-            (local.set $a (v128.const i32x4 0 0 0 0))
-            (local.set $b (v128.const i32x4 0 0 0 0))
-            (local.set $c (v128.const i32x4 0 0 0 0))
-            (local.set $e (v128.const i32x4 0 0 0 0))
-            (local.set $d (i32.const 0))
-            (block $d_done
-              (loop $d_loop
-                (br_if $d_done (i32.ge_u (local.get $d) (local.get $bytes)))
-                (local.set $qd (i32.add (local.get $qh) (local.get $d)))
-                (local.set $kd (i32.add (local.get $row) (local.get $d)))
-                (local.set $a (f32x4.add (local.get $a)
+            (local.set $a0 (v128.const i32x4 0 0 0 0))
+            (local.set $qd (local.get $qh))
+            (local.set $qe (i32.add (local.get $qh) (local.get $bytes)))
+            (local.set $kd (local.get $row))
+            (block $d2_done
+              (loop $d2_loop
+                (br_if $d2_done (i32.ge_u (local.get $qd) (local.get $qe)))
+                (local.set $a0 (f32x4.add (local.get $a0)
                   (f32x4.mul (v128.load (local.get $qd)) (v128.load (local.get $kd)))))
-                (local.set $b (f32x4.add (local.get $b)
-                  (f32x4.mul (v128.load offset=16 (local.get $qd))
-                    (v128.load offset=16 (local.get $kd)))))
-                (local.set $c (f32x4.add (local.get $c)
-                  (f32x4.mul (v128.load offset=32 (local.get $qd))
-                    (v128.load offset=32 (local.get $kd)))))
-                (local.set $e (f32x4.add (local.get $e)
-                  (f32x4.mul (v128.load offset=48 (local.get $qd))
-                    (v128.load offset=48 (local.get $kd)))))
-                (local.set $d (i32.add (local.get $d) (i32.const 64)))
-                (br $d_loop)))
-            (local.set $a (f32x4.add (f32x4.add (local.get $a) (local.get $b))
-              (f32x4.add (local.get $c) (local.get $e))))
-            (f32.store
-              (i32.add (i32.add (local.get $out) (i32.mul (local.get $h) (local.get $ldo)))
-                (i32.shl (local.get $t) (i32.const 2)))
-              (f32.add
-                (f32.add (f32x4.extract_lane 0 (local.get $a)) (f32x4.extract_lane 1 (local.get $a)))
-                (f32.add (f32x4.extract_lane 2 (local.get $a)) (f32x4.extract_lane 3 (local.get $a)))))
-            (local.set $qh (i32.add (local.get $qh) (local.get $bytes)))
+                (local.set $qd (i32.add (local.get $qd) (i32.const 16)))
+                (local.set $kd (i32.add (local.get $kd) (i32.const 16)))
+                (br $d2_loop)))
+            (f32.store (local.get $o) (call $hsum (local.get $a0)))
+            (local.set $o (i32.add (local.get $o) (local.get $ldo)))
+            (local.set $qh (local.get $qe))
             (local.set $h (i32.add (local.get $h) (i32.const 1)))
             (br $heads)))
         (local.set $row (i32.add (local.get $row) (local.get $bytes)))
@@ -515,15 +584,33 @@
         (br $rows)))
   )
 
+  ;; Lane j: (xj[0] + xj[1]) + (xj[2] + xj[3]), $hsum of each of x0..x3 at once.
+  (func $sums4 (param $x0 v128) (param $x1 v128) (param $x2 v128) (param $x3 v128) (result v128)
+    ;; [x0.0 + x0.1, x1.0 + x1.1, x0.2 + x0.3, x1.2 + x1.3], and the same of x2, x3
+    (local.set $x0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $x0) (local.get $x1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $x0) (local.get $x1))))
+    (local.set $x2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $x2) (local.get $x3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $x2) (local.get $x3))))
+    (f32x4.add
+      (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $x0) (local.get $x2))
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $x0) (local.get $x2)))
+  )
+
   ;; The weighted sums of g heads over one KV head's values:
   ;; out[h·dim + d] = Σ_t p[h·ldp + t] · v[t·dim + d], h < g, t < n, each in t order. 16 values
-  ;; (a cache line of every row) at a time, for all g heads before the next 16: each line is
-  ;; read from memory once (then from cache). dim is a multiple of 16.
+  ;; (a cache line of every row) at a time, for heads in pairs (each value vector loaded once
+  ;; for both: 1.4x a head at a time), then the last head of an odd g, before the next 16. dim is
+  ;; a multiple of 16.
   (func (export "mix")
     (param $p i32) (param $ldp i32) (param $g i32) (param $v i32) (param $n i32) (param $dim i32)
     (param $out i32)
-    (local $t i32) (local $h i32) (local $d i32) (local $at i32) (local $ph i32) (local $bytes i32)
-    (local $w v128) (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local $t i32) (local $h i32) (local $d i32) (local $at i32) (local $ph i32) (local $pe i32)
+    (local $bytes i32)
+    (local $w v128) (local $w1 v128) (local $x v128)
+    (local $a v128) (local $b v128) (local $c v128) (local $e v128)
+    (local $a1 v128) (local $b1 v128) (local $c1 v128) (local $e1 v128)
     (local.set $bytes (i32.shl (local.get $dim) (i32.const 2)))
     (local.set $ldp (i32.shl (local.get $ldp) (i32.const 2)))
     (block $done
@@ -531,20 +618,68 @@
         (br_if $done (i32.ge_u (local.get $d) (local.get $bytes)))
         (local.set $h (i32.const 0))
         (local.set $ph (local.get $p))
-        (block $heads_done
-          (loop $heads
-            (br_if $heads_done (i32.ge_u (local.get $h) (local.get $g)))
+        (block $pairs_done
+          (loop $pairs
+            (br_if $pairs_done (i32.ge_u (i32.add (local.get $h) (i32.const 1)) (local.get $g)))
+            (local.set $a (v128.const i32x4 0 0 0 0))
+            (local.set $b (v128.const i32x4 0 0 0 0))
+            (local.set $c (v128.const i32x4 0 0 0 0))
+            (local.set $e (v128.const i32x4 0 0 0 0))
+            (local.set $a1 (v128.const i32x4 0 0 0 0))
+            (local.set $b1 (v128.const i32x4 0 0 0 0))
+            (local.set $c1 (v128.const i32x4 0 0 0 0))
+            (local.set $e1 (v128.const i32x4 0 0 0 0))
+            (local.set $at (i32.add (local.get $v) (local.get $d)))
+            (local.set $t (local.get $ph))
+            (local.set $pe (i32.add (local.get $ph) (i32.shl (local.get $n) (i32.const 2))))
+            (block $t_done
+              (loop $t_loop
+                (br_if $t_done (i32.ge_u (local.get $t) (local.get $pe)))
+                (local.set $w (v128.load32_splat (local.get $t)))
+                (local.set $w1 (v128.load32_splat (i32.add (local.get $t) (local.get $ldp))))
+                (local.set $x (v128.load (local.get $at)))
+                (local.set $a (f32x4.add (local.get $a) (f32x4.mul (local.get $w) (local.get $x))))
+                (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $w1) (local.get $x))))
+                (local.set $x (v128.load offset=16 (local.get $at)))
+                (local.set $b (f32x4.add (local.get $b) (f32x4.mul (local.get $w) (local.get $x))))
+                (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $w1) (local.get $x))))
+                (local.set $x (v128.load offset=32 (local.get $at)))
+                (local.set $c (f32x4.add (local.get $c) (f32x4.mul (local.get $w) (local.get $x))))
+                (local.set $c1 (f32x4.add (local.get $c1) (f32x4.mul (local.get $w1) (local.get $x))))
+                (local.set $x (v128.load offset=48 (local.get $at)))
+                (local.set $e (f32x4.add (local.get $e) (f32x4.mul (local.get $w) (local.get $x))))
+                (local.set $e1 (f32x4.add (local.get $e1) (f32x4.mul (local.get $w1) (local.get $x))))
+                (local.set $at (i32.add (local.get $at) (local.get $bytes)))
+                (local.set $t (i32.add (local.get $t) (i32.const 4)))
+                (br $t_loop)))
+            (local.set $at (i32.add (i32.add (local.get $out) (local.get $d))
+              (i32.mul (local.get $h) (local.get $bytes))))
+            (v128.store (local.get $at) (local.get $a))
+            (v128.store offset=16 (local.get $at) (local.get $b))
+            (v128.store offset=32 (local.get $at) (local.get $c))
+            (v128.store offset=48 (local.get $at) (local.get $e))
+            (local.set $at (i32.add (local.get $at) (local.get $bytes)))
+            (v128.store (local.get $at) (local.get $a1))
+            (v128.store offset=16 (local.get $at) (local.get $b1))
+            (v128.store offset=32 (local.get $at) (local.get $c1))
+            (v128.store offset=48 (local.get $at) (local.get $e1))
+            (local.set $ph (i32.add (local.get $ph) (i32.shl (local.get $ldp) (i32.const 1))))
+            (local.set $h (i32.add (local.get $h) (i32.const 2)))
+            (br $pairs)))
+        ;; the last head of an odd g
+        (if (i32.lt_u (local.get $h) (local.get $g))
+          (then
             (local.set $a (v128.const i32x4 0 0 0 0))
             (local.set $b (v128.const i32x4 0 0 0 0))
             (local.set $c (v128.const i32x4 0 0 0 0))
             (local.set $e (v128.const i32x4 0 0 0 0))
             (local.set $at (i32.add (local.get $v) (local.get $d)))
-            (local.set $t (i32.const 0))
-            (block $t_done
-              (loop $t_loop
-                (br_if $t_done (i32.ge_u (local.get $t) (local.get $n)))
-                (local.set $w (f32x4.splat
-                  (f32.load (i32.add (local.get $ph) (i32.shl (local.get $t) (i32.const 2))))))
+            (local.set $t (local.get $ph))
+            (local.set $pe (i32.add (local.get $ph) (i32.shl (local.get $n) (i32.const 2))))
+            (block $t1_done
+              (loop $t1_loop
+                (br_if $t1_done (i32.ge_u (local.get $t) (local.get $pe)))
+                (local.set $w (v128.load32_splat (local.get $t)))
                 (local.set $a (f32x4.add (local.get $a)
                   (f32x4.mul (local.get $w) (v128.load (local.get $at)))))
                 (local.set $b (f32x4.add (local.get $b)
@@ -554,17 +689,14 @@
                 (local.set $e (f32x4.add (local.get $e)
                   (f32x4.mul (local.get $w) (v128.load offset=48 (local.get $at)))))
                 (local.set $at (i32.add (local.get $at) (local.get $bytes)))
-                (local.set $t (i32.add (local.get $t) (i32.const 1)))
-                (br $t_loop)))
+                (local.set $t (i32.add (local.get $t) (i32.const 4)))
+                (br $t1_loop)))
             (local.set $at (i32.add (i32.add (local.get $out) (local.get $d))
               (i32.mul (local.get $h) (local.get $bytes))))
             (v128.store (local.get $at) (local.get $a))
             (v128.store offset=16 (local.get $at) (local.get $b))
             (v128.store offset=32 (local.get $at) (local.get $c))
-            (v128.store offset=48 (local.get $at) (local.get $e))
-            (local.set $ph (i32.add (local.get $ph) (local.get $ldp)))
-            (local.set $h (i32.add (local.get $h) (i32.const 1)))
-            (br $heads)))
+            (v128.store offset=48 (local.get $at) (local.get $e))))
         (local.set $d (i32.add (local.get $d) (i32.const 64)))
         (br $chunks)))
   )

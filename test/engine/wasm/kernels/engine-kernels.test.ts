@@ -43,6 +43,8 @@ import {
   q4DotF64,
   q8RowDot,
   q8RowDotF64,
+  dotsRef,
+  mixRef,
   rmsNormRef,
 } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
@@ -732,6 +734,50 @@ for (const variant of ISA_VARIANTS) {
       for (let i = 0; i < dim; i++) {
         const want = (q[i] / (1 + Math.exp(-q[i]))) * kv[i]
         expect(Math.abs(act[i] - want)).toBeLessThanOrEqual(1e-5 * (Math.abs(want) + 1e-3))
+      }
+    })
+
+    it('dots and mix: every tile (2 heads × 4 positions, an odd last head, the last positions) gives the reference bits', async () => {
+      const { kernels } = await instantiateEngine(variant)
+      const a = new Arena(kernels)
+      // g odd and even, n below, at and past a tile of 4, dim 16 to 64
+      for (const [g, n, dim] of [
+        [7, 13, 64],
+        [2, 4, 32],
+        [1, 3, 16],
+        [3, 9, 64],
+        [7, 1, 64],
+        [4, 8, 16],
+      ]) {
+        const ld = n + 3 // a row of scores: n, then 3 floats that must stay untouched
+        const q = randomRows(g, dim, 31 + n)
+        const keys = randomRows(n, dim, 32 + n)
+        const p = randomRows(g, ld, 33 + n)
+        const qa = a.put(q)
+        const ka = a.put(keys)
+        const pa = a.put(p)
+        const out = a.put(new Float32Array(g * ld).fill(7))
+        kernels.dots(qa, g, ka, n, dim, out, ld)
+        const scores = a.f32(out, g * ld)
+        const want: number[] = []
+        for (let h = 0; h < g; h++)
+          for (let t = 0; t < n; t++)
+            want.push(
+              dotsRef(q.subarray(h * dim, (h + 1) * dim), keys.subarray(t * dim, (t + 1) * dim)),
+            )
+        expect(new Set(want).size).toBe(g * n) // precondition: distinct scores
+        const got = [...scores].filter((_, i) => i % ld < n)
+        expect(got).toEqual(want)
+        expect([...scores].filter((_, i) => i % ld >= n).every((x) => x === 7)).toBe(true)
+        const mixed = a.take(4 * g * dim)
+        kernels.mix(pa, ld, g, ka, n, dim, mixed)
+        const sums = [...a.f32(mixed, g * dim)]
+        const wantMix: number[] = []
+        for (let h = 0; h < g; h++)
+          for (let d = 0; d < dim; d++)
+            wantMix.push(mixRef(p.subarray(h * ld, h * ld + n), keys, dim, d))
+        expect(new Set(wantMix).size).toBe(g * dim)
+        expect(sums).toEqual(wantMix)
       }
     })
 
