@@ -323,20 +323,24 @@ describe('the decoder kernels', () => {
     k.memory.grow(4)
   })
 
-  it('silu_mul is g / (1 + e^-g) · u within 1e-6 relative, from -100 to 100', () => {
-    const n = 4000
+  it('silu_mul is g / (1 + e^-g) · u within 1e-6 relative, from -100 to 100, any n', () => {
     const f = new Float32Array(k.memory.buffer)
-    for (let i = 0; i < n; i++) {
-      f[i] = -100 + (200 * i) / n + (i % 7) * 1e-3
-      f[n + i] = 0.5 + (i % 13) / 10
-    }
-    k.silu_mul(0, 4 * n, n, 8 * n)
-    for (let i = 0; i < n; i++) {
-      const g = f[i]
-      const want = (g / (1 + Math.exp(-g))) * f[n + i]
-      expect(Math.abs(f[2 * n + i] - want), `g=${g}`).toBeLessThanOrEqual(
-        1e-6 * Math.abs(want) + 1e-30,
-      )
+    // two vectors a step: n = 12 and 4 end on one vector alone
+    for (const n of [4000, 12, 4]) {
+      for (let i = 0; i < n; i++) {
+        f[i] = -100 + (200 * i) / n + (i % 7) * 1e-3
+        f[n + i] = 0.5 + (i % 13) / 10
+      }
+      f[3 * n] = 12345
+      k.silu_mul(0, 4 * n, n, 8 * n)
+      for (let i = 0; i < n; i++) {
+        const g = f[i]
+        const want = (g / (1 + Math.exp(-g))) * f[n + i]
+        expect(Math.abs(f[2 * n + i] - want), `n=${n} g=${g}`).toBeLessThanOrEqual(
+          1e-6 * Math.abs(want) + 1e-30,
+        )
+      }
+      expect(f[3 * n]).toBe(12345) // nothing written past out's n floats
     }
   })
 
