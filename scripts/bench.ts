@@ -78,6 +78,9 @@ const ENGINES = [
   'engine-q4',
   'engine-q4-relaxed',
   'engine-graph',
+  'engine-deno',
+  'engine-q4-deno',
+  'engine-graph-deno',
   'ort-web',
   'tjs-web',
   'ort-node',
@@ -88,7 +91,14 @@ type EngineName = (typeof ENGINES)[number]
 /** Parts besides the engines: the kernels alone, the servers on the q4 package, the probes. */
 const PARTS = ['kernels', 'serve', 'long', 'explore'] as const
 /** What needs the q4 export and its package. */
-const NEEDS_Q4 = new Set(['engine-q4', 'engine-q4-relaxed', 'ort-node-q4', 'serve', 'long'])
+const NEEDS_Q4 = new Set([
+  'engine-q4',
+  'engine-q4-relaxed',
+  'engine-q4-deno',
+  'ort-node-q4',
+  'serve',
+  'long',
+])
 
 export const BENCH_CLI = {
   name: 'bench',

@@ -1,9 +1,13 @@
 /** Runs worker.ts in a child process and returns what it sends back. */
-import { fork } from 'node:child_process'
+import { fork, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { WorkerKind } from './worker.ts'
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url))
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
 /** Node flags a worker kind needs: Node 20 runs relaxed SIMD only behind a flag. */
 const FLAGS: Partial<Record<WorkerKind, string[]>> = {
@@ -13,6 +17,7 @@ const FLAGS: Partial<Record<WorkerKind, string[]>> = {
 }
 
 export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<T> {
+  if (kind.endsWith('-deno')) return runInDeno<T>(kind, planPath)
   const child = fork(WORKER, [kind, planPath], {
     execArgv: ['--import', 'tsx', '--max-old-space-size=8192', ...(FLAGS[kind] ?? [])],
     stdio: ['ignore', 2, 2, 'ipc'], // the child's stdout goes to stderr: progress only,
@@ -22,4 +27,45 @@ export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
   if (message?.ok) return message.result as T
   throw new Error(message?.error ?? `worker ${kind} exited with code ${code} and no result`)
+}
+
+/**
+ * A `*-deno` kind in Deno (the npm package's binary), as `npm run start:deno` runs a server:
+ * the project's deno.json, its allocator setting, no other flags (relaxed SIMD is Deno's
+ * default). Deno has no IPC channel to a Node parent, so the worker writes its message to a file.
+ */
+async function runInDeno<T>(kind: WorkerKind, planPath: string): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'qwen-edge-bench-'))
+  const resultPath = join(dir, 'result.json')
+  try {
+    const deno = join(ROOT, 'node_modules', '.bin', 'deno')
+    const args = [
+      'run',
+      '--config',
+      join(ROOT, 'deno.json'),
+      '-A',
+      WORKER,
+      kind,
+      planPath,
+      resultPath,
+    ]
+    const child = spawn(deno, args, {
+      cwd: ROOT,
+      env: { ...process.env, MALLOC_MMAP_THRESHOLD_: '131072' },
+      stdio: ['ignore', 2, 2],
+    })
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    let message: { ok: boolean; result?: T; error?: string } | undefined
+    try {
+      message = JSON.parse(readFileSync(resultPath, 'utf8'))
+    } catch {
+      // no result written: the exit code says why
+    }
+    if (message?.ok) return message.result as T
+    throw new Error(
+      message?.error ?? `worker ${kind} (deno) exited with code ${code} and no result`,
+    )
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }

@@ -209,6 +209,11 @@ export interface EngineVariant {
 
 /** The engine variants the benchmark knows, by worker name. */
 export function engineVariant(name: string, plan: BenchPlan): EngineVariant {
+  if (name.endsWith('-deno')) {
+    // the same in Deno (relaxed SIMD there by default): the runtime Deno Deploy runs
+    const v = engineVariant(name.slice(0, -'-deno'.length), plan)
+    return { ...v, name, label: `${v.label}, Deno` }
+  }
   if (name === 'engine')
     return { name, label: 'qwen-edge engine', format: 'q8', packageDir: plan.packageDir }
   if (name === 'engine-q4' || name === 'engine-q4-relaxed') {
@@ -240,7 +245,8 @@ export async function measureEngine(
   const { loadPackage, openPackage } = await import('../../src/engine/package/loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
   const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
-  installMacrotask(setImmediate) // as the Node server does (src/adapters/node/main.ts)
+  // as the Node server does (src/adapters/node/main.ts); the Deno server keeps the default
+  if (!('Deno' in globalThis)) installMacrotask(setImmediate)
   const source = fsSource(dirname(variant.packageDir))
   const id = basename(variant.packageDir)
   // as the servers open a package: streamed into the kernels, or whole for onnxruntime

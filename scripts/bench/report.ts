@@ -100,6 +100,12 @@ const HOW: Record<string, string> = {
     'the same q4 package in a Node started with `--experimental-wasm-relaxed-simd`: the kernels’ relaxed-SIMD build (`i16x8.relaxed_dot_i8x16_i7x16_s`), which workerd and Deno run by default and Node 20 only behind this flag; the engine takes it only where it computes exactly what the SIMD128 build does.',
   'engine-graph':
     'the same engine on the same q8 package with `DECODER=graph`: prompts and decode steps in onnxruntime-web, as the engine ran before its kernels (the baseline of issue 13’s prompt and sentiment goals); load, time to first token, decode and sentiment only.',
+  'engine-deno':
+    'the same as **qwen-edge engine** (the q8 package), in Deno (the runtime of Deno Deploy) as `npm run start:deno` runs it: relaxed SIMD by default, and every WASM memory access bounds-checked (Deno does not enable V8’s trap handler).',
+  'engine-q4-deno':
+    'the q4 package in Deno; on a CPU with AVX-VNNI the q4 tiles take the 32-bit form of the 8-bit dot product, one instruction for 16 products (`relaxed+vnni`).',
+  'engine-graph-deno':
+    '`DECODER=graph` on the q8 package in Deno: onnxruntime-web there, the baseline of issue 13’s prompt and sentiment goals in that runtime; load, time to first token, decode and sentiment only.',
   'ort-node-q4':
     'the bare greedy loop on onnxruntime-node (CPU EP, one thread) running the q4 export with every `MatMulNBits` at `accuracy_level` 4 (int8 activations per block: onnxruntime’s fastest CPU path for 4-bit weights).',
   'ort-web':
@@ -167,6 +173,69 @@ export function checkGoals(r: BenchResults): GoalCheck[] {
   ]
 }
 
+/**
+ * Issue 13's prompt and sentiment goals with the q4 package in one runtime: q4 against
+ * `DECODER=graph` on the q8 package (the product's default format against the old baseline),
+ * and, for a runtime of its own (`all`: Deno), every engine goal measured there too.
+ */
+function runtimeGoals(
+  r: BenchResults,
+  runtime: string,
+  q4?: EngineResult,
+  q8?: EngineResult,
+  graph?: EngineResult,
+  all = false,
+): GoalCheck[] {
+  if (!q4 && !all) return []
+  const G = Q4_GOALS
+  const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
+  const atLeast = (x: number | undefined, t: number) => (x === undefined ? undefined : x >= t)
+  const atMost = (x: number | undefined, t: number) => (x === undefined ? undefined : x <= t)
+  const tok = (e?: EngineResult) => `${fmtNum(e?.decodeTokS)} tok/s`
+  const p512 = r.model.promptTokens.p512
+  const checks: GoalCheck[] = []
+  const first = (e: EngineResult | undefined, what: string): GoalCheck => ({
+    goal: `${runtime}: time to first token, ${p512}-token prompt: ${what} vs \`DECODER=graph\` (q8 package)`,
+    target: `≥ ${G.ttft512OverGraph}x faster`,
+    measured: `${fmtX(ratio(graph?.ttft512Ms, e?.ttft512Ms))} (${fmtMs(graph?.ttft512Ms)} → ${fmtMs(e?.ttft512Ms)})`,
+    met: atLeast(ratio(graph?.ttft512Ms, e?.ttft512Ms), G.ttft512OverGraph),
+  })
+  const sentiment = (e: EngineResult | undefined, what: string): GoalCheck => ({
+    goal: `${runtime}: sentiment with the cached prefix, ${what} vs \`DECODER=graph\` (q8 package)`,
+    target: `≤ ${G.sentimentCachedOverGraph}x the latency`,
+    measured: `${fmtX(ratio(e?.sentimentCachedMs, graph?.sentimentCachedMs))} (${fmtMs(graph?.sentimentCachedMs)} → ${fmtMs(e?.sentimentCachedMs)})`,
+    met: atMost(ratio(e?.sentimentCachedMs, graph?.sentimentCachedMs), G.sentimentCachedOverGraph),
+  })
+  if (all)
+    checks.push(
+      {
+        goal: `${runtime}: q4 decode vs the engine’s q8 decode`,
+        target: `≥ ${G.q4DecodeOverQ8}x`,
+        measured: `${fmtX(ratio(q4?.decodeTokS, q8?.decodeTokS))} (${tok(q4)} vs ${tok(q8)})`,
+        met: atLeast(ratio(q4?.decodeTokS, q8?.decodeTokS), G.q4DecodeOverQ8),
+      },
+      {
+        goal: `${runtime}: q4 decode vs onnxruntime-node q4 (accuracy_level 4, Node, native)`,
+        target: `≥ ${G.q4DecodeOverOrtNodeQ4}x`,
+        measured: `${fmtX(ratio(q4?.decodeTokS, byName(r, 'ort-node-q4')?.decodeTokS))} (${tok(q4)} vs ${tok(byName(r, 'ort-node-q4'))})`,
+        met: atLeast(
+          ratio(q4?.decodeTokS, byName(r, 'ort-node-q4')?.decodeTokS),
+          G.q4DecodeOverOrtNodeQ4,
+        ),
+      },
+      first(q8, 'q8 kernels'),
+      {
+        goal: `${runtime}: q4 prefill vs q8 (time to first token, ${p512} tokens)`,
+        target: 'no slower',
+        measured: `${fmtX(ratio(q8?.ttft512Ms, q4?.ttft512Ms))} (q4 ${fmtMs(q4?.ttft512Ms)}, q8 ${fmtMs(q8?.ttft512Ms)})`,
+        met: atLeast(ratio(q8?.ttft512Ms, q4?.ttft512Ms), G.q4PrefillOverQ8),
+      },
+      sentiment(q8, 'q8 kernels'),
+    )
+  checks.push(first(q4, 'the q4 package'), sentiment(q4, 'the q4 package'))
+  return checks
+}
+
 /** Issue 13's goals, from the engines, the servers and the packages of one run. */
 export function checkQ4Goals(r: BenchResults): GoalCheck[] {
   const q8 = byName(r, 'engine')
@@ -227,6 +296,19 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
       ),
     },
   )
+  checks.push(...runtimeGoals(r, 'Node 20, relaxed SIMD', q4Relaxed, q8, graph, false))
+  const q4Deno = byName(r, 'engine-q4-deno')
+  if (q4Deno || byName(r, 'engine-deno') || byName(r, 'engine-graph-deno'))
+    checks.push(
+      ...runtimeGoals(
+        r,
+        'Deno',
+        q4Deno,
+        byName(r, 'engine-deno'),
+        byName(r, 'engine-graph-deno'),
+        true,
+      ),
+    )
   for (const [e, bytes] of [
     [q8, r.packageWeightBytes?.q8],
     [q4, r.packageWeightBytes?.q4],

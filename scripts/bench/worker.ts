@@ -4,10 +4,14 @@
  *
  *   node --import tsx scripts/bench/worker.ts <kind> <plan.json>
  *
- * Sends `{ ok: true, result }` or `{ ok: false, error }` to the parent, then exits.
+ * Sends `{ ok: true, result }` or `{ ok: false, error }` to the parent, then exits. The
+ * `*-deno` engines run in Deno, which has no IPC channel to a Node parent: there child.ts
+ * passes a third argument, a file the message is written to.
+ *
+ *   deno run --config deno.json -A scripts/bench/worker.ts <kind> <plan.json> <result.json>
  */
 import './wasm-memory.ts' // before any WASM module is instantiated
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { progressLog } from './progress-log.ts'
 import type { BenchPlan } from './types.ts'
 import type { ServeScenario } from './measure-serve.ts'
@@ -18,6 +22,9 @@ export type WorkerKind =
   | 'engine-q4'
   | 'engine-q4-relaxed'
   | 'engine-graph'
+  | 'engine-deno'
+  | 'engine-q4-deno'
+  | 'engine-graph-deno'
   | 'ort-web'
   | 'ort-node'
   | 'ort-node-q4'
@@ -38,7 +45,10 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
     case 'engine':
     case 'engine-q4':
     case 'engine-q4-relaxed':
-    case 'engine-graph': {
+    case 'engine-graph':
+    case 'engine-deno':
+    case 'engine-q4-deno':
+    case 'engine-graph-deno': {
       const { measureEngine, engineVariant } = await import('./measure-engine.ts')
       return measureEngine(plan, log, engineVariant(kind, plan))
     }
@@ -85,9 +95,13 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
   }
 }
 
-const [kind, planPath] = process.argv.slice(2)
+const [kind, planPath, resultPath] = process.argv.slice(2)
 const send = (msg: unknown) =>
-  new Promise<void>((resolve) => (process.send ? process.send(msg, () => resolve()) : resolve()))
+  resultPath
+    ? Promise.resolve(writeFileSync(resultPath, JSON.stringify(msg)))
+    : new Promise<void>((resolve) =>
+        process.send ? process.send(msg, () => resolve()) : resolve(),
+      )
 try {
   const plan = JSON.parse(readFileSync(planPath, 'utf8')) as BenchPlan
   await send({ ok: true, result: await run(kind as WorkerKind, plan) })

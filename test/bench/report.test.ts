@@ -190,6 +190,39 @@ describe('issue 13 goals', () => {
     expect(checkQ4Goals(withServe([q8, q4, graph, ortQ4], 450))[7].met).toBe(true)
   })
 
+  it('checks the prompt goals for the q4 package, and every engine goal in Deno when it ran there', () => {
+    const relaxed = { ...q4, name: 'engine-q4-relaxed', ttft512Ms: 2400, sentimentCachedMs: 140 }
+    const inDeno = (e: EngineResult, over: Partial<EngineResult>): EngineResult => ({
+      ...e,
+      ...over,
+      name: `${e.name}-deno`,
+    })
+    const deno = [
+      inDeno(q8, { decodeTokS: 8, ttft512Ms: 4000, sentimentCachedMs: 250 }),
+      inDeno(q4, { decodeTokS: 19, ttft512Ms: 2200, sentimentCachedMs: 140 }),
+      inDeno(graph, { ttft512Ms: 4500, sentimentCachedMs: 300 }),
+    ]
+    const nodeOnly = checkQ4Goals(withServe([q8, q4, relaxed, graph, ortQ4], 450))
+    expect(nodeOnly.some((g) => g.goal.startsWith('Deno:'))).toBe(false) // not measured: no rows
+    const goals = checkQ4Goals(withServe([q8, q4, relaxed, graph, ortQ4, ...deno], 450))
+    const byGoal = (start: string) => goals.filter((g) => g.goal.startsWith(start))
+    expect(byGoal('Node 20, relaxed SIMD:').map((g) => [g.measured.slice(0, 5), g.met])).toEqual([
+      ['2.08x', true], // 5000 / 2400 ≥ 2
+      ['0.47x', true], // 140 / 300 ≤ 0.5
+    ])
+    expect(
+      byGoal('Deno:').map((g) => [g.goal.slice(6, 30), g.measured.slice(0, 5), g.met]),
+    ).toEqual([
+      ['q4 decode vs the engine’', '2.38x', true], // 19 / 8
+      ['q4 decode vs onnxruntime', '1.58x', true], // 19 / 12
+      ['time to first token, 512', '1.13x', false], // q8: 4500 / 4000
+      ['q4 prefill vs q8 (time t', '1.82x', true], // 4000 / 2200
+      ['sentiment with the cache', '0.83x', false], // q8: 250 / 300
+      ['time to first token, 512', '2.05x', true], // q4: 4500 / 2200
+      ['sentiment with the cache', '0.47x', true], // q4: 140 / 300
+    ])
+  })
+
   it('judges the Deno goal on the short chats; the long ones are reported beside them', () => {
     const r = withServe([q8, q4, graph, ortQ4], 450)
     const long = {
