@@ -458,7 +458,7 @@
   ;; out[h·ldo + t] = Σ_d q[h·dim + d] · k[t·dim + d], h < g, t < n; each sum in one f32x4
   ;; accumulator, 4 values at a time in d order, then its lanes added (0+1)+(2+3), so a score has
   ;; the same bits whichever tile computes it. Tiles of 2 heads × 4 positions (each q vector
-  ;; and key vector loaded once for the tile, 8 sums in registers; 1.5x one sum at a time), the
+  ;; and key vector loaded once for the tile, 8 sums in registers; 1.35x one sum at a time), the
   ;; last head of an odd g 1 × 4, the last n mod 4 positions one at a time. dim is a multiple of
   ;; 4; q, k and out are f32.
   (func (export "dots")
@@ -601,7 +601,7 @@
   ;; The weighted sums of g heads over one KV head's values:
   ;; out[h·dim + d] = Σ_t p[h·ldp + t] · v[t·dim + d], h < g, t < n, each in t order. 16 values
   ;; (a cache line of every row) at a time, for heads in pairs (each value vector loaded once
-  ;; for both: 1.4x a head at a time), then the last head of an odd g, before the next 16. dim is
+  ;; for both: 1.33x a head at a time), then the last head of an odd g, before the next 16. dim is
   ;; a multiple of 16.
   (func (export "mix")
     (param $p i32) (param $ldp i32) (param $g i32) (param $v i32) (param $n i32) (param $dim i32)
@@ -881,7 +881,7 @@
   ;; of an f32.const: about 1.04x on softmax and silu_mul in Node 20 (the same bits). The two
   ;; vectors go through the same steps side by side, two independent chains in flight: V8 does
   ;; not inline calls, and one vector a call left each step waiting on the one before (softmax
-  ;; 1.24x faster this way, the same bits). A caller with one vector passes it twice.
+  ;; 1.2x faster this way, the same bits). A caller with one vector passes it twice.
   (func $expf8 (param $x v128) (param $x2 v128) (result v128 v128)
     (local $t v128) (local $k v128) (local $r v128) (local $y v128)
     (local $t2 v128) (local $k2 v128) (local $r2 v128) (local $y2 v128)
