@@ -136,10 +136,13 @@ export interface GoalCheck {
   met: boolean | undefined
 }
 
+/** a / b, undefined where either is missing (or b is 0). */
+const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
+const tok = (e?: EngineResult) => `${fmtNum(e?.decodeTokS)} tok/s`
+
 export function checkGoals(r: BenchResults): GoalCheck[] {
   const eng = byName(r, 'engine')
   const tjs = byName(r, 'tjs-web')
-  const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
   const overTjs = ratio(eng?.decodeTokS, tjs?.decodeTokS)
   const overBound = ratio(eng?.decodeTokS, r.bandwidth.boundTokS)
   const cache = ratio(eng?.sentimentColdMs, eng?.sentimentCachedMs)
@@ -173,6 +176,64 @@ export function checkGoals(r: BenchResults): GoalCheck[] {
   ]
 }
 
+/** A goal on the ratio a / b: measured as the ratio, then `detail` in parentheses. */
+function ratioGoal(
+  goal: string,
+  target: string,
+  a: number | undefined,
+  b: number | undefined,
+  detail: string,
+  meets: (x: number) => boolean,
+): GoalCheck {
+  const x = ratio(a, b)
+  return {
+    goal,
+    target,
+    measured: `${fmtX(x)} (${detail})`,
+    met: x === undefined ? undefined : meets(x),
+  }
+}
+
+/** Issue 13's goals on one engine against another (q4 against q8, the kernels against the graph). */
+const q4Goal = {
+  decode: (goal: string, e: EngineResult | undefined, base: EngineResult | undefined, t: number) =>
+    ratioGoal(
+      goal,
+      `≥ ${t}x`,
+      e?.decodeTokS,
+      base?.decodeTokS,
+      `${tok(e)} vs ${tok(base)}`,
+      (x) => x >= t,
+    ),
+  firstToken: (goal: string, e?: EngineResult, graph?: EngineResult) =>
+    ratioGoal(
+      goal,
+      `≥ ${Q4_GOALS.ttft512OverGraph}x faster`,
+      graph?.ttft512Ms,
+      e?.ttft512Ms,
+      `${fmtMs(graph?.ttft512Ms)} → ${fmtMs(e?.ttft512Ms)}`,
+      (x) => x >= Q4_GOALS.ttft512OverGraph,
+    ),
+  prefill: (goal: string, q4?: EngineResult, q8?: EngineResult) =>
+    ratioGoal(
+      goal,
+      'no slower',
+      q8?.ttft512Ms,
+      q4?.ttft512Ms,
+      `q4 ${fmtMs(q4?.ttft512Ms)}, q8 ${fmtMs(q8?.ttft512Ms)}`,
+      (x) => x >= Q4_GOALS.q4PrefillOverQ8,
+    ),
+  sentiment: (goal: string, e?: EngineResult, graph?: EngineResult, more = '') =>
+    ratioGoal(
+      goal,
+      `≤ ${Q4_GOALS.sentimentCachedOverGraph}x the latency`,
+      e?.sentimentCachedMs,
+      graph?.sentimentCachedMs,
+      `${fmtMs(graph?.sentimentCachedMs)} → ${fmtMs(e?.sentimentCachedMs)}${more}`,
+      (x) => x <= Q4_GOALS.sentimentCachedOverGraph,
+    ),
+}
+
 /**
  * Issue 13's prompt and sentiment goals with the q4 package in one runtime: q4 against
  * `DECODER=graph` on the q8 package (the product's default format against the old baseline),
@@ -187,52 +248,33 @@ function runtimeGoals(
   all = false,
 ): GoalCheck[] {
   if (!q4 && !all) return []
-  const G = Q4_GOALS
-  const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
-  const atLeast = (x: number | undefined, t: number) => (x === undefined ? undefined : x >= t)
-  const atMost = (x: number | undefined, t: number) => (x === undefined ? undefined : x <= t)
-  const tok = (e?: EngineResult) => `${fmtNum(e?.decodeTokS)} tok/s`
   const p512 = r.model.promptTokens.p512
+  const first = `${runtime}: time to first token, ${p512}-token prompt:`
+  const sentiment = `${runtime}: sentiment with the cached prefix,`
+  const graphQ8 = 'vs `DECODER=graph` (q8 package)'
   const checks: GoalCheck[] = []
-  const first = (e: EngineResult | undefined, what: string): GoalCheck => ({
-    goal: `${runtime}: time to first token, ${p512}-token prompt: ${what} vs \`DECODER=graph\` (q8 package)`,
-    target: `≥ ${G.ttft512OverGraph}x faster`,
-    measured: `${fmtX(ratio(graph?.ttft512Ms, e?.ttft512Ms))} (${fmtMs(graph?.ttft512Ms)} → ${fmtMs(e?.ttft512Ms)})`,
-    met: atLeast(ratio(graph?.ttft512Ms, e?.ttft512Ms), G.ttft512OverGraph),
-  })
-  const sentiment = (e: EngineResult | undefined, what: string): GoalCheck => ({
-    goal: `${runtime}: sentiment with the cached prefix, ${what} vs \`DECODER=graph\` (q8 package)`,
-    target: `≤ ${G.sentimentCachedOverGraph}x the latency`,
-    measured: `${fmtX(ratio(e?.sentimentCachedMs, graph?.sentimentCachedMs))} (${fmtMs(graph?.sentimentCachedMs)} → ${fmtMs(e?.sentimentCachedMs)})`,
-    met: atMost(ratio(e?.sentimentCachedMs, graph?.sentimentCachedMs), G.sentimentCachedOverGraph),
-  })
   if (all)
     checks.push(
-      {
-        goal: `${runtime}: q4 decode vs the engine’s q8 decode`,
-        target: `≥ ${G.q4DecodeOverQ8}x`,
-        measured: `${fmtX(ratio(q4?.decodeTokS, q8?.decodeTokS))} (${tok(q4)} vs ${tok(q8)})`,
-        met: atLeast(ratio(q4?.decodeTokS, q8?.decodeTokS), G.q4DecodeOverQ8),
-      },
-      {
-        goal: `${runtime}: q4 decode vs onnxruntime-node q4 (accuracy_level 4, Node, native)`,
-        target: `≥ ${G.q4DecodeOverOrtNodeQ4}x`,
-        measured: `${fmtX(ratio(q4?.decodeTokS, byName(r, 'ort-node-q4')?.decodeTokS))} (${tok(q4)} vs ${tok(byName(r, 'ort-node-q4'))})`,
-        met: atLeast(
-          ratio(q4?.decodeTokS, byName(r, 'ort-node-q4')?.decodeTokS),
-          G.q4DecodeOverOrtNodeQ4,
-        ),
-      },
-      first(q8, 'q8 kernels'),
-      {
-        goal: `${runtime}: q4 prefill vs q8 (time to first token, ${p512} tokens)`,
-        target: 'no slower',
-        measured: `${fmtX(ratio(q8?.ttft512Ms, q4?.ttft512Ms))} (q4 ${fmtMs(q4?.ttft512Ms)}, q8 ${fmtMs(q8?.ttft512Ms)})`,
-        met: atLeast(ratio(q8?.ttft512Ms, q4?.ttft512Ms), G.q4PrefillOverQ8),
-      },
-      sentiment(q8, 'q8 kernels'),
+      q4Goal.decode(
+        `${runtime}: q4 decode vs the engine’s q8 decode`,
+        q4,
+        q8,
+        Q4_GOALS.q4DecodeOverQ8,
+      ),
+      q4Goal.decode(
+        `${runtime}: q4 decode vs onnxruntime-node q4 (accuracy_level 4, Node, native)`,
+        q4,
+        byName(r, 'ort-node-q4'),
+        Q4_GOALS.q4DecodeOverOrtNodeQ4,
+      ),
+      q4Goal.firstToken(`${first} q8 kernels ${graphQ8}`, q8, graph),
+      q4Goal.prefill(`${runtime}: q4 prefill vs q8 (time to first token, ${p512} tokens)`, q4, q8),
+      q4Goal.sentiment(`${sentiment} q8 kernels ${graphQ8}`, q8, graph),
     )
-  checks.push(first(q4, 'the q4 package'), sentiment(q4, 'the q4 package'))
+  checks.push(
+    q4Goal.firstToken(`${first} the q4 package ${graphQ8}`, q4, graph),
+    q4Goal.sentiment(`${sentiment} the q4 package ${graphQ8}`, q4, graph),
+  )
   return checks
 }
 
@@ -245,12 +287,9 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
   const short = r.serve?.filter((x) => (x.scenario ?? 'short') === 'short')
   const deno = short?.find((x) => x.runtime === 'deno')
   const node = short?.find((x) => x.runtime === 'node')
-  const ratio = (a?: number, b?: number) => (a !== undefined && b ? a / b : undefined)
-  const atLeast = (x: number | undefined, t: number) => (x === undefined ? undefined : x >= t)
-  const atMost = (x: number | undefined, t: number) => (x === undefined ? undefined : x <= t)
-  const tok = (e?: EngineResult) => `${fmtNum(e?.decodeTokS)} tok/s`
   const G = Q4_GOALS
   const q4Relaxed = byName(r, 'engine-q4-relaxed')
+  const p512 = r.model.promptTokens.p512
   const checks: GoalCheck[] = []
   // the q4 decode goals for the SIMD128 build (Node 20's default) and, when measured, relaxed
   for (const [e, build] of [
@@ -259,42 +298,28 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
   ] as const) {
     if (build === 'relaxed SIMD' && !e) continue
     checks.push(
-      {
-        goal: `q4 decode (${build}) vs the engine’s q8 decode`,
-        target: `≥ ${G.q4DecodeOverQ8}x`,
-        measured: `${fmtX(ratio(e?.decodeTokS, q8?.decodeTokS))} (${tok(e)} vs ${tok(q8)})`,
-        met: atLeast(ratio(e?.decodeTokS, q8?.decodeTokS), G.q4DecodeOverQ8),
-      },
-      {
-        goal: `q4 decode (${build}) vs onnxruntime-node q4 (accuracy_level 4)`,
-        target: `≥ ${G.q4DecodeOverOrtNodeQ4}x`,
-        measured: `${fmtX(ratio(e?.decodeTokS, ortQ4?.decodeTokS))} (${tok(e)} vs ${tok(ortQ4)})`,
-        met: atLeast(ratio(e?.decodeTokS, ortQ4?.decodeTokS), G.q4DecodeOverOrtNodeQ4),
-      },
+      q4Goal.decode(`q4 decode (${build}) vs the engine’s q8 decode`, e, q8, G.q4DecodeOverQ8),
+      q4Goal.decode(
+        `q4 decode (${build}) vs onnxruntime-node q4 (accuracy_level 4)`,
+        e,
+        ortQ4,
+        G.q4DecodeOverOrtNodeQ4,
+      ),
     )
   }
   checks.push(
-    {
-      goal: `time to first token, ${r.model.promptTokens.p512}-token prompt: q8 kernels vs \`DECODER=graph\``,
-      target: `≥ ${G.ttft512OverGraph}x faster`,
-      measured: `${fmtX(ratio(graph?.ttft512Ms, q8?.ttft512Ms))} (${fmtMs(graph?.ttft512Ms)} → ${fmtMs(q8?.ttft512Ms)})`,
-      met: atLeast(ratio(graph?.ttft512Ms, q8?.ttft512Ms), G.ttft512OverGraph),
-    },
-    {
-      goal: `q4 prefill vs q8 (time to first token, ${r.model.promptTokens.p512} tokens)`,
-      target: 'no slower',
-      measured: `${fmtX(ratio(q8?.ttft512Ms, q4?.ttft512Ms))} (q4 ${fmtMs(q4?.ttft512Ms)}, q8 ${fmtMs(q8?.ttft512Ms)})`,
-      met: atLeast(ratio(q8?.ttft512Ms, q4?.ttft512Ms), G.q4PrefillOverQ8),
-    },
-    {
-      goal: 'sentiment with the cached prefix vs `DECODER=graph`',
-      target: `≤ ${G.sentimentCachedOverGraph}x the latency`,
-      measured: `${fmtX(ratio(q8?.sentimentCachedMs, graph?.sentimentCachedMs))} (${fmtMs(graph?.sentimentCachedMs)} → ${fmtMs(q8?.sentimentCachedMs)}; q4 ${fmtMs(q4?.sentimentCachedMs)})`,
-      met: atMost(
-        ratio(q8?.sentimentCachedMs, graph?.sentimentCachedMs),
-        G.sentimentCachedOverGraph,
-      ),
-    },
+    q4Goal.firstToken(
+      `time to first token, ${p512}-token prompt: q8 kernels vs \`DECODER=graph\``,
+      q8,
+      graph,
+    ),
+    q4Goal.prefill(`q4 prefill vs q8 (time to first token, ${p512} tokens)`, q4, q8),
+    q4Goal.sentiment(
+      'sentiment with the cached prefix vs `DECODER=graph`',
+      q8,
+      graph,
+      `; q4 ${fmtMs(q4?.sentimentCachedMs)}`,
+    ),
   )
   checks.push(...runtimeGoals(r, 'Node 20, relaxed SIMD', q4Relaxed, q8, graph, false))
   const q4Deno = byName(r, 'engine-q4-deno')
@@ -313,13 +338,16 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
     [q8, r.packageWeightBytes?.q8],
     [q4, r.packageWeightBytes?.q4],
   ] as const) {
-    const x = ratio(e?.wasmAfterLoadBytes, bytes)
-    checks.push({
-      goal: `WASM memory after load vs the package’s weight bytes, ${e?.format ?? (bytes === r.packageWeightBytes?.q4 ? 'q4' : 'q8')}`,
-      target: `≤ ${G.wasmOverWeights}x`,
-      measured: `${fmtX(x)} (${fmtMiB(e?.wasmAfterLoadBytes)} for ${fmtMiB(bytes)})`,
-      met: atMost(x, G.wasmOverWeights),
-    })
+    checks.push(
+      ratioGoal(
+        `WASM memory after load vs the package’s weight bytes, ${e?.format ?? (bytes === r.packageWeightBytes?.q4 ? 'q4' : 'q8')}`,
+        `≤ ${G.wasmOverWeights}x`,
+        e?.wasmAfterLoadBytes,
+        bytes,
+        `${fmtMiB(e?.wasmAfterLoadBytes)} for ${fmtMiB(bytes)}`,
+        (x) => x <= G.wasmOverWeights,
+      ),
+    )
   }
   checks.push(
     {
