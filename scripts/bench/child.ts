@@ -22,9 +22,21 @@ export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<
     execArgv: ['--import', 'tsx', '--max-old-space-size=8192', ...(FLAGS[kind] ?? [])],
     stdio: ['ignore', 2, 2, 'ipc'], // the child's stdout goes to stderr: progress only,
   })
-  let message: { ok: boolean; result?: T; error?: string } | undefined
+  let message: WorkerMessage<T> | undefined
   child.on('message', (m) => (message = m as typeof message))
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return resultOf(kind, message, code)
+}
+
+/** What worker.ts sends back. */
+type WorkerMessage<T> = { ok: boolean; result?: T; error?: string }
+
+/** The worker's result, or an error with its message (or its exit code, if it sent none). */
+function resultOf<T>(
+  kind: WorkerKind,
+  message: WorkerMessage<T> | undefined,
+  code: number | null,
+): T {
   if (message?.ok) return message.result as T
   throw new Error(message?.error ?? `worker ${kind} exited with code ${code} and no result`)
 }
@@ -55,16 +67,13 @@ async function runInDeno<T>(kind: WorkerKind, planPath: string): Promise<T> {
       stdio: ['ignore', 2, 2],
     })
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-    let message: { ok: boolean; result?: T; error?: string } | undefined
+    let message: WorkerMessage<T> | undefined
     try {
       message = JSON.parse(readFileSync(resultPath, 'utf8'))
     } catch {
       // no result written: the exit code says why
     }
-    if (message?.ok) return message.result as T
-    throw new Error(
-      message?.error ?? `worker ${kind} (deno) exited with code ${code} and no result`,
-    )
+    return resultOf(kind, message, code)
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
