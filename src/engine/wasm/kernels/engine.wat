@@ -584,7 +584,9 @@
         (br $rows)))
   )
 
-  ;; Lane j: (xj[0] + xj[1]) + (xj[2] + xj[3]), $hsum of each of x0..x3 at once.
+  ;; Lane j: (xj[0] + xj[1]) + (xj[2] + xj[3]), $hsum of each of x0..x3 at once. $q4_tile4 and
+  ;; $q4_tile4_dot end with the same shuffles written out: called there, once a weight row, it
+  ;; made the q4 GEMM and a 4-row q4_gemv 3-7% slower in Node 20 (V8 does not inline calls).
   (func $sums4 (param $x0 v128) (param $x1 v128) (param $x2 v128) (param $x3 v128) (result v128)
     ;; [x0.0 + x0.1, x1.0 + x1.1, x0.2 + x0.3, x1.2 + x1.3], and the same of x2, x3
     (local.set $x0 (f32x4.add
