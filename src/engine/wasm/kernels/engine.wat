@@ -947,15 +947,16 @@
   ;; of 4), e^−g by $expf8, 8 values at a time (out may be g or u).
   (func (export "silu_mul")
     (param $g i32) (param $u i32) (param $n i32) (param $out i32)
-    (local $i i32) (local $x v128) (local $x2 v128) (local $e v128) (local $e2 v128)
+    (local $i i32) (local $two i32) (local $x v128) (local $x2 v128) (local $e v128) (local $e2 v128)
     (local.set $n (i32.shl (local.get $n) (i32.const 2)))
     (block $done
       (loop $each
         (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
         (local.set $x (v128.load (i32.add (local.get $g) (local.get $i))))
         ;; the next 4, or these 4 again after the last (that result is not stored)
+        (local.set $two (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n)))
         (local.set $x2 (local.get $x))
-        (if (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n))
+        (if (local.get $two)
           (then (local.set $x2 (v128.load offset=16 (i32.add (local.get $g) (local.get $i))))))
         (call $expf8 (f32x4.neg (local.get $x)) (f32x4.neg (local.get $x2)))
         (local.set $e2)
@@ -964,7 +965,7 @@
           (f32x4.mul
             (f32x4.div (local.get $x) (f32x4.add (v128.const f32x4 1 1 1 1) (local.get $e)))
             (v128.load (i32.add (local.get $u) (local.get $i)))))
-        (if (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n))
+        (if (local.get $two)
           (then
             (v128.store offset=16 (i32.add (local.get $out) (local.get $i))
               (f32x4.mul
@@ -979,8 +980,8 @@
   ;; overwritten (−∞ in, about 1e-38 out: they add nothing to a sum of at least 1).
   (func $softmax (export "softmax")
     (param $p i32) (param $n i32)
-    (local $i i32) (local $end i32) (local $m v128) (local $s v128) (local $y v128) (local $y2 v128)
-    (local $max f32)
+    (local $i i32) (local $end i32) (local $two i32) (local $m v128) (local $s v128) (local $y v128)
+    (local $y2 v128) (local $max f32)
     (local.set $end (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))
     (local.set $i (i32.shl (local.get $n) (i32.const 2)))
     (block $pad_done
@@ -1009,8 +1010,9 @@
       (loop $exp_loop
         (br_if $exp_done (i32.ge_u (local.get $i) (local.get $end)))
         (local.set $y (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $two (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $end)))
         (local.set $y2 (local.get $y))
-        (if (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $end))
+        (if (local.get $two)
           (then (local.set $y2
             (f32x4.sub (v128.load offset=16 (i32.add (local.get $p) (local.get $i))) (local.get $m)))))
         (call $expf8 (local.get $y) (local.get $y2))
@@ -1018,7 +1020,7 @@
         (local.set $y)
         (v128.store (i32.add (local.get $p) (local.get $i)) (local.get $y))
         (local.set $s (f32x4.add (local.get $s) (local.get $y)))
-        (if (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $end))
+        (if (local.get $two)
           (then
             (v128.store offset=16 (i32.add (local.get $p) (local.get $i)) (local.get $y2))
             (local.set $s (f32x4.add (local.get $s) (local.get $y2)))))
