@@ -4,6 +4,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { ensureNodeLts, NODE_LTS_VERSION } from './node-lts.ts'
+import { progressLog } from './progress-log.ts'
 import type { WorkerKind } from './worker.ts'
 
 const WORKER = fileURLToPath(new URL('./worker.ts', import.meta.url))
@@ -18,7 +20,12 @@ const FLAGS: Partial<Record<WorkerKind, string[]>> = {
 
 export async function runWorker<T>(kind: WorkerKind, planPath: string): Promise<T> {
   if (kind.endsWith('-deno')) return runInDeno<T>(kind, planPath)
+  // a `*-node24` kind in the current LTS Node (node-lts.ts): relaxed SIMD there by default
+  const execPath = kind.endsWith('-node24')
+    ? ensureNodeLts(progressLog(`node ${NODE_LTS_VERSION}`))
+    : process.execPath
   const child = fork(WORKER, [kind, planPath], {
+    execPath,
     execArgv: ['--import', 'tsx', '--max-old-space-size=8192', ...(FLAGS[kind] ?? [])],
     stdio: ['ignore', 2, 2, 'ipc'], // the child's stdout goes to stderr: progress only,
   })

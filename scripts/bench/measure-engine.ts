@@ -13,7 +13,14 @@ import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import type { ChatMessage } from '../../src/engine/types.ts'
 import { maxGapMs } from './greedy-loop.ts'
 import { median, peakRssBytes, repeat, round } from './stats.ts'
-import type { BenchPlan, DuringChat, EngineExtra, EngineResult, SentimentVariant } from './types.ts'
+import {
+  ENGINE_RUNTIMES,
+  type BenchPlan,
+  type DuringChat,
+  type EngineExtra,
+  type EngineResult,
+  type SentimentVariant,
+} from './types.ts'
 import { packageVersion } from './versions.ts'
 import { wasmMemoryBytes } from './wasm-memory.ts'
 
@@ -209,11 +216,12 @@ export interface EngineVariant {
 
 /** The engine variants the benchmark knows, by worker name. */
 export function engineVariant(name: string, plan: BenchPlan): EngineVariant {
-  if (name.endsWith('-deno')) {
-    // the same in Deno (relaxed SIMD there by default): the runtime Deno Deploy runs
-    const v = engineVariant(name.slice(0, -'-deno'.length), plan)
-    return { ...v, name, label: `${v.label}, Deno` }
-  }
+  // the same in another runtime
+  for (const [suffix, runtime] of ENGINE_RUNTIMES)
+    if (name.endsWith(suffix)) {
+      const v = engineVariant(name.slice(0, -suffix.length), plan)
+      return { ...v, name, label: `${v.label}, ${runtime}` }
+    }
   if (name === 'engine')
     return { name, label: 'qwen-edge engine', format: 'q8', packageDir: plan.packageDir }
   if (name === 'engine-q4' || name === 'engine-q4-relaxed') {

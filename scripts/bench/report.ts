@@ -6,13 +6,14 @@ import type { FormatProbe, LayersProbe, OptionsProbe, ShapesProbe } from './expl
 import type { MachineInfo } from './machine.ts'
 import { fitLine } from './stats.ts'
 import { barChart, type Bar } from './svg-chart.ts'
-import type {
-  BandwidthResult,
-  EngineExtra,
-  EngineResult,
-  KernelsResult,
-  LongResult,
-  ServeResult,
+import {
+  ENGINE_RUNTIMES,
+  type BandwidthResult,
+  type EngineExtra,
+  type EngineResult,
+  type KernelsResult,
+  type LongResult,
+  type ServeResult,
 } from './types.ts'
 
 export interface BenchResults {
@@ -106,6 +107,12 @@ const HOW: Record<string, string> = {
     'the q4 package in Deno; on a CPU with AVX-VNNI the q4 tiles take the 32-bit form of the 8-bit dot product, one instruction for 16 products (`relaxed+vnni`).',
   'engine-graph-deno':
     '`DECODER=graph` on the q8 package in Deno: onnxruntime-web there, the baseline of issue 13’s prompt and sentiment goals in that runtime; load, time to first token, decode and sentiment only.',
+  'engine-node24':
+    'the same as **qwen-edge engine** (the q8 package), in Node 24 (the current LTS; Node 20, which runs the rest of this report, is past its end of life), its binary from the npm registry (`scripts/bench/node-lts.ts`): relaxed SIMD by default there, as in Node 22 and later, with no flag.',
+  'engine-q4-node24':
+    'the q4 package in Node 24; on a CPU with AVX-VNNI the q4 tiles take the 32-bit form of the 8-bit dot product there, as in Deno (`relaxed+vnni`).',
+  'engine-graph-node24':
+    '`DECODER=graph` on the q8 package in Node 24: the baseline of issue 13’s prompt and sentiment goals in that runtime; load, time to first token, decode and sentiment only.',
   'ort-node-q4':
     'the bare greedy loop on onnxruntime-node (CPU EP, one thread) running the q4 export with every `MatMulNBits` at `accuracy_level` 4 (int8 activations per block: onnxruntime’s fastest CPU path for 4-bit weights).',
   'ort-web':
@@ -237,7 +244,7 @@ const q4Goal = {
 /**
  * Issue 13's prompt and sentiment goals with the q4 package in one runtime: q4 against
  * `DECODER=graph` on the q8 package (the product's default format against the old baseline),
- * and, for a runtime of its own (`all`: Deno), every engine goal measured there too.
+ * and, for a runtime of its own (`all`: Deno, Node 24), every engine goal measured there too.
  */
 function runtimeGoals(
   r: BenchResults,
@@ -322,18 +329,13 @@ export function checkQ4Goals(r: BenchResults): GoalCheck[] {
     ),
   )
   checks.push(...runtimeGoals(r, 'Node 20, relaxed SIMD', q4Relaxed, q8, graph, false))
-  const q4Deno = byName(r, 'engine-q4-deno')
-  if (q4Deno || byName(r, 'engine-deno') || byName(r, 'engine-graph-deno'))
-    checks.push(
-      ...runtimeGoals(
-        r,
-        'Deno',
-        q4Deno,
-        byName(r, 'engine-deno'),
-        byName(r, 'engine-graph-deno'),
-        true,
-      ),
+  for (const [suffix, runtime] of ENGINE_RUNTIMES) {
+    const [q4There, q8There, graphThere] = ['engine-q4', 'engine', 'engine-graph'].map((e) =>
+      byName(r, e + suffix),
     )
+    if (q4There || q8There || graphThere)
+      checks.push(...runtimeGoals(r, runtime, q4There, q8There, graphThere, true))
+  }
   for (const [e, bytes] of [
     [q8, r.packageWeightBytes?.q8],
     [q4, r.packageWeightBytes?.q4],

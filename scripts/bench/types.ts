@@ -2,6 +2,16 @@
 import type { ChatMessage } from '../../src/engine/types.ts'
 import type { KvFormat } from '../../src/format/index.ts'
 
+/**
+ * Engines run in another runtime than the bench's Node: the kind's suffix and the runtime's
+ * name. Deno (relaxed SIMD by default; the runtime of Deno Deploy) and the current LTS Node
+ * (node-lts.ts; relaxed SIMD by default too).
+ */
+export const ENGINE_RUNTIMES = [
+  ['-deno', 'Deno'],
+  ['-node24', 'Node 24'],
+] as const
+
 export interface BenchPrompt {
   messages: ChatMessage[]
   /** The chat-templated prompt's token ids (what the engine feeds). */

@@ -25,6 +25,9 @@ export type WorkerKind =
   | 'engine-deno'
   | 'engine-q4-deno'
   | 'engine-graph-deno'
+  | 'engine-node24'
+  | 'engine-q4-node24'
+  | 'engine-graph-node24'
   | 'ort-web'
   | 'ort-node'
   | 'ort-node-q4'
@@ -48,7 +51,10 @@ async function run(kind: WorkerKind, plan: BenchPlan): Promise<unknown> {
     case 'engine-graph':
     case 'engine-deno':
     case 'engine-q4-deno':
-    case 'engine-graph-deno': {
+    case 'engine-graph-deno':
+    case 'engine-node24':
+    case 'engine-q4-node24':
+    case 'engine-graph-node24': {
       const { measureEngine, engineVariant } = await import('./measure-engine.ts')
       return measureEngine(plan, log, engineVariant(kind, plan))
     }

@@ -190,21 +190,33 @@ describe('issue 13 goals', () => {
     expect(checkQ4Goals(withServe([q8, q4, graph, ortQ4], 450))[7].met).toBe(true)
   })
 
-  it('checks the prompt goals for the q4 package, and every engine goal in Deno when it ran there', () => {
+  it('checks the prompt goals for the q4 package, and every engine goal in Deno and Node 24 when they ran there', () => {
     const relaxed = { ...q4, name: 'engine-q4-relaxed', ttft512Ms: 2400, sentimentCachedMs: 140 }
-    const inDeno = (e: EngineResult, over: Partial<EngineResult>): EngineResult => ({
-      ...e,
-      ...over,
-      name: `${e.name}-deno`,
-    })
+    const inRuntime =
+      (suffix: string) =>
+      (e: EngineResult, over: Partial<EngineResult>): EngineResult => ({
+        ...e,
+        ...over,
+        name: `${e.name}${suffix}`,
+      })
+    const inDeno = inRuntime('-deno')
     const deno = [
       inDeno(q8, { decodeTokS: 8, ttft512Ms: 4000, sentimentCachedMs: 250 }),
       inDeno(q4, { decodeTokS: 19, ttft512Ms: 2200, sentimentCachedMs: 140 }),
       inDeno(graph, { ttft512Ms: 4500, sentimentCachedMs: 300 }),
     ]
+    const inNode24 = inRuntime('-node24')
+    const node24 = [
+      inNode24(q8, { decodeTokS: 10, ttft512Ms: 3000, sentimentCachedMs: 200 }),
+      inNode24(q4, { decodeTokS: 13, ttft512Ms: 1900, sentimentCachedMs: 120 }),
+      inNode24(graph, { ttft512Ms: 3600, sentimentCachedMs: 230 }),
+    ]
     const nodeOnly = checkQ4Goals(withServe([q8, q4, relaxed, graph, ortQ4], 450))
-    expect(nodeOnly.some((g) => g.goal.startsWith('Deno:'))).toBe(false) // not measured: no rows
-    const goals = checkQ4Goals(withServe([q8, q4, relaxed, graph, ortQ4, ...deno], 450))
+    // not measured: no rows
+    expect(nodeOnly.some((g) => g.goal.startsWith('Deno:') || g.goal.startsWith('Node 24:'))).toBe(
+      false,
+    )
+    const goals = checkQ4Goals(withServe([q8, q4, relaxed, graph, ortQ4, ...deno, ...node24], 450))
     const byGoal = (start: string) => goals.filter((g) => g.goal.startsWith(start))
     expect(byGoal('Node 20, relaxed SIMD:').map((g) => [g.measured.slice(0, 5), g.met])).toEqual([
       ['2.08x', true], // 5000 / 2400 ≥ 2
@@ -220,6 +232,17 @@ describe('issue 13 goals', () => {
       ['sentiment with the cache', '0.83x', false], // q8: 250 / 300
       ['time to first token, 512', '2.05x', true], // q4: 4500 / 2200
       ['sentiment with the cache', '0.47x', true], // q4: 140 / 300
+    ])
+    expect(
+      byGoal('Node 24:').map((g) => [g.goal.slice(9, 33), g.measured.slice(0, 5), g.met]),
+    ).toEqual([
+      ['q4 decode vs the engine’', '1.30x', false], // 13 / 10
+      ['q4 decode vs onnxruntime', '1.08x', false], // 13 / 12
+      ['time to first token, 512', '1.20x', false], // q8: 3600 / 3000
+      ['q4 prefill vs q8 (time t', '1.58x', true], // 3000 / 1900
+      ['sentiment with the cache', '0.87x', false], // q8: 200 / 230
+      ['time to first token, 512', '1.89x', false], // q4: 3600 / 1900
+      ['sentiment with the cache', '0.52x', false], // q4: 120 / 230
     ])
   })
 
