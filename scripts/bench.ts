@@ -115,7 +115,7 @@ export const BENCH_CLI = {
     'Measures the engine against its peers (bare onnxruntime-web and -node loops, transformers.js)',
     'on the synthetic qwen2.5-0.5b q8 model, one thread, each measurement in its own process. A',
     'full run (no options) writes BENCHMARKS.md, bench/results.json and bench/decode.svg (about',
-    '18 minutes); other runs write to .cache/bench/. Progress goes to stderr, the report to stdout.',
+    '50 minutes); other runs write to .cache/bench/. Progress goes to stderr, the report to stdout.',
   ],
   options: {
     quick: { type: 'boolean', default: false, help: 'fewer rounds and tokens' },
