@@ -1592,8 +1592,12 @@
         (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
-    (f32.store (local.get $out) (call $hsum (local.get $f)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g)))
+    ;; out[0], out[1]: the two rows' sums, (0+1)+(2+3) as $hsum adds them, in one store
+    (local.set $f (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f) (local.get $g))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f) (local.get $g))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f) (local.get $f))))
   )
 ;;#else
   ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
@@ -1739,8 +1743,12 @@
         (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
-    (f32.store (local.get $out) (call $hsum (local.get $f)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g)))
+    ;; out[0], out[1]: the two rows' sums, (0+1)+(2+3) as $hsum adds them, in one store
+    (local.set $f (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f) (local.get $g))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f) (local.get $g))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f) (local.get $f))))
   )
 ;;#end
 
@@ -2263,19 +2271,32 @@
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
         (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
         (br $groups)))
+    ;; per activation row, both weight rows' sums, (0+1)+(2+3) as $hsum adds them, in one
+    ;; 8-byte store (two calls of $hsum and two stores per row cost 2-3% of a prompt's GEMM)
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g0)))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $g0))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $g0))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f0)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f0) (local.get $f0))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f1)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g1)))
+    (local.set $f1 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f1) (local.get $g1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f1) (local.get $g1))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f1)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f1) (local.get $f1))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f2)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g2)))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $g2))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $g2))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f2)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f2) (local.get $f2))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f3)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g3)))
-    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (local.set $f3 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f3) (local.get $g3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f3) (local.get $g3))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f3)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f3) (local.get $f3))))
   )
 
   ;; $q4_tile4 with the i32 form of the dot product (one i32x4.relaxed_dot_i8x16_i7x16_add_s per
@@ -2589,14 +2610,23 @@
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
         (br $groups)))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g0)))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $g0))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $g0))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f0)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f0) (local.get $f0))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f1)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g1)))
+    (local.set $f1 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f1) (local.get $g1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f1) (local.get $g1))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f1)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f1) (local.get $f1))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f2)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g2)))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $g2))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $g2))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f2)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f2) (local.get $f2))))
   )
 
   ;; The same for 2 activation rows (the last 2 of a chunk, decode batches of 2): 1.3x
@@ -2732,11 +2762,17 @@
         (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
         (br $groups)))
     (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g0)))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $g0))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $g0))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f0)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f0) (local.get $f0))))
     (local.set $out (i32.add (local.get $out) (local.get $ldo)))
-    (f32.store (local.get $out) (call $hsum (local.get $f1)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g1)))
+    (local.set $f1 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f1) (local.get $g1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f1) (local.get $g1))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f1)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f1) (local.get $f1))))
   )
 
   ;; And for 1 activation row (the decode step of one sequence, the last row of a chunk): the
@@ -2828,8 +2864,11 @@
         (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
-    (f32.store (local.get $out) (call $hsum (local.get $f0)))
-    (f32.store offset=4 (local.get $out) (call $hsum (local.get $g0)))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $g0))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $g0))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f0)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f0) (local.get $f0))))
   )
 ;;#end
 
