@@ -2881,7 +2881,8 @@
   ;; Weight rows [v0, v1) · n activation rows, two rows at a time: each row is read from memory
   ;; once (then from L1) for tiles of 4 activation rows, and the last n mod 4 activation rows
   ;; one at a time against both weight rows at once ($q4_tile1x2: half the activation loads, and
-  ;; where the runtime bounds-checks every load, as Deno does, half their checks).
+  ;; where the runtime bounds-checks every load, as Deno does, half their checks), or with the
+  ;; i32 form all at once ($q4_tile{3,2,1}x2_dot).
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32) (param $stream i32)
@@ -2905,36 +2906,31 @@
             (br_if $tiles_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $n)))
             (local.set $o (i32.add (local.get $out) (i32.shl
               (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
+            (local.set $xj (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst))))
 ;;#if relaxed
             (if (global.get $dot_add)
               (then
                 (if (local.get $pair)
                   (then
-                    (call $q4_tile4x2_dot (local.get $row) (local.get $kb)
-                      (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                    (call $q4_tile4x2_dot (local.get $row) (local.get $kb) (local.get $xj)
                       (local.get $o) (local.get $ldo)))
                   (else
-                    (call $q4_tile4_dot (local.get $row) (local.get $kb)
-                      (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                    (call $q4_tile4_dot (local.get $row) (local.get $kb) (local.get $xj)
                       (local.get $o) (local.get $ldo)))))
               (else
-                (call $q4_tile4 (local.get $row) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
                   (local.get $o) (local.get $ldo))
                 (if (local.get $pair)
                   (then
                     (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
-                      (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                      (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))))
+                      (local.get $xj) (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))))
 ;;#else
-            (call $q4_tile4 (local.get $row) (local.get $kb)
-              (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+            (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
               (local.get $o) (local.get $ldo))
             (if (local.get $pair)
               (then
                 (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
-                  (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))
+                  (local.get $xj) (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))
 ;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
             (br $tiles)))
@@ -2943,11 +2939,11 @@
             (br_if $ones_done (i32.ge_u (local.get $j) (local.get $n)))
             (local.set $o (i32.add (local.get $out) (i32.shl
               (i32.add (i32.mul (local.get $j) (local.get $ldo)) (local.get $v)) (i32.const 2))))
+            (local.set $xj (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst))))
 ;;#if relaxed
             ;; the last n − j rows (1 to 3) at once against the row pair, where the i32 form is on
             (if (i32.and (global.get $dot_add) (local.get $pair))
               (then
-                (local.set $xj (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst))))
                 (if (i32.eq (i32.sub (local.get $n) (local.get $j)) (i32.const 3))
                   (then (call $q4_tile3x2_dot (local.get $row) (local.get $kb) (local.get $xj)
                     (local.get $o) (local.get $ldo)))
@@ -2961,12 +2957,10 @@
 ;;#end
             (if (local.get $pair)
               (then
-                (call $q4_tile1x2 (local.get $row) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                (call $q4_tile1x2 (local.get $row) (local.get $kb) (local.get $xj)
                   (local.get $o)))
               (else
-                (call $q4_tile1 (local.get $row) (local.get $kb)
-                  (i32.add (local.get $x) (i32.mul (local.get $j) (local.get $xst)))
+                (call $q4_tile1 (local.get $row) (local.get $kb) (local.get $xj)
                   (local.get $o))))
             (local.set $j (i32.add (local.get $j) (i32.const 1)))
             (br $ones)))
