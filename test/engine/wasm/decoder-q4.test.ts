@@ -12,7 +12,7 @@ import { synthesizeWeights, type Weights } from '../../../scripts/lib/synth-weig
 import { preparePackage } from '../../../scripts/prepare-model.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import { loadPackage } from '../../../src/engine/package/loader.ts'
-import { Q8Decoder } from '../../../src/engine/wasm/decoder.ts'
+import { Q4_ROWS, Q8Decoder } from '../../../src/engine/wasm/decoder.ts'
 import { Q8Head } from '../../../src/engine/wasm/head.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import {
@@ -173,6 +173,29 @@ describe('the decoder with q4 layers (tiny)', () => {
     together.forEach((t, i) => expect(maxAbsDiff(t.logits, rows[[2, 7, 11][i]])).toBe(0))
     for (const c of [stepped, whole.cache, b.cache, ...together.map((t) => t.cache)])
       decoder.release(c)
+    expect(decoder.sequences).toBe(0)
+  })
+
+  it('prefills a chunk of more rows than one q4 pass (Q4_ROWS) exactly as it steps', () => {
+    // rows past the first pass read their activations at their own offset: three passes, the
+    // last one partial, against one token a step (the down matrix's width, 176, goes through
+    // the zero-padding copy; the others are quantized where they are)
+    const ids = Array.from({ length: 2 * Q4_ROWS + 11 }, (_, i) => 100 + ((i * 37) % 5000))
+    let stepped: KvCache = { length: 0, tensors: {} }
+    const rows: Float32Array[] = []
+    for (const id of ids) {
+      const r = decoder.step([id], [stepped])[0]
+      rows.push(r.logits.slice())
+      stepped = r.cache
+    }
+    const vocab = head.vocab
+    const whole = decoder.prefill(ids, { length: 0, tensors: {} }, ids.length)
+    // precondition: the rows differ from each other, so a row read at the wrong offset shows
+    expect(maxAbsDiff(rows[0], rows[Q4_ROWS + 5])).toBeGreaterThan(0)
+    for (const r of [0, Q4_ROWS - 1, Q4_ROWS, Q4_ROWS + 5, 2 * Q4_ROWS, ids.length - 1])
+      expect(maxAbsDiff(whole.logits.subarray(r * vocab, (r + 1) * vocab), rows[r])).toBe(0)
+    decoder.release(stepped)
+    decoder.release(whole.cache)
     expect(decoder.sequences).toBe(0)
   })
 })
