@@ -15,6 +15,7 @@ import {
   dequantizeQ4,
   f16ToF32,
   packMatMulNBits,
+  packMatMulNBitsInto,
   q4Get,
   q4NibbleAt,
   q4Scale,
@@ -120,6 +121,22 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
     expect(f16ToF32(0x3555)).toBe(0.333251953125)
     expect(f16ToF32(0x0001)).toBe(2 ** -24)
     expect(Object.is(f16ToF32(0x8000), -0)).toBe(true)
+  })
+
+  it('packs into a place of a larger buffer: every byte written, padding blocks included, nothing around it', () => {
+    for (const [, t] of cases) {
+      const want = packMatMulNBits(t).data
+      // a buffer of garbage (0xa5) with room before and after the matrix
+      const dst = new Uint8Array(want.length + 12).fill(0xa5)
+      packMatMulNBitsInto(t, dst, 8)
+      expect(Array.from(dst.subarray(8, 8 + want.length))).toEqual(Array.from(want))
+      expect(Array.from(dst.subarray(0, 8))).toEqual(new Array(8).fill(0xa5))
+      expect(Array.from(dst.subarray(8 + want.length))).toEqual([0xa5, 0xa5, 0xa5, 0xa5])
+      // precondition: the padding group holds zeros where the garbage was
+      expect(want.subarray(64 + 12, 64 + 16).every((b) => b === 0)).toBe(true)
+    }
+    expect(() => packMatMulNBitsInto(cases[0][1], new Uint8Array(100), 0)).toThrow(/no room/)
+    expect(() => packMatMulNBitsInto(cases[0][1], new Uint8Array(400), 2)).toThrow(/no room/)
   })
 
   it('a block of 64 or 128 becomes 2 or 4 blocks with the same scale and zero point', () => {

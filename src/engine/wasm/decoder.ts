@@ -31,9 +31,8 @@
  *   then the KV arena (grows; scratch takes blocks of it).
  */
 import { AppError } from '../../core/errors.ts'
-import { freeBuffer } from '../../core/free-buffer.ts'
 import {
-  packMatMulNBits,
+  packMatMulNBitsInto,
   q4Blocks,
   type DecoderFormat,
   type DecoderLayerData,
@@ -989,16 +988,14 @@ export class Q8Decoder {
 /** The parts' weights, one after another, into `m`'s place in kernel memory. */
 function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): void {
   if (m.kind === 'q8') return writeRows(mem, m, parts as DqmmMatrixData[])
-  // MatMulNBits rows are already output rows: each part is repacked (no value changes) and
-  // its rows follow the previous part's
+  // MatMulNBits rows are already output rows: each part is repacked (no value changes) into
+  // its place, its rows after the previous part's
   let at = m.w
   for (const p of parts as NBitsMatrixData[]) {
-    const packed = packMatMulNBits(p.tensors)
-    if (packed.kb !== m.kb) throw new AppError('model_invalid', 'q4 parts of different widths')
-    mem.set(packed.data, at)
-    at += packed.data.length
-    // a new buffer of the matrix's size (9 MB a layer at 0.5B): back now, not at a collection
-    freeBuffer(packed.data.buffer)
+    if (q4Blocks(p.tensors.k) !== m.kb)
+      throw new AppError('model_invalid', 'q4 parts of different widths')
+    packMatMulNBitsInto(p.tensors, mem, at)
+    at += p.tensors.n * 21 * m.kb
   }
 }
 
