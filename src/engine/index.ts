@@ -10,6 +10,7 @@ export { QwenEngine, type EngineOptions } from './engine.ts'
 export { createEngineHost, type EngineLoader } from './host.ts'
 export { engineOptionsFromEnv, kvFormatFromEnv } from './env.ts'
 export { installMacrotask } from './serve/macrotask.ts'
+export { installSha256, type Sha256Hash } from './package/sha256.ts'
 export {
   loadPackage,
   openPackage,

@@ -3,7 +3,8 @@
  * ones included):
  * - no import cycles in src/; nothing in src/ imports scripts/;
  * - src/core/ imports nothing of the project; src/format/ only core and itself;
- * - only src/adapters/node/ touches node:* (the rest runs on workerd and Deno);
+ * - only src/adapters/node/ touches node:* (the rest runs on workerd and Deno); the Deno adapter
+ *   borrows its SHA-256 (node:crypto, which Deno implements natively) and nothing else of it;
  * - the adapters reach the engine through src/engine/index.ts, the HTTP layer through the
  *   engine's contract (types.ts, limits.ts) or that index; nothing imports the adapters but themselves;
  * - the model toolchain (scripts/lib and the model:* scripts) reads the runtime only through
@@ -98,10 +99,15 @@ describe('the layout', () => {
     expect(bad(outside)).toEqual([])
   })
 
-  it('lets only the Node adapter use node:*', () => {
+  it('lets only the Node adapter use node:*, and the Deno adapter only its SHA-256 of it', () => {
     const node = src.filter((e) => e.to.startsWith('node:'))
     expect(node.length).toBeGreaterThan(0)
     expect(bad(node.filter((e) => !under('src/adapters/node/')(e.from)))).toEqual([])
+    const borrowed = src.filter(
+      (e) => under('src/adapters/node/')(e.to) && !under('src/adapters/node/')(e.from),
+    )
+    expect(bad(borrowed.filter((e) => e.to !== 'src/adapters/node/sha256.ts'))).toEqual([])
+    expect(borrowed.map((e) => e.from)).toEqual(['src/adapters/deno/main.ts'])
   })
 
   it('has the adapters use the engine through its index, the routes through its contract', () => {

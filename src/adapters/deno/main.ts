@@ -15,7 +15,9 @@
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { resolveModelLocation } from './model-location.ts'
-import { createEngineHost, engineOptionsFromEnv } from '../../engine/index.ts'
+import { createEngineHost, engineOptionsFromEnv, installSha256 } from '../../engine/index.ts'
+// Deno implements node:crypto natively: the Node adapter's SHA-256 serves here too
+import { nodeSha256 } from '../node/sha256.ts'
 
 // The few Deno APIs used here, so the project type-checks without Deno's types.
 interface DenoServer {
@@ -35,6 +37,9 @@ declare const Deno: {
   exit(code?: number): never
   memoryUsage(): { rss: number; heapUsed: number }
 }
+
+// shards verified with node:crypto's native SHA-256 (5x the loader's own)
+installSha256(nodeSha256)
 
 const env = Deno.env.toObject()
 const location = await resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)

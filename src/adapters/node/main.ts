@@ -5,13 +5,21 @@
 import { serve } from '@hono/node-server'
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { resolveModelLocation } from './model-location.ts'
-import { createEngineHost, engineOptionsFromEnv, installMacrotask } from '../../engine/index.ts'
+import {
+  createEngineHost,
+  engineOptionsFromEnv,
+  installMacrotask,
+  installSha256,
+} from '../../engine/index.ts'
 import { enableRelaxedSimd } from './relaxed-simd.ts'
+import { nodeSha256 } from './sha256.ts'
 
 // before any WebAssembly is compiled (relaxed-simd.ts)
 enableRelaxedSimd(process.env)
 // the engine's turns to the event loop without setTimeout's 1 ms clamp (engine/macrotask.ts)
 installMacrotask(setImmediate)
+// shards verified with node:crypto's native SHA-256 (5x the loader's own)
+installSha256(nodeSha256)
 
 const env = process.env
 const location = resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)

@@ -27,7 +27,7 @@ import {
 import { resolveDecoderWeights } from '../../format/index.ts'
 import type { LoadedPackage } from './model-package.ts'
 import type { TokenizerJson } from '../text/tokenizer-json.ts'
-import { Sha256, sha256Hex } from './sha256.ts'
+import { createSha256, sha256Hex, type Sha256Hash } from './sha256.ts'
 import type { GenerationConfig, Qwen2Config } from '../../format/index.ts'
 import { isTransientSourceError, type ModelSource } from './sources/model-source.ts'
 
@@ -416,7 +416,7 @@ class LoadContext {
       await obj.body.cancel().catch(() => {})
       throw this.wrongSize(file, obj.size)
     }
-    const hash = new Sha256()
+    const hash = createSha256()
     const byob = owned ? byobReader(obj.body) : undefined
     if (byob) {
       const bytes = await this.fillByob(byob, file, target, hash, onBytes)
@@ -457,7 +457,7 @@ class LoadContext {
     reader: ReadableStreamBYOBReader,
     file: ManifestFile,
     target: Uint8Array<ArrayBuffer>,
-    hash: Sha256,
+    hash: Sha256Hash,
     onBytes: (n: number) => void,
   ): Promise<Uint8Array<ArrayBuffer>> {
     let buffer = target.buffer
