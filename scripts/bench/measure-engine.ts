@@ -255,6 +255,11 @@ export async function measureEngine(
   const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
   // as the Node server does (src/adapters/node/main.ts); the Deno server keeps the default
   if (!('Deno' in globalThis)) installMacrotask(setImmediate)
+  // as both servers verify shards: node:crypto's SHA-256 (since 2026-12-05; the run of that day
+  // loaded with the loader's own, the serve part with this one)
+  const { installSha256 } = await import('../../src/engine/package/sha256.ts')
+  const { nodeSha256 } = await import('../../src/adapters/node/sha256.ts')
+  installSha256(nodeSha256)
   const source = fsSource(dirname(variant.packageDir))
   const id = basename(variant.packageDir)
   // as the servers open a package: streamed into the kernels, or whole for onnxruntime
