@@ -17,6 +17,7 @@ import { KernelModel } from '../../../src/engine/wasm/kernel-model.ts'
 import { keyOutlierChannels } from '../../../src/engine/wasm/kv-format.ts'
 import type { Q8Decoder, ResidentCache } from '../../../src/engine/wasm/decoder.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
+import { stepEach } from '../../helpers/decoder-steps.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { argmax, maxAbsDiff } from '../../helpers/numeric.ts'
 
@@ -91,18 +92,6 @@ describe('the decoder with a q8 KV cache (tiny, q8 weights)', () => {
     await q8?.release()
     if (work) await rm(work, { recursive: true, force: true })
   })
-
-  /** `ids` stepped one at a time: every step's logits and the last cache. */
-  const stepEach = (decoder: Q8Decoder, ids: readonly number[], from?: KvCache) => {
-    let cache: KvCache = from ?? f32.emptyCache()
-    const logits: Float32Array[] = []
-    for (const id of ids) {
-      const r = decoder.step([id], [cache])[0]
-      logits.push(r.logits.slice())
-      cache = r.cache
-    }
-    return { cache, logits }
-  }
 
   it('stores a position in head_dim + 4 bytes a head, and holds that much for a sequence', () => {
     expect(dq.kvFormat).toBe('q8')

@@ -25,6 +25,7 @@ import {
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
 import { Qwen2Reference } from '../../reference/qwen2-reference.ts'
+import { stepEach } from '../../helpers/decoder-steps.ts'
 import { argmax, maxAbs, maxAbsDiff } from '../../helpers/numeric.ts'
 
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
@@ -147,13 +148,7 @@ describe('the decoder with q4 layers (tiny)', () => {
   })
 
   it('prefills exactly as it steps, and batched rows are each the row alone', () => {
-    let stepped: KvCache = { length: 0, tensors: {} }
-    const rows: Float32Array[] = []
-    for (const id of PROMPT) {
-      const r = decoder.step([id], [stepped])[0]
-      rows.push(r.logits.slice())
-      stepped = r.cache
-    }
+    const { logits: rows, cache: stepped } = stepEach(decoder, PROMPT)
     // the whole prompt in one chunk (q4_gemm over 14 rows) and in two, keeping 3 rows
     const whole = decoder.prefill(PROMPT, { length: 0, tensors: {} }, 1)
     expect(maxAbsDiff(whole.logits, rows.at(-1)!)).toBe(0)
@@ -181,13 +176,7 @@ describe('the decoder with q4 layers (tiny)', () => {
     // last one partial, against one token a step (the down matrix's width, 176, goes through
     // the zero-padding copy; the others are quantized where they are)
     const ids = Array.from({ length: 2 * Q4_ROWS + 11 }, (_, i) => 100 + ((i * 37) % 5000))
-    let stepped: KvCache = { length: 0, tensors: {} }
-    const rows: Float32Array[] = []
-    for (const id of ids) {
-      const r = decoder.step([id], [stepped])[0]
-      rows.push(r.logits.slice())
-      stepped = r.cache
-    }
+    const { logits: rows, cache: stepped } = stepEach(decoder, ids)
     const vocab = head.vocab
     const whole = decoder.prefill(ids, { length: 0, tensors: {} }, ids.length)
     // precondition: the rows differ from each other, so a row read at the wrong offset shows
