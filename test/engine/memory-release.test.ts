@@ -8,7 +8,7 @@
  * Node 20 has no ArrayBuffer.prototype.transfer (freeBuffer then leaves buffers to the
  * collector): the tests install one that detaches like it, so a freed buffer is seen empty.
  */
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -20,6 +20,7 @@ import type { StepResult } from '../../src/engine/forward.ts'
 import type { KvCache } from '../../src/engine/kv/kv-cache.ts'
 import { streamKernelModel } from '../../src/engine/wasm/kernel-loader.ts'
 import { KvArena } from '../../src/engine/wasm/kv-arena.ts'
+import { decoderTensorBytes, type DecoderTensorRef, type Manifest } from '../../src/format/index.ts'
 import { ensureModel } from '../helpers/models.ts'
 import { makeFakePackage, memorySource } from './package/fake-package.ts'
 
@@ -48,7 +49,47 @@ beforeAll(() => {
   })
 })
 
+// the q4 packers: whether a matrix went into a buffer of its own or straight into place
+const packedOwn: number[] = []
+const packedInto: Array<{ bytes: number; into: number }> = []
+vi.mock('../../src/format/q4-b32.ts', async (original) => {
+  const real = await original<typeof import('../../src/format/q4-b32.ts')>()
+  return {
+    ...real,
+    packMatMulNBits: (t: Parameters<typeof real.packMatMulNBits>[0]) => {
+      const m = real.packMatMulNBits(t)
+      packedOwn.push(m.data.byteLength)
+      return m
+    },
+    packMatMulNBitsInto: (...args: Parameters<typeof real.packMatMulNBitsInto>) => {
+      const [t, dst] = args
+      packedInto.push({ bytes: t.n * 21 * real.q4Blocks(t.k), into: dst.byteLength })
+      return real.packMatMulNBitsInto(...args)
+    },
+  }
+})
+
 const sum = (a: number[]) => a.reduce((n, x) => n + x, 0)
+
+/** Byte sizes of the decoder tensors in external data that cross a shard boundary. */
+function spanningTensorBytes(manifest: Manifest): number[] {
+  const shards = manifest.stages[0].externalData[0].shards.map((s) => s.bytes)
+  const ends = shards.map((_, i) => sum(shards.slice(0, i + 1)))
+  const out: number[] = []
+  const visit = (node: unknown): void => {
+    if (!node || typeof node !== 'object') return
+    const ref = node as Partial<DecoderTensorRef>
+    if (ref.file === 0 && typeof ref.offset === 'number' && ref.dims && ref.type) {
+      const bytes = decoderTensorBytes(ref as DecoderTensorRef)
+      const start = ref.offset
+      if (ends.some((e) => start < e && e < start + bytes)) out.push(bytes)
+      return
+    }
+    for (const v of Object.values(node)) visit(v)
+  }
+  visit(manifest.decoder)
+  return out
+}
 
 describe('the package loader', () => {
   it('gives its shard buffers back when the stream ends', async () => {
@@ -89,11 +130,32 @@ describe('the kernels (tiny q4, 8 KiB shards)', () => {
     if (work) await rm(work, { recursive: true, force: true })
   })
 
-  it('free the repacked 4-bit matrices and the joined tensors once written', async () => {
+  it('pack the 4-bit matrices straight into kernel memory (no buffer of their own), and free the tensors joined across shards once written', async () => {
+    packedOwn.length = 0
+    packedInto.length = 0
     freed.length = 0
     const model = await streamKernelModel(await openPackage(fsSource(work), 'q4'))
-    // each layer's matrices were repacked into a buffer of their size, then copied into place
-    expect(sum(freed)).toBeGreaterThanOrEqual(model.decoder.weightBytes)
+    // every matrix part packed once, into the whole kernel memory (at least the packed layers'
+    // size), and together they are most of the layers' bytes (the rest: norms, biases, padding)
+    expect(packedOwn).toEqual([])
+    const weightBytes = model.decoder.weightBytes
+    expect(packedInto.length).toBeGreaterThan(0)
+    expect(packedInto.every((p) => p.into >= weightBytes)).toBe(true)
+    const bytes = sum(packedInto.map((p) => p.bytes))
+    expect(bytes).toBeGreaterThan(0.9 * weightBytes)
+    expect(bytes).toBeLessThanOrEqual(weightBytes)
+    // the tensors that span two 8 KiB shards were joined into copies of their own: each such
+    // copy freed once written (the manifest tells which tensors span shards)
+    const spanning = spanningTensorBytes(
+      JSON.parse(await readFile(join(work, 'q4', 'manifest.json'), 'utf8')),
+    )
+    expect(spanning.length).toBeGreaterThan(0)
+    const left = [...freed]
+    for (const bytes of spanning) {
+      const i = left.indexOf(bytes)
+      expect(i, `a joined copy of ${bytes} bytes freed`).toBeGreaterThanOrEqual(0)
+      left.splice(i, 1)
+    }
   })
 
   it('give each row of a decode step logits of its own, which the caller may free', async () => {
