@@ -155,12 +155,12 @@ export function packMatMulNBits(t: MatMulNBitsTensors): Q4Matrix {
 }
 
 /**
- * `packMatMulNBits` into `dst` at byte `at` (a multiple of 4), n · 21 · kb bytes, every one
- * written (padding blocks as zeros): the engine packs each matrix straight into kernel memory,
- * with no buffer of its own. Byte by byte within a block, not input by input: at 0.5B shapes
- * that took loading 2.7 s of a q4 package's 5.5 (Node 24).
+ * `packMatMulNBits` into `dst` at byte `at` (a multiple of 4): n · 21 · kb bytes, every one
+ * written (padding blocks as zeros), and their count returned. The engine packs each matrix
+ * straight into kernel memory, with no buffer of its own. Byte by byte within a block, not
+ * input by input: at 0.5B shapes that took loading 2.7 s of a q4 package's 5.5 (Node 24).
  */
-export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: number): void {
+export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: number): number {
   const { n, k, blockSize } = t
   if (t.bits !== 4) throw new Error(`MatMulNBits with bits=${t.bits}: only 4 is supported`)
   if (!(blockSize >= Q4_BLOCK && blockSize % Q4_BLOCK === 0))
@@ -222,6 +222,7 @@ export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: 
         : 8
     }
   }
+  return n * rowBytes
 }
 
 /** IEEE binary16 bits to their (exactly representable) f32 value. */

@@ -62,9 +62,9 @@ vi.mock('../../src/format/q4-b32.ts', async (original) => {
       return m
     },
     packMatMulNBitsInto: (...args: Parameters<typeof real.packMatMulNBitsInto>) => {
-      const [t, dst] = args
-      packedInto.push({ bytes: t.n * 21 * real.q4Blocks(t.k), into: dst.byteLength })
-      return real.packMatMulNBitsInto(...args)
+      const bytes = real.packMatMulNBitsInto(...args)
+      packedInto.push({ bytes, into: args[1].byteLength })
+      return bytes
     },
   }
 })

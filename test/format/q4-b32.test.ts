@@ -128,7 +128,7 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
       const want = packMatMulNBits(t).data
       // a buffer of garbage (0xa5) with room before and after the matrix
       const dst = new Uint8Array(want.length + 12).fill(0xa5)
-      packMatMulNBitsInto(t, dst, 8)
+      expect(packMatMulNBitsInto(t, dst, 8)).toBe(want.length)
       expect(Array.from(dst.subarray(8, 8 + want.length))).toEqual(Array.from(want))
       expect(Array.from(dst.subarray(0, 8))).toEqual(new Array(8).fill(0xa5))
       expect(Array.from(dst.subarray(8 + want.length))).toEqual([0xa5, 0xa5, 0xa5, 0xa5])

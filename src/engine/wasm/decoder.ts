@@ -994,8 +994,7 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
   for (const p of parts as NBitsMatrixData[]) {
     if (q4Blocks(p.tensors.k) !== m.kb)
       throw new AppError('model_invalid', 'q4 parts of different widths')
-    packMatMulNBitsInto(p.tensors, mem, at)
-    at += p.tensors.n * 21 * m.kb
+    at += packMatMulNBitsInto(p.tensors, mem, at)
   }
 }
 
