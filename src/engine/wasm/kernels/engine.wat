@@ -2051,6 +2051,259 @@
   )
 
 ;;#if relaxed
+  ;; Two weight rows (at wq and wq + 21·kb) · 4 activation rows with the 16-bit form, stored at
+  ;; out[j·ldo] and out[j·ldo + 1]: $q4_tile4x2_dot's tile where the i32 form is not one
+  ;; instruction (x86 without AVX-VNNI, where V8 lowers the 16-bit form to one pmaddubsw): each
+  ;; activation vector is loaded once for both rows, not once per row as two calls of $q4_tile4
+  ;; load it. Each row's sums are $q4_tile4's, in the same order (the i16 lanes are exact).
+  (func $q4_tile4x2
+    (param $wq i32) (param $kb i32) (param $x i32) (param $out i32) (param $ldo i32)
+    (local $end i32) (local $xst i32) (local $x1 i32) (local $x2 i32) (local $x3 i32) (local $wr i32)
+    (local $p v128) (local $la v128) (local $ha v128) (local $lb v128) (local $hb v128) (local $m v128)
+    (local $zp v128) (local $sc v128) (local $v v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
+    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
+    (local $g0 v128) (local $g1 v128) (local $g2 v128) (local $g3 v128)
+    (local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (local.get $wr))
+    (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
+    (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
+    (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
+    (local.set $x3 (i32.add (local.get $x2) (local.get $xst)))
+    (local.set $m (i8x16.splat (i32.const 15)))
+    (block $done
+      (loop $groups
+        (br_if $done (i32.ge_u (local.get $wq) (local.get $end)))
+        (local.set $p (v128.load offset=0 (local.get $wq)))
+        (local.set $la (v128.and (local.get $p) (local.get $m)))
+        (local.set $ha (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $p (v128.load offset=0 (local.get $wr)))
+        (local.set $lb (v128.and (local.get $p) (local.get $m)))
+        (local.set $hb (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        ;; the first 16 weight bytes set the i16 sums (no zeroing: the same integers)
+        (local.set $v (v128.load offset=0 (local.get $x)))
+        (local.set $a0 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la)))
+        (local.set $b0 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb)))
+        (local.set $v (v128.load offset=64 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=0 (local.get $x1)))
+        (local.set $a1 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la)))
+        (local.set $b1 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb)))
+        (local.set $v (v128.load offset=64 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=0 (local.get $x2)))
+        (local.set $a2 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la)))
+        (local.set $b2 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb)))
+        (local.set $v (v128.load offset=64 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=0 (local.get $x3)))
+        (local.set $a3 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la)))
+        (local.set $b3 (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb)))
+        (local.set $v (v128.load offset=64 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $p (v128.load offset=16 (local.get $wq)))
+        (local.set $la (v128.and (local.get $p) (local.get $m)))
+        (local.set $ha (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $p (v128.load offset=16 (local.get $wr)))
+        (local.set $lb (v128.and (local.get $p) (local.get $m)))
+        (local.set $hb (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $v (v128.load offset=16 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=80 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=16 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=80 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=16 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=80 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=16 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=80 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $p (v128.load offset=32 (local.get $wq)))
+        (local.set $la (v128.and (local.get $p) (local.get $m)))
+        (local.set $ha (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $p (v128.load offset=32 (local.get $wr)))
+        (local.set $lb (v128.and (local.get $p) (local.get $m)))
+        (local.set $hb (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $v (v128.load offset=32 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=96 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=32 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=96 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=32 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=96 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=32 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=96 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $p (v128.load offset=48 (local.get $wq)))
+        (local.set $la (v128.and (local.get $p) (local.get $m)))
+        (local.set $ha (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $p (v128.load offset=48 (local.get $wr)))
+        (local.set $lb (v128.and (local.get $p) (local.get $m)))
+        (local.set $hb (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))
+        (local.set $v (v128.load offset=48 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=112 (local.get $x)))
+        (local.set $a0 (i16x8.add (local.get $a0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b0 (i16x8.add (local.get $b0) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=48 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=112 (local.get $x1)))
+        (local.set $a1 (i16x8.add (local.get $a1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b1 (i16x8.add (local.get $b1) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=48 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=112 (local.get $x2)))
+        (local.set $a2 (i16x8.add (local.get $a2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b2 (i16x8.add (local.get $b2) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        (local.set $v (v128.load offset=48 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $la))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $lb))))
+        (local.set $v (v128.load offset=112 (local.get $x3)))
+        (local.set $a3 (i16x8.add (local.get $a3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $ha))))
+        (local.set $b3 (i16x8.add (local.get $b3) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $hb))))
+        ;; 8 exact i16 pair sums per lane; i32 lane b: block b
+        (local.set $a0 (i32x4.extadd_pairwise_i16x8_s (local.get $a0)))
+        (local.set $a1 (i32x4.extadd_pairwise_i16x8_s (local.get $a1)))
+        (local.set $a2 (i32x4.extadd_pairwise_i16x8_s (local.get $a2)))
+        (local.set $a3 (i32x4.extadd_pairwise_i16x8_s (local.get $a3)))
+        (local.set $b0 (i32x4.extadd_pairwise_i16x8_s (local.get $b0)))
+        (local.set $b1 (i32x4.extadd_pairwise_i16x8_s (local.get $b1)))
+        (local.set $b2 (i32x4.extadd_pairwise_i16x8_s (local.get $b2)))
+        (local.set $b3 (i32x4.extadd_pairwise_i16x8_s (local.get $b3)))
+        (local.set $zp (i32x4.extend_low_i16x8_u
+          (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wq)))))
+        (local.set $sc (v128.load offset=64 (local.get $wq)))
+        (local.set $f0 (f32x4.add (local.get $f0)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a0)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $f1 (f32x4.add (local.get $f1)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a1)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x1)))))
+        (local.set $f2 (f32x4.add (local.get $f2)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a2)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x2)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x2)))))
+        (local.set $f3 (f32x4.add (local.get $f3)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $a3)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x3)))))
+        (local.set $zp (i32x4.extend_low_i16x8_u
+          (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get $wr)))))
+        (local.set $sc (v128.load offset=64 (local.get $wr)))
+        (local.set $g0 (f32x4.add (local.get $g0)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $b0)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x)))))
+        (local.set $g1 (f32x4.add (local.get $g1)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $b1)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x1)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x1)))))
+        (local.set $g2 (f32x4.add (local.get $g2)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $b2)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x2)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x2)))))
+        (local.set $g3 (f32x4.add (local.get $g3)
+          (f32x4.mul
+            (f32x4.mul
+              (f32x4.convert_i32x4_s (i32x4.sub (local.get $b3)
+                (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
+              (local.get $sc))
+            (v128.load offset=128 (local.get $x3)))))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
+        (local.set $x (i32.add (local.get $x) (i32.const 160)))
+        (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
+        (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
+        (local.set $x3 (i32.add (local.get $x3) (i32.const 160)))
+        (br $groups)))
+    ;; per activation row, both weight rows' sums as $q4_tile4x2_dot stores them
+    (local.set $ldo (i32.shl (local.get $ldo) (i32.const 2)))
+    (local.set $f0 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f0) (local.get $g0))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f0) (local.get $g0))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f0)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f0) (local.get $f0))))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (local.set $f1 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f1) (local.get $g1))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f1) (local.get $g1))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f1)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f1) (local.get $f1))))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (local.set $f2 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f2) (local.get $g2))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f2) (local.get $g2))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f2)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f2) (local.get $f2))))
+    (local.set $out (i32.add (local.get $out) (local.get $ldo)))
+    (local.set $f3 (f32x4.add
+      (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $f3) (local.get $g3))
+      (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $f3) (local.get $g3))))
+    (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f3)
+      (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f3) (local.get $f3))))
+  )
+
+;;#end
+
+;;#if relaxed
   ;; Two weight rows (at wq and wq + 21·kb) · 4 activation rows with the i32 form, stored at
   ;; out[j·ldo] and out[j·ldo + 1]: each activation vector is loaded once for both rows (in Deno,
   ;; which bounds-checks every load, the loads are what a tile of one row waits on: 1.12-1.19x
@@ -2879,7 +3132,9 @@
       (f32.add (f32x4.extract_lane 2 (local.get $f)) (f32x4.extract_lane 3 (local.get $f)))))
 
   ;; Weight rows [v0, v1) · n activation rows, two rows at a time: each row is read from memory
-  ;; once (then from L1) for tiles of 4 activation rows, and the last n mod 4 activation rows
+  ;; once (then from L1) for tiles of 4 activation rows (in the relaxed build both rows in one
+  ;; tile, $q4_tile4x2_dot or $q4_tile4x2, each activation vector loaded once for the pair; in
+  ;; the SIMD128 build a $q4_tile4 a row), and the last n mod 4 activation rows
   ;; one at a time against both weight rows at once ($q4_tile1x2: half the activation loads, and
   ;; where the runtime bounds-checks every load, as Deno does, half their checks), or with the
   ;; i32 form all at once ($q4_tile{3,2,1}x2_dot).
@@ -2918,12 +3173,13 @@
                     (call $q4_tile4_dot (local.get $row) (local.get $kb) (local.get $xj)
                       (local.get $o) (local.get $ldo)))))
               (else
-                (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
-                  (local.get $o) (local.get $ldo))
                 (if (local.get $pair)
                   (then
-                    (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
-                      (local.get $xj) (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))))
+                    (call $q4_tile4x2 (local.get $row) (local.get $kb) (local.get $xj)
+                      (local.get $o) (local.get $ldo)))
+                  (else
+                    (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
+                      (local.get $o) (local.get $ldo))))))
 ;;#else
             (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
               (local.get $o) (local.get $ldo))
