@@ -321,6 +321,15 @@ const GROUPS: Case[][] = [
     q8Case(I, H, 1, false, `q8 rows   ${H}->${I} n=1`),
     q4Case(I, H, 1, false, `q4 gemv   ${H}->${I} n=1`),
   ],
+  // decode batches of 2 and 3 sequences (the q4 tiles of a weight row pair × 2 or 3 rows)
+  [
+    q8Case(I, H, 2, false, `q8 rows   ${H}->${I} n=2`),
+    q4Case(I, H, 2, false, `q4 gemv   ${H}->${I} n=2`),
+  ],
+  [
+    q8Case(I, H, 3, false, `q8 rows   ${H}->${I} n=3`),
+    q4Case(I, H, 3, false, `q4 gemv   ${H}->${I} n=3`),
+  ],
   [
     q8Case(I, H, 4, false, `q8 rows4  ${H}->${I} n=4`),
     q4Case(I, H, 4, false, `q4 gemv   ${H}->${I} n=4`),
