@@ -2054,8 +2054,8 @@
   ;; Four weight rows (wq + i·21·kb, i < 4) · one activation row with the 16-bit form, stored at
   ;; out[0..3] (a decode step of one sequence where the i32 form is not one instruction): each
   ;; 32 activation bytes are loaded once for 4 rows, and the 4 rows' sums end in one store.
-  ;; 1.06x $q4_tile1x2 in Node 24, 1.14x in Deno, on a matrix streamed from memory; the rest of
-  ;; its time is the nibbles' unpacking and the per-block epilogue (each about a quarter).
+  ;; 1.06x $q4_tile1x2 in Node 24, 1.14x in Deno, on a matrix streamed from memory; of its
+  ;; time, the nibbles' unpacking and the per-block epilogue take about a quarter each.
   ;; Each row's sums are $q4_tile1x2's, bit for bit (the i16 lanes are exact).
   (func $q4_tile1x4
     (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
@@ -2223,7 +2223,6 @@
       (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $f0) (local.get $f2))
       (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $f0) (local.get $f2))))
   )
-
 
   ;; Two weight rows (at wq and wq + 21·kb) · 4 activation rows with the 16-bit form, stored at
   ;; out[j·ldo] and out[j·ldo + 1]: $q4_tile4x2_dot's tile where the i32 form is not one
@@ -2485,7 +2484,6 @@
       (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f3) (local.get $f3))))
   )
 
-
   ;; The same for 3 activation rows (the last 3 of a prompt chunk, decode batches of 3), where
   ;; $q4_tile1x2 scored one activation row at a time: $q4_tile3x2_dot in the 16-bit form. Each
   ;; row's sums are $q4_tile1x2's.
@@ -2691,7 +2689,6 @@
     (v128.store64_lane 0 (local.get $out) (f32x4.add (local.get $f2)
       (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f2) (local.get $f2))))
   )
-
 
   ;; And for 2 activation rows (the last 2 of a chunk, decode batches of 2).
   (func $q4_tile2x2
