@@ -49,20 +49,37 @@ export function bytesModule(name: string, bytes: Uint8Array): string {
 export const BUILD_KERNELS_CLI = {
   name: 'build:kernels',
   command: 'npm run build:kernels --',
-  usage: ['npm run build:kernels'],
+  usage: ['npm run build:kernels', 'npm run build:kernels -- --print <variant>'],
   summary: [
     "Assembles the engine's WASM kernels (src/engine/wasm/kernels/*.wat) with wabt into <name>.wasm",
     '(for the Workers adapter) and <name>-wasm.ts (the same bytes as base64, for Node and Deno),',
     'both committed. test/engine/wasm/kernels/engine-kernels.test.ts fails when they are out of date.',
   ],
-  options: {},
-  examples: ['npm run build:kernels'],
+  options: {
+    print: {
+      type: 'string',
+      arg: '<variant>',
+      help: "print the source a variant is assembled from (simd128 or relaxed: engine.wat's lines of that variant, generated tiles written out) instead of building",
+    },
+  },
+  examples: [
+    'npm run build:kernels',
+    'npm run build:kernels -- --print relaxed > /tmp/engine-relaxed.wat',
+  ],
 } as const
 
 async function main(): Promise<void> {
-  parseCli(BUILD_KERNELS_CLI)
+  const { values } = parseCli(BUILD_KERNELS_CLI)
+  const read = (file: string) => readFileSync(`${KERNELS_DIR}${file}`, 'utf8')
+  if (values.print !== undefined) {
+    const name = `engine-${values.print}`
+    if (!(KERNELS as readonly string[]).includes(name))
+      throw new Error(`build:kernels: --print takes ${KERNELS.map((k) => k.slice(7)).join(' or ')}`)
+    process.stdout.write(kernelSource(name, read))
+    return
+  }
   for (const name of KERNELS) {
-    const wat = kernelSource(name, (file) => readFileSync(`${KERNELS_DIR}${file}`, 'utf8'))
+    const wat = kernelSource(name, read)
     const bytes = await assemble(name, wat)
     writeFileSync(`${KERNELS_DIR}${name}.wasm`, bytes)
     writeFileSync(`${KERNELS_DIR}${name}-wasm.ts`, bytesModule(name, bytes))

@@ -1,3 +1,5 @@
+import { expandTiles } from './kernel-tiles.ts'
+
 /**
  * The ISA variants of a kernel source (engine.wat): one .wat, two binaries, so the code the
  * variants share cannot drift. Lines between `;;#if <variant>` and `;;#else` or `;;#end` belong
@@ -38,11 +40,13 @@ export function selectVariant(wat: string, variant: IsaVariant): string {
 }
 
 /**
- * A kernel's name to its source: `<base>-<variant>` is the variant of `<base>.wat`, any other
- * name its own .wat. `read` returns a file of the kernels folder.
+ * A kernel's name to the source it is assembled from: `<base>-<variant>` is the variant of
+ * `<base>.wat`, any other name its own .wat; then each `;;#tile` line becomes its generated
+ * function (kernel-tiles.ts). `read` returns a file of the kernels folder.
  */
 export function kernelSource(name: string, read: (file: string) => string): string {
   for (const v of ISA_VARIANTS)
-    if (name.endsWith(`-${v}`)) return selectVariant(read(`${name.slice(0, -v.length - 1)}.wat`), v)
-  return read(`${name}.wat`)
+    if (name.endsWith(`-${v}`))
+      return expandTiles(selectVariant(read(`${name.slice(0, -v.length - 1)}.wat`), v))
+  return expandTiles(read(`${name}.wat`))
 }

@@ -29,6 +29,7 @@ import {
   kernelSource,
   selectVariant,
 } from '../../../../scripts/lib/kernel-variants.ts'
+import { expandTiles, tileSource } from '../../../../scripts/lib/kernel-tiles.ts'
 import {
   a16Limit,
   a8Get,
@@ -230,7 +231,10 @@ describe('engine kernels: the committed bytes', () => {
     const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
     const simd = selectVariant(wat, 'simd128')
     const relaxed = selectVariant(wat, 'relaxed')
-    expect(simd.replace(/;;.*$/gm, '')).not.toMatch(/relaxed_/) // comments may name them
+    // what is assembled: generated tiles written out (comments may name relaxed instructions)
+    const read = (f: string) => readFileSync(`${KERNELS_DIR}${f}`, 'utf8')
+    expect(kernelSource('engine-relaxed', read)).toMatch(/i32x4.relaxed_dot_i8x16_i7x16_add_s/)
+    expect(kernelSource('engine-simd128', read).replace(/;;.*$/gm, '')).not.toMatch(/relaxed_/)
     expect(relaxed).toMatch(/i16x8.relaxed_dot_i8x16_i7x16_s/)
     const common = (s: string) =>
       s.split('\n').filter((l) => !/^\s*;;#/.test(l) && wat.split('\n').includes(l))
@@ -239,6 +243,30 @@ describe('engine kernels: the committed bytes', () => {
     await expect(assemble('engine-simd128', relaxed)).rejects.toThrow()
     expect(() => selectVariant(';;#if avx\n;;#end', 'simd128')).toThrow(/unknown variant/)
     expect(() => selectVariant(';;#if relaxed\n', 'simd128')).toThrow(/not closed/)
+  })
+
+  it('each ;;#tile line is its generated function, and only a known tile name is', () => {
+    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const tiles = [...wat.matchAll(/^\s*;;#tile (\S+)$/gm)].map((m) => m[1])
+    expect(tiles).toEqual(
+      expect.arrayContaining(['q4_tile4x2', 'q4_tile1x2_dot', 'rows4', 'store4']),
+    )
+    for (const v of ISA_VARIANTS) {
+      const source = kernelSource(`engine-${v}`, (f) => (f === 'engine.wat' ? wat : ''))
+      expect(source).not.toMatch(/^\s*;;#tile/m)
+      // the relaxed-only tiles sit in `;;#if relaxed`: the simd128 build has none of them
+      for (const name of tiles) {
+        const count = source.match(new RegExp(`^  \\(func \\$${name}$`, 'gm'))?.length ?? 0
+        expect([name, count]).toEqual([name, v === 'simd128' && name.startsWith('q4_') ? 0 : 1])
+        if (count) expect(source).toContain(tileSource(name))
+      }
+    }
+    expect(tileSource('q4_tile4x2')).toMatch(/^  \(func \$q4_tile4x2\n/)
+    expect(tileSource('rows3')).toMatch(/^  \(func \$rows3\n/)
+    for (const unknown of ['q4_tile5x2', 'rows1', 'store5', ''])
+      expect(tileSource(unknown)).toBeUndefined()
+    expect(() => expandTiles(';;#tile q4_tile5x2')).toThrow(/line 1: unknown tile "q4_tile5x2"/)
+    expect(() => expandTiles('\n  ;;#tile')).toThrow(/line 2: unknown tile ""/)
   })
 
   it('the feature probe is the relaxed dot product, and it validates here', async () => {
