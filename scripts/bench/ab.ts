@@ -25,7 +25,10 @@ const SELF = fileURLToPath(import.meta.url)
 export const AB_CLI = {
   name: 'bench:ab',
   command: 'npm run bench:ab --',
-  usage: ['npm run bench:ab -- [--rev <git rev>] [--package <dir>] [--tokens <n>] [--rounds <n>]'],
+  usage: [
+    'npm run bench:ab -- [--rev <git rev>] [--package <dir>] [--tokens <n>] [--rounds <n>]',
+    'npm run bench:ab -- --decode [--batch <n>] [--rev <git rev>] [--package <dir>] [--tokens <n>]',
+  ],
   summary: [
     "Times the engine's kernels in this working tree against another revision, each load in a",
     'process of its own, the processes in turns: a prompt prefill of --tokens tokens (or, with',
@@ -44,6 +47,12 @@ export const AB_CLI = {
     rounds: { type: 'string', arg: '<n>', default: '4', help: 'processes of each side' },
     runs: { type: 'string', arg: '<n>', default: '2', help: 'timed runs in each process' },
     decode: { type: 'boolean', help: 'time decode steps instead of a prefill' },
+    batch: {
+      type: 'string',
+      arg: '<n>',
+      default: '1',
+      help: 'with --decode: sequences decoded together, one batched step for all of them',
+    },
     relaxed: {
       type: 'boolean',
       help: "run Node with --experimental-wasm-relaxed-simd (Node 20's relaxed build)",
@@ -52,12 +61,14 @@ export const AB_CLI = {
   examples: [
     'npm run bench:ab -- --rev HEAD~1 --tokens 48 --rounds 8',
     'npm run bench:ab -- --rev main --package .cache/bench/packages/qwen2.5-0.5b-q4-ext --decode --tokens 32',
+    'npm run bench:ab -- --rev main --decode --batch 3 --tokens 32',
   ],
 } as const
 
 interface Model {
   emptyCache(): object
   forward(ids: readonly number[], cache: object): Promise<{ cache: object }>
+  forwardBatch(tokens: readonly number[], caches: readonly object[]): Promise<{ cache: object }[]>
   releaseCache(cache: object): void
 }
 
@@ -68,6 +79,7 @@ interface Job {
   tokens: number
   runs: number
   decode: boolean
+  batch: number
 }
 
 /** The package loaded into a KernelModel by the code under `root`. */
@@ -79,12 +91,31 @@ async function load(root: string, dir: string): Promise<Model> {
   return KernelModel.load(await loadPackage(fsSource(dirname(dir)), basename(dir)))
 }
 
-/** One timed run (ms): a prefill of `n` ids, or a 16-token prompt and `n` single-token steps. */
-async function once(m: Model, n: number, decode: boolean): Promise<number> {
-  const ids = Array.from({ length: decode ? 16 : n }, (_, i) => 100 + ((i * 37) % 5000))
-  const start = { ...m.emptyCache(), reserve: ids.length + n + 1 }
+/**
+ * One timed run (ms): a prefill of `n` ids, or a 16-token prompt and `n` single-token steps
+ * (with `batch` > 1, `batch` such prompts and `n` batched steps of one token each).
+ */
+async function once(m: Model, n: number, decode: boolean, batch: number): Promise<number> {
+  const prompt = (b: number) =>
+    Array.from({ length: decode ? 16 : n }, (_, i) => 100 + b + ((i * 37) % 5000))
+  const start = () => ({ ...m.emptyCache(), reserve: (decode ? 16 : n) + n + 1 })
+  if (decode && batch > 1) {
+    const caches: object[] = []
+    for (let b = 0; b < batch; b++) caches.push((await m.forward(prompt(b), start())).cache)
+    const t = performance.now()
+    // each step extends the sequences in place: only the last caches are released
+    let rs = caches.map((cache) => ({ cache }))
+    for (let i = 0; i < n; i++)
+      rs = await m.forwardBatch(
+        rs.map((_, b) => 200 + i + b),
+        rs.map((r) => r.cache),
+      )
+    const ms = performance.now() - t
+    for (const r of rs) m.releaseCache(r.cache)
+    return ms
+  }
   let t = performance.now()
-  let r = await m.forward(ids, start)
+  let r = await m.forward(prompt(0), start())
   if (decode) {
     t = performance.now()
     // each step extends the sequence in place: only the last cache is released
@@ -99,7 +130,7 @@ async function once(m: Model, n: number, decode: boolean): Promise<number> {
 async function child(job: Job): Promise<void> {
   const m = await load(job.root, job.dir)
   const times: number[] = []
-  for (let i = 0; i < job.runs; i++) times.push(await once(m, job.tokens, job.decode))
+  for (let i = 0; i < job.runs; i++) times.push(await once(m, job.tokens, job.decode, job.batch))
   process.send?.({ times })
 }
 
@@ -122,8 +153,10 @@ async function main(): Promise<void> {
   const tokens = Number(values.tokens)
   const rounds = Number(values.rounds)
   const runs = Number(values.runs)
-  if (!(tokens >= 1 && rounds >= 1 && runs >= 1))
-    usageError(AB_CLI, '--tokens, --rounds and --runs must be positive')
+  const batch = Number(values.batch)
+  if (!(tokens >= 1 && rounds >= 1 && runs >= 1 && Number.isInteger(batch) && batch >= 1))
+    usageError(AB_CLI, '--tokens, --rounds, --runs and --batch must be positive')
+  if (batch > 1 && !values.decode) usageError(AB_CLI, '--batch is for --decode')
   const dir = resolve(values.package)
   if (!existsSync(join(dir, 'manifest.json')))
     usageError(AB_CLI, `no package at ${dir} (npm run bench prepares it)`)
@@ -138,13 +171,15 @@ async function main(): Promise<void> {
       { name: `A ${rev}`, root: tree, best: [] as number[] },
       { name: 'B this tree', root: ROOT, best: [] as number[] },
     ]
-    const what = values.decode ? `${tokens} decode steps` : `a ${tokens}-token prefill`
+    const what = values.decode
+      ? `${tokens} decode steps${batch > 1 ? ` of ${batch} sequences` : ''}`
+      : `a ${tokens}-token prefill`
     console.log(
       `${what}, best of ${runs} a process, ${rounds} processes a side, in turns (A B, B A, ...)`,
     )
     for (let r = 0; r < rounds; r++)
       for (const side of r % 2 ? [...sides].reverse() : sides) {
-        const job = { root: side.root, dir, tokens, runs, decode: !!values.decode }
+        const job = { root: side.root, dir, tokens, runs, decode: !!values.decode, batch }
         side.best.push(Math.min(...(await runSide(job, !!values.relaxed))))
       }
     for (const s of sides)
