@@ -136,10 +136,13 @@
           (f32.load (i32.add (local.get $scale) (i32.shl (local.get $v) (i32.const 2)))))
         (f32.load (i32.add (local.get $xscale) (i32.shl (local.get $j) (i32.const 2)))))))
 
-  ;; $store for row v and the 4 vectors j = 0..3 at once: the four horizontal sums by
-  ;; shuffles (exact in i32), then the same f32 operations in the same order, lane j for
-  ;; vector j, each result stored to out[j * ldo + v].
+  ;; $store for row v and the n vectors j < n at once ($store4: j = 0..3; $store3, $store2 read
+  ;; and write only their vectors' values): the n horizontal sums by shuffles (exact in i32),
+  ;; then the same f32 operations in the same order, lane j for vector j, each result stored to
+  ;; out[j * ldo + v].
   ;;#tile store4
+  ;;#tile store3
+  ;;#tile store2
 
   ;; Rows [v0, v1) against `n` vectors at x (each `stride` int16), one vector at a time per
   ;; row: the row stays in L1 while the vectors are scored. 32 weights per inner iteration,
@@ -279,13 +282,19 @@
   )
 
   ;; q8 rows · n int16 vectors (decode and the lm_head): one vector in row pairs
-  ;; ($rows_pairs, a last odd row by $rows1), more a row at a time ($rows1).
+  ;; ($rows_pairs, a last odd row by $rows1), more by $rows_n.
   (func (export "rows")
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $sumx i32) (param $xscale i32) (param $n i32)
     (param $out i32) (param $ldo i32)
     (local $even i32)
+    (if (i32.gt_u (local.get $n) (i32.const 1))
+      (then
+        (call $rows_n (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+          (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+          (local.get $n) (local.get $out) (local.get $ldo) (call $streams (local.get $stride)))
+        (return)))
     (if (i32.eq (local.get $n) (i32.const 1))
       (then
         (local.set $even (i32.add (local.get $v0)
@@ -315,6 +324,41 @@
       (local.get $out) (local.get $ldo) (call $streams (local.get $stride))))
 
   ;;#tile rows4
+
+  ;; The same for exactly 3 and 2 vectors (decode batches of 3 and 2, the last rows of a prompt
+  ;; chunk), where $rows1 read each row from L1 and widened it once per vector: 1.3-1.6x on a
+  ;; decode step's matrices (scripts/bench/kernels.ts, q8 rows n=2 and n=3).
+  ;;#tile rows3
+  ;;#tile rows2
+
+  ;; Rows [v0, v1) against n vectors: $rows2, $rows3 or $rows4 for 2 to 4, else $rows1.
+  (func $rows_n
+    (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
+    (param $v0 i32) (param $v1 i32)
+    (param $x i32) (param $sumx i32) (param $xscale i32) (param $n i32)
+    (param $out i32) (param $ldo i32) (param $stream i32)
+    (block $other
+      (block $four
+        (block $three
+          (block $two
+            (br_table $other $other $two $three $four $other (local.get $n)))
+          (call $rows2 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+            (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+            (local.get $out) (local.get $ldo) (local.get $stream))
+          (return))
+        (call $rows3 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+          (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+          (local.get $out) (local.get $ldo) (local.get $stream))
+        (return))
+      (call $rows4 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+        (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+        (local.get $out) (local.get $ldo) (local.get $stream))
+      (return))
+    (call $rows1 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+      (local.get $v0) (local.get $v1) (local.get $x) (local.get $sumx) (local.get $xscale)
+      (local.get $n) (local.get $out) (local.get $ldo) (local.get $stream))
+  )
+
   ;; Attention scores of g query heads that share one KV head (GQA):
   ;; out[h·ldo + t] = Σ_d q[h·dim + d] · k[t·dim + d], h < g, t < n; each sum in one f32x4
   ;; accumulator, 4 values at a time in d order, then its lanes added (0+1)+(2+3), so a score has
@@ -989,7 +1033,7 @@
 
   ;; q8 rows · t int16 rows: weight rows in blocks of about 64 KiB (an even number of rows, at
   ;; least 4, so that rows4 scores them in pairs), each block scored by every tile of 4
-  ;; activation rows (rows4) while it is in cache, then by the last t mod 4 (rows).
+  ;; activation rows (rows4) while it is in cache, then by the last t mod 4 ($rows_n).
   (func (export "q8_gemm")
     (param $w i32) (param $stride i32) (param $zp i32) (param $scale i32)
     (param $v0 i32) (param $v1 i32)
@@ -1023,7 +1067,7 @@
             (br $tiles)))
         (if (i32.lt_u (local.get $j) (local.get $t))
           (then
-            (call $rows1 (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
+            (call $rows_n (local.get $w) (local.get $stride) (local.get $zp) (local.get $scale)
               (local.get $vb) (local.get $ve)
               (i32.add (local.get $x)
                 (i32.shl (i32.mul (local.get $j) (local.get $stride)) (i32.const 1)))

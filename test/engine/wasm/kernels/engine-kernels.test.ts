@@ -249,7 +249,7 @@ describe('engine kernels: the committed bytes', () => {
     const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
     const tiles = [...wat.matchAll(/^\s*;;#tile (\S+)$/gm)].map((m) => m[1])
     expect(tiles).toEqual(
-      expect.arrayContaining(['q4_tile4x2', 'q4_tile1x2_dot', 'rows4', 'store4']),
+      expect.arrayContaining(['q4_tile4x2', 'q4_tile1x2_dot', 'rows4', 'store2']),
     )
     for (const v of ISA_VARIANTS) {
       const source = kernelSource(`engine-${v}`, (f) => (f === 'engine.wat' ? wat : ''))
@@ -474,7 +474,9 @@ for (const variant of ISA_VARIANTS) {
       const { kernels } = await instantiateEngine(variant)
       const k = 72 // stride 96: padded rows; 682 rows a block
       const w = quantizeQ8Rows(randomRows(1500, k, 3, 0), 1500, k)
-      for (const t of [1, 3, 4, 5, 9]) {
+      // rows: 1 vector (row pairs), 2 and 3 ($rows2, $rows3), 4, more (a row at a time); q8_gemm:
+      // tiles of 4, then the last 1, 2 or 3 rows
+      for (const t of [1, 2, 3, 4, 5, 6, 7, 9]) {
         const x = quantizeRows(randomRows(t, k, 11 * t), t, k, w.stride)
         const a = new Arena(kernels)
         const wa = placeQ8(a, w)
@@ -504,7 +506,7 @@ for (const variant of ISA_VARIANTS) {
       }
     })
 
-    it('q8_gemm and rows4: a sub-range of rows with odd ends (rows scored in pairs), nothing written outside it', async () => {
+    it('q8_gemm, rows4 and rows: a sub-range of rows with odd ends (rows scored in pairs), nothing written outside it', async () => {
       const { kernels } = await instantiateEngine(variant)
       const k = 200 // stride 224: 292 rows a block, so the last block of [3, 1500) is odd
       const n = 1500
@@ -514,33 +516,38 @@ for (const variant of ISA_VARIANTS) {
         [4, 0, 1],
         [7, 3, n],
         [9, 2, 1499],
+        [2, 1, 8],
+        [3, 0, 1],
+        [3, 3, n],
+        [2, 2, 1499],
       ]) {
         const x = quantizeRows(randomRows(t, k, 13 * t), t, k, w.stride)
         const a = new Arena(kernels)
         const wa = placeQ8(a, w)
         const xa = placeRows(a, x)
         const ldo = n + 1
-        const out = a.take(4 * t * ldo)
+        // one output row more than t: a tile that stores lanes past its vectors writes there
+        const out = a.take(4 * (t + 1) * ldo)
         const check = () => {
-          const got = a.f32(out, t * ldo)
-          for (let j = 0; j < t; j++)
+          const got = a.f32(out, (t + 1) * ldo)
+          for (let j = 0; j <= t; j++)
             for (let v = 0; v < ldo; v++) {
               const y = got[j * ldo + v]
-              if (v < v0 || v >= v1) {
+              if (j === t || v < v0 || v >= v1) {
                 if (!Number.isNaN(y)) throw new Error(`wrote outside [${v0}, ${v1}): j ${j} v ${v}`)
               } else if (!Object.is(y, q8RowDot(w, v, x, j)))
                 throw new Error(`j ${j} v ${v}: kernel ${y}, reference ${q8RowDot(w, v, x, j)}`)
             }
         }
         const args = [wa.w, w.stride, wa.zp, wa.scale, v0, v1, xa.x, xa.sum, xa.scale] as const
-        new Float32Array(kernels.memory.buffer, out, t * ldo).fill(NaN)
-        kernels.q8_gemm(...args, t, out, ldo)
-        check()
-        if (t === 4) {
-          new Float32Array(kernels.memory.buffer, out, t * ldo).fill(NaN)
-          kernels.rows4(...args, out, ldo)
+        const run = (call: () => void) => {
+          new Float32Array(kernels.memory.buffer, out, (t + 1) * ldo).fill(NaN)
+          call()
           check()
         }
+        run(() => kernels.q8_gemm(...args, t, out, ldo))
+        if (t === 4) run(() => kernels.rows4(...args, out, ldo))
+        if (t <= 4) run(() => kernels.rows(...args, t, out, ldo))
       }
     })
 
@@ -596,10 +603,10 @@ for (const variant of ISA_VARIANTS) {
         expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
       }
       // q8: 7 rows of 300 inputs (stride 320: rows this wide are touched), 1 vector (row
-      // pairs), 2 (a row at a time), 4 (rows4) and 5 (q8_gemm)
+      // pairs), 2 and 3 ($rows2, $rows3), 4 (rows4) and 5 (q8_gemm)
       const q8 = quantizeQ8Rows(randomRows(7, 300, 33, 0), 7, 300)
       expect(q8.stride).toBe(320)
-      for (const t of [1, 2, 4, 5]) {
+      for (const t of [1, 2, 3, 4, 5]) {
         const a = new Arena(kernels)
         const x = quantizeRows(randomRows(t, 300, 34 + t), t, 300, q8.stride)
         const xa = placeRows(a, x)
@@ -613,6 +620,19 @@ for (const variant of ISA_VARIANTS) {
         else kernels.rows(...args, t, out, q8.n)
         expectQ8(a.f32(out, t * q8.n), q8, x, q8.n)
       }
+      // the activation sums or scales flush against the end: 2 and 3 vectors read only theirs
+      for (const t of [2, 3])
+        for (const last of ['sum', 'scale'] as const) {
+          const a = new Arena(kernels)
+          const x = quantizeRows(randomRows(t, 300, 44 + t), t, 300, q8.stride)
+          const [w, zp, scale, xq] = [a.put(q8.q), a.put(q8.zp), a.put(q8.scale), a.put(x.x)]
+          const other = a.put(last === 'sum' ? x.scale : x.sum)
+          const out = a.take(4 * t * q8.n)
+          const end = atEnd(a, new Uint8Array(x[last].buffer, x[last].byteOffset, 4 * t))
+          const [sum, xscale] = last === 'sum' ? [end, other] : [other, end]
+          kernels.rows(w, q8.stride, zp, scale, 0, q8.n, xq, sum, xscale, t, out, q8.n)
+          expectQ8(a.f32(out, t * q8.n), q8, x, q8.n)
+        }
     })
 
     it('dots_q8 and mix_q8 are dotsQ8Ref and mixQ8Ref bit for bit (odd n, blocks of 256, zero rows, keys with channels kept apart), near the float sums', async () => {
