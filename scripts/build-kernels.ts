@@ -74,7 +74,9 @@ async function main(): Promise<void> {
   if (values.print !== undefined) {
     const name = `engine-${values.print}`
     if (!(KERNELS as readonly string[]).includes(name))
-      throw new Error(`build:kernels: --print takes ${KERNELS.map((k) => k.slice(7)).join(' or ')}`)
+      throw new Error(
+        `build:kernels: --print takes ${KERNELS.map((k) => k.replace(/^engine-/, '')).join(' or ')}`,
+      )
     process.stdout.write(kernelSource(name, read))
     return
   }

@@ -35,6 +35,23 @@ export function expandTiles(wat: string): string {
     .join('\n')
 }
 
+/** `(local $a type) (local $b type) …` */
+function locals(names: readonly string[], type: string): string {
+  return names.map((n) => `(local $${n} ${type})`).join(' ')
+}
+
+/** A function's text, line by line. */
+class Lines {
+  private readonly lines: string[] = []
+  /** Lines at `indent` spaces. */
+  emit(indent: number, ...lines: string[]): void {
+    this.lines.push(...lines.map((l) => ' '.repeat(indent) + l))
+  }
+  toString(): string {
+    return this.lines.join('\n')
+  }
+}
+
 /**
  * The WAT of `$q4_tile<rows>x2` (form 'i16') or `$q4_tile<rows>x2_dot` (form 'i32'): two q4
  * weight rows (at wq and wq + 21·kb) · `rows` activation rows (a8-b32, 40·kb bytes apart), each
@@ -53,11 +70,8 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
   const js = [...Array(rows).keys()]
   const x = (j: number) => (j === 0 ? '$x' : `$x${j}`)
   const perRow = (name: string) => js.map((j) => `${name}${j}`)
-  const locals = (names: string[], type: string) =>
-    names.map((n) => `(local $${n} ${type})`).join(' ')
-  const out: string[] = []
-  const emit = (indent: number, ...lines: string[]) =>
-    out.push(...lines.map((l) => ' '.repeat(indent) + l))
+  const out = new Lines()
+  const emit = out.emit.bind(out)
 
   emit(2, `(func $q4_tile${rows}x2${i16 ? '' : '_dot'}`)
   emit(
@@ -203,7 +217,7 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
     )
   }
   emit(2, ')')
-  return out.join('\n')
+  return out.toString()
 }
 
 /**
@@ -215,12 +229,9 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
 export function rowsTile(n: number): string {
   const js = [...Array(n).keys()]
   const perRow = (name: string) => js.map((j) => `${name}${j}`)
-  const locals = (names: string[], type: string) =>
-    names.map((v) => `(local $${v} ${type})`).join(' ')
   const get = (names: string[]) => names.map((v) => `(local.get $${v})`).join(' ')
-  const out: string[] = []
-  const emit = (indent: number, ...lines: string[]) =>
-    out.push(...lines.map((l) => ' '.repeat(indent) + l))
+  const out = new Lines()
+  const emit = out.emit.bind(out)
   const store = (sums: string[], v: string) => [
     `(call $store${n} ${get(sums)}`,
     `  ${v} (local.get $zp) (local.get $scale) (local.get $sumx) (local.get $xscale)`,
@@ -317,7 +328,7 @@ export function rowsTile(n: number): string {
   emit(8, ...store(perRow('a'), '(local.get $v)'))
   emit(8, '(local.set $v (i32.add (local.get $v) (i32.const 1)))', '(br $rows)))')
   emit(2, ')')
-  return out.join('\n')
+  return out.toString()
 }
 
 /**
@@ -328,9 +339,8 @@ export function rowsTile(n: number): string {
  */
 export function storeTile(n: number): string {
   const js = [...Array(n).keys()]
-  const out: string[] = []
-  const emit = (indent: number, ...lines: string[]) =>
-    out.push(...lines.map((l) => ' '.repeat(indent) + l))
+  const out = new Lines()
+  const emit = out.emit.bind(out)
   // pairs of lanes summed: [x.0 + x.1, y.0 + y.1, x.2 + x.3, y.2 + y.3]
   const pairs = (to: string, x: string, y: string) =>
     emit(
@@ -383,5 +393,5 @@ export function storeTile(n: number): string {
     emit(4, `(v128.store32_lane ${j} (local.get $out) (local.get $f))`)
   }
   emit(2, ')')
-  return out.join('\n')
+  return out.toString()
 }
