@@ -51,52 +51,39 @@ export interface PackageChoice {
 
 const quiet = { NO_COLOR: '1', FORCE_COLOR: '0' }
 
-export const node: Runtime = {
-  name: 'node',
-  async start(extra = {}) {
-    const port = await freePort()
-    return startServer({
-      name: 'node (npm start)',
-      command: 'npm',
-      args: ['run', '--silent', 'start'],
-      cwd: ROOT,
-      env: {
-        ...quiet,
-        ...SERVER_ENV,
-        ...extra,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        MODEL: MODEL_ID,
-      },
-      port,
-      readyTimeoutMs: 60_000,
-    })
-  },
+/** A runtime whose server is `npm <command>` (Node, Deno) on a free port, the bundled model. */
+function npmRuntime(
+  name: RuntimeName,
+  command: 'start' | 'run start:deno',
+  env: Record<string, string> = {},
+): Runtime {
+  return {
+    name,
+    async start(extra = {}) {
+      const port = await freePort()
+      return startServer({
+        name: `${name} (npm ${command})`,
+        command: 'npm',
+        args: ['run', '--silent', command.replace(/^run /, '')],
+        cwd: ROOT,
+        env: {
+          ...quiet,
+          ...SERVER_ENV,
+          ...extra,
+          PORT: String(port),
+          HOST: '127.0.0.1',
+          MODEL: MODEL_ID,
+          ...env,
+        },
+        port,
+        readyTimeoutMs: 60_000,
+      })
+    },
+  }
 }
 
-export const deno: Runtime = {
-  name: 'deno',
-  async start(extra = {}) {
-    const port = await freePort()
-    return startServer({
-      name: 'deno (npm run start:deno)',
-      command: 'npm',
-      args: ['run', '--silent', 'start:deno'],
-      cwd: ROOT,
-      env: {
-        ...quiet,
-        ...SERVER_ENV,
-        ...extra,
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        MODEL: MODEL_ID,
-        DENO_NO_UPDATE_CHECK: '1',
-      },
-      port,
-      readyTimeoutMs: 60_000,
-    })
-  },
-}
+export const node = npmRuntime('node', 'start')
+export const deno = npmRuntime('deno', 'run start:deno', { DENO_NO_UPDATE_CHECK: '1' })
 
 /**
  * `npm run dev:worker` puts the package into the local R2 of its `--persist-to` folder (a temp
