@@ -6,6 +6,7 @@
  *
  * - `$q4_tile<R>x2` and `$q4_tile<R>x2_dot` (pairTile): two q4 weight rows · R = 1..4
  *   activation rows.
+ * - `$q4_tile1x4` (quadTile): four q4 weight rows · one activation row, the 16-bit form.
  * - `$rows<n>` and `$store<n>` (rowsTile, storeTile): q8 rows · exactly n = 2..4 int16 vectors.
  *
  * The unrolling is a tile's speed: change it only with a measurement (scripts/bench/kernels.ts).
@@ -15,6 +16,7 @@
 export function tileSource(name: string): string | undefined {
   let m = /^q4_tile([1-4])x2(_dot)?$/.exec(name)
   if (m) return pairTile(Number(m[1]), m[2] ? 'i32' : 'i16')
+  if (name === 'q4_tile1x4') return quadTile()
   m = /^(rows|store)([2-4])$/.exec(name)
   if (m) return m[1] === 'rows' ? rowsTile(Number(m[2])) : storeTile(Number(m[2]))
   return undefined
@@ -46,6 +48,10 @@ class Lines {
   /** Lines at `indent` spaces. */
   emit(indent: number, ...lines: string[]): void {
     this.lines.push(...lines.map((l) => ' '.repeat(indent) + l))
+  }
+  /** Closes the last line's expression with `n` more parentheses. */
+  close(n: number): void {
+    this.lines[this.lines.length - 1] += ')'.repeat(n)
   }
   toString(): string {
     return this.lines.join('\n')
@@ -392,6 +398,93 @@ export function storeTile(n: number): string {
     if (j > 0) emit(4, '(local.set $out (i32.add (local.get $out) (local.get $ldo)))')
     emit(4, `(v128.store32_lane ${j} (local.get $out) (local.get $f))`)
   }
+  emit(2, ')')
+  return out.toString()
+}
+
+/**
+ * The WAT of `$q4_tile1x4`: four q4 weight rows (wq + i·21·kb, i < 4) · one activation row in
+ * the 16-bit form, the 4 rows' sums stored at out[0..3] in one store. Per 16 weight bytes of a
+ * group, the activation's 32 bytes (low-nibble half at +16·s, high at +64 + 16·s) are loaded
+ * once for the 4 rows; each row's i16 sums are widened once per group.
+ */
+export function quadTile(): string {
+  const rows = [0, 1, 2, 3]
+  const w = (i: number) => (i === 0 ? '$wq' : `$w${i}`)
+  const out = new Lines()
+  const emit = out.emit.bind(out)
+  emit(2, '(func $q4_tile1x4')
+  emit(
+    4,
+    '(param $wq i32) (param $kb i32) (param $x i32) (param $out i32)',
+    locals(['end', 'rs', 'w1', 'w2', 'w3'], 'i32'),
+    locals(['m', 'xl', 'xh', 'p', 'sx', 'dx'], 'v128'),
+    locals(['a0', 'a1', 'a2', 'a3'], 'v128'),
+    locals(['f0', 'f1', 'f2', 'f3'], 'v128'),
+    '(local.set $rs (i32.mul (local.get $kb) (i32.const 21)))',
+  )
+  for (const i of rows.slice(1))
+    emit(4, `(local.set ${w(i)} (i32.add (local.get ${w(i - 1)}) (local.get $rs)))`)
+  emit(
+    4,
+    '(local.set $end (local.get $w1))',
+    '(local.set $m (i8x16.splat (i32.const 15)))',
+    '(block $done',
+    '  (loop $groups',
+  )
+  emit(8, '(br_if $done (i32.ge_u (local.get $wq) (local.get $end)))')
+  // the dot products of 16 weight bytes (at `p`) with the activation's two halves
+  const dots = [
+    '(i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xl) (v128.and (local.get $p) (local.get $m)))',
+    '(i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xh)',
+    '  (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))',
+  ]
+  for (let at = 0; at < 64; at += 16) {
+    emit(8, `(local.set $xl (v128.load offset=${at} (local.get $x)))`)
+    emit(8, `(local.set $xh (v128.load offset=${64 + at} (local.get $x)))`)
+    for (const i of rows) {
+      emit(8, `(local.set $p (v128.load offset=${at} (local.get ${w(i)})))`)
+      // the group's first 16 bytes set the i16 sums, the others add to them
+      const add = at === 0 ? '' : `(local.get $a${i}) (i16x8.add`
+      emit(8, `(local.set $a${i} (i16x8.add ${add}`.trimEnd(), ...dots.map((d) => `  ${d}`))
+      out.close(at === 0 ? 2 : 3)
+    }
+  }
+  emit(8, '(local.set $sx (v128.load offset=144 (local.get $x)))')
+  emit(8, '(local.set $dx (v128.load offset=128 (local.get $x)))')
+  for (const i of rows)
+    emit(
+      8,
+      `(local.set $f${i} (f32x4.add (local.get $f${i})`,
+      '  (f32x4.mul',
+      '    (f32x4.mul',
+      '      (f32x4.convert_i32x4_s',
+      `        (i32x4.sub (i32x4.extadd_pairwise_i16x8_s (local.get $a${i}))`,
+      '          (i32x4.mul',
+      '            (i32x4.extend_low_i16x8_u',
+      `              (i16x8.extend_low_i8x16_u (v128.load32_zero offset=80 (local.get ${w(i)}))))`,
+      '            (local.get $sx))))',
+      `      (v128.load offset=64 (local.get ${w(i)})))`,
+      '    (local.get $dx))))',
+    )
+  for (const i of rows) emit(8, `(local.set ${w(i)} (i32.add (local.get ${w(i)}) (i32.const 84)))`)
+  emit(8, '(local.set $x (i32.add (local.get $x) (i32.const 160)))', '(br $groups)))')
+  emit(4, ';; $sums4 of f0..f3 written out (lane j: (fj.0 + fj.1) + (fj.2 + fj.3)), one store')
+  const pairs = (to: string, a: string, b: string) =>
+    emit(
+      4,
+      `(local.set $${to} (f32x4.add`,
+      `  (i8x16.shuffle 0 1 2 3 16 17 18 19 8 9 10 11 24 25 26 27 (local.get $${a}) (local.get $${b}))`,
+      `  (i8x16.shuffle 4 5 6 7 20 21 22 23 12 13 14 15 28 29 30 31 (local.get $${a}) (local.get $${b}))))`,
+    )
+  pairs('f0', 'f0', 'f1')
+  pairs('f2', 'f2', 'f3')
+  emit(
+    4,
+    '(v128.store (local.get $out) (f32x4.add',
+    '  (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $f0) (local.get $f2))',
+    '  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $f0) (local.get $f2))))',
+  )
   emit(2, ')')
   return out.toString()
 }
