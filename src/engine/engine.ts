@@ -219,6 +219,7 @@ export class QwenEngine implements Engine {
         largestBatch: b.largest,
         path: this.model.paths.decode,
         ...(this.model.decoder && { kernels: this.model.decoder.kernelBuild }),
+        ...(this.model.decoder?.q4Matrices && { q4: this.model.decoder.q4Matrices }),
       },
       prefill: {
         path: this.model.paths.prefill,

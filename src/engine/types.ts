@@ -134,6 +134,11 @@ export interface EngineStats {
     path?: 'decoder' | 'graph'
     /** The decoder's kernel build: 'simd128', 'relaxed' or 'relaxed+vnni' (kernel.ts). */
     kernels?: string
+    /**
+     * The decoder's q4 matrices, and how many take the symmetric kernels (every zero point 8,
+     * as in exports without zero points: no zero point is read).
+     */
+    q4?: { matrices: number; symmetric: number }
   }
   /**
    * Where prompt chunks run: the engine's kernels (then no onnxruntime session holds the

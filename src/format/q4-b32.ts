@@ -27,13 +27,18 @@
  *
  * Why f32 scales: MatMulNBits exports of fp32 models carry f32 scales, which f16 could not hold
  * exactly; f16 would save 2 of the 21 bytes per block but needs a conversion in the kernel that
- * SIMD128 has no instruction for. Why a zero point per block: the onnxruntime quantizer is
- * asymmetric by default (exports carry zero_points), and for the toolchain's own conversion an
- * asymmetric block has a lower error than a symmetric one (scripts/bench/kernels.ts --errors); the
- * kernels handle it with one integer multiply per block. Groups are 84 bytes, so loads are
- * unaligned (no penalty on x64 and arm64 beyond cache-line splits).
+ * SIMD128 has no instruction for. Why a zero point per block: onnxruntime's quantizer is
+ * asymmetric by default (its exports carry zero_points), and for the toolchain's own conversion
+ * an asymmetric block has a lower error than a symmetric one (scripts/bench/kernels.ts --errors);
+ * the kernels handle it with one integer multiply per block. Exports without zero points
+ * (symmetric: transformers.js's script, which made onnx-community's q4 and q4f16 files) get 8 in
+ * every block, and the kernels' `q4s_` copies (`q4Symmetric`) skip reading them. Groups are 84
+ * bytes, so loads are unaligned: 80-byte groups measured no faster (no penalty on x64 and arm64
+ * beyond cache-line splits).
  */
-import { Q4_BLOCK_SIZE, quantizeBlocksQ4 } from './quant.ts'
+import { Q4_BLOCK_SIZE, quantizeBlocksQ4, type Q4Scheme } from './quant.ts'
+
+export type { Q4Scheme }
 
 export const Q4_BLOCK = Q4_BLOCK_SIZE
 /** Blocks per kernel group: rows hold whole groups. */
@@ -115,6 +120,23 @@ export function q4Set(m: Q4Matrix, v: number, i: number, q: number): void {
   const { byte, high } = q4NibbleAt(i)
   const at = 21 * m.kb * v + byte
   m.data[at] = high ? (m.data[at] & 0x0f) | (q << 4) : (m.data[at] & 0xf0) | q
+}
+
+/**
+ * Whether every zero point of the `n` rows of `k` inputs at byte `at` of `mem` is 8, as in a
+ * `MatMulNBits` export without zero points (symmetric q4): then the kernels' `q4s_gemv` and
+ * `q4s_gemm` give the bits of `q4_gemv` and `q4_gemm` without reading them. Padding blocks (past
+ * ceil(k / 32)) do not count: their activations are zero, so no zero point reaches a sum.
+ */
+export function q4Symmetric(mem: Uint8Array, at: number, n: number, k: number): boolean {
+  const kb = q4Blocks(k)
+  const used = Math.ceil(k / Q4_BLOCK)
+  const rowBytes = 21 * kb
+  for (let v = 0; v < n; v++) {
+    const row = at + v * rowBytes
+    for (let c = 0; c < used; c++) if (mem[row + q4ZeroAt(c)] !== 8) return false
+  }
+  return true
 }
 
 /** The dequantized matrix, [n, k] row-major: (q − zp) · scale, rounded once to f32. */
@@ -235,14 +257,10 @@ export function f16ToF32(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15)
 }
 
-export type Q4Scheme = 'asymmetric' | 'symmetric'
-
 /**
  * Quantizes float rows [n, k] to 'q4-b32' (`--format q4` conversion of fp32, fp16 or
- * dequantized q8 weights). 'asymmetric' (the default) is the one q4 quantizer of the format
- * (quant.ts `quantizeBlocksQ4`: the block's range widened to hold 0 onto 0..15, as onnxruntime's
- * MatMulNBits quantizer does), packed as MatMulNBits tensors would be. 'symmetric': llama.cpp's
- * q4_0, scale = the signed extreme / −8, zero point 8 (for comparisons).
+ * dequantized q8 weights): quant.ts `quantizeBlocksQ4` in `scheme` ('asymmetric' by default),
+ * packed as the MatMulNBits tensors would be (symmetric: without zero points, as exported).
  */
 export function quantizeQ4(
   w: Float32Array,
@@ -251,33 +269,14 @@ export function quantizeQ4(
   scheme: Q4Scheme = 'asymmetric',
 ): Q4Matrix {
   if (w.length !== n * k) throw new Error(`${w.length} weights, ${n} x ${k} expected`)
-  if (scheme === 'asymmetric') {
-    const q = quantizeBlocksQ4(w, n, k, Q4_BLOCK)
-    return packMatMulNBits({
-      n,
-      k,
-      bits: 4,
-      blockSize: Q4_BLOCK,
-      b: q.packed,
-      scales: q.scales,
-      zeroPoints: q.zeroPoints,
-    })
-  }
-  const m = emptyQ4(n, k)
-  const blocks = Math.ceil(k / Q4_BLOCK)
-  for (let v = 0; v < n; v++)
-    for (let c = 0; c < blocks; c++) {
-      const from = v * k + c * Q4_BLOCK
-      const to = v * k + Math.min(k, (c + 1) * Q4_BLOCK)
-      let extreme = 0
-      for (let i = from; i < to; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
-      const scale = Math.fround(extreme / -8)
-      const inv = scale !== 0 ? 1 / scale : 0
-      for (let i = from; i < to; i++) {
-        const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + 8))
-        q4Set(m, v, c * Q4_BLOCK + (i - from), q)
-      }
-      q4SetBlock(m, v, c, scale, 8)
-    }
-  return m
+  const q = quantizeBlocksQ4(w, n, k, Q4_BLOCK, scheme)
+  return packMatMulNBits({
+    n,
+    k,
+    bits: 4,
+    blockSize: Q4_BLOCK,
+    b: q.packed,
+    scales: q.scales,
+    ...(scheme === 'asymmetric' && { zeroPoints: q.zeroPoints }),
+  })
 }

@@ -116,16 +116,26 @@ export function dequantizeRowsU8(
 }
 
 /**
+ * How a block of 4-bit weights is quantized. 'asymmetric': the block's range widened to hold 0,
+ * onto 0..15 with a zero point of its own (onnxruntime's `MatMul4BitsQuantizer` default).
+ * 'symmetric': scale = the block's signed extreme / −8, zero point 8 (llama.cpp's q4_0; what the
+ * quantizer writes with `is_symmetric`, which transformers.js's conversion script sets for every
+ * q4 and q4f16 file it makes: those exports have no zero_points input, and 8 is its default).
+ */
+export type Q4Scheme = 'asymmetric' | 'symmetric'
+
+/**
  * 4-bit blocks along each row, MatMulNBits layout: `packed` [rows, blocks, blockSize/2]
  * (element 2j in the low nibble of byte j), `scales` [rows, blocks], `zeroPoints`
- * [rows, ceil(blocks/2)] (block 2j in the low nibble). A partial last block is padded with
- * zeros. Dequantized value: (q - zp) * scale.
+ * [rows, ceil(blocks/2)] (block 2j in the low nibble; all 8 when 'symmetric'). A partial last
+ * block is padded with its zero point. Dequantized value: (q - zp) * scale.
  */
 export function quantizeBlocksQ4(
   w: Float32Array,
   rows: number,
   cols: number,
   blockSize = Q4_BLOCK_SIZE,
+  scheme: Q4Scheme = 'asymmetric',
 ) {
   const blocks = Math.ceil(cols / blockSize)
   const blob = blockSize / 2
@@ -137,20 +147,32 @@ export function quantizeBlocksQ4(
     for (let b = 0; b < blocks; b++) {
       const start = r * cols + b * blockSize
       const end = r * cols + Math.min(cols, (b + 1) * blockSize)
-      let min = 0
-      let max = 0
-      for (let i = start; i < end; i++) {
-        if (w[i] < min) min = w[i]
-        if (w[i] > max) max = w[i]
+      let s: number
+      let zp: number
+      if (scheme === 'symmetric') {
+        let extreme = 0
+        for (let i = start; i < end; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
+        s = Math.fround(extreme / -8) || 0
+        zp = 8
+      } else {
+        let min = 0
+        let max = 0
+        for (let i = start; i < end; i++) {
+          if (w[i] < min) min = w[i]
+          if (w[i] > max) max = w[i]
+        }
+        s = Math.fround(max > min ? (max - min) / 15 : 1)
+        zp = Math.min(15, Math.max(0, Math.round(-min / s)))
       }
-      const s = Math.fround(max > min ? (max - min) / 15 : 1)
-      const zp = Math.min(15, Math.max(0, Math.round(-min / s)))
+      // asymmetric: w / s, as before; symmetric: w · (1 / s), as onnxruntime's quantizer does
+      const inv = s !== 0 ? 1 / s : 0
+      const code = (x: number) => (scheme === 'symmetric' ? Math.round(x * inv) : Math.round(x / s))
       scales[r * blocks + b] = s
       zeroPoints[r * zpBytes + (b >> 1)] |= zp << ((b & 1) * 4)
       const blobOff = (r * blocks + b) * blob
       for (let j = 0; j < blockSize; j++) {
         const i = start + j
-        const v = i < end ? Math.min(15, Math.max(0, Math.round(w[i] / s) + zp)) : zp
+        const v = i < end ? Math.min(15, Math.max(0, code(w[i]) + zp)) : zp
         packed[blobOff + (j >> 1)] |= v << ((j & 1) * 4)
       }
     }

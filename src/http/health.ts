@@ -69,6 +69,10 @@ export function healthRoute<E extends Env>(deps: RouteDeps<E>): Hono<E> {
             largest_batch: decode.largestBatch,
             ...(decode.path && { path: decode.path }),
             ...(decode.kernels && { kernels: decode.kernels }),
+            ...(decode.q4 && {
+              q4_matrices: decode.q4.matrices,
+              q4_symmetric: decode.q4.symmetric,
+            }),
           },
         }),
         ...(prefill && { prefill: { path: prefill.path, runs: prefill.runs } }),

@@ -19,7 +19,9 @@ import {
   q4Get,
   q4NibbleAt,
   q4Scale,
+  q4Symmetric,
   q4Zero,
+  q4ZeroAt,
   quantizeQ4,
   type MatMulNBitsTensors,
 } from '../../src/format/q4-b32.ts'
@@ -226,6 +228,25 @@ describe('scalar quantizers', () => {
         const bound = Math.max(s / 2, Math.abs(x) - 7 * s)
         expect(Math.abs(d[v * 100 + k] - x)).toBeLessThanOrEqual(bound + 1e-6 * s)
       }
+  })
+
+  it('q4Symmetric: true for symmetric blocks and exports without zero points, false for one other zero point, padding ignored', () => {
+    // 2 rows of 200 inputs: blocks 0..6 real (the last partial), block 7 padding
+    const sym = quantizeQ4(w, 2, 200, 'symmetric')
+    expect(sym.kb).toBe(8)
+    expect(q4Symmetric(sym.data, 0, 2, 200)).toBe(true)
+    expect(q4Symmetric(quantizeQ4(w, 2, 200).data, 0, 2, 200)).toBe(false)
+    // the padding block's zero point is 0 (packMatMulNBits): it does not count
+    expect(sym.data[21 * sym.kb + q4ZeroAt(7)]).toBe(0)
+    // one real block's zero point of the last row changed (the partial one): not symmetric
+    const one = sym.data.slice()
+    one[21 * sym.kb + q4ZeroAt(6)] = 7
+    expect(q4Symmetric(one, 0, 2, 200)).toBe(false)
+    // at an offset: the rows start where told
+    const shifted = new Uint8Array(8 + sym.data.length)
+    shifted.set(sym.data, 8)
+    expect(q4Symmetric(shifted, 8, 2, 200)).toBe(true)
+    expect(q4Symmetric(shifted, 4, 2, 200)).toBe(false)
   })
 
   it('a8-b32 activations: in [−127, 127], within half a step, the extreme exact in 127', () => {

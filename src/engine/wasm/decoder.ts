@@ -34,6 +34,7 @@ import { AppError } from '../../core/errors.ts'
 import {
   packMatMulNBitsInto,
   q4Blocks,
+  q4Symmetric,
   type DecoderFormat,
   type DecoderLayerData,
   type DecoderMatrixData,
@@ -78,13 +79,17 @@ interface Q8Matrix {
   cols: number
 }
 
-/** A q4-b32 matrix in kernel memory: `rows` outputs of `cols` inputs, `kb` blocks a row. */
+/**
+ * A q4-b32 matrix in kernel memory: `rows` outputs of `cols` inputs, `kb` blocks a row; `sym`
+ * once its weights are written, if every zero point is 8 (q4s_gemv, q4s_gemm: the same bits).
+ */
 interface Q4Matrix {
   kind: 'q4'
   w: number
   kb: number
   rows: number
   cols: number
+  sym: boolean
 }
 
 type Matrix = Q8Matrix | Q4Matrix
@@ -249,7 +254,7 @@ export class Q8Decoder {
         at = align(w + rows * 21 * kb, 64)
         q4Cols = Math.max(q4Cols, 32 * kb)
         if (cols % 32) q4PadCols = Math.max(q4PadCols, 32 * kb)
-        return { kind: 'q4', w, kb, rows, cols }
+        return { kind: 'q4', w, kb, rows, cols, sym: false }
       }
       const stride = align(cols, ROW_ALIGN)
       const zp = w + rows * stride
@@ -828,6 +833,17 @@ export class Q8Decoder {
     writeKeyRecord(src, from, D, L.keyChannels[g], this.keySlots, this.keyScratch, bytes, at)
   }
 
+  /**
+   * The q4 matrices written so far, and how many of them run the symmetric kernels (every zero
+   * point 8: q4s_gemv, q4s_gemm); undefined for q8 layers.
+   */
+  get q4Matrices(): { matrices: number; symmetric: number } | undefined {
+    const all = this.plan.flatMap((p) => [p.qkv, p.o, p.gateUp, p.down])
+    const q4 = all.filter((m): m is Q4Matrix => m.kind === 'q4')
+    if (!q4.length) return undefined
+    return { matrices: q4.length, symmetric: q4.filter((m) => m.sym).length }
+  }
+
   /** Kept sequences (KvCache.keep: the turn cache's) holding arena memory. */
   get keptSequences(): number {
     return this.arena.keptSequences
@@ -880,8 +896,8 @@ export class Q8Decoder {
         k.quant_b32(input.byteOffset + 4 * j0 * m.cols, m.cols, m.cols, n, this.q4aAt)
       }
       const out = this.outAt + 4 * j0 * m.rows
-      if (n <= 4) k.q4_gemv(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
-      else k.q4_gemm(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
+      if (n <= 4) (m.sym ? k.q4s_gemv : k.q4_gemv)(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
+      else (m.sym ? k.q4s_gemm : k.q4_gemm)(m.w, m.kb, 0, m.rows, this.q4aAt, n, out, m.rows)
     }
     return this.view(this.outAt, b * m.rows)
   }
@@ -996,6 +1012,7 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
       throw new AppError('model_invalid', 'q4 parts of different widths')
     at += packMatMulNBitsInto(p.tensors, mem, at)
   }
+  m.sym = q4Symmetric(mem, m.w, m.rows, m.cols)
 }
 
 /**

@@ -34,6 +34,7 @@ import {
   q4Blocks,
   q4NibbleAt,
   q4ScaleAt,
+  q4Symmetric,
   q4ZeroAt,
   type HeadFormat,
 } from '../../format/index.ts'
@@ -73,6 +74,8 @@ export class Q8Head {
 
   /** 'q4-b32': blocks per row. */
   private readonly kb: number
+  /** 'q4-b32': whether every zero point is 8, found on first use after the rows are written. */
+  private sym: boolean | undefined
 
   private constructor(
     private readonly kernel: KernelExports,
@@ -131,6 +134,14 @@ export class Q8Head {
     if (offset + bytes.byteLength > this.fileBytes)
       throw new AppError('model_invalid', 'The head file is longer than its shape')
     new Uint8Array(this.kernel.memory.buffer).set(bytes, offset)
+    this.sym = undefined
+  }
+
+  /** A 'q4-b32' head's kernel: q4s_gemv when its zero points are all 8 (the same bits). */
+  private get q4Gemv(): KernelExports['q4_gemv'] {
+    const k = this.kernel
+    this.sym ??= q4Symmetric(new Uint8Array(k.memory.buffer), 0, this.vocab, this.hidden)
+    return this.sym ? k.q4s_gemv : k.q4_gemv
   }
 
   /** Bytes of WASM memory the head holds (weights + scratch). */
@@ -213,7 +224,7 @@ export class Q8Head {
     const { vocab, stride, zpAt, scaleAt } = this
     const k = this.kernel
     if (this.format === 'q4-b32') {
-      k.q4_gemv(0, this.kb, 0, vocab, this.xAt, n, this.outAt, vocab)
+      this.q4Gemv(0, this.kb, 0, vocab, this.xAt, n, this.outAt, vocab)
       return
     }
     let j = 0
@@ -257,7 +268,7 @@ export class Q8Head {
         throw new AppError('bad_request', `token id ${v} is out of range`)
       // out[v] of the scratch row, like a full pass would write it
       if (this.format === 'q4-b32')
-        this.kernel.q4_gemv(0, this.kb, v, v + 1, this.xAt, 1, this.outAt, vocab)
+        this.q4Gemv(0, this.kb, v, v + 1, this.xAt, 1, this.outAt, vocab)
       else
         this.kernel.rows(
           0,

@@ -109,6 +109,28 @@ export interface KernelExports {
     out: number,
     ldo: number,
   ): void
+  /** q4_gemv for a matrix whose zero points are all 8 (`q4Symmetric`): they are not read. */
+  q4s_gemv(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    n: number,
+    out: number,
+    ldo: number,
+  ): void
+  /** q4_gemm for a matrix whose zero points are all 8. */
+  q4s_gemm(
+    w: number,
+    kb: number,
+    v0: number,
+    v1: number,
+    x: number,
+    t: number,
+    out: number,
+    ldo: number,
+  ): void
   quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
   /** Returns the first row with a value that is not finite (not written), or t. */
   quant_a16(
@@ -217,7 +239,10 @@ function relaxedChecks(): Promise<{ relaxed: boolean; dotAdd: boolean }> {
   return relaxedWorks
 }
 
-/** The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs). */
+/**
+ * The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs), then of
+ * q4s_gemv and q4s_gemm with its zero points set to 8.
+ */
 function selfCheck(k: KernelExports): Uint32Array {
   const n = 6
   const kb = 8
@@ -248,7 +273,11 @@ function selfCheck(k: KernelExports): Uint32Array {
   k.quant_b32(x, kb * 32, kb * 32, t, xa)
   k.q4_gemv(w, kb, 0, n, xa, t, out, n)
   k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
-  return new Uint32Array(mem, out, 2 * t * n).slice()
+  // and the symmetric kernels, every zero point 8
+  for (let g = 0; g < (n * kb) / 4; g++) bytes.fill(8, 84 * g + 80, 84 * g + 84)
+  k.q4s_gemv(w, kb, 0, n, xa, t, out + 8 * t * n, n)
+  k.q4s_gemm(w, kb, 0, n, xa, t, out + 12 * t * n, n)
+  return new Uint32Array(mem, out, 4 * t * n).slice()
 }
 
 /** The compiled module of a variant (compiled from the embedded bytes on first use). */

@@ -21,6 +21,7 @@ import {
   type DecoderLayerData,
   type DecoderWeights,
   type NBitsMatrixData,
+  type Q4Scheme,
   qwen2Shape,
 } from '../../../src/format/index.ts'
 import { ensureModel } from '../../helpers/models.ts'
@@ -31,20 +32,22 @@ import { argmax, maxAbs, maxAbsDiff } from '../../helpers/numeric.ts'
 const PROMPT = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
 
 /**
- * The layers of `w` as MatMulNBits operands (q4, blocks of 32, asymmetric), and the weights
- * with those matrices replaced by their dequantized values (what the q4 model computes).
+ * The layers of `w` as MatMulNBits operands (q4, blocks of 32, asymmetric unless `scheme` says;
+ * symmetric ones without zero points, as onnx-community's exports), and the weights with those
+ * matrices replaced by their dequantized values (what the q4 model computes).
  * `breakZeroPoints` leaves the zero points out of what the decoder gets (a mutation).
  */
 function q4Layers(
   w: Weights,
   dims: ModelDims,
   breakZeroPoints = false,
+  scheme: Q4Scheme = 'asymmetric',
 ): { weights: DecoderWeights; dequantized: Weights } {
   const dequantized = new Map(w)
   const nbits = (name: string, n: number, bias?: string): NBitsMatrixData => {
     const f = w.get(`${name}.weight`)!
     const k = f.length / n
-    const q = quantizeBlocksQ4(f, n, k)
+    const q = quantizeBlocksQ4(f, n, k, 32, scheme)
     dequantized.set(`${name}.weight`, dequantizeBlocksQ4(q.packed, q.scales, q.zeroPoints, n, k))
     const b = bias && w.get(`${name}.bias`)
     return {
@@ -58,7 +61,7 @@ function q4Layers(
         blockSize: 32,
         b: q.packed,
         scales: q.scales,
-        ...(!breakZeroPoints && { zeroPoints: q.zeroPoints }),
+        ...(!breakZeroPoints && scheme === 'asymmetric' && { zeroPoints: q.zeroPoints }),
       },
       ...(b && { bias: b }),
     }
@@ -137,6 +140,29 @@ describe('the decoder with q4 layers (tiny)', () => {
     const a = q8.forward(PROMPT, q8.emptyCache(), 1)[0]
     const b = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
     expect(maxAbsDiff(a, b) / maxAbs(b)).toBeGreaterThan(5 * error)
+  })
+
+  it('symmetric layers (no zero points, as exported): the symmetric kernels, as near the reference', async () => {
+    const dims = resolveDims('tiny')
+    expect(decoder.q4Matrices).toEqual({ matrices: 4 * dims.numLayers, symmetric: 0 })
+    const sym = q4Layers(plain, dims, false, 'symmetric')
+    const d = await Q8Decoder.create(sym.weights, shape, head)
+    expect(d.q4Matrices).toEqual({ matrices: 4 * dims.numLayers, symmetric: 4 * dims.numLayers })
+    const symRef = new Qwen2Reference(dims, sym.dequantized)
+    const { error, agree } = stepError(d, symRef)
+    expect(error).toBeLessThan(3e-2)
+    expect(agree).toBe(1)
+    // precondition: the symmetric weights are not the asymmetric ones (a decoder that ran
+    // those instead would miss this reference)
+    const a = symRef.forward(PROMPT, symRef.emptyCache(), 1)[0]
+    const b = ref.forward(PROMPT, ref.emptyCache(), 1)[0]
+    expect(maxAbsDiff(a, b) / maxAbs(a)).toBeGreaterThan(5 * error)
+    // prefill (q4s_gemm) is the steps (q4s_gemv), bit for bit
+    const { logits: rows, cache } = stepEach(d, PROMPT)
+    const whole = d.prefill(PROMPT, { length: 0, tensors: {} }, 1)
+    expect(maxAbsDiff(whole.logits, rows.at(-1)!)).toBe(0)
+    d.release(cache)
+    d.release(whole.cache)
   })
 
   it('misses the reference by far more when a weight operand is broken (zero points dropped)', async () => {
