@@ -5,7 +5,7 @@
  *                            [--out model-shards] [--format keep|q8] [--no-logits-rewrite]
  *                            [--head wasm|graph] [--head-format q4|q8] [--embedding head|graph]
  *                            [--decoder wasm|graph]
- *                            [--no-awq] [--no-verify]
+ *                            [--q4-scheme asymmetric|symmetric] [--no-awq] [--no-verify]
  *
  * Input: config.json, optional generation_config.json, tokenizer.json, tokenizer_config.json and
  * an ONNX decoder with the Optimum signature under onnx/ (default pick: model_quantized.onnx,
@@ -30,7 +30,9 @@
  *   export (MatMulNBits already there is kept as exported); the graph is then `model_q4.onnx`.
  *   Before they are quantized, the matrices that read each norm are scaled by their input
  *   channels' size on calibration prompts and the norm divided by it (AWQ, lib/awq.ts;
- *   `--no-awq`: plain quantization).
+ *   `--no-awq`: plain quantization). Blocks are asymmetric (a zero point each); `--q4-scheme
+ *   symmetric` gives them all zero point 8, as onnx-community's q4 files (the kernels' faster
+ *   path, for a larger rounding error).
  * - head split (`--head wasm`, the default; `--head graph` keeps the lm_head in the graph): when
  *   the prepared graph is in that q8 form, its lm_head (and a tied embedding) moves into
  *   `head.q8`, run by the engine's own kernel; a q4 export's MatMulNBits lm_head moves into
@@ -64,6 +66,8 @@ import {
   DECODER_FILE,
   dequantizeBlocksQ4,
   quantizeBlocksQ4,
+  Q4_BLOCK_SIZE,
+  type Q4Scheme,
   roundActivationsLikeQ4Kernels,
   DEFAULT_SHARD_BYTES,
   headFileName,
@@ -174,6 +178,11 @@ export interface PrepareOptions {
    * channels' calibrated size first (lib/awq.ts). Default true.
    */
   awq?: boolean
+  /**
+   * `format: 'q4'`: the blocks' scheme. 'asymmetric' (default: the lower error) or 'symmetric'
+   * (zero point 8, as onnx-community's q4 files: the kernels' faster symmetric path).
+   */
+  q4Scheme?: Q4Scheme
   /** Where the lm_head runs; default 'wasm' (split off when the graph is in the q8 form). */
   head?: PrepareHead
   /** Default 'wasm': map the decoder layers when the head was split off. */
@@ -329,6 +338,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
         logitsRewrite: options.logitsRewrite ?? false,
         verify: options.verify ?? true,
         awq: options.awq ?? true,
+        q4Scheme: settings.q4Scheme,
         calibration: () => calibrationPrompts(input.folder, input.config),
         head: headMode,
         headFormat: settings.headFormat,
@@ -409,6 +419,7 @@ interface Settings {
   format: PrepareFormat
   headMode: PrepareHead
   headFormat: PrepareHeadFormat | undefined
+  q4Scheme: Q4Scheme
   embedding: PrepareEmbedding
   decoderMode: PrepareDecoder
   shardBytes: number
@@ -432,6 +443,9 @@ function checkOptions(options: PrepareOptions): Settings {
   const headFormat = options.headFormat
   if (headFormat !== undefined && headFormat !== 'q4' && headFormat !== 'q8')
     throw new Error(`Unknown head format ${JSON.stringify(headFormat)}: use q4 or q8`)
+  const q4Scheme = options.q4Scheme ?? 'asymmetric'
+  if (q4Scheme !== 'asymmetric' && q4Scheme !== 'symmetric')
+    throw new Error(`Unknown q4 scheme ${JSON.stringify(q4Scheme)}: use asymmetric or symmetric`)
   const embedding = options.embedding ?? 'head'
   if (embedding !== 'head' && embedding !== 'graph')
     throw new Error(`Unknown embedding ${JSON.stringify(embedding)}: use head or graph`)
@@ -448,7 +462,18 @@ function checkOptions(options: PrepareOptions): Settings {
   }
   const quiet = options.quiet ?? false
   const log = quiet ? () => {} : (line: string) => console.error(line)
-  return { id, format, headMode, headFormat, embedding, decoderMode, shardBytes, quiet, log }
+  return {
+    id,
+    format,
+    headMode,
+    headFormat,
+    q4Scheme,
+    embedding,
+    decoderMode,
+    shardBytes,
+    quiet,
+    log,
+  }
 }
 
 /** The export folder as read: its config files, its ONNX file, and a reader of its data files. */
@@ -675,6 +700,8 @@ export interface TransformOptions {
   verify: boolean
   /** AWQ before a q4 conversion of float weights (with `calibration`'s prompts). */
   awq?: boolean
+  /** The q4 conversion's blocks; default 'asymmetric'. */
+  q4Scheme?: Q4Scheme
   calibration?: () => Promise<number[][]>
   /** Default 'graph' (no split). */
   head?: PrepareHead
@@ -730,7 +757,7 @@ export async function transformExport(
         toConvert,
         o.config,
         await o.calibration(),
-        q4Encode,
+        q4Encoder(o.q4Scheme),
         roundActivationsLikeQ4Kernels,
       )
       toConvert = awq.model
@@ -752,6 +779,7 @@ export async function transformExport(
       to: o.format,
       // `--head-format q8` on a conversion: the head rows from the float weights, not from 4 bits
       ...(o.format === 'q4' && o.headFormat === 'q8' && { headTo: 'q8' as const }),
+      q4Scheme: o.q4Scheme,
     })
     model = converted.model
     const s = converted.stats
@@ -903,10 +931,12 @@ function hasHalfMatMulNBits(model: ModelProto): boolean {
 }
 
 /** The q4 conversion's quantizer (blocks of 32), dequantized: what AWQ's search measures. */
-const q4Encode = (w: Float32Array, n: number, k: number): Float32Array => {
-  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
-  return dequantizeBlocksQ4(packed, scales, zeroPoints, n, k)
-}
+const q4Encoder =
+  (scheme: Q4Scheme = 'asymmetric') =>
+  (w: Float32Array, n: number, k: number): Float32Array => {
+    const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k, Q4_BLOCK_SIZE, scheme)
+    return dequantizeBlocksQ4(packed, scales, zeroPoints, n, k)
+  }
 
 /**
  * The calibration prompts in the export's own tokenizer and chat template (ids past a
@@ -1169,6 +1199,12 @@ export const PREPARE_CLI = {
       default: true,
       help: 'give an export without num_logits_to_keep that input (lm_head on the last position only)',
     },
+    'q4-scheme': {
+      type: 'string',
+      arg: '<asymmetric|symmetric>',
+      default: 'asymmetric',
+      help: "--format q4: asymmetric blocks (a zero point each: the lower error) or symmetric ones (zero point 8, as onnx-community's q4 files; about 1.07x faster in the kernels, which skip the zero points)",
+    },
     awq: {
       type: 'boolean',
       default: true,
@@ -1256,6 +1292,7 @@ async function main(): Promise<void> {
     logitsRewrite: values['logits-rewrite'],
     verify: values.verify,
     awq: values.awq,
+    q4Scheme: values['q4-scheme'] as Q4Scheme,
     ...stageOptions(values),
   })
   const secs = ((performance.now() - started) / 1000).toFixed(1)

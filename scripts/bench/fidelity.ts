@@ -35,6 +35,7 @@ import {
   dequantizeRowsU8,
   quantizeBlocksQ4,
   quantizeRowsU8,
+  type Q4Scheme,
 } from '../../src/format/index.ts'
 import { AWQ_ALPHAS, CALIBRATION_QUESTIONS, meanAbsOf, searchAwq, type Encode } from '../lib/awq.ts'
 import { isMain, parseCli, runMain } from '../lib/cli.ts'
@@ -54,6 +55,7 @@ import { makeModel } from '../lib/synth-model.ts'
 import {
   generateHfTensor,
   hfTensorSpecs,
+  Q4_SCHEME,
   synthesizeWeights,
   type HfTensorSpec,
   type Weights,
@@ -155,8 +157,11 @@ export const FORMATS: Record<string, FidelityFormat> = {
     },
   },
   'q4-q4head': {
-    note: 'q4 weights (block 32) and head, float activations',
-    open: async (ctx) => dequantized(ctx, 'q4-q4head', mixedWeights(ctx, q4(32), q4(32))),
+    note: "q4 weights (block 32, symmetric: the export's) and head, float activations",
+    open: async (ctx) => {
+      const exported = q4(32, Q4_SCHEME)
+      return dequantized(ctx, 'q4-q4head', mixedWeights(ctx, exported, exported))
+    },
   },
   'q4-q8head': {
     note: 'q4 weights (block 32), q8 head, float activations',
@@ -326,10 +331,11 @@ const q8: Encode = (w, n, k) => {
   const { q, scale, zeroPoint } = quantizeRowsU8(w, n, k)
   return dequantizeRowsU8(q, scale, zeroPoint, n, k)
 }
+/** q4 blocks dequantized: asymmetric (`model:prepare --format q4`'s) unless `scheme` says. */
 const q4 =
-  (blockSize: number): Encode =>
+  (blockSize: number, scheme: Q4Scheme = 'asymmetric'): Encode =>
   (w, n, k) => {
-    const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k, blockSize)
+    const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k, blockSize, scheme)
     return dequantizeBlocksQ4(packed, scales, zeroPoints, n, k, blockSize)
   }
 

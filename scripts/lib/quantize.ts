@@ -15,7 +15,8 @@
  * q8 is `quantizeRowsU8` of src/format/quant.ts: asymmetric uint8, one scale and zero point per
  * output column, range always including 0 (uint8, not int8: signed weights give wrong results
  * on onnxruntime-node / AVX2). q4 is `quantizeBlocksQ4`: asymmetric 4-bit blocks of 32 inputs,
- * a scale and zero point each, as onnx-community's q4 exports. A matrix quantized once is shared
+ * a scale and zero point each (onnxruntime's quantizer's default; onnx-community's q4 files are
+ * the symmetric form, zero point 8, which the generator writes). A matrix quantized once is shared
  * by every node that uses it, and two matrices with identical quantized bytes become one, so a
  * tied embedding and lm_head (one [V, H] initializer, or a [V, H] and its transposed copy) end
  * up as one matrix read by both the embedding and the lm_head, as in the generator. A q8 export
@@ -48,7 +49,12 @@ import {
   type NodeProto,
   type TensorProto,
 } from './onnx/index.ts'
-import { Q4_BLOCK_SIZE, quantizeBlocksQ4, quantizeRowsU8 } from '../../src/format/index.ts'
+import {
+  Q4_BLOCK_SIZE,
+  quantizeBlocksQ4,
+  quantizeRowsU8,
+  type Q4Scheme,
+} from '../../src/format/index.ts'
 import { transpose } from './synth-weights.ts'
 
 const MS = 'com.microsoft'
@@ -239,6 +245,8 @@ export function convertWeights(
      * q4 layers with a q8 head quantized from the float weights.
      */
     headTo?: ConvertFormat
+    /** q4 blocks: 'asymmetric' (default) or 'symmetric' (zero point 8: quant.ts `Q4Scheme`). */
+    q4Scheme?: Q4Scheme
   },
 ): { model: ModelProto; stats: ConversionStats } {
   const graph = model.graph
@@ -278,7 +286,13 @@ export function convertWeights(
     const { values, layout, n, k } = src.matrix()
     if (formatOf(src.base) === 'q4') {
       const rows = layout === 'nk' ? values : transpose(values, k, n)
-      const { packed, scales, zeroPoints, blocks } = quantizeBlocksQ4(rows, n, k)
+      const { packed, scales, zeroPoints, blocks } = quantizeBlocksQ4(
+        rows,
+        n,
+        k,
+        Q4_BLOCK_SIZE,
+        options.q4Scheme,
+      )
       return {
         n,
         k,

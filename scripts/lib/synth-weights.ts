@@ -295,6 +295,13 @@ export interface EncodedTensor {
 const bytesOf = (a: Float32Array | Uint8Array) =>
   new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
 
+/**
+ * The generator's q4 blocks: symmetric (zero point 8), as transformers.js's conversion script
+ * quantizes onnx-community's q4 and q4f16 files. Their graphs leave out the zero_points input
+ * (8 is its default); this graph keeps it, every point 8, so it has one form for both schemes.
+ */
+export const Q4_SCHEME = 'symmetric' as const
+
 /** Lay out (and quantize) one checkpoint tensor for the graph. */
 export function encodeTensor(
   spec: HfTensorSpec,
@@ -314,7 +321,7 @@ export function encodeTensor(
       dequantized: dequantizeRowsU8(q, scale, zeroPoint, n, k),
     }
   }
-  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
+  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k, Q4_BLOCK_SIZE, Q4_SCHEME)
   return {
     data: [packed, bytesOf(scales), zeroPoints],
     dequantized: dequantizeBlocksQ4(packed, scales, zeroPoints, n, k),
@@ -334,7 +341,7 @@ export function encodeTensorData(
     const { q, scale, zeroPoint } = quantizeRowsU8(w, n, k)
     return [transpose(q, n, k), bytesOf(scale), zeroPoint]
   }
-  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k)
+  const { packed, scales, zeroPoints } = quantizeBlocksQ4(w, n, k, Q4_BLOCK_SIZE, Q4_SCHEME)
   return [packed, bytesOf(scales), zeroPoints]
 }
 

@@ -260,10 +260,12 @@ describe('--format q8', () => {
     expect(argmax(converted.data)).toBe(argmax(lastRows(reference.data, 1)))
   })
 
-  it('fp32 → q4: the generator’s own q4 weights, byte for byte, and its logits', async () => {
+  it('fp32 → q4 --q4-scheme symmetric: the generator’s own q4 weights, byte for byte, and its logits', async () => {
     const hf = await ensureModel('tiny', 'fp32', { logitsToKeep: false })
-    // plain quantization (AWQ scales the weights first: awq.test.ts)
-    const result = await prepare(hf, 'tiny-fp32-q4', { format: 'q4', awq: false })
+    // plain quantization (AWQ scales the weights first: awq.test.ts); symmetric blocks, as the
+    // generator (and onnx-community's q4 files) make them
+    const options = { format: 'q4', awq: false, q4Scheme: 'symmetric' } as const
+    const result = await prepare(hf, 'tiny-fp32-q4', options)
     expect(result.manifest.stages[0].graph.path).toBe('model_q4.onnx')
     const model = await preparedGraph(result)
     expect(result.report!.conversion).toMatchObject({
@@ -305,6 +307,23 @@ describe('--format q8', () => {
     )
     const converted = await run(await packageSession('tiny-fp32-q4'), CHECK_TOKENS, 1)
     expect(errors(fromGenerator.data, converted.data).max).toBeLessThan(1e-5)
+
+    // the default scheme is asymmetric: zero points of their own, not all 8
+    const zeroPoints = (m: ModelProto, ext: Uint8Array) =>
+      [...initializers(m)]
+        .filter((t) => /_zp$/.test(t.name!))
+        .map((t) => tensorRawData(t, () => ext))
+    const asymResult = await prepare(hf, 'tiny-fp32-q4-asym', { format: 'q4', awq: false })
+    const asymData = (await loadPackage(fsSource(join(work, 'shards')), 'tiny-fp32-q4-asym'))
+      .externalData[0].data
+    const asym = zeroPoints(await preparedGraph(asymResult), asymData)
+    expect(zeroPoints(model, data).length).toBe(15)
+    expect(zeroPoints(model, data).every((z) => z.every((b) => b === 0x88))).toBe(true)
+    expect(asym.length).toBe(15)
+    expect(asym.some((z) => z.some((b) => b !== 0x88))).toBe(true)
+    await expect(
+      prepare(hf, 'tiny-fp32-q4-bad', { format: 'q4', q4Scheme: 'q4_0' as 'symmetric' }),
+    ).rejects.toThrow(/Unknown q4 scheme "q4_0"/)
 
     // a q8 export is not rounded a second time
     const q8 = await ensureModel('tiny', 'q8')

@@ -160,9 +160,11 @@ describe('a q4 export with its embedding as a float table', () => {
     expect(tiedRun.embeddingMaxAbsError).toBeGreaterThan(0)
     expect(tiedRun.embeddingMaxAbsError).toBeLessThan(0.2 * tiedRun.embeddingMaxAbs)
     expect(tiedRun.maxAbsError).toBeGreaterThan(0)
-    // on the tiny model the 4-bit rows move the logits by up to 0.68 of 4.6: enough to change
-    // a step's top-1, which the check must see (the same seed, one thread: deterministic)
-    expect(tiedRun.top1Agrees).toBe(false)
+    // the 4-bit rows move the logits (the tiny model, same seed, one thread: deterministic);
+    // with the generator's symmetric blocks its top-1 holds (the asymmetric ones flipped one
+    // step's, which the check reported as false)
+    expect(tiedRun.maxAbsError).toBeLessThan(0.2 * check.referenceMaxAbs!)
+    expect(tiedRun.top1Agrees).toBe(true)
     expect(check.top1Agrees).toBe(true)
   })
 

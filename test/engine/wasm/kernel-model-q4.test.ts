@@ -107,6 +107,10 @@ describe('a q4 export prepared as is runs in the kernels alone (tiny)', () => {
     const pkg = await loadPackage(fsSource(work), 'q4')
     expect(KernelModel.unsupported(pkg)).toBeUndefined()
     const model = await KernelModel.load(pkg)
+    // the generator's q4 is symmetric (zero points 8), as onnx-community's: every layer matrix
+    // takes the symmetric kernels
+    const layers = resolveDims('tiny').numLayers
+    expect(model.decoder.q4Matrices).toEqual({ matrices: 4 * layers, symmetric: 4 * layers })
     const ours = await greedy(model)
     const want = reference(ref, ours.tokens)
     expect(ours.tokens).toEqual(want.map(argmax))
