@@ -21,24 +21,34 @@ import { join } from 'node:path'
 import { preparePackage } from '../prepare-model.ts'
 import { setAccuracyLevel } from '../lib/graph-rewrite.ts'
 import { decodeModel, encodeModel } from '../lib/onnx/index.ts'
-import { makeModel, type MakeModelOptions } from '../lib/synth-model.ts'
+import { generatorHash, makeModel, type MakeModelOptions } from '../lib/synth-model.ts'
 
 export const BENCH_MODEL_ID = 'qwen2.5-0.5b-q8-ext'
 export const MODELS_DIR = join('.cache', 'models')
 
-/** Returns the folder of the model, building it first when missing. */
+/** The file in a built model folder naming the generator that built it (`generatorHash`). */
+const GENERATOR_MARKER = '.generator'
+
+/**
+ * Returns the folder of the model, building it first when missing or built by another version
+ * of the generator (its packages are then prepared again: they are older than its config.json).
+ */
 export function ensureModel(
   id: string,
   options: Omit<MakeModelOptions, 'outDir'>,
   log: (line: string) => void,
 ): string {
   const dir = join(MODELS_DIR, id)
-  if (existsSync(join(dir, 'config.json'))) return dir
+  const marker = join(dir, GENERATOR_MARKER)
+  if (existsSync(marker) && readFileSync(marker, 'utf8') === generatorHash()) return dir
   const tmp = `${dir}.partial`
   rmSync(tmp, { recursive: true, force: true })
-  log(`building ${dir} (once; cached outside git)…`)
+  log(`building ${dir} (once per generator version; cached outside git)…`)
   const started = performance.now()
   makeModel({ ...options, outDir: tmp })
+  writeFileSync(join(tmp, GENERATOR_MARKER), generatorHash())
+  rmSync(dir, { recursive: true, force: true })
+  rmSync(`${dir}-acc4`, { recursive: true, force: true })
   renameSync(tmp, dir)
   log(`built ${dir} in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   return dir

@@ -17,8 +17,10 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import {
   encodeModel,
   encodeModelChunks,
@@ -49,6 +51,30 @@ import {
 } from './synth-weights.ts'
 
 /** Above this many bytes of weights the graph keeps them in `<name>.onnx_data` (protobuf: 2 GB max). */
+/** The sources whose text decides the generator's bytes (`generatorHash`), from the repository root. */
+export const GENERATOR_SOURCES = [
+  'scripts/lib/onnx/index.ts',
+  'scripts/lib/model-presets.ts',
+  'scripts/lib/qwen2-graph.ts',
+  'scripts/lib/synth-weights.ts',
+  'scripts/lib/synth-model.ts',
+  'src/format/quant.ts',
+]
+
+let generatorHashMemo: string | undefined
+
+/**
+ * A hash of the generator's sources: a model folder made by another one is stale (the test
+ * suite's and the bench's caches rebuild it).
+ */
+export function generatorHash(): string {
+  const root = fileURLToPath(new URL('../../', import.meta.url))
+  generatorHashMemo ??= createHash('sha256')
+    .update(GENERATOR_SOURCES.map((f) => readFileSync(join(root, f), 'utf8')).join('\0'))
+    .digest('hex')
+  return generatorHashMemo
+}
+
 export const EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 /** External tensors start on page boundaries (onnx.proto: offsets SHOULD be multiples of 4096). */

@@ -13,21 +13,13 @@ import { cp, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ModelDims, PresetName, WeightFormat } from '../../scripts/lib/model-presets.ts'
-import { makeModel } from '../../scripts/lib/synth-model.ts'
+import { generatorHash, makeModel } from '../../scripts/lib/synth-model.ts'
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 export const MODELS_DIR = join(REPO_ROOT, '.cache', 'models')
 const MARKER = '.qwen-edge-complete.json'
 
 /** The files whose code decides a generated model's bytes. */
-const GENERATOR_SOURCES = [
-  'scripts/lib/onnx/index.ts',
-  'scripts/lib/model-presets.ts',
-  'scripts/lib/qwen2-graph.ts',
-  'scripts/lib/synth-weights.ts',
-  'scripts/lib/synth-model.ts',
-  'src/format/quant.ts',
-]
 
 export interface EnsureModelOptions {
   /** Default 0. */
@@ -118,14 +110,6 @@ function generateIfNeeded(
 function readMarker(dir: string): string | undefined {
   const path = join(dir, MARKER)
   return existsSync(path) ? readFileSync(path, 'utf8') : undefined
-}
-
-let generatorHashMemo: string | undefined
-function generatorHash(): string {
-  generatorHashMemo ??= sha256(
-    GENERATOR_SOURCES.map((f) => readFileSync(join(REPO_ROOT, f), 'utf8')).join('\0'),
-  )
-  return generatorHashMemo
 }
 
 function sha256(text: string): string {
