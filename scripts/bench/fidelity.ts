@@ -85,7 +85,8 @@ export interface FidelityFormat {
   open(ctx: FidelityContext): Promise<Stepper>
 }
 
-export type EnginePackageKind = 'q8' | 'q4' | 'q4-q8head' | 'q4-awq' | 'q4-awq-q8head'
+export type EnginePackageKind =
+  'q8' | 'q4' | 'q4-q8head' | 'q4-awq' | 'q4-awq-q8head' | 'q4-awq-sym'
 
 export interface FidelityContext {
   preset: PresetName
@@ -136,6 +137,10 @@ export const FORMATS: Record<string, FidelityFormat> = {
   'engine-q4-awq': {
     note: 'the engine on `model:prepare --format q4` of the fp32 export: AWQ-scaled 4-bit layers and head',
     open: (ctx) => engineStepper(ctx, 'kernels', 'q4-awq'),
+  },
+  'engine-q4-awq-sym': {
+    note: "the same conversion with `--q4-scheme symmetric`: every zero point 8 (the kernels' symmetric path)",
+    open: (ctx) => engineStepper(ctx, 'kernels', 'q4-awq-sym'),
   },
   'engine-q4-awq-q8head': {
     note: 'the same with `--head-format q8`: the head rows quantized to q8 from the fp32 weights',
@@ -666,6 +671,7 @@ async function preparedPackage(
     verify: false,
     ...((kind === 'q4-q8head' || kind === 'q4-awq-q8head') && { headFormat: 'q8' as const }),
     ...(kind.startsWith('q4-awq') && { format: 'q4' as const }),
+    ...(kind === 'q4-awq-sym' && { q4Scheme: 'symmetric' as const }),
   })
   if (!report?.decoder?.applied)
     throw new Error(`no decoder in the package: ${report?.decoder?.reason}`)

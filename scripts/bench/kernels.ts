@@ -138,21 +138,28 @@ interface Row {
  * `bytes` of random q4 groups (84 bytes each), placed: scales of ordinary size and zero points
  * as nibbles (random f32 bits would make denormals and infinities, each a slow path of its own).
  */
-function randomQ4Groups(m: Mem, bytes: number, seed: number, scaleSeed: number): number {
+/** Random q4 groups with scales of ordinary size; zero points random, or all 8 (`sym`). */
+function randomQ4Groups(
+  m: Mem,
+  bytes: number,
+  seed: number,
+  scaleSeed: number,
+  sym = false,
+): number {
   const w = m.random(bytes, seed)
   const view = new DataView(m.k.memory.buffer)
   const r = rng(scaleSeed)
   for (let g = w; g < w + bytes; g += 84)
     for (let b = 0; b < 4; b++) {
       view.setFloat32(g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
-      view.setUint8(g + 80 + b, view.getUint8(g + 80 + b) & 15)
+      view.setUint8(g + 80 + b, sym ? 8 : view.getUint8(g + 80 + b) & 15)
     }
   return w
 }
 
-function q4Setup(m: Mem, n: number, k: number, t: number) {
+function q4Setup(m: Mem, n: number, k: number, t: number, sym = false) {
   const kb = Math.ceil(k / 128) * 4
-  const w = randomQ4Groups(m, n * kb * 21, 1, 2)
+  const w = randomQ4Groups(m, n * kb * 21, 1, 2, sym)
   const x = m.floats(t * k, 4)
   const xa = m.take(t * kb * 40)
   m.k.quant_b32(x, k, k, t, xa)
@@ -183,15 +190,22 @@ interface Case {
   make(k: KernelExports): () => void
 }
 
-function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string): Case {
+/** A q4 product; `sym`: zero points of 8 through q4s_gemv / q4s_gemm (exports without them). */
+function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string, sym = false): Case {
   return {
     kernel,
     bytes: n * (Math.ceil(k / 128) * 4) * 21,
     macs: n * k * t,
     make(kernels) {
       const m = new Mem(kernels)
-      const s = q4Setup(m, n, k, t)
-      const f = gemm ? kernels.q4_gemm : kernels.q4_gemv
+      const s = q4Setup(m, n, k, t, sym)
+      const f = sym
+        ? gemm
+          ? kernels.q4s_gemm
+          : kernels.q4s_gemv
+        : gemm
+          ? kernels.q4_gemm
+          : kernels.q4_gemv
       return () => f(s.w, s.kb, 0, n, s.xa, t, s.out, n)
     },
   }
@@ -320,6 +334,7 @@ const GROUPS: Case[][] = [
   [
     q8Case(I, H, 1, false, `q8 rows   ${H}->${I} n=1`),
     q4Case(I, H, 1, false, `q4 gemv   ${H}->${I} n=1`),
+    q4Case(I, H, 1, false, `q4s gemv  ${H}->${I} n=1`, true),
   ],
   // decode batches of 2 and 3 sequences (the q4 tiles of a weight row pair × 2 or 3 rows)
   [
@@ -333,10 +348,12 @@ const GROUPS: Case[][] = [
   [
     q8Case(I, H, 4, false, `q8 rows4  ${H}->${I} n=4`),
     q4Case(I, H, 4, false, `q4 gemv   ${H}->${I} n=4`),
+    q4Case(I, H, 4, false, `q4s gemv  ${H}->${I} n=4`, true),
   ],
   [
     q8Case(H, I, 1, false, `q8 rows   ${I}->${H} n=1`),
     q4Case(H, I, 1, false, `q4 gemv   ${I}->${H} n=1`),
+    q4Case(H, I, 1, false, `q4s gemv  ${I}->${H} n=1`, true),
   ],
   [
     q8Case(H, I, 4, false, `q8 rows4  ${I}->${H} n=4`),
@@ -349,14 +366,17 @@ const GROUPS: Case[][] = [
   [
     q8Case(I, H, 128, true, `q8 gemm   ${H}->${I} T=128`),
     q4Case(I, H, 128, true, `q4 gemm   ${H}->${I} T=128`),
+    q4Case(I, H, 128, true, `q4s gemm  ${H}->${I} T=128`, true),
   ],
   [
     q8Case(H, I, 128, true, `q8 gemm   ${I}->${H} T=128`),
     q4Case(H, I, 128, true, `q4 gemm   ${I}->${H} T=128`),
+    q4Case(H, I, 128, true, `q4s gemm  ${I}->${H} T=128`, true),
   ],
   [
     q8Case(V, H, 1, false, `q8 rows   lm_head ${H}->${V} n=1`),
     q4Case(V, H, 1, false, `q4 gemv   lm_head ${H}->${V} n=1`),
+    q4Case(V, H, 1, false, `q4s gemv  lm_head ${H}->${V} n=1`, true),
   ],
   [streamedCase('q8', 24), streamedCase('q4', 24)],
   [
