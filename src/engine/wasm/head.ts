@@ -39,7 +39,7 @@ import {
   type HeadFormat,
 } from '../../format/index.ts'
 import { a16Limit } from './activations.ts'
-import { instantiateKernels, type KernelExports } from './kernel.ts'
+import { instantiateKernels, type KernelExports, type Q4Product } from './kernel.ts'
 
 export interface HeadWeights {
   format: HeadFormat
@@ -138,7 +138,7 @@ export class Q8Head {
   }
 
   /** A 'q4-b32' head's kernel: q4s_gemv when its zero points are all 8 (the same bits). */
-  private get q4Gemv(): KernelExports['q4_gemv'] {
+  private get q4Gemv(): Q4Product {
     const k = this.kernel
     this.sym ??= q4Symmetric(new Uint8Array(k.memory.buffer), 0, this.vocab, this.hidden)
     return this.sym ? k.q4s_gemv : k.q4_gemv

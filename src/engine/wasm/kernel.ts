@@ -46,6 +46,18 @@ export function relaxedSimdSupported(): boolean {
 }
 
 /** Exports of engine.wat (its header is the ABI: formats, pointers, what each computes). */
+/** A q4 product: out[j · ldo + v] for rows v0 ≤ v < v1 and the n activation rows at x. */
+export type Q4Product = (
+  w: number,
+  kb: number,
+  v0: number,
+  v1: number,
+  x: number,
+  n: number,
+  out: number,
+  ldo: number,
+) => void
+
 export interface KernelExports {
   memory: WebAssembly.Memory
   rows(
@@ -89,48 +101,14 @@ export interface KernelExports {
     out: number,
     ldo: number,
   ): void
-  q4_gemv(
-    w: number,
-    kb: number,
-    v0: number,
-    v1: number,
-    x: number,
-    n: number,
-    out: number,
-    ldo: number,
-  ): void
-  q4_gemm(
-    w: number,
-    kb: number,
-    v0: number,
-    v1: number,
-    x: number,
-    t: number,
-    out: number,
-    ldo: number,
-  ): void
+  /** q4 rows v0 … v1 − 1 of `w` (kb blocks a row) · n a8-b32 activation rows (decode). */
+  q4_gemv: Q4Product
+  /** The same for the t rows of a prompt chunk. */
+  q4_gemm: Q4Product
   /** q4_gemv for a matrix whose zero points are all 8 (`q4Symmetric`): they are not read. */
-  q4s_gemv(
-    w: number,
-    kb: number,
-    v0: number,
-    v1: number,
-    x: number,
-    n: number,
-    out: number,
-    ldo: number,
-  ): void
+  q4s_gemv: Q4Product
   /** q4_gemm for a matrix whose zero points are all 8. */
-  q4s_gemm(
-    w: number,
-    kb: number,
-    v0: number,
-    v1: number,
-    x: number,
-    t: number,
-    out: number,
-    ldo: number,
-  ): void
+  q4s_gemm: Q4Product
   quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
   /** Returns the first row with a value that is not finite (not written), or t. */
   quant_a16(
