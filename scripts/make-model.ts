@@ -52,7 +52,12 @@ export const MAKE_MODEL_CLI = {
         'tails, 3 outlier channels at 40x, logit entropy of a few nats); small-spread, ' +
         'qwen2.5-0.5b-spread: the same without the outlier channels (the control)',
     },
-    format: { type: 'string', arg: '<fp32|q8|q4>', default: 'fp32', help: 'weights format' },
+    format: {
+      type: 'string',
+      arg: '<fp32|q8|q4>',
+      default: 'fp32',
+      help: "weights format (q8: uint8 DynamicQuantizeMatMul; q4: MatMulNBits in symmetric blocks of 32, zero point 8, as onnx-community's q4 files)",
+    },
     out: { type: 'string', arg: '<dir>', help: 'output folder (required)' },
     seed: { type: 'string', arg: '<n>', default: '0', help: 'PRNG seed' },
     'logits-to-keep': {
