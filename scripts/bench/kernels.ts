@@ -136,9 +136,9 @@ interface Row {
 /** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
 /**
  * `bytes` of random q4 groups (84 bytes each), placed: scales of ordinary size and zero points
- * as nibbles (random f32 bits would make denormals and infinities, each a slow path of its own).
+ * as nibbles, or all 8 (`sym`) (random f32 bits would make denormals and infinities, each a slow
+ * path of its own).
  */
-/** Random q4 groups with scales of ordinary size; zero points random, or all 8 (`sym`). */
 function randomQ4Groups(
   m: Mem,
   bytes: number,
@@ -199,13 +199,7 @@ function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string, 
     make(kernels) {
       const m = new Mem(kernels)
       const s = q4Setup(m, n, k, t, sym)
-      const f = sym
-        ? gemm
-          ? kernels.q4s_gemm
-          : kernels.q4s_gemv
-        : gemm
-          ? kernels.q4_gemm
-          : kernels.q4_gemv
+      const f = kernels[`${sym ? 'q4s' : 'q4'}_${gemm ? 'gemm' : 'gemv'}`]
       return () => f(s.w, s.kb, 0, n, s.xa, t, s.out, n)
     },
   }

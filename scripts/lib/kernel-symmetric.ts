@@ -13,9 +13,8 @@
  * expanded; pure (no Node APIs).
  */
 
-/** The exports copied (from `(func (export "q4_…")`) and the prefix of the functions copied. */
-const EXPORTS = ['q4_gemv', 'q4_gemm'] as const
-const PREFIX = '$q4_'
+/** The exports copied (from `(func (export "q4_…")`); every `$q4_…` function is copied too. */
+const EXPORTS: readonly string[] = ['q4_gemv', 'q4_gemm']
 
 /** The index just past the balanced expression that opens at `at` (a '('). */
 function close(src: string, at: number): number {
@@ -103,9 +102,7 @@ export function addSymmetricQ4(wat: string): string {
   const copies: string[] = []
   const starts = /\n( *)\(func (\$q4_\w+|\(export "(\w+)"\))/g
   for (let m = starts.exec(wat); m; m = starts.exec(wat)) {
-    const exported = m[3]
-    if (exported ? !(EXPORTS as readonly string[]).includes(exported) : !m[2].startsWith(PREFIX))
-      continue
+    if (m[3] && !EXPORTS.includes(m[3])) continue
     const at = m.index + 1 + m[1].length
     copies.push(m[1] + symmetricFunction(wat.slice(at, close(wat, at))))
   }

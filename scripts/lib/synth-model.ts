@@ -50,7 +50,6 @@ import {
   type WeightSlot,
 } from './synth-weights.ts'
 
-/** Above this many bytes of weights the graph keeps them in `<name>.onnx_data` (protobuf: 2 GB max). */
 /** The sources whose text decides the generator's bytes (`generatorHash`), from the repository root. */
 export const GENERATOR_SOURCES = [
   'scripts/lib/onnx/index.ts',
@@ -75,6 +74,7 @@ export function generatorHash(): string {
   return generatorHashMemo
 }
 
+/** Above this many bytes of weights the graph keeps them in `<name>.onnx_data` (protobuf: 2 GB max). */
 export const EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 /** External tensors start on page boundaries (onnx.proto: offsets SHOULD be multiples of 4096). */

@@ -137,6 +137,7 @@ export function quantizeBlocksQ4(
   blockSize = Q4_BLOCK_SIZE,
   scheme: Q4Scheme = 'asymmetric',
 ) {
+  const symmetric = scheme === 'symmetric'
   const blocks = Math.ceil(cols / blockSize)
   const blob = blockSize / 2
   const zpBytes = Math.ceil(blocks / 2)
@@ -149,7 +150,7 @@ export function quantizeBlocksQ4(
       const end = r * cols + Math.min(cols, (b + 1) * blockSize)
       let s: number
       let zp: number
-      if (scheme === 'symmetric') {
+      if (symmetric) {
         let extreme = 0
         for (let i = start; i < end; i++) if (Math.abs(w[i]) > Math.abs(extreme)) extreme = w[i]
         s = Math.fround(extreme / -8) || 0
@@ -166,13 +167,16 @@ export function quantizeBlocksQ4(
       }
       // asymmetric: w / s, as before; symmetric: w · (1 / s), as onnxruntime's quantizer does
       const inv = s !== 0 ? 1 / s : 0
-      const code = (x: number) => (scheme === 'symmetric' ? Math.round(x * inv) : Math.round(x / s))
       scales[r * blocks + b] = s
       zeroPoints[r * zpBytes + (b >> 1)] |= zp << ((b & 1) * 4)
       const blobOff = (r * blocks + b) * blob
       for (let j = 0; j < blockSize; j++) {
         const i = start + j
-        const v = i < end ? Math.min(15, Math.max(0, code(w[i]) + zp)) : zp
+        let v = zp
+        if (i < end) {
+          const q = symmetric ? Math.round(w[i] * inv) : Math.round(w[i] / s)
+          v = Math.min(15, Math.max(0, q + zp))
+        }
         packed[blobOff + (j >> 1)] |= v << ((j & 1) * 4)
       }
     }

@@ -19,8 +19,6 @@ export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
 export const MODELS_DIR = join(REPO_ROOT, '.cache', 'models')
 const MARKER = '.qwen-edge-complete.json'
 
-/** The files whose code decides a generated model's bytes. */
-
 export interface EnsureModelOptions {
   /** Default 0. */
   seed?: number

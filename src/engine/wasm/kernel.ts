@@ -45,7 +45,6 @@ export function relaxedSimdSupported(): boolean {
   }
 }
 
-/** Exports of engine.wat (its header is the ABI: formats, pointers, what each computes). */
 /** A q4 product: out[j · ldo + v] for rows v0 ≤ v < v1 and the n activation rows at x. */
 export type Q4Product = (
   w: number,
@@ -58,6 +57,7 @@ export type Q4Product = (
   ldo: number,
 ) => void
 
+/** Exports of engine.wat (its header is the ABI: formats, pointers, what each computes). */
 export interface KernelExports {
   memory: WebAssembly.Memory
   rows(
