@@ -1,3 +1,4 @@
+import { expandExp } from './kernel-exp.ts'
 import { addSymmetricQ4 } from './kernel-symmetric.ts'
 import { expandTiles } from './kernel-tiles.ts'
 
@@ -42,14 +43,16 @@ export function selectVariant(wat: string, variant: IsaVariant): string {
 
 /**
  * A kernel's name to the source it is assembled from: `<base>-<variant>` is the variant of
- * `<base>.wat`, any other name its own .wat; then each `;;#tile` line becomes its generated
- * function (kernel-tiles.ts), and the q4 kernels get their symmetric copies (kernel-symmetric.ts). `read` returns a file of the kernels folder.
+ * `<base>.wat`, any other name its own .wat; then the `;;#exp` lines become inline e^x
+ * (kernel-exp.ts), each `;;#tile` line its generated function (kernel-tiles.ts), and the q4
+ * kernels get their symmetric copies (kernel-symmetric.ts). `read` returns a file of the kernels
+ * folder.
  */
 export function kernelSource(name: string, read: (file: string) => string): string {
   for (const v of ISA_VARIANTS)
     if (name.endsWith(`-${v}`))
       return addSymmetricQ4(
-        expandTiles(selectVariant(read(`${name.slice(0, -v.length - 1)}.wat`), v)),
+        expandTiles(expandExp(selectVariant(read(`${name.slice(0, -v.length - 1)}.wat`), v))),
       )
-  return addSymmetricQ4(expandTiles(read(`${name}.wat`)))
+  return addSymmetricQ4(expandTiles(expandExp(read(`${name}.wat`))))
 }

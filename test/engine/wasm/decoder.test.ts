@@ -325,8 +325,9 @@ describe('the decoder kernels', () => {
 
   it('silu_mul is g / (1 + e^-g) · u within 1e-6 relative, from -100 to 100, any n', () => {
     const f = new Float32Array(k.memory.buffer)
-    // two vectors a step: n = 12 and 4 end on one vector alone
-    for (const n of [4000, 12, 4]) {
+    // 8 vectors a step, then one at a time: 4000 has no tail, 4028 a tail of 7, 12 and 4 only
+    // a tail
+    for (const n of [4000, 4028, 12, 4]) {
       for (let i = 0; i < n; i++) {
         f[i] = -100 + (200 * i) / n + (i % 7) * 1e-3
         f[n + i] = 0.5 + (i % 13) / 10
@@ -342,6 +343,16 @@ describe('the decoder kernels', () => {
       }
       expect(f[3 * n]).toBe(12345) // nothing written past out's n floats
     }
+    // a value gets the same bits in the 8-vector step and in the tail: values 32..35 repeat 0..3
+    const n = 36
+    for (let i = 0; i < n; i++) {
+      f[i] = i < 32 ? -30 + 1.9 * i : f[i - 32]
+      f[n + i] = i < 32 ? 1 + i / 7 : f[n + i - 32]
+    }
+    k.silu_mul(0, 4 * n, n, 8 * n)
+    const bits = new Uint32Array(k.memory.buffer, 8 * n, n)
+    expect(f[2 * n + 1]).not.toBe(f[2 * n]) // distinct values, not a constant
+    expect(Array.from(bits.subarray(32, 36))).toEqual(Array.from(bits.subarray(0, 4)))
   })
 
   it('softmax is e^(s − max) / Σ in float64 within 1e-6 relative (1e-12 absolute), any n', () => {

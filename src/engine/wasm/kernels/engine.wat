@@ -782,111 +782,97 @@
         (br $chunks)))
   )
 
-  ;; e^x of two vectors (x, x2) as Cephes' expf: x = k·ln2 + r, e^r by a degree-7 polynomial
-  ;; (relative error about 1e-7), times 2^k built in the exponent bits; x is clamped to
-  ;; [−87.3, 88.7] (so e^−∞ is about 1.2e-38, not 0). Constants as v128.const, not f32x4.splat
-  ;; of an f32.const: about 1.04x on softmax and silu_mul in Node 20 (the same bits). The two
-  ;; vectors go through the same steps side by side, two independent chains in flight: V8 does
-  ;; not inline calls, and one vector a call left each step waiting on the one before (softmax
-  ;; 1.2x faster this way, the same bits). A caller with one vector passes it twice.
-  (func $expf8 (param $x v128) (param $x2 v128) (result v128 v128)
-    (local $t v128) (local $k v128) (local $r v128) (local $y v128)
-    (local $t2 v128) (local $k2 v128) (local $r2 v128) (local $y2 v128)
-    ;; pmin/pmax (one instruction each on x64, where min/max take several for NaN and ±0):
-    ;; the same for any x but NaN, which they keep (x is their first operand)
-    (local.set $t
-      (f32x4.pmax (f32x4.pmin (local.get $x) (v128.const f32x4 88.7 88.7 88.7 88.7))
-        (v128.const f32x4 -87.3 -87.3 -87.3 -87.3)))
-    (local.set $t2
-      (f32x4.pmax (f32x4.pmin (local.get $x2) (v128.const f32x4 88.7 88.7 88.7 88.7))
-        (v128.const f32x4 -87.3 -87.3 -87.3 -87.3)))
-    (local.set $k
-      (f32x4.floor
-        (f32x4.add (f32x4.mul (local.get $t) (v128.const f32x4 1.44269504088896341 1.44269504088896341 1.44269504088896341 1.44269504088896341))
-          (v128.const f32x4 0.5 0.5 0.5 0.5))))
-    (local.set $k2
-      (f32x4.floor
-        (f32x4.add (f32x4.mul (local.get $t2) (v128.const f32x4 1.44269504088896341 1.44269504088896341 1.44269504088896341 1.44269504088896341))
-          (v128.const f32x4 0.5 0.5 0.5 0.5))))
-    (local.set $r
-      (f32x4.sub
-        (f32x4.sub (local.get $t) (f32x4.mul (local.get $k) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375)))
-        (f32x4.mul (local.get $k) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
-    (local.set $r2
-      (f32x4.sub
-        (f32x4.sub (local.get $t2) (f32x4.mul (local.get $k2) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375)))
-        (f32x4.mul (local.get $k2) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
-    (local.set $y (v128.const f32x4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4))
-    (local.set $y2 (v128.const f32x4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4 1.9875691500e-4))
-    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (v128.const f32x4 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3)))
-    (local.set $y2 (f32x4.add (f32x4.mul (local.get $y2) (local.get $r2)) (v128.const f32x4 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3 1.3981999507e-3)))
-    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (v128.const f32x4 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3)))
-    (local.set $y2 (f32x4.add (f32x4.mul (local.get $y2) (local.get $r2)) (v128.const f32x4 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3 8.3334519073e-3)))
-    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (v128.const f32x4 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2)))
-    (local.set $y2 (f32x4.add (f32x4.mul (local.get $y2) (local.get $r2)) (v128.const f32x4 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2 4.1665795894e-2)))
-    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (v128.const f32x4 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1)))
-    (local.set $y2 (f32x4.add (f32x4.mul (local.get $y2) (local.get $r2)) (v128.const f32x4 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1 1.6666665459e-1)))
-    (local.set $y (f32x4.add (f32x4.mul (local.get $y) (local.get $r)) (v128.const f32x4 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1)))
-    (local.set $y2 (f32x4.add (f32x4.mul (local.get $y2) (local.get $r2)) (v128.const f32x4 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1 5.0000001201e-1)))
-    (local.set $y
-      (f32x4.add
-        (f32x4.add (f32x4.mul (local.get $y) (f32x4.mul (local.get $r) (local.get $r))) (local.get $r))
-        (v128.const f32x4 1 1 1 1)))
-    (local.set $y2
-      (f32x4.add
-        (f32x4.add (f32x4.mul (local.get $y2) (f32x4.mul (local.get $r2) (local.get $r2))) (local.get $r2))
-        (v128.const f32x4 1 1 1 1)))
-    ;; × 2^k: k (an integer in [−126, 128]) + 2^23 + 127 is exact, its low mantissa bits are
-    ;; 127 + k, and shifted by 23 they are 2^k's exponent (what converting k with
-    ;; i32x4.trunc_sat_f32x4_s gives, without its several instructions on x64)
-    (f32x4.mul (local.get $y)
-      (i32x4.shl
-        (f32x4.add (local.get $k) (v128.const f32x4 8388735 8388735 8388735 8388735))
-        (i32.const 23)))
-    (f32x4.mul (local.get $y2)
-      (i32x4.shl
-        (f32x4.add (local.get $k2) (v128.const f32x4 8388735 8388735 8388735 8388735))
-        (i32.const 23))))
-
   ;; The gated MLP activation: out[i] = silu(g[i]) · u[i] = g / (1 + e^−g) · u, i < n (a multiple
-  ;; of 4), e^−g by $expf8, 8 values at a time (out may be g or u).
+  ;; of 4; out may be g or u). e^−g inline (;;#exp, scripts/lib/kernel-exp.ts), 8 vectors a step
+  ;; and the last n mod 32 values one vector a step: the same bits for every value.
   (func (export "silu_mul")
     (param $g i32) (param $u i32) (param $n i32) (param $out i32)
-    (local $i i32) (local $two i32) (local $x v128) (local $x2 v128) (local $e v128) (local $e2 v128)
+    (local $i i32) (local $end i32)
+    (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
+    (local $x4 v128) (local $x5 v128) (local $x6 v128) (local $x7 v128)
+    ;;#exp-locals 8
+    ;;#exp-constants
     (local.set $n (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $end (i32.and (local.get $n) (i32.const -128)))
     (block $done
       (loop $each
-        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-        (local.set $x (v128.load (i32.add (local.get $g) (local.get $i))))
-        ;; the next 4, or these 4 again after the last (that result is not stored)
-        (local.set $two (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $n)))
-        (local.set $x2 (local.get $x))
-        (if (local.get $two)
-          (then (local.set $x2 (v128.load offset=16 (i32.add (local.get $g) (local.get $i))))))
-        (call $expf8 (f32x4.neg (local.get $x)) (f32x4.neg (local.get $x2)))
-        (local.set $e2)
-        (local.set $e)
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $x0 (f32x4.neg (v128.load (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x1 (f32x4.neg (v128.load offset=16 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x2 (f32x4.neg (v128.load offset=32 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x3 (f32x4.neg (v128.load offset=48 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x4 (f32x4.neg (v128.load offset=64 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x5 (f32x4.neg (v128.load offset=80 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x6 (f32x4.neg (v128.load offset=96 (i32.add (local.get $g) (local.get $i)))))
+        (local.set $x7 (f32x4.neg (v128.load offset=112 (i32.add (local.get $g) (local.get $i)))))
+        ;;#exp $x0 $x1 $x2 $x3 $x4 $x5 $x6 $x7
         (v128.store (i32.add (local.get $out) (local.get $i))
           (f32x4.mul
-            (f32x4.div (local.get $x) (f32x4.add (v128.const f32x4 1 1 1 1) (local.get $e)))
+            (f32x4.div (v128.load (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x0)))
             (v128.load (i32.add (local.get $u) (local.get $i)))))
-        (if (local.get $two)
-          (then
-            (v128.store offset=16 (i32.add (local.get $out) (local.get $i))
-              (f32x4.mul
-                (f32x4.div (local.get $x2) (f32x4.add (v128.const f32x4 1 1 1 1) (local.get $e2)))
-                (v128.load offset=16 (i32.add (local.get $u) (local.get $i)))))))
-        (local.set $i (i32.add (local.get $i) (i32.const 32)))
+        (v128.store offset=16 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=16 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x1)))
+            (v128.load offset=16 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=32 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=32 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x2)))
+            (v128.load offset=32 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=48 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=48 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x3)))
+            (v128.load offset=48 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=64 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=64 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x4)))
+            (v128.load offset=64 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=80 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=80 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x5)))
+            (v128.load offset=80 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=96 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=96 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x6)))
+            (v128.load offset=96 (i32.add (local.get $u) (local.get $i)))))
+        (v128.store offset=112 (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load offset=112 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x7)))
+            (v128.load offset=112 (i32.add (local.get $u) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 128)))
         (br $each)))
+    (block $tail_done
+      (loop $tail
+        (br_if $tail_done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $x0 (f32x4.neg (v128.load (i32.add (local.get $g) (local.get $i)))))
+        ;;#exp $x0
+        (v128.store (i32.add (local.get $out) (local.get $i))
+          (f32x4.mul
+            (f32x4.div (v128.load (i32.add (local.get $g) (local.get $i)))
+              (f32x4.add (local.get $e_one) (local.get $x0)))
+            (v128.load (i32.add (local.get $u) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $tail)))
   )
 
-  ;; Attention weights of one query head, in place: p[t] = e^(p[t] − max) / Σ, t < n, e^x by
-  ;; $expf8, all f32; the sum is of 4 lanes, added (0+1)+(2+3). p[n … n rounded up to 4) are
-  ;; overwritten (−∞ in, about 1e-38 out: they add nothing to a sum of at least 1).
+  ;; Attention weights of one query head, in place: p[t] = e^(p[t] − max) / Σ, t < n, all f32; e^x
+  ;; inline (;;#exp), 8 vectors a step, then one; the sum is of 4 lanes, vector after vector in
+  ;; t order, its lanes added (0+1)+(2+3). p[n … n rounded up to 4) are overwritten (−∞ in, about
+  ;; 1e-38 out: they add nothing to a sum of at least 1).
   (func $softmax (export "softmax")
     (param $p i32) (param $n i32)
-    (local $i i32) (local $end i32) (local $two i32) (local $m v128) (local $s v128) (local $y v128)
-    (local $y2 v128) (local $max f32)
+    (local $i i32) (local $end i32) (local $end8 i32) (local $m v128) (local $m2 v128) (local $s v128)
+    (local $max f32)
+    (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
+    (local $x4 v128) (local $x5 v128) (local $x6 v128) (local $x7 v128)
+    ;;#exp-locals 8
     (local.set $end (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))
     (local.set $i (i32.shl (local.get $n) (i32.const 2)))
     (block $pad_done
@@ -895,42 +881,64 @@
         (f32.store (i32.add (local.get $p) (local.get $i)) (f32.const -inf))
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
         (br $pad)))
+    ;; the maximum in two accumulators (even and odd vectors: the same maximum in any order)
     (local.set $m (f32x4.splat (f32.const -inf)))
+    (local.set $m2 (local.get $m))
     (local.set $i (i32.const 0))
     (block $max_done
       (loop $max_loop
-        (br_if $max_done (i32.ge_u (local.get $i) (local.get $end)))
+        (br_if $max_done (i32.ge_u (i32.add (local.get $i) (i32.const 16)) (local.get $end)))
         (local.set $m (f32x4.max (local.get $m) (v128.load (i32.add (local.get $p) (local.get $i)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (local.set $m2 (f32x4.max (local.get $m2) (v128.load offset=16 (i32.add (local.get $p) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 32)))
         (br $max_loop)))
+    (if (i32.lt_u (local.get $i) (local.get $end))
+      (then (local.set $m (f32x4.max (local.get $m) (v128.load (i32.add (local.get $p) (local.get $i)))))))
+    (local.set $m (f32x4.max (local.get $m) (local.get $m2)))
     (local.set $max
       (f32.max
         (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
         (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
     (local.set $m (f32x4.splat (local.get $max)))
+    ;;#exp-constants
     (local.set $s (v128.const f32x4 0 0 0 0))
+    (local.set $end8 (i32.and (local.get $end) (i32.const -128)))
     (local.set $i (i32.const 0))
-    ;; two vectors a call ($expf8): the last one of an odd count twice, its copy dropped
     (block $exp_done
       (loop $exp_loop
-        (br_if $exp_done (i32.ge_u (local.get $i) (local.get $end)))
-        (local.set $y (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m)))
-        (local.set $two (i32.lt_u (i32.add (local.get $i) (i32.const 16)) (local.get $end)))
-        (local.set $y2 (local.get $y))
-        (if (local.get $two)
-          (then (local.set $y2
-            (f32x4.sub (v128.load offset=16 (i32.add (local.get $p) (local.get $i))) (local.get $m)))))
-        (call $expf8 (local.get $y) (local.get $y2))
-        (local.set $y2)
-        (local.set $y)
-        (v128.store (i32.add (local.get $p) (local.get $i)) (local.get $y))
-        (local.set $s (f32x4.add (local.get $s) (local.get $y)))
-        (if (local.get $two)
-          (then
-            (v128.store offset=16 (i32.add (local.get $p) (local.get $i)) (local.get $y2))
-            (local.set $s (f32x4.add (local.get $s) (local.get $y2)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 32)))
+        (br_if $exp_done (i32.ge_u (local.get $i) (local.get $end8)))
+        (local.set $x0 (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x1 (f32x4.sub (v128.load offset=16 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x2 (f32x4.sub (v128.load offset=32 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x3 (f32x4.sub (v128.load offset=48 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x4 (f32x4.sub (v128.load offset=64 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x5 (f32x4.sub (v128.load offset=80 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x6 (f32x4.sub (v128.load offset=96 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        (local.set $x7 (f32x4.sub (v128.load offset=112 (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        ;;#exp $x0 $x1 $x2 $x3 $x4 $x5 $x6 $x7
+        (v128.store (i32.add (local.get $p) (local.get $i)) (local.get $x0))
+        (v128.store offset=16 (i32.add (local.get $p) (local.get $i)) (local.get $x1))
+        (v128.store offset=32 (i32.add (local.get $p) (local.get $i)) (local.get $x2))
+        (v128.store offset=48 (i32.add (local.get $p) (local.get $i)) (local.get $x3))
+        (v128.store offset=64 (i32.add (local.get $p) (local.get $i)) (local.get $x4))
+        (v128.store offset=80 (i32.add (local.get $p) (local.get $i)) (local.get $x5))
+        (v128.store offset=96 (i32.add (local.get $p) (local.get $i)) (local.get $x6))
+        (v128.store offset=112 (i32.add (local.get $p) (local.get $i)) (local.get $x7))
+        (local.set $s (f32x4.add (f32x4.add (f32x4.add (f32x4.add (local.get $s)
+          (local.get $x0)) (local.get $x1)) (local.get $x2)) (local.get $x3)))
+        (local.set $s (f32x4.add (f32x4.add (f32x4.add (f32x4.add (local.get $s)
+          (local.get $x4)) (local.get $x5)) (local.get $x6)) (local.get $x7)))
+        (local.set $i (i32.add (local.get $i) (i32.const 128)))
         (br $exp_loop)))
+    (block $tail_done
+      (loop $tail
+        (br_if $tail_done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $x0 (f32x4.sub (v128.load (i32.add (local.get $p) (local.get $i))) (local.get $m)))
+        ;;#exp $x0
+        (v128.store (i32.add (local.get $p) (local.get $i)) (local.get $x0))
+        (local.set $s (f32x4.add (local.get $s) (local.get $x0)))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $tail)))
     (local.set $s
       (f32x4.splat
         (f32.div (f32.const 1)
@@ -1091,7 +1099,9 @@
     (local $max f32) (local $inv v128) (local $sum v128)
     (local $v0 v128) (local $v1 v128) (local $v2 v128) (local $v3 v128)
     (local $v4 v128) (local $v5 v128) (local $v6 v128) (local $v7 v128)
-    (local $m v128) (local $n0 v128) (local $n1 v128)
+    (local $m v128) (local $n0 v128) (local $n1 v128) (local $absmask v128) (local $magic v128)
+    (local.set $absmask (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff))
+    (local.set $magic (v128.const f32x4 12582912 12582912 12582912 12582912))
     (local.set $kb (i32.shl (i32.shr_u (i32.add (local.get $k) (i32.const 127)) (i32.const 7))
       (i32.const 2)))
     (block $rows_done
@@ -1119,28 +1129,36 @@
                 (local.set $v5 (v128.load offset=80 (local.get $src)))
                 (local.set $v6 (v128.load offset=96 (local.get $src)))
                 (local.set $v7 (v128.load offset=112 (local.get $src)))
+                ;; max |x| as the integer maximum of the bit patterns without their signs (the
+                ;; same order as the floats', one pmaxsd on x64 where f32x4.max takes several
+                ;; instructions; a NaN is above every number, so it still makes the scale NaN)
                 (local.set $m
-                  (f32x4.max
-                    (f32x4.max (f32x4.max (f32x4.abs (local.get $v0)) (f32x4.abs (local.get $v1)))
-                      (f32x4.max (f32x4.abs (local.get $v2)) (f32x4.abs (local.get $v3))))
-                    (f32x4.max (f32x4.max (f32x4.abs (local.get $v4)) (f32x4.abs (local.get $v5)))
-                      (f32x4.max (f32x4.abs (local.get $v6)) (f32x4.abs (local.get $v7))))))
+                  (i32x4.max_s
+                    (i32x4.max_s (i32x4.max_s (v128.and (local.get $v0) (local.get $absmask)) (v128.and (local.get $v1) (local.get $absmask)))
+                      (i32x4.max_s (v128.and (local.get $v2) (local.get $absmask)) (v128.and (local.get $v3) (local.get $absmask))))
+                    (i32x4.max_s (i32x4.max_s (v128.and (local.get $v4) (local.get $absmask)) (v128.and (local.get $v5) (local.get $absmask)))
+                      (i32x4.max_s (v128.and (local.get $v6) (local.get $absmask)) (v128.and (local.get $v7) (local.get $absmask))))))
+                (local.set $m
+                  (i32x4.max_s (local.get $m) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $m) (local.get $m))))
                 (local.set $max
-                  (f32.max
-                    (f32.max (f32x4.extract_lane 0 (local.get $m)) (f32x4.extract_lane 1 (local.get $m)))
-                    (f32.max (f32x4.extract_lane 2 (local.get $m)) (f32x4.extract_lane 3 (local.get $m)))))
+                  (f32.reinterpret_i32
+                    (select (i32x4.extract_lane 0 (local.get $m)) (i32x4.extract_lane 1 (local.get $m))
+                      (i32.gt_s (i32x4.extract_lane 0 (local.get $m)) (i32x4.extract_lane 1 (local.get $m))))))
                 (local.set $inv
                   (f32x4.splat
                     (select (f32.div (f32.const 127) (local.get $max)) (f32.const 0)
                       (f32.gt (local.get $max) (f32.const 0)))))
-                (local.set $v0 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v0) (local.get $inv)))))
-                (local.set $v1 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v1) (local.get $inv)))))
-                (local.set $v2 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v2) (local.get $inv)))))
-                (local.set $v3 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v3) (local.get $inv)))))
-                (local.set $v4 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v4) (local.get $inv)))))
-                (local.set $v5 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v5) (local.get $inv)))))
-                (local.set $v6 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v6) (local.get $inv)))))
-                (local.set $v7 (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul (local.get $v7) (local.get $inv)))))
+                ;; x · inv rounded to the nearest integer, ties to even, as f32x4.nearest then
+                ;; i32x4.trunc_sat_f32x4_s (|x · inv| ≤ 127): + 1.5 · 2^23 rounds it into the
+                ;; low mantissa bits, and − the bits of 1.5 · 2^23 leaves the integer
+                (local.set $v0 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v0) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v1 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v1) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v2 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v2) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v3 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v3) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v4 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v4) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v5 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v5) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v6 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v6) (local.get $inv)) (local.get $magic)) (local.get $magic)))
+                (local.set $v7 (i32x4.sub (f32x4.add (f32x4.mul (local.get $v7) (local.get $inv)) (local.get $magic)) (local.get $magic)))
                 (local.set $sum
                   (i32x4.add
                     (i32x4.add (i32x4.add (local.get $v0) (local.get $v1))

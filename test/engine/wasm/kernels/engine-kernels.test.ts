@@ -30,6 +30,7 @@ import {
   selectVariant,
 } from '../../../../scripts/lib/kernel-variants.ts'
 import { expandTiles, tileSource } from '../../../../scripts/lib/kernel-tiles.ts'
+import { expandExp } from '../../../../scripts/lib/kernel-exp.ts'
 import { addSymmetricQ4 } from '../../../../scripts/lib/kernel-symmetric.ts'
 import {
   a16Limit,
@@ -284,6 +285,34 @@ describe('engine kernels: the committed bytes', () => {
       expect(tileSource(unknown)).toBeUndefined()
     expect(() => expandTiles(';;#tile q4_tile5x2')).toThrow(/line 1: unknown tile "q4_tile5x2"/)
     expect(() => expandTiles('\n  ;;#tile')).toThrow(/line 2: unknown tile ""/)
+  })
+
+  it('each ;;#exp line is e^x inline: its locals declared once a function, at most as many vectors as declared', () => {
+    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const uses = [...wat.matchAll(/^\s*;;#exp (.+)$/gm)].map((m) => m[1].trim().split(/\s+/).length)
+    expect(uses).toEqual([8, 1, 8, 1]) // silu_mul and softmax: 8 vectors a step, then one
+    for (const v of ISA_VARIANTS) {
+      const source = kernelSource(`engine-${v}`, (f) => (f === 'engine.wat' ? wat : ''))
+      expect(source).not.toMatch(/^\s*;;#exp/m)
+      expect(source).not.toMatch(/\$expf/) // no function call per vector left
+      // 8 vectors: the polynomial's 5 Horner steps for each, interleaved
+      const silu = source.slice(source.indexOf('(func (export "silu_mul")'))
+      expect(silu.slice(0, silu.indexOf('\n  )')).match(/\(local.get \$e_p3\)/g)).toHaveLength(9)
+    }
+    const fn = (body: string) => `  (func $f (local $a v128) (local $b v128)\n${body}\n  )`
+    const ok = expandExp(fn('    ;;#exp-locals 2\n    ;;#exp-constants\n    ;;#exp $a $b'))
+    expect(ok).toMatch(/\(local \$e1_y v128\)/)
+    expect(ok).not.toMatch(/\$e2_/)
+    expect(ok.match(/v128.const/g)).toHaveLength(14) // each constant set once
+    expect(() => expandExp(fn('    ;;#exp $a'))).toThrow(/line 2: ;;#exp before ;;#exp-locals/)
+    expect(() => expandExp(fn('    ;;#exp-locals 1\n    ;;#exp $a $b'))).toThrow(
+      /line 3: ;;#exp takes 1 to 1 locals/,
+    )
+    expect(() => expandExp(fn('    ;;#exp-locals 9'))).toThrow(/from 1 to 8/)
+    // a function's locals do not carry over to the next one
+    expect(() => expandExp(fn('    ;;#exp-locals 1') + '\n' + fn('    ;;#exp-constants'))).toThrow(
+      /line 5: ;;#exp-constants before/,
+    )
   })
 
   it('every q4 function and export has a symmetric copy that reads no zero point; any other use of one is refused', () => {
