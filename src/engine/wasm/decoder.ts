@@ -1012,7 +1012,10 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
       throw new AppError('model_invalid', 'q4 parts of different widths')
     at += packMatMulNBitsInto(p.tensors, mem, at)
   }
-  m.sym = q4Symmetric(mem, m.w, m.rows, m.cols)
+  // without zero_points every block's is 8 (symmetric by construction); with them, look
+  m.sym =
+    (parts as NBitsMatrixData[]).every((p) => !p.tensors.zeroPoints) ||
+    q4Symmetric(mem, m.w, m.rows, m.cols)
 }
 
 /**
