@@ -392,6 +392,24 @@ const GROUPS: Case[][] = [
         return () => kernels.quant_b32(s.x, H, H, 128, s.xa)
       },
     },
+    {
+      // the MLP's activation for a prompt chunk of 128 rows, as the decoder calls it (a row a
+      // call, gate and up side by side): f32 bytes of gate and up read
+      kernel: `silu_mul 128 x ${I}`,
+      bytes: 128 * 2 * I * 4,
+      macs: 0,
+      make(kernels) {
+        const m = new Mem(kernels)
+        const g = m.floats(128 * 2 * I, 11, 16)
+        const out = m.take(128 * I * 4)
+        return () => {
+          for (let r = 0; r < 128; r++) {
+            const at = g + 4 * r * 2 * I
+            kernels.silu_mul(at, at + 4 * I, I, out + 4 * r * I)
+          }
+        }
+      },
+    },
   ],
 ]
 
@@ -460,7 +478,7 @@ async function benchmarks(only?: IsaVariant): Promise<void> {
     console.log(cells.join(' '))
   }
   console.log('GB/s: weight bytes (q4 21 per 32 weights, q8 stride + 5 per row) / time;')
-  console.log('quant_b32: f32 bytes read / time. Bound: the read loop above.')
+  console.log('quant_b32, silu_mul: f32 bytes read / time. Bound: the read loop above.')
 }
 
 /** Student-t (ν = 3) values: heavy tails, like trained weights. */

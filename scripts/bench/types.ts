@@ -165,7 +165,7 @@ export interface KernelsResult {
     kernel: string
     variant: 'simd128' | 'relaxed'
     ms: number
-    /** Weight bytes read per second (quant_b32: f32 bytes). */
+    /** Weight bytes read per second (quant_b32, silu_mul: f32 bytes). */
     bytesPerS: number
     macsPerS: number
   }>
