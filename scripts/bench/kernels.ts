@@ -133,7 +133,6 @@ interface Row {
   macs: number
 }
 
-/** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
 /**
  * `bytes` of random q4 groups (84 bytes each), placed: scales of ordinary size and zero points
  * as nibbles, or all 8 (`sym`) (random f32 bits would make denormals and infinities, each a slow
@@ -157,6 +156,7 @@ function randomQ4Groups(
   return w
 }
 
+/** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
 function q4Setup(m: Mem, n: number, k: number, t: number, sym = false) {
   const kb = Math.ceil(k / 128) * 4
   const w = randomQ4Groups(m, n * kb * 21, 1, 2, sym)

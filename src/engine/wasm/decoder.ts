@@ -1006,16 +1006,15 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
   if (m.kind === 'q8') return writeRows(mem, m, parts as DqmmMatrixData[])
   // MatMulNBits rows are already output rows: each part is repacked (no value changes) into
   // its place, its rows after the previous part's
+  const nbits = parts as NBitsMatrixData[]
   let at = m.w
-  for (const p of parts as NBitsMatrixData[]) {
+  for (const p of nbits) {
     if (q4Blocks(p.tensors.k) !== m.kb)
       throw new AppError('model_invalid', 'q4 parts of different widths')
     at += packMatMulNBitsInto(p.tensors, mem, at)
   }
   // without zero_points every block's is 8 (symmetric by construction); with them, look
-  m.sym =
-    (parts as NBitsMatrixData[]).every((p) => !p.tensors.zeroPoints) ||
-    q4Symmetric(mem, m.w, m.rows, m.cols)
+  m.sym = nbits.every((p) => !p.tensors.zeroPoints) || q4Symmetric(mem, m.w, m.rows, m.cols)
 }
 
 /**
