@@ -73,6 +73,7 @@ import {
   headFileName,
   MANIFEST_FILE,
   planPipeline,
+  decoderSymmetric,
   KV_FORMATS,
   type KvFormat,
   qwen2Shape,
@@ -140,8 +141,9 @@ export type PrepareFormat = 'keep' | 'q8' | 'q4'
 export type PrepareHead = 'wasm' | 'graph'
 /**
  * The head file of a MatMulNBits lm_head: 'q4' (default) its 4-bit rows as exported ('q4-b32',
- * head.q4: exact, 21 bytes per 32 inputs); 'q8' those rows requantized per row ('q8-rows',
- * head.q8: one more rounding, 1.6x the bytes). A q8 graph's head is 'q8-rows' either way.
+ * head.q4: exact, 21 bytes per 32 inputs; 'q4s-b32', 20, when every zero point is 8); 'q8' those
+ * rows requantized per row ('q8-rows', head.q8: one more rounding, 1.6x the bytes). A q8 graph's
+ * head is 'q8-rows' either way.
  */
 export type PrepareHeadFormat = SplitHeadFormat
 /** A tied model's separate embedding table: read from the head rows ('head'), or kept ('graph'). */
@@ -389,6 +391,7 @@ export async function preparePackage(options: PrepareOptions): Promise<PrepareRe
           sequences: options.stageSequences ?? 2,
           kvFormat: options.stageKvFormat,
           chunkRows: STAGE_CHUNK_ROWS,
+          q4Symmetric: decoderSymmetric(manifest.decoder),
         },
       )
       const p = manifest.pipeline

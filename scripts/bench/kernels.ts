@@ -135,8 +135,8 @@ interface Row {
 
 /**
  * `bytes` of random q4 groups (84 bytes each), placed: scales of ordinary size and zero points
- * as nibbles, or all 8 (`sym`) (random f32 bits would make denormals and infinities, each a slow
- * path of its own).
+ * as nibbles; or with `sym`, q4-b32's symmetric layout (80-byte groups, no zero points) (random
+ * f32 bits would make denormals and infinities, each a slow path of its own).
  */
 function randomQ4Groups(
   m: Mem,
@@ -148,10 +148,10 @@ function randomQ4Groups(
   const w = m.random(bytes, seed)
   const view = new DataView(m.k.memory.buffer)
   const r = rng(scaleSeed)
-  for (let g = w; g < w + bytes; g += 84)
+  for (let g = w; g < w + bytes; g += sym ? 80 : 84)
     for (let b = 0; b < 4; b++) {
       view.setFloat32(g + 64 + 4 * b, (r() - 0.5) * 0.01, true)
-      view.setUint8(g + 80 + b, sym ? 8 : view.getUint8(g + 80 + b) & 15)
+      if (!sym) view.setUint8(g + 80 + b, view.getUint8(g + 80 + b) & 15)
     }
   return w
 }
@@ -159,12 +159,13 @@ function randomQ4Groups(
 /** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
 function q4Setup(m: Mem, n: number, k: number, t: number, sym = false) {
   const kb = Math.ceil(k / 128) * 4
-  const w = randomQ4Groups(m, n * kb * 21, 1, 2, sym)
+  const rowBytes = kb * (sym ? 20 : 21)
+  const w = randomQ4Groups(m, n * rowBytes, 1, 2, sym)
   const x = m.floats(t * k, 4)
   const xa = m.take(t * kb * 40)
   m.k.quant_b32(x, k, k, t, xa)
   const out = m.take(4 * t * n)
-  return { kb, w, x, xa, out, bytes: n * kb * 21 }
+  return { kb, w, x, xa, out, bytes: n * rowBytes }
 }
 
 function q8Setup(m: Mem, n: number, k: number, t: number) {
@@ -190,11 +191,14 @@ interface Case {
   make(k: KernelExports): () => void
 }
 
-/** A q4 product; `sym`: zero points of 8 through q4s_gemv / q4s_gemm (exports without them). */
+/**
+ * A q4 product; `sym`: the symmetric layout through q4s_gemv / q4s_gemm (exports without zero
+ * points).
+ */
 function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string, sym = false): Case {
   return {
     kernel,
-    bytes: n * (Math.ceil(k / 128) * 4) * 21,
+    bytes: n * (Math.ceil(k / 128) * 4) * (sym ? 20 : 21),
     macs: n * k * t,
     make(kernels) {
       const m = new Mem(kernels)

@@ -40,6 +40,7 @@
  */
 import {
   decoderTensorBytes,
+  zeroPointsAllEight,
   type Qwen2Config,
   type DecoderEntry,
   type DecoderLayerRef,
@@ -264,7 +265,16 @@ function find(model: ModelProto, config: Parameters<typeof findDecoder>[1]): Dec
       blockSize: m.blockSize,
       output: separate?.output ?? n.output![0],
     }
-    if (z) names.zeroPoint = z
+    // zero points that are all 8 say nothing MatMulNBits' default does not: left out of the map,
+    // the matrix takes the engine's symmetric q4 layout (4 bytes less a group of 4 blocks). Only
+    // an initializer whose bytes are at hand (prepare finds the decoder before it writes the
+    // external data) can be read here; any other keeps its zero points.
+    const zp = z ? inits.get(z) : undefined
+    const allEight =
+      zp !== undefined &&
+      !getExternalData(zp) &&
+      zeroPointsAllEight(tensorRawData(zp), nOut, Math.ceil(k / m.blockSize))
+    if (z && !allEight) names.zeroPoint = z
     if (bias || separate) names.bias = bias || separate!.bias
     return names
   }

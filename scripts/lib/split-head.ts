@@ -46,7 +46,10 @@ import type { InferenceSession, Tensor } from 'onnxruntime-node'
 import {
   headLayout,
   headStride,
+  isQ4Head,
+  nbitsSymmetric,
   packMatMulNBits,
+  q4RowBytes,
   q4NibbleAt,
   q4ScaleAt,
   q4ZeroAt,
@@ -410,7 +413,8 @@ function dqmmHead(
  * A MatMulNBits lm_head (bits 4, K = H, N = V, blocks of a multiple of 32): B uint8 [V, blocks,
  * block_size / 2], scales float or float16 [V · blocks] or [V, blocks], optional uint8 zero
  * points [V · ⌈blocks / 2⌉] or [V, ⌈blocks / 2⌉]; no g_idx, no bias, float32 logits. Its rows
- * are 'q4-b32' repacked without changing a value, or with `format` 'q8' requantized per row.
+ * are 'q4-b32' repacked without changing a value ('q4s-b32', its symmetric layout, when every zero
+ * point is 8), or with `format` 'q8' requantized per row.
  */
 function nbitsHead(
   head: NodeProto,
@@ -460,12 +464,16 @@ function nbitsHead(
     weightAxis: 0,
     ops: NBITS_EMBEDDING_OPS,
     rows: (embedding) => {
-      const m = packMatMulNBits(tensors())
+      // zero points all 8 (or none): the symmetric layout, 4 bytes less a group of 4 blocks
+      const t = tensors()
+      const sym = nbitsSymmetric(t)
+      const m = packMatMulNBits(t, sym)
+      const q4Format = sym ? 'q4s-b32' : 'q4-b32'
       const exact: HeadRows = {
-        format: 'q4-b32',
+        format: q4Format,
         vocab: V,
         hidden: H,
-        stride: headStride(H, 'q4-b32'),
+        stride: headStride(H, q4Format),
         embedding,
         bytes: m.data,
       }
@@ -766,9 +774,9 @@ export function requantizeQ8(m: Q4Matrix, embedding: boolean): HeadRows {
   const bytes = new Uint8Array(layout.bytes)
   const scales = new Float32Array(bytes.buffer, layout.scales, V)
   const row = new Float32Array(H)
-  const reader = q4RowReader(H)
+  const reader = q4RowReader(H, m.sym === true)
   for (let v = 0; v < V; v++) {
-    reader(m.data, 21 * m.kb, v, row)
+    reader(m.data, q4RowBytes(m.kb, m.sym), v, row)
     const q = quantizeRowsU8(row, 1, H)
     for (let k = 0; k < H; k++) bytes[v * stride + k] = q.q[k] ^ 0x80 // uint8 - 128
     bytes[layout.zeroPoints + v] = q.zeroPoint[0] ^ 0x80
@@ -778,16 +786,17 @@ export function requantizeQ8(m: Q4Matrix, embedding: boolean): HeadRows {
 }
 
 /**
- * A reader of 'q4-b32' rows of `hidden` inputs: row v of `data` (rows `stride` bytes apart)
- * dequantized into `out`, (q − zp) · scale rounded once to f32, as dequantizeQ4 and the q4
- * graph's embedding compute it.
+ * A reader of 'q4-b32' rows of `hidden` inputs (`sym`: its symmetric layout, 'q4s-b32'): row v
+ * of `data` (rows `stride` bytes apart) dequantized into `out`, (q − zp) · scale rounded once to
+ * f32, as dequantizeQ4 and the q4 graph's embedding compute it.
  */
 function q4RowReader(
   hidden: number,
+  sym: boolean,
 ): (data: Uint8Array, stride: number, v: number, out: Float32Array) => void {
   const nibble = new Int32Array(hidden) // byte offset in the row, + 1 << 30 for a high nibble
   for (let i = 0; i < hidden; i++) {
-    const { byte, high } = q4NibbleAt(i)
+    const { byte, high } = q4NibbleAt(i, sym)
     nibble[i] = byte | (high ? 1 << 30 : 0)
   }
   const blocks = Math.ceil(hidden / 32)
@@ -795,8 +804,8 @@ function q4RowReader(
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength)
     const base = v * stride
     for (let c = 0; c < blocks; c++) {
-      const scale = view.getFloat32(base + q4ScaleAt(c), true)
-      const zp = data[base + q4ZeroAt(c)]
+      const scale = view.getFloat32(base + q4ScaleAt(c, sym), true)
+      const zp = sym ? 8 : data[base + q4ZeroAt(c)]
       for (let i = c * 32; i < Math.min(hidden, c * 32 + 32); i++) {
         const at = nibble[i]
         const byte = data[base + (at & 0x3fffffff)]
@@ -829,10 +838,10 @@ export function headViews(head: HeadRows): {
 /** Row v of the head, dequantized: [H] float32 (the embedding row of token v when tied). */
 function headRowReader(head: HeadRows): (v: number, out: Float32Array) => void {
   const { hidden: H, stride } = head
-  if (head.format === 'q4-b32') {
-    if (stride !== headStride(H, 'q4-b32') || head.bytes.byteLength !== head.vocab * stride)
+  if (isQ4Head(head.format)) {
+    if (stride !== headStride(H, head.format) || head.bytes.byteLength !== head.vocab * stride)
       throw new Error(`q4 head of ${head.bytes.byteLength} bytes, stride ${stride}: wrong size`)
-    const read = q4RowReader(H)
+    const read = q4RowReader(H, head.format === 'q4s-b32')
     return (v, out) => read(head.bytes, stride, v, out)
   }
   const { rows, zeroPoints, scales } = headViews(head)
@@ -844,14 +853,14 @@ function headRowReader(head: HeadRows): (v: number, out: Float32Array) => void {
 /**
  * Logits from hidden states with the head rows, in plain TypeScript (float64 accumulation):
  * hidden [rows, H] → [rows, V]. The reference the engine's kernel is measured against. 'q8-rows':
- * Σ (row − zp) · x, times the scale; 'q4-b32': the dequantized rows times x.
+ * Σ (row − zp) · x, times the scale; 'q4-b32' and 'q4s-b32': the dequantized rows times x.
  */
 export function headLogits(head: HeadRows, hidden: Float32Array, rows = 1): Float32Array {
   const { vocab: V, hidden: H, stride } = head
   if (hidden.length !== rows * H)
     throw new Error(`headLogits: ${hidden.length} values, not ${rows} x ${H}`)
   const out = new Float32Array(rows * V)
-  if (head.format === 'q4-b32') {
+  if (isQ4Head(head.format)) {
     const read = headRowReader(head)
     const w = new Float32Array(H)
     for (let v = 0; v < V; v++) {

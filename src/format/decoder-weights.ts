@@ -95,6 +95,20 @@ export function resolveDecoderWeights(
   }
 }
 
+/**
+ * Whether every matrix of an 'nbits' entry comes without zero points (all 8: MatMulNBits'
+ * default; prepare leaves out zero points that are all 8), so the decoder lays its q4 matrices out
+ * in the symmetric layout (q4-b32.ts) before any weight arrives.
+ */
+export function decoderSymmetric(entry: Pick<DecoderEntry, 'format' | 'layers'>): boolean {
+  return (
+    entry.format === 'nbits' &&
+    entry.layers.every((l) =>
+      [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].every((m) => m.kind === 'nbits' && !m.zeroPoint),
+    )
+  )
+}
+
 /** Every tensor a layer of the entry reads. */
 export function decoderLayerTensors(l: DecoderLayerRef): DecoderTensorRef[] {
   const out = [l.inputNorm, l.postNorm]

@@ -20,7 +20,7 @@
  * in its own isolate) use the same format; today every package has one stage: 'ids->logits', or
  * with a head file 'embeds->hidden' (tied embedding in the head) / 'ids->hidden'.
  */
-import { q4Blocks } from './q4-b32.ts'
+import { q4Blocks, q4RowBytes } from './q4-b32.ts'
 import type { Qwen2Config } from './config.ts'
 
 export const MANIFEST_VERSION = 1
@@ -85,8 +85,13 @@ export interface Stage {
   externalData: ExternalDataEntry[]
 }
 
-export type HeadFormat = 'q8-rows' | 'q4-b32'
-export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows', 'q4-b32']
+export type HeadFormat = 'q8-rows' | 'q4-b32' | 'q4s-b32'
+export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows', 'q4-b32', 'q4s-b32']
+
+/** Whether a head format holds 4-bit rows: 'q4-b32', or 'q4s-b32' (its symmetric layout). */
+export function isQ4Head(format: HeadFormat): boolean {
+  return format === 'q4-b32' || format === 'q4s-b32'
+}
 
 /**
  * The lm_head moved out of the graph (`model:prepare --head wasm`), run by the engine's own
@@ -102,12 +107,17 @@ export const HEAD_FORMATS: readonly HeadFormat[] = ['q8-rows', 'q4-b32']
  *
  * 'q4-b32' (q4-b32.ts): row v at v * stride, stride = 21 * blocks bytes (4-bit values, f32
  * scale and u8 zero point per block of 32 inputs); embedding[t][k] is its dequantized value.
+ * 'q4s-b32': the same in q4-b32's symmetric layout (an lm_head whose zero points are all 8, or
+ * absent): stride = 20 * blocks, no zero points stored.
  */
 export interface HeadEntry {
   format: HeadFormat
   vocab: number
   hidden: number
-  /** Bytes per row: hidden rounded up to a multiple of 32 ('q8-rows'), 21 per block ('q4-b32'). */
+  /**
+   * Bytes per row: hidden rounded up to a multiple of 32 ('q8-rows'), 21 per block ('q4-b32'),
+   * 20 per block ('q4s-b32').
+   */
   stride: number
   /** True when the graph takes `inputs_embeds`: the embedding is looked up from these rows (tied weights). */
   embedding: boolean
@@ -115,23 +125,23 @@ export interface HeadEntry {
   file: ExternalDataEntry
 }
 
-/** The head file prepare writes (its shards: `head.q8.000` …); a 'q4-b32' head is 'head.q4'. */
+/** The head file prepare writes (its shards: `head.q8.000` …); a 4-bit head is 'head.q4'. */
 export const HEAD_FILE = 'head.q8'
 /** Rows of a 'q8-rows' head file start on multiples of this many bytes. */
 export const HEAD_ROW_ALIGN = 32
 
 export function headFileName(format: HeadFormat): string {
-  return format === 'q4-b32' ? 'head.q4' : HEAD_FILE
+  return isQ4Head(format) ? 'head.q4' : HEAD_FILE
 }
 
 /** Bytes per head row for a hidden size. */
 export function headStride(hidden: number, format: HeadFormat = 'q8-rows'): number {
-  if (format === 'q4-b32') return 21 * q4Blocks(hidden)
+  if (isQ4Head(format)) return q4RowBytes(q4Blocks(hidden), format === 'q4s-b32')
   return Math.ceil(hidden / HEAD_ROW_ALIGN) * HEAD_ROW_ALIGN
 }
 
 /**
- * Byte offsets of the parts of a head file, and its size ('q4-b32' has its scales and zero
+ * Byte offsets of the parts of a head file, and its size (a 4-bit head has its scales and zero
  * points inside the rows: both offsets are its size).
  */
 export function headLayout(
@@ -139,7 +149,7 @@ export function headLayout(
   stride: number,
   format: HeadFormat = 'q8-rows',
 ): { rows: 0; zeroPoints: number; scales: number; bytes: number } {
-  if (format === 'q4-b32') {
+  if (isQ4Head(format)) {
     const bytes = vocab * stride
     return { rows: 0, zeroPoints: bytes, scales: bytes, bytes }
   }

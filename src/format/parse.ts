@@ -14,6 +14,7 @@ import {
   decoderTensorBytes,
   headLayout,
   headStride,
+  isQ4Head,
   type DecoderEntry,
   type DecoderFormat,
   type DecoderTensorType,
@@ -265,9 +266,9 @@ function readHead(json: unknown, config: Qwen2Config, at: string): HeadEntry {
     throw new Invalid(`${at}.vocab is ${vocab} but config.vocab_size is ${config.vocab_size}`)
   if (hidden !== config.hidden_size)
     throw new Invalid(`${at}.hidden is ${hidden} but config.hidden_size is ${config.hidden_size}`)
-  if (format === 'q4-b32' && stride !== headStride(hidden, format))
+  if (isQ4Head(format) && stride !== headStride(hidden, format))
     throw new Invalid(
-      `${at}.stride ${stride}: a q4-b32 row of ${hidden} inputs has ${headStride(hidden, format)} bytes`,
+      `${at}.stride ${stride}: a ${format} row of ${hidden} inputs has ${headStride(hidden, format)} bytes`,
     )
   if (format === 'q8-rows' && (stride % HEAD_ROW_ALIGN !== 0 || stride < hidden))
     throw new Invalid(

@@ -39,24 +39,34 @@ export const HEAD_BATCH_ROWS = 8
 /**
  * Bytes of one weight matrix of `rows` outputs and `cols` inputs in the decoder's kernel layout:
  * 'dqmm' as q8-rows (rows padded to 32 bytes, an int8 zero point and an f32 scale per row),
- * 'nbits' as q4-b32 (21 bytes per block of 32 inputs); each matrix starts 64-byte aligned.
+ * 'nbits' as q4-b32 (21 bytes per block of 32 inputs; 20 in its symmetric layout, `q4Symmetric`);
+ * each matrix starts 64-byte aligned.
  */
-export function kernelMatrixBytes(rows: number, cols: number, format: DecoderFormat): number {
-  if (format === 'nbits') return align(rows * 21 * Math.ceil(cols / 32), 64)
+export function kernelMatrixBytes(
+  rows: number,
+  cols: number,
+  format: DecoderFormat,
+  q4Symmetric = false,
+): number {
+  if (format === 'nbits') return align(rows * (q4Symmetric ? 20 : 21) * Math.ceil(cols / 32), 64)
   const stride = align(cols, 32)
   const scale = align(rows * stride + rows, 16)
   return align(scale + 4 * rows, 64)
 }
 
 /** Bytes of one decoder layer's matrices in the kernels (q, k, v fused; gate, up fused; o; down). */
-export function kernelLayerBytes(s: Qwen2Shape, format: DecoderFormat): number {
+export function kernelLayerBytes(
+  s: Qwen2Shape,
+  format: DecoderFormat,
+  q4Symmetric = false,
+): number {
   const q = s.heads * s.headDim
   const kv = s.kvHeads * s.headDim
   return (
-    kernelMatrixBytes(q + 2 * kv, s.hidden, format) +
-    kernelMatrixBytes(s.hidden, q, format) +
-    kernelMatrixBytes(2 * s.intermediate, s.hidden, format) +
-    kernelMatrixBytes(s.hidden, s.intermediate, format)
+    kernelMatrixBytes(q + 2 * kv, s.hidden, format, q4Symmetric) +
+    kernelMatrixBytes(s.hidden, q, format, q4Symmetric) +
+    kernelMatrixBytes(2 * s.intermediate, s.hidden, format, q4Symmetric) +
+    kernelMatrixBytes(s.hidden, s.intermediate, format, q4Symmetric)
   )
 }
 
@@ -89,6 +99,8 @@ export interface StagePlanOptions {
   chunkRows: number
   /** The KV cache format to count (default 'f32'). */
   kvFormat?: KvFormat
+  /** 'nbits' layers in q4-b32's symmetric layout (format decoder-weights.ts `decoderSymmetric`). */
+  q4Symmetric?: boolean
 }
 
 /**
@@ -117,7 +129,7 @@ export function stageResidentBytes(
     const small = n * 4 * (2 * s.hidden + q + 2 * kv)
     return (
       STAGE_BASE_BYTES +
-      n * kernelLayerBytes(s, decoder) +
+      n * kernelLayerBytes(s, decoder, o.q4Symmetric) +
       n * o.sequences * o.contextLength * kvBytesPerPosition(s, o.kvFormat) +
       scratch +
       js +

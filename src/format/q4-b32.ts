@@ -32,9 +32,13 @@
  * an asymmetric block has a lower error than a symmetric one (scripts/bench/kernels.ts --errors);
  * the kernels handle it with one integer multiply per block. Exports without zero points
  * (symmetric: transformers.js's script, which made onnx-community's q4 and q4f16 files) get 8 in
- * every block, and the kernels' `q4s_` copies (`q4Symmetric`) skip reading them. Groups are 84
- * bytes, so loads are unaligned: 80-byte groups measured no faster (no penalty on x64 and arm64
- * beyond cache-line splits).
+ * every block: those matrices take the symmetric layout below, and the kernels' `q4s_` copies.
+ *
+ * The symmetric layout (`sym`, for `MatMulNBits` without zero points, or with every one 8): the
+ * same groups without bytes 80..83, 80 bytes a group (20·kb a row), every zero point 8 by
+ * definition. At 0.5B shapes that is 15 MiB of a q4 package's 320 less in memory, and as much
+ * less read by every decode step. (Alignment itself buys nothing: 84-byte groups, whose loads
+ * are unaligned, measured as fast as 80-byte ones with zero points elsewhere.)
  */
 import { Q4_BLOCK_SIZE, quantizeBlocksQ4, type Q4Scheme } from './quant.ts'
 
@@ -46,6 +50,18 @@ export const Q4_GROUP = 4
 
 /** Bytes of one group: 64 of nibbles, 16 of scales, 4 of zero points. */
 export const Q4_GROUP_BYTES = 84
+/** Bytes of one group of the symmetric layout: 64 of nibbles, 16 of scales. */
+export const Q4S_GROUP_BYTES = 80
+
+/** Bytes of one group in a layout (`sym`: the symmetric one). */
+export function q4GroupBytes(sym = false): number {
+  return sym ? Q4S_GROUP_BYTES : Q4_GROUP_BYTES
+}
+
+/** Bytes of a row of kb blocks: 21·kb, or 20·kb in the symmetric layout. */
+export function q4RowBytes(kb: number, sym = false): number {
+  return (q4GroupBytes(sym) / Q4_GROUP) * kb
+}
 
 /** A matrix in 'q4-b32' (layout above). */
 export interface Q4Matrix {
@@ -55,7 +71,9 @@ export interface Q4Matrix {
   k: number
   /** Blocks per row, padding included: 4 · ceil(k / 128). */
   kb: number
-  /** n · 21 · kb bytes. */
+  /** The symmetric layout: no zero points stored, every one 8. */
+  sym?: boolean
+  /** n · q4RowBytes(kb, sym) bytes. */
   data: Uint8Array
 }
 
@@ -65,30 +83,30 @@ export function q4Blocks(k: number): number {
 }
 
 /** Byte offset of input i's nibble in its row, and whether it is the high nibble. */
-export function q4NibbleAt(i: number): { byte: number; high: boolean } {
+export function q4NibbleAt(i: number, sym = false): { byte: number; high: boolean } {
   const block = i >> 5
   const r = i & 31
   return {
-    byte: Q4_GROUP_BYTES * (block >> 2) + 16 * ((r >> 2) & 3) + 4 * (block & 3) + (r & 3),
+    byte: q4GroupBytes(sym) * (block >> 2) + 16 * ((r >> 2) & 3) + 4 * (block & 3) + (r & 3),
     high: r >= 16,
   }
 }
 
 /** Byte offset of block c's scale (f32) in its row. */
-export function q4ScaleAt(c: number): number {
-  return Q4_GROUP_BYTES * (c >> 2) + 64 + 4 * (c & 3)
+export function q4ScaleAt(c: number, sym = false): number {
+  return q4GroupBytes(sym) * (c >> 2) + 64 + 4 * (c & 3)
 }
 
-/** Byte offset of block c's zero point (u8) in its row. */
+/** Byte offset of block c's zero point (u8) in its row (the layout with zero points). */
 export function q4ZeroAt(c: number): number {
   return Q4_GROUP_BYTES * (c >> 2) + 80 + (c & 3)
 }
 
-export function emptyQ4(n: number, k: number): Q4Matrix {
+export function emptyQ4(n: number, k: number, sym = false): Q4Matrix {
   if (!(Number.isInteger(n) && Number.isInteger(k) && n > 0 && k > 0))
     throw new Error(`bad q4 shape ${n} x ${k}`)
   const kb = q4Blocks(k)
-  return { n, k, kb, data: new Uint8Array(n * kb * 21) }
+  return { n, k, kb, ...(sym && { sym }), data: new Uint8Array(n * q4RowBytes(kb, sym)) }
 }
 
 function view(m: Q4Matrix): DataView {
@@ -97,46 +115,31 @@ function view(m: Q4Matrix): DataView {
 
 /** q of input i of row v (0..15). */
 export function q4Get(m: Q4Matrix, v: number, i: number): number {
-  const r = i & 31
-  const byte = Q4_GROUP_BYTES * (i >> 7) + 16 * ((r >> 2) & 3) + 4 * ((i >> 5) & 3) + (r & 3)
-  const b = m.data[21 * m.kb * v + byte]
-  return r >= 16 ? b >> 4 : b & 15
+  const { byte, high } = q4NibbleAt(i, m.sym)
+  const b = m.data[q4RowBytes(m.kb, m.sym) * v + byte]
+  return high ? b >> 4 : b & 15
 }
 
 export function q4Scale(m: Q4Matrix, v: number, c: number): number {
-  return view(m).getFloat32(21 * m.kb * v + q4ScaleAt(c), true)
+  return view(m).getFloat32(q4RowBytes(m.kb, m.sym) * v + q4ScaleAt(c, m.sym), true)
 }
 
+/** Block c's zero point: 8 in the symmetric layout. */
 export function q4Zero(m: Q4Matrix, v: number, c: number): number {
-  return m.data[21 * m.kb * v + q4ZeroAt(c)]
+  return m.sym ? 8 : m.data[21 * m.kb * v + q4ZeroAt(c)]
 }
 
+/** Sets block c's scale and zero point (which must be 8 in the symmetric layout). */
 export function q4SetBlock(m: Q4Matrix, v: number, c: number, scale: number, zp: number): void {
-  view(m).setFloat32(21 * m.kb * v + q4ScaleAt(c), scale, true)
-  m.data[21 * m.kb * v + q4ZeroAt(c)] = zp
+  view(m).setFloat32(q4RowBytes(m.kb, m.sym) * v + q4ScaleAt(c, m.sym), scale, true)
+  if (!m.sym) m.data[21 * m.kb * v + q4ZeroAt(c)] = zp
+  else if (zp !== 8) throw new Error(`zero point ${zp} in the symmetric layout`)
 }
 
 export function q4Set(m: Q4Matrix, v: number, i: number, q: number): void {
-  const { byte, high } = q4NibbleAt(i)
-  const at = 21 * m.kb * v + byte
+  const { byte, high } = q4NibbleAt(i, m.sym)
+  const at = q4RowBytes(m.kb, m.sym) * v + byte
   m.data[at] = high ? (m.data[at] & 0x0f) | (q << 4) : (m.data[at] & 0xf0) | q
-}
-
-/**
- * Whether every zero point of the `n` rows of `k` inputs at byte `at` of `mem` is 8, as in a
- * `MatMulNBits` export without zero points (symmetric q4): then the kernels' `q4s_gemv` and
- * `q4s_gemm` give the bits of `q4_gemv` and `q4_gemm` without reading them. Padding blocks (past
- * ceil(k / 32)) do not count: their activations are zero, so no zero point reaches a sum.
- */
-export function q4Symmetric(mem: Uint8Array, at: number, n: number, k: number): boolean {
-  const kb = q4Blocks(k)
-  const used = Math.ceil(k / Q4_BLOCK)
-  const rowBytes = 21 * kb
-  for (let v = 0; v < n; v++) {
-    const row = at + v * rowBytes
-    for (let c = 0; c < used; c++) if (mem[row + q4ZeroAt(c)] !== 8) return false
-  }
-  return true
 }
 
 /** The dequantized matrix, [n, k] row-major: (q − zp) · scale, rounded once to f32. */
@@ -167,22 +170,52 @@ export interface MatMulNBitsTensors {
 }
 
 /**
- * Packs MatMulNBits weights into 'q4-b32' without changing any value: every q, zero point and
- * scale is the export's (f16 scales widen to f32 exactly), only their places change.
+ * Whether every zero point of the MatMulNBits tensors is 8: none given (the operator's default),
+ * or 8 in every block (the nibble past an odd block count is padding and does not count). Such
+ * a matrix takes the symmetric layout.
  */
-export function packMatMulNBits(t: MatMulNBitsTensors): Q4Matrix {
-  const m = emptyQ4(t.n, t.k)
-  packMatMulNBitsInto(t, m.data, 0)
+export function nbitsSymmetric(t: MatMulNBitsTensors): boolean {
+  return !t.zeroPoints || zeroPointsAllEight(t.zeroPoints, t.n, Math.ceil(t.k / t.blockSize))
+}
+
+/**
+ * Whether packed MatMulNBits zero points (uint8 [n, ⌈blocks / 2⌉], block 2t in the low nibble of
+ * byte t) are 8 in every one of the `blocks` blocks of every row.
+ */
+export function zeroPointsAllEight(z: Uint8Array, n: number, blocks: number): boolean {
+  const zpBytes = Math.ceil(blocks / 2)
+  if (z.length !== n * zpBytes) return false
+  for (let v = 0; v < n; v++)
+    for (let c = 0; c < blocks; c++) {
+      const byte = z[v * zpBytes + (c >> 1)]
+      if (((c & 1 ? byte >> 4 : byte) & 15) !== 8) return false
+    }
+  return true
+}
+
+/**
+ * Packs MatMulNBits weights into 'q4-b32' without changing any value: every q, zero point and
+ * scale is the export's (f16 scales widen to f32 exactly), only their places change. `sym`: the
+ * symmetric layout (every zero point must be 8).
+ */
+export function packMatMulNBits(t: MatMulNBitsTensors, sym = false): Q4Matrix {
+  const m = emptyQ4(t.n, t.k, sym)
+  packMatMulNBitsInto(t, m.data, 0, sym)
   return m
 }
 
 /**
- * `packMatMulNBits` into `dst` at byte `at` (a multiple of 4): n · 21 · kb bytes, every one
- * written (padding blocks as zeros), and their count returned. The engine packs each matrix
- * straight into kernel memory, with no buffer of its own. Byte by byte within a block, not
- * input by input: at 0.5B shapes that took loading 2.7 s of a q4 package's 5.5 (Node 24).
+ * `packMatMulNBits` into `dst` at byte `at` (a multiple of 4): n · q4RowBytes(kb, sym) bytes,
+ * every one written (padding blocks as zeros), and their count returned. The engine packs each
+ * matrix straight into kernel memory, with no buffer of its own. Byte by byte within a block,
+ * not input by input: at 0.5B shapes that took loading 2.7 s of a q4 package's 5.5 (Node 24).
  */
-export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: number): number {
+export function packMatMulNBitsInto(
+  t: MatMulNBitsTensors,
+  dst: Uint8Array,
+  at: number,
+  sym = false,
+): number {
   const { n, k, blockSize } = t
   if (t.bits !== 4) throw new Error(`MatMulNBits with bits=${t.bits}: only 4 is supported`)
   if (!(blockSize >= Q4_BLOCK && blockSize % Q4_BLOCK === 0))
@@ -198,8 +231,11 @@ export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: 
   const zpBytes = Math.ceil(nBlocks / 2)
   if (t.zeroPoints && t.zeroPoints.length !== n * zpBytes)
     throw new Error(`zero_points has ${t.zeroPoints.length} bytes, ${n * zpBytes} needed`)
+  if (sym && !nbitsSymmetric(t))
+    throw new Error('zero points other than 8 cannot take the symmetric q4 layout')
   const kb = q4Blocks(k)
-  const rowBytes = 21 * kb
+  const groupBytes = q4GroupBytes(sym)
+  const rowBytes = q4RowBytes(kb, sym)
   if ((dst.byteOffset + at) % 4 !== 0 || at + n * rowBytes > dst.length)
     throw new Error(`no room for a ${n} x ${k} q4 matrix at ${at}`)
   const f32 = new Float32Array(dst.buffer, dst.byteOffset + at, (n * rowBytes) / 4)
@@ -215,12 +251,12 @@ export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: 
     for (let c = 0; c < kb; c++) {
       // block c's 16 bytes: byte 16m + 4(c mod 4) + j of its group holds inputs 4m + j (low
       // nibble) and 16 + 4m + j (high); in B, input i is nibble i mod 2 of byte i / 2
-      const group = row + Q4_GROUP_BYTES * (c >> 2)
+      const group = row + groupBytes * (c >> 2)
       const o = group + 4 * (c & 3)
       if (c >= ourBlocks) {
         for (let m = 0; m < 4; m++) dst.fill(0, o + 16 * m, o + 16 * m + 4)
         f32[(group + 64 - at) / 4 + (c & 3)] = 0
-        dst[group + 80 + (c & 3)] = 0
+        if (!sym) dst[group + 80 + (c & 3)] = 0
         continue
       }
       const s = src0 + 16 * c
@@ -238,6 +274,7 @@ export function packMatMulNBitsInto(t: MatMulNBitsTensors, dst: Uint8Array, at: 
       const src = v * nBlocks + Math.floor(c / perSource)
       const raw = scales[src]
       f32[(group + 64 - at) / 4 + (c & 3)] = f16 ? f16ToF32(raw) : raw
+      if (sym) continue
       const sb = src - v * nBlocks
       dst[group + 80 + (c & 3)] = zeroPoints
         ? (zeroPoints[v * zpBytes + (sb >> 1)] >> (sb & 1 ? 4 : 0)) & 15

@@ -56,8 +56,8 @@ vi.mock('../../src/format/q4-b32.ts', async (original) => {
   const real = await original<typeof import('../../src/format/q4-b32.ts')>()
   return {
     ...real,
-    packMatMulNBits: (t: Parameters<typeof real.packMatMulNBits>[0]) => {
-      const m = real.packMatMulNBits(t)
+    packMatMulNBits: (...args: Parameters<typeof real.packMatMulNBits>) => {
+      const m = real.packMatMulNBits(...args)
       packedOwn.push(m.data.byteLength)
       return m
     },

@@ -215,7 +215,7 @@ describe('parseManifest with a head', () => {
     [
       'an unknown format',
       (m: any) => (m.head.format = 'q4-rows'),
-      'head.format "q4-rows" is not one of q8-rows, q4-b32',
+      'head.format "q4-rows" is not one of q8-rows, q4-b32, q4s-b32',
     ],
     ['no vocab', (m: any) => delete m.head.vocab, 'head.vocab must be a non-negative integer'],
     ['a zero vocab', (m: any) => (m.head.vocab = 0), 'head.vocab must be positive'],
@@ -238,6 +238,14 @@ describe('parseManifest with a head', () => {
       'a q4-b32 head whose stride is not 21 bytes a block',
       (m: any) => (m.head.format = 'q4-b32'),
       'head.stride 32: a q4-b32 row of 16 inputs has 84 bytes',
+    ],
+    [
+      'a q4s-b32 head whose stride is not 20 bytes a block',
+      (m: any) => {
+        m.head.format = 'q4s-b32'
+        m.head.stride = 84
+      },
+      'head.stride 84: a q4s-b32 row of 16 inputs has 80 bytes',
     ],
     [
       'a stride that is not a multiple of 32',

@@ -18,10 +18,12 @@ import {
   packMatMulNBitsInto,
   q4Get,
   q4NibbleAt,
+  emptyQ4,
+  nbitsSymmetric,
   q4Scale,
-  q4Symmetric,
+  q4ScaleAt,
+  q4SetBlock,
   q4Zero,
-  q4ZeroAt,
   quantizeQ4,
   type MatMulNBitsTensors,
 } from '../../src/format/q4-b32.ts'
@@ -172,6 +174,61 @@ describe("q4-b32 holds MatMulNBits' values exactly", () => {
   })
 })
 
+describe("q4-b32's symmetric layout (every zero point 8, none stored)", () => {
+  const cases: Array<[string, MatMulNBitsTensors]> = [
+    ['no zero points', { n: 2, k: 80, bits: 4, blockSize: 32, b: B, scales: SCALES }],
+    [
+      'zero points all 8, f16 scales',
+      {
+        n: 2,
+        k: 80,
+        bits: 4,
+        blockSize: 32,
+        b: B,
+        scales: SCALES_F16,
+        zeroPoints: Uint8Array.from([0x88, 0x08, 0x88, 0x08]),
+      },
+    ],
+  ]
+  for (const [name, t] of cases)
+    it(`${name}: 80-byte groups, each the first 80 bytes of the layout with zero points; the same values`, () => {
+      const full = packMatMulNBits(t)
+      const m = packMatMulNBits(t, true)
+      expect([m.sym, m.kb, m.data.length, full.data.length]).toEqual([true, 4, 2 * 80, 2 * 84])
+      for (let v = 0; v < 2; v++)
+        expect(Array.from(m.data.subarray(80 * v, 80 * v + 80))).toEqual(
+          Array.from(full.data.subarray(84 * v, 84 * v + 80)),
+        )
+      // precondition: the full layout stored 8 for the real blocks
+      expect([0, 1, 2].map((c) => q4Zero(full, 1, c))).toEqual([8, 8, 8])
+      for (let v = 0; v < 2; v++) {
+        for (let k = 0; k < 128; k++) expect(q4Get(m, v, k)).toBe(q4Get(full, v, k))
+        for (let c = 0; c < 4; c++) {
+          expect(Object.is(q4Scale(m, v, c), q4Scale(full, v, c))).toBe(true)
+          expect(q4Zero(m, v, c)).toBe(8)
+        }
+      }
+      const w = dequantizeQ4(m)
+      for (let v = 0; v < 2; v++)
+        for (let k = 0; k < 80; k++)
+          expect(Object.is(w[v * 80 + k], matMulNBitsWeight(t, v, k))).toBe(true)
+      // offsets: a nibble and a scale of row 1, group 0, in bytes of the 80-byte row
+      expect(q4NibbleAt(33, true)).toEqual({ byte: 5, high: false })
+      expect(q4ScaleAt(5, true)).toBe(80 + 64 + 4)
+    })
+
+  it('refuses zero points other than 8, and sets only 8', () => {
+    expect(() => packMatMulNBits({ ...cases[0][1], zeroPoints: ZERO_POINTS }, true)).toThrow(
+      /symmetric/,
+    )
+    const m = emptyQ4(1, 32, true)
+    expect(m.data.length).toBe(80)
+    q4SetBlock(m, 0, 0, 0.5, 8)
+    expect(q4Scale(m, 0, 0)).toBe(0.5)
+    expect(() => q4SetBlock(m, 0, 0, 0.5, 7)).toThrow(/symmetric/)
+  })
+})
+
 describe('the block order the kernels rely on', () => {
   it('weights: a bijection; input i of block b in bytes 4b..4b+3 of a 16-byte load', () => {
     const seen = new Set<string>()
@@ -230,23 +287,18 @@ describe('scalar quantizers', () => {
       }
   })
 
-  it('q4Symmetric: true for symmetric blocks and exports without zero points, false for one other zero point, padding ignored', () => {
-    // 2 rows of 200 inputs: blocks 0..6 real (the last partial), block 7 padding
-    const sym = quantizeQ4(w, 2, 200, 'symmetric')
-    expect(sym.kb).toBe(8)
-    expect(q4Symmetric(sym.data, 0, 2, 200)).toBe(true)
-    expect(q4Symmetric(quantizeQ4(w, 2, 200).data, 0, 2, 200)).toBe(false)
-    // the padding block's zero point is 0 (packMatMulNBits): it does not count
-    expect(sym.data[21 * sym.kb + q4ZeroAt(7)]).toBe(0)
-    // one real block's zero point of the last row changed (the partial one): not symmetric
-    const one = sym.data.slice()
-    one[21 * sym.kb + q4ZeroAt(6)] = 7
-    expect(q4Symmetric(one, 0, 2, 200)).toBe(false)
-    // at an offset: the rows start where told
-    const shifted = new Uint8Array(8 + sym.data.length)
-    shifted.set(sym.data, 8)
-    expect(q4Symmetric(shifted, 8, 2, 200)).toBe(true)
-    expect(q4Symmetric(shifted, 4, 2, 200)).toBe(false)
+  it('nbitsSymmetric: no zero points or all 8 (the padding nibble of an odd block count ignored); any other not', () => {
+    // 2 rows of 80 inputs in blocks of 32: 3 blocks, zero points 2 bytes a row, nibble 3 padding
+    const base = { n: 2, k: 80, bits: 4, blockSize: 32, b: B, scales: SCALES }
+    expect(nbitsSymmetric(base)).toBe(true)
+    expect(nbitsSymmetric({ ...base, zeroPoints: Uint8Array.from([0x88, 0x08, 0x88, 0xf8]) })).toBe(
+      true,
+    )
+    // one real block's zero point 7 (row 1, block 2: the low nibble of its second byte)
+    expect(nbitsSymmetric({ ...base, zeroPoints: Uint8Array.from([0x88, 0x08, 0x88, 0x87]) })).toBe(
+      false,
+    )
+    expect(nbitsSymmetric({ ...base, zeroPoints: ZERO_POINTS })).toBe(false)
   })
 
   it('a8-b32 activations: in [−127, 127], within half a step, the extreme exact in 127', () => {

@@ -144,7 +144,7 @@ describe('model:fetch', () => {
         retryDelayMs: 5,
         quiet: true,
       })
-      expect(result.manifest.head).toMatchObject({ format: 'q4-b32', embedding: true })
+      expect(result.manifest.head).toMatchObject({ format: 'q4s-b32', embedding: true })
       expect(result.manifest.decoder).toBeDefined()
     } finally {
       await hub.close()

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import {
+  decoderSymmetric,
   packMatMulNBits,
   type NBitsMatrixData,
   type NBitsMatrixRef,
@@ -85,6 +86,17 @@ const init = (m: ModelProto, name: string) => {
   return t
 }
 
+/** `m` with byte 0 of initializer `name` set to `byte` (a copy of that tensor; the rest shared). */
+function withByte0(m: ModelProto, name: string, byte: number): ModelProto {
+  const initializer = m.graph!.initializer!.map((t) => {
+    if (t.name !== name) return t
+    const raw = new Uint8Array(tensorRawData(t)) // a copy (a Buffer's slice() is a view)
+    raw[0] = byte
+    return { ...t, raw_data: raw }
+  })
+  return { ...m, graph: { ...m.graph!, initializer } }
+}
+
 /** `model` with the node named `name` changed by `edit` (a copy; the rest shared). */
 function editNode(m: ModelProto, name: string, edit: (n: NodeProto) => NodeProto): ModelProto {
   let hit = false
@@ -105,11 +117,12 @@ const setAttr = (n: NodeProto, name: string, i: number) => {
 const LM_HEAD = '/lm_head/MatMulNBits'
 
 describe('splitHead on a q4 graph', () => {
-  it('writes the lm_head as exported: q4-b32 rows of its MatMulNBits tensors, the embedding', () => {
+  it('writes the lm_head as exported: q4-b32 rows of its MatMulNBits tensors (zero points all 8: the symmetric layout), the embedding', () => {
     const r = applied(splitHead(model, config))
     expect(r.lmHead).toBe(`MatMulNBits ${LM_HEAD}`)
     expect(r.exact).toBeUndefined()
-    expect(r.head).toMatchObject({ format: 'q4-b32', vocab: 151936, hidden: 64, stride: 84 })
+    // the synthetic export's zero points are all 8 (as quantizers write symmetric blocks)
+    expect(r.head).toMatchObject({ format: 'q4s-b32', vocab: 151936, hidden: 64, stride: 80 })
     expect(r.head.embedding).toBe(true)
     const names = r.model.graph!.input!.map((v) => v.name)
     expect(names).toContain('inputs_embeds')
@@ -118,7 +131,7 @@ describe('splitHead on a q4 graph', () => {
     for (const suffix of ['_Q4', '_scales', '_zp'])
       expect(r.removedInitializers).toContain(`model.embed_tokens.weight${suffix}`)
     const w = (s: string) => init(model, `model.embed_tokens.weight${s}`)
-    const want = packMatMulNBits({
+    const t = {
       n: 151936,
       k: 64,
       bits: 4,
@@ -126,8 +139,20 @@ describe('splitHead on a q4 graph', () => {
       b: tensorRawData(w('_Q4')),
       scales: floatValues(w('_scales')),
       zeroPoints: tensorRawData(w('_zp')),
+    }
+    expect(
+      Buffer.compare(Buffer.from(r.head.bytes), Buffer.from(packMatMulNBits(t, true).data)),
+    ).toBe(0)
+    // one zero point other than 8 (token 0's block 0): the layout with zero points, as exported
+    const zp = 'model.embed_tokens.weight_zp'
+    const other = applied(splitHead(withByte0(model, zp, 0x87), config))
+    expect(other.head).toMatchObject({ format: 'q4-b32', stride: 84 })
+    const wantZp = packMatMulNBits({
+      ...t,
+      zeroPoints: tensorRawData(init(withByte0(model, zp, 0x87), zp)),
     })
-    expect(Buffer.compare(Buffer.from(r.head.bytes), Buffer.from(want.data))).toBe(0)
+    expect(Buffer.compare(Buffer.from(other.head.bytes), Buffer.from(wantZp.data))).toBe(0)
+    expect(headEmbedding(other.head, [0])[0]).not.toBe(headEmbedding(r.head, [0])[0])
   })
 
   it('its rows are the dequantized weights the graph computes with, bit for bit', () => {
@@ -153,7 +178,7 @@ describe('splitHead on a q4 graph', () => {
   it("format 'q8' requantizes the 4-bit rows per row; the exact rows come along for the check", () => {
     const r = applied(splitHead(model, config, { format: 'q8' }))
     expect(r.head).toMatchObject({ format: 'q8-rows', stride: 64, embedding: true })
-    expect(r.exact?.format).toBe('q4-b32')
+    expect(r.exact?.format).toBe('q4s-b32')
     const a = headEmbedding(r.exact!, PROMPT)
     const b = headEmbedding(r.head, PROMPT)
     let diff = 0
@@ -204,19 +229,27 @@ describe('the decoder map of a q4 graph', () => {
     names = r.names
   })
 
-  it('finds every MatMulNBits operand by structure, biases and norms', () => {
+  it('finds every MatMulNBits operand by structure, biases and norms; zero points all 8 left out', () => {
     const l = names.layers[1]
     const p = 'model.layers.1'
     expect(l.k).toMatchObject({
       kind: 'nbits',
       weight: `${p}.self_attn.k_proj.weight_Q4`,
       scale: `${p}.self_attn.k_proj.weight_scales`,
-      zeroPoint: `${p}.self_attn.k_proj.weight_zp`,
       bias: `${p}.self_attn.k_proj.bias`,
       k: 64,
       n: 32,
       blockSize: 32,
     })
+    // the export's zero points are all 8: the map leaves them out (the symmetric layout)
+    expect(l.k.zeroPoint).toBeUndefined()
+    const zp = `${p}.self_attn.k_proj.weight_zp`
+    expect(init(split.model, zp)).toBeDefined()
+    // one other than 8: kept, for that matrix alone
+    const other = findDecoder(withByte0(split.model, zp, 0x87), config)
+    if (!other.applied) throw new Error(other.reason)
+    expect(other.names.layers[1].k.zeroPoint).toBe(zp)
+    expect(other.names.layers[1].v.zeroPoint).toBeUndefined()
     expect(l.gate.weight).toBe(`${p}.mlp.gate_proj.weight_Q4`)
     expect(l.up.weight).toBe(`${p}.mlp.up_proj.weight_Q4`)
     expect(l.down).toMatchObject({ k: 176, n: 64 })
@@ -226,11 +259,24 @@ describe('the decoder map of a q4 graph', () => {
     if (!m.applied) throw new Error(m.reason)
     expect(m.entry.format).toBe('nbits')
     const down = m.entry.layers[0].down as NBitsMatrixRef
-    // 176 inputs: 6 blocks of 32, 3 zero-point bytes per row
+    // 176 inputs: 6 blocks of 32
     expect(down).toMatchObject({ kind: 'nbits', bits: 4, k: 176, n: 64, blockSize: 32 })
     expect(down.weight).toMatchObject({ dims: [64, 6, 16], type: 'uint8' })
     expect(down.scale).toMatchObject({ dims: [64, 6], type: 'float32' })
-    expect(down.zeroPoint).toMatchObject({ dims: [64, 3], type: 'uint8' })
+    expect(down.zeroPoint).toBeUndefined()
+    expect(decoderSymmetric(m.entry)).toBe(true)
+    // a kept zero point: 3 bytes per row, and the map is not symmetric
+    const kept = mapDecoder(
+      withByte0(split.model, `model.layers.0.mlp.down_proj.weight_zp`, 0x87),
+      config,
+      {
+        externalData: [],
+      },
+    )
+    if (!kept.applied) throw new Error(kept.reason)
+    const keptDown = kept.entry.layers[0].down as NBitsMatrixRef
+    expect(keptDown.zeroPoint).toMatchObject({ dims: [64, 3], type: 'uint8' })
+    expect(decoderSymmetric(kept.entry)).toBe(false)
   })
 
   it('refuses other bit widths, g_idx and blocks of 16, with the reason', () => {
@@ -277,7 +323,7 @@ describe('model:prepare of a q4 export', () => {
     corruption.on = true
     try {
       const r = await preparePackage({ folder: hf, id: 'corrupt', out: work, quiet: true })
-      expect(r.manifest.head?.format).toBe('q4-b32')
+      expect(r.manifest.head?.format).toBe('q4s-b32')
       expect(r.manifest.decoder).toBeUndefined()
       expect(r.report!.decoder).toMatchObject({ applied: false, passed: false })
       expect(r.report!.decoder!.reason).toMatch(

@@ -115,7 +115,7 @@ describe('a q4 export with its embedding as a float table', () => {
     expect(r.embeddingTable!.relativeError).toBeLessThan(TIED_TABLE_TOLERANCE)
     expect(r.removedInitializers).toContain(TABLE)
     expect(r.model.graph!.input!.map((v) => v.name)).toContain('inputs_embeds')
-    expect(r.head.format).toBe('q4-b32')
+    expect(r.head.format).toBe('q4s-b32')
     expect(Buffer.from(r.head.bytes).equals(Buffer.from(t.head.bytes))).toBe(true)
   })
 
@@ -196,13 +196,13 @@ describe('a q4f16 export (the same, every float in float16)', () => {
   it('is widened exactly and prepared into the kernels: 4-bit codes as exported, float16 scales', async () => {
     const r = await preparePackage({ folder: half, id: 'q4f16', out: work, quiet: true })
     expect(r.report!.widened!.fp16Tensors).toBeGreaterThan(10)
-    expect(r.manifest.head).toMatchObject({ format: 'q4-b32', embedding: true })
+    expect(r.manifest.head).toMatchObject({ format: 'q4s-b32', embedding: true })
     expect(r.manifest.decoder).toBeDefined()
     expect(r.report!.decoder).toMatchObject({ applied: true, passed: true })
     expect(r.report!.head!.presentMaxAbsError).toBe(0)
     expect(r.report!.logits!.top1Agrees).toBe(true)
 
-    // against the q4 package: the same codes and zero points, each scale its float16 rounding
+    // against the q4 package: the same codes, each scale its float16 rounding
     const head = async (id: string) => {
       const m = (await loadPackage(fsSource(work), id)).manifest
       const file = m.head!.file
@@ -214,9 +214,10 @@ describe('a q4f16 export (the same, every float in float16)', () => {
     expect(ours.length).toBe(q4.length)
     let scales = 0
     let rounded = 0
-    for (let g = 0; g < ours.length; g += 84) {
+    // both in the symmetric layout (zero points all 8): groups of 80 bytes, none stored
+    expect(ours.length % 80).toBe(0)
+    for (let g = 0; g < ours.length; g += 80) {
       expect(ours.subarray(g, g + 64).equals(q4.subarray(g, g + 64))).toBe(true)
-      expect(ours.subarray(g + 80, g + 84).equals(q4.subarray(g + 80, g + 84))).toBe(true)
       for (let b = 0; b < 4; b++) {
         const want = halfToFloat(floatToHalf(q4.readFloatLE(g + 64 + 4 * b)))
         const got = ours.readFloatLE(g + 64 + 4 * b)

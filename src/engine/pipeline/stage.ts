@@ -18,6 +18,7 @@
  */
 import { AppError } from '../../core/errors.ts'
 import {
+  decoderSymmetric,
   headSliceSegments,
   qwen2Shape,
   STAGE_BASE_BYTES,
@@ -154,7 +155,10 @@ export class ModelStage implements StageApi {
         part.layers,
         undefined,
         // the plan's KV format unless the stage's KV_FORMAT says otherwise
-        { kvFormat: options.kvFormat ?? plan.kvFormat },
+        {
+          kvFormat: options.kvFormat ?? plan.kvFormat,
+          q4Symmetric: decoderSymmetric(manifest.decoder!),
+        },
       )
       await streamParts(handle, { decoder }, options.stats)
       stage = new ModelStage(index, part, plan.budgetBytes, decoder)

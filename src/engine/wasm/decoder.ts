@@ -32,9 +32,10 @@
  */
 import { AppError } from '../../core/errors.ts'
 import {
+  nbitsSymmetric,
   packMatMulNBitsInto,
   q4Blocks,
-  q4Symmetric,
+  q4RowBytes,
   type DecoderFormat,
   type DecoderLayerData,
   type DecoderMatrixData,
@@ -66,6 +67,12 @@ export type DecoderShape = Omit<Qwen2Shape, 'vocab'>
 export interface DecoderOptions {
   /** How the KV cache stores a position ('f32', the default, or 'q8': kv-format.ts). */
   kvFormat?: KvFormat
+  /**
+   * 'nbits' layers: every matrix's zero points are 8 (none in the package: format
+   * decoder-weights.ts `decoderSymmetric`), so they take q4-b32's symmetric layout (80-byte
+   * groups) and the q4s kernels. A matrix written with other zero points is refused.
+   */
+  q4Symmetric?: boolean
 }
 
 /** A q8-rows matrix in kernel memory: `rows` outputs of `cols` inputs. */
@@ -80,8 +87,8 @@ interface Q8Matrix {
 }
 
 /**
- * A q4-b32 matrix in kernel memory: `rows` outputs of `cols` inputs, `kb` blocks a row; `sym`
- * once its weights are written, if every zero point is 8 (q4s_gemv, q4s_gemm: the same bits).
+ * A q4-b32 matrix in kernel memory: `rows` outputs of `cols` inputs, `kb` blocks a row; `sym`:
+ * in the symmetric layout (every zero point 8, none stored; q4s_gemv, q4s_gemm).
  */
 interface Q4Matrix {
   kind: 'q4'
@@ -247,14 +254,15 @@ export class Q8Decoder {
     let q4Cols = 0
     let q4PadCols = 0
     let q8Stride = 0
+    const sym = format === 'nbits' && options.q4Symmetric === true
     const place = (rows: number, cols: number): Matrix => {
       const w = at
       if (format === 'nbits') {
         const kb = q4Blocks(cols)
-        at = align(w + rows * 21 * kb, 64)
+        at = align(w + rows * q4RowBytes(kb, sym), 64)
         q4Cols = Math.max(q4Cols, 32 * kb)
         if (cols % 32) q4PadCols = Math.max(q4PadCols, 32 * kb)
-        return { kind: 'q4', w, kb, rows, cols, sym: false }
+        return { kind: 'q4', w, kb, rows, cols, sym }
       }
       const stride = align(cols, ROW_ALIGN)
       const zp = w + rows * stride
@@ -308,7 +316,16 @@ export class Q8Decoder {
     if (kinds.has('nbits') && kinds.size > 1)
       throw new AppError('model_invalid', 'The decoder layers mix q4 and q8 matrices')
     const format = kinds.has('nbits') ? 'nbits' : 'dqmm'
-    const decoder = await Q8Decoder.allocate(shape, head, format, options)
+    // every zero point 8 (or none given): the symmetric layout, unless the caller said otherwise
+    const q4Symmetric =
+      options.q4Symmetric ??
+      weights.layers.every((l) =>
+        MATRICES.every((m) => {
+          const d = l[m]
+          return d.kind === 'nbits' && nbitsSymmetric(d.tensors)
+        }),
+      )
+    const decoder = await Q8Decoder.allocate(shape, head, format, { ...options, q4Symmetric })
     weights.layers.forEach((l, i) => decoder.writeLayer(i, l))
     decoder.writeFinalNorm(weights.finalNorm)
     return decoder
@@ -834,7 +851,7 @@ export class Q8Decoder {
   }
 
   /**
-   * The q4 matrices written so far, and how many of them run the symmetric kernels (every zero
+   * The q4 matrices, and how many of them take the symmetric layout and kernels (every zero
    * point 8: q4s_gemv, q4s_gemm); undefined for q8 layers.
    */
   get q4Matrices(): { matrices: number; symmetric: number } | undefined {
@@ -1011,10 +1028,10 @@ function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): vo
   for (const p of nbits) {
     if (q4Blocks(p.tensors.k) !== m.kb)
       throw new AppError('model_invalid', 'q4 parts of different widths')
-    at += packMatMulNBitsInto(p.tensors, mem, at)
+    if (m.sym && !nbitsSymmetric(p.tensors))
+      throw new AppError('model_invalid', 'a q4 matrix with zero points other than 8')
+    at += packMatMulNBitsInto(p.tensors, mem, at, m.sym)
   }
-  // without zero_points every block's is 8 (symmetric by construction); with them, look
-  m.sym = nbits.every((p) => !p.tensors.zeroPoints) || q4Symmetric(mem, m.w, m.rows, m.cols)
 }
 
 /**

@@ -24,17 +24,18 @@
  *   [align4(V·S + V), +4V) scales, f32          ← the head file, copied in once as is
  *   then scratch for `capacity` vectors: x int16 [capacity, S], sum f32 [capacity],
  *   scale f32 [capacity], out f32 [capacity, V]
- * or for 'q4-b32': [0, V·S) the rows (S = 21 · blocks), then scratch: x f32 [capacity, 32 ·
- * blocks], its a8-b32 form [capacity, 40 · blocks], out f32 [capacity, V].
+ * or for 'q4-b32': [0, V·S) the rows (S = 21 · blocks; 'q4s-b32', the symmetric layout: 20 ·
+ * blocks), then scratch: x f32 [capacity, 32 · blocks], its a8-b32 form [capacity, 40 · blocks],
+ * out f32 [capacity, V].
  */
 import { AppError } from '../../core/errors.ts'
 import {
   headLayout,
   headStride,
+  isQ4Head,
   q4Blocks,
   q4NibbleAt,
   q4ScaleAt,
-  q4Symmetric,
   q4ZeroAt,
   type HeadFormat,
 } from '../../format/index.ts'
@@ -72,16 +73,20 @@ export class Q8Head {
   private xScaleAt = 0
   private outAt = 0
 
-  /** 'q4-b32': blocks per row. */
+  /** A 4-bit head ('q4-b32' or 'q4s-b32'). */
+  private readonly q4: boolean
+  /** 'q4s-b32': the symmetric layout (every zero point 8, none stored; q4s_gemv). */
+  private readonly sym: boolean
+  /** A 4-bit head: blocks per row. */
   private readonly kb: number
-  /** 'q4-b32': whether every zero point is 8, found on first use after the rows are written. */
-  private sym: boolean | undefined
 
   private constructor(
     private readonly kernel: KernelExports,
     w: Omit<HeadWeights, 'data'>,
   ) {
     this.format = w.format
+    this.q4 = isQ4Head(w.format)
+    this.sym = w.format === 'q4s-b32'
     this.kb = q4Blocks(w.hidden)
     this.vocab = w.vocab
     this.hidden = w.hidden
@@ -113,7 +118,7 @@ export class Q8Head {
    */
   static async allocate(w: Omit<HeadWeights, 'data'>): Promise<Q8Head> {
     const { vocab, hidden, stride } = w
-    if (w.format !== 'q8-rows' && w.format !== 'q4-b32') {
+    if (w.format !== 'q8-rows' && !isQ4Head(w.format)) {
       throw new AppError('model_invalid', `Unknown head format ${JSON.stringify(w.format)}`)
     }
     if (!(stride === headStride(hidden, w.format) && hidden > 0 && vocab > 0)) {
@@ -134,14 +139,11 @@ export class Q8Head {
     if (offset + bytes.byteLength > this.fileBytes)
       throw new AppError('model_invalid', 'The head file is longer than its shape')
     new Uint8Array(this.kernel.memory.buffer).set(bytes, offset)
-    this.sym = undefined
   }
 
-  /** A 'q4-b32' head's kernel: q4s_gemv when its zero points are all 8 (the same bits). */
+  /** A 4-bit head's kernel: q4s_gemv for the symmetric layout. */
   private get q4Gemv(): Q4Product {
-    const k = this.kernel
-    this.sym ??= q4Symmetric(new Uint8Array(k.memory.buffer), 0, this.vocab, this.hidden)
-    return this.sym ? k.q4s_gemv : k.q4_gemv
+    return this.sym ? this.kernel.q4s_gemv : this.kernel.q4_gemv
   }
 
   /** Bytes of WASM memory the head holds (weights + scratch). */
@@ -151,7 +153,7 @@ export class Q8Head {
 
   /** Embeddings of `ids`: [ids.length, hidden], as the graph's own Gather + dequantize. */
   embed(ids: readonly number[]): Float32Array {
-    if (this.format === 'q4-b32') return this.embedQ4(ids)
+    if (this.q4) return this.embedQ4(ids)
     const { hidden, stride, vocab } = this
     const buf = this.kernel.memory.buffer
     const rows = new Int8Array(buf, 0, this.zpAt)
@@ -171,9 +173,9 @@ export class Q8Head {
     return out
   }
 
-  /** `embed` of a 'q4-b32' head: each row's 4-bit values, (q − zp) · scale per block. */
+  /** `embed` of a 4-bit head: each row's 4-bit values, (q − zp) · scale per block. */
   private embedQ4(ids: readonly number[]): Float32Array {
-    const { hidden, stride, vocab } = this
+    const { hidden, stride, vocab, sym } = this
     const mem = new Uint8Array(this.kernel.memory.buffer)
     const view = new DataView(this.kernel.memory.buffer)
     const out = new Float32Array(ids.length * hidden)
@@ -184,10 +186,10 @@ export class Q8Head {
       const row = t * stride
       // the format's own offsets (q4-b32.ts): scale and zero point per block, a nibble per input
       for (let c = 0; 32 * c < hidden; c++) {
-        const s = view.getFloat32(row + q4ScaleAt(c), true)
-        const z = mem[row + q4ZeroAt(c)]
+        const s = view.getFloat32(row + q4ScaleAt(c, sym), true)
+        const z = sym ? 8 : mem[row + q4ZeroAt(c)]
         for (let k = 32 * c; k < Math.min(hidden, 32 * c + 32); k++) {
-          const { byte, high } = q4NibbleAt(k)
+          const { byte, high } = q4NibbleAt(k, sym)
           const b = mem[row + byte]
           out[i * hidden + k] = ((high ? b >> 4 : b & 15) - z) * s
         }
@@ -223,7 +225,7 @@ export class Q8Head {
     this.load(hidden, n, offset)
     const { vocab, stride, zpAt, scaleAt } = this
     const k = this.kernel
-    if (this.format === 'q4-b32') {
+    if (this.q4) {
       this.q4Gemv(0, this.kb, 0, vocab, this.xAt, n, this.outAt, vocab)
       return
     }
@@ -267,8 +269,7 @@ export class Q8Head {
       if (!(Number.isInteger(v) && v >= 0 && v < vocab))
         throw new AppError('bad_request', `token id ${v} is out of range`)
       // out[v] of the scratch row, like a full pass would write it
-      if (this.format === 'q4-b32')
-        this.q4Gemv(0, this.kb, v, v + 1, this.xAt, 1, this.outAt, vocab)
+      if (this.q4) this.q4Gemv(0, this.kb, v, v + 1, this.xAt, 1, this.outAt, vocab)
       else
         this.kernel.rows(
           0,
@@ -299,7 +300,7 @@ export class Q8Head {
     const H = this.hidden
     if (offset + n * H > hidden.length) throw new Error('hidden rows out of range')
     this.reserve(n)
-    if (this.format === 'q4-b32') {
+    if (this.q4) {
       const cols = 32 * this.kb
       const f = new Float32Array(this.kernel.memory.buffer, this.outAt, n * cols)
       f.fill(0)
@@ -333,7 +334,7 @@ export class Q8Head {
     const { stride, vocab } = this
     const xAt = this.scratchAt
     // a q4 head's a8-b32 rows (the f32 input rows of either format go to the out area)
-    const xBytes = this.format === 'q4-b32' ? 40 * this.kb * capacity : 2 * capacity * stride
+    const xBytes = this.q4 ? 40 * this.kb * capacity : 2 * capacity * stride
     const sumAt = align(xAt + xBytes, 16)
     const xScaleAt = align(sumAt + 4 * capacity, 16)
     const outAt = align(xScaleAt + 4 * capacity, 16)

@@ -9,6 +9,7 @@ import { AppError } from '../../core/errors.ts'
 import { freeBuffer } from '../../core/free-buffer.ts'
 import {
   decoderLayerTensors,
+  decoderSymmetric,
   decoderTensorBytes,
   overlapsSegments,
   placeSegments,
@@ -42,7 +43,7 @@ export async function streamKernelModel(
     qwen2Shape(manifest.config),
     head,
     manifest.decoder!.format,
-    options,
+    { ...options, q4Symmetric: decoderSymmetric(manifest.decoder!) },
   )
   await streamParts(handle, { decoder, head }, stats)
   return KernelModel.of(manifest.config, head, decoder)

@@ -105,9 +105,9 @@ export interface KernelExports {
   q4_gemv: Q4Product
   /** The same for the t rows of a prompt chunk. */
   q4_gemm: Q4Product
-  /** q4_gemv for a matrix whose zero points are all 8 (`q4Symmetric`): they are not read. */
+  /** q4_gemv for a matrix in the symmetric layout (q4-b32.ts: 80-byte groups, every zero point 8). */
   q4s_gemv: Q4Product
-  /** q4_gemm for a matrix whose zero points are all 8. */
+  /** q4_gemm for a matrix in the symmetric layout. */
   q4s_gemm: Q4Product
   quant_b32(x: number, ldx: number, k: number, t: number, xa: number): void
   /** Returns the first row with a value that is not finite (not written), or t. */
@@ -219,7 +219,7 @@ function relaxedChecks(): Promise<{ relaxed: boolean; dotAdd: boolean }> {
 
 /**
  * The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs), then of
- * q4s_gemv and q4s_gemm with its zero points set to 8.
+ * q4s_gemv and q4s_gemm on its nibbles and scales in the symmetric layout.
  */
 function selfCheck(k: KernelExports): Uint32Array {
   const n = 6
@@ -251,10 +251,11 @@ function selfCheck(k: KernelExports): Uint32Array {
   k.quant_b32(x, kb * 32, kb * 32, t, xa)
   k.q4_gemv(w, kb, 0, n, xa, t, out, n)
   k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
-  // and the symmetric kernels, every zero point 8
-  for (let g = 0; g < (n * kb) / 4; g++) bytes.fill(8, 84 * g + 80, 84 * g + 84)
-  k.q4s_gemv(w, kb, 0, n, xa, t, out + 8 * t * n, n)
-  k.q4s_gemm(w, kb, 0, n, xa, t, out + 12 * t * n, n)
+  // and the symmetric kernels on the same nibbles and scales in their layout (80-byte groups)
+  const ws = out + 16 * t * n
+  for (let g = 0; g < (n * kb) / 4; g++) bytes.copyWithin(ws + 80 * g, 84 * g, 84 * g + 80)
+  k.q4s_gemv(ws, kb, 0, n, xa, t, out + 8 * t * n, n)
+  k.q4s_gemm(ws, kb, 0, n, xa, t, out + 12 * t * n, n)
   return new Uint32Array(mem, out, 4 * t * n).slice()
 }
 

@@ -13,6 +13,7 @@ import { preparePackage } from '../../../scripts/prepare-model.ts'
 import { fsSource } from '../../../src/adapters/node/fs-source.ts'
 import { loadPackage } from '../../../src/engine/package/loader.ts'
 import { Q4_ROWS, Q8Decoder } from '../../../src/engine/wasm/decoder.ts'
+import { AppError } from '../../../src/core/errors.ts'
 import { Q8Head } from '../../../src/engine/wasm/head.ts'
 import type { KvCache } from '../../../src/engine/kv/kv-cache.ts'
 import {
@@ -163,6 +164,46 @@ describe('the decoder with q4 layers (tiny)', () => {
     expect(maxAbsDiff(whole.logits, rows.at(-1)!)).toBe(0)
     d.release(cache)
     d.release(whole.cache)
+  })
+
+  it('zero points all 8 given: the symmetric layout (20/21 of the bytes), the same bits; told symmetric, other zero points are refused', async () => {
+    const dims = resolveDims('tiny')
+    const sym = q4Layers(plain, dims, false, 'symmetric')
+    // the same layers with every zero point given as 8 (two blocks a byte)
+    const eights: DecoderWeights = {
+      ...sym.weights,
+      layers: sym.weights.layers.map((l) => {
+        const out = { ...l }
+        for (const m of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
+          const d = l[m] as NBitsMatrixData
+          const zpBytes = Math.ceil(Math.ceil(d.k / 32) / 2)
+          out[m] = {
+            ...d,
+            tensors: { ...d.tensors, zeroPoints: new Uint8Array(d.n * zpBytes).fill(0x88) },
+          }
+        }
+        return out
+      }),
+    }
+    const a = await Q8Decoder.create(sym.weights, shape, head)
+    const b = await Q8Decoder.create(eights, shape, head)
+    expect(b.q4Matrices).toEqual({ matrices: 4 * dims.numLayers, symmetric: 4 * dims.numLayers })
+    const la = a.prefill(PROMPT, { length: 0, tensors: {} }, 1)
+    const lb = b.prefill(PROMPT, { length: 0, tensors: {} }, 1)
+    expect(maxAbs(la.logits)).toBeGreaterThan(0)
+    expect(maxAbsDiff(la.logits, lb.logits)).toBe(0)
+    a.release(la.cache)
+    b.release(lb.cache)
+    // the layout with zero points (the asymmetric decoder's) takes 21 bytes a block, this 20
+    const q4Bytes = (d: Q8Decoder) => d.weightBytes
+    expect(q4Bytes(a)).toBeLessThan(q4Bytes(decoder))
+    expect(q4Bytes(a) / q4Bytes(decoder)).toBeGreaterThan(0.9)
+    // told the symmetric layout, a layer with other zero points is refused, not run wrong
+    const told = await Q8Decoder.create(q4Layers(plain, dims).weights, shape, head, {
+      q4Symmetric: true,
+    }).catch((e: unknown) => e)
+    expect(told).toBeInstanceOf(AppError)
+    expect((told as AppError).message).toMatch(/zero points other than 8/)
   })
 
   it('misses the reference by far more when a weight operand is broken (zero points dropped)', async () => {

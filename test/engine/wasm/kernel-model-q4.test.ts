@@ -90,7 +90,9 @@ describe('a q4 export prepared as is runs in the kernels alone (tiny)', () => {
     const m = q4.manifest
     expect(m.decoder?.format).toBe('nbits')
     expect(m.decoder?.layers[0].gate).toMatchObject({ kind: 'nbits', bits: 4, blockSize: 32 })
-    expect(m.head).toMatchObject({ format: 'q4-b32', embedding: true, stride: 84 })
+    // the generator's zero points are all 8: the symmetric layout, none of them in the map
+    expect(m.head).toMatchObject({ format: 'q4s-b32', embedding: true, stride: 80 })
+    expect(m.decoder?.layers[0].gate.zeroPoint).toBeUndefined()
     expect(m.head?.file.location).toBe('head.q4')
     expect(m.stages[0].io).toBe('embeds->hidden')
     expect(q4.report?.head).toMatchObject({

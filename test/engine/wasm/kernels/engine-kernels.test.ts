@@ -63,7 +63,6 @@ import {
   emptyQ4,
   q4Set,
   q4SetBlock,
-  q4ZeroAt,
   quantizeQ4,
   type Q4Matrix,
 } from '../../../../src/format/q4-b32.ts'
@@ -192,12 +191,15 @@ const Q4_EXPORTS = {
   'sym-gemm': 'q4s_gemm',
 } as const
 
-/** `m` with every zero point 8: what a MatMulNBits export without zero points packs to. */
-function withZeroPoints8(m: Q4Matrix): Q4Matrix {
-  const s = { ...m, data: m.data.slice() }
-  for (let v = 0; v < m.n; v++)
-    for (let c = 0; c < m.kb; c++) s.data[21 * m.kb * v + q4ZeroAt(c)] = 8
-  return s
+/**
+ * `m`'s nibbles and scales with every zero point 8, in the symmetric layout (80-byte groups, no
+ * zero points stored): what a MatMulNBits export without zero points packs to.
+ */
+function symmetricOf(m: Q4Matrix): Q4Matrix {
+  const groups = (m.n * m.kb) / 4
+  const data = new Uint8Array(80 * groups)
+  for (let g = 0; g < groups; g++) data.set(m.data.subarray(84 * g, 84 * g + 80), 80 * g)
+  return { n: m.n, k: m.k, kb: m.kb, sym: true, data }
 }
 
 /** A build and, for relaxed, the form of its 8-bit dot product in q4 tiles (set_dot_add). */
@@ -330,6 +332,10 @@ describe('engine kernels: the committed bytes', () => {
       // the copies call only copies, and load no zero point
       expect(copies).not.toMatch(/\$q4_|\$z[pq]\b|load32_zero offset=80/)
       expect(source.slice(0, at)).toMatch(/load32_zero offset=80/)
+      // and walk the symmetric layout: rows of 20·kb bytes, groups of 80
+      expect(copies).not.toMatch(/\(i32\.const (21|84)\)/)
+      expect(copies).toContain('(i32.mul (local.get $kb) (i32.const 20))')
+      expect(source.slice(0, at)).toContain('(i32.mul (local.get $kb) (i32.const 21))')
     }
     const use = (body: string) => `(module\n  (func $q4_x (local $zp v128)\n    ${body})\n)`
     expect(
@@ -337,6 +343,10 @@ describe('engine kernels: the committed bytes', () => {
     ).toContain('(func $q4s_x')
     expect(() => addSymmetricQ4(use('(drop (i32x4.add (local.get $zp) (local.get $zp)))'))).toThrow(
       /\$q4s_x: a zero point is still used/,
+    )
+    // a row stride of 21 in a form the rewrite does not know
+    expect(() => addSymmetricQ4(use('(drop (i32.mul (local.get $n) (i32.const 21)))'))).toThrow(
+      /\$q4s_x: a row stride of 21·kb is left/,
     )
   })
 
@@ -508,21 +518,20 @@ for (const variant of ISA_VARIANTS) {
         expectQ4(await runQ4(build, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
       })
 
-      it(`q4s_gemv and q4s_gemm: zero points of 8 give the reference's bits, and are never read${form}`, async () => {
+      it(`q4s_gemv and q4s_gemm: the symmetric layout (80-byte groups, zero points 8) gives the reference's bits${form}`, async () => {
         for (const [n, k] of [
           [1, 32],
           [5, 96],
           [37, 200],
           [13, 896],
         ]) {
-          const random = randomQ4(n, k, 3 * n + k)
-          const m = withZeroPoints8(random)
+          const m = symmetricOf(randomQ4(n, k, 3 * n + k))
+          // precondition: 20·kb bytes a row
+          expect(m.data.length).toBe(20 * m.kb * n)
           for (let t = 1; t <= 9; t++) {
             const x = quantizeBlocks(randomRows(t, k, 5 * t + k), t, k)
             const kernel = t > 4 ? 'sym-gemm' : 'sym-gemv'
             expectQ4(await runQ4(build, kernel, m, x), m, x, 0, n, n + 3)
-            // the random zero points in memory change nothing: the kernel assumes 8
-            expectQ4(await runQ4(build, kernel, random, x), m, x, 0, n, n + 3)
           }
           const x = quantizeBlocks(randomRows(6, k, 2), 6, k)
           const [v0, v1] = [Math.floor(n / 3), n - Math.floor(n / 4)]
@@ -530,7 +539,7 @@ for (const variant of ISA_VARIANTS) {
             expectQ4(await runQ4(build, kernel, m, x, v0, v1), m, x, v0, v1, n + 3)
         }
         // a GEMM of several row blocks (111 rows of 896 inputs a block)
-        const m = withZeroPoints8(randomQ4(251, 896, 6))
+        const m = symmetricOf(randomQ4(251, 896, 6))
         const x = quantizeBlocks(randomRows(7, 896, 8), 7, 896)
         expectQ4(await runQ4(build, 'sym-gemm', m, x), m, x, 0, 251, 254)
       })
@@ -699,10 +708,10 @@ for (const variant of ISA_VARIANTS) {
         const call = t > 4 ? kernels.q4_gemm : kernels.q4_gemv
         call(w, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
-        // and the symmetric kernels, on the same rows with zero points of 8
-        const s = withZeroPoints8(m)
-        new Uint8Array(kernels.memory.buffer, w, s.data.length).set(s.data)
-        ;(t > 4 ? kernels.q4s_gemm : kernels.q4s_gemv)(w, m.kb, 0, m.n, xa, t, out, m.n)
+        // and the symmetric kernels, on the same rows in their layout, also ending at the end
+        const s = symmetricOf(m)
+        const ws = atEnd(a, s.data)
+        ;(t > 4 ? kernels.q4s_gemm : kernels.q4s_gemv)(ws, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), s, x, 0, m.n, m.n)
       }
       // q8: 7 rows of 300 inputs (stride 320: rows this wide are touched), 1 vector (row
