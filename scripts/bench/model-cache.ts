@@ -17,6 +17,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { preparePackage } from '../prepare-model.ts'
 import { setAccuracyLevel } from '../lib/graph-rewrite.ts'
@@ -80,9 +81,33 @@ export function ensureBenchPackage(modelDir: string, log: (line: string) => void
   return ensurePackage(modelDir, BENCH_MODEL_ID, log)
 }
 
+/** The file in a prepared package naming the toolchain that prepared it (`toolchainHash`). */
+const TOOLCHAIN_MARKER = '.prepared-by'
+
+/**
+ * A hash of what `model:prepare` writes a package with: prepare-model.ts, the toolchain's
+ * scripts/lib and the package format (src/format). A package another version prepared is
+ * prepared again, so a run never measures a layout the code no longer writes.
+ */
+export function toolchainHash(): string {
+  const hash = createHash('sha256')
+  const files = [
+    join('scripts', 'prepare-model.ts'),
+    ...['scripts/lib', 'scripts/lib/onnx', 'src/format'].flatMap((d) =>
+      readdirSync(d)
+        .filter((f) => f.endsWith('.ts'))
+        .sort()
+        .map((f) => join(d, f)),
+    ),
+  ]
+  for (const f of files) hash.update(f).update('\0').update(readFileSync(f)).update('\0')
+  return hash.digest('hex')
+}
+
 /**
  * The engine's package of `modelDir` as `model:prepare` makes it with no flags (prepared again
- * when the folder is newer), with its head split and decoder map, or an error saying why not.
+ * when the folder is newer or another toolchain prepared it), with its head split and decoder
+ * map, or an error saying why not.
  */
 export async function ensurePackage(
   modelDir: string,
@@ -90,11 +115,13 @@ export async function ensurePackage(
   log: (line: string) => void,
 ): Promise<string> {
   const manifest = join(PACKAGES_DIR, id, 'manifest.json')
+  const marker = join(PACKAGES_DIR, id, TOOLCHAIN_MARKER)
+  const toolchain = toolchainHash()
   if (
     existsSync(manifest) &&
     statSync(manifest).mtimeMs > statSync(join(modelDir, 'config.json')).mtimeMs &&
-    // a package prepared before the decoder map existed is prepared again
-    'decoder' in JSON.parse(readFileSync(manifest, 'utf8'))
+    existsSync(marker) &&
+    readFileSync(marker, 'utf8') === toolchain
   )
     return join(PACKAGES_DIR, id)
   log(`preparing the engine's package ${join(PACKAGES_DIR, id)} (once)…`)
@@ -110,13 +137,14 @@ export async function ensurePackage(
     throw new Error(`the lm_head split was not applied: ${report?.head?.reason}`)
   if (!report.decoder?.applied)
     throw new Error(`the decoder map was not applied: ${report.decoder?.reason}`)
+  writeFileSync(marker, toolchain)
   log(`prepared in ${((performance.now() - started) / 1000).toFixed(0)} s`)
   return join(PACKAGES_DIR, id)
 }
 
 /** Files of a package that hold weights (not its manifest, graph, tokenizer or configs). */
 export function packageWeightBytes(packageDir: string): number {
-  const meta = /^(manifest|tokenizer|tokenizer_config|config|generation_config)\.json$|\.onnx$/
+  const meta = /^(manifest|tokenizer|tokenizer_config|config|generation_config)\.json$|\.onnx$|^\./
   return readdirSync(packageDir)
     .filter((f) => !meta.test(f))
     .reduce((n, f) => n + statSync(join(packageDir, f)).size, 0)
