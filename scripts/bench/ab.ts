@@ -43,6 +43,13 @@ export const AB_CLI = {
       default: '.cache/bench/packages/qwen2.5-0.5b-q8-ext',
       help: 'a prepared package whose decoder map and head cover the model (npm run bench makes it)',
     },
+    'rev-package': {
+      type: 'string',
+      arg: '<dir>',
+      help:
+        "the package side A loads, when the layout changed between the sides (that revision's " +
+        'model:prepare of the same export); default: --package',
+    },
     tokens: { type: 'string', arg: '<n>', default: '512', help: 'prompt tokens or decode steps' },
     rounds: { type: 'string', arg: '<n>', default: '4', help: 'processes of each side' },
     runs: { type: 'string', arg: '<n>', default: '2', help: 'timed runs in each process' },
@@ -158,8 +165,10 @@ async function main(): Promise<void> {
     usageError(AB_CLI, '--tokens, --rounds, --runs and --batch must be positive')
   if (batch > 1 && !values.decode) usageError(AB_CLI, '--batch is for --decode')
   const dir = resolve(values.package)
-  if (!existsSync(join(dir, 'manifest.json')))
-    usageError(AB_CLI, `no package at ${dir} (npm run bench prepares it)`)
+  const revDir = resolve(values['rev-package'] ?? values.package)
+  for (const d of [dir, revDir])
+    if (!existsSync(join(d, 'manifest.json')))
+      usageError(AB_CLI, `no package at ${d} (npm run bench prepares it)`)
   const rev = execFileSync('git', ['rev-parse', '--short', values.rev], { cwd: ROOT })
     .toString()
     .trim()
@@ -168,8 +177,8 @@ async function main(): Promise<void> {
   try {
     symlinkSync(join(ROOT, 'node_modules'), join(tree, 'node_modules'))
     const sides = [
-      { name: `A ${rev}`, root: tree, best: [] as number[] },
-      { name: 'B this tree', root: ROOT, best: [] as number[] },
+      { name: `A ${rev}`, root: tree, dir: revDir, best: [] as number[] },
+      { name: 'B this tree', root: ROOT, dir, best: [] as number[] },
     ]
     const what = values.decode
       ? `${tokens} decode steps${batch > 1 ? ` of ${batch} sequences` : ''}`
@@ -179,7 +188,7 @@ async function main(): Promise<void> {
     )
     for (let r = 0; r < rounds; r++)
       for (const side of r % 2 ? [...sides].reverse() : sides) {
-        const job = { root: side.root, dir, tokens, runs, decode: !!values.decode, batch }
+        const job = { root: side.root, dir: side.dir, tokens, runs, decode: !!values.decode, batch }
         side.best.push(Math.min(...(await runSide(job, !!values.relaxed))))
       }
     for (const s of sides)
