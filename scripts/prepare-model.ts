@@ -285,6 +285,11 @@ export interface DecoderReport extends Partial<DecoderCheck> {
   applied: boolean
   reason?: string
   layers?: number
+  /**
+   * A q4 map's layout in the engine: 'symmetric' when no matrix keeps zero points (all were 8 or
+   * absent: 80 bytes per 128 weights, the kernels' symmetric copies), else 'zero-points'.
+   */
+  q4Layout?: 'symmetric' | 'zero-points'
   /** Tensors referenced in the graph's external data, and copied into decoder.bin. */
   externalTensors?: number
   inlineTensors?: number
@@ -981,11 +986,23 @@ async function findAndCheckDecoder(
   const found = findDecoder(model, o.config)
   if (!found.applied) return skip(found.reason)
   const { layers } = found.names
-  report.decoder = { applied: true, layers: layers.length }
+  const nbits = layers[0]?.q.kind === 'nbits'
+  const symmetric = layers.every((l) =>
+    [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].every((m) => !m.zeroPoint),
+  )
+  report.decoder = {
+    applied: true,
+    layers: layers.length,
+    ...(nbits && { q4Layout: symmetric ? ('symmetric' as const) : ('zero-points' as const) }),
+  }
   o.log(
     `decoder map: ${layers.length} layers x 7 ` +
-      `${layers[0]?.q.kind === 'nbits' ? 'MatMulNBits' : 'DynamicQuantizeMatMul'} + 2 norms, ` +
-      'and the final norm',
+      `${nbits ? 'MatMulNBits' : 'DynamicQuantizeMatMul'} + 2 norms, and the final norm` +
+      (nbits
+        ? symmetric
+          ? ' (zero points all 8: held without them, 80 bytes per 128 weights)'
+          : ' (with zero points: 84 bytes per 128 weights)'
+        : ''),
   )
   if (!o.verify) return found.names
   const started = performance.now()

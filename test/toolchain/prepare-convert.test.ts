@@ -337,7 +337,9 @@ describe('--format q8', () => {
     const options = { format: 'q4', awq: false, head: 'wasm' } as const
     const q4Head = await prepare(hf, 'tiny-fp32-q4-q4head', options)
     const q8Head = await prepare(hf, 'tiny-fp32-q4-q8head', { ...options, headFormat: 'q8' })
+    // asymmetric blocks (the default scheme): the head and the layers keep their zero points
     expect(q4Head.manifest.head?.format).toBe('q4-b32')
+    expect(q4Head.report!.decoder).toMatchObject({ applied: true, q4Layout: 'zero-points' })
     expect(q8Head.manifest.head?.format).toBe('q8-rows')
     for (const r of [q4Head, q8Head]) {
       expect(r.manifest.decoder?.format).toBe('nbits') // the layers are 4-bit either way

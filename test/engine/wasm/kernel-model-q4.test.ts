@@ -100,7 +100,7 @@ describe('a q4 export prepared as is runs in the kernels alone (tiny)', () => {
       top1Agrees: true,
       presentMaxAbsError: 0,
     })
-    expect(q4.report?.decoder).toMatchObject({ applied: true, passed: true })
+    expect(q4.report?.decoder).toMatchObject({ applied: true, passed: true, q4Layout: 'symmetric' })
     expect(q8.manifest.head).toMatchObject({ format: 'q8-rows', embedding: true, stride: 64 })
     expect(q8.manifest.decoder?.format).toBe('nbits')
   })
