@@ -987,9 +987,7 @@ async function findAndCheckDecoder(
   if (!found.applied) return skip(found.reason)
   const { layers } = found.names
   const nbits = layers[0]?.q.kind === 'nbits'
-  const symmetric = layers.every((l) =>
-    [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].every((m) => !m.zeroPoint),
-  )
+  const symmetric = decoderSymmetric({ format: nbits ? 'nbits' : 'dqmm', layers })
   report.decoder = {
     applied: true,
     layers: layers.length,

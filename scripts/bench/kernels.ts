@@ -27,7 +27,13 @@ import {
   type KernelExports,
   type IsaVariant,
 } from '../../src/engine/wasm/kernel.ts'
-import { dequantizeQ4, quantizeQ4, type Q4Matrix } from '../../src/format/q4-b32.ts'
+import {
+  dequantizeQ4,
+  q4Blocks,
+  q4RowBytes,
+  quantizeQ4,
+  type Q4Matrix,
+} from '../../src/format/q4-b32.ts'
 import { dequantizeQ8Rows, q8Stride, quantizeQ8Rows } from '../../src/format/q8-rows.ts'
 import { kvRecordBytes } from '../../src/format/index.ts'
 import { writeQ8Record } from '../../src/engine/wasm/kv-format.ts'
@@ -158,8 +164,8 @@ function randomQ4Groups(
 
 /** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
 function q4Setup(m: Mem, n: number, k: number, t: number, sym = false) {
-  const kb = Math.ceil(k / 128) * 4
-  const rowBytes = kb * (sym ? 20 : 21)
+  const kb = q4Blocks(k)
+  const rowBytes = q4RowBytes(kb, sym)
   const w = randomQ4Groups(m, n * rowBytes, 1, 2, sym)
   const x = m.floats(t * k, 4)
   const xa = m.take(t * kb * 40)
@@ -198,7 +204,7 @@ interface Case {
 function q4Case(n: number, k: number, t: number, gemm: boolean, kernel: string, sym = false): Case {
   return {
     kernel,
-    bytes: n * (Math.ceil(k / 128) * 4) * (sym ? 20 : 21),
+    bytes: n * q4RowBytes(q4Blocks(k), sym),
     macs: n * k * t,
     make(kernels) {
       const m = new Mem(kernels)

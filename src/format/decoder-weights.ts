@@ -95,12 +95,18 @@ export function resolveDecoderWeights(
   }
 }
 
+/** What `decoderSymmetric` reads of a layer's matrix: a map's ref, or the toolchain's names. */
+type ZeroPointOf = { kind?: string; zeroPoint?: unknown }
+
 /**
  * Whether every matrix of an 'nbits' entry comes without zero points (all 8: MatMulNBits'
  * default; prepare leaves out zero points that are all 8), so the decoder lays its q4 matrices out
  * in the symmetric layout (q4-b32.ts) before any weight arrives.
  */
-export function decoderSymmetric(entry: Pick<DecoderEntry, 'format' | 'layers'>): boolean {
+export function decoderSymmetric(entry: {
+  format: DecoderEntry['format']
+  layers: ReadonlyArray<Record<'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', ZeroPointOf>>
+}): boolean {
   return (
     entry.format === 'nbits' &&
     entry.layers.every((l) =>

@@ -22,6 +22,7 @@ import type {
   KvFormat,
 } from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
+import { q4RowBytes } from './q4-b32.ts'
 import type { Qwen2Shape } from './config.ts'
 
 const MiB = 1024 * 1024
@@ -48,7 +49,7 @@ export function kernelMatrixBytes(
   format: DecoderFormat,
   q4Symmetric = false,
 ): number {
-  if (format === 'nbits') return align(rows * (q4Symmetric ? 20 : 21) * Math.ceil(cols / 32), 64)
+  if (format === 'nbits') return align(rows * q4RowBytes(Math.ceil(cols / 32), q4Symmetric), 64)
   const stride = align(cols, 32)
   const scale = align(rows * stride + rows, 16)
   return align(scale + 4 * rows, 64)
