@@ -30,6 +30,7 @@ import {
 import {
   dequantizeQ4,
   q4Blocks,
+  q4PlacedBytes,
   q4RowBytes,
   quantizeQ4,
   type Q4Matrix,
@@ -162,11 +163,14 @@ function randomQ4Groups(
   return w
 }
 
-/** q4 weights [n, k] and t activation rows, placed; random nibbles, scales and zero points. */
+/**
+ * q4 weights [n, k] (in the kernels' placement: random groups fill it whatever the order) and t
+ * activation rows, placed; random nibbles, scales and zero points.
+ */
 function q4Setup(m: Mem, n: number, k: number, t: number, sym = false) {
   const kb = q4Blocks(k)
   const rowBytes = q4RowBytes(kb, sym)
-  const w = randomQ4Groups(m, n * rowBytes, 1, 2, sym)
+  const w = randomQ4Groups(m, q4PlacedBytes(n, kb, sym), 1, 2, sym)
   const x = m.floats(t * k, 4)
   const xa = m.take(t * kb * 40)
   m.k.quant_b32(x, k, k, t, xa)

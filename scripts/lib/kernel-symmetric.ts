@@ -4,7 +4,7 @@
  * whose zero points are all 8, the form of `MatMulNBits` without a zero_points input (what
  * transformers.js's quantizer writes for onnx-community's q4 and q4f16 files). They read the
  * symmetric layout of 'q4-b32' (q4-b32.ts): groups of 80 bytes, rows of 20·kb, no zero points
- * stored. Each block's correction `zp · Σx` becomes `Σx << 3`, so the per-block epilogue loses an
+ * stored (placed in panels of 4 rows: a row's next group 320 bytes on, panels of 80·kb). Each block's correction `zp · Σx` becomes `Σx << 3`, so the per-block epilogue loses an
  * integer multiply and the zero-point loads and widenings of every weight row (a prompt's GEMM
  * about 1.06x), and the matrix 4 bytes a group.
  *
@@ -88,14 +88,18 @@ function symmetricFunction(fn: string): string {
       return `(local.set $sx (i32x4.shl ${v} (i32.const 3)))`
     })
   }
-  // the symmetric layout's strides: 20·kb bytes a row (not 21·kb), 80 a group (not 84)
+  // the symmetric layout's strides: 80 bytes a group (not 84), 320 from a row's group to its
+  // next in a panel of 4 rows (not 336), 80·kb bytes a panel (not 84·kb)
   s = s
-    .split('(i32.mul (local.get $kb) (i32.const 21))')
-    .join('(i32.mul (local.get $kb) (i32.const 20))')
+    .split('(i32.mul (local.get $kb) (i32.const 84))')
+    .join('(i32.mul (local.get $kb) (i32.const 80))')
     .split('(i32.const 84)')
     .join('(i32.const 80)')
+    .split('(i32.const 336)')
+    .join('(i32.const 320)')
   const name = /\(func (\S+|\(export "[^"]+"\))/.exec(s)?.[1]
-  if (/\(i32\.const 21\)/.test(s)) throw new Error(`${name}: a row stride of 21·kb is left`)
+  if (/\(i32\.const (21|84|336)\)/.test(s))
+    throw new Error(`${name}: a stride of the layout with zero points is left`)
   s = s.replace(/ ?\(local \$z[pq] v128\)/g, '')
   if (/\$z[pq]\b/.test(s)) throw new Error(`${name}: a zero point is still used after the rewrite`)
   if (/load32_zero offset=80/.test(s)) throw new Error(`${name}: zero points are still loaded`)

@@ -60,9 +60,10 @@ class Lines {
 
 /**
  * The WAT of `$q4_tile<rows>x2` (form 'i16') or `$q4_tile<rows>x2_dot` (form 'i32'): two q4
- * weight rows (at wq and wq + 21·kb) · `rows` activation rows (a8-b32, 40·kb bytes apart), each
- * row's two sums stored at out[j·ldo] and out[j·ldo + 1]. Per group of 4 blocks (84 weight
- * bytes, 160 activation bytes): 4 loads of 16 bytes per weight row, split into low and high
+ * weight rows (at wq and wq + 84, in one panel of the placement: a row's next group 336 bytes
+ * on) · `rows` activation rows (a8-b32, 40·kb bytes apart), each row's two sums stored at
+ * out[j·ldo] and out[j·ldo + 1]. Per group of 4 blocks (84 weight bytes a row, 160 activation
+ * bytes): 4 loads of 16 bytes per weight row, split into low and high
  * nibbles once for every activation row, then the integer dot products and the group's float
  * epilogue, f += f32(Σ q·x − zp · Σ x) · s · xd (lane b: block b of the group).
  * - 'i16': `i16x8.relaxed_dot_i8x16_i7x16_s`, one pmaddubsw on x64 without AVX-VNNI. 8 exact
@@ -91,8 +92,8 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
   // per activation row j: the i16/i32 sums a (row wq) and b (row wr), the float sums f and g
   for (const acc of ['a', 'b', 'f', 'g']) emit(4, locals(perRow(acc), 'v128'))
 
-  emit(4, '(local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))')
-  emit(4, '(local.set $end (local.get $wr))')
+  emit(4, '(local.set $wr (i32.add (local.get $wq) (i32.const 84)))')
+  emit(4, '(local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))')
   if (rows > 1) {
     emit(4, '(local.set $xst (i32.mul (local.get $kb) (i32.const 40)))')
     for (const j of js.slice(1))
@@ -200,8 +201,8 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
         )
     }
   }
-  emit(8, '(local.set $wq (i32.add (local.get $wq) (i32.const 84)))')
-  emit(8, '(local.set $wr (i32.add (local.get $wr) (i32.const 84)))')
+  emit(8, '(local.set $wq (i32.add (local.get $wq) (i32.const 336)))')
+  emit(8, '(local.set $wr (i32.add (local.get $wr) (i32.const 336)))')
   for (const j of js) emit(8, `(local.set ${x(j)} (i32.add (local.get ${x(j)}) (i32.const 160)))`)
   emit(8, '(br $groups)))')
 
@@ -403,7 +404,7 @@ export function storeTile(n: number): string {
 }
 
 /**
- * The WAT of `$q4_tile1x4`: four q4 weight rows (wq + i·21·kb, i < 4) · one activation row in
+ * The WAT of `$q4_tile1x4`: four q4 weight rows (wq + 84·i, i < 4: a panel) · one activation row in
  * the 16-bit form, the 4 rows' sums stored at out[0..3] in one store. Per 16 weight bytes of a
  * group, the activation's 32 bytes (low-nibble half at +16·s, high at +64 + 16·s) are loaded
  * once for the 4 rows; each row's i16 sums are widened once per group.
@@ -421,13 +422,13 @@ export function quadTile(): string {
     locals(['m', 'xl', 'xh', 'p', 'sx', 'dx'], 'v128'),
     locals(['a0', 'a1', 'a2', 'a3'], 'v128'),
     locals(['f0', 'f1', 'f2', 'f3'], 'v128'),
-    '(local.set $rs (i32.mul (local.get $kb) (i32.const 21)))',
+    '(local.set $rs (i32.const 84))',
   )
   for (const i of rows.slice(1))
     emit(4, `(local.set ${w(i)} (i32.add (local.get ${w(i - 1)}) (local.get $rs)))`)
   emit(
     4,
-    '(local.set $end (local.get $w1))',
+    '(local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))',
     '(local.set $m (i8x16.splat (i32.const 15)))',
     '(block $done',
     '  (loop $groups',
@@ -467,7 +468,7 @@ export function quadTile(): string {
       `      (v128.load offset=64 (local.get ${w(i)})))`,
       '    (local.get $dx))))',
     )
-  for (const i of rows) emit(8, `(local.set ${w(i)} (i32.add (local.get ${w(i)}) (i32.const 84)))`)
+  for (const i of rows) emit(8, `(local.set ${w(i)} (i32.add (local.get ${w(i)}) (i32.const 336)))`)
   emit(8, '(local.set $x (i32.add (local.get $x) (i32.const 160)))', '(br $groups)))')
   emit(4, ';; $sums4 of f0..f3 written out (lane j: (fj.0 + fj.1) + (fj.2 + fj.3)), one store')
   const pairs = (to: string, a: string, b: string) =>

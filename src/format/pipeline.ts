@@ -22,7 +22,7 @@ import type {
   KvFormat,
 } from './manifest.ts'
 import { headLayout, headStride } from './manifest.ts'
-import { q4RowBytes } from './q4-b32.ts'
+import { q4Blocks, q4PlacedBytes } from './q4-b32.ts'
 import type { Qwen2Shape } from './config.ts'
 
 const MiB = 1024 * 1024
@@ -40,8 +40,8 @@ export const HEAD_BATCH_ROWS = 8
 /**
  * Bytes of one weight matrix of `rows` outputs and `cols` inputs in the decoder's kernel layout:
  * 'dqmm' as q8-rows (rows padded to 32 bytes, an int8 zero point and an f32 scale per row),
- * 'nbits' as q4-b32 (21 bytes per block of 32 inputs; 20 in its symmetric layout, `q4Symmetric`);
- * each matrix starts 64-byte aligned.
+ * 'nbits' as q4-b32 (21 bytes per block of 32 inputs, blocks in whole groups of 4; 20 in its
+ * symmetric layout, `q4Symmetric`; rows in whole panels of 4); each matrix starts 64-byte aligned.
  */
 export function kernelMatrixBytes(
   rows: number,
@@ -49,7 +49,7 @@ export function kernelMatrixBytes(
   format: DecoderFormat,
   q4Symmetric = false,
 ): number {
-  if (format === 'nbits') return align(rows * q4RowBytes(Math.ceil(cols / 32), q4Symmetric), 64)
+  if (format === 'nbits') return align(q4PlacedBytes(rows, q4Blocks(cols), q4Symmetric), 64)
   const stride = align(cols, 32)
   const scale = align(rows * stride + rows, 16)
   return align(scale + 4 * rows, 64)

@@ -16,7 +16,13 @@ import {
   f16ToF32,
   packMatMulNBits,
   packMatMulNBitsInto,
+  placeQ4,
+  placeQ4Bytes,
   q4Get,
+  q4GroupBytes,
+  q4PlacedBytes,
+  q4PlacedRowAt,
+  q4RowBytes,
   q4NibbleAt,
   emptyQ4,
   nbitsSymmetric,
@@ -27,6 +33,23 @@ import {
   quantizeQ4,
   type MatMulNBitsTensors,
 } from '../../src/format/q4-b32.ts'
+import { quantizeBlocksQ4 } from '../../src/format/quant.ts'
+
+/** MatMulNBits tensors of random weights [n, k] ('symmetric': without zero points, as exported). */
+function quantizeBlocksForTest(
+  n: number,
+  k: number,
+  seed: number,
+  sym: boolean,
+): Pick<MatMulNBitsTensors, 'b' | 'scales' | 'zeroPoints'> {
+  let x = seed
+  const w = Float32Array.from({ length: n * k }, () => {
+    x = (x * 1103515245 + 12345) >>> 0
+    return x / 2 ** 31 - 1
+  })
+  const q = quantizeBlocksQ4(w, n, k, 32, sym ? 'symmetric' : 'asymmetric')
+  return { b: q.packed, scales: q.scales, ...(!sym && { zeroPoints: q.zeroPoints }) }
+}
 
 /** onnxruntime's MatMulNBits dequantization, straight from its tensors (the spec, not q4-b32.ts). */
 function matMulNBitsWeight(t: MatMulNBitsTensors, v: number, k: number): number {
@@ -227,6 +250,76 @@ describe("q4-b32's symmetric layout (every zero point 8, none stored)", () => {
     expect(q4Scale(m, 0, 0)).toBe(0.5)
     expect(() => q4SetBlock(m, 0, 0, 0.5, 7)).toThrow(/symmetric/)
   })
+})
+
+describe("the kernels' placement: panels of 4 rows, their groups interleaved", () => {
+  // 7 rows of 300 inputs: 3 groups a row; the second panel holds 3 rows and a padding row
+  const tensors = (n: number, seed: number, sym: boolean): MatMulNBitsTensors => {
+    const q = quantizeBlocksForTest(n, 300, seed, sym)
+    return { n, k: 300, bits: 4, blockSize: 32, ...q }
+  }
+  for (const sym of [false, true]) {
+    const layout = sym ? 'symmetric' : 'with zero points'
+    const m = packMatMulNBits(tensors(7, 3, sym), sym)
+    const G = q4GroupBytes(sym)
+    const S = q4RowBytes(m.kb, sym)
+
+    it(`row v's group g at (v >> 2)·4·rowBytes + g·4·groupBytes + (v & 3)·groupBytes (${layout})`, () => {
+      expect(m.kb).toBe(12)
+      expect(q4PlacedBytes(7, m.kb, sym)).toBe(8 * S)
+      const dst = new Uint8Array(8 * S + 8).fill(0xa5)
+      placeQ4(m, dst, 4)
+      for (let v = 0; v < 7; v++)
+        for (let g = 0; g < m.kb / 4; g++) {
+          const at = 4 + (v >> 2) * 4 * S + g * 4 * G + (v & 3) * G
+          expect(q4PlacedRowAt(v, m.kb, sym) + g * 4 * G).toBe(at - 4)
+          expect([...dst.subarray(at, at + G)]).toEqual([
+            ...m.data.subarray(v * S + g * G, (v + 1) * S).subarray(0, G),
+          ])
+        }
+      // the padding row is zeros, nothing outside the placement is written
+      for (let g = 0; g < m.kb / 4; g++) {
+        const at = 4 + 4 * S + g * 4 * G + 3 * G
+        expect(dst.subarray(at, at + G).every((b) => b === 0)).toBe(true)
+      }
+      expect([...dst.subarray(0, 4), ...dst.subarray(4 + 8 * S)]).toEqual(new Array(8).fill(0xa5))
+    })
+
+    it(`a file placed piece by piece, cut anywhere, in any order, is placed whole (${layout})`, () => {
+      const whole = new Uint8Array(q4PlacedBytes(7, m.kb, sym))
+      placeQ4(m, whole, 0)
+      const cuts = [0, 1, 83, 84, 85, 200, S - 1, S, 3 * S + 7, 5 * S + 41, m.data.length]
+      const pieces = cuts
+        .slice(1)
+        .map((end, i) => [cuts[i], end] as const)
+        .reverse()
+      const dst = new Uint8Array(whole.length)
+      for (const [from, to] of pieces)
+        placeQ4Bytes(m.data.subarray(from, to), from, m.kb, sym, dst, 0)
+      expect(dst).toEqual(whole)
+    })
+
+    it(`MatMulNBits parts pack straight into their rows' places (${layout})`, () => {
+      // two parts, as the engine fuses q, k and v: rows 0..4 and 5..6 of one matrix
+      const [a, b] = [tensors(5, 11, sym), tensors(2, 12, sym)]
+      const dst = new Uint8Array(q4PlacedBytes(7, m.kb, sym) + 16).fill(0xa5)
+      packMatMulNBitsInto(a, dst, 16, sym, { row0: 0 })
+      packMatMulNBitsInto(b, dst, 16, sym, { row0: 5 })
+      const joined = new Uint8Array(7 * S)
+      joined.set(packMatMulNBits(a, sym).data, 0)
+      joined.set(packMatMulNBits(b, sym).data, 5 * S)
+      const want = new Uint8Array(q4PlacedBytes(7, m.kb, sym))
+      placeQ4({ n: 7, k: 300, kb: m.kb, ...(sym && { sym }), data: joined }, want, 0)
+      // every row's bytes (the padding row is not written)
+      for (let v = 0; v < 7; v++)
+        for (let g = 0; g < m.kb / 4; g++) {
+          const at = q4PlacedRowAt(v, m.kb, sym) + g * 4 * G
+          expect([...dst.subarray(16 + at, 16 + at + G)]).toEqual([...want.subarray(at, at + G)])
+        }
+      expect([...dst.subarray(0, 16)]).toEqual(new Array(16).fill(0xa5))
+      expect(() => packMatMulNBitsInto(b, dst, 16, sym, { row0: 7 })).toThrow(/no room/)
+    })
+  }
 })
 
 describe('the block order the kernels rely on', () => {

@@ -27,7 +27,8 @@
  *
  * Memory layout (one kernel instance per model):
  *   per layer: qkv, o, gate+up, down as 'q8-rows' matrices (rows of int8, stride a multiple of
- *   32, int8 zero point and f32 scale per row) or 'q4-b32' ones, then the activations' rows,
+ *   32, int8 zero point and f32 scale per row) or 'q4-b32' ones (in the kernels' placement:
+ *   panels of 4 rows, q4-b32.ts), then the activations' rows,
  *   then the KV arena (grows; scratch takes blocks of it).
  */
 import { AppError } from '../../core/errors.ts'
@@ -35,7 +36,7 @@ import {
   nbitsSymmetric,
   packMatMulNBitsInto,
   q4Blocks,
-  q4RowBytes,
+  q4PlacedBytes,
   type DecoderFormat,
   type DecoderLayerData,
   type DecoderMatrixData,
@@ -259,7 +260,7 @@ export class Q8Decoder {
       const w = at
       if (format === 'nbits') {
         const kb = q4Blocks(cols)
-        at = align(w + rows * q4RowBytes(kb, sym), 64)
+        at = align(w + q4PlacedBytes(rows, kb, sym), 64)
         q4Cols = Math.max(q4Cols, 32 * kb)
         if (cols % 32) q4PadCols = Math.max(q4PadCols, 32 * kb)
         return { kind: 'q4', w, kb, rows, cols, sym }
@@ -1022,15 +1023,18 @@ export class Q8Decoder {
 function writeMatrix(mem: Uint8Array, m: Matrix, parts: DecoderMatrixData[]): void {
   if (m.kind === 'q8') return writeRows(mem, m, parts as DqmmMatrixData[])
   // MatMulNBits rows are already output rows: each part is repacked (no value changes) into
-  // its place, its rows after the previous part's
+  // its rows' places in the kernels' placement (q4-b32.ts), its rows after the previous part's
   const nbits = parts as NBitsMatrixData[]
-  let at = m.w
+  let row0 = 0
   for (const p of nbits) {
     if (q4Blocks(p.tensors.k) !== m.kb)
       throw new AppError('model_invalid', 'q4 parts of different widths')
     if (m.sym && !nbitsSymmetric(p.tensors))
       throw new AppError('model_invalid', 'a q4 matrix with zero points other than 8')
-    at += packMatMulNBitsInto(p.tensors, mem, at, m.sym)
+    if (row0 + p.tensors.n > m.rows)
+      throw new AppError('model_invalid', 'q4 parts with too many rows')
+    packMatMulNBitsInto(p.tensors, mem, m.w, m.sym, { row0 })
+    row0 += p.tensors.n
   }
 }
 

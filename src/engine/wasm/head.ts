@@ -24,9 +24,10 @@
  *   [align4(V·S + V), +4V) scales, f32          ← the head file, copied in once as is
  *   then scratch for `capacity` vectors: x int16 [capacity, S], sum f32 [capacity],
  *   scale f32 [capacity], out f32 [capacity, V]
- * or for 'q4-b32': [0, V·S) the rows (S = 21 · blocks; 'q4s-b32', the symmetric layout: 20 ·
- * blocks), then scratch: x f32 [capacity, 32 · blocks], its a8-b32 form [capacity, 40 · blocks],
- * out f32 [capacity, V].
+ * or for 'q4-b32': the rows (S = 21 · blocks; 'q4s-b32', the symmetric layout: 20 · blocks) in
+ * the kernels' placement (q4-b32.ts: panels of 4 rows, ⌈V/4⌉·4·S bytes; each piece of the file
+ * goes to its places as it is written), then scratch: x f32 [capacity, 32 · blocks], its a8-b32
+ * form [capacity, 40 · blocks], out f32 [capacity, V].
  */
 import { AppError } from '../../core/errors.ts'
 import {
@@ -34,7 +35,12 @@ import {
   headStride,
   isQ4Head,
   q4Blocks,
+  placeQ4Bytes,
+  Q4_PANEL_ROWS,
+  q4GroupBytes,
   q4NibbleAt,
+  q4PlacedBytes,
+  q4PlacedRowAt,
   q4ScaleAt,
   q4ZeroAt,
   type HeadFormat,
@@ -96,7 +102,9 @@ export class Q8Head {
     const layout = headLayout(w.vocab, w.stride, w.format)
     this.zpAt = layout.zeroPoints
     this.scaleAt = layout.scales
-    this.scratchAt = align(this.scaleAt + 4 * w.vocab, 16)
+    this.scratchAt = this.q4
+      ? align(q4PlacedBytes(w.vocab, this.kb, this.sym), 16)
+      : align(this.scaleAt + 4 * w.vocab, 16)
   }
 
   /** Copies the head file into a new kernel instance. The caller may drop `w.data` afterwards. */
@@ -134,11 +142,13 @@ export class Q8Head {
     return headLayout(this.vocab, this.stride, this.format).bytes
   }
 
-  /** `bytes` of the head file at `offset`. */
+  /** `bytes` of the head file at `offset` (a 4-bit head's rows to their places in its panels). */
   write(offset: number, bytes: Uint8Array): void {
     if (offset + bytes.byteLength > this.fileBytes)
       throw new AppError('model_invalid', 'The head file is longer than its shape')
-    new Uint8Array(this.kernel.memory.buffer).set(bytes, offset)
+    const mem = new Uint8Array(this.kernel.memory.buffer)
+    if (this.q4) placeQ4Bytes(bytes, offset, this.kb, this.sym, mem, 0)
+    else mem.set(bytes, offset)
   }
 
   /** A 4-bit head's kernel: q4s_gemv for the symmetric layout. */
@@ -175,7 +185,7 @@ export class Q8Head {
 
   /** `embed` of a 4-bit head: each row's 4-bit values, (q − zp) · scale per block. */
   private embedQ4(ids: readonly number[]): Float32Array {
-    const { hidden, stride, vocab, sym } = this
+    const { hidden, vocab, sym } = this
     const mem = new Uint8Array(this.kernel.memory.buffer)
     const view = new DataView(this.kernel.memory.buffer)
     const out = new Float32Array(ids.length * hidden)
@@ -183,14 +193,18 @@ export class Q8Head {
       const t = ids[i]
       if (!(Number.isInteger(t) && t >= 0 && t < vocab))
         throw new AppError('bad_request', `token id ${t} is out of range`)
-      const row = t * stride
-      // the format's own offsets (q4-b32.ts): scale and zero point per block, a nibble per input
+      // the format's own offsets (q4-b32.ts): scale and zero point per block, a nibble per
+      // input, within each group of the row, whose groups are a panel's width apart
+      const row = q4PlacedRowAt(t, this.kb, sym)
+      const G = q4GroupBytes(sym)
+      const at = (rowOffset: number) =>
+        row + Math.floor(rowOffset / G) * Q4_PANEL_ROWS * G + (rowOffset % G)
       for (let c = 0; 32 * c < hidden; c++) {
-        const s = view.getFloat32(row + q4ScaleAt(c, sym), true)
-        const z = sym ? 8 : mem[row + q4ZeroAt(c)]
+        const s = view.getFloat32(at(q4ScaleAt(c, sym)), true)
+        const z = sym ? 8 : mem[at(q4ZeroAt(c))]
         for (let k = 32 * c; k < Math.min(hidden, 32 * c + 32); k++) {
           const { byte, high } = q4NibbleAt(k, sym)
-          const b = mem[row + byte]
+          const b = mem[at(byte)]
           out[i * hidden + k] = ((high ? b >> 4 : b & 15) - z) * s
         }
       }

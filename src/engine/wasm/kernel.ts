@@ -16,6 +16,7 @@
  */
 import { WASM_BASE64 as RELAXED_BASE64 } from './kernels/engine-relaxed-wasm.ts'
 import { WASM_BASE64 as SIMD128_BASE64 } from './kernels/engine-simd128-wasm.ts'
+import { q4PlacedBytes } from '../../format/q4-b32.ts'
 
 /** The builds of kernels/engine.wat (`npm run build:kernels` makes one binary per variant). */
 export type IsaVariant = 'simd128' | 'relaxed'
@@ -234,13 +235,16 @@ function selfCheck(k: KernelExports): Uint32Array {
     return seed >>> 0
   }
   const w = 0
-  const x = w + n * kb * 21
+  // the rows in the kernels' placement (q4-b32.ts: panels of 4 rows, the last one padded)
+  const x = w + q4PlacedBytes(n, kb)
   const xa = x + t * kb * 32 * 4
   const out = xa + t * kb * 40
-  // random nibbles, zero points and scales (the f32 bits of small random numbers)
+  // random nibbles, zero points and scales (the f32 bits of small random numbers), group by
+  // group of the placement (padding rows too: no kernel reads them)
   const bytes = new Uint8Array(mem)
   const view = new DataView(mem)
-  for (let g = 0; g < (n * kb) / 4; g++) {
+  const groups = q4PlacedBytes(n, kb) / 84
+  for (let g = 0; g < groups; g++) {
     for (let i = 0; i < 64; i++) bytes[84 * g + i] = next()
     for (let b = 0; b < 4; b++) {
       view.setFloat32(84 * g + 64 + 4 * b, (next() / 2 ** 32 - 0.5) / 64, true)
@@ -253,7 +257,7 @@ function selfCheck(k: KernelExports): Uint32Array {
   k.q4_gemm(w, kb, 0, n, xa, t, out + 4 * t * n, n)
   // and the symmetric kernels on the same nibbles and scales in their layout (80-byte groups)
   const ws = out + 16 * t * n
-  for (let g = 0; g < (n * kb) / 4; g++) bytes.copyWithin(ws + 80 * g, 84 * g, 84 * g + 80)
+  for (let g = 0; g < groups; g++) bytes.copyWithin(ws + 80 * g, 84 * g, 84 * g + 80)
   k.q4s_gemv(ws, kb, 0, n, xa, t, out + 8 * t * n, n)
   k.q4s_gemm(ws, kb, 0, n, xa, t, out + 12 * t * n, n)
   return new Uint32Array(mem, out, 4 * t * n).slice()

@@ -168,9 +168,11 @@ describe('q8 head kernel', () => {
 })
 
 describe('a q4-b32 head', () => {
-  // hidden 80: rows of 4 blocks, the third half padding, the fourth all (groups of 128 inputs)
-  const vocab = 300
-  const hidden = 80
+  // hidden 200: rows of 8 blocks in 2 groups of 128 inputs, the seventh block partly padding,
+  // the eighth all; vocab 301: in the kernels' placement (panels of 4 rows whose groups are
+  // interleaved) the last panel holds one row
+  const vocab = 301
+  const hidden = 200
   const r = rng(7)
   const w = Float32Array.from(
     { length: vocab * hidden },
@@ -208,7 +210,7 @@ describe('a q4-b32 head', () => {
     }
     const x = randomHidden(3, hidden, 9)
     const all = head.logits(x, 3)
-    const ids = [0, 17, 299, 17]
+    const ids = [0, 17, 300, 17, 299]
     const cols = head.columns(x, ids, 2 * hidden)
     expect([...cols]).toEqual(ids.map((v) => all[2 * vocab + v]))
   })
@@ -216,7 +218,7 @@ describe('a q4-b32 head', () => {
   it('looks up the embedding as the dequantized 4-bit rows, exactly', async () => {
     const head = await Q8Head.create(weights)
     const deq = dequantizeQ4(m)
-    const ids = [5, 0, 299, 5]
+    const ids = [5, 0, 300, 6, 5]
     const got = head.embed(ids)
     ids.forEach((t, i) =>
       expect([...got.subarray(i * hidden, (i + 1) * hidden)]).toEqual([

@@ -14,7 +14,8 @@
 ;; rows of `stride`, a multiple of 32; per row zp int8 and scale f32) with 'a16-row'
 ;; activations (activations.ts: int16 rows of `stride`, sum f32 and scale f32 per row); q4
 ;; (q4-b32.ts: 'q4-b32', kb blocks a row, a multiple of 4, in groups of 4 of 84 bytes: nibbles,
-;; scales f32, zero points u8; row v at w + 21·kb·v) with 'a8-b32' activations (activations.ts:
+;; scales f32, zero points u8; placed in panels of 4 rows whose groups are interleaved: row v's
+;; group g at w + 84·kb·(v >> 2) + 336·g + 84·(v & 3)) with 'a8-b32' activations (activations.ts:
 ;; groups of 160 bytes: int8 values in the weights' order, scales f32, sums i32; row j at
 ;; x + 40·kb·j). A16 activation row j is at x + 2·stride·j.
 ;;
@@ -79,10 +80,12 @@
   ;; steps of the 0.5B q8 and q4 packages in Node 20, both builds (`npm run bench:ab`), about
   ;; 1.2x over touching a row pair at a time (scripts/bench/kernels.ts, "streamed"). The row
   ;; kernels take a $stream flag: $streams of the row width from the decode exports (rows,
-  ;; rows4, q4_gemv), 0 from the prefill ones (q8_gemm, q4_gemm), where touching rows before
+  ;; rows4), 0 from the prefill one (q8_gemm; q4_gemm likewise), where touching rows before
   ;; every tile of 4 activation rows cost about 3%; those touch each block of weight rows once,
   ;; before its first tile (about 1.05x on a 26-token prompt, the size of a sentiment request;
   ;; nothing on 128 tokens). The words go into $touched so that no compiler drops the loads.
+  ;; The q4 decode kernels no longer touch: their rows are placed in panels of 4 (q4_rows), which
+  ;; a tile reads as one stream the prefetchers follow, and touching those measured slower.
   (global $touched (mut i32) (i32.const 0))
 
   (func $touch (param $at i32) (param $n i32)
@@ -1311,7 +1314,7 @@
     (param $wq i32) (param $kb i32) (param $x i32) (param $out i32)
     (local $end i32) (local $p v128) (local $lo v128) (local $hi v128) (local $m v128)
     (local $a0 v128) (local $a1 v128) (local $h0 v128) (local $h1 v128) (local $f v128)
-    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
@@ -1414,7 +1417,7 @@
                     (v128.load offset=144 (local.get $x)))))
               (v128.load offset=64 (local.get $wq)))
             (v128.load offset=128 (local.get $x)))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 336)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
     (f32.store (local.get $out) (call $hsum (local.get $f)))
@@ -1422,7 +1425,7 @@
 
 
 ;;#if relaxed
-  ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
+  ;; Two weight rows (at wq and wq + 84, in one panel) · one activation row, stored at out and out + 4:
   ;; each 16 activation bytes are loaded once for both rows, and the two rows are two streams
   ;; for the memory system. As $q4_tile1 otherwise (the same sums, bit for bit).
   (func $q4_tile1x2
@@ -1430,8 +1433,8 @@
     (local $end i32) (local $wr i32) (local $m v128) (local $xl v128) (local $xh v128)
     (local $p v128) (local $q v128) (local $a0 v128) (local $a1 v128) (local $b0 v128)
     (local $b1 v128) (local $sx v128) (local $dx v128) (local $f v128) (local $g v128)
-    (local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
-    (local.set $end (local.get $wr))
+    (local.set $wr (i32.add (local.get $wq) (i32.const 84)))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
@@ -1510,8 +1513,8 @@
                     (local.get $sx))))
               (v128.load offset=64 (local.get $wr)))
             (local.get $dx))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
-        (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 336)))
+        (local.set $wr (i32.add (local.get $wr) (i32.const 336)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
     ;; out[0], out[1]: the two rows' sums, (0+1)+(2+3) as $hsum adds them, in one store
@@ -1522,7 +1525,7 @@
       (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f) (local.get $f))))
   )
 ;;#else
-  ;; Two weight rows (at wq and wq + 21·kb) · one activation row, stored at out and out + 4:
+  ;; Two weight rows (at wq and wq + 84, in one panel) · one activation row, stored at out and out + 4:
   ;; the activations are loaded (and widened) once for both rows, and the two rows are two
   ;; streams for the memory system. As $q4_tile1 otherwise.
   (func $q4_tile1x2
@@ -1532,8 +1535,8 @@
     (local $x0 v128) (local $x1 v128) (local $x2 v128) (local $x3 v128)
     (local $a0 v128) (local $a1 v128) (local $b0 v128) (local $b1 v128)
     (local $sx v128) (local $dx v128) (local $f v128) (local $g v128)
-    (local.set $wr (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
-    (local.set $end (local.get $wr))
+    (local.set $wr (i32.add (local.get $wq) (i32.const 84)))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))
     (local.set $m (i8x16.splat (i32.const 15)))
     (block $done
       (loop $groups
@@ -1661,8 +1664,8 @@
                     (local.get $sx))))
               (v128.load offset=64 (local.get $wr)))
             (local.get $dx))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
-        (local.set $wr (i32.add (local.get $wr) (i32.const 84)))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 336)))
+        (local.set $wr (i32.add (local.get $wr) (i32.const 336)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (br $groups)))
     ;; out[0], out[1]: the two rows' sums, (0+1)+(2+3) as $hsum adds them, in one store
@@ -1686,7 +1689,7 @@
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $h0 v128) (local $h1 v128) (local $h2 v128) (local $h3 v128)
     (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
-    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))
     (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
     (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
     (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
@@ -1945,7 +1948,7 @@
                 (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
               (local.get $sc))
             (v128.load offset=128 (local.get $x3)))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 336)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
@@ -1973,7 +1976,7 @@
   )
 
 ;;#if relaxed
-  ;; Four weight rows (wq + i·21·kb, i < 4) · one activation row with the 16-bit form, stored at
+  ;; Four weight rows (wq + 84·i, i < 4: a panel) · one activation row with the 16-bit form, stored at
   ;; out[0..3] (a decode step of one sequence where the i32 form is not one instruction): each
   ;; 32 activation bytes are loaded once for 4 rows, and the 4 rows' sums end in one store.
   ;; 1.06x $q4_tile1x2 in Node 24, 1.14x in Deno, on a matrix streamed from memory; of its
@@ -1981,7 +1984,7 @@
   ;; Each row's sums are $q4_tile1x2's, bit for bit (the i16 lanes are exact).
   ;;#tile q4_tile1x4
 
-  ;; Two weight rows (at wq and wq + 21·kb) · 4 activation rows with the 16-bit form, stored at
+  ;; Two weight rows (at wq and wq + 84, in one panel) · 4 activation rows with the 16-bit form, stored at
   ;; out[j·ldo] and out[j·ldo + 1]: $q4_tile4x2_dot's tile where the i32 form is not one
   ;; instruction (x86 without AVX-VNNI, where V8 lowers the 16-bit form to one pmaddubsw): each
   ;; activation vector is loaded once for both rows, not once per row as two calls of $q4_tile4
@@ -2001,7 +2004,7 @@
 ;;#end
 
 ;;#if relaxed
-  ;; Two weight rows (at wq and wq + 21·kb) · 4 activation rows with the i32 form, stored at
+  ;; Two weight rows (at wq and wq + 84, in one panel) · 4 activation rows with the i32 form, stored at
   ;; out[j·ldo] and out[j·ldo + 1]: each activation vector is loaded once for both rows (in Deno,
   ;; which bounds-checks every load, the loads are what a tile of one row waits on: 1.12-1.19x
   ;; $q4_tile4_dot on a prompt's GEMM). Each row's sums are $q4_tile4_dot's, in the same order.
@@ -2019,7 +2022,7 @@
     (local $sc v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128)
-    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 21))))
+    (local.set $end (i32.add (local.get $wq) (i32.mul (local.get $kb) (i32.const 84))))
     (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
     (local.set $x1 (i32.add (local.get $x) (local.get $xst)))
     (local.set $x2 (i32.add (local.get $x1) (local.get $xst)))
@@ -2111,7 +2114,7 @@
                 (i32x4.mul (local.get $zp) (v128.load offset=144 (local.get $x3)))))
               (local.get $sc))
             (v128.load offset=128 (local.get $x3)))))
-        (local.set $wq (i32.add (local.get $wq) (i32.const 84)))
+        (local.set $wq (i32.add (local.get $wq) (i32.const 336)))
         (local.set $x (i32.add (local.get $x) (i32.const 160)))
         (local.set $x1 (i32.add (local.get $x1) (i32.const 160)))
         (local.set $x2 (i32.add (local.get $x2) (i32.const 160)))
@@ -2138,7 +2141,7 @@
     (v128.store32_lane 3 (local.get $out) (local.get $f0))
   )
 
-  ;; Two weight rows (at wq and wq + 21·kb) · 3 activation rows with the i32 form, stored at
+  ;; Two weight rows (at wq and wq + 84, in one panel) · 3 activation rows with the i32 form, stored at
   ;; out[j·ldo] and out[j·ldo + 1] (j < 3): $q4_tile4x2_dot for the last 3 rows of a prompt
   ;; chunk and decode batches of 3, where $q4_tile1x2 scored one activation row at a time, each
   ;; unpacked weight vector used for one row only (a GEMM of 3 rows: 1.4x). Each row's sums are
@@ -2168,28 +2171,37 @@
   ;; one at a time against both weight rows at once ($q4_tile1x2: half the activation loads, and
   ;; where the runtime bounds-checks every load, as Deno does, half their checks), or with the
   ;; i32 form all at once ($q4_tile{3,2,1}x2_dot).
+  ;;
+  ;; The rows are in the kernels' placement (q4-b32.ts, Q4_PANEL_ROWS): panels of 4 rows, 84·kb
+  ;; bytes each, whose groups are interleaved, so row v's group g is at
+  ;; (v >> 2)·84·kb + 336·g + 84·(v & 3), and a tile walks its rows' groups 336 bytes at a time.
+  ;; The rows of a pair are in one panel ((v & 3) < 3: row v + 1 is 84 bytes after row v), a
+  ;; tile of 4 rows is a whole panel. A tile of 4 rows then reads one sequential stream, which
+  ;; the hardware prefetchers follow: no lines are touched ahead ($touch_rows), which rows
+  ;; stored one after another needed (4 streams that the prefetchers did not follow), and a
+  ;; decode step of the 0.5B q4 package runs its products 1.3-1.4x faster.
   (func $q4_rows
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
-    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32) (param $stream i32)
-    (local $v i32) (local $j i32) (local $row i32) (local $bytes i32) (local $xst i32)
+    (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
+    (local $v i32) (local $j i32) (local $row i32) (local $panel i32) (local $xst i32)
     (local $pair i32) (local $o i32) (local $xj i32)
-    (local.set $bytes (i32.mul (local.get $kb) (i32.const 21)))
+    (local.set $panel (i32.mul (local.get $kb) (i32.const 84)))
     (local.set $xst (i32.mul (local.get $kb) (i32.const 40)))
     (local.set $v (local.get $v0))
     (block $done
       (loop $rows
         (br_if $done (i32.ge_u (local.get $v) (local.get $v1)))
-        (local.set $pair (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1)))
-        (local.set $row (i32.add (local.get $w) (i32.mul (local.get $v) (local.get $bytes))))
-        (if (i32.and (local.get $stream)
-              (i32.eqz (i32.and (i32.sub (local.get $v) (local.get $v0)) (i32.const 7))))
-          (then (call $touch_rows (local.get $row) (local.get $v) (local.get $v0) (local.get $v1)
-            (local.get $bytes))))
+        (local.set $pair (i32.and (i32.lt_u (i32.add (local.get $v) (i32.const 1)) (local.get $v1))
+          (i32.ne (i32.and (local.get $v) (i32.const 3)) (i32.const 3))))
+        (local.set $row (i32.add (local.get $w)
+          (i32.add (i32.mul (i32.shr_u (local.get $v) (i32.const 2)) (local.get $panel))
+            (i32.mul (i32.and (local.get $v) (i32.const 3)) (i32.const 84)))))
 ;;#if relaxed
-        ;; one activation row in the 16-bit form: weight rows 4 at a time while 4 are left
+        ;; one activation row in the 16-bit form: a whole panel at a time while one is left
         (if (i32.and (i32.eq (local.get $n) (i32.const 1))
               (i32.and (i32.eqz (global.get $dot_add))
-                (i32.le_u (i32.add (local.get $v) (i32.const 4)) (local.get $v1))))
+                (i32.and (i32.eqz (i32.and (local.get $v) (i32.const 3)))
+                  (i32.le_u (i32.add (local.get $v) (i32.const 4)) (local.get $v1)))))
           (then
             (call $q4_tile1x4 (local.get $row) (local.get $kb) (local.get $x)
               (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2))))
@@ -2226,7 +2238,7 @@
               (local.get $o) (local.get $ldo))
             (if (local.get $pair)
               (then
-                (call $q4_tile4 (i32.add (local.get $row) (local.get $bytes)) (local.get $kb)
+                (call $q4_tile4 (i32.add (local.get $row) (i32.const 84)) (local.get $kb)
                   (local.get $xj) (i32.add (local.get $o) (i32.const 4)) (local.get $ldo))))
 ;;#end
             (local.set $j (i32.add (local.get $j) (i32.const 4)))
@@ -2282,20 +2294,20 @@
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $n i32) (param $out i32) (param $ldo i32)
     (call $q4_rows (local.get $w) (local.get $kb) (local.get $v0) (local.get $v1)
-      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo)
-      (call $streams (i32.mul (local.get $kb) (i32.const 21))))
+      (local.get $x) (local.get $n) (local.get $out) (local.get $ldo))
   )
 
-  ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (at least 4
-  ;; rows), each block scored by every tile of 4 activation rows while it is in cache (the tile
-  ;; itself, 4 · 40 · kb bytes, stays in L1), then by the last t mod 4.
+  ;; q4 rows · t activation rows, for prefill: weight rows in blocks of about 64 KiB (whole
+  ;; panels of 4 rows, at least one), each block scored by every tile of 4 activation rows while
+  ;; it is in cache (the tile itself, 4 · 40 · kb bytes, stays in L1), then by the last t mod 4.
+  ;; The panels of a block are touched once before its first tile.
   (func (export "q4_gemm")
     (param $w i32) (param $kb i32) (param $v0 i32) (param $v1 i32)
     (param $x i32) (param $t i32) (param $out i32) (param $ldo i32)
     (local $rb i32) (local $vb i32) (local $ve i32) (local $j i32) (local $n i32)
-    (local $bytes i32)
-    (local.set $bytes (i32.mul (local.get $kb) (i32.const 21)))
-    (local.set $rb (i32.div_u (i32.const 65536) (local.get $bytes)))
+    (local $panel i32) (local $p0 i32)
+    (local.set $panel (i32.mul (local.get $kb) (i32.const 84)))
+    (local.set $rb (i32.shl (i32.div_u (i32.const 65536) (local.get $panel)) (i32.const 2)))
     (if (i32.lt_u (local.get $rb) (i32.const 4)) (then (local.set $rb (i32.const 4))))
     (local.set $vb (local.get $v0))
     (block $done
@@ -2303,8 +2315,11 @@
         (br_if $done (i32.ge_u (local.get $vb) (local.get $v1)))
         (local.set $ve (i32.add (local.get $vb) (local.get $rb)))
         (if (i32.gt_u (local.get $ve) (local.get $v1)) (then (local.set $ve (local.get $v1))))
-        (call $touch (i32.add (local.get $w) (i32.mul (local.get $vb) (local.get $bytes)))
-          (i32.mul (i32.sub (local.get $ve) (local.get $vb)) (local.get $bytes)))
+        ;; panels vb >> 2 … (ve − 1) >> 2
+        (local.set $p0 (i32.shr_u (local.get $vb) (i32.const 2)))
+        (call $touch (i32.add (local.get $w) (i32.mul (local.get $p0) (local.get $panel)))
+          (i32.mul (i32.sub (i32.add (i32.shr_u (i32.sub (local.get $ve) (i32.const 1)) (i32.const 2))
+            (i32.const 1)) (local.get $p0)) (local.get $panel)))
         (local.set $j (i32.const 0))
         (block $tiles_done
           (loop $tiles
@@ -2317,7 +2332,7 @@
               (local.get $n)
               (i32.add (local.get $out)
                 (i32.shl (i32.mul (local.get $j) (local.get $ldo)) (i32.const 2)))
-              (local.get $ldo) (i32.const 0))
+              (local.get $ldo))
             (local.set $j (i32.add (local.get $j) (local.get $n)))
             (br $tiles)))
         (local.set $vb (local.get $ve))

@@ -61,6 +61,8 @@ import {
 } from '../../../../src/engine/wasm/kernel.ts'
 import {
   emptyQ4,
+  placeQ4,
+  q4PlacedBytes,
   q4Set,
   q4SetBlock,
   quantizeQ4,
@@ -107,6 +109,13 @@ function randomQ4(n: number, k: number, seed: number): Q4Matrix {
   for (let v = 0; v < n; v++)
     for (let c = 0; c < m.kb; c++) q4SetBlock(m, v, c, (r() - 0.3) * 0.02, Math.floor(r() * 16))
   return m
+}
+
+/** `m` as the kernels read it: its rows in panels of 4 (q4-b32.ts), the last one padded. */
+function placed(m: Q4Matrix): Uint8Array {
+  const bytes = new Uint8Array(q4PlacedBytes(m.n, m.kb, m.sym))
+  placeQ4(m, bytes, 0)
+  return bytes
 }
 
 /** Regions of kernel memory, 64-byte aligned, after a guard of 64 bytes. */
@@ -225,7 +234,7 @@ async function runQ4(
 ): Promise<Float32Array> {
   const { kernels } = await instantiateEngine(variant, { dotAdd })
   const a = new Arena(kernels)
-  const w = a.put(m.data)
+  const w = a.put(placed(m))
   const xa = a.put(x.data)
   const out = a.take(4 * x.t * ldo)
   new Float32Array(kernels.memory.buffer, out, x.t * ldo).fill(NaN)
@@ -332,10 +341,16 @@ describe('engine kernels: the committed bytes', () => {
       // the copies call only copies, and load no zero point
       expect(copies).not.toMatch(/\$q4_|\$z[pq]\b|load32_zero offset=80/)
       expect(source.slice(0, at)).toMatch(/load32_zero offset=80/)
-      // and walk the symmetric layout: rows of 20·kb bytes, groups of 80
-      expect(copies).not.toMatch(/\(i32\.const (21|84)\)/)
-      expect(copies).toContain('(i32.mul (local.get $kb) (i32.const 20))')
-      expect(source.slice(0, at)).toContain('(i32.mul (local.get $kb) (i32.const 21))')
+      // and walk the symmetric layout placed in panels of 4 rows: groups of 80 bytes, a row's
+      // next group 320 on, panels of 80·kb (the general kernels: 84, 336, 84·kb)
+      expect(copies).not.toMatch(/\(i32\.const (21|84|336)\)/)
+      for (const [general, symmetric] of [
+        ['(i32.mul (local.get $kb) (i32.const 84))', '(i32.mul (local.get $kb) (i32.const 80))'],
+        ['(i32.const 336)', '(i32.const 320)'],
+      ]) {
+        expect(copies).toContain(symmetric)
+        expect(source.slice(0, at)).toContain(general)
+      }
     }
     const use = (body: string) => `(module\n  (func $q4_x (local $zp v128)\n    ${body})\n)`
     expect(
@@ -344,9 +359,9 @@ describe('engine kernels: the committed bytes', () => {
     expect(() => addSymmetricQ4(use('(drop (i32x4.add (local.get $zp) (local.get $zp)))'))).toThrow(
       /\$q4s_x: a zero point is still used/,
     )
-    // a row stride of 21 in a form the rewrite does not know
+    // a row stride of 21 (bytes a block with zero points), which the rewrite does not know
     expect(() => addSymmetricQ4(use('(drop (i32.mul (local.get $n) (i32.const 21)))'))).toThrow(
-      /\$q4s_x: a row stride of 21·kb is left/,
+      /\$q4s_x: a stride of the layout with zero points is left/,
     )
   })
 
@@ -498,10 +513,16 @@ for (const variant of ISA_VARIANTS) {
             const x = quantizeBlocks(randomRows(t, k, 7 * t + k), t, k)
             expectQ4(await runQ4(build, 'gemv', m, x), m, x, 0, n, n + 3)
           }
-          const x = quantizeBlocks(randomRows(3, k, 1), 3, k)
-          const v0 = Math.floor(n / 3)
-          const v1 = n - Math.floor(n / 4)
-          expectQ4(await runQ4(build, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
+          // sub-ranges, one from row 3: rows 3 and 4 are in different panels of the placement
+          // (q4-b32.ts), so they are not a pair; then whole panels from row 4 on
+          for (const [v0, v1] of [
+            [Math.floor(n / 3), n - Math.floor(n / 4)],
+            [Math.min(3, n - 1), n],
+          ])
+            for (const t of [1, 3]) {
+              const x = quantizeBlocks(randomRows(t, k, t), t, k)
+              expectQ4(await runQ4(build, 'gemv', m, x, v0, v1), m, x, v0, v1, n + 3)
+            }
         }
       })
 
@@ -516,6 +537,8 @@ for (const variant of ISA_VARIANTS) {
         }
         const x = quantizeBlocks(randomRows(6, 896, 2), 6, 896)
         expectQ4(await runQ4(build, 'gemm', m, x, 100, 240), m, x, 100, 240, n + 3)
+        // from an odd row: blocks that start and end inside panels
+        expectQ4(await runQ4(build, 'gemm', m, x, 101, 239), m, x, 101, 239, n + 3)
       })
 
       it(`q4s_gemv and q4s_gemm: the symmetric layout (80-byte groups, zero points 8) gives the reference's bits${form}`, async () => {
@@ -683,9 +706,10 @@ for (const variant of ISA_VARIANTS) {
     })
 
     it('kernels touch only the bytes of their rows: weights that end where memory ends', async () => {
-      // the kernels load a word of each line of the next rows (decode) or of a block of rows
-      // (prefill) before scoring them; a matrix placed flush against the end of memory traps if
-      // any load reaches past its rows
+      // the kernels load a word of each line of the next rows (q8 decode) or of a block of rows
+      // (prefill) before scoring them, and a q4 tile walks a panel of 4 rows (the last one padded:
+      // 9 rows take 12); a matrix placed flush against the end of memory traps if any load
+      // reaches past its rows (its placement)
       const { kernels } = await instantiateEngine(variant)
       const atEnd = (a: Arena, data: Uint8Array | Int8Array): number => {
         const end = Math.ceil((kernels.memory.buffer.byteLength + data.byteLength) / 65536) * 65536
@@ -704,13 +728,13 @@ for (const variant of ISA_VARIANTS) {
         const x = quantizeBlocks(randomRows(t, 896, 32 + t), t, 896)
         const xa = a.put(x.data)
         const out = a.take(4 * t * m.n)
-        const w = atEnd(a, m.data)
+        const w = atEnd(a, placed(m))
         const call = t > 4 ? kernels.q4_gemm : kernels.q4_gemv
         call(w, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), m, x, 0, m.n, m.n)
         // and the symmetric kernels, on the same rows in their layout, also ending at the end
         const s = symmetricOf(m)
-        const ws = atEnd(a, s.data)
+        const ws = atEnd(a, placed(s))
         ;(t > 4 ? kernels.q4s_gemm : kernels.q4s_gemv)(ws, m.kb, 0, m.n, xa, t, out, m.n)
         expectQ4(a.f32(out, t * m.n), s, x, 0, m.n, m.n)
       }

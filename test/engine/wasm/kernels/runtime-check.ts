@@ -16,7 +16,7 @@ import {
   relaxedSimdWorks,
   type KernelExports,
 } from '../../../../src/engine/wasm/kernel.ts'
-import { emptyQ4, q4SetBlock } from '../../../../src/format/q4-b32.ts'
+import { emptyQ4, placeQ4, q4PlacedBytes, q4SetBlock } from '../../../../src/format/q4-b32.ts'
 
 let seed = 12345
 const rnd = () => {
@@ -44,7 +44,10 @@ function mismatches(k: KernelExports): number {
     at = Math.ceil((at + a.byteLength) / 64) * 64
     return p
   }
-  const [w, xf] = [put(m.data), put(x)]
+  // the rows in the kernels' placement (panels of 4, the last padded)
+  const placed = new Uint8Array(q4PlacedBytes(n, m.kb))
+  placeQ4(m, placed, 0)
+  const [w, xf] = [put(placed), put(x)]
   const xa = put(new Uint8Array(ref.data.length))
   k.quant_b32(xf, K, K, t, xa)
   let bad = 0
