@@ -253,10 +253,8 @@ export async function measureEngine(
   const { loadPackage, openPackage } = await import('../../src/engine/package/loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
   const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
-  // as each server does (src/adapters/node/main.ts, src/adapters/deno/main.ts)
-  if ('Deno' in globalThis)
-    installMacrotask((await import('../../src/adapters/deno/macrotask.ts')).denoTurn)
-  else installMacrotask(setImmediate)
+  // as the Node server does (src/adapters/node/main.ts); the Deno server keeps the default
+  if (!('Deno' in globalThis)) installMacrotask(setImmediate)
   // as both servers verify shards: node:crypto's SHA-256 (since 2026-12-05; the run of that day
   // loaded with the loader's own, the serve part with this one)
   const { installSha256 } = await import('../../src/engine/package/sha256.ts')

@@ -15,15 +15,9 @@
  */
 import { createApp, readConfigFromEnv } from '../../app.ts'
 import { resolveModelLocation } from './model-location.ts'
-import {
-  createEngineHost,
-  engineOptionsFromEnv,
-  installMacrotask,
-  installSha256,
-} from '../../engine/index.ts'
+import { createEngineHost, engineOptionsFromEnv, installSha256 } from '../../engine/index.ts'
 // Deno implements node:crypto natively: the Node adapter's SHA-256 serves here too
 import { nodeSha256 } from '../node/sha256.ts'
-import { denoTurn } from './macrotask.ts'
 
 // The few Deno APIs used here, so the project type-checks without Deno's types.
 interface DenoServer {
@@ -46,8 +40,6 @@ declare const Deno: {
 
 // shards verified with node:crypto's native SHA-256 (5x the loader's own)
 installSha256(nodeSha256)
-// the engine's turns to the event loop without the timer's 1-2 ms (macrotask.ts)
-installMacrotask(denoTurn)
 
 const env = Deno.env.toObject()
 const location = await resolveModelLocation(env.MODEL || undefined, env.MODEL_STORE || undefined)

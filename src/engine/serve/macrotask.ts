@@ -4,10 +4,9 @@
  * it gathers streams.
  *
  * The default, `setTimeout(0)`, works everywhere but waits for the timer clamp, a noticeable
- * share of every decode step on Node and Deno. The Node adapter installs `setImmediate`, which
- * runs right after Node's I/O phase. Deno's `setImmediate` does not let incoming requests in
- * (tested: test/runtimes), so the Deno adapter installs a few async ops in a row, each a poll of
- * its event loop (adapters/deno/macrotask.ts); workerd keeps the default.
+ * share of every decode step on Node. The Node adapter installs `setImmediate`, which runs
+ * right after Node's I/O phase. Deno's `setImmediate` does not let incoming requests in (tested:
+ * test/runtimes), so Deno and workerd keep the default.
  */
 type Schedule = (run: () => void) => void
 
