@@ -4,9 +4,10 @@
  * whose zero points are all 8, the form of `MatMulNBits` without a zero_points input (what
  * transformers.js's quantizer writes for onnx-community's q4 and q4f16 files). They read the
  * symmetric layout of 'q4-b32' (q4-b32.ts): groups of 80 bytes, rows of 20·kb, no zero points
- * stored (placed in panels of 4 rows: a row's next group 320 bytes on, panels of 80·kb). Each block's correction `zp · Σx` becomes `Σx << 3`, so the per-block epilogue loses an
- * integer multiply and the zero-point loads and widenings of every weight row (a prompt's GEMM
- * about 1.06x), and the matrix 4 bytes a group.
+ * stored (placed in panels of 4 rows: a row's next group 320 bytes on, panels of 80·kb). Each
+ * block's correction `zp · Σx` becomes `Σx << 3`, so the per-block epilogue loses an integer
+ * multiply and the zero-point loads and widenings of every weight row (a prompt's GEMM about
+ * 1.06x), and the matrix 4 bytes a group.
  *
  * A rewrite of the text, not a second source: the general kernels stay the one place their
  * loops are written, and this checks that it removed every use of a zero point (it throws on a

@@ -95,6 +95,15 @@ export function q4PlacedRowAt(v: number, kb: number, sym = false): number {
 }
 
 /**
+ * Offset in the kernels' placement of byte `b` of row v as the format stores it (b < rowBytes:
+ * q4NibbleAt's, q4ScaleAt's and q4ZeroAt's offsets).
+ */
+export function q4PlacedAt(v: number, b: number, kb: number, sym = false): number {
+  const G = q4GroupBytes(sym)
+  return q4PlacedRowAt(v, kb, sym) + Math.floor(b / G) * Q4_PANEL_ROWS * G + (b % G)
+}
+
+/**
  * Places `src`, bytes [fileAt, fileAt + src.length) of a matrix stored in the format above (kb
  * blocks a row), at their places in a placement that starts at `dst[at]`: the pieces of a file
  * can arrive in any order and cut anywhere. Copies group by group (80 or 84 bytes each).
@@ -114,13 +123,9 @@ export function placeQ4Bytes(
     const o = fileAt + from
     const v = Math.floor(o / S)
     const inRow = o - v * S
-    const g = Math.floor(inRow / G)
-    const inGroup = inRow - g * G
-    const n = Math.min(G - inGroup, src.length - from)
-    dst.set(
-      src.subarray(from, from + n),
-      at + q4PlacedRowAt(v, kb, sym) + Q4_PANEL_ROWS * G * g + inGroup,
-    )
+    // to the end of its group, the unit that stays together
+    const n = Math.min(G - (inRow % G), src.length - from)
+    dst.set(src.subarray(from, from + n), at + q4PlacedAt(v, inRow, kb, sym))
     from += n
   }
 }
@@ -129,9 +134,10 @@ export function placeQ4Bytes(
 export function placeQ4(m: Q4Matrix, dst: Uint8Array, at: number): void {
   const bytes = q4PlacedBytes(m.n, m.kb, m.sym)
   if (at + bytes > dst.length) throw new Error(`no room for a ${m.n} x ${m.k} q4 matrix at ${at}`)
+  // the last panel whole when it has padding rows (they are interleaved with its rows)
   dst.fill(
     0,
-    at + (Math.floor(m.n / Q4_PANEL_ROWS) * Q4_PANEL_ROWS * m.data.length) / m.n,
+    at + q4PlacedBytes(Math.floor(m.n / Q4_PANEL_ROWS) * Q4_PANEL_ROWS, m.kb, m.sym),
     at + bytes,
   )
   placeQ4Bytes(m.data, 0, m.kb, m.sym === true, dst, at)

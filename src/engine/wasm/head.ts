@@ -36,11 +36,9 @@ import {
   isQ4Head,
   q4Blocks,
   placeQ4Bytes,
-  Q4_PANEL_ROWS,
-  q4GroupBytes,
   q4NibbleAt,
+  q4PlacedAt,
   q4PlacedBytes,
-  q4PlacedRowAt,
   q4ScaleAt,
   q4ZeroAt,
   type HeadFormat,
@@ -194,11 +192,8 @@ export class Q8Head {
       if (!(Number.isInteger(t) && t >= 0 && t < vocab))
         throw new AppError('bad_request', `token id ${t} is out of range`)
       // the format's own offsets (q4-b32.ts): scale and zero point per block, a nibble per
-      // input, within each group of the row, whose groups are a panel's width apart
-      const row = q4PlacedRowAt(t, this.kb, sym)
-      const G = q4GroupBytes(sym)
-      const at = (rowOffset: number) =>
-        row + Math.floor(rowOffset / G) * Q4_PANEL_ROWS * G + (rowOffset % G)
+      // input, at their places in the kernels' placement
+      const at = (b: number) => q4PlacedAt(t, b, this.kb, sym)
       for (let c = 0; 32 * c < hidden; c++) {
         const s = view.getFloat32(at(q4ScaleAt(c, sym)), true)
         const z = sym ? 8 : mem[at(q4ZeroAt(c))]
