@@ -253,8 +253,12 @@ export async function measureEngine(
   const { loadPackage, openPackage } = await import('../../src/engine/package/loader.ts')
   const { QwenEngine } = await import('../../src/engine/engine.ts')
   const { installMacrotask } = await import('../../src/engine/serve/macrotask.ts')
-  // as the Node server does (src/adapters/node/main.ts); the Deno server keeps the default
-  if (!('Deno' in globalThis)) installMacrotask(setImmediate)
+  // as each server does (src/adapters/node/main.ts, src/adapters/deno/main.ts)
+  if ('Deno' in globalThis) {
+    const { openLoopbackTurn } = await import('../../src/adapters/deno/io-turn.ts')
+    const loopback = await openLoopbackTurn()
+    if (loopback) installMacrotask(loopback.schedule)
+  } else installMacrotask(setImmediate)
   // as both servers verify shards: node:crypto's SHA-256 (since 2026-12-05; the run of that day
   // loaded with the loader's own, the serve part with this one)
   const { installSha256 } = await import('../../src/engine/package/sha256.ts')

@@ -79,6 +79,8 @@ describe('Deno serving MODEL=http://… (as on Deno Deploy)', () => {
     const answer = await sentiment(server)
     expect(answer.status).toBe(200)
     expect(answer.body.label).toMatch(/^(positive|negative)$/)
+    // the engine's turns of the event loop are the loopback's, not the timer's (io-turn.ts)
+    expect(server.logs()).toContain('event-loop turns: loopback TCP')
 
     const expected = ['manifest.json', ...listFiles(manifest).map((f) => f.path)]
     for (const file of expected) {

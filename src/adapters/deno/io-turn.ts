@@ -1,0 +1,118 @@
+/**
+ * Deno's turn of the event loop for the engine's scheduler (engine/serve/macrotask.ts): one byte
+ * sent to itself over a loopback TCP connection.
+ *
+ * Why a socket. The scheduler takes a turn between forward runs so that streamed deltas are
+ * written, new requests come in and a client that left is seen. In Deno:
+ * - `setTimeout(0)` takes 2.2-2.3 ms a turn, about a tenth of a 0.5B decode step;
+ * - `setImmediate` and a `MessageChannel` message are fast, but do not poll the sockets;
+ * - async ops that are ready at once (Web Crypto) poll them only when the loop happens to wait.
+ *   Under load, a stream's deltas then reached the client in one burst.
+ *
+ * A read of the loopback socket cannot finish until the runtime has polled its sockets: the read
+ * leaves the socket marked not-ready, so the next read waits for the poller to see the byte. So
+ * every turn writes the HTTP server's pending responses, accepts and reads requests, and fires
+ * due timers. It costs 0.2-0.3 ms (BENCHMARKS.md, "Deno: the event loop's turn").
+ *
+ * Where loopback TCP is not allowed (no `--allow-net` for 127.0.0.1, or a host that refuses
+ * `Deno.listen`), openLoopbackTurn returns undefined and the caller keeps the timer. A turn that
+ * fails later closes the pair, and this and every later turn take the timer.
+ */
+type Schedule = (run: () => void) => void
+
+// The few Deno APIs used here, so the project type-checks without Deno's types.
+interface Conn {
+  read(buffer: Uint8Array): Promise<number | null>
+  write(bytes: Uint8Array): Promise<number>
+  setNoDelay(on?: boolean): void
+  close(): void
+}
+interface DenoNet {
+  listen(options: { hostname: string; port: number; transport?: 'tcp' }): {
+    addr: { port: number }
+    accept(): Promise<Conn>
+    close(): void
+  }
+  connect(options: { hostname: string; port: number }): Promise<Conn>
+  permissions: { querySync(d: { name: 'net'; host: string }): { state: string } }
+}
+
+const HOST = '127.0.0.1'
+
+/** A loopback turn, or undefined where this Deno may not open one (no prompt is shown). */
+export async function openLoopbackTurn(): Promise<
+  { schedule: Schedule; close(): void } | undefined
+> {
+  const deno = (globalThis as { Deno?: DenoNet }).Deno
+  if (!deno) return undefined
+  let pair: [Conn, Conn] | undefined
+  try {
+    if (deno.permissions.querySync({ name: 'net', host: HOST }).state !== 'granted')
+      return undefined
+    const listener = deno.listen({ hostname: HOST, port: 0, transport: 'tcp' })
+    try {
+      const accepted = listener.accept()
+      const sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
+      pair = [sender, await accepted]
+    } finally {
+      listener.close()
+    }
+  } catch {
+    return undefined
+  }
+  return loopbackTurn(pair[0], pair[1])
+}
+
+/**
+ * Turns over a connected pair: each writes one byte on `sender` and reads it from `receiver`.
+ * The callers that ask while a turn is on the wire all resume after the next one: a
+ * connection takes one read at a time, and one byte is in flight at most.
+ */
+export function loopbackTurn(sender: Conn, receiver: Conn): { schedule: Schedule; close(): void } {
+  sender.setNoDelay(true)
+  const byte = new Uint8Array([1])
+  const buffer = new Uint8Array(16)
+  let waiting: Array<() => void> = []
+  let onWire = false
+  let closed = false
+  const timer: Schedule = (run) => setTimeout(run, 0)
+
+  const close = () => {
+    if (closed) return
+    closed = true
+    for (const conn of [sender, receiver])
+      try {
+        conn.close()
+      } catch {
+        // closed already
+      }
+  }
+
+  const pump = async () => {
+    onWire = true
+    let batch: Array<() => void> = []
+    try {
+      while (waiting.length > 0 && !closed) {
+        batch = waiting
+        waiting = []
+        await sender.write(byte)
+        if ((await receiver.read(buffer)) !== 1) throw new Error('the loopback turn lost its byte')
+        for (const run of batch) run()
+        batch = []
+      }
+    } catch {
+      close()
+    } finally {
+      onWire = false
+      // after a failure (or close), whoever still waits gets the timer's turn
+      for (const run of [...batch, ...waiting.splice(0)]) timer(run)
+    }
+  }
+
+  const schedule: Schedule = (run) => {
+    if (closed) return timer(run)
+    waiting.push(run)
+    if (!onWire) void pump()
+  }
+  return { schedule, close }
+}
