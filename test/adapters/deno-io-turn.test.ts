@@ -23,7 +23,7 @@ interface Probe {
   afterClose?: number
 }
 
-function probe(permissions: string[], mode: 'open' | 'microtask'): Probe {
+function probe(permissions: string[], mode: 'open' | 'microtask' | 'stall'): Probe {
   const out = execFileSync(DENO, ['run', '--config', 'deno.json', ...permissions, PROBE, mode], {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: '1' },
@@ -51,6 +51,16 @@ describe('the loopback turn (Deno)', () => {
     expect(r.ping!.servedAt).toBeGreaterThan(r.steps!)
     expect(r.reads).toBe(1)
     expect(r.maxChunksPerRead).toBe(r.steps)
+  }, 60_000)
+
+  it('a turn whose byte never comes back gives up the loopback after 2 s for the timer', () => {
+    const r = probe(['--allow-net=127.0.0.1'], 'stall') as unknown as {
+      firstMs: number
+      laterMs: number
+    }
+    expect(r.firstMs).toBeGreaterThanOrEqual(1900) // the watchdog, not the byte
+    expect(r.firstMs).toBeLessThan(30_000)
+    expect(r.laterMs).toBeLessThan(r.firstMs / 10) // then the timer's turns
   }, 60_000)
 
   it('without net permission for 127.0.0.1 there is no loopback turn, and no prompt', () => {

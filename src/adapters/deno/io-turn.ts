@@ -22,6 +22,8 @@ type Schedule = (run: () => void) => void
 
 // The few Deno APIs used here, so the project type-checks without Deno's types.
 interface Conn {
+  readonly localAddr: { port: number }
+  readonly remoteAddr: { port: number }
   read(buffer: Uint8Array): Promise<number | null>
   write(bytes: Uint8Array): Promise<number>
   setNoDelay(on?: boolean): void
@@ -38,6 +40,8 @@ interface DenoNet {
 }
 
 const HOST = '127.0.0.1'
+/** How long a turn may take before the loopback is given up for the timer. */
+const STALL_MS = 2000
 
 /** A loopback turn, or undefined where this Deno may not open one (no prompt is shown). */
 export async function openLoopbackTurn(): Promise<
@@ -50,10 +54,20 @@ export async function openLoopbackTurn(): Promise<
     if (deno.permissions.querySync({ name: 'net', host: HOST }).state !== 'granted')
       return undefined
     const listener = deno.listen({ hostname: HOST, port: 0, transport: 'tcp' })
+    const accepted = listener.accept()
+    // if the connect fails, closing the listener rejects the accept: not an unhandled rejection
+    accepted.catch(() => {})
+    let sender: Conn | undefined
     try {
-      const accepted = listener.accept()
-      const sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
-      pair = [sender, await accepted]
+      sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
+      const receiver = await accepted
+      pair = [sender, receiver]
+      // the connection accepted is this one (nobody else's, in the moment the port was open)
+      if (receiver.remoteAddr.port !== sender.localAddr.port) throw new Error('not our peer')
+    } catch (err) {
+      if (pair) pair[1].close()
+      sender?.close()
+      throw err
     } finally {
       listener.close()
     }
@@ -95,8 +109,16 @@ export function loopbackTurn(sender: Conn, receiver: Conn): { schedule: Schedule
       while (waiting.length > 0 && !closed) {
         batch = waiting
         waiting = []
-        await sender.write(byte)
-        if ((await receiver.read(buffer)) !== 1) throw new Error('the loopback turn lost its byte')
+        // a turn that never comes back (it should not happen on loopback) must not stall the
+        // engine: after STALL_MS the pair is closed, the read fails, and the timer takes over
+        const watchdog = setTimeout(close, STALL_MS)
+        try {
+          await sender.write(byte)
+          if ((await receiver.read(buffer)) !== 1)
+            throw new Error('the loopback turn lost its byte')
+        } finally {
+          clearTimeout(watchdog)
+        }
         for (const run of batch) run()
         batch = []
       }
