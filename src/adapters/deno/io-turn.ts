@@ -21,7 +21,8 @@
 type Schedule = (run: () => void) => void
 
 // The few Deno APIs used here, so the project type-checks without Deno's types.
-interface Conn {
+/** A Deno TCP connection, as far as the turn uses it. */
+export interface Conn {
   readonly localAddr: { port: number }
   readonly remoteAddr: { port: number }
   read(buffer: Uint8Array): Promise<number | null>
