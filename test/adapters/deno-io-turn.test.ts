@@ -23,7 +23,7 @@ interface Probe {
   afterClose?: number
 }
 
-function probe(permissions: string[], mode: 'open' | 'microtask' | 'stall'): Probe {
+function probe(permissions: string[], mode: 'open' | 'microtask' | 'stall' | 'blocked'): Probe {
   const out = execFileSync(DENO, ['run', '--config', 'deno.json', ...permissions, PROBE, mode], {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: '1' },
@@ -57,10 +57,16 @@ describe('the loopback turn (Deno)', () => {
     const r = probe(['--allow-net=127.0.0.1'], 'stall') as unknown as {
       firstMs: number
       laterMs: number
+      open: boolean
     }
     expect(r.firstMs).toBeGreaterThanOrEqual(1900) // the watchdog, not the byte
     expect(r.firstMs).toBeLessThan(30_000)
     expect(r.laterMs).toBeLessThan(r.firstMs / 10) // then the timer's turns
+    expect(r.open).toBe(false)
+  }, 60_000)
+
+  it('a loop blocked past the watchdog while a turn is on the wire keeps the loopback', () => {
+    expect(probe(['--allow-net=127.0.0.1'], 'blocked')).toEqual({ open: true })
   }, 60_000)
 
   it('without net permission for 127.0.0.1 there is no loopback turn, and no prompt', () => {

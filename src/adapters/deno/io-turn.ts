@@ -40,14 +40,22 @@ interface DenoNet {
   permissions: { querySync(d: { name: 'net'; host: string }): { state: string } }
 }
 
+export interface LoopbackTurn {
+  /** Runs `run` after the next turn (the timer's once the loopback is closed). */
+  schedule: Schedule
+  close(): void
+  /** Whether turns still go over the loopback. */
+  isOpen(): boolean
+}
+
 const HOST = '127.0.0.1'
 /** How long a turn may take before the loopback is given up for the timer. */
 const STALL_MS = 2000
+/** How many of the watchdog's timers a turn may outlast, each after a poll of the sockets. */
+const STALL_POLLS = 4
 
 /** A loopback turn, or undefined where this Deno may not open one (no prompt is shown). */
-export async function openLoopbackTurn(): Promise<
-  { schedule: Schedule; close(): void } | undefined
-> {
+export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
   const deno = (globalThis as { Deno?: DenoNet }).Deno
   if (!deno) return undefined
   let pair: [Conn, Conn] | undefined
@@ -83,7 +91,7 @@ export async function openLoopbackTurn(): Promise<
  * The callers that ask while a turn is on the wire all resume after the next one: a
  * connection takes one read at a time, and one byte is in flight at most.
  */
-export function loopbackTurn(sender: Conn, receiver: Conn): { schedule: Schedule; close(): void } {
+export function loopbackTurn(sender: Conn, receiver: Conn): LoopbackTurn {
   sender.setNoDelay(true)
   const byte = new Uint8Array([1])
   const buffer = new Uint8Array(16)
@@ -111,8 +119,15 @@ export function loopbackTurn(sender: Conn, receiver: Conn): { schedule: Schedule
         batch = waiting
         waiting = []
         // a turn that never comes back (it should not happen on loopback) must not stall the
-        // engine: after STALL_MS the pair is closed, the read fails, and the timer takes over
-        const watchdog = setTimeout(close, STALL_MS)
+        // engine: after STALL_MS the pair is closed, the read fails, and the timer takes over.
+        // A loop blocked past STALL_MS finds the byte and the timer due in the same poll, so the
+        // watchdog fires STALL_POLLS times, a poll of the sockets between each, before it closes.
+        let polls = 0
+        const bark = () => {
+          if (++polls < STALL_POLLS) watchdog = setTimeout(bark, 10)
+          else close()
+        }
+        let watchdog = setTimeout(bark, STALL_MS)
         try {
           await sender.write(byte)
           if ((await receiver.read(buffer)) !== 1)
@@ -137,5 +152,5 @@ export function loopbackTurn(sender: Conn, receiver: Conn): { schedule: Schedule
     waiting.push(run)
     if (!onWire) void pump()
   }
-  return { schedule, close }
+  return { schedule, close, isOpen: () => !closed }
 }
