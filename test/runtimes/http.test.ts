@@ -122,7 +122,9 @@ describeMatrix(
     it('concurrent unseeded streams share batched runs; turn 2 reuses the kept KV', async () => {
       const chat = [{ role: 'user', content: '讲一个关于长城的小故事。' }]
       const before = (await health(t)).decode
-      const body = { messages: chat, max_tokens: 24, temperature: 0 }
+      // long enough that the two overlap: the tiny model decodes 24 tokens in a few ms, and on a
+      // loaded machine the second request can come in after such a first one has ended
+      const body = { messages: chat, max_tokens: 96, temperature: 0 }
       const streams = await Promise.all([post(t, '/v1/chat', body), post(t, '/v1/chat', body)])
       const replies = await Promise.all(
         streams.map(async (res) => {

@@ -6,13 +6,15 @@
  * written, new requests come in and a client that left is seen. In Deno:
  * - `setTimeout(0)` takes 2.2-2.3 ms a turn, about a tenth of a 0.5B decode step;
  * - `setImmediate` and a `MessageChannel` message are fast, but do not poll the sockets;
- * - async ops that are ready at once (Web Crypto) poll them only when the loop happens to wait.
- *   Under load, a stream's deltas then reached the client in one burst.
+ * - async ops that are ready at once (Web Crypto digests) need not wait for a poll: under the
+ *   test suite's load, a stream's deltas reached its client in one burst and queued requests
+ *   went unseen.
  *
  * A read of the loopback socket cannot finish until the runtime has polled its sockets: the read
  * leaves the socket marked not-ready, so the next read waits for the poller to see the byte. So
  * every turn writes the HTTP server's pending responses, accepts and reads requests, and fires
- * due timers. It costs 0.2-0.3 ms (BENCHMARKS.md, "Deno: the event loop's turn").
+ * due timers. Two such polls a turn cost 0.2-0.4 ms (BENCHMARKS.md, "Deno: the event loop's
+ * turn").
  *
  * Where loopback TCP is not allowed (no `--allow-net` for 127.0.0.1, or a host that refuses
  * `Deno.listen`), openLoopbackTurn returns undefined and the caller keeps the timer. A turn that
@@ -51,6 +53,13 @@ export interface LoopbackTurn {
 const HOST = '127.0.0.1'
 /** How long a turn may take before the loopback is given up for the timer. */
 const STALL_MS = 2000
+/**
+ * Polls a turn takes (a byte there and back each). A request needs a few: its connection
+ * accepted, its bytes read, its handler run. With one a turn, a request sent during 15 ms steps
+ * was answered after 21-23 ms; with two, after 4-10 ms (the timer's turn: 3-19), for 0.24-0.40
+ * ms a turn.
+ */
+const POLLS_PER_TURN = 2
 /** How many of the watchdog's timers a turn may outlast, each after a poll of the sockets. */
 const STALL_POLLS = 4
 
@@ -87,7 +96,8 @@ export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
 }
 
 /**
- * Turns over a connected pair: each writes one byte on `sender` and reads it from `receiver`.
+ * Turns over a connected pair: each writes one byte on `sender` and reads it from `receiver`,
+ * POLLS_PER_TURN times.
  * The callers that ask while a turn is on the wire all resume after the next one: a
  * connection takes one read at a time, and one byte is in flight at most.
  */
@@ -129,9 +139,11 @@ export function loopbackTurn(sender: Conn, receiver: Conn): LoopbackTurn {
         }
         let watchdog = setTimeout(bark, STALL_MS)
         try {
-          await sender.write(byte)
-          if ((await receiver.read(buffer)) !== 1)
-            throw new Error('the loopback turn lost its byte')
+          for (let i = 0; i < POLLS_PER_TURN; i++) {
+            await sender.write(byte)
+            if ((await receiver.read(buffer)) !== 1)
+              throw new Error('the loopback turn lost its byte')
+          }
         } finally {
           clearTimeout(watchdog)
         }

@@ -46,7 +46,7 @@ declare const Deno: {
 
 // shards verified with node:crypto's native SHA-256 (5x the loader's own)
 installSha256(nodeSha256)
-// the engine's turns of the event loop: a byte over loopback TCP, 0.2-0.3 ms where setTimeout(0)
+// the engine's turns of the event loop: bytes over loopback TCP, 0.2-0.4 ms where setTimeout(0)
 // takes 2.2 (io-turn.ts); the timer where loopback TCP is not allowed
 const loopback = await openLoopbackTurn()
 if (loopback) installMacrotask(loopback.schedule)
