@@ -23,7 +23,17 @@ interface Probe {
   afterClose?: number
 }
 
-function probe(permissions: string[], mode: 'open' | 'microtask' | 'stall' | 'blocked'): Probe {
+/** What the 'stall' mode prints. */
+interface Stall {
+  firstMs: number
+  laterMs: number
+  open: boolean
+}
+
+function probe<T = Probe>(
+  permissions: string[],
+  mode: 'open' | 'microtask' | 'stall' | 'blocked',
+): T {
   const out = execFileSync(DENO, ['run', '--config', 'deno.json', ...permissions, PROBE, mode], {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: '1' },
@@ -54,11 +64,7 @@ describe('the loopback turn (Deno)', () => {
   }, 60_000)
 
   it('a turn whose byte never comes back gives up the loopback after 2 s for the timer', () => {
-    const r = probe(['--allow-net=127.0.0.1'], 'stall') as unknown as {
-      firstMs: number
-      laterMs: number
-      open: boolean
-    }
+    const r = probe<Stall>(['--allow-net=127.0.0.1'], 'stall')
     expect(r.firstMs).toBeGreaterThanOrEqual(1900) // the watchdog, not the byte
     expect(r.firstMs).toBeLessThan(30_000)
     expect(r.laterMs).toBeLessThan(r.firstMs / 10) // then the timer's turns

@@ -67,7 +67,6 @@ const STALL_POLLS = 4
 export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
   const deno = (globalThis as { Deno?: DenoNet }).Deno
   if (!deno) return undefined
-  let pair: [Conn, Conn] | undefined
   try {
     if (deno.permissions.querySync({ name: 'net', host: HOST }).state !== 'granted')
       return undefined
@@ -76,14 +75,15 @@ export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
     // if the connect fails, closing the listener rejects the accept: not an unhandled rejection
     accepted.catch(() => {})
     let sender: Conn | undefined
+    let receiver: Conn | undefined
     try {
       sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
-      const receiver = await accepted
-      pair = [sender, receiver]
+      receiver = await accepted
       // the connection accepted is this one (nobody else's, in the moment the port was open)
       if (receiver.remoteAddr.port !== sender.localAddr.port) throw new Error('not our peer')
+      return loopbackTurn(sender, receiver)
     } catch (err) {
-      if (pair) pair[1].close()
+      receiver?.close()
       sender?.close()
       throw err
     } finally {
@@ -92,7 +92,6 @@ export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
   } catch {
     return undefined
   }
-  return loopbackTurn(pair[0], pair[1])
 }
 
 /**

@@ -6,8 +6,8 @@
  * The default, `setTimeout(0)`, works everywhere but waits for the timer clamp, a noticeable
  * share of every decode step on Node. The Node adapter installs `setImmediate`, which runs
  * right after Node's I/O phase. Deno's `setImmediate` does not let incoming requests in (tested:
- * test/runtimes), so the Deno adapter installs a byte over loopback TCP, whose read waits for
- * Deno to poll its sockets (adapters/deno/io-turn.ts); workerd keeps the default.
+ * test/runtimes), so the Deno adapter sends bytes to itself over loopback TCP, whose reads wait
+ * for Deno to poll its sockets (adapters/deno/io-turn.ts); workerd keeps the default.
  */
 type Schedule = (run: () => void) => void
 
