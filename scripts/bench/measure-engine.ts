@@ -503,6 +503,7 @@ async function kernelIsa(): Promise<string> {
     simd128: 'SIMD128',
     relaxed: 'relaxed SIMD',
     'relaxed+vnni': 'relaxed SIMD, AVX-VNNI dot product',
+    'relaxed+looped': 'relaxed SIMD, looped q4 tiles (V8 before 13)',
   }
   return names[(await instantiateEngine()).build]
 }

@@ -213,7 +213,7 @@ export interface ServeResult {
   chatsEndedS?: number[]
   /** /health's memory fields after the chats (wasm_bytes and the like), as reported. */
   health?: Record<string, unknown>
-  /** /health's decode.kernels (simd128, relaxed, relaxed+vnni); undefined in older results. */
+  /** /health's decode.kernels (simd128, relaxed, relaxed+vnni, relaxed+looped); undefined in older results. */
   kernels?: string
   /** One chat alone after the four: (tokens − 1) / (its end − its first delta), tokens/s. */
   aloneDecodeTokS?: number

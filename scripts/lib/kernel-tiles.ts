@@ -7,6 +7,8 @@
  * - `$q4_tile<R>x2` and `$q4_tile<R>x2_dot` (pairTile): two q4 weight rows · R = 1..4
  *   activation rows.
  * - `$q4_tile1x4` (quadTile): four q4 weight rows · one activation row, the 16-bit form.
+ * - `$q4_tile4x2_loop` and `$q4_tile1x4_loop`: the same tiles (16-bit form) with a group's four
+ *   16-byte steps as a loop, for V8 before 13 (see `looped` below).
  * - `$rows<n>` and `$store<n>` (rowsTile, storeTile): q8 rows · exactly n = 2..4 int16 vectors.
  *
  * The unrolling is a tile's speed: change it only with a measurement (scripts/bench/kernels.ts).
@@ -14,9 +16,10 @@
 
 /** The generated functions by name: each name's function, or undefined. */
 export function tileSource(name: string): string | undefined {
-  let m = /^q4_tile([1-4])x2(_dot)?$/.exec(name)
-  if (m) return pairTile(Number(m[1]), m[2] ? 'i32' : 'i16')
-  if (name === 'q4_tile1x4') return quadTile()
+  let m = /^q4_tile([1-4])x2(_dot|_loop)?$/.exec(name)
+  if (m) return pairTile(Number(m[1]), m[2] === '_dot' ? 'i32' : 'i16', m[2] === '_loop')
+  m = /^q4_tile1x4(_loop)?$/.exec(name)
+  if (m) return quadTile(m[1] !== undefined)
   m = /^(rows|store)([2-4])$/.exec(name)
   if (m) return m[1] === 'rows' ? rowsTile(Number(m[2])) : storeTile(Number(m[2]))
   return undefined
@@ -71,22 +74,32 @@ class Lines {
  *   activation row's block sums and scales are loaded once for both weight rows.
  * - 'i32': `i32x4.relaxed_dot_i8x16_i7x16_add_s`, one vpdpbusd with AVX-VNNI; its epilogue
  *   loads the activation sums and scales per weight row, as it was measured.
+ *
+ * `looped` (16-bit form, `$q4_tile<rows>x2_loop`): the group's four 16-byte steps run as a loop
+ * of one step each (the sums start at zero), the same integers and the same epilogue. For V8
+ * before 13 (Node 20-23), whose optimizing tier schedules every load of a loop body first:
+ * there a prompt's GEMM ran at 31 GMAC/s unrolled and 38-40 looped; in Node 24 and Deno the
+ * loop costs 7-8% (both tiles timed in one process; BENCHMARKS.md, "Looped tiles for V8
+ * before 13").
  */
-export function pairTile(rows: number, form: 'i16' | 'i32'): string {
+export function pairTile(rows: number, form: 'i16' | 'i32', looped = false): string {
   const i16 = form === 'i16'
+  if (looped && !i16) throw new Error('a looped pair tile is of the 16-bit form')
   const js = [...Array(rows).keys()]
   const x = (j: number) => (j === 0 ? '$x' : `$x${j}`)
   const perRow = (name: string) => js.map((j) => `${name}${j}`)
   const out = new Lines()
   const emit = out.emit.bind(out)
 
-  emit(2, `(func $q4_tile${rows}x2${i16 ? '' : '_dot'}`)
+  emit(2, `(func $q4_tile${rows}x2${i16 ? (looped ? '_loop' : '') : '_dot'}`)
   emit(
     4,
     `(param $wq i32) (param $kb i32) (param $x i32) (param $out i32)${rows > 1 ? ' (param $ldo i32)' : ''}`,
   )
   const rowPtrs = rows > 1 ? ['xst', ...perRow('x').slice(1)] : []
   emit(4, locals(['end', ...rowPtrs, 'wr'], 'i32'))
+  // looped: the step counter and the pointers a step advances (weights, each activation row)
+  if (looped) emit(4, locals(['k', 'wk', 'wrk', ...perRow('y')], 'i32'))
   emit(4, locals(['p', 'la', 'ha', 'lb', 'hb', 'm'], 'v128'))
   emit(4, locals(['zp', 'sc', 'v', ...(i16 ? ['zq', 'sd', 'sx', 'dx'] : [])], 'v128'))
   // per activation row j: the i16/i32 sums a (row wq) and b (row wr), the float sums f and g
@@ -114,28 +127,47 @@ export function pairTile(rows: number, form: 'i16' | 'i32'): string {
         ? `(local.set $${acc} (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $${nibbles})))`
         : `(local.set $${acc} (i16x8.add (local.get $${acc}) (i16x8.relaxed_dot_i8x16_i7x16_s (local.get $v) (local.get $${nibbles}))))`
       : `(local.set $${acc} (i32x4.relaxed_dot_i8x16_i7x16_add_s (local.get $v) (local.get $${nibbles}) (local.get $${acc})))`
-  for (let at = 0; at < 64; at += 16) {
+  // one 16-byte step of the group: weight bytes at + 0..15 of both rows against each activation
+  // row's bytes at + 0..15 (low nibbles) and 64 + at + 0..15 (high ones); `first`: the step
+  // sets the i16 sums
+  const step = (at: number, wq: string, wr: string, xj: (j: number) => string, first: boolean) => {
     for (const [w, lo, hi] of [
-      ['wq', 'la', 'ha'],
-      ['wr', 'lb', 'hb'],
+      [wq, 'la', 'ha'],
+      [wr, 'lb', 'hb'],
     ]) {
-      emit(8, `(local.set $p (v128.load offset=${at} (local.get $${w})))`)
+      emit(8, `(local.set $p (v128.load offset=${at} (local.get ${w})))`)
       emit(8, `(local.set $${lo} (v128.and (local.get $p) (local.get $m)))`)
       emit(
         8,
         `(local.set $${hi} (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))`,
       )
     }
-    if (i16 && at === 0)
+    if (i16 && first)
       emit(8, ';; the first 16 weight bytes set the i16 sums (no zeroing: the same integers)')
     for (const j of js) {
-      // bytes 0..63 of the group's activations meet the low nibbles, 64..127 the high ones
-      emit(8, `(local.set $v (v128.load offset=${at} (local.get ${x(j)})))`)
-      emit(8, dot(`a${j}`, 'la', at === 0), dot(`b${j}`, 'lb', at === 0))
-      emit(8, `(local.set $v (v128.load offset=${64 + at} (local.get ${x(j)})))`)
+      emit(8, `(local.set $v (v128.load offset=${at} (local.get ${xj(j)})))`)
+      emit(8, dot(`a${j}`, 'la', first), dot(`b${j}`, 'lb', first))
+      emit(8, `(local.set $v (v128.load offset=${64 + at} (local.get ${xj(j)})))`)
       emit(8, dot(`a${j}`, 'ha', false), dot(`b${j}`, 'hb', false))
     }
   }
+  if (looped) {
+    // V8 before 13 computes every load of a loop body first and spills what does not fit in
+    // registers (the unrolled tile: 188 spill moves a group in Node 20); a step a loop
+    // iteration keeps its loads to 10
+    for (const acc of ['a', 'b'])
+      for (const j of js) emit(8, `(local.set $${acc}${j} (v128.const i32x4 0 0 0 0))`)
+    emit(8, '(local.set $k (i32.const 0))')
+    emit(8, '(local.set $wk (local.get $wq))', '(local.set $wrk (local.get $wr))')
+    for (const j of js) emit(8, `(local.set $y${j} (local.get ${x(j)}))`)
+    emit(8, '(loop $steps')
+    step(0, '$wk', '$wrk', (j) => `$y${j}`, false)
+    emit(8, '(local.set $wk (i32.add (local.get $wk) (i32.const 16)))')
+    emit(8, '(local.set $wrk (i32.add (local.get $wrk) (i32.const 16)))')
+    for (const j of js) emit(8, `(local.set $y${j} (i32.add (local.get $y${j}) (i32.const 16)))`)
+    emit(8, '(local.set $k (i32.add (local.get $k) (i32.const 1)))')
+    emit(8, '(br_if $steps (i32.lt_u (local.get $k) (i32.const 4))))')
+  } else for (let at = 0; at < 64; at += 16) step(at, '$wq', '$wr', x, at === 0)
 
   const zeroPoints = (w: string) => [
     `(i32x4.extend_low_i16x8_u`,
@@ -407,18 +439,20 @@ export function storeTile(n: number): string {
  * The WAT of `$q4_tile1x4`: four q4 weight rows (wq + 84·i, i < 4: a panel) · one activation row in
  * the 16-bit form, the 4 rows' sums stored at out[0..3] in one store. Per 16 weight bytes of a
  * group, the activation's 32 bytes (low-nibble half at +16·s, high at +64 + 16·s) are loaded
- * once for the 4 rows; each row's i16 sums are widened once per group.
+ * once for the 4 rows; each row's i16 sums are widened once per group. `looped`
+ * (`$q4_tile1x4_loop`): the four steps as a loop, as pairTile's.
  */
-export function quadTile(): string {
+export function quadTile(looped = false): string {
   const rows = [0, 1, 2, 3]
   const w = (i: number) => (i === 0 ? '$wq' : `$w${i}`)
   const out = new Lines()
   const emit = out.emit.bind(out)
-  emit(2, '(func $q4_tile1x4')
+  emit(2, `(func $q4_tile1x4${looped ? '_loop' : ''}`)
   emit(
     4,
     '(param $wq i32) (param $kb i32) (param $x i32) (param $out i32)',
     locals(['end', 'rs', 'w1', 'w2', 'w3'], 'i32'),
+    ...(looped ? [locals(['k', 'xk', 'k0', 'k1', 'k2', 'k3'], 'i32')] : []),
     locals(['m', 'xl', 'xh', 'p', 'sx', 'dx'], 'v128'),
     locals(['a0', 'a1', 'a2', 'a3'], 'v128'),
     locals(['f0', 'f1', 'f2', 'f3'], 'v128'),
@@ -440,17 +474,30 @@ export function quadTile(): string {
     '(i16x8.relaxed_dot_i8x16_i7x16_s (local.get $xh)',
     '  (v128.and (i16x8.shr_u (local.get $p) (i32.const 4)) (local.get $m)))',
   ]
-  for (let at = 0; at < 64; at += 16) {
-    emit(8, `(local.set $xl (v128.load offset=${at} (local.get $x)))`)
-    emit(8, `(local.set $xh (v128.load offset=${64 + at} (local.get $x)))`)
+  // a 16-byte step at `at`: the activation's two halves at x, the 4 rows' bytes at wi(i)
+  const step = (at: number, x: string, wi: (i: number) => string, first: boolean) => {
+    emit(8, `(local.set $xl (v128.load offset=${at} (local.get ${x})))`)
+    emit(8, `(local.set $xh (v128.load offset=${64 + at} (local.get ${x})))`)
     for (const i of rows) {
-      emit(8, `(local.set $p (v128.load offset=${at} (local.get ${w(i)})))`)
+      emit(8, `(local.set $p (v128.load offset=${at} (local.get ${wi(i)})))`)
       // the group's first 16 bytes set the i16 sums, the others add to them
-      const add = at === 0 ? '' : `(local.get $a${i}) (i16x8.add`
+      const add = first ? '' : `(local.get $a${i}) (i16x8.add`
       emit(8, `(local.set $a${i} (i16x8.add ${add}`.trimEnd(), ...dots.map((d) => `  ${d}`))
-      out.close(at === 0 ? 2 : 3)
+      out.close(first ? 2 : 3)
     }
   }
+  if (looped) {
+    // as pairTile's looped form: one step a loop iteration, the sums from zero
+    for (const i of rows) emit(8, `(local.set $a${i} (v128.const i32x4 0 0 0 0))`)
+    emit(8, '(local.set $k (i32.const 0))', '(local.set $xk (local.get $x))')
+    for (const i of rows) emit(8, `(local.set $k${i} (local.get ${w(i)}))`)
+    emit(8, '(loop $steps')
+    step(0, '$xk', (i) => `$k${i}`, false)
+    for (const p of ['$xk', ...rows.map((i) => `$k${i}`)])
+      emit(8, `(local.set ${p} (i32.add (local.get ${p}) (i32.const 16)))`)
+    emit(8, '(local.set $k (i32.add (local.get $k) (i32.const 1)))')
+    emit(8, '(br_if $steps (i32.lt_u (local.get $k) (i32.const 4))))')
+  } else for (let at = 0; at < 64; at += 16) step(at, '$x', w, at === 0)
   emit(8, '(local.set $sx (v128.load offset=144 (local.get $x)))')
   emit(8, '(local.set $dx (v128.load offset=128 (local.get $x)))')
   for (const i of rows)

@@ -132,7 +132,7 @@ export interface EngineStats {
     largestBatch: number
     /** Where decode steps run: the package's own WASM decoder, or the ONNX graph. */
     path?: 'decoder' | 'graph'
-    /** The decoder's kernel build: 'simd128', 'relaxed' or 'relaxed+vnni' (kernel.ts). */
+    /** The decoder's kernel build: 'simd128', 'relaxed', 'relaxed+vnni' or 'relaxed+looped' (kernel.ts). */
     kernels?: string
     /**
      * The decoder's q4 matrices, and how many take the symmetric kernels (every zero point 8,

@@ -10,7 +10,8 @@
  * exactly (`relaxedSimdWorks`), else plain SIMD128. Both give the same results bit for bit, so
  * the choice changes only speed. The relaxed build has two forms of its 8-bit dot product for
  * q4 tiles, also with the same bits; it takes the i32 one where the runtime lowers it to
- * AVX-VNNI (`dotAddWorks`). Node and Deno compile the embedded bytes on first use. Workers
+ * AVX-VNNI (`dotAddWorks`), and in V8 before 13 looped copies of the 16-bit form's main tiles
+ * (`loopedTilesWork`). Node and Deno compile the embedded bytes on first use. Workers
  * cannot compile from bytes: their adapter imports both .wasm files (wrangler hands them over as
  * precompiled modules) and passes them to `useKernelModules`; the pick is the same.
  */
@@ -22,10 +23,11 @@ import { q4PlacedBytes } from '../../format/q4-b32.ts'
 export type IsaVariant = 'simd128' | 'relaxed'
 
 /**
- * What runs, as `/health` reports it: the simd128 build, the relaxed one, or the relaxed one
- * with its q4 tiles on the i32 dot product that this runtime lowers to AVX-VNNI.
+ * What runs, as `/health` reports it: the simd128 build, the relaxed one, the relaxed one with
+ * its q4 tiles on the i32 dot product that this runtime lowers to AVX-VNNI, or the relaxed one
+ * with its looped q4 tiles (`loopedTilesPay`).
  */
-export type KernelBuild = 'simd128' | 'relaxed' | 'relaxed+vnni'
+export type KernelBuild = 'simd128' | 'relaxed' | 'relaxed+vnni' | 'relaxed+looped'
 
 /**
  * (module (func (param v128 v128) (result v128)
@@ -159,6 +161,8 @@ export interface KernelExports {
   dot_probe(): number
   /** 1: the q4 tiles of 4 rows sum with the i32 form of the dot product (same bits, faster on AVX-VNNI). */
   set_dot_add(on: number): void
+  /** 1: the 16-bit form's q4 tiles of 1 and 4 activation rows run their looped copies (same bits). */
+  set_looped(on: number): void
 }
 
 /**
@@ -175,7 +179,31 @@ export function useKernelModules(given: Partial<Record<IsaVariant, WebAssembly.M
   Object.assign(modules, given)
 }
 
-let relaxedWorks: Promise<{ relaxed: boolean; dotAdd: boolean }> | undefined
+/**
+ * Whether this runtime's V8 is older than 13 (Node 20 to 23), whose optimizing tier computes
+ * every load of a loop body before the arithmetic and spills what does not fit in 16 registers:
+ * there the relaxed build's looped q4 tiles (engine.wat, `$looped`) run a prompt's GEMM 1.2-1.3x
+ * and a decode row 1.1-1.2x faster; in V8 13.6 (Node 24) and 15 (Deno) they are 0.92-0.96x.
+ * `v8`: the version string (`process.versions.v8`); a runtime that does not give one (workerd)
+ * keeps the unrolled tiles.
+ */
+export function loopedTilesPay(v8: unknown): boolean {
+  const major = typeof v8 === 'string' ? Number(/^(\d+)\./.exec(v8)?.[1]) : NaN
+  return major < 13
+}
+
+/** This runtime's V8 version as `process.versions.v8` gives it (Node, Deno), else undefined. */
+function runtimeV8(): unknown {
+  return (globalThis as { process?: { versions?: { v8?: unknown } } }).process?.versions?.v8
+}
+
+interface RelaxedChecks {
+  relaxed: boolean
+  dotAdd: boolean
+  looped: boolean
+}
+
+let relaxedWorks: Promise<RelaxedChecks> | undefined
 
 /**
  * Whether the relaxed build validates here and computes what the simd128 build computes, bit
@@ -199,9 +227,19 @@ export async function dotAddWorks(): Promise<boolean> {
   return (await relaxedChecks()).dotAdd
 }
 
-function relaxedChecks(): Promise<{ relaxed: boolean; dotAdd: boolean }> {
+/**
+ * Whether the relaxed kernels should run their looped q4 tiles: the relaxed build works, they pay
+ * here (`loopedTilesPay`) and with them it computes what the simd128 build does (the same
+ * self-check). The i32 form, where it is taken, has no looped tiles.
+ */
+export async function loopedTilesWork(): Promise<boolean> {
+  return (await relaxedChecks()).looped
+}
+
+function relaxedChecks(): Promise<RelaxedChecks> {
   relaxedWorks ??= (async () => {
-    if (!relaxedSimdSupported()) return { relaxed: false, dotAdd: false }
+    const none = { relaxed: false, dotAdd: false, looped: false }
+    if (!relaxedSimdSupported()) return none
     const [relaxed, simd128] = await Promise.all(
       (['relaxed', 'simd128'] as const).map(async (variant) => {
         const instance = await WebAssembly.instantiate(engineModule(variant), {})
@@ -210,10 +248,15 @@ function relaxedChecks(): Promise<{ relaxed: boolean; dotAdd: boolean }> {
     )
     const want = selfCheck(simd128)
     const same = (k: KernelExports) => selfCheck(k).every((word, i) => word === want[i])
-    if (!same(relaxed)) return { relaxed: false, dotAdd: false }
-    if (relaxed.dot_probe() !== DOT_PROBE_VNNI) return { relaxed: true, dotAdd: false }
-    relaxed.set_dot_add(1)
-    return { relaxed: true, dotAdd: same(relaxed) }
+    if (!same(relaxed)) return none
+    if (relaxed.dot_probe() === DOT_PROBE_VNNI) {
+      relaxed.set_dot_add(1)
+      if (same(relaxed)) return { relaxed: true, dotAdd: true, looped: false }
+      relaxed.set_dot_add(0)
+    }
+    if (!loopedTilesPay(runtimeV8())) return { relaxed: true, dotAdd: false, looped: false }
+    relaxed.set_looped(1)
+    return { relaxed: true, dotAdd: false, looped: same(relaxed) }
   })()
   return relaxedWorks
 }
@@ -296,18 +339,29 @@ export async function pickVariant(want?: IsaVariant): Promise<IsaVariant> {
 
 /**
  * A new instance (its own memory) of the picked variant; a relaxed one sums q4 tiles with the
- * i32 dot product where `dotAddWorks`, or as `options.dotAdd` says (tests: exact either way).
+ * i32 dot product where `dotAddWorks`, or as `options.dotAdd` says, and otherwise runs the looped
+ * q4 tiles where `loopedTilesWork`, or as `options.looped` says (tests: exact in every form).
  */
 export async function instantiateEngine(
   want?: IsaVariant,
-  options: { dotAdd?: boolean } = {},
-): Promise<{ variant: IsaVariant; kernels: KernelExports; dotAdd: boolean; build: KernelBuild }> {
+  options: { dotAdd?: boolean; looped?: boolean } = {},
+): Promise<{
+  variant: IsaVariant
+  kernels: KernelExports
+  dotAdd: boolean
+  looped: boolean
+  build: KernelBuild
+}> {
   const variant = await pickVariant(want)
   const instance = await WebAssembly.instantiate(engineModule(variant), {})
   const kernels = instance.exports as unknown as KernelExports
-  const dotAdd = variant === 'relaxed' && (options.dotAdd ?? (await dotAddWorks()))
+  const relaxed = variant === 'relaxed'
+  const dotAdd = relaxed && (options.dotAdd ?? (await dotAddWorks()))
+  const looped = relaxed && !dotAdd && (options.looped ?? (await loopedTilesWork()))
   kernels.set_dot_add(dotAdd ? 1 : 0)
-  return { variant, kernels, dotAdd, build: dotAdd ? 'relaxed+vnni' : variant }
+  kernels.set_looped(looped ? 1 : 0)
+  const build = dotAdd ? 'relaxed+vnni' : looped ? 'relaxed+looped' : variant
+  return { variant, kernels, dotAdd, looped, build }
 }
 
 /** Weight rows [v0, v1) and the vectors' int16 data, sums and scales (the q8 `rows` kernels). */

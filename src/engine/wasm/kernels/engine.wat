@@ -60,6 +60,17 @@
   (func (export "set_dot_add") (param $on i32)
     (global.set $dot_add (local.get $on)))
 
+  ;; 1: the 16-bit form's tiles of one activation row and of 4 take their looped copies
+  ;; ($q4_tile1x4_loop, $q4_tile4x2_loop: a group's four 16-byte steps as a loop, the same bits).
+  ;; For V8 before 13 (Node 20-23), whose optimizing tier computes every load of a loop body
+  ;; first and spills what does not fit in 16 registers: there the looped tiles are 1.2x, in
+  ;; Node 24 and Deno 0.93x. kernel.ts sets it from the V8 version (the relaxed build only: the
+  ;; simd128 build has no such tiles and ignores it).
+  (global $looped (mut i32) (i32.const 0))
+
+  (func (export "set_looped") (param $on i32)
+    (global.set $looped (local.get $on)))
+
   (func (export "dot_probe") (result i32)
 ;;#if relaxed
     (i32x4.extract_lane 0 (i32x4.relaxed_dot_i8x16_i7x16_add_s
@@ -2001,6 +2012,10 @@
   ;; And for 2 activation rows (the last 2 of a chunk, decode batches of 2).
   ;;#tile q4_tile2x2
 
+  ;; $q4_tile1x4 and $q4_tile4x2 with each group's four 16-byte steps as a loop ($looped)
+  ;;#tile q4_tile1x4_loop
+  ;;#tile q4_tile4x2_loop
+
 ;;#end
 
 ;;#if relaxed
@@ -2203,8 +2218,11 @@
                 (i32.and (i32.eqz (i32.and (local.get $v) (i32.const 3)))
                   (i32.le_u (i32.add (local.get $v) (i32.const 4)) (local.get $v1)))))
           (then
-            (call $q4_tile1x4 (local.get $row) (local.get $kb) (local.get $x)
-              (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2))))
+            (if (global.get $looped)
+              (then (call $q4_tile1x4_loop (local.get $row) (local.get $kb) (local.get $x)
+                (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2)))))
+              (else (call $q4_tile1x4 (local.get $row) (local.get $kb) (local.get $x)
+                (i32.add (local.get $out) (i32.shl (local.get $v) (i32.const 2))))))
             (local.set $v (i32.add (local.get $v) (i32.const 4)))
             (br $rows)))
 ;;#end
@@ -2228,8 +2246,11 @@
               (else
                 (if (local.get $pair)
                   (then
-                    (call $q4_tile4x2 (local.get $row) (local.get $kb) (local.get $xj)
-                      (local.get $o) (local.get $ldo)))
+                    (if (global.get $looped)
+                      (then (call $q4_tile4x2_loop (local.get $row) (local.get $kb) (local.get $xj)
+                        (local.get $o) (local.get $ldo)))
+                      (else (call $q4_tile4x2 (local.get $row) (local.get $kb) (local.get $xj)
+                        (local.get $o) (local.get $ldo)))))
                   (else
                     (call $q4_tile4 (local.get $row) (local.get $kb) (local.get $xj)
                       (local.get $o) (local.get $ldo))))))

@@ -29,7 +29,7 @@ import {
   kernelSource,
   selectVariant,
 } from '../../../../scripts/lib/kernel-variants.ts'
-import { expandTiles, tileSource } from '../../../../scripts/lib/kernel-tiles.ts'
+import { expandTiles, pairTile, tileSource } from '../../../../scripts/lib/kernel-tiles.ts'
 import { expandExp } from '../../../../scripts/lib/kernel-exp.ts'
 import { addSymmetricQ4 } from '../../../../scripts/lib/kernel-symmetric.ts'
 import {
@@ -55,6 +55,7 @@ import {
   RELAXED_PROBE,
   dotAddWorks,
   instantiateEngine,
+  loopedTilesPay,
   relaxedSimdSupported,
   type KernelExports,
   type IsaVariant,
@@ -211,20 +212,26 @@ function symmetricOf(m: Q4Matrix): Q4Matrix {
   return { n: m.n, k: m.k, kb: m.kb, sym: true, data }
 }
 
-/** A build and, for relaxed, the form of its 8-bit dot product in q4 tiles (set_dot_add). */
+/**
+ * A build and, for relaxed, the form of its 8-bit dot product in q4 tiles (set_dot_add) and
+ * whether the 16-bit form runs its looped tiles (set_looped), each set explicitly: the loader's
+ * own choice of looped tiles depends on the V8 that runs the test.
+ */
 interface Build {
   variant: IsaVariant
   dotAdd: boolean
+  looped: boolean
 }
 
 const BUILDS: Build[] = [
-  { variant: 'simd128', dotAdd: false },
-  { variant: 'relaxed', dotAdd: false },
-  { variant: 'relaxed', dotAdd: true },
+  { variant: 'simd128', dotAdd: false, looped: false },
+  { variant: 'relaxed', dotAdd: false, looped: false },
+  { variant: 'relaxed', dotAdd: true, looped: false },
+  { variant: 'relaxed', dotAdd: false, looped: true },
 ]
 
 async function runQ4(
-  { variant, dotAdd }: Build,
+  { variant, dotAdd, looped }: Build,
   kernel: Kernel,
   m: Q4Matrix,
   x: BlockActivations,
@@ -232,7 +239,7 @@ async function runQ4(
   v1 = m.n,
   ldo = m.n + 3,
 ): Promise<Float32Array> {
-  const { kernels } = await instantiateEngine(variant, { dotAdd })
+  const { kernels } = await instantiateEngine(variant, { dotAdd, looped })
   const a = new Arena(kernels)
   const w = a.put(placed(m))
   const xa = a.put(x.data)
@@ -278,7 +285,15 @@ describe('engine kernels: the committed bytes', () => {
     const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
     const tiles = [...wat.matchAll(/^\s*;;#tile (\S+)$/gm)].map((m) => m[1])
     expect(tiles).toEqual(
-      expect.arrayContaining(['q4_tile4x2', 'q4_tile1x2_dot', 'q4_tile1x4', 'rows4', 'store2']),
+      expect.arrayContaining([
+        'q4_tile4x2',
+        'q4_tile1x2_dot',
+        'q4_tile1x4',
+        'q4_tile4x2_loop',
+        'q4_tile1x4_loop',
+        'rows4',
+        'store2',
+      ]),
     )
     for (const v of ISA_VARIANTS) {
       const source = kernelSource(`engine-${v}`, (f) => (f === 'engine.wat' ? wat : ''))
@@ -292,7 +307,14 @@ describe('engine kernels: the committed bytes', () => {
     }
     expect(tileSource('q4_tile4x2')).toMatch(/^  \(func \$q4_tile4x2\n/)
     expect(tileSource('rows3')).toMatch(/^  \(func \$rows3\n/)
-    for (const unknown of ['q4_tile5x2', 'rows1', 'store5', ''])
+    // a looped tile: the unrolled one's steps as a loop (one step's loads, the sums from zero)
+    const looped = tileSource('q4_tile4x2_loop')!
+    expect(looped).toMatch(/^  \(func \$q4_tile4x2_loop\n/)
+    expect(looped.match(/v128\.load offset=0 /g)?.length).toBe(2 + 4)
+    expect(looped).toContain('(br_if $steps (i32.lt_u (local.get $k) (i32.const 4))))')
+    expect(tileSource('q4_tile1x4_loop')).toMatch(/^  \(func \$q4_tile1x4_loop\n/)
+    expect(() => pairTile(4, 'i32', true)).toThrow(/16-bit form/)
+    for (const unknown of ['q4_tile5x2', 'q4_tile1x4_dot', 'rows1', 'store5', ''])
       expect(tileSource(unknown)).toBeUndefined()
     expect(() => expandTiles(';;#tile q4_tile5x2')).toThrow(/line 1: unknown tile "q4_tile5x2"/)
     expect(() => expandTiles('\n  ;;#tile')).toThrow(/line 2: unknown tile ""/)
@@ -400,6 +422,18 @@ describe('engine kernels in other runtimes', () => {
     expect(r.picked).toBe(r.works ? 'relaxed' : 'simd128')
     // the i32 dot product only where it is AVX-VNNI's and exact in this tier too
     expect(r.dotAdd).toBe(r.works && r.dotProbe === DOT_PROBE_VNNI && r.dotAddMismatches === 0)
+    // the looped tiles only where they pay (V8 before 13), the i32 form is not taken, and they
+    // are exact in this tier too
+    expect(r.looped).toBe(
+      r.works && !r.dotAdd && loopedTilesPay(process.versions.v8) && r.loopedMismatches === 0,
+    )
+  })
+
+  it('the looped tiles pay in V8 before 13 (Node 20-23), not in 13 and later or where the version is unknown', () => {
+    for (const v8 of ['11.3.244.8-node.33', '12.4.254.21-node.57', '12.9.202.28-node.14'])
+      expect([v8, loopedTilesPay(v8)]).toEqual([v8, true])
+    for (const v8 of ['13.6.233.10-node.28', '15.0.245.1', undefined, '', 'v8', 42])
+      expect([v8, loopedTilesPay(v8)]).toEqual([v8, false])
   })
 
   it('Deno (relaxed SIMD on by default): relaxed picked, both variants and both dot product forms exact', () => {
@@ -414,6 +448,9 @@ describe('engine kernels in other runtimes', () => {
       dotProbe: r.dotProbe,
       dotAddMismatches: 0,
       dotAdd: r.dotProbe === DOT_PROBE_VNNI,
+      // exact, and not taken: Deno's V8 is 13 or later
+      loopedMismatches: 0,
+      looped: false,
     })
   })
 })
@@ -500,7 +537,11 @@ for (const variant of ISA_VARIANTS) {
 
     // the q4 products in each form of this build's 8-bit dot product (relaxed: both)
     for (const build of BUILDS.filter((b) => b.variant === variant)) {
-      const form = build.dotAdd ? ', i32 dot product (set_dot_add)' : ''
+      const form = build.dotAdd
+        ? ', i32 dot product (set_dot_add)'
+        : build.looped
+          ? ', looped tiles (set_looped)'
+          : ''
       it(`q4_gemv: n = 1..7 rows, odd N and K, a sub-range of rows, ldo > N${form}`, async () => {
         for (const [n, k] of [
           [1, 32],
@@ -1026,7 +1067,7 @@ for (const variant of ISA_VARIANTS) {
 }
 
 describe('engine kernels: the variants agree', () => {
-  it('simd128, relaxed and relaxed with the i32 dot product give the same bits on Qwen-shaped q4 products', async () => {
+  it('simd128, relaxed, relaxed with the i32 dot product and with the looped tiles give the same bits on Qwen-shaped q4 products', async () => {
     const m = quantizeQ4(randomRows(64, 896, 9), 64, 896)
     for (const [kernel, t] of [
       ['gemv', 2],
@@ -1055,5 +1096,29 @@ describe('engine kernels: the variants agree', () => {
     expect(simd.kernels.dot_probe()).toBe(0)
     expect(simd.dotAdd).toBe(false)
     expect((await instantiateEngine('relaxed', { dotAdd: true })).dotAdd).toBe(true)
+  })
+
+  it('the loader runs the looped tiles where they pay (this V8 before 13) and the i32 form is not taken', async () => {
+    const relaxed = await instantiateEngine('relaxed')
+    const want = !relaxed.dotAdd && loopedTilesPay(process.versions.v8)
+    expect(relaxed.looped).toBe(want)
+    expect(relaxed.build).toBe(
+      relaxed.dotAdd ? 'relaxed+vnni' : want ? 'relaxed+looped' : 'relaxed',
+    )
+    // the simd128 build has no looped tiles; the i32 form has none either
+    expect((await instantiateEngine('simd128', { looped: true })).looped).toBe(false)
+    expect((await instantiateEngine('relaxed', { dotAdd: true, looped: true })).looped).toBe(false)
+    expect((await instantiateEngine('relaxed', { looped: true })).build).toBe('relaxed+looped')
+    // and q4_rows calls each looped tile where $looped is set, the unrolled one where not
+    const source = kernelSource('engine-relaxed', (f) =>
+      f === 'engine.wat' ? readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8') : '',
+    )
+    for (const prefix of ['q4', 'q4s'])
+      for (const tile of ['tile1x4', 'tile4x2'])
+        expect(source).toMatch(
+          new RegExp(
+            `\\(if \\(global\\.get \\$looped\\)\\s+\\(then \\(call \\$${prefix}_${tile}_loop [^]*?\\(else \\(call \\$${prefix}_${tile} `,
+          ),
+        )
   })
 })

@@ -2,8 +2,8 @@
  * Run by engine-kernels.test.ts in other runtimes (Node 20 with relaxed SIMD and its baseline
  * tier on; Deno, where relaxed SIMD is on by default): which variant the loader picks, and how
  * many of each variant's quant_b32, q4_gemv and q4_gemm results differ from the reference there
- * (the relaxed build's too when the loader refuses it, and with its i32 dot product), and what
- * dot_probe says. Prints one line of JSON. Imports nothing
+ * (the relaxed build's too when the loader refuses it, with its i32 dot product and with its
+ * looped tiles), and what dot_probe says. Prints one line of JSON. Imports nothing
  * outside src/engine.
  */
 import { quantizeBlocks } from '../../../../src/engine/wasm/activations.ts'
@@ -11,6 +11,7 @@ import { q4Dot } from '../../../../src/engine/wasm/kernel-ref.ts'
 import {
   dotAddWorks,
   engineModule,
+  loopedTilesWork,
   pickVariant,
   relaxedSimdSupported,
   relaxedSimdWorks,
@@ -60,13 +61,21 @@ function mismatches(k: KernelExports): number {
     for (let j = 0; j < t; j++)
       for (let v = 0; v < n; v++) if (!Object.is(y[j * n + v], q4Dot(m, v, ref, j))) bad++
   }
+  // one activation row: the decode tiles (4 weight rows at a time)
+  k.q4_gemv(w, m.kb, 0, n, xa, 1, out, n)
+  const y = new Float32Array(k.memory.buffer, out, n)
+  for (let v = 0; v < n; v++) if (!Object.is(y[v], q4Dot(m, v, ref, 0))) bad++
   return bad
 }
 
-async function instance(variant: 'simd128' | 'relaxed', dotAdd = false): Promise<KernelExports> {
+async function instance(
+  variant: 'simd128' | 'relaxed',
+  { dotAdd = false, looped = false } = {},
+): Promise<KernelExports> {
   const { exports } = await WebAssembly.instantiate(engineModule(variant), {})
   const k = exports as unknown as KernelExports
   k.set_dot_add(dotAdd ? 1 : 0)
+  k.set_looped(looped ? 1 : 0)
   return k
 }
 
@@ -81,7 +90,10 @@ console.log(
     // the relaxed build with the i32 dot product in its q4 tiles (set_dot_add), and whether
     // the loader takes that form here
     dotProbe: validates ? (await instance('relaxed')).dot_probe() : null,
-    dotAddMismatches: validates ? mismatches(await instance('relaxed', true)) : null,
+    dotAddMismatches: validates ? mismatches(await instance('relaxed', { dotAdd: true })) : null,
     dotAdd: await dotAddWorks(),
+    // its looped q4 tiles (set_looped), and whether the loader takes them here
+    loopedMismatches: validates ? mismatches(await instance('relaxed', { looped: true })) : null,
+    looped: await loopedTilesWork(),
   }),
 )
