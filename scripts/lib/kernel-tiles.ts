@@ -78,9 +78,9 @@ class Lines {
  * `looped` (16-bit form, `$q4_tile<rows>x2_loop`): the group's four 16-byte steps run as a loop
  * of one step each (the sums start at zero), the same integers and the same epilogue. For V8
  * before 13 (Node 20-23), whose optimizing tier schedules every load of a loop body first:
- * there a prompt's GEMM ran at 31 GMAC/s unrolled and 38-40 looped; in Node 24 and Deno the
- * loop costs 7-8% (both tiles timed in one process; BENCHMARKS.md, "Looped tiles for V8
- * before 13").
+ * there a prompt's GEMM ran at 31 GMAC/s unrolled and 38-40 looped; in Node 24 the loop
+ * costs 7-8% (both tiles timed in one process; BENCHMARKS.md, "Looped tiles for V8 before
+ * 13").
  */
 export function pairTile(rows: number, form: 'i16' | 'i32', looped = false): string {
   const i16 = form === 'i16'
@@ -153,8 +153,8 @@ export function pairTile(rows: number, form: 'i16' | 'i32', looped = false): str
   }
   if (looped) {
     // V8 before 13 computes every load of a loop body first and spills what does not fit in
-    // registers (the unrolled tile: 188 spill moves a group in Node 20); a step a loop
-    // iteration keeps its loads to 10
+    // registers (Node 20's code of the unrolled $q4s_tile4x2 has 188 stack accesses, Node
+    // 24's 53); a step a loop iteration keeps its loads to 10
     for (const acc of ['a', 'b'])
       for (const j of js) emit(8, `(local.set $${acc}${j} (v128.const i32x4 0 0 0 0))`)
     emit(8, '(local.set $k (i32.const 0))')
