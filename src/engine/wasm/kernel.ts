@@ -183,7 +183,8 @@ export function useKernelModules(given: Partial<Record<IsaVariant, WebAssembly.M
  * Whether this runtime's V8 is older than 13 (Node 20 to 23), whose optimizing tier computes
  * every load of a loop body before the arithmetic and spills what does not fit in 16 registers:
  * there the relaxed build's looped q4 tiles (engine.wat, `$looped`) run a prompt's GEMM 1.2-1.3x
- * and a decode row 1.1-1.2x faster; in V8 13.6 (Node 24) and 15 (Deno) they are 0.92-0.96x.
+ * and a decode row 1.1-1.2x faster; in V8 13.6 (Node 24) they are 0.92-0.96x, in 15 (Deno)
+ * 0.85-0.88x.
  * `v8`: the version string (`process.versions.v8`); a runtime that does not give one (workerd)
  * keeps the unrolled tiles.
  */
