@@ -64,8 +64,8 @@
   ;; ($q4_tile1x4_loop, $q4_tile4x2_loop: a group's four 16-byte steps as a loop, the same bits).
   ;; For V8 before 13 (Node 20-23), whose optimizing tier computes every load of a loop body
   ;; first and spills what does not fit in 16 registers: there the looped tiles are 1.2x, in
-  ;; Node 24 0.92-0.96x, in Deno 0.85-0.88x. kernel.ts sets it from the V8 version (the relaxed build only: the
-  ;; simd128 build has no such tiles and ignores it).
+  ;; Node 24 0.92-0.96x, in Deno 0.85-0.88x. kernel.ts sets it from the V8 version (the relaxed
+  ;; build only: the simd128 build has no such tiles and ignores it).
   (global $looped (mut i32) (i32.const 0))
 
   (func (export "set_looped") (param $on i32)
