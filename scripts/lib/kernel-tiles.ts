@@ -7,8 +7,8 @@
  * - `$q4_tile<R>x2` and `$q4_tile<R>x2_dot` (pairTile): two q4 weight rows · R = 1..4
  *   activation rows.
  * - `$q4_tile1x4` (quadTile): four q4 weight rows · one activation row, the 16-bit form.
- * - `$q4_tile4x2_loop` and `$q4_tile1x4_loop`: the same tiles (16-bit form) with a group's four
- *   16-byte steps as a loop, for V8 before 13 (see `looped` below).
+ * - `$q4_tile<R>x2_loop` and `$q4_tile1x4_loop`: the same tiles (16-bit form) with a group's
+ *   four 16-byte steps as a loop, for V8 before 13 (see `looped` below).
  * - `$rows<n>` and `$store<n>` (rowsTile, storeTile): q8 rows · exactly n = 2..4 int16 vectors.
  *
  * The unrolling is a tile's speed: change it only with a measurement (scripts/bench/kernels.ts).

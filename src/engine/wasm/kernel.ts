@@ -10,7 +10,7 @@
  * exactly (`relaxedSimdWorks`), else plain SIMD128. Both give the same results bit for bit, so
  * the choice changes only speed. The relaxed build has two forms of its 8-bit dot product for
  * q4 tiles, also with the same bits; it takes the i32 one where the runtime lowers it to
- * AVX-VNNI (`dotAddWorks`), and in V8 before 13 looped copies of the 16-bit form's main tiles
+ * AVX-VNNI (`dotAddWorks`), and in V8 before 13 looped copies of the 16-bit form's tiles
  * (`loopedTilesWork`). Node and Deno compile the embedded bytes on first use. Workers
  * cannot compile from bytes: their adapter imports both .wasm files (wrangler hands them over as
  * precompiled modules) and passes them to `useKernelModules`; the pick is the same.
@@ -161,7 +161,7 @@ export interface KernelExports {
   dot_probe(): number
   /** 1: the q4 tiles of 4 rows sum with the i32 form of the dot product (same bits, faster on AVX-VNNI). */
   set_dot_add(on: number): void
-  /** 1: the 16-bit form's q4 tiles of 1 and 4 activation rows run their looped copies (same bits). */
+  /** 1: the 16-bit form's q4 tiles of 1 to 4 activation rows run their looped copies (same bits). */
   set_looped(on: number): void
 }
 

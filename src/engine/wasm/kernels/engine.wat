@@ -60,8 +60,9 @@
   (func (export "set_dot_add") (param $on i32)
     (global.set $dot_add (local.get $on)))
 
-  ;; 1: the 16-bit form's tiles of one activation row and of 4 take their looped copies
-  ;; ($q4_tile1x4_loop, $q4_tile4x2_loop: a group's four 16-byte steps as a loop, the same bits).
+  ;; 1: the 16-bit form's tiles of 1 to 4 activation rows take their looped copies
+  ;; ($q4_tile1x4_loop, $q4_tile{4,3,2}x2_loop: a group's four 16-byte steps as a loop, the same
+  ;; bits).
   ;; For V8 before 13 (Node 20-23), whose optimizing tier computes every load of a loop body
   ;; first and spills what does not fit in 16 registers: there the looped tiles are 1.2x, in
   ;; Node 24 0.92-0.96x, in Deno 0.85-0.88x. kernel.ts sets it from the V8 version (the relaxed
@@ -2012,9 +2013,11 @@
   ;; And for 2 activation rows (the last 2 of a chunk, decode batches of 2).
   ;;#tile q4_tile2x2
 
-  ;; $q4_tile1x4 and $q4_tile4x2 with each group's four 16-byte steps as a loop ($looped)
+  ;; $q4_tile1x4 and $q4_tile{4,3,2}x2 with each group's four 16-byte steps as a loop ($looped)
   ;;#tile q4_tile1x4_loop
   ;;#tile q4_tile4x2_loop
+  ;;#tile q4_tile3x2_loop
+  ;;#tile q4_tile2x2_loop
 
 ;;#end
 
@@ -2280,16 +2283,24 @@
                     (if (global.get $dot_add)
                       (then (call $q4_tile3x2_dot (local.get $row) (local.get $kb) (local.get $xj)
                         (local.get $o) (local.get $ldo)))
-                      (else (call $q4_tile3x2 (local.get $row) (local.get $kb) (local.get $xj)
-                        (local.get $o) (local.get $ldo))))
+                      (else
+                        (if (global.get $looped)
+                          (then (call $q4_tile3x2_loop (local.get $row) (local.get $kb)
+                            (local.get $xj) (local.get $o) (local.get $ldo)))
+                          (else (call $q4_tile3x2 (local.get $row) (local.get $kb)
+                            (local.get $xj) (local.get $o) (local.get $ldo))))))
                     (br $ones_done)))
                 (if (i32.eq (i32.sub (local.get $n) (local.get $j)) (i32.const 2))
                   (then
                     (if (global.get $dot_add)
                       (then (call $q4_tile2x2_dot (local.get $row) (local.get $kb) (local.get $xj)
                         (local.get $o) (local.get $ldo)))
-                      (else (call $q4_tile2x2 (local.get $row) (local.get $kb) (local.get $xj)
-                        (local.get $o) (local.get $ldo))))
+                      (else
+                        (if (global.get $looped)
+                          (then (call $q4_tile2x2_loop (local.get $row) (local.get $kb)
+                            (local.get $xj) (local.get $o) (local.get $ldo)))
+                          (else (call $q4_tile2x2 (local.get $row) (local.get $kb)
+                            (local.get $xj) (local.get $o) (local.get $ldo))))))
                     (br $ones_done)))
                 (if (global.get $dot_add)
                   (then

@@ -290,6 +290,8 @@ describe('engine kernels: the committed bytes', () => {
         'q4_tile1x2_dot',
         'q4_tile1x4',
         'q4_tile4x2_loop',
+        'q4_tile3x2_loop',
+        'q4_tile2x2_loop',
         'q4_tile1x4_loop',
         'rows4',
         'store2',
@@ -1114,7 +1116,7 @@ describe('engine kernels: the variants agree', () => {
       f === 'engine.wat' ? readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8') : '',
     )
     for (const prefix of ['q4', 'q4s'])
-      for (const tile of ['tile1x4', 'tile4x2'])
+      for (const tile of ['tile1x4', 'tile4x2', 'tile3x2', 'tile2x2'])
         expect(source).toMatch(
           new RegExp(
             `\\(if \\(global\\.get \\$looped\\)\\s+\\(then \\(call \\$${prefix}_${tile}_loop [^]*?\\(else \\(call \\$${prefix}_${tile} `,
