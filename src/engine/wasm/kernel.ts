@@ -208,8 +208,8 @@ let relaxedWorks: Promise<RelaxedChecks> | undefined
 
 /**
  * Whether the relaxed build validates here and computes what the simd128 build computes, bit
- * for bit, on a small q4 problem through quant_b32, q4_gemv and q4_gemm (their 1- and 4-row
- * tiles). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
+ * for bit, on a small q4 problem through quant_b32, q4_gemv and q4_gemm (their tiles of 1 to 4
+ * activation rows). Run on first use, so in the baseline tier: a runtime can validate relaxed SIMD and
  * still compute it wrong there (V8 11.3, Node 20 with --experimental-wasm-relaxed-simd, doubles
  * i32x4.relaxed_dot_i8x16_i7x16_add_s in Liftoff depending on register allocation; the kernels
  * use the i16x8 form, which it gets right, unless `dotAddWorks`; an experimental feature earns
@@ -263,8 +263,9 @@ function relaxedChecks(): Promise<RelaxedChecks> {
 }
 
 /**
- * The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs), then of
- * q4s_gemv and q4s_gemm on its nibbles and scales in the symmetric layout.
+ * The bits of q4_gemv and q4_gemm on a fixed pseudo-random problem (6 rows of 256 inputs, 5
+ * activation rows: the tiles of 4 and of 1), then of q4s_gemv and q4s_gemm on its nibbles and
+ * scales in the symmetric layout, then of q4_gemv on 3 and on 2 activation rows.
  */
 function selfCheck(k: KernelExports): Uint32Array {
   const n = 6
@@ -304,7 +305,14 @@ function selfCheck(k: KernelExports): Uint32Array {
   for (let g = 0; g < groups; g++) bytes.copyWithin(ws + 80 * g, 84 * g, 84 * g + 80)
   k.q4s_gemv(ws, kb, 0, n, xa, t, out + 8 * t * n, n)
   k.q4s_gemm(ws, kb, 0, n, xa, t, out + 12 * t * n, n)
-  return new Uint32Array(mem, out, 4 * t * n).slice()
+  // and q4_gemv of 3 and of 2 activation rows (their own tiles), after the symmetric weights
+  const more = ws + 80 * groups
+  k.q4_gemv(w, kb, 0, n, xa, 3, more, n)
+  k.q4_gemv(w, kb, 0, n, xa, 2, more + 12 * n, n)
+  const words = new Uint32Array(4 * t * n + 5 * n)
+  words.set(new Uint32Array(mem, out, 4 * t * n))
+  words.set(new Uint32Array(mem, more, 5 * n), 4 * t * n)
+  return words
 }
 
 /** The compiled module of a variant (compiled from the embedded bytes on first use). */
