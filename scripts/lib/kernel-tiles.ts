@@ -115,7 +115,8 @@ export function pairTile(rows: number, form: 'i16' | 'i32', looped = false): str
   emit(4, '(local.set $m (i8x16.splat (i32.const 15)))')
   emit(4, '(block $done', '  (loop $groups')
   emit(8, '(br_if $done (i32.ge_u (local.get $wq) (local.get $end)))')
-  if (!i16)
+  // the sums start at zero where every step adds to them: the i32 form, and the looped one
+  if (!i16 || looped)
     for (const acc of ['a', 'b'])
       for (const j of js) emit(8, `(local.set $${acc}${j} (v128.const i32x4 0 0 0 0))`)
 
@@ -155,8 +156,6 @@ export function pairTile(rows: number, form: 'i16' | 'i32', looped = false): str
     // V8 before 13 computes every load of a loop body first and spills what does not fit in
     // registers (Node 20's code of the unrolled $q4s_tile4x2 has 188 stack accesses, Node
     // 24's 53); a step a loop iteration keeps its loads to 10
-    for (const acc of ['a', 'b'])
-      for (const j of js) emit(8, `(local.set $${acc}${j} (v128.const i32x4 0 0 0 0))`)
     emit(8, '(local.set $k (i32.const 0))')
     emit(8, '(local.set $wk (local.get $wq))', '(local.set $wrk (local.get $wr))')
     for (const j of js) emit(8, `(local.set $y${j} (local.get ${x(j)}))`)
