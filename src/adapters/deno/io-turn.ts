@@ -70,27 +70,39 @@ export async function openLoopbackTurn(): Promise<LoopbackTurn | undefined> {
   try {
     if (deno.permissions.querySync({ name: 'net', host: HOST }).state !== 'granted')
       return undefined
-    const listener = deno.listen({ hostname: HOST, port: 0, transport: 'tcp' })
-    const accepted = listener.accept()
-    // if the connect fails, closing the listener rejects the accept: not an unhandled rejection
-    accepted.catch(() => {})
-    let sender: Conn | undefined
-    let receiver: Conn | undefined
-    try {
-      sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
-      receiver = await accepted
-      // the connection accepted is this one (nobody else's, in the moment the port was open)
-      if (receiver.remoteAddr.port !== sender.localAddr.port) throw new Error('not our peer')
-      return loopbackTurn(sender, receiver)
-    } catch (err) {
-      receiver?.close()
-      sender?.close()
-      throw err
-    } finally {
-      listener.close()
-    }
+    const [sender, receiver] = await loopbackPair()
+    return loopbackTurn(sender, receiver)
   } catch {
     return undefined
+  }
+}
+
+/**
+ * Two ends of one TCP connection on 127.0.0.1, [the connecting end, the accepted end]: a
+ * listener on a free port, closed once its one connection is accepted. Throws (closing what it
+ * opened) where Deno may not listen or connect there.
+ */
+export async function loopbackPair(): Promise<[Conn, Conn]> {
+  const deno = (globalThis as { Deno?: DenoNet }).Deno
+  if (!deno) throw new Error('loopback TCP needs Deno')
+  const listener = deno.listen({ hostname: HOST, port: 0, transport: 'tcp' })
+  const accepted = listener.accept()
+  // if the connect fails, closing the listener rejects the accept: not an unhandled rejection
+  accepted.catch(() => {})
+  let sender: Conn | undefined
+  let receiver: Conn | undefined
+  try {
+    sender = await deno.connect({ hostname: HOST, port: listener.addr.port })
+    receiver = await accepted
+    // the connection accepted is this one (nobody else's, in the moment the port was open)
+    if (receiver.remoteAddr.port !== sender.localAddr.port) throw new Error('not our peer')
+    return [sender, receiver]
+  } catch (err) {
+    receiver?.close()
+    sender?.close()
+    throw err
+  } finally {
+    listener.close()
   }
 }
 
