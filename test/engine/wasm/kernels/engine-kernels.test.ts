@@ -80,6 +80,9 @@ import {
   type Q8Records,
 } from '../../../../src/engine/wasm/kv-format.ts'
 
+/** A file of the kernels' sources, read as the build reads it. */
+const readKernelFile = (f: string) => readFileSync(`${KERNELS_DIR}${f}`, 'utf8')
+
 /** xorshift32 in [0, 1) */
 function rng(seed: number) {
   let s = seed >>> 0 || 1
@@ -251,26 +254,28 @@ async function runQ4(
 
 describe('engine kernels: the committed bytes', () => {
   it('engine-{simd128,relaxed}.wasm and -wasm.ts are the assembly of engine.wat', async () => {
-    const read = (f: string) => readFileSync(`${KERNELS_DIR}${f}`, 'utf8')
     for (const [v, base64] of [
       ['simd128', SIMD128_BASE64],
       ['relaxed', RELAXED_BASE64],
     ] as const) {
       const name = `engine-${v}`
-      const built = Buffer.from(await assemble(name, kernelSource(name, read)))
+      const built = Buffer.from(await assemble(name, kernelSource(name, readKernelFile)))
       expect(built.equals(readFileSync(`${KERNELS_DIR}${name}.wasm`))).toBe(true)
       expect(Buffer.from(base64, 'base64').equals(built)).toBe(true)
     }
   })
 
   it('the variants differ only in the marked lines, and simd128 has no relaxed instruction', async () => {
-    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const wat = readKernelFile('engine.wat')
     const simd = selectVariant(wat, 'simd128')
     const relaxed = selectVariant(wat, 'relaxed')
     // what is assembled: generated tiles written out (comments may name relaxed instructions)
-    const read = (f: string) => readFileSync(`${KERNELS_DIR}${f}`, 'utf8')
-    expect(kernelSource('engine-relaxed', read)).toMatch(/i32x4.relaxed_dot_i8x16_i7x16_add_s/)
-    expect(kernelSource('engine-simd128', read).replace(/;;.*$/gm, '')).not.toMatch(/relaxed_/)
+    expect(kernelSource('engine-relaxed', readKernelFile)).toMatch(
+      /i32x4.relaxed_dot_i8x16_i7x16_add_s/,
+    )
+    expect(kernelSource('engine-simd128', readKernelFile).replace(/;;.*$/gm, '')).not.toMatch(
+      /relaxed_/,
+    )
     expect(relaxed).toMatch(/i16x8.relaxed_dot_i8x16_i7x16_s/)
     const common = (s: string) =>
       s.split('\n').filter((l) => !/^\s*;;#/.test(l) && wat.split('\n').includes(l))
@@ -282,7 +287,7 @@ describe('engine kernels: the committed bytes', () => {
   })
 
   it('each ;;#tile line is its generated function, and only a known tile name is', () => {
-    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const wat = readKernelFile('engine.wat')
     const tiles = [...wat.matchAll(/^\s*;;#tile (\S+)$/gm)].map((m) => m[1])
     expect(tiles).toEqual(
       expect.arrayContaining([
@@ -323,7 +328,7 @@ describe('engine kernels: the committed bytes', () => {
   })
 
   it('each ;;#exp line is e^x inline: its locals declared once a function, at most as many vectors as declared', () => {
-    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const wat = readKernelFile('engine.wat')
     const uses = [...wat.matchAll(/^\s*;;#exp (.+)$/gm)].map((m) => m[1].trim().split(/\s+/).length)
     expect(uses).toEqual([8, 1, 8, 1]) // silu_mul and softmax: 8 vectors a step, then one
     for (const v of ISA_VARIANTS) {
@@ -351,7 +356,7 @@ describe('engine kernels: the committed bytes', () => {
   })
 
   it('every q4 function and export has a symmetric copy that reads no zero point; any other use of one is refused', () => {
-    const wat = readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8')
+    const wat = readKernelFile('engine.wat')
     for (const v of ISA_VARIANTS) {
       const source = kernelSource(`engine-${v}`, (f) => (f === 'engine.wat' ? wat : ''))
       const general = [...source.matchAll(/^ *\(func \$q4_(\w+)$/gm)].map((m) => m[1])
@@ -1112,9 +1117,7 @@ describe('engine kernels: the variants agree', () => {
     expect((await instantiateEngine('relaxed', { dotAdd: true, looped: true })).looped).toBe(false)
     expect((await instantiateEngine('relaxed', { looped: true })).build).toBe('relaxed+looped')
     // and q4_rows calls each looped tile where $looped is set, the unrolled one where not
-    const source = kernelSource('engine-relaxed', (f) =>
-      f === 'engine.wat' ? readFileSync(`${KERNELS_DIR}engine.wat`, 'utf8') : '',
-    )
+    const source = kernelSource('engine-relaxed', readKernelFile)
     for (const prefix of ['q4', 'q4s'])
       for (const tile of ['tile1x4', 'tile4x2', 'tile3x2', 'tile2x2'])
         expect(source).toMatch(
